@@ -1,0 +1,40 @@
+# One entry point for set-up, checks and demos. `make demo` and `make test` work on a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all install demo test lint typecheck bench clean
+
+all: test
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/runner run examples/jobs.jsonl --contexts examples/contexts.jsonl \
+		-c configs/mock.toml --no-resume -o out/demo.results.jsonl \
+		--latency out/demo.latency.jsonl --summary out/demo.summary.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check runner tests benchmarks
+	$(BIN)/ruff format --check runner tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy runner
+
+test: lint typecheck
+	$(BIN)/pytest -q --cov --cov-report=term:skip-covered
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) out bench-out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,76 @@
+"""The exception tree of ``runner``.
+
+A failed *job* is never an exception: it becomes an error result. Exceptions are reserved for
+conditions that end a run or reject its input before anything is sent::
+
+    RunnerError
+    ├── ConfigError          bad config file or flags                       (exit 2)
+    ├── InputError           the jobs/contexts file cannot be used at all   (exit 2)
+    ├── ResumeError          output belongs to another input/model, or is locked (exit 2)
+    ├── SinkError            an output file cannot be written                (exit 1)
+    └── GuardTripped         auth/quota failure, circuit breaker, --max-cost (exit 3)
+        ├── AuthError
+        ├── QuotaError
+        ├── CircuitOpen
+        └── BudgetExceeded
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BudgetExceeded",
+    "CircuitOpen",
+    "ConfigError",
+    "GuardTripped",
+    "InputError",
+    "QuotaError",
+    "ResumeError",
+    "RunnerError",
+    "SinkError",
+]
+
+
+class RunnerError(Exception):
+    """Base of every error raised by ``runner``."""
+
+    exit_code: int = 1
+
+
+class ConfigError(RunnerError, ValueError):
+    exit_code = 2
+
+
+class InputError(RunnerError, ValueError):
+    exit_code = 2
+
+
+class ResumeError(RunnerError):
+    exit_code = 2
+
+
+class SinkError(RunnerError, OSError):
+    exit_code = 1
+
+
+class GuardTripped(RunnerError):
+    """A guard stopped the run; jobs not yet sent stay unsent so a resume picks them up."""
+
+    exit_code = 3
+    code = "guard"
+
+
+class AuthError(GuardTripped):
+    code = "auth"
+
+
+class QuotaError(GuardTripped):
+    code = "insufficient_quota"
+
+
+class CircuitOpen(GuardTripped):
+    code = "circuit_open"
+
+
+class BudgetExceeded(GuardTripped):
+    code = "max_cost"

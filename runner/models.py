@@ -1,0 +1,170 @@
+"""Pure data shared by every layer: jobs, contexts, usage, attempts and per-job records.
+
+Standard library only. Records are slotted dataclasses so that orjson serialises them natively
+(and fast) on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Attempt",
+    "BadLine",
+    "CacheRole",
+    "Context",
+    "ErrorInfo",
+    "Job",
+    "LatencyRecord",
+    "Message",
+    "Price",
+    "RateInfo",
+    "Usage",
+    "estimate_tokens",
+]
+
+Message = dict[str, Any]
+CacheRole = Literal["primer", "follower", "none"]
+
+
+def estimate_tokens(chars: int) -> int:
+    """Token estimate from a character count (about 4 characters a token for English text).
+
+    Deliberately a division, not a tokenizer: it runs once per job on the hot path.
+    """
+    return (chars + 3) >> 2
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """A static prefix stored once in the contexts file and shared by a cache group."""
+
+    cache_id: str
+    messages: tuple[Message, ...]  # system message first when given, then few-shot turns
+    digest: str  # hash of the canonical content: an edited context is a new cache group
+    chars: int  # characters of content, for the token estimate
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One request to send. ``messages[:prefix_len]`` is the static, cacheable prefix."""
+
+    custom_id: str
+    line: int  # 1-based line number in the jobs file
+    messages: tuple[Message, ...]
+    prefix_len: int
+    group: str | None  # cache group key; None when the job has no static prefix
+    cache_id: str | None  # as the user gave it (or None for automatic groups)
+    model: str | None  # per-job model, else the config's
+    params: Mapping[str, Any]  # body fields other than model/messages (max_tokens, temperature...)
+    prompt_chars: int
+    prefix_chars: int
+
+    @property
+    def max_tokens(self) -> int | None:
+        v = self.params.get("max_tokens", self.params.get("max_completion_tokens"))
+        return v if isinstance(v, int) else None
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line of the jobs file that cannot become a job; it still gets exactly one result."""
+
+    line: int
+    custom_id: str | None  # when it could be read from the line
+    field: str | None  # the offending field, when there is one
+    message: str  # "FILE:LINE: field: problem"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage normalised across providers. ``prompt_tokens`` includes cached and written."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int | None = 0  # None when the server does not say (SGLang omits zero)
+    cache_write_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why an attempt failed, already classified by the provider that saw the wire."""
+
+    code: str  # rate_limited|overloaded|timeout|connection|http_4xx|http_5xx|auth|insufficient_quota|bad_response|stream_error|invalid_input
+    message: str
+    retriable: bool
+    retry_after_s: float | None = None  # a delay the server asked for
+    fatal: bool = False  # trips a guard: auth failure, exhausted quota
+
+
+@dataclass(frozen=True, slots=True)
+class RateInfo:
+    """Rate-limit state read from response headers (None where a header was absent)."""
+
+    limit_requests: float | None = None
+    remaining_requests: float | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: float | None = None
+    remaining_tokens: float | None = None
+    reset_tokens_s: float | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The outcome of one HTTP attempt."""
+
+    status: int | None  # None when no HTTP response arrived
+    body: Any = None  # parsed response JSON (assembled from the stream when streaming)
+    raw: bytes | None = None  # the response body as received, when not streaming
+    usage: Usage | None = None
+    request_id: str | None = None
+    error: ErrorInfo | None = None
+    ttft_ms: float | None = None
+    latency_ms: float = 0.0
+    itl_ms: list[float] | None = None  # every inter-chunk gap, streaming only
+    rate: RateInfo | None = None
+
+
+@dataclass(slots=True)
+class LatencyRecord:
+    """One line of the latency file (SPEC section 3); field order is the file's order."""
+
+    custom_id: str
+    cache_id: str | None = None
+    cache_role: CacheRole = "none"
+    outcome: str = "ok"  # ok | error
+    status: int | None = None
+    attempts: int = 0
+    queued_at: float = 0.0  # unix seconds
+    started_at: float | None = None
+    ended_at: float = 0.0
+    queue_ms: float = 0.0
+    limiter_ms: float = 0.0
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    total_ms: float = 0.0
+    prompt_tokens: int = 0
+    cached_tokens: int | None = 0
+    cache_write_tokens: int = 0
+    completion_tokens: int = 0
+    request_id: str | None = None
+    error_code: str | None = None
+    itl_ms: list[float] | None = field(default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None  # defaults to input (no discount)
+    cache_write: float | None = None  # defaults to input
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cached_input", "cache_write"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int | float) or v < 0):
+                raise ValueError(f"price {name} must be a non-negative number, got {v!r}")
