@@ -1,0 +1,239 @@
+"""Cache groups and the warm-then-fan-out policy (pure logic, no IO).
+
+A provider caches a prefix only after a request that carries it has been answered (Anthropic:
+once its response begins), so sending a whole group at once makes every request pay for the
+prefix. The ``warm`` strategy sends one *primer* per group, holds the group's *followers* until
+the primer has answered, then releases them all. To keep the provider's bounded prefix cache from
+thrashing, at most ``max_active_groups`` groups are served at a time, most-populated first; a
+group that has drained is closed and the next one opened. Groups keep moving in parallel, so
+priming never serialises the run. The ``none`` strategy dispatches in arrival order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .models import CacheRole, Job, estimate_tokens
+
+__all__ = ["Dispatch", "Scheduler"]
+
+_NO_GROUP = ""
+MAX_KEYS_PER_GROUP = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A job the pipeline may send now, with its role and provider cache key."""
+
+    job: Job
+    role: CacheRole
+    cache_key: str | None
+
+
+class _Group:
+    __slots__ = (
+        "held",
+        "in_flight",
+        "key",
+        "key_count",
+        "key_window",
+        "primer",
+        "state",
+        "warm_at",
+    )
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.held: deque[Job] = deque()
+        self.in_flight = 0
+        self.state = "cold"  # cold -> priming -> warm (-> cold again when the TTL lapses)
+        self.primer: Job | None = None
+        self.warm_at = 0.0  # when the prefix was last known to be cached
+        self.key_window = 0.0  # start of the current one-minute window for key spreading
+        self.key_count = 0  # dispatches in that window
+
+
+class Scheduler:
+    """Decides which admitted job goes next.
+
+    The pipeline calls :meth:`add` for every admitted job, :meth:`next` whenever it has a free
+    slot, :meth:`answered` when a primer's response begins or ends, and :meth:`finished` when any
+    job is done. All methods are O(1) amortised.
+    """
+
+    __slots__ = (
+        "_active",
+        "_clock",
+        "_groups",
+        "_key_rpm",
+        "_max_active",
+        "_min_tokens",
+        "_ready",
+        "_strategy",
+        "_ttl",
+        "_use_keys",
+        "_waiting",
+    )
+
+    def __init__(
+        self,
+        *,
+        strategy: str,
+        ttl_s: float,
+        max_active_groups: int,
+        min_cacheable_tokens: int,
+        key_rpm: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._strategy = strategy
+        self._ttl = ttl_s
+        self._max_active = max_active_groups
+        self._min_tokens = min_cacheable_tokens
+        self._key_rpm = key_rpm
+        self._use_keys = key_rpm is not None
+        self._clock = clock
+        self._ready: deque[Dispatch] = deque()
+        self._groups: dict[str, _Group] = {}
+        self._active: set[str] = set()
+        # Groups with held jobs that are not yet active, in first-seen order.
+        self._waiting: dict[str, None] = {}
+
+    # -- admission -------------------------------------------------------------------------
+
+    def add(self, job: Job) -> None:
+        """Admit a job: ready at once, or held behind its group's primer."""
+        gkey = job.group
+        if (
+            self._strategy == "none"
+            or gkey is None
+            or estimate_tokens(job.prefix_chars) < self._min_tokens
+        ):
+            # Nothing to gain from priming: the prefix will never be cached.
+            self._ready.append(Dispatch(job, "none", None))
+            return
+        g = self._groups.get(gkey)
+        if g is None:
+            g = self._groups[gkey] = _Group(gkey)
+        g.held.append(job)
+        if gkey not in self._active:
+            self._waiting[gkey] = None
+            return
+        if g.state == "warm" and not self._expired(g):
+            self._release(g)
+        elif g.state == "cold" or (g.state == "warm" and self._expired(g)):
+            self._prime(g)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def next(self, free_slots: int) -> Dispatch | None:
+        """The next job to send, or None. ``free_slots`` lets an idle pipeline open more groups."""
+        if not self._ready and self._waiting:
+            self._open_groups(free_slots)
+        if self._ready:
+            return self._ready.popleft()
+        return None
+
+    @property
+    def ready(self) -> int:
+        return len(self._ready)
+
+    @property
+    def held(self) -> int:
+        return sum(len(self._groups[k].held) for k in self._active)
+
+    def answered(self, job: Job, ok: bool) -> None:
+        """A primer's response has begun (or completed). Release its group, or promote another."""
+        g = self._groups.get(job.group or _NO_GROUP)
+        if g is None or g.primer is not job:
+            return
+        g.primer = None
+        if ok:
+            g.state = "warm"
+            g.warm_at = self._clock()
+            self._release(g)
+        else:
+            # The primer failed (its retries continue as a plain request): promote a follower.
+            g.state = "cold"
+            if g.held:
+                self._prime(g)
+
+    def finished(self, d: Dispatch) -> None:
+        """A dispatched job is done; close its group when it has drained."""
+        key = d.job.group
+        if key is None or d.role == "none":
+            return
+        g = self._groups.get(key)
+        if g is None:
+            return
+        g.in_flight -= 1
+        if g.state == "warm":
+            g.warm_at = self._clock()  # a hit refreshes the provider's TTL
+        if g.in_flight <= 0 and not g.held and g.primer is None:
+            g.in_flight = 0
+            self._active.discard(key)
+            # A group that reappears later starts cold: the provider may have evicted the prefix
+            # in the meantime, and one primer costs far less than a stampede of misses.
+            del self._groups[key]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _expired(self, g: _Group) -> bool:
+        return self._clock() - g.warm_at > self._ttl
+
+    def _open_groups(self, free_slots: int) -> None:
+        """Open waiting groups: up to the cap, or beyond it when the pipeline would idle."""
+        while self._waiting and not self._ready:
+            if len(self._active) >= self._max_active:
+                # Work-conserving: exceed the cap only when no active group is still priming
+                # or holding work, i.e. the slots would otherwise stay empty.
+                if free_slots <= 0 or any(
+                    self._groups[k].held or self._groups[k].primer is not None
+                    for k in self._active
+                ):
+                    return
+            key = self._pick_waiting()
+            g = self._groups[key]
+            self._active.add(key)
+            if g.state == "warm" and not self._expired(g):
+                self._release(g)
+            else:
+                self._prime(g)
+
+    def _pick_waiting(self) -> str:
+        # Most-populated group first: it amortises its primer over the most followers.
+        best = max(self._waiting, key=lambda k: len(self._groups[k].held))
+        del self._waiting[best]
+        return best
+
+    def _prime(self, g: _Group) -> None:
+        if g.primer is not None or not g.held:
+            return
+        job = g.held.popleft()
+        g.primer = job
+        g.state = "priming"
+        g.in_flight += 1
+        self._ready.append(Dispatch(job, "primer", self._key(g)))
+
+    def _release(self, g: _Group) -> None:
+        held = g.held
+        ready = self._ready
+        g.in_flight += len(held)
+        while held:
+            ready.append(Dispatch(held.popleft(), "follower", self._key(g)))
+
+    def _key(self, g: _Group) -> str | None:
+        """Provider cache key: one per group, suffixed to keep each key under ``key_rpm``."""
+        if not self._use_keys:
+            return None
+        base = "rk-" + g.key.rsplit(":", 1)[-1][:16]
+        assert self._key_rpm is not None
+        now = self._clock()
+        if now - g.key_window >= 60.0:
+            g.key_window = now
+            g.key_count = 0
+        n = int(g.key_count // self._key_rpm) % MAX_KEYS_PER_GROUP
+        g.key_count += 1
+        return base if n == 0 else f"{base}-{n}"

@@ -1,0 +1,169 @@
+"""Command line: argument parsing, config loading, wiring, exit codes, ``uvloop.run``.
+
+Exit codes (SPEC section 1): 0 all jobs succeeded; 1 some failed permanently; 2 usage, config or
+input error before any request; 3 stopped by a guard; 130/143 interrupted after a clean drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, load_config
+from .errors import ConfigError, RunnerError
+
+__all__ = ["build_parser", "main"]
+
+
+def _event_loop_run(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        import asyncio
+
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("jobs", type=Path, help="JSONL file of jobs")
+    p.add_argument("-c", "--config", type=Path, help="TOML config file")
+    p.add_argument("-o", "--output", type=Path, help="results JSONL (default JOBS.results.jsonl)")
+    p.add_argument("--latency", type=Path, help="latency JSONL (default JOBS.latency.jsonl)")
+    p.add_argument("--summary", type=Path, help="summary JSON (default JOBS.summary.json)")
+    p.add_argument("--contexts", type=Path, help="contexts JSONL for compact jobs")
+    p.add_argument("--provider", choices=["openai", "anthropic", "mock"])
+    p.add_argument("--base-url", help="API base URL, e.g. https://api.openai.com/v1")
+    p.add_argument("--model")
+    p.add_argument("--api-key-env", help="name of the environment variable holding the key")
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--rpm", type=float, help="requests per minute")
+    p.add_argument("--tpm", type=float, help="tokens per minute")
+    p.add_argument("--max-attempts", type=int)
+    p.add_argument("--timeout", type=float, help="seconds per attempt")
+    p.add_argument("--cache", choices=["warm", "none"])
+    p.add_argument("--max-active-groups", type=int)
+    p.add_argument("--order", choices=["completion", "input"])
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--retry-failed", action="store_true", default=None)
+    p.add_argument("--max-cost", type=float, help="stop before spending more than this (USD)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
+    p.add_argument("--dry-run", action="store_true", default=None)
+
+
+_OVERRIDES = (
+    "output",
+    "latency",
+    "summary",
+    "contexts",
+    "provider",
+    "base_url",
+    "model",
+    "api_key_env",
+    "concurrency",
+    "rpm",
+    "tpm",
+    "max_attempts",
+    "timeout",
+    "cache",
+    "max_active_groups",
+    "order",
+    "resume",
+    "retry_failed",
+    "max_cost",
+    "stream",
+    "progress",
+    "dry_run",
+)
+
+
+def config_from_args(ns: argparse.Namespace) -> RunConfig:
+    base = load_config(ns.config)
+    overrides = {k: getattr(ns, k, None) for k in _OVERRIDES}
+    if overrides.get("provider") not in (None, "mock") and overrides.get("base_url") is None:
+        if base.base_url is None:
+            raise ConfigError(f"--provider {overrides['provider']} needs --base-url")
+    return base.with_overrides(**overrides)
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    from .api import run
+    from .stats import render_summary
+
+    config = config_from_args(ns)
+    if not ns.jobs.is_file():
+        raise ConfigError(f"{ns.jobs}: no such file")
+    if config.dry_run:
+        return _validate(ns.jobs, config)
+    outcome = _event_loop_run(run(ns.jobs, config, handle_signals=True))
+    print(render_summary(outcome.summary), file=sys.stderr)
+    guard = outcome.summary.get("guard")
+    if guard:
+        print(f"runner: stopped by a guard: {guard['message']}", file=sys.stderr)
+    elif outcome.stopped == "signal":
+        print("runner: interrupted; run the same command again to resume", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _validate(jobs: Path, config: RunConfig) -> int:
+    from .jobs import load_contexts
+    from .validate import render_validation, validate_file
+
+    if not jobs.is_file():
+        raise ConfigError(f"{jobs}: no such file")
+    contexts = (
+        load_contexts(config.contexts, max_line_bytes=config.max_line_bytes)
+        if config.contexts
+        else {}
+    )
+    report = validate_file(jobs, contexts=contexts, config=config)
+    print(render_validation(report, jobs))
+    return 0 if not report.bad_count else 1
+
+
+def _cmd_validate(ns: argparse.Namespace) -> int:
+    return _validate(ns.jobs, config_from_args(ns))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runner", description="High-throughput batch runner for LLM chat APIs"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run a batch of jobs")
+    _add_run_options(p_run)
+    p_run.set_defaults(func=_cmd_run)
+    p_val = sub.add_parser("validate", help="check a jobs file and estimate tokens and cost")
+    _add_run_options(p_val)
+    p_val.set_defaults(func=_cmd_validate)
+
+    from . import bench, report
+    from .mock import cli as mock_cli
+
+    p_mock = sub.add_parser("mock", help="start the simulated provider")
+    mock_cli.add_arguments(p_mock)
+    p_mock.set_defaults(func=mock_cli.main)
+    p_bench = sub.add_parser("bench", help="generate load for a benchmark run")
+    bench.add_arguments(p_bench)
+    p_bench.set_defaults(func=bench.main)
+    p_rep = sub.add_parser("report", help="summaries, comparisons and HTML from latency records")
+    report.add_arguments(p_rep)
+    p_rep.set_defaults(func=report.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        code: int = ns.func(ns)
+    except RunnerError as exc:
+        print(f"runner: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return code

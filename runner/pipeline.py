@@ -1,0 +1,511 @@
+"""The asyncio engine: reader -> scheduler -> workers -> sinks.
+
+The engine owns the protocols it needs (:class:`Backend`, :class:`Sink`, :class:`Limiter`) and
+never imports aiohttp or a provider: the CLI and :mod:`runner.api` wire concrete parts in.
+
+Flow control has no polling. The reader admits jobs into the :class:`~runner.cache.Scheduler`
+until ``read_ahead`` jobs are outstanding, then waits for space. ``_pump`` starts one task per
+dispatchable job while fewer than ``concurrency`` are in flight; every finished job pumps again.
+A failed job is a result, never an exception: only guards and signals stop a run early, and jobs
+they leave unsent have no result line, so re-running the same command sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from .cache import Dispatch, Scheduler
+from .config import RunConfig
+from .errors import AuthError, BudgetExceeded, CircuitOpen, GuardTripped, QuotaError
+from .models import Attempt, BadLine, ErrorInfo, Job, LatencyRecord, Price, estimate_tokens
+from .retry import RetryPolicy
+from .stats import SummaryBuilder, cost_of
+
+__all__ = ["Backend", "Engine", "LiveStats", "RunOutcome", "Sink"]
+
+DEFAULT_MAX_TOKENS = 256  # token-bucket estimate when neither job nor config sets max_tokens
+FLUSH_INTERVAL_S = 0.2
+EXIT_OK, EXIT_FAILED, EXIT_GUARD = 0, 1, 3
+
+
+class Backend(Protocol):
+    async def send(
+        self,
+        job: Job,
+        *,
+        cache_key: str | None,
+        on_first_byte: Callable[[], None] | None = None,
+        prewarm: bool = False,
+    ) -> Attempt: ...
+
+
+class Sink(Protocol):
+    def done(self, custom_id: str) -> bool: ...
+    def expect(self, line: int) -> None: ...
+    def write(self, result: dict[str, Any], record: LatencyRecord, line: int) -> None: ...
+    def flush(self) -> None: ...
+
+
+class Limiter(Protocol):
+    async def acquire(self, est_tokens: int) -> float: ...
+    def release(self, est_tokens: int, attempt: Attempt) -> None: ...
+
+
+@dataclass(slots=True)
+class LiveStats:
+    """Counters the progress display reads; updated in place, never copied on the hot path."""
+
+    total: int | None = None
+    read: int = 0
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    retries: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    billed: float = 0.0
+    uncached: float = 0.0
+    limiter_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    summary: dict[str, Any]
+    exit_code: int
+    stopped: str | None  # why the run ended early: a guard code, "signal", or None
+
+
+class _Abandon(Exception):
+    """A job left unsent because the run is stopping; it gets no result line."""
+
+
+_CANCELLED = ErrorInfo("cancelled", "request cancelled", retriable=True)
+
+
+class Engine:
+    """Runs an iterable of jobs to completion through one backend and one sink."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        backend: Backend,
+        sink: Sink,
+        limiter: Limiter,
+        jobs_name: str = "jobs",
+        on_tick: Callable[[LiveStats], None] | None = None,
+        release_on_first_byte: bool = False,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.sink = sink
+        self.limiter = limiter
+        self.stats = LiveStats()
+        self.price: Price | None = config.price()
+        self.summary = SummaryBuilder(self.price)
+        self.policy = RetryPolicy(max_attempts=config.max_attempts)
+        self.scheduler = Scheduler(
+            strategy=config.cache,
+            ttl_s=config.cache_ttl_s,
+            max_active_groups=config.max_active_groups,
+            min_cacheable_tokens=config.min_cacheable_tokens,
+            key_rpm=config.key_rpm
+            if config.cache == "warm" and config.provider in ("openai", "mock")
+            else None,
+        )
+        self._jobs_name = jobs_name
+        self._on_tick = on_tick
+        self._first_byte = release_on_first_byte
+        self._default_max = int(config.params.get("max_tokens", DEFAULT_MAX_TOKENS))
+        self._concurrency = config.concurrency
+        self._read_ahead = max(config.read_ahead, config.concurrency)
+        self._inflight = 0
+        self._admitted = 0
+        self._admit_t: dict[int, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._space = asyncio.Event()
+        self._all_done = asyncio.Event()
+        self._reading = True
+        self._stopping = False
+        self._stop_reason: str | None = None
+        self._exit_override: int | None = None
+        self._guard: GuardTripped | None = None
+        self._inflight_cost = 0.0
+        self._breaker: deque[bool] = deque(maxlen=max(1, config.breaker_min_requests))
+        self._breaker_failures = 0
+        self._run_id = os.urandom(6).hex()
+        self._seq = 0
+        self._perf0 = time.perf_counter()
+        self._wall0 = time.time()
+
+    # -- public ------------------------------------------------------------------------------
+
+    async def run(self, items: Iterable[Job | BadLine]) -> RunOutcome:
+        self._perf0 = time.perf_counter()
+        self._wall0 = time.time()
+        self.stats.started = self._perf0
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self._feed(iter(items))
+            self._reading = False
+            self._check_done()
+            await self._all_done.wait()
+        finally:
+            ticker.cancel()
+            for t in list(self._tasks):
+                t.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.sink.flush()
+        wall = time.perf_counter() - self._perf0
+        summary = self.summary.summary(
+            wall_s=wall,
+            retries=self.stats.retries,
+            limiter_wait_s=self.stats.limiter_s,
+            skipped_resumed=self.stats.skipped,
+        )
+        summary["stopped"] = self._stop_reason
+        summary["not_sent"] = max(0, self.stats.read - self.stats.done)
+        return RunOutcome(summary, self._exit_code(), self._stop_reason)
+
+    def request_stop(self, reason: str, exit_code: int, *, hard: bool = False) -> None:
+        """Stop reading and drain (``hard``: cancel in-flight requests at once)."""
+        first = not self._stopping
+        self._stopping = True
+        self._stop_reason = self._stop_reason or reason
+        if self._exit_override is None:
+            self._exit_override = exit_code
+        self._space.set()
+        if hard:
+            self._cancel_inflight()
+        elif first:
+            asyncio.get_running_loop().call_later(self.config.drain_s, self._cancel_inflight)
+        self._check_done()
+
+    @property
+    def guard(self) -> GuardTripped | None:
+        return self._guard
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _feed(self, it: Iterator[Job | BadLine]) -> None:
+        sink, stats, sched = self.sink, self.stats, self.scheduler
+        window = self._window
+        n = 0
+        for item in it:
+            if self._stopping:
+                break
+            stats.read += 1
+            if isinstance(item, BadLine):
+                sink.expect(item.line)
+                self._write_invalid(item.custom_id or f"line-{item.line}", item.line, item.message)
+                continue
+            if sink.done(item.custom_id):
+                stats.skipped += 1
+                stats.read -= 1
+                continue
+            sink.expect(item.line)
+            problem = window(item)
+            if problem is not None:
+                self._write_invalid(item.custom_id, item.line, problem, item.cache_id)
+                continue
+            self._admitted += 1
+            self._admit_t[id(item)] = time.perf_counter()
+            sched.add(item)
+            self._pump()
+            n += 1
+            if self._admitted >= self._read_ahead:
+                self._space.clear()
+                await self._space.wait()
+            elif not n & 255:
+                await asyncio.sleep(0)  # let started requests make progress while reading
+
+    def _window(self, job: Job) -> str | None:
+        limit = self.config.context_window
+        if limit is None:
+            return None
+        want = estimate_tokens(job.prompt_chars) + (job.max_tokens or self._default_max)
+        if want > limit:
+            return (
+                f"{self._jobs_name}:{job.line}: messages: prompt of about "
+                f"{estimate_tokens(job.prompt_chars)} tokens plus max_tokens exceeds the "
+                f"context window of {limit} tokens"
+            )
+        return None
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if self._stopping:
+            return
+        sched = self.scheduler
+        loop = asyncio.get_running_loop()
+        while self._inflight < self._concurrency:
+            d = sched.next(self._concurrency - self._inflight)
+            if d is None:
+                return
+            if self.price is not None and self.config.max_cost is not None:
+                est = self._est_cost(d.job)
+                if self.stats.billed + self._inflight_cost + est > self.config.max_cost:
+                    self._trip(BudgetExceeded(f"--max-cost {self.config.max_cost} USD reached"))
+                    return
+                self._inflight_cost += est
+            self._inflight += 1
+            self.stats.in_flight = self._inflight
+            t = loop.create_task(self._work(d))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    def _est_cost(self, job: Job) -> float:
+        assert self.price is not None
+        return cost_of(
+            estimate_tokens(job.prompt_chars), 0, 0, job.max_tokens or self._default_max, self.price
+        )[0]
+
+    async def _work(self, d: Dispatch) -> None:
+        job = d.job
+        t_admit = self._admit_t.pop(id(job), self._perf0)
+        t_start = time.perf_counter()
+        est = estimate_tokens(job.prompt_chars) + (job.max_tokens or self._default_max)
+        role = d.role
+        primer = role == "primer"
+        cb = self._first_byte_cb(job) if primer and self._first_byte else None
+        attempts = 0
+        limiter_s = 0.0
+        a: Attempt | None = None
+        written = False
+        try:
+            if primer and self.config.anthropic_prewarm and self._first_byte:
+                await self._prewarm(job, d.cache_key)
+            while True:
+                attempts += 1
+                limiter_s += await self.limiter.acquire(est)
+                try:
+                    a = await self.backend.send(job, cache_key=d.cache_key, on_first_byte=cb)
+                except BaseException:
+                    self.limiter.release(est, Attempt(status=None, error=_CANCELLED))
+                    raise
+                self.limiter.release(est, a)
+                err = a.error
+                if err is None:
+                    if primer:
+                        self.scheduler.answered(job, True)
+                    break
+                if err.fatal:
+                    cls = QuotaError if err.code == "insufficient_quota" else AuthError
+                    self._trip(cls(err.message))
+                    raise _Abandon
+                if primer and attempts == 1:
+                    self.scheduler.answered(job, False)  # promote a follower meanwhile
+                    self._pump()
+                if not self.policy.should_retry(err, attempts):
+                    break
+                if self._stopping:
+                    raise _Abandon  # a resume retries it; don't sleep through a drain
+                self.stats.retries += 1
+                await asyncio.sleep(self.policy.delay(err, attempts))
+            self._finish(job, role, a, attempts, t_admit, t_start, limiter_s)
+            written = True
+        except (_Abandon, asyncio.CancelledError):
+            pass  # no result line: the job stays unsent for a resume
+        finally:
+            self._inflight -= 1
+            self._admitted -= 1
+            self.stats.in_flight = self._inflight
+            if self.price is not None and self.config.max_cost is not None:
+                self._inflight_cost -= self._est_cost(job)
+            if not written and primer:
+                self.scheduler.answered(job, False)
+            self.scheduler.finished(d)
+            if self._admitted < self._read_ahead:
+                self._space.set()
+            self._pump()
+            self._check_done()
+
+    async def _prewarm(self, job: Job, cache_key: str | None) -> None:
+        """Anthropic ``max_tokens: 0`` pre-warm: bills only the cache write."""
+        est = estimate_tokens(job.prefix_chars)
+        self.stats.limiter_s += await self.limiter.acquire(est)
+        a = await self.backend.send(job, cache_key=cache_key, prewarm=True)
+        self.limiter.release(est, a)
+        if a.usage is not None and self.price is not None:
+            u = a.usage
+            billed, uncached = cost_of(
+                u.prompt_tokens, u.cached_tokens or 0, u.cache_write_tokens, 0, self.price
+            )
+            self.stats.billed += billed
+            self.stats.uncached += uncached
+        if a.error is None:
+            self.scheduler.answered(job, True)
+
+    def _first_byte_cb(self, job: Job) -> Callable[[], None]:
+        def released() -> None:
+            self.scheduler.answered(job, True)
+            self._pump()
+
+        return released
+
+    # -- results -----------------------------------------------------------------------------
+
+    def _next_id(self) -> str:
+        self._seq += 1
+        return f"batch_req_{self._run_id}{self._seq:08x}"
+
+    def _finish(
+        self,
+        job: Job,
+        role: Any,
+        a: Attempt | None,
+        attempts: int,
+        t_admit: float,
+        t_start: float,
+        limiter_s: float,
+    ) -> None:
+        assert a is not None
+        now = time.perf_counter()
+        wall0, perf0 = self._wall0, self._perf0
+        err = a.error
+        u = a.usage
+        rec = LatencyRecord(
+            custom_id=job.custom_id,
+            cache_id=job.cache_id,
+            cache_role=role,
+            outcome="ok" if err is None else "error",
+            status=a.status,
+            attempts=attempts,
+            queued_at=wall0 + (t_admit - perf0),
+            started_at=wall0 + (t_start - perf0),
+            ended_at=wall0 + (now - perf0),
+            queue_ms=(t_start - t_admit) * 1000.0,
+            limiter_ms=limiter_s * 1000.0,
+            ttft_ms=a.ttft_ms,
+            latency_ms=a.latency_ms if a.status is not None else None,
+            total_ms=(now - t_start) * 1000.0,
+            request_id=a.request_id,
+            error_code=None if err is None else err.code,
+            itl_ms=a.itl_ms,
+        )
+        stats = self.stats
+        if u is not None:
+            rec.prompt_tokens = u.prompt_tokens
+            rec.cached_tokens = u.cached_tokens
+            rec.cache_write_tokens = u.cache_write_tokens
+            rec.completion_tokens = u.completion_tokens
+            stats.prompt_tokens += u.prompt_tokens
+            stats.cached_tokens += u.cached_tokens or 0
+            stats.completion_tokens += u.completion_tokens
+            if self.price is not None:
+                billed, uncached = cost_of(
+                    u.prompt_tokens,
+                    u.cached_tokens or 0,
+                    u.cache_write_tokens,
+                    u.completion_tokens,
+                    self.price,
+                )
+                stats.billed += billed
+                stats.uncached += uncached
+        body: Any = a.body
+        if a.raw is not None:
+            body = orjson.Fragment(a.raw)
+        response = (
+            None
+            if a.status is None
+            else {"status_code": a.status, "request_id": a.request_id, "body": body}
+        )
+        result = {
+            "id": self._next_id(),
+            "custom_id": job.custom_id,
+            "response": response,
+            "error": None if err is None else {"code": err.code, "message": err.message},
+        }
+        self.sink.write(result, rec, job.line)
+        self.summary.add(rec)
+        stats.done += 1
+        stats.limiter_s += limiter_s
+        if err is None:
+            stats.ok += 1
+        else:
+            stats.failed += 1
+        self._breaker_add(err is not None)
+
+    def _write_invalid(
+        self, custom_id: str, line: int, message: str, cache_id: str | None = None
+    ) -> None:
+        now = time.time()
+        rec = LatencyRecord(
+            custom_id=custom_id,
+            cache_id=cache_id,
+            outcome="error",
+            queued_at=now,
+            ended_at=now,
+            error_code="invalid_input",
+        )
+        result = {
+            "id": self._next_id(),
+            "custom_id": custom_id,
+            "response": None,
+            "error": {"code": "invalid_input", "message": message},
+        }
+        self.sink.write(result, rec, line)
+        self.summary.add(rec)
+        self.stats.done += 1
+        self.stats.failed += 1
+
+    # -- guards and shutdown -----------------------------------------------------------------
+
+    def _breaker_add(self, failed: bool) -> None:
+        b = self._breaker
+        if len(b) == b.maxlen and b[0]:
+            self._breaker_failures -= 1
+        b.append(failed)
+        if failed:
+            self._breaker_failures += 1
+            if (
+                len(b) == b.maxlen
+                and self._breaker_failures >= self.config.breaker_error_rate * len(b)
+                and not self._stopping
+            ):
+                self._trip(
+                    CircuitOpen(
+                        f"{self._breaker_failures} of the last {len(b)} jobs failed: "
+                        "stopping before the rest fail the same way"
+                    )
+                )
+
+    def _trip(self, exc: GuardTripped) -> None:
+        if self._guard is None:
+            self._guard = exc
+        self.request_stop(exc.code, EXIT_GUARD, hard=isinstance(exc, AuthError | QuotaError))
+
+    def _cancel_inflight(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+
+    def _check_done(self) -> None:
+        if self._inflight == 0 and (self._stopping or (not self._reading and self._admitted == 0)):
+            self._all_done.set()
+
+    def _exit_code(self) -> int:
+        if self._exit_override is not None:
+            return self._exit_override
+        return EXIT_FAILED if self.stats.failed else EXIT_OK
+
+    async def _tick(self) -> None:
+        """Flush outputs in small batches and feed the progress display."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            self.sink.flush()
+            if self._on_tick is not None:
+                self._on_tick(self.stats)

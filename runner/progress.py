@@ -1,0 +1,91 @@
+"""Live progress: a rich bar on a terminal, a plain line every few seconds otherwise (cron logs)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from .pipeline import LiveStats
+
+__all__ = ["ProgressDisplay", "make_progress"]
+
+LOG_INTERVAL_S = 5.0
+
+
+def _line(s: LiveStats, elapsed: float) -> str:
+    rate = s.done / elapsed if elapsed > 0 else 0.0
+    tok = (s.prompt_tokens + s.completion_tokens) / elapsed if elapsed > 0 else 0.0
+    hit = s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0
+    total = f"/{s.total}" if s.total is not None else ""
+    eta = ""
+    if s.total and rate > 0:
+        eta = f" eta {max(0.0, (s.total - s.done - s.skipped) / rate):.0f}s"
+    cost = f" ${s.billed:.4f}" if s.billed else ""
+    return (
+        f"{s.done + s.skipped}{total} done, {rate:.0f} req/s, {tok:.0f} tok/s, "
+        f"cache hit {hit:.1%}, {s.failed} errors, {s.retries} retries, "
+        f"{s.in_flight} in flight{cost}{eta}"
+    )
+
+
+class ProgressDisplay:
+    """Receives engine ticks; renders a bar or log lines."""
+
+    __slots__ = ("_bar", "_last_log", "_mode", "_out", "_task")
+
+    def __init__(self, mode: str, out: TextIO | None = None) -> None:
+        self._out = out or sys.stderr
+        self._mode = mode
+        self._last_log = time.perf_counter()
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        if mode == "bar":
+            self._bar = Progress(
+                TextColumn("[bold]runner"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=Console(file=self._out),
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("run", total=None, info="")
+
+    def tick(self, s: LiveStats) -> None:
+        elapsed = time.perf_counter() - s.started
+        if self._bar is not None and self._task is not None:
+            rate = s.done / elapsed if elapsed > 0 else 0.0
+            hit = s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0
+            self._bar.update(
+                self._task,
+                completed=s.done + s.skipped,
+                total=s.total,
+                info=f"{rate:.0f} req/s  hit {hit:.0%}  err {s.failed}  retry {s.retries}",
+            )
+        elif self._mode == "log":
+            now = time.perf_counter()
+            if now - self._last_log >= LOG_INTERVAL_S:
+                self._last_log = now
+                print(f"[runner] {_line(s, elapsed)}", file=self._out, flush=True)
+
+    def close(self, s: LiveStats | None = None) -> None:
+        if self._bar is not None:
+            if s is not None:
+                self.tick(s)
+            self._bar.stop()
+            self._bar = None
+
+
+def make_progress(mode: str, out: TextIO | None = None) -> ProgressDisplay | None:
+    """``auto`` is a bar on a terminal and log lines otherwise; ``off`` shows nothing."""
+    stream = out or sys.stderr
+    if mode == "auto":
+        mode = "bar" if stream.isatty() else "log"
+    if mode == "off":
+        return None
+    return ProgressDisplay(mode, stream)
