@@ -190,8 +190,7 @@ class Scheduler:
                 # Work-conserving: exceed the cap only when no active group is still priming
                 # or holding work, i.e. the slots would otherwise stay empty.
                 if free_slots <= 0 or any(
-                    self._groups[k].held or self._groups[k].primer is not None
-                    for k in self._active
+                    self._groups[k].held or self._groups[k].primer is not None for k in self._active
                 ):
                     return
             key = self._pick_waiting()

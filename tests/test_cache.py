@@ -1,0 +1,174 @@
+"""Tests for the warm-then-fan-out scheduler (pure logic, a fake clock)."""
+
+from __future__ import annotations
+
+from runner.cache import Dispatch, Scheduler
+from runner.models import Job
+
+PREFIX_CHARS = 8000  # about 2,000 tokens: above the minimum cacheable length
+
+
+def job(i: int, group: str | None = "g1:abc", prefix_chars: int = PREFIX_CHARS) -> Job:
+    return Job(
+        custom_id=f"j{i}",
+        line=i,
+        messages=({"role": "user", "content": "q"},),
+        prefix_len=1 if group else 0,
+        group=group,
+        cache_id=group.split(":")[0] if group else None,
+        model=None,
+        params={},
+        prompt_chars=prefix_chars + 10,
+        prefix_chars=prefix_chars if group else 0,
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def sched(strategy: str = "warm", clock: Clock | None = None, **kw: object) -> Scheduler:
+    args: dict[str, object] = {
+        "strategy": strategy,
+        "ttl_s": 300.0,
+        "max_active_groups": 2,
+        "min_cacheable_tokens": 1024,
+        "clock": clock or Clock(),
+    }
+    args.update(kw)
+    return Scheduler(**args)  # type: ignore[arg-type]
+
+
+def drain(s: Scheduler, slots: int = 1000) -> list[Dispatch]:
+    """Take every dispatchable job, each using up one of ``slots`` free pipeline slots."""
+    out = []
+    while (d := s.next(slots - len(out))) is not None:
+        out.append(d)
+    return out
+
+
+def test_followers_wait_for_the_primer() -> None:
+    s = sched()
+    for i in range(5):
+        s.add(job(i))
+    first = drain(s)
+    assert [(d.job.custom_id, d.role) for d in first] == [("j0", "primer")]
+    s.answered(first[0].job, ok=True)
+    rest = drain(s)
+    assert [d.role for d in rest] == ["follower"] * 4
+    assert [d.job.custom_id for d in rest] == ["j1", "j2", "j3", "j4"]
+
+
+def test_jobs_arriving_after_warm_go_straight_out() -> None:
+    s = sched()
+    s.add(job(0))
+    (p,) = drain(s)
+    s.answered(p.job, ok=True)
+    s.add(job(1))
+    assert [(d.job.custom_id, d.role) for d in drain(s)] == [("j1", "follower")]
+
+
+def test_failed_primer_promotes_a_follower() -> None:
+    s = sched()
+    for i in range(3):
+        s.add(job(i))
+    (p,) = drain(s)
+    s.answered(p.job, ok=False)
+    (p2,) = drain(s)
+    assert (p2.job.custom_id, p2.role) == ("j1", "primer")
+    # A late success of the first primer must not release the group twice.
+    s.answered(p.job, ok=True)
+    assert drain(s) == []
+    s.answered(p2.job, ok=True)
+    assert [d.job.custom_id for d in drain(s)] == ["j2"]
+
+
+def test_lapsed_ttl_reprimes() -> None:
+    clock = Clock()
+    s = sched(clock=clock)
+    s.add(job(0))
+    s.add(job(1))
+    (p,) = drain(s)
+    s.answered(p.job, ok=True)
+    assert len(drain(s)) == 1
+    clock.t += 301.0
+    s.add(job(2))
+    s.add(job(3))
+    out = drain(s)
+    assert [(d.job.custom_id, d.role) for d in out] == [("j2", "primer")]
+
+
+def test_edited_context_is_another_group() -> None:
+    s = sched()
+    s.add(job(0, group="legal:aaaa"))
+    s.add(job(1, group="legal:bbbb"))
+    roles = [(d.job.custom_id, d.role) for d in drain(s)]
+    assert roles == [("j0", "primer"), ("j1", "primer")]
+
+
+def test_active_groups_are_bounded_and_opened_most_populated_first() -> None:
+    s = sched(max_active_groups=2)
+    counts = {"a": 1, "b": 3, "c": 5, "d": 2}
+    i = 0
+    for g, n in counts.items():
+        for _ in range(n):
+            s.add(job(i, group=f"{g}:h"))
+            i += 1
+    primers = drain(s)
+    assert sorted(d.job.group or "" for d in primers) == ["b:h", "c:h"]
+    assert primers[0].job.group == "c:h"  # the biggest group first
+    assert all(d.role == "primer" for d in primers)
+
+
+def test_group_drains_before_the_next_opens() -> None:
+    s = sched(max_active_groups=1)
+    for i in range(2):
+        s.add(job(i, group="a:h"))
+    for i in range(2, 4):
+        s.add(job(i, group="b:h"))
+    (p,) = drain(s, slots=1)
+    s.answered(p.job, ok=True)
+    (f,) = drain(s, slots=1)
+    assert f.job.group == p.job.group
+    s.finished(p)
+    assert drain(s, slots=0) == []  # the other group still waits: a follower is in flight
+    s.finished(f)
+    nxt = drain(s, slots=1)
+    assert [(d.job.group, d.role) for d in nxt] == [("b:h", "primer")]
+
+
+def test_short_prefix_and_none_strategy_skip_priming() -> None:
+    s = sched()
+    s.add(job(0, prefix_chars=100))
+    s.add(job(1, prefix_chars=100))
+    assert [d.role for d in drain(s)] == ["none", "none"]
+    n = sched(strategy="none")
+    for i in range(3):
+        n.add(job(i))
+    assert [d.role for d in drain(n)] == ["none"] * 3
+
+
+def test_idle_pipeline_opens_groups_beyond_the_cap() -> None:
+    s = sched(max_active_groups=1)
+    s.add(job(0, group="a:h"))
+    s.add(job(1, group="b:h"))
+    (p,) = drain(s, slots=4)
+    s.answered(p.job, ok=True)  # group a is warm with nothing held, slots are free
+    (p2,) = drain(s, slots=3)
+    assert (p2.job.group, p2.role) == ("b:h", "primer")
+
+
+def test_cache_keys_spread_above_the_per_key_rate() -> None:
+    s = sched(key_rpm=2.0)
+    for i in range(5):
+        s.add(job(i))
+    (p,) = drain(s)
+    s.answered(p.job, ok=True)
+    keys = [p.cache_key] + [d.cache_key for d in drain(s)]
+    assert keys[0] is not None and keys[0].startswith("rk-")
+    assert keys[0] == keys[1] and keys[2] == keys[3] and keys[1] != keys[2]
+    assert len(set(keys)) == 3
