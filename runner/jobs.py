@@ -186,15 +186,17 @@ def _read_jobs(
                 yield BadLine(lineno, None, None, f"{where}:{lineno}: {problem}")
                 continue
             batch = "custom_id" in obj or "body" in obj
+            id_field = "custom_id" if batch else "id"
             custom_id: str | None = None
             try:
-                id_field = "custom_id" if batch else "id"
                 custom_id = _claim_id(obj, id_field, seen)
                 if batch:
                     yield _batch_job(obj, custom_id, lineno)
                 else:
                     yield _compact_job(obj, custom_id, lineno, contexts)
             except _Bad as bad:
+                if custom_id is None and bad.field == id_field:
+                    custom_id = _readable_id(obj.get(id_field))  # a duplicate still names itself
                 message = f"{where}:{lineno}: {bad.field}: {bad.problem}"
                 yield BadLine(lineno, custom_id, bad.field, message)
 
@@ -210,6 +212,10 @@ def _claim_id(obj: dict[str, Any], field: str, seen: set[int]) -> str:
         raise _Bad(field, f"duplicate id {_show(value)}: an earlier line already uses it")
     seen.add(h)
     return value
+
+
+def _readable_id(value: Any) -> str | None:
+    return value if type(value) is str and value else None
 
 
 def _compact_job(
@@ -399,7 +405,10 @@ def _iter_lines(fh: io.BufferedReader, limit: int) -> Iterator[tuple[int, bytes 
             while True:
                 chunk = readline(_SKIP_CHUNK)
                 size += len(chunk)
-                if not chunk or chunk[-1] == 0x0A:
+                if not chunk:
+                    break
+                if chunk[-1] == 0x0A:
+                    size -= 1  # the size of the line, not counting its newline
                     break
             yield lineno, size
         else:
@@ -417,8 +426,15 @@ def _decode_problem(raw: bytes, exc: Exception) -> str:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as bad:
-        return f"invalid UTF-8 at byte {bad.start}"
-    return f"invalid JSON: {exc}"
+        return f"invalid UTF-8 at byte {bad.start + 1}"
+    # orjson says "problem: line L column C (char N)"; its "line" would read as the file's line
+    problem, sep, where = str(exc).rpartition(": line ")
+    char = where.rpartition("(char ")[2].rstrip(")")
+    if not (sep and char.isdigit()):
+        return f"invalid JSON: {exc}"
+    if int(char) >= len(raw.rstrip()):
+        return f"invalid JSON at the end of the line: {problem}"
+    return f"invalid JSON at column {int(char) + 1}: {problem}"
 
 
 def _json_type(value: Any) -> str:
