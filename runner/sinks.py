@@ -1,0 +1,690 @@
+"""Results and latency writers: append-only, crash-safe, resumable.
+
+A run owns three files next to the results file ``R``:
+
+* ``R`` and the latency file: JSONL, opened ``O_APPEND`` and written only in whole lines, one
+  ``os.write`` per file per flush. A crash (even ``kill -9``) can therefore leave at most one
+  partial last line per file, which the next run cuts off (that job simply runs again).
+* ``R.lock``: created ``O_EXCL`` and held with ``flock`` for the life of the run; it holds
+  ``"PID HOSTNAME"`` so that a refusal can say who is writing. ``flock`` is the real mutual
+  exclusion (the kernel drops it when a runner dies); the pid only words the message, and backs
+  the lock up on file systems where ``flock`` does not exclude.
+* ``R.meta.json``: which input (path and a fingerprint of its first 64 KiB) and model wrote ``R``,
+  so that resuming onto the output of another input or model is refused instead of mixing them.
+
+Within a flush the latency lines are written *before* the result lines: the result line is the
+commit record of a job. A crash between the two writes leaves latency lines without a result,
+which the next run drops before it sends those jobs again, so both files end with every job
+exactly once. (The other order would lose the latency records of jobs already committed.)
+
+Latency lines omit ``itl_ms`` when it is ``None`` (non-streaming runs) to keep them lean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import socket
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import orjson
+
+from .config import RunConfig
+from .errors import InputError, ResumeError, SinkError
+from .models import LatencyRecord
+
+__all__ = [
+    "DEFAULT_FLUSH_EVERY",
+    "META_VERSION",
+    "RETRIABLE_ERROR_CODES",
+    "Outputs",
+    "default_paths",
+    "open_outputs",
+    "write_summary",
+]
+
+DEFAULT_FLUSH_EVERY = 64
+META_VERSION = 1
+FINGERPRINT_BYTES = 1 << 16
+
+#: Error codes of results that ``--retry-failed`` sends again (the failure was transient).
+RETRIABLE_ERROR_CODES: Final = frozenset(
+    {
+        "rate_limited",
+        "overloaded",
+        "timeout",
+        "connection",
+        "http_5xx",
+        "http_408",
+        "http_409",
+        "bad_response",
+        "stream_error",
+        "cancelled",
+    }
+)
+# A cancelled job never finished: a plain resume sends it again, with or without --retry-failed.
+_ALWAYS_RERUN: Final = frozenset({"cancelled"})
+
+_NO_ITL: Final = b',"itl_ms":null}'
+_APPEND_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_CHUNK: Final = 1 << 16
+_T = TypeVar("_T")
+
+
+def default_paths(jobs_path: Path, config: RunConfig) -> tuple[Path, Path, Path]:
+    """The results, latency and summary paths: the config's, else ``JOBS.<kind>`` beside the input.
+
+    ``examples/jobs.jsonl`` gives ``examples/jobs.results.jsonl``, ``examples/jobs.latency.jsonl``
+    and ``examples/jobs.summary.json``.
+    """
+    stem = jobs_path.with_suffix("")
+    return (
+        config.output or stem.with_name(stem.name + ".results.jsonl"),
+        config.latency or stem.with_name(stem.name + ".latency.jsonl"),
+        config.summary or stem.with_name(stem.name + ".summary.json"),
+    )
+
+
+def open_outputs(
+    config: RunConfig,
+    *,
+    jobs_path: Path,
+    model: str,
+    flush_every: int = DEFAULT_FLUSH_EVERY,
+    fsync: bool = True,
+) -> Outputs:
+    """Lock the outputs, check they belong to this input and model, repair and load them.
+
+    With ``config.resume`` and a non-empty results file the run resumes: a partial last line is
+    cut off, the ids already written become :meth:`Outputs.done`, and (with ``retry_failed``)
+    results with a retriable error are removed so that those jobs run again. Otherwise both files
+    start empty.
+
+    :param jobs_path: the input file, fingerprinted so a resume cannot mix two inputs.
+    :param model: the run's model; resuming with another model is refused.
+    :param flush_every: hand the buffered lines to the OS after this many jobs.
+    :param fsync: fsync both files on :meth:`Outputs.close`.
+    :raises ResumeError: the outputs are locked by a live runner or belong to another input/model.
+    :raises InputError: the jobs file cannot be read.
+    :raises SinkError: an output file cannot be created, read or written.
+    """
+    if flush_every < 1:
+        raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+    results, latency, _ = default_paths(jobs_path, config)
+    for parent in {results.parent, latency.parent}:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"{parent}: cannot create the directory: {exc.strerror}") from exc
+    lock_path = _sidecar(results, ".lock")
+    lock_fd = _acquire_lock(lock_path, results)
+    try:
+        meta_path = _sidecar(results, ".meta.json")
+        jobs_file = str(jobs_path.resolve())
+        fingerprint = _fingerprint(jobs_path)
+        done: set[str] = set()
+        resuming = config.resume and _size(results) > 0
+        if resuming:
+            meta = _read_meta(meta_path, results)
+            _check_meta(meta, results, jobs_file=jobs_file, jobs_path=jobs_path, model=model)
+            if meta.get("jobs_file") != jobs_file:
+                # Same content at a new path: keep resuming, but record where the input is now.
+                _write_meta(meta_path, jobs_file=jobs_file, fingerprint=fingerprint, model=model)
+            _repair_tail(results)
+            _repair_tail(latency)
+            done = _load_results(results, retry_failed=config.retry_failed)
+            _drop_orphans(latency, done)
+        flags = _APPEND_FLAGS if resuming else _APPEND_FLAGS | os.O_TRUNC
+        res_fd = _io(results, lambda: os.open(results, flags, 0o644))
+        try:
+            lat_fd = _io(latency, lambda: os.open(latency, flags, 0o644))
+        except BaseException:
+            os.close(res_fd)
+            raise
+        if not resuming:
+            # Truncate first, then claim the files for this input: a crash in between leaves
+            # empty outputs, never old lines under new metadata.
+            _write_meta(meta_path, jobs_file=jobs_file, fingerprint=fingerprint, model=model)
+    except BaseException:
+        _release_lock(lock_path, lock_fd)
+        raise
+    return Outputs(
+        results_path=results,
+        latency_path=latency,
+        lock_path=lock_path,
+        fds=(res_fd, lat_fd, lock_fd),
+        done=done,
+        order_input=config.order == "input",
+        flush_every=flush_every,
+        fsync=fsync,
+    )
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Write the summary JSON atomically (a reader never sees half a summary).
+
+    :raises SinkError: the file cannot be written.
+    """
+    data = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    _io(path, lambda: path.parent.mkdir(parents=True, exist_ok=True))
+    _atomic_write(path, data)
+
+
+class Outputs:
+    """The open results and latency files of one run, with their write buffers.
+
+    Lines are serialised on :meth:`write` and handed to the OS every ``flush_every`` jobs or on
+    :meth:`flush`, latency before results, whole lines only. Not thread-safe: one event loop
+    writes.
+
+    With ``order="input"`` results are released in the order of the line numbers announced by
+    :meth:`expect`. The reorder buffer holds at most the jobs between the oldest unfinished one
+    and the newest read, which the pipeline bounds by its read-ahead window (it never has more
+    than ``read_ahead`` jobs outstanding).
+    """
+
+    __slots__ = (
+        "_broken",
+        "_closed",
+        "_done",
+        "_expected",
+        "_fds",
+        "_flush_every",
+        "_fsync",
+        "_held",
+        "_lat_buf",
+        "_order_input",
+        "_pending",
+        "_res_buf",
+        "latency_path",
+        "lock_path",
+        "results_path",
+        "skipped",
+    )
+
+    def __init__(
+        self,
+        *,
+        results_path: Path,
+        latency_path: Path,
+        lock_path: Path,
+        fds: tuple[int, int, int],
+        done: set[str],
+        order_input: bool,
+        flush_every: int,
+        fsync: bool,
+    ) -> None:
+        self.results_path = results_path
+        self.latency_path = latency_path
+        self.lock_path = lock_path
+        self.skipped = len(done)  # ids already written by an earlier run
+        self._fds = fds  # results, latency, lock
+        self._done = done
+        self._order_input = order_input
+        self._flush_every = flush_every
+        self._fsync = fsync
+        self._res_buf = bytearray()
+        self._lat_buf = bytearray()
+        self._pending = 0  # jobs in the buffers
+        self._expected: deque[int] = deque()
+        self._held: dict[int, tuple[bytes, bytes]] = {}
+        self._broken: SinkError | None = None
+        self._closed = False
+
+    def done(self, custom_id: str) -> bool:
+        """Whether an earlier run already wrote this job's result (skip it)."""
+        return custom_id in self._done
+
+    def expect(self, line: int) -> None:
+        """Announce, in input order, the line of a job (or bad line) to be written (order input)."""
+        if self._order_input:
+            self._expected.append(line)
+            self._release()
+
+    def write(self, result: dict[str, Any], record: LatencyRecord, line: int) -> None:
+        """Buffer one job's result and latency record; ``line`` is its line in the input.
+
+        ``result`` may hold ``orjson.Fragment`` values (raw provider bodies written verbatim).
+
+        :raises SinkError: a flush this write triggered failed.
+        """
+        res = orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE)
+        lat = orjson.dumps(record)
+        if lat.endswith(_NO_ITL):
+            lat = lat[: -len(_NO_ITL)] + b"}\n"
+        else:
+            lat += b"\n"
+        if self._order_input:
+            self._held[line] = (res, lat)
+            self._release()
+        else:
+            self._append(res, lat)
+
+    def flush(self) -> None:
+        """Hand the buffered lines to the OS: one ``os.write`` per file, latency first.
+
+        :raises SinkError: a file cannot be written; the outputs are then unusable, and the
+            next run repairs whatever partial line the failure left.
+        """
+        if self._broken is not None:
+            raise self._broken
+        if not self._pending:
+            return
+        try:
+            _write_all(self._fds[1], self._lat_buf, self.latency_path)
+            _write_all(self._fds[0], self._res_buf, self.results_path)
+        except SinkError as exc:
+            self._broken = exc
+            raise
+        self._lat_buf.clear()
+        self._res_buf.clear()
+        self._pending = 0
+
+    def close(self) -> None:
+        """Write everything still buffered, fsync, close the files and release the lock.
+
+        Jobs held for ordering whose predecessors never finished (cancelled) are written too, in
+        line order: a finished result is never dropped. Calling it again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        res_fd, lat_fd, lock_fd = self._fds
+        try:
+            if self._broken is None:
+                for line in sorted(self._held):
+                    self._append(*self._held.pop(line))
+                self.flush()
+                if self._fsync:
+                    _io(self.latency_path, lambda: os.fsync(lat_fd))
+                    _io(self.results_path, lambda: os.fsync(res_fd))
+        finally:
+            os.close(res_fd)
+            os.close(lat_fd)
+            _release_lock(self.lock_path, lock_fd)
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Flush even when the run is failing: every finished job written is one not re-sent.
+        self.close()
+
+    def _release(self) -> None:
+        expected, held = self._expected, self._held
+        while expected and expected[0] in held:
+            self._append(*held.pop(expected.popleft()))
+
+    def _append(self, res: bytes, lat: bytes) -> None:
+        self._res_buf += res
+        self._lat_buf += lat
+        self._pending += 1
+        if self._pending >= self._flush_every:
+            self.flush()
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def _io(path: Path, op: Callable[[], _T]) -> _T:
+    """Run a file operation, translating ``OSError`` into a ``SinkError`` that names the file."""
+    try:
+        return op()
+    except OSError as exc:
+        raise SinkError(f"{path}: {exc.strerror or exc}") from exc
+
+
+def _sidecar(results: Path, suffix: str) -> Path:
+    return results.with_name(results.name + suffix)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise SinkError(f"{path}: {exc.strerror}") from exc
+
+
+def _write_all(fd: int, buf: bytearray, path: Path) -> None:
+    view = memoryview(buf)
+    try:
+        # A regular file takes the whole buffer in one call; the loop only covers short writes
+        # (a full disk reports its error on the next call).
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        raise SinkError(f"{path}: cannot write: {exc.strerror}") from exc
+    finally:
+        view.release()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = _sidecar(path, ".tmp")
+
+    def write() -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    _io(path, write)
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a partial last line (a write torn by a crash) back to the last newline."""
+
+    def repair() -> None:
+        try:
+            fh = open(path, "r+b")
+        except FileNotFoundError:
+            return
+        with fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end == 0:
+                return
+            fh.seek(end - 1)
+            if fh.read(1) == b"\n":
+                return
+            pos, cut = end, 0
+            while pos > 0:
+                start = max(0, pos - _CHUNK)
+                fh.seek(start)
+                nl = fh.read(pos - start).rfind(b"\n")
+                if nl >= 0:
+                    cut = start + nl + 1
+                    break
+                pos = start
+            fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _io(path, repair)
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        yield from fh
+
+
+def _rewrite(path: Path, keep: Callable[[bytes], bool]) -> None:
+    """Stream ``path`` to a temporary file without the lines ``keep`` rejects, then swap it in."""
+    tmp = _sidecar(path, ".tmp")
+
+    def rewrite() -> None:
+        with open(tmp, "wb") as out:
+            for raw in _lines(path):
+                if keep(raw):
+                    out.write(raw)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    _io(path, rewrite)
+
+
+# -- resume ---------------------------------------------------------------------------------
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _load_results(path: Path, *, retry_failed: bool) -> set[str]:
+    """The ids already done; lines to run again (or unreadable) are removed from the file."""
+
+    def judge(raw: bytes) -> tuple[bool, object]:
+        """(keep the line, its custom_id)."""
+        obj = _parse(raw)
+        if obj is None:
+            return False, None  # belongs to no job: garbage left by a crash of the machine
+        err = obj.get("error")
+        code = err.get("code") if isinstance(err, dict) else None
+        rerun = code in _ALWAYS_RERUN or (retry_failed and code in RETRIABLE_ERROR_CODES)
+        return not rerun, obj.get("custom_id")
+
+    done: set[str] = set()
+
+    def scan() -> bool:
+        dropped = False
+        for raw in _lines(path):
+            keep, cid = judge(raw)
+            if not keep:
+                dropped = True
+            elif isinstance(cid, str):
+                done.add(cid)
+        return dropped
+
+    if _io(path, scan):
+        _rewrite(path, lambda raw: judge(raw)[0])
+    return done
+
+
+def _drop_orphans(path: Path, done: set[str]) -> None:
+    """Drop latency lines whose job has no result line (a crash between the two writes)."""
+
+    def keep(raw: bytes) -> bool:
+        obj = _parse(raw)
+        cid = obj.get("custom_id") if obj is not None else None
+        return isinstance(cid, str) and cid in done
+
+    def any_orphan() -> bool:
+        return not all(keep(raw) for raw in _lines(path))
+
+    if _io(path, any_orphan):
+        _rewrite(path, keep)
+
+
+def _fingerprint(jobs_path: Path) -> str:
+    """``sha256:N:HEX`` of the first N bytes (N <= 64 KiB), so appending jobs keeps it valid."""
+    try:
+        with open(jobs_path, "rb") as fh:
+            head = fh.read(FINGERPRINT_BYTES)
+    except OSError as exc:
+        raise InputError(f"{jobs_path}: cannot read: {exc.strerror}") from exc
+    return f"sha256:{len(head)}:{hashlib.sha256(head).hexdigest()}"
+
+
+def _same_head(fingerprint: object, jobs_path: Path) -> bool:
+    """Whether the jobs file still starts with the bytes the stored fingerprint hashed."""
+    if not isinstance(fingerprint, str):
+        return False
+    algo, _, rest = fingerprint.partition(":")
+    count, _, digest = rest.partition(":")
+    if algo != "sha256" or not count.isdigit():
+        return False
+    n = int(count)
+    try:
+        with open(jobs_path, "rb") as fh:
+            head = fh.read(n)
+    except OSError as exc:
+        raise InputError(f"{jobs_path}: cannot read: {exc.strerror}") from exc
+    return len(head) == n and hashlib.sha256(head).hexdigest() == digest
+
+
+def _read_meta(meta_path: Path, results: Path) -> dict[str, Any]:
+    afresh = "run with --no-resume to start afresh, or write elsewhere with -o"
+    try:
+        raw = meta_path.read_bytes()
+    except FileNotFoundError:
+        raise ResumeError(
+            f"cannot resume {results}: {meta_path} is missing, so which input and model wrote "
+            f"it is unknown; {afresh}"
+        ) from None
+    except OSError as exc:
+        raise SinkError(f"{meta_path}: {exc.strerror}") from exc
+    meta = _parse(raw)
+    if meta is None or meta.get("version") != META_VERSION:
+        raise ResumeError(f"cannot resume {results}: {meta_path} is not readable; {afresh}")
+    return meta
+
+
+def _check_meta(
+    meta: dict[str, Any], results: Path, *, jobs_file: str, jobs_path: Path, model: str
+) -> None:
+    afresh = "run with --no-resume to start afresh, or write elsewhere with -o"
+    if not _same_head(meta.get("jobs_fingerprint"), jobs_path):
+        raise ResumeError(
+            f"cannot resume {results}: it was written for the input {meta.get('jobs_file')}, and "
+            f"{jobs_file} is a different input (its first lines differ); {afresh}"
+        )
+    if meta.get("model") != model:
+        raise ResumeError(
+            f"cannot resume {results}: it was written with model {meta.get('model')!r}, "
+            f"not {model!r}; {afresh}"
+        )
+
+
+def _write_meta(meta_path: Path, *, jobs_file: str, fingerprint: str, model: str) -> None:
+    meta = {
+        "jobs_file": jobs_file,
+        "jobs_fingerprint": fingerprint,
+        "model": model,
+        "version": META_VERSION,
+    }
+    _atomic_write(meta_path, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+
+
+# -- lock -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    pid: int | None
+    host: str | None
+
+    @classmethod
+    def read(cls, fd: int) -> _Holder:
+        try:
+            text = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
+        except OSError:
+            return cls(None, None)
+        pid = int(text[0]) if text and text[0].isdigit() else None
+        return cls(pid, text[1] if len(text) > 1 else None)
+
+    def alive_here(self) -> bool:
+        """Whether the pid names another live process on this host (unknowable elsewhere)."""
+        if self.pid is None or self.pid <= 0 or self.pid == os.getpid():
+            return False
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # alive, owned by someone else
+        return True
+
+
+def _busy(results: Path, lock_path: Path, holder: _Holder) -> ResumeError:
+    who = f"pid {holder.pid}" if holder.pid is not None else "pid unknown"
+    if holder.host and holder.host != socket.gethostname():
+        who += f" on {holder.host}"
+    return ResumeError(
+        f"{results} is being written by another runner ({who}); remove {lock_path} if that is wrong"
+    )
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+
+
+def _acquire_lock(lock_path: Path, results: Path) -> int:
+    """Create or take over ``lock_path`` and hold ``flock`` on it; return its descriptor."""
+    for _ in range(16):
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # released between our two opens: try to create it again
+            except OSError as exc:
+                raise SinkError(f"{lock_path}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise SinkError(f"{lock_path}: {exc.strerror}") from exc
+        try:
+            _flock(fd, results, lock_path)
+            if _same_file(lock_path, fd):
+                holder = _Holder.read(fd)
+                # flock was free, so the writer died; unless flock does not exclude on this file
+                # system and the pid says otherwise, the lock is stale and ours to take over.
+                if holder.alive_here():
+                    raise _busy(results, lock_path, holder)
+                _claim(fd, lock_path)
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        # A releasing runner unlinks the file before unlocking it: what we locked is gone.
+        os.close(fd)
+    raise ResumeError(f"cannot take the lock {lock_path}: it keeps being replaced")
+
+
+def _claim(fd: int, lock_path: Path) -> None:
+    text = f"{os.getpid()} {socket.gethostname()}\n".encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text, 0)
+    except OSError as exc:
+        raise SinkError(f"{lock_path}: {exc.strerror}") from exc
+
+
+def _flock(fd: int, results: Path, lock_path: Path) -> None:
+    """Take ``flock`` without waiting; whoever holds it is alive (the kernel drops it on exit)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(results, lock_path, _Holder.read(fd)) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
+            raise SinkError(f"{lock_path}: cannot lock: {exc.strerror}") from exc
+        # This file system has no flock: the pid check is all the protection there is.
+
+
+def _release_lock(lock_path: Path, fd: int) -> None:
+    # Unlink while still holding flock, and only our own file (someone may have removed it and
+    # started another run); waiters check that the path still names the file they locked.
+    with contextlib.suppress(OSError):
+        if _same_file(lock_path, fd):
+            lock_path.unlink()
+    os.close(fd)
