@@ -1,0 +1,122 @@
+"""``runner mock``: run the simulated provider from the command line until SIGINT/SIGTERM.
+
+Every ``MockConfig`` field is a flag of the same name (``cache_block_tokens`` is
+``--cache-block-tokens``); the base URL is printed on stdout once the port is bound, so a script
+can start ``runner mock --port 0`` and read where it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from dataclasses import MISSING, fields
+from typing import Any
+
+from .config import MockConfig
+from .server import MockServer
+
+__all__ = ["add_arguments", "main"]
+
+_DEST = "mock_"  # namespaced dests so the top-level parser's own options never collide
+
+_HELP = {
+    "models": "model ids listed by GET /v1/models (any model is accepted in requests)",
+    "seed": "seed for reply text, jitter, early stops and faults",
+    "latency": "'model' applies the latency knobs, 'zero' answers at once",
+    "base_ms": "fixed part of the time to first token",
+    "prefill_ms_per_token": "time to first token added per uncached prompt token",
+    "cached_prefill_ms_per_token": "time to first token added per cached prompt token",
+    "decode_ms_per_token": "time per output token after the first",
+    "jitter": "relative latency jitter, uniform in [1-j, 1+j]",
+    "default_max_tokens": "reply length when a request sets no max_tokens",
+    "stop_rate": "probability that a reply stops early at a seeded shorter length",
+    "cache": "simulate the prefix cache",
+    "cache_block_tokens": "cache block size in tokens (16 reproduces vLLM)",
+    "cache_min_prefix_tokens": "shortest prompt (prefix) that is cached",
+    "cache_capacity_tokens": "LRU capacity of each cache, in tokens",
+    "cache_ttl_s": "idle lifetime of an OpenAI cache entry, refreshed on hit",
+    "replicas": "OpenAI: simulated machines, each with its own cache",
+    "key_rpm": "OpenAI: requests/min per routing key before traffic overflows",
+    "report_cache_write": "OpenAI: report prompt_tokens_details.cache_write_tokens",
+    "rpm": "requests per minute limit (off when unset)",
+    "tpm": "tokens per minute limit (off when unset)",
+    "output_tpm": "Anthropic output tokens per minute limit (off when unset)",
+    "insufficient_quota_after": "serve this many chat requests, then only quota errors",
+    "api_key": "require exactly this key (prefer --require-api-key on shared machines)",
+    "require_api_key": "require some non-empty key",
+    "slow_first_byte_ms": "extra delay of the slow_first_byte fault",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--host``, ``--port`` and one flag per ``MockConfig`` field to ``parser``."""
+    parser.add_argument("--host", dest=_DEST + "host", default="127.0.0.1")
+    parser.add_argument("--port", dest=_DEST + "port", type=int, default=0, help="0: any free")
+    for f in fields(MockConfig):
+        flag = "--" + f.name.replace("_", "-")
+        ann = str(f.type)
+        default = f.default if f.default is not MISSING else None
+        fault = f"rate of the {f.name[6:]} fault, per request"
+        text = _HELP.get(f.name, fault if f.name.startswith("fault_") else "")
+        kw: dict[str, Any] = {"dest": _DEST + f.name, "default": None}
+        kw["help"] = f"{text} (default: {default})" if text else f"default: {default}"
+        if ann == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif ann.startswith("tuple"):
+            kw["nargs"] = "+"
+            kw["metavar"] = "MODEL"
+        elif f.name == "latency":
+            kw["choices"] = ("model", "zero")
+        elif "float" in ann:
+            kw["type"] = float
+            kw["metavar"] = "X"
+        elif "int" in ann:
+            kw["type"] = int
+            kw["metavar"] = "N"
+        else:
+            kw["metavar"] = "TEXT"
+        parser.add_argument(flag, **kw)
+
+
+def config_from_namespace(ns: argparse.Namespace) -> MockConfig:
+    """The ``MockConfig`` the flags describe; unset flags keep the defaults."""
+    given = {
+        f.name: getattr(ns, _DEST + f.name)
+        for f in fields(MockConfig)
+        if getattr(ns, _DEST + f.name, None) is not None
+    }
+    return MockConfig(**given)
+
+
+async def _serve_until_signal(config: MockConfig, host: str, port: int) -> None:
+    server = MockServer(config)
+    url = await server.start(host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(url, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def main(ns: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 on a bad option."""
+    try:
+        config = config_from_namespace(ns)
+    except (TypeError, ValueError) as exc:
+        print(f"runner mock: {exc}", file=sys.stderr)
+        return 2
+    host = getattr(ns, _DEST + "host", "127.0.0.1")
+    port = getattr(ns, _DEST + "port", 0)
+    try:
+        import uvloop
+    except ImportError:  # uvloop is not available on Windows
+        asyncio.run(_serve_until_signal(config, host, port))
+    else:
+        uvloop.run(_serve_until_signal(config, host, port))
+    return 0
