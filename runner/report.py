@@ -1,0 +1,640 @@
+"""``runner report``: summary tables, run-vs-run comparison and a self-contained HTML report.
+
+The latency file is streamed one line at a time into a :class:`~runner.stats.SummaryBuilder` and a
+:class:`~runner.stats.Timeline`, so memory stays bounded for files of millions of records. The
+HTML report draws its charts as inline SVG generated here: no script, no external URL, so it opens
+offline and can be mailed as one file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import io
+import math
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from .config import load_config
+from .errors import ConfigError
+from .models import Price
+from .stats import Distribution, SummaryBuilder, Timeline, render_summary
+
+__all__ = ["COMPARE_METRICS", "Run", "add_arguments", "compare_rows", "load_run", "main"]
+
+MAX_WARNINGS = 20  # malformed lines reported one by one; the rest only counted
+HIST_BINS = 60
+CDF_POINTS = 101
+# (label, path into the summary, higher is better) for --compare.
+COMPARE_METRICS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("requests/s", ("requests_per_s",), True),
+    ("ok requests/s", ("throughput", "requests_ok_per_s"), True),
+    ("output tokens/s", ("throughput", "output_tokens_per_s"), True),
+    ("latency p50 ms", ("latency_ms", "p50"), False),
+    ("latency p99 ms", ("latency_ms", "p99"), False),
+    ("ttft p50 ms", ("ttft_ms", "p50"), False),
+    ("ttft p99 ms", ("ttft_ms", "p99"), False),
+    ("tpot p50 ms", ("tpot_ms", "p50"), False),
+    ("itl p50 ms", ("itl_ms", "p50"), False),
+    ("cache hit ratio", ("cache_hit_ratio",), True),
+    ("failed jobs", ("jobs", "failed"), False),
+    ("retries", ("retries",), False),
+    ("cost billed USD", ("cost", "billed"), False),
+    ("cost uncached USD", ("cost", "uncached"), False),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("latency", type=Path, metavar="LATENCY.jsonl", help="latency records")
+    parser.add_argument("--compare", type=Path, metavar="OTHER.jsonl", help="second run (B)")
+    parser.add_argument("--html", type=Path, metavar="FILE", help="write an HTML report")
+    parser.add_argument("--json", action="store_true", help="print the summary JSON on stdout")
+    parser.add_argument("-c", "--config", type=Path, help="TOML config to take prices from")
+    parser.add_argument("--model", help="model whose config price applies (default: config's)")
+    parser.add_argument("--price-input", type=float, metavar="USD", help="per 1M input tokens")
+    parser.add_argument("--price-cached-input", type=float, metavar="USD")
+    parser.add_argument("--price-cache-write", type=float, metavar="USD")
+    parser.add_argument("--price-output", type=float, metavar="USD", help="per 1M output tokens")
+    parser.add_argument("--slo-ttft-ms", type=float, help="goodput bound on TTFT")
+    parser.add_argument("--slo-tpot-ms", type=float, help="goodput bound on TPOT")
+    parser.add_argument("--slo-latency-ms", type=float, help="goodput bound on latency")
+
+
+@dataclass(slots=True)
+class Run:
+    """One latency file, reduced: its summary, its distributions and its timeline."""
+
+    path: Path
+    summary: dict[str, Any]
+    latency: Distribution
+    ttft: Distribution
+    series: dict[str, list[Any]]
+    records: int
+    malformed: int
+
+
+Warn = Callable[[Path, int, str], None]
+
+
+def read_records(path: Path, *, warn: Warn | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, record)`` for each object of a latency file; malformed lines are
+    reported through ``warn`` (default: a warning on stderr) and skipped.
+
+    :raises OSError: when the file cannot be opened or read.
+    """
+    warn = warn or _stderr
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                warn(path, lineno, f"not JSON ({exc.msg})")
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("custom_id"), str):
+                warn(path, lineno, "not a latency record (object with custom_id)")
+                continue
+            bad = _bad_field(rec)
+            if bad is not None:
+                warn(path, lineno, f"{bad} is not a number")
+                continue
+            yield lineno, rec
+
+
+_NUMERIC = (
+    "attempts",
+    "queued_at",
+    "started_at",
+    "ended_at",
+    "limiter_ms",
+    "ttft_ms",
+    "latency_ms",
+    "total_ms",
+    "prompt_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "completion_tokens",
+)
+
+
+def _bad_field(rec: Mapping[str, Any]) -> str | None:
+    # Checked before a record touches any counter, so a bad line is skipped whole.
+    for name in _NUMERIC:
+        v = rec.get(name)
+        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool)):
+            return name
+    itl = rec.get("itl_ms")
+    if itl is not None and (
+        not isinstance(itl, list) or not all(isinstance(v, int | float) for v in itl)
+    ):
+        return "itl_ms"
+    return None
+
+
+def _stderr(path: Path, lineno: int, why: str) -> None:
+    print(f"warning: {path}:{lineno}: skipped malformed line: {why}", file=sys.stderr)
+
+
+def load_run(path: Path, price: Price | None, *, slo_ms: Mapping[str, float] | None = None) -> Run:
+    """Stream a latency file into a :class:`Run`.
+
+    :raises OSError: when the file cannot be read.
+    """
+    builder = SummaryBuilder(price, slo_ms=slo_ms)
+    timeline = Timeline()
+    malformed = 0
+
+    def warn(p: Path, lineno: int, why: str) -> None:
+        nonlocal malformed
+        malformed += 1
+        if malformed <= MAX_WARNINGS:
+            _stderr(p, lineno, why)
+
+    n = 0
+    for _, rec in read_records(path, warn=warn):
+        builder.add(rec)
+        timeline.add(rec)
+        n += 1
+    if malformed > MAX_WARNINGS:
+        print(f"warning: {path}: {malformed} malformed lines skipped in all", file=sys.stderr)
+    summary = builder.summary()
+    summary["source"] = {"file": str(path), "records": n, "malformed_lines": malformed}
+    return Run(path, summary, builder.latency, builder.ttft, timeline.series(), n, malformed)
+
+
+def _price(ns: argparse.Namespace) -> Price | None:
+    given = (ns.price_input, ns.price_output)
+    if any(v is not None for v in given):
+        if None in given:
+            raise ConfigError("--price-input and --price-output must be given together")
+        try:
+            return Price(
+                input=ns.price_input,
+                output=ns.price_output,
+                cached_input=ns.price_cached_input,
+                cache_write=ns.price_cache_write,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    if ns.config is not None:
+        return load_config(ns.config).price(ns.model)
+    return None
+
+
+def _get(summary: Mapping[str, Any], path: Sequence[str]) -> float | None:
+    v: Any = summary
+    for k in path:
+        if not isinstance(v, Mapping):
+            return None
+        v = v.get(k)
+    return float(v) if isinstance(v, int | float) else None
+
+
+def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per key metric: ``{"metric", "a", "b", "ratio"}`` with ratio = B / A (None when
+    either side is missing or A is zero)."""
+    rows = []
+    for label, path, _ in COMPARE_METRICS:
+        va, vb = _get(a, path), _get(b, path)
+        ratio = round(vb / va, 4) if va and vb is not None else None
+        rows.append({"metric": label, "a": va, "b": vb, "ratio": ratio})
+    return rows
+
+
+def _num(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v == int(v) and abs(v) < 1e15:
+        return f"{int(v):,}"
+    return f"{v:,.4g}" if abs(v) < 1 else f"{v:,.2f}"
+
+
+def render_compare(a: Run, b: Run) -> str:
+    """A side-by-side table of two runs with B/A ratios."""
+    t = Table(
+        title=f"A = {a.path}\nB = {b.path}",
+        title_justify="left",
+        box=None,
+        header_style="bold",
+        pad_edge=False,
+    )
+    for name, justify in (("metric", "left"), ("A", "right"), ("B", "right"), ("B/A", "right")):
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in compare_rows(a.summary, b.summary):
+        r = row["ratio"]
+        t.add_row(row["metric"], _num(row["a"]), _num(row["b"]), "-" if r is None else f"{r:.3f}")
+    buf = io.StringIO()
+    Console(file=buf, width=100, color_system=None).print(t)
+    return buf.getvalue()
+
+
+def main(ns: argparse.Namespace) -> int:
+    """Run ``runner report``; 0 on success, 2 when an input file or the config cannot be used."""
+    try:
+        price = _price(ns)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    slo = {
+        k: v
+        for k, v in (
+            ("ttft", ns.slo_ttft_ms),
+            ("tpot", ns.slo_tpot_ms),
+            ("latency", ns.slo_latency_ms),
+        )
+        if v is not None
+    }
+    runs: list[Run] = []
+    for path in (ns.latency, ns.compare):
+        if path is None:
+            continue
+        try:
+            runs.append(load_run(path, price, slo_ms=slo or None))
+        except OSError as exc:
+            print(f"error: {path}: cannot read latency file: {exc.strerror}", file=sys.stderr)
+            return 2
+    if ns.html is not None:
+        try:
+            ns.html.write_text(render_html(runs), encoding="utf-8")
+        except OSError as exc:
+            print(f"error: {ns.html}: cannot write report: {exc.strerror}", file=sys.stderr)
+            return 2
+    if ns.json:
+        if len(runs) == 1:
+            doc: Any = runs[0].summary
+        else:
+            doc = {
+                "a": runs[0].summary,
+                "b": runs[1].summary,
+                "compare": compare_rows(runs[0].summary, runs[1].summary),
+            }
+        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+    else:
+        for label, run in zip("AB", runs, strict=False):
+            title = f"{label}: {run.path}" if len(runs) > 1 else str(run.path)
+            sys.stdout.write(render_summary(run.summary, title=title) + "\n")
+        if len(runs) == 2:
+            sys.stdout.write(render_compare(runs[0], runs[1]))
+    return 0
+
+
+# --- HTML -----------------------------------------------------------------------------------
+
+COLORS = ("#2563eb", "#ea580c")
+W, H = 560, 280
+ML, MR, MT, MB = 64, 16, 28, 44  # plot margins: room for tick labels and the axis titles
+
+
+def _e(s: object) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values covering [lo, hi] (1, 2, 5 times a power of ten apart)."""
+    if not hi > lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _fmt_tick(v: float) -> str:
+    if abs(v) >= 10_000:
+        return f"{v / 1000:g}k"
+    return f"{v:g}" if abs(v) >= 1 or v == 0 else f"{v:.2g}"
+
+
+@dataclass(slots=True)
+class _Frame:
+    """Maps data coordinates to the SVG plot area."""
+
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+
+    def x(self, v: float) -> float:
+        span = self.x1 - self.x0 or 1.0
+        return ML + (v - self.x0) / span * (W - ML - MR)
+
+    def y(self, v: float) -> float:
+        span = self.y1 - self.y0 or 1.0
+        return H - MB - (v - self.y0) / span * (H - MT - MB)
+
+
+def _axes(f: _Frame, x_label: str, y_label: str) -> list[str]:
+    out = [f'<rect x="{ML}" y="{MT}" width="{W - ML - MR}" height="{H - MT - MB}" class="plot"/>']
+    for t in _ticks(f.y0, f.y1):
+        y = f.y(t)
+        out.append(f'<line x1="{ML}" x2="{W - MR}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+        out.append(f'<text x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt_tick(t)}</text>')
+    for t in _ticks(f.x0, f.x1, 6):
+        x = f.x(t)
+        out.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{H - MB}" y2="{H - MB + 4}" class="axis"/>'
+        )
+        out.append(
+            f'<text x="{x:.1f}" y="{H - MB + 16}" text-anchor="middle">{_fmt_tick(t)}</text>'
+        )
+    out.append(
+        f'<text x="{(ML + W - MR) / 2}" y="{H - 6}" text-anchor="middle">{_e(x_label)}</text>'
+    )
+    out.append(
+        f'<text transform="translate(14,{(MT + H - MB) / 2}) rotate(-90)" '
+        f'text-anchor="middle">{_e(y_label)}</text>'
+    )
+    return out
+
+
+def _legend(items: Sequence[tuple[str, str, str]]) -> list[str]:
+    out = []
+    x = ML + 8
+    for label, color, dash in items:
+        out.append(
+            f'<line x1="{x}" x2="{x + 18}" y1="{MT - 12}" y2="{MT - 12}" stroke="{color}" '
+            f'stroke-width="3" stroke-dasharray="{dash}"/>'
+        )
+        out.append(f'<text x="{x + 22}" y="{MT - 8}">{_e(label)}</text>')
+        x += 30 + 7 * len(label)
+    return out
+
+
+def _svg(chart_id: str, title: str, body: list[str], note: str = "") -> str:
+    inner = "\n".join(body)
+    return (
+        f'<figure class="chart" id="{chart_id}"><figcaption>{_e(title)}'
+        f"{f' <small>{_e(note)}</small>' if note else ''}</figcaption>"
+        f'<svg viewBox="0 0 {W} {H}" role="img" aria-label="{_e(title)}">{inner}</svg></figure>'
+    )
+
+
+def _empty(chart_id: str, title: str, why: str) -> str:
+    body = [
+        f'<rect x="{ML}" y="{MT}" width="{W - ML - MR}" height="{H - MT - MB}" class="plot"/>',
+        f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" class="empty">{_e(why)}</text>',
+    ]
+    return _svg(chart_id, title, body)
+
+
+def _line_chart(
+    chart_id: str,
+    title: str,
+    lines: Sequence[tuple[str, str, str, Sequence[float], Sequence[float | None]]],
+    x_label: str,
+    y_label: str,
+    *,
+    y_max: float | None = None,
+    note: str = "",
+) -> str:
+    """Lines given as ``(label, color, dasharray, xs, ys)``; a None y breaks the line."""
+    xs = [x for *_, lx, _ in lines for x in lx]
+    ys = [y for *_, ly in lines for y in ly if y is not None]
+    if not xs or not ys:
+        return _empty(chart_id, title, "no data")
+    top = y_max if y_max is not None else max(ys) * 1.08 or 1.0
+    f = _Frame(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1, 0.0, top)
+    body = _axes(f, x_label, y_label)
+    for _label, color, dash, lx, ly in lines:
+        segs: list[list[str]] = [[]]
+        for x, y in zip(lx, ly, strict=True):
+            if y is None:
+                segs.append([])
+            else:
+                segs[-1].append(f"{f.x(x):.1f},{f.y(y):.1f}")
+        for seg in segs:
+            if len(seg) == 1:  # a lone point would not show as a polyline
+                cx, cy = seg[0].split(",")
+                body.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{color}"/>')
+            elif seg:
+                body.append(
+                    f'<polyline points="{" ".join(seg)}" fill="none" stroke="{color}" '
+                    f'stroke-width="2" stroke-dasharray="{dash}"/>'
+                )
+    body += _legend([(lab, c, d) for lab, c, d, *_ in lines])
+    return _svg(chart_id, title, body, note)
+
+
+def _hist_chart(
+    chart_id: str, title: str, dists: Sequence[tuple[str, str, Distribution]], x_label: str
+) -> str:
+    """Histograms over shared bins; one run as filled bars, a second as an outlined step."""
+    dists = [d for d in dists if d[2].count]
+    if not dists:
+        return _empty(chart_id, title, "no streaming records" if "TTFT" in title else "no data")
+    lo = min(d.min for *_, d in dists)
+    hi = max(d.quantile(0.999) for *_, d in dists)
+    if hi <= lo:
+        hi = max(d.max for *_, d in dists)
+    if hi <= lo:
+        hi = lo + 1.0
+    width = (hi - lo) / HIST_BINS
+    shares = []
+    for *_, d in dists:
+        counts = d.histogram(HIST_BINS, lo, hi)
+        shares.append([c / d.count for c in counts])
+    f = _Frame(lo, hi, 0.0, max(max(s) for s in shares) * 1.1 or 1.0)
+    body = _axes(f, x_label, "share of requests")
+    for i, ((_, color, _), share) in enumerate(zip(dists, shares, strict=True)):
+        if i == 0:
+            for k, s in enumerate(share):
+                if s:
+                    x0, x1 = f.x(lo + k * width), f.x(lo + (k + 1) * width)
+                    y = f.y(s)
+                    body.append(
+                        f'<rect x="{x0:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 0.5, 0.5):.1f}" '
+                        f'height="{H - MB - y:.1f}" fill="{color}" fill-opacity="0.75"/>'
+                    )
+        else:
+            pts = [f"{f.x(lo):.1f},{f.y(0):.1f}"]
+            for k, s in enumerate(share):
+                pts.append(f"{f.x(lo + k * width):.1f},{f.y(s):.1f}")
+                pts.append(f"{f.x(lo + (k + 1) * width):.1f},{f.y(s):.1f}")
+            pts.append(f"{f.x(hi):.1f},{f.y(0):.1f}")
+            body.append(
+                f'<polyline points="{" ".join(pts)}" fill="none" stroke="{color}" '
+                f'stroke-width="2"/>'
+            )
+    body += _legend([(lab, c, "") for lab, c, _ in dists])
+    return _svg(chart_id, title, body, f"{HIST_BINS} bins; values above p99.9 in the last bin")
+
+
+def _cost_chart(runs: Sequence[Run], labels: Sequence[str]) -> str:
+    title = "Cost: billed vs uncached (USD)"
+    costs = [(lab, r.summary.get("cost")) for lab, r in zip(labels, runs, strict=True)]
+    if not any(c for _, c in costs):
+        return _empty("chart-cost", title, "no prices: pass --price-input/--price-output or -c")
+    top = max(max(c["billed"], c["uncached"]) for _, c in costs if c) * 1.15 or 1.0
+    f = _Frame(0.0, 1.0, 0.0, top)
+    body = _axes_y_only(f, "USD")
+    slot = (W - ML - MR) / len(costs)
+    for i, (lab, c) in enumerate(costs):
+        x = ML + i * slot
+        body.append(
+            f'<text x="{x + slot / 2:.1f}" y="{H - MB + 16}" text-anchor="middle">{_e(lab)}</text>'
+        )
+        if not c:
+            continue
+        bw = slot / 4
+        for j, (key, color) in enumerate((("billed", "#16a34a"), ("uncached", "#9ca3af"))):
+            bx = x + slot / 2 - bw - 4 + j * (bw + 8)
+            y = f.y(c[key])
+            body.append(
+                f'<rect x="{bx:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{H - MB - y:.1f}" '
+                f'fill="{color}"/>'
+            )
+            body.append(
+                f'<text x="{bx + bw / 2:.1f}" y="{y - 4:.1f}" text-anchor="middle">'
+                f"{c[key]:.4g}</text>"
+            )
+    body += _legend([("billed", "#16a34a", ""), ("uncached", "#9ca3af", "")])
+    return _svg("chart-cost", title, body)
+
+
+def _axes_y_only(f: _Frame, y_label: str) -> list[str]:
+    out = [f'<rect x="{ML}" y="{MT}" width="{W - ML - MR}" height="{H - MT - MB}" class="plot"/>']
+    for t in _ticks(f.y0, f.y1):
+        y = f.y(t)
+        out.append(f'<line x1="{ML}" x2="{W - MR}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+        out.append(f'<text x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt_tick(t)}</text>')
+    out.append(
+        f'<text transform="translate(14,{(MT + H - MB) / 2}) rotate(-90)" '
+        f'text-anchor="middle">{_e(y_label)}</text>'
+    )
+    return out
+
+
+def _cdf_chart(runs: Sequence[Run], labels: Sequence[str]) -> str:
+    qs = [i / (CDF_POINTS - 1) for i in range(CDF_POINTS)]
+    lines: list[tuple[str, str, str, Sequence[float], Sequence[float | None]]] = []
+    for lab, run, color in zip(labels, runs, COLORS, strict=False):
+        for name, dist, dash in (("latency", run.latency, ""), ("TTFT", run.ttft, "6 4")):
+            if dist.count:
+                xs = dist.quantiles(qs)
+                lines.append((f"{lab} {name}", color, dash, xs, qs))
+    return _line_chart(
+        "chart-cdf", "Latency and TTFT, cumulative", lines, "ms", "share of requests", y_max=1.0
+    )
+
+
+def _series_chart(
+    chart_id: str,
+    title: str,
+    runs: Sequence[Run],
+    labels: Sequence[str],
+    key: str,
+    y_label: str,
+    y_max: float | None = None,
+) -> str:
+    lines = [
+        (lab, color, "", run.series["t_s"], run.series[key])
+        for lab, run, color in zip(labels, runs, COLORS, strict=False)
+    ]
+    return _line_chart(chart_id, title, lines, "seconds since the run began", y_label, y_max=y_max)
+
+
+def _summary_table(runs: Sequence[Run], labels: Sequence[str]) -> str:
+    head = "".join(f"<th>{_e(lab)}</th>" for lab in labels)
+    if len(runs) == 2:
+        head += "<th>B/A</th>"
+    rows: list[str] = []
+    sums = [r.summary for r in runs]
+    cmp = compare_rows(runs[0].summary, runs[1].summary) if len(runs) == 2 else None
+
+    def row(label: str, values: Sequence[str], ratio: str | None = None) -> None:
+        cells = "".join(f"<td>{_e(v)}</td>" for v in values)
+        if ratio is not None:
+            cells += f"<td>{_e(ratio)}</td>"
+        rows.append(f"<tr><th>{_e(label)}</th>{cells}</tr>")
+
+    blank = "" if cmp is not None else None
+    row("file", [r.path.name for r in runs], blank)
+    row("jobs ok / failed", [f"{s['jobs']['ok']} / {s['jobs']['failed']}" for s in sums], blank)
+    errors = [", ".join(f"{k} {v}" for k, v in s["jobs"]["by_error"].items()) for s in sums]
+    row("failures by error", [e or "-" for e in errors], blank)
+    row("wall s", [_num(s["wall_s"]) for s in sums], blank)
+    row("limiter wait s", [_num(s["limiter_wait_s"]) for s in sums], blank)
+    for i, (label, path, _) in enumerate(COMPARE_METRICS):
+        ratio = None
+        if cmp is not None:
+            rv = cmp[i]["ratio"]
+            ratio = "-" if rv is None else f"{rv:.3f}"
+        row(label, [_num(_get(r.summary, path)) for r in runs], ratio)
+    return f'<table class="summary"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _pct_table(runs: Sequence[Run], labels: Sequence[str]) -> str:
+    cols = ("mean", "p50", "p90", "p95", "p99", "p999", "max")
+    head = "".join(f"<th>{'p99.9' if c == 'p999' else c}</th>" for c in cols)
+    rows = []
+    for lab, run in zip(labels, runs, strict=True):
+        for key in ("latency_ms", "ttft_ms", "tpot_ms", "itl_ms", "total_ms"):
+            d = run.summary.get(key)
+            cells = "".join(f"<td>{_num(d[c]) if d else '-'}</td>" for c in cols)
+            name = key.removesuffix("_ms")
+            rows.append(f"<tr><th>{_e(lab)} {name}</th>{cells}</tr>")
+    return f'<table class="summary"><tr><th>ms</th>{head}</tr>{"".join(rows)}</table>'
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#111827;
+background:#f9fafb}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:24px 0 8px}
+.meta{color:#6b7280;margin-bottom:12px}
+table.summary{border-collapse:collapse;background:#fff;margin:8px 16px 8px 0;display:inline-table;
+vertical-align:top}
+table.summary th,table.summary td{border:1px solid #e5e7eb;padding:3px 10px;text-align:right}
+table.summary th:first-child{text-align:left;font-weight:600}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:16px}
+figure.chart{margin:0;background:#fff;border:1px solid #e5e7eb;border-radius:6px;padding:8px}
+figcaption{font-weight:600;margin:0 0 4px 4px}figcaption small{font-weight:400;color:#6b7280}
+svg{width:100%;height:auto;display:block;font-size:11px;fill:#374151}
+.plot{fill:#fff;stroke:#d1d5db}.grid{stroke:#eef0f3}.axis{stroke:#9ca3af}
+.empty{fill:#9ca3af;font-size:14px}
+"""
+
+
+def render_html(runs: Sequence[Run]) -> str:
+    """One self-contained HTML page: summary tables and inline SVG charts for one or two runs."""
+    labels = ["A", "B"] if len(runs) == 2 else ["run"]
+    hist_lat = [(lab, c, r.latency) for lab, c, r in zip(labels, COLORS, runs, strict=False)]
+    hist_ttft = [(lab, c, r.ttft) for lab, c, r in zip(labels, COLORS, runs, strict=False)]
+    charts = [
+        _hist_chart("chart-latency", "Latency distribution", hist_lat, "latency ms"),
+        _hist_chart("chart-ttft", "TTFT distribution", hist_ttft, "TTFT ms"),
+        _cdf_chart(runs, labels),
+        _series_chart(
+            "chart-throughput", "Throughput", runs, labels, "completed_per_s", "completed req/s"
+        ),
+        _series_chart(
+            "chart-inflight", "In-flight requests", runs, labels, "in_flight", "requests"
+        ),
+        _series_chart(
+            "chart-cache",
+            "Cache hit ratio",
+            runs,
+            labels,
+            "cache_hit_ratio",
+            "cached / prompt tokens",
+            y_max=1.0,
+        ),
+        _cost_chart(runs, labels),
+    ]
+    files = " vs ".join(f"{lab} = {r.path}" for lab, r in zip(labels, runs, strict=True))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>runner report: {_e(files)}</title><style>{_CSS}</style></head><body>"
+        f'<h1>runner report</h1><div class="meta">{_e(files)}</div>'
+        f"<h2>Summary</h2>{_summary_table(runs, labels)}{_pct_table(runs, labels)}"
+        f'<h2>Charts</h2><div class="charts">{"".join(charts)}</div></body></html>\n'
+    )
