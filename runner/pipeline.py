@@ -256,17 +256,24 @@ class Engine:
             d = sched.next(self._concurrency - self._inflight)
             if d is None:
                 return
+            est = 0.0
             if self.price is not None and self.config.max_cost is not None:
-                est = self._est_cost(d.job)
+                # The length estimate can be far off, so also assume each request costs what
+                # the average finished one did: the budget must never be crossed.
+                est = max(self._est_cost(d.job), self._avg_cost())
                 if self.stats.billed + self._inflight_cost + est > self.config.max_cost:
                     self._trip(BudgetExceeded(f"--max-cost {self.config.max_cost} USD reached"))
                     return
                 self._inflight_cost += est
             self._inflight += 1
             self.stats.in_flight = self._inflight
-            t = loop.create_task(self._work(d))
+            t = loop.create_task(self._work(d, est))
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
+
+    def _avg_cost(self) -> float:
+        n = self.stats.ok + self.stats.failed
+        return self.stats.billed / n if n else 0.0
 
     def _est_cost(self, job: Job) -> float:
         assert self.price is not None
@@ -274,7 +281,7 @@ class Engine:
             estimate_tokens(job.prompt_chars), 0, 0, job.max_tokens or self._default_max, self.price
         )[0]
 
-    async def _work(self, d: Dispatch) -> None:
+    async def _work(self, d: Dispatch, est_cost: float) -> None:
         job = d.job
         t_admit = self._admit_t.pop(id(job), self._perf0)
         t_start = time.perf_counter()
@@ -324,8 +331,7 @@ class Engine:
             self._inflight -= 1
             self._admitted -= 1
             self.stats.in_flight = self._inflight
-            if self.price is not None and self.config.max_cost is not None:
-                self._inflight_cost -= self._est_cost(job)
+            self._inflight_cost -= est_cost
             if not written and primer:
                 self.scheduler.answered(job, False)
             self.scheduler.finished(d)

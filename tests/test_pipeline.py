@@ -1,0 +1,258 @@
+"""Engine tests with an in-memory fake backend and sink (no network, no sleeping on time)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from runner.config import RunConfig
+from runner.models import Attempt, BadLine, ErrorInfo, Job, LatencyRecord, Price, Usage
+from runner.pipeline import Engine
+
+
+def job(i: int, group: str | None = None, prefix_chars: int = 0) -> Job:
+    return Job(
+        custom_id=f"j{i}",
+        line=i + 1,
+        messages=({"role": "user", "content": f"q{i}"},),
+        prefix_len=1 if group else 0,
+        group=group,
+        cache_id=group.split(":")[0] if group else None,
+        model=None,
+        params={"max_tokens": 8},
+        prompt_chars=prefix_chars + 10,
+        prefix_chars=prefix_chars,
+    )
+
+
+class MemorySink:
+    def __init__(self, done: set[str] | None = None) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.records: list[LatencyRecord] = []
+        self._done = done or set()
+        self.flushes = 0
+
+    def done(self, custom_id: str) -> bool:
+        return custom_id in self._done
+
+    def expect(self, line: int) -> None:
+        pass
+
+    def write(self, result: dict[str, Any], record: LatencyRecord, line: int) -> None:
+        self.results.append(result)
+        self.records.append(record)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+class NoLimits:
+    async def acquire(self, est_tokens: int) -> float:
+        return 0.0
+
+    def release(self, est_tokens: int, attempt: Attempt) -> None:
+        pass
+
+
+Script = Callable[[Job, int], Attempt]
+
+
+class FakeBackend:
+    """Answers from a script: (job, attempt number) -> Attempt. Records every send."""
+
+    def __init__(self, script: Script | None = None) -> None:
+        self.script = script or (lambda j, n: ok())
+        self.sent: list[tuple[str, str | None]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.gate: asyncio.Event | None = None
+
+    async def send(
+        self,
+        job: Job,
+        *,
+        cache_key: str | None,
+        on_first_byte: Callable[[], None] | None = None,
+        prewarm: bool = False,
+    ) -> Attempt:
+        self.sent.append((job.custom_id, cache_key))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            await asyncio.sleep(0)
+            n = sum(1 for cid, _ in self.sent if cid == job.custom_id)
+            return self.script(job, n)
+        finally:
+            self.in_flight -= 1
+
+
+def ok(prompt: int = 100, cached: int = 0) -> Attempt:
+    return Attempt(
+        status=200,
+        body={"id": "x", "choices": []},
+        raw=b'{"id":"x","choices":[]}',
+        usage=Usage(prompt, cached, 0, 8),
+        request_id="req",
+        latency_ms=1.0,
+    )
+
+
+def fail(code: str, retriable: bool, status: int | None = 500, fatal: bool = False) -> Attempt:
+    return Attempt(status=status, error=ErrorInfo(code, f"{code} happened", retriable, 0.0, fatal))
+
+
+def engine(backend: FakeBackend, sink: MemorySink, **kw: Any) -> Engine:
+    config = RunConfig(**{"concurrency": 4, "max_attempts": 3, "progress": "off", **kw})
+    return Engine(config, backend=backend, sink=sink, limiter=NoLimits())
+
+
+async def test_every_job_gets_exactly_one_result() -> None:
+    sink = MemorySink()
+    be = FakeBackend()
+    out = await engine(be, sink, concurrency=3).run([job(i) for i in range(50)])
+    assert sorted(r["custom_id"] for r in sink.results) == sorted(f"j{i}" for i in range(50))
+    assert out.exit_code == 0
+    assert out.summary["jobs"]["ok"] == 50
+    assert be.max_in_flight <= 3
+    assert sink.records[0].outcome == "ok" and sink.records[0].attempts == 1
+
+
+async def test_bad_lines_become_invalid_input_results() -> None:
+    sink = MemorySink()
+    items: list[Job | BadLine] = [job(0), BadLine(2, None, "query", "f:2: query: missing"), job(2)]
+    out = await engine(FakeBackend(), sink).run(items)
+    bad = [r for r in sink.results if r["error"]]
+    assert [(r["custom_id"], r["error"]["code"]) for r in bad] == [("line-2", "invalid_input")]
+    assert bad[0]["error"]["message"] == "f:2: query: missing"
+    assert out.exit_code == 1
+
+
+async def test_retriable_errors_retry_then_succeed_and_count_attempts() -> None:
+    def script(j: Job, n: int) -> Attempt:
+        return fail("http_5xx", True) if n < 3 else ok()
+
+    sink = MemorySink()
+    be = FakeBackend(script)
+    out = await engine(be, sink, max_attempts=3).run([job(0)])
+    assert out.exit_code == 0
+    assert sink.records[0].attempts == 3
+    assert out.summary["retries"] == 2
+    assert len(be.sent) == 3
+
+
+async def test_permanent_errors_are_not_retried() -> None:
+    sink = MemorySink()
+    be = FakeBackend(lambda j, n: fail("http_4xx", False, 400))
+    out = await engine(be, sink).run([job(0)])
+    assert len(be.sent) == 1
+    assert sink.results[0]["error"]["code"] == "http_4xx"
+    assert sink.results[0]["response"]["status_code"] == 400
+    assert out.exit_code == 1
+
+
+async def test_auth_failure_stops_at_once_and_leaves_jobs_unsent() -> None:
+    sink = MemorySink()
+    be = FakeBackend(lambda j, n: fail("auth", False, 401, fatal=True))
+    out = await engine(be, sink, concurrency=1).run([job(i) for i in range(20)])
+    assert out.exit_code == 3
+    assert out.stopped == "auth"
+    assert sink.results == []  # nothing written: a resume sends them all
+    assert len(be.sent) == 1
+
+
+async def test_resumed_jobs_are_skipped() -> None:
+    sink = MemorySink(done={"j0", "j1"})
+    be = FakeBackend()
+    out = await engine(be, sink).run([job(i) for i in range(4)])
+    assert sorted(cid for cid, _ in be.sent) == ["j2", "j3"]
+    assert out.summary["jobs"]["skipped_resumed"] == 2
+
+
+async def test_warm_strategy_holds_followers_behind_the_primer() -> None:
+    order: list[str] = []
+
+    def script(j: Job, n: int) -> Attempt:
+        order.append(j.custom_id)
+        return ok(2000, 0 if not order[:-1] else 1920)
+
+    sink = MemorySink()
+    be = FakeBackend(script)
+    jobs = [job(i, group="ctx:abc", prefix_chars=8000) for i in range(6)]
+    await engine(be, sink, concurrency=8).run(jobs)
+    roles = {r.custom_id: r.cache_role for r in sink.records}
+    assert roles["j0"] == "primer"
+    assert all(roles[f"j{i}"] == "follower" for i in range(1, 6))
+    assert order[0] == "j0"  # nothing else was sent before the primer answered
+    assert be.max_in_flight >= 2  # followers fanned out together afterwards
+
+
+async def test_cache_none_sends_everything_at_once() -> None:
+    sink = MemorySink()
+    be = FakeBackend()
+    be.gate = asyncio.Event()
+    jobs = [job(i, group="ctx:abc", prefix_chars=8000) for i in range(6)]
+    task = asyncio.create_task(engine(be, sink, concurrency=8, cache="none").run(jobs))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert be.in_flight == 6
+    be.gate.set()
+    await task
+    assert {r.cache_role for r in sink.records} == {"none"}
+
+
+async def test_max_cost_stops_before_the_budget_is_crossed() -> None:
+    price = Price(input=1_000_000.0, output=0.0)  # $1 per token: 100-token jobs cost $100
+    sink = MemorySink()
+    be = FakeBackend()
+    out = await engine(be, sink, concurrency=1, max_cost=450.0, prices={"mock-1": price}).run(
+        [job(i) for i in range(10)]
+    )
+    assert out.exit_code == 3
+    assert out.stopped == "max_cost"
+    assert out.summary["cost"]["billed"] <= 450.0
+    assert 1 <= len(sink.results) < 10
+
+
+async def test_circuit_breaker_trips_on_a_failure_storm() -> None:
+    sink = MemorySink()
+    be = FakeBackend(lambda j, n: fail("http_4xx", False, 400))
+    out = await engine(be, sink, concurrency=2, breaker_min_requests=10).run(
+        [job(i) for i in range(100)]
+    )
+    assert out.exit_code == 3 and out.stopped == "circuit_open"
+    assert len(sink.results) < 30
+
+
+async def test_context_window_precheck_makes_invalid_input_without_a_call() -> None:
+    sink = MemorySink()
+    be = FakeBackend()
+    big = job(0, group=None, prefix_chars=0)
+    big = Job(**{**{f: getattr(big, f) for f in big.__slots__}, "prompt_chars": 40_000})
+    await engine(be, sink, context_window=4096).run([big, job(1)])
+    assert be.sent == [("j1", None)]
+    assert sink.results[0]["error"]["code"] == "invalid_input"
+    assert "context window" in sink.results[0]["error"]["message"]
+
+
+@pytest.mark.parametrize("hard", [False, True])
+async def test_stop_request_drains_or_cancels_and_leaves_the_rest_unsent(hard: bool) -> None:
+    sink = MemorySink()
+    be = FakeBackend()
+    be.gate = asyncio.Event()
+    eng = engine(be, sink, concurrency=2, drain_s=60.0)
+    task = asyncio.create_task(eng.run([job(i) for i in range(10)]))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert be.in_flight == 2
+    eng.request_stop("signal", 130, hard=hard)
+    if not hard:
+        be.gate.set()
+    out = await task
+    assert out.exit_code == 130
+    assert len(sink.results) == (0 if hard else 2)
+    assert out.summary["not_sent"] == 10 - len(sink.results)
