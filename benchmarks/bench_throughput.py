@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, PY, ROOT, make_jobs, mock_server, run_child  # noqa: E402
+from _common import OUT, PY, ROOT, make_jobs, mock_server, run_child
 
 
 def run_minimal(jobs: Path, url: str, conc: int, script: str) -> float:

@@ -90,7 +90,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
-            raise ConfigError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
+            raise ConfigError(
+                f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}"
+            )
         if self.provider != "mock" and not self.base_url:
             raise ConfigError(f"provider {self.provider!r} needs base_url")
         if self.concurrency < 1:

@@ -92,7 +92,9 @@ class Usage:
 class ErrorInfo:
     """Why an attempt failed, already classified by the provider that saw the wire."""
 
-    code: str  # rate_limited|overloaded|timeout|connection|http_4xx|http_5xx|auth|insufficient_quota|bad_response|stream_error|invalid_input
+    # rate_limited, overloaded, timeout, connection, http_4xx, http_5xx, auth, insufficient_quota,
+    # bad_response, stream_error, invalid_input
+    code: str
     message: str
     retriable: bool
     retry_after_s: float | None = None  # a delay the server asked for
