@@ -17,7 +17,13 @@ from runner.models import BadLine, Job
 
 # a byte that can start no JSON value, so the line is invalid JSON whatever follows it
 _garbage_bytes = st.binary(max_size=40).map(lambda b: b"#" + b.replace(b"\n", b" "))
-_json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+)
 _non_objects = (_json_scalars | st.lists(_json_scalars, max_size=3)).map(orjson.dumps)
 # objects that never carry an id of either shape
 _id_less = st.dictionaries(
@@ -25,7 +31,9 @@ _id_less = st.dictionaries(
     _json_scalars,
     max_size=3,
 ).map(orjson.dumps)
-_bad_utf8 = st.binary(max_size=10).map(lambda b: b'{"id": "u", "query": "\xff' + b + b'"}')
+_bad_utf8 = st.binary(max_size=10).map(
+    lambda b: b'{"id": "u", "query": "\xff' + b.replace(b"\n", b" ") + b'"}'
+)
 _bad_types = st.sampled_from(
     [
         b'{"id": 1, "query": "q"}',
