@@ -219,13 +219,7 @@ def _num(v: float | None) -> str:
 
 def render_compare(a: Run, b: Run) -> str:
     """A side-by-side table of two runs with B/A ratios."""
-    t = Table(
-        title=f"A = {a.path}\nB = {b.path}",
-        title_justify="left",
-        box=None,
-        header_style="bold",
-        pad_edge=False,
-    )
+    t = Table(box=None, header_style="bold", pad_edge=False)
     for name, justify in (("metric", "left"), ("A", "right"), ("B", "right"), ("B/A", "right")):
         t.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in compare_rows(a.summary, b.summary):
@@ -233,7 +227,7 @@ def render_compare(a: Run, b: Run) -> str:
         t.add_row(row["metric"], _num(row["a"]), _num(row["b"]), "-" if r is None else f"{r:.3f}")
     buf = io.StringIO()
     Console(file=buf, width=100, color_system=None).print(t)
-    return buf.getvalue()
+    return f"A = {a.path}\nB = {b.path}\n{buf.getvalue()}"
 
 
 def main(ns: argparse.Namespace) -> int:

@@ -132,14 +132,18 @@ class Distribution:
     def _values_at_ranks(self, ranks: Sequence[int]) -> list[float]:
         # One walk over the sorted buckets serves every requested 0-based rank.
         out: list[float] = []
+        last = self.count - 1
         it = iter(ranks)
         want = next(it, None)
         seen = 0
         for key in sorted(self._buckets):
             seen += self._buckets[key]
             while want is not None and want < seen:
-                rep = 0.0 if key == _ZERO_KEY else math.exp((key + 0.5) / _K)
-                out.append(min(max(rep, self.min), self.max))
+                if want == 0 or want == last:  # the extremes are known exactly
+                    out.append(self.min if want == 0 else self.max)
+                else:
+                    rep = 0.0 if key == _ZERO_KEY else math.exp((key + 0.5) / _K)
+                    out.append(min(max(rep, self.min), self.max))
                 want = next(it, None)
             if want is None:
                 break
