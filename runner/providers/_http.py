@@ -1,0 +1,488 @@
+"""HTTP plumbing shared by the provider backends.
+
+One ``aiohttp.ClientSession`` per run; one ``send`` skeleton that times the request, reads JSON
+or an SSE stream and turns every request failure into an ``Attempt`` carrying a classified
+``ErrorInfo`` (only ``asyncio.CancelledError`` and programming errors propagate). A provider
+module supplies four hooks: build the body, normalise usage, classify an HTTP error and parse a
+stream.
+
+API keys must never leak into an ``Attempt``: servers sometimes echo request headers into error
+bodies, so error bodies and every message built here go through :func:`scrub`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from time import perf_counter
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from ..config import RunConfig
+from ..models import Attempt, ErrorInfo, Job, RateInfo, Usage
+from .headers import parse_go_duration, parse_rate_headers, parse_retry_after
+
+__all__ = [
+    "HTTPBackend",
+    "StreamParser",
+    "error_from_exception",
+    "make_session",
+    "retry_delay",
+    "scrub",
+    "status_error",
+]
+
+# aiohttp's pool default of 100 connections would silently cap a higher concurrency.
+MIN_CONNECTOR_LIMIT = 100
+MAX_MESSAGE_CHARS = 300
+PROBE_TIMEOUT_S = 30.0
+# CPython fixed the leak of aborted TLS transports in 3.12.7 / 3.13.1; aiohttp warns when the
+# workaround is requested on an interpreter that no longer needs it.
+_NEEDS_CLEANUP_CLOSED = sys.version_info < (3, 12, 7) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
+
+Headers = Mapping[str, str]
+
+
+def _dumps_str(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def make_session(config: RunConfig, *, headers: Mapping[str, str]) -> aiohttp.ClientSession:
+    """The run's one session; ``headers`` (auth, content type, extras) go on every request.
+
+    Must be called inside the running event loop.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=max(config.concurrency, MIN_CONNECTOR_LIMIT),
+        ttl_dns_cache=300,
+        enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED,
+    )
+    # total bounds the whole request (streams included); sock_connect, not connect, so that
+    # waiting for a free pooled connection is not mistaken for an unreachable server.
+    timeout = aiohttp.ClientTimeout(total=config.timeout, sock_connect=config.connect_timeout)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        headers=dict(headers),
+        json_serialize=_dumps_str,
+    )
+
+
+# -- messages and classification -------------------------------------------------------------
+
+_SECRET_PATTERNS = re.compile(
+    r"(?i)(bearer\s+|x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}]+|\bsk-[A-Za-z0-9_\-]{8,}"
+)
+
+
+def scrub(text: str, api_key: str | None) -> str:
+    """``text`` with the API key, and anything that looks like a credential, redacted."""
+    if api_key and api_key in text:
+        text = text.replace(api_key, "[redacted]")
+    return _SECRET_PATTERNS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def error_fields(body: Any) -> tuple[str | None, str | None, str]:
+    """(type, code, message) from ``{"error": {...}}`` bodies (OpenAI and Anthropic alike).
+
+    ``body`` is the parsed JSON, or the response text when it was not JSON.
+    """
+    if isinstance(body, str):
+        return None, None, body
+    if not isinstance(body, dict):
+        return None, None, ""
+    err = body.get("error", body)
+    if isinstance(err, str):
+        return None, None, err
+    if not isinstance(err, dict):
+        return None, None, ""
+    etype, code, msg = err.get("type"), err.get("code"), err.get("message")
+    return (
+        etype if isinstance(etype, str) else None,
+        str(code) if isinstance(code, str | int) else None,
+        msg if isinstance(msg, str) else "",
+    )
+
+
+def http_message(status: int, provider_message: str) -> str:
+    return _short(f"HTTP {status}: {provider_message}" if provider_message else f"HTTP {status}")
+
+
+_HINT = re.compile(
+    r"(?i)try again in\s+(?:(\d+(?:\.\d+)?)\s*seconds?\b|((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)\b)"
+)
+
+
+def _hinted_delay(message: str) -> float | None:
+    """The delay in a message such as "Please try again in 644ms." (OpenAI 429 bodies)."""
+    m = _HINT.search(message)
+    if m is None:
+        return None
+    if m.group(1) is not None:
+        return float(m.group(1))
+    return parse_go_duration(m.group(2))
+
+
+def _reset_delay(rate: RateInfo | None, kind: str | None) -> float | None:
+    """The reset of the exhausted limit, or of the one ``kind`` names, else the later one."""
+    if rate is None:
+        return None
+    req, tok = rate.reset_requests_s, rate.reset_tokens_s
+    if kind == "requests" and req is not None:
+        return req
+    if kind == "tokens" and tok is not None:
+        return tok
+    if rate.remaining_requests == 0 and req is not None:
+        return req
+    if rate.remaining_tokens == 0 and tok is not None:
+        return tok
+    known = [v for v in (req, tok) if v is not None]
+    return max(known) if known else None
+
+
+def limit_kind(etype: str | None, message: str) -> str | None:
+    """Which limit a 429 is about ("requests" / "tokens"), from its type or its wording."""
+    if etype in ("requests", "tokens"):
+        return etype
+    low = message.lower()
+    if "tokens per" in low or "(tpm)" in low or "input tokens" in low or "output tokens" in low:
+        return "tokens"
+    if "requests per" in low or "(rpm)" in low or "number of requests" in low:
+        return "requests"
+    return None
+
+
+def retry_delay(headers: Headers, *, kind: str | None, message: str) -> float | None:
+    """The server's requested delay: retry-after(-ms), then the relevant reset, then the text."""
+    delay = parse_retry_after(headers)
+    if delay is None:
+        delay = _reset_delay(parse_rate_headers(headers), kind)
+    if delay is None:
+        delay = _hinted_delay(message)
+    return delay
+
+
+def status_error(status: int, message: str, headers: Headers) -> ErrorInfo:
+    """The classification shared by both providers for statuses without a special meaning."""
+    text = http_message(status, message)
+    if status in (401, 403):
+        return ErrorInfo("auth", text, retriable=False, fatal=True)
+    if status == 408:  # the server gave up waiting for us: a timeout, worth another try
+        return ErrorInfo("timeout", text, True, parse_retry_after(headers))
+    if status == 409:  # a conflict with a concurrent request; the SDKs retry it
+        return ErrorInfo("http_4xx", text, True, parse_retry_after(headers))
+    if status == 429:
+        return ErrorInfo(
+            "rate_limited", text, True, retry_delay(headers, kind=None, message=message)
+        )
+    if status >= 500:
+        return ErrorInfo("http_5xx", text, True, parse_retry_after(headers))
+    return ErrorInfo("http_4xx", text, retriable=False)
+
+
+def apply_should_retry(info: ErrorInfo, headers: Headers) -> ErrorInfo:
+    """``x-should-retry: true|false`` overrides the decision, except for fatal errors."""
+    flag = headers.get("x-should-retry")
+    if flag is None or info.fatal:
+        return info
+    if flag == "true" and not info.retriable:
+        return replace(info, retriable=True)
+    if flag == "false" and info.retriable:
+        return replace(info, retriable=False)
+    return info
+
+
+_TRANSIENT_WORDS = ("overload", "rate_limit", "api_error", "server", "timeout", "unavailable")
+
+
+def stream_error(err: Any) -> ErrorInfo:
+    """An error event inside a 200 stream: retriable unless it says the request itself is bad."""
+    etype, code, msg = error_fields({"error": err})
+    kind = etype or code
+    retriable = kind is None or any(w in kind for w in _TRANSIENT_WORDS)
+    text = f"error in stream: {kind}: {msg}" if kind else f"error in stream: {msg}"
+    return ErrorInfo("stream_error", _short(text), retriable)
+
+
+def error_from_exception(exc: BaseException) -> ErrorInfo:
+    """A transport failure (no complete response) as a retriable error."""
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+        return ErrorInfo("timeout", _short(f"timed out: {type(exc).__name__} {exc}"), True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ErrorInfo("connection", _short(f"response cut off: {exc}"), True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ErrorInfo("connection", _short(f"cannot connect: {exc}"), True)
+    return ErrorInfo("connection", _short(f"connection failed: {type(exc).__name__}: {exc}"), True)
+
+
+# -- streaming ----------------------------------------------------------------------------------
+
+
+class StreamParser:
+    """Consumes SSE lines; subclasses assemble the provider's body. Timing lives here."""
+
+    __slots__ = ("_last", "_t0", "done", "error", "itl_ms", "ttft_ms")
+
+    #: the message for a stream that ended without its terminator
+    unfinished = "stream ended before it was complete"
+
+    def __init__(self, t0: float) -> None:
+        self._t0 = t0
+        self._last: float | None = None
+        self.ttft_ms: float | None = None
+        self.itl_ms: list[float] = []
+        self.done = False
+        self.error: ErrorInfo | None = None
+
+    def _content_at(self, now: float) -> None:
+        """Record a chunk that carried generated content (only those count for TTFT/ITL)."""
+        last = self._last
+        if last is None:
+            self.ttft_ms = (now - self._t0) * 1000.0
+        else:
+            self.itl_ms.append((now - last) * 1000.0)
+        self._last = now
+
+    def feed(self, line: bytes, now: float) -> bool:
+        """Take one line (without its newline); True asks the reader to stop (an error)."""
+        raise NotImplementedError
+
+    def result(self) -> tuple[dict[str, Any], Usage | None]:
+        """The assembled body and the normalised usage."""
+        raise NotImplementedError
+
+
+def sse_data(line: bytes) -> bytes | None:
+    """The data of an SSE ``data:`` line; None for comments, ``event:`` lines and blanks."""
+    if line.startswith(b"data:"):
+        return line[5:].strip()
+    return None
+
+
+async def read_sse(content: aiohttp.StreamReader, parser: StreamParser) -> None:
+    """Feed every line of an SSE body to ``parser``, stamping each with its arrival time.
+
+    Reads whatever the socket has (not line by line) so that events that arrived together
+    share a timestamp, and lines of any length work.
+    """
+    buf = b""
+    async for data in content.iter_any():
+        now = perf_counter()
+        buf += data
+        if b"\n" not in data:
+            continue
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if line and parser.feed(line, now):
+                return
+    if buf:
+        parser.feed(buf, perf_counter())
+
+
+# -- the backend -------------------------------------------------------------------------------
+
+
+class HTTPBackend:
+    """Sends jobs to one chat endpoint; subclasses define the wire protocol."""
+
+    __slots__ = ("_api_key", "_config", "_key_bytes", "_models_url", "_session", "_url")
+
+    path = ""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: RunConfig,
+        *,
+        base_url: str,
+        api_key: str | None,
+    ) -> None:
+        base = base_url.rstrip("/")
+        self._session = session
+        self._config = config
+        self._url = URL(base + self.path)
+        self._models_url = URL(base + "/models")
+        self._api_key = api_key
+        self._key_bytes = api_key.encode() if api_key else None
+
+    # hooks ---------------------------------------------------------------------------------
+
+    def build_body(
+        self, job: Job, cache_key: str | None, *, prewarm: bool = False
+    ) -> tuple[dict[str, Any], bool]:
+        """The request body and whether it asks for a stream."""
+        raise NotImplementedError
+
+    def parse_usage(self, usage: Any) -> Usage | None:
+        raise NotImplementedError
+
+    def classify(self, status: int, body: Any, headers: Headers) -> ErrorInfo:
+        raise NotImplementedError
+
+    def stream_parser(self, t0: float) -> StreamParser:
+        raise NotImplementedError
+
+    # the request ---------------------------------------------------------------------------
+
+    async def send(
+        self,
+        job: Job,
+        *,
+        cache_key: str | None,
+        on_first_byte: Callable[[], None] | None = None,
+        prewarm: bool = False,
+    ) -> Attempt:
+        """Send one attempt of ``job``. Request failures come back as ``Attempt.error``.
+
+        :param cache_key: the routing key for the provider's prompt cache, if any.
+        :param on_first_byte: called once when a 2xx status line arrives.
+        :param prewarm: write the cache without generating (Anthropic ``max_tokens: 0``).
+        """
+        body, stream = self.build_body(job, cache_key, prewarm=prewarm)
+        data = orjson.dumps(body)
+        status: int | None = None
+        rate: RateInfo | None = None
+        parser: StreamParser | None = None
+        t0 = perf_counter()
+        try:
+            async with self._session.post(self._url, data=data) as resp:
+                status = resp.status
+                headers = resp.headers
+                rate = parse_rate_headers(headers)
+                if 200 <= status < 300:
+                    if on_first_byte is not None:
+                        on_first_byte()
+                    # A server may ignore "stream": fall through to the JSON path then.
+                    if stream and resp.content_type == "text/event-stream":
+                        parser = self.stream_parser(t0)
+                        await read_sse(resp.content, parser)
+                        latency = (perf_counter() - t0) * 1000.0
+                        return self._stream_attempt(parser, status, headers, rate, latency)
+                raw = await resp.read()
+                latency = (perf_counter() - t0) * 1000.0
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return Attempt(
+                status=status,
+                error=self._scrubbed(error_from_exception(exc)),
+                latency_ms=(perf_counter() - t0) * 1000.0,
+                ttft_ms=parser.ttft_ms if parser is not None else None,
+                itl_ms=parser.itl_ms if parser is not None else None,
+                rate=rate,
+            )
+        return self._json_attempt(status, headers, raw, rate, latency)
+
+    def _scrubbed(self, info: ErrorInfo) -> ErrorInfo:
+        if self._api_key is None:
+            return info
+        message = scrub(info.message, self._api_key)
+        return info if message == info.message else replace(info, message=message)
+
+    def _request_id(self, headers: Headers, body: Any) -> str | None:
+        rid = headers.get("x-request-id") or headers.get("request-id")
+        if rid is None and isinstance(body, dict):
+            bid = body.get("id")
+            rid = bid if isinstance(bid, str) else None
+        return rid
+
+    def _json_attempt(
+        self, status: int, headers: Headers, raw: bytes, rate: RateInfo | None, latency: float
+    ) -> Attempt:
+        key = self._key_bytes
+        if key is not None and key in raw:
+            raw = raw.replace(key, b"[redacted]")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if 200 <= status < 300:
+            if not isinstance(body, dict):
+                error = ErrorInfo("bad_response", _short(f"invalid JSON in a {status} body"), True)
+                return Attempt(status=status, error=error, latency_ms=latency, rate=rate)
+            return Attempt(
+                status=status,
+                body=body,
+                raw=raw,
+                usage=self.parse_usage(body.get("usage")),
+                request_id=self._request_id(headers, body),
+                latency_ms=latency,
+                rate=rate,
+            )
+        detail = body if body is not None else raw[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
+        error = self._scrubbed(self.classify(status, detail, headers))
+        return Attempt(
+            status=status,
+            body=body,
+            raw=raw if isinstance(body, dict) else None,
+            request_id=self._request_id(headers, None),
+            error=error,
+            latency_ms=latency,
+            rate=rate,
+        )
+
+    def _stream_attempt(
+        self,
+        parser: StreamParser,
+        status: int,
+        headers: Headers,
+        rate: RateInfo | None,
+        latency: float,
+    ) -> Attempt:
+        error = parser.error
+        if error is None and not parser.done:
+            error = ErrorInfo("connection", parser.unfinished, retriable=True)
+        if error is not None:
+            return Attempt(
+                status=status,
+                error=self._scrubbed(error),
+                latency_ms=latency,
+                ttft_ms=parser.ttft_ms,
+                itl_ms=parser.itl_ms,
+                request_id=self._request_id(headers, None),
+                rate=rate,
+            )
+        body, usage = parser.result()
+        return Attempt(
+            status=status,
+            body=body,
+            usage=usage,
+            request_id=self._request_id(headers, body),
+            latency_ms=latency,
+            ttft_ms=parser.ttft_ms,
+            itl_ms=parser.itl_ms,
+            rate=rate,
+        )
+
+    async def probe(self) -> ErrorInfo | None:
+        """A cheap pre-flight: ``GET /models`` catches a wrong key or an unreachable URL.
+
+        Only an auth failure or a transport failure is reported; any other status (404 from
+        servers without ``/models``, a transient 429 or 5xx) says nothing about the setup.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=min(self._config.timeout, PROBE_TIMEOUT_S),
+            sock_connect=self._config.connect_timeout,
+        )
+        try:
+            async with self._session.get(self._models_url, timeout=timeout) as resp:
+                status = resp.status
+                raw = await resp.read()
+                headers = resp.headers
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return self._scrubbed(error_from_exception(exc))
+        if status not in (401, 403):
+            return None
+        try:
+            body: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = raw[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
+        return self._scrubbed(self.classify(status, body, headers))

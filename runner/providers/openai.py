@@ -1,0 +1,272 @@
+"""OpenAI Chat Completions, also spoken by vLLM, SGLang, DeepSeek and the built-in mock.
+
+Usage is normalised across the dialects: OpenAI and vLLM report
+``prompt_tokens_details.cached_tokens``; SGLang omits it when zero (so absence means "unknown",
+None, never 0); DeepSeek reports ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import RunConfig
+from ..models import ErrorInfo, Job, Usage
+from ._http import (
+    Headers,
+    HTTPBackend,
+    StreamParser,
+    apply_should_retry,
+    error_fields,
+    http_message,
+    limit_kind,
+    retry_delay,
+    sse_data,
+    status_error,
+    stream_error,
+)
+
+__all__ = ["OpenAIBackend", "build_headers", "classify_error", "parse_usage"]
+
+
+def build_headers(config: RunConfig, api_key: str | None) -> dict[str, str]:
+    """Headers for every request: JSON content type, bearer auth, then the config's extras."""
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    headers.update(config.headers)
+    return headers
+
+
+def _int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def parse_usage(usage: Any) -> Usage | None:
+    """Normalise an OpenAI-dialect ``usage`` object; None when the response has none."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens"))
+    cached: int | None = None
+    write = 0
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        cached = _int(details.get("cached_tokens"))
+        write = _int(details.get("cache_write_tokens")) or 0
+    hit = _int(usage.get("prompt_cache_hit_tokens"))
+    if hit is not None:  # DeepSeek
+        cached = hit
+        if prompt is None:
+            prompt = hit + (_int(usage.get("prompt_cache_miss_tokens")) or 0)
+    return Usage(
+        prompt_tokens=prompt or 0,
+        cached_tokens=cached,
+        cache_write_tokens=write,
+        completion_tokens=_int(usage.get("completion_tokens")) or 0,
+    )
+
+
+def _classify(status: int, body: Any, headers: Headers) -> ErrorInfo:
+    etype, code, message = error_fields(body)
+    if status == 429:
+        # An exhausted quota also arrives as 429 but no amount of waiting fixes it.
+        if etype == "insufficient_quota" or code == "insufficient_quota":
+            return ErrorInfo(
+                "insufficient_quota", http_message(status, message), retriable=False, fatal=True
+            )
+        delay = retry_delay(headers, kind=limit_kind(etype, message), message=message)
+        return ErrorInfo("rate_limited", http_message(status, message), True, delay)
+    if status == 529:  # gateways in front of OpenAI-compatible servers borrow Anthropic's code
+        return ErrorInfo("overloaded", http_message(status, message), True)
+    return status_error(status, message, headers)
+
+
+def classify_error(status: int, body: Any, headers: Headers) -> ErrorInfo:
+    """Classify a non-2xx response. ``body`` is the parsed JSON, or the text if not JSON.
+
+    ``x-should-retry: true|false`` overrides the retry decision of non-fatal errors.
+    """
+    return apply_should_retry(_classify(status, body, headers), headers)
+
+
+class _Choice:
+    """One choice being assembled from stream deltas."""
+
+    __slots__ = ("content", "finish_reason", "reasoning", "tool_calls")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+
+    def add_tool_calls(self, deltas: list[Any]) -> None:
+        for d in deltas:
+            if not isinstance(d, dict):
+                continue
+            call = self.tool_calls.get(d.get("index", 0))
+            fn = d.get("function") or {}
+            if call is None:
+                call = {"id": d.get("id"), "type": d.get("type", "function")}
+                call["function"] = {"name": fn.get("name") or "", "arguments": ""}
+                self.tool_calls[d.get("index", 0)] = call
+            elif d.get("id"):
+                call["id"] = d["id"]
+            args = fn.get("arguments")
+            if args:
+                call["function"]["arguments"] += args
+
+    def message(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"role": "assistant", "content": "".join(self.content)}
+        if self.reasoning:
+            msg["reasoning_content"] = "".join(self.reasoning)
+        if self.tool_calls:
+            msg["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return msg
+
+
+class OpenAIStream(StreamParser):
+    """Assembles ``chat.completion.chunk`` events into a ``chat.completion`` body."""
+
+    __slots__ = ("_choices", "_meta", "_usage")
+
+    unfinished = "stream ended before [DONE]"
+
+    def __init__(self, t0: float) -> None:
+        super().__init__(t0)
+        self._meta: dict[str, Any] | None = None
+        self._choices: dict[int, _Choice] = {}
+        self._usage: Any = None
+
+    def feed(self, line: bytes, now: float) -> bool:
+        data = sse_data(line)
+        if data is None:
+            return False
+        if data == b"[DONE]":
+            self.done = True
+            return False
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            self.error = ErrorInfo("bad_response", "invalid JSON in a stream event", True)
+            return True
+        if chunk.get("error") is not None:
+            self.error = stream_error(chunk["error"])
+            return True
+        if self._meta is None:
+            self._meta = chunk
+        choices = chunk.get("choices")
+        if choices and self._add_choices(choices):
+            self._content_at(now)
+        usage = chunk.get("usage")
+        if usage:
+            self._usage = usage
+        return False
+
+    def _add_choices(self, choices: list[Any]) -> bool:
+        """Merge deltas; True when any carried generated content (not just a role)."""
+        carried = False
+        for ch in choices:
+            index = ch.get("index", 0)
+            state = self._choices.get(index)
+            if state is None:
+                state = self._choices[index] = _Choice()
+            delta = ch.get("delta")
+            if delta:
+                text = delta.get("content")
+                if text:
+                    state.content.append(text)
+                    carried = True
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if thought:
+                    state.reasoning.append(thought)
+                    carried = True
+                calls = delta.get("tool_calls")
+                if calls:
+                    state.add_tool_calls(calls)
+                    carried = True
+            if ch.get("finish_reason"):
+                state.finish_reason = ch["finish_reason"]
+        return carried
+
+    def result(self) -> tuple[dict[str, Any], Usage | None]:
+        meta = self._meta or {}
+        body: dict[str, Any] = {
+            "id": meta.get("id"),
+            "object": "chat.completion",
+            "created": meta.get("created"),
+            "model": meta.get("model"),
+            "choices": [
+                {"index": i, "message": c.message(), "finish_reason": c.finish_reason}
+                for i, c in sorted(self._choices.items())
+            ],
+            "usage": self._usage,
+        }
+        if meta.get("system_fingerprint") is not None:
+            body["system_fingerprint"] = meta["system_fingerprint"]
+        return body, parse_usage(self._usage)
+
+
+class OpenAIBackend(HTTPBackend):
+    """``POST {base_url}/chat/completions``."""
+
+    __slots__ = ("_model", "_params", "_retention", "_stream")
+
+    path = "/chat/completions"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: RunConfig,
+        *,
+        base_url: str,
+        api_key: str | None,
+    ) -> None:
+        super().__init__(session, config, base_url=base_url, api_key=api_key)
+        self._model = config.model
+        self._params = config.params
+        self._stream = config.stream
+        self._retention = config.prompt_cache_retention
+
+    def build_body(
+        self, job: Job, cache_key: str | None, *, prewarm: bool = False
+    ) -> tuple[dict[str, Any], bool]:
+        body: dict[str, Any] = {"model": job.model or self._model, "messages": list(job.messages)}
+        if self._params:
+            body.update(self._params)
+        if job.params:
+            body.update(job.params)
+        if cache_key is not None:
+            body["prompt_cache_key"] = cache_key
+        if self._retention is not None:
+            body["prompt_cache_retention"] = self._retention
+        if prewarm:
+            # No write-only request exists here: the cheapest primer is a one-token answer.
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+            body["max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"] = 1
+            return body, False
+        if self._stream or body.get("stream") is True:
+            body["stream"] = True
+            extra = body.get("stream_options")
+            # Without include_usage a stream carries no usage at all (vLLM, OpenAI).
+            body["stream_options"] = (
+                {**extra, "include_usage": True}
+                if isinstance(extra, dict)
+                else {"include_usage": True}
+            )
+            return body, True
+        return body, False
+
+    def parse_usage(self, usage: Any) -> Usage | None:
+        return parse_usage(usage)
+
+    def classify(self, status: int, body: Any, headers: Headers) -> ErrorInfo:
+        return classify_error(status, body, headers)
+
+    def stream_parser(self, t0: float) -> StreamParser:
+        return OpenAIStream(t0)
