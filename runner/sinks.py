@@ -142,17 +142,21 @@ def open_outputs(
             _repair_tail(latency)
             done = _load_results(results, retry_failed=config.retry_failed)
             _drop_orphans(latency, done)
-        flags = _APPEND_FLAGS if resuming else _APPEND_FLAGS | os.O_TRUNC
-        res_fd = _io(results, lambda: os.open(results, flags, 0o644))
+        res_fd = _open_append(results, truncate=not resuming)
         try:
-            lat_fd = _io(latency, lambda: os.open(latency, flags, 0o644))
+            lat_fd = _open_append(latency, truncate=not resuming)
         except BaseException:
             os.close(res_fd)
             raise
-        if not resuming:
-            # Truncate first, then claim the files for this input: a crash in between leaves
-            # empty outputs, never old lines under new metadata.
-            _write_meta(meta_path, jobs_file=jobs_file, fingerprint=fingerprint, model=model)
+        try:
+            if not resuming:
+                # Truncate first, then claim the files for this input: a crash in between
+                # leaves empty outputs, never old lines under new metadata.
+                _write_meta(meta_path, jobs_file=jobs_file, fingerprint=fingerprint, model=model)
+        except BaseException:
+            os.close(res_fd)
+            os.close(lat_fd)
+            raise
     except BaseException:
         _release_lock(lock_path, lock_fd)
         raise
@@ -358,6 +362,14 @@ def _size(path: Path) -> int:
         return 0
     except OSError as exc:
         raise SinkError(f"{path}: {exc.strerror}") from exc
+
+
+def _open_append(path: Path, *, truncate: bool) -> int:
+    flags = _APPEND_FLAGS | os.O_TRUNC if truncate else _APPEND_FLAGS
+    try:
+        return os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise SinkError(f"{path}: cannot open: {exc.strerror}") from exc
 
 
 def _write_all(fd: int, buf: bytearray, path: Path) -> None:

@@ -436,3 +436,15 @@ def test_completion_order_ignores_line_numbers(jobs: Path) -> None:
         put(out, "z", 9)
         put(out, "y", 1)
     assert ids(out.results_path) == ["z", "y"]
+
+
+def test_an_output_that_cannot_be_opened_is_a_sink_error_and_frees_the_lock(
+    jobs: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "taken"
+    output.mkdir()
+    with pytest.raises(SinkError, match=r"taken: cannot open"):
+        open_(jobs, output=output, resume=False)
+    assert not sinks._sidecar(output, ".lock").exists()
+    with pytest.raises(SinkError, match=r"cannot create the directory"):
+        open_(jobs, output=jobs / "sub" / "r.jsonl")
