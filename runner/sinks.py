@@ -38,7 +38,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from .config import RunConfig
-from .errors import InputError, ResumeError, SinkError
+from .errors import ConfigError, InputError, ResumeError, SinkError
 from .models import LatencyRecord
 
 __all__ = [
@@ -77,6 +77,7 @@ _NO_ITL: Final = b',"itl_ms":null}'
 _APPEND_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _CHUNK: Final = 1 << 16
 _T = TypeVar("_T")
+_AFRESH: Final = "run with --no-resume to start afresh, or write elsewhere with -o"
 
 
 def default_paths(jobs_path: Path, config: RunConfig) -> tuple[Path, Path, Path]:
@@ -96,7 +97,7 @@ def default_paths(jobs_path: Path, config: RunConfig) -> tuple[Path, Path, Path]
 def open_outputs(
     config: RunConfig,
     *,
-    jobs_path: Path,
+    jobs_path: Path | None,
     model: str,
     flush_every: int = DEFAULT_FLUSH_EVERY,
     fsync: bool = True,
@@ -108,7 +109,9 @@ def open_outputs(
     results with a retriable error are removed so that those jobs run again. Otherwise both files
     start empty.
 
-    :param jobs_path: the input file, fingerprinted so a resume cannot mix two inputs.
+    :param jobs_path: the input file, fingerprinted so a resume cannot mix two inputs; ``None``
+        for jobs given in memory (then ``config.output`` is required and only the model is
+        checked on resume).
     :param model: the run's model; resuming with another model is refused.
     :param flush_every: hand the buffered lines to the OS after this many jobs.
     :param fsync: fsync both files on :meth:`Outputs.close`.
@@ -118,7 +121,12 @@ def open_outputs(
     """
     if flush_every < 1:
         raise ValueError(f"flush_every must be >= 1, got {flush_every}")
-    results, latency, _ = default_paths(jobs_path, config)
+    if jobs_path is not None:
+        results, latency, _ = default_paths(jobs_path, config)
+    elif config.output is not None:
+        results, latency, _ = default_paths(config.output, config)
+    else:
+        raise ConfigError("an output path is needed when jobs are not read from a file")
     for parent in {results.parent, latency.parent}:
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -128,14 +136,16 @@ def open_outputs(
     lock_fd = _acquire_lock(lock_path, results)
     try:
         meta_path = _sidecar(results, ".meta.json")
-        jobs_file = str(jobs_path.resolve())
-        fingerprint = _fingerprint(jobs_path)
+        jobs_file = str(jobs_path.resolve()) if jobs_path is not None else None
+        fingerprint = _fingerprint(jobs_path) if jobs_path is not None else None
         done: set[str] = set()
         resuming = config.resume and _size(results) > 0
         if resuming:
             meta = _read_meta(meta_path, results)
-            _check_meta(meta, results, jobs_file=jobs_file, jobs_path=jobs_path, model=model)
-            if meta.get("jobs_file") != jobs_file:
+            if jobs_path is not None:
+                _check_input(meta, results, jobs_path=jobs_path)
+            _check_model(meta, results, model=model)
+            if jobs_path is not None and meta.get("jobs_file") != jobs_file:
                 # Same content at a new path: keep resuming, but record where the input is now.
                 _write_meta(meta_path, jobs_file=jobs_file, fingerprint=fingerprint, model=model)
             _repair_tail(results)
@@ -548,39 +558,41 @@ def _same_head(fingerprint: object, jobs_path: Path) -> bool:
 
 
 def _read_meta(meta_path: Path, results: Path) -> dict[str, Any]:
-    afresh = "run with --no-resume to start afresh, or write elsewhere with -o"
     try:
         raw = meta_path.read_bytes()
     except FileNotFoundError:
         raise ResumeError(
             f"cannot resume {results}: {meta_path} is missing, so which input and model wrote "
-            f"it is unknown; {afresh}"
+            f"it is unknown; {_AFRESH}"
         ) from None
     except OSError as exc:
         raise SinkError(f"{meta_path}: {exc.strerror}") from exc
     meta = _parse(raw)
     if meta is None or meta.get("version") != META_VERSION:
-        raise ResumeError(f"cannot resume {results}: {meta_path} is not readable; {afresh}")
+        raise ResumeError(f"cannot resume {results}: {meta_path} is not readable; {_AFRESH}")
     return meta
 
 
-def _check_meta(
-    meta: dict[str, Any], results: Path, *, jobs_file: str, jobs_path: Path, model: str
-) -> None:
-    afresh = "run with --no-resume to start afresh, or write elsewhere with -o"
+def _check_input(meta: dict[str, Any], results: Path, *, jobs_path: Path) -> None:
     if not _same_head(meta.get("jobs_fingerprint"), jobs_path):
+        was = meta.get("jobs_file") or "jobs given in memory"
         raise ResumeError(
-            f"cannot resume {results}: it was written for the input {meta.get('jobs_file')}, and "
-            f"{jobs_file} is a different input (its first lines differ); {afresh}"
+            f"cannot resume {results}: it was written for the input {was}, and {jobs_path} is a "
+            f"different input (its first lines differ); {_AFRESH}"
         )
+
+
+def _check_model(meta: dict[str, Any], results: Path, *, model: str) -> None:
     if meta.get("model") != model:
         raise ResumeError(
             f"cannot resume {results}: it was written with model {meta.get('model')!r}, "
-            f"not {model!r}; {afresh}"
+            f"not {model!r}; {_AFRESH}"
         )
 
 
-def _write_meta(meta_path: Path, *, jobs_file: str, fingerprint: str, model: str) -> None:
+def _write_meta(
+    meta_path: Path, *, jobs_file: str | None, fingerprint: str | None, model: str
+) -> None:
     meta = {
         "jobs_file": jobs_file,
         "jobs_fingerprint": fingerprint,

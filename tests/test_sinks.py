@@ -14,7 +14,7 @@ import pytest
 
 import runner.sinks as sinks
 from runner.config import RunConfig
-from runner.errors import ResumeError, SinkError
+from runner.errors import ConfigError, ResumeError, SinkError
 from runner.models import LatencyRecord
 from runner.sinks import Outputs, default_paths, open_outputs, write_summary
 
@@ -448,3 +448,19 @@ def test_an_output_that_cannot_be_opened_is_a_sink_error_and_frees_the_lock(
     assert not sinks._sidecar(output, ".lock").exists()
     with pytest.raises(SinkError, match=r"cannot create the directory"):
         open_(jobs, output=jobs / "sub" / "r.jsonl")
+
+
+def test_jobs_given_in_memory_check_only_the_model(jobs: Path, tmp_path: Path) -> None:
+    output = tmp_path / "mem.jsonl"
+    config = RunConfig(output=output)
+    with open_outputs(config, jobs_path=None, model="m", fsync=False) as out:
+        put(out, "a")
+    assert out.latency_path == tmp_path / "mem.latency.jsonl"
+    with open_outputs(config, jobs_path=None, model="m", fsync=False) as out:
+        assert out.done("a")
+    with pytest.raises(ResumeError, match="model"):
+        open_outputs(config, jobs_path=None, model="x", fsync=False)
+    with pytest.raises(ResumeError, match="written for the input jobs given in memory"):
+        open_(jobs, output=output)
+    with pytest.raises(ConfigError, match="output path is needed"):
+        open_outputs(RunConfig(), jobs_path=None, model="m")
