@@ -46,7 +46,7 @@ from .wire import (
     reply_pool,
 )
 
-__all__ = ["MockServer", "serve"]
+__all__ = ["MockServer", "latency_s", "serve"]
 
 _JSON = "application/json"
 _SSE = "text/event-stream; charset=utf-8"
@@ -353,11 +353,11 @@ class MockServer:
                 key = data.get("prompt_cache_key")
                 replica = self._router.route(text, key if isinstance(key, str) else None, now)
             hits = self._caches[replica].lookup(bounds, now)
-            cached = bounds[hits - 1].tokens if hits else 0
+            cached = bounds[hits - 1][1] if hits else 0
             # Like the real service, nothing below the minimum prefix is ever reported cached.
             reply.cached = cached if cached >= cfg.cache_min_prefix_tokens else 0
             reply.pending = bounds[hits:]
-            reply.write_5m = sum(b.cost for b in reply.pending)
+            reply.write_5m = sum(b[2] for b in reply.pending)
             reply.replica = replica
         return reply, text
 
@@ -384,14 +384,14 @@ class MockServer:
             if bounds:
                 now = self._clock()
                 hits = self._caches[0].lookup(bounds, now)
-                reply.cached = bounds[hits - 1].tokens if hits else 0
+                reply.cached = bounds[hits - 1][1] if hits else 0
                 reply.pending = bounds[hits:]
-                for b in reply.pending:
-                    if b.ttl_s > 300.0:
-                        reply.write_1h += b.cost
+                for _, _, cost, ttl_s in reply.pending:
+                    if ttl_s > 300.0:
+                        reply.write_1h += cost
                     else:
-                        reply.write_5m += b.cost
-                reply.input_tokens = reply.prompt_tokens - bounds[-1].tokens
+                        reply.write_5m += cost
+                reply.input_tokens = reply.prompt_tokens - bounds[-1][1]
         return reply, text
 
     # -- refusals: auth, quota, rate limits, faults ----------------------------------------
@@ -583,15 +583,9 @@ class MockServer:
     def _timing(self, reply: _Reply) -> None:
         cfg = self.config
         if not self._zero:
-            f = 1.0 + cfg.jitter * (2.0 * self._rng.random() - 1.0) if cfg.jitter else 1.0
+            factor = 1.0 + cfg.jitter * (2.0 * self._rng.random() - 1.0) if cfg.jitter else 1.0
             uncached = reply.prompt_tokens - reply.cached
-            ttft_ms = (
-                cfg.base_ms
-                + cfg.prefill_ms_per_token * uncached
-                + cfg.cached_prefill_ms_per_token * reply.cached
-            )
-            reply.ttft_s = ttft_ms * f / 1000.0
-            reply.decode_s = cfg.decode_ms_per_token * f / 1000.0
+            reply.ttft_s, reply.decode_s = latency_s(cfg, uncached, reply.cached, factor)
         if reply.fault == "slow_first_byte":
             reply.ttft_s += cfg.slow_first_byte_ms / 1000.0
 
@@ -822,6 +816,14 @@ class MockServer:
         )
         frames.append(tail)
         return frames
+
+
+def latency_s(cfg: MockConfig, uncached: int, cached: int, factor: float) -> tuple[float, float]:
+    """(time to first token, time per further token) in seconds, scaled by the jitter factor."""
+    ttft_ms = (
+        cfg.base_ms + cfg.prefill_ms_per_token * uncached + cfg.cached_prefill_ms_per_token * cached
+    )
+    return ttft_ms * factor / 1000.0, cfg.decode_ms_per_token * factor / 1000.0
 
 
 def _abort(request: BaseRequest) -> None:
