@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import tracemalloc
 from collections.abc import Mapping
 from pathlib import Path
@@ -603,3 +605,29 @@ def test_unopenable_jobs_file_raises_at_the_call(tmp_path: Path) -> None:
         read_jobs(tmp_path / "missing.jsonl", contexts={})
     with pytest.raises(InputError, match="cannot open"):
         read_jobs(tmp_path, contexts={})
+
+
+# --- the demo inputs ------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_demo_inputs_are_valid_and_reproducible(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("make_examples", EXAMPLES / "make_examples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(tmp_path)
+    for name in ("contexts.jsonl", "jobs.jsonl", "batch.jsonl"):
+        assert (tmp_path / name).read_bytes() == (EXAMPLES / name).read_bytes(), name
+
+    contexts = load_contexts(EXAMPLES / "contexts.jsonl")
+    assert len(contexts) == 6
+    assert all(1500 <= len(c.messages[0]["content"].split()) <= 2500 for c in contexts.values())
+    jobs = read(EXAMPLES / "jobs.jsonl", contexts)
+    assert len(jobs) >= 300 and all(isinstance(j, Job) for j in jobs)
+    assert {j.group for j in jobs} == {f"{c.cache_id}:{c.digest}" for c in contexts.values()}
+    assert any(j.params for j in jobs)
+    batch = read(EXAMPLES / "batch.jsonl")
+    assert len(batch) == 20 and all(isinstance(j, Job) for j in batch)
+    assert sum(os.path.getsize(EXAMPLES / n) for n in ("contexts.jsonl", "jobs.jsonl")) < 1 << 20
