@@ -599,8 +599,11 @@ async def test_stall_does_not_hold_up_shutdown() -> None:
                 await r.read()
 
         task = asyncio.create_task(stalled())
-        while server.stats()["faults"]["stall"] == 0:
-            await asyncio.sleep(0)  # yield until the request has reached the server
+        for _ in range(10_000):  # yield until the request has reached the server
+            if server.stats()["faults"]["stall"]:
+                break
+            await asyncio.sleep(0)
+        assert server.stats()["faults"]["stall"] == 1
         start = loop.time()
         await server.close()
         assert loop.time() - start < 2.0
