@@ -19,6 +19,7 @@ from typing import Any, Final
 from .config import RunConfig
 from .jobs import read_jobs
 from .models import BadLine, Context, Price, estimate_tokens
+from .stats import cost_of
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
@@ -212,15 +213,8 @@ def _estimate(
 ) -> ModelEstimate:
     billed = uncached = None
     if price is not None:
-        cached_price = price.input if price.cached_input is None else price.cached_input
-        write_price = price.input if price.cache_write is None else price.cache_write
-        uncached = (prompt * price.input + completion * price.output) / 1e6
-        billed = (
-            (prompt - cached - written) * price.input
-            + cached * cached_price
-            + written * write_price
-            + completion * price.output
-        ) / 1e6
+        # the same formula the run summary bills with, so the estimate and the bill agree
+        billed, uncached = cost_of(prompt, cached, written, completion, price)
     return ModelEstimate(jobs, prompt, cached, written, completion, billed, uncached)
 
 
