@@ -362,6 +362,9 @@ async def test_waiters_queued_for_a_slot_when_a_pause_begins_wait_for_it(clock: 
     assert finished(queued) == 0
     assert ctl.in_flight == 1
     ctl.release(1, ok())
+    await clock.advance()
+    assert finished(queued) == 0  # the freed slot does not let anyone past the pause
+    assert ctl.in_flight == 0
     await clock.advance(0.5)
     # The new limit is 1, and successes of attempts sent before the halving do not raise it.
     assert finished(queued) == 1 and ctl.limit == 1
