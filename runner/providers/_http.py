@@ -29,12 +29,19 @@ from .headers import parse_go_duration, parse_rate_headers, parse_retry_after
 
 __all__ = [
     "HTTPBackend",
+    "Headers",
     "StreamParser",
+    "apply_should_retry",
+    "error_fields",
     "error_from_exception",
+    "http_message",
+    "limit_kind",
     "make_session",
     "retry_delay",
     "scrub",
+    "sse_data",
     "status_error",
+    "stream_error",
 ]
 
 # aiohttp's pool default of 100 connections would silently cap a higher concurrency.
@@ -49,6 +56,8 @@ Headers = Mapping[str, str]
 
 
 def _dumps_str(obj: Any) -> str:
+    # The backends post pre-encoded bytes; this only serves ``json=`` callers. It is the str
+    # flavour because ``json_serialize_bytes`` needs a newer aiohttp than the one we require.
     return orjson.dumps(obj).decode()
 
 

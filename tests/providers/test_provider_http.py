@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -155,3 +156,17 @@ def _job() -> Job:
         prompt_chars=2,
         prefix_chars=0,
     )
+
+
+@pytest.mark.parametrize("module", ["runner.providers", "runner.providers._http",
+                                    "runner.providers.openai", "runner.providers.anthropic",
+                                    "runner.providers.headers"])  # fmt: skip
+def test_all_is_sorted_and_resolves(module: str) -> None:
+    mod = importlib.import_module(module)
+    names = list(mod.__all__)
+    # isort order, as ruff keeps it: CONSTANTS, then Classes, then functions
+    assert names == sorted(
+        names, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n)
+    )
+    for name in names:
+        assert hasattr(mod, name), name
