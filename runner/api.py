@@ -101,9 +101,7 @@ async def run(
         if sink is None:
             if jobs_path is None and config.output is None:
                 raise ConfigError("an output path is needed when jobs are not read from a file")
-            outputs = open_outputs(
-                config, jobs_path=jobs_path or Path(str(config.output)), model=config.model
-            )
+            outputs = open_outputs(config, jobs_path=jobs_path, model=config.model)
             stack.callback(outputs.close)
             sink = outputs
         base_url = await stack.enter_async_context(_target(config))

@@ -92,6 +92,7 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
 
 def _cmd_run(ns: argparse.Namespace) -> int:
     from .api import run
+    from .pipeline import RunOutcome
     from .stats import render_summary
 
     config = config_from_args(ns)
@@ -99,7 +100,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         raise ConfigError(f"{ns.jobs}: no such file")
     if config.dry_run:
         return _validate(ns.jobs, config)
-    outcome = _event_loop_run(run(ns.jobs, config, handle_signals=True))
+    outcome: RunOutcome = _event_loop_run(run(ns.jobs, config, handle_signals=True))
     print(render_summary(outcome.summary), file=sys.stderr)
     guard = outcome.summary.get("guard")
     if guard:
@@ -121,8 +122,8 @@ def _validate(jobs: Path, config: RunConfig) -> int:
         else {}
     )
     report = validate_file(jobs, contexts=contexts, config=config)
-    print(render_validation(report, jobs))
-    return 0 if not report.bad_count else 1
+    print(render_validation(report, jobs), end="")
+    return 0 if not report.bad_lines else 1
 
 
 def _cmd_validate(ns: argparse.Namespace) -> int:

@@ -121,6 +121,7 @@ class Engine:
             ttl_s=config.cache_ttl_s,
             max_active_groups=config.max_active_groups,
             min_cacheable_tokens=config.min_cacheable_tokens,
+            lookahead=2 * config.concurrency,
             key_rpm=config.key_rpm
             if config.cache == "warm" and config.provider in ("openai", "mock")
             else None,
@@ -204,13 +205,22 @@ class Engine:
         sink, stats, sched = self.sink, self.stats, self.scheduler
         window = self._window
         n = 0
+        # Under `warm`, see the whole read-ahead window before choosing which groups to prime
+        # first: priming groups in arrival order while the window fills would open many small
+        # groups at once and thrash a bounded provider cache.
+        filling = self.config.cache == "warm"
         for item in it:
             if self._stopping:
                 break
             stats.read += 1
             if isinstance(item, BadLine):
+                bad_id = item.custom_id or f"line-{item.line}"
+                if sink.done(bad_id):
+                    stats.skipped += 1
+                    stats.read -= 1
+                    continue
                 sink.expect(item.line)
-                self._write_invalid(item.custom_id or f"line-{item.line}", item.line, item.message)
+                self._write_invalid(bad_id, item.line, item.message)
                 continue
             if sink.done(item.custom_id):
                 stats.skipped += 1
@@ -224,13 +234,18 @@ class Engine:
             self._admitted += 1
             self._admit_t[id(item)] = time.perf_counter()
             sched.add(item)
-            self._pump()
             n += 1
             if self._admitted >= self._read_ahead:
-                self._space.clear()
-                await self._space.wait()
-            elif not n & 255:
-                await asyncio.sleep(0)  # let started requests make progress while reading
+                filling = False
+                self._pump()
+                if self._admitted >= self._read_ahead:
+                    self._space.clear()
+                    await self._space.wait()
+            elif not filling:
+                self._pump()
+                if not n & 255:
+                    await asyncio.sleep(0)  # let started requests make progress while reading
+        self._pump()
 
     def _window(self, job: Job) -> str | None:
         limit = self.config.context_window

@@ -46,7 +46,7 @@ def sched(strategy: str = "warm", clock: Clock | None = None, **kw: object) -> S
 def drain(s: Scheduler, slots: int = 1000) -> list[Dispatch]:
     """Take every dispatchable job, each using up one of ``slots`` free pipeline slots."""
     out = []
-    while (d := s.next(slots - len(out))) is not None:
+    while len(out) < slots and (d := s.next(slots - len(out))) is not None:
         out.append(d)
     return out
 
@@ -172,3 +172,24 @@ def test_cache_keys_spread_above_the_per_key_rate() -> None:
     assert keys[0] is not None and keys[0].startswith("rk-")
     assert keys[0] == keys[1] and keys[2] == keys[3] and keys[1] != keys[2]
     assert len(set(keys)) == 3
+
+
+def test_groups_are_primed_just_in_time() -> None:
+    """A group is not primed while a full round of known work is already queued."""
+    s = sched(max_active_groups=8, lookahead=3)
+    for i in range(5):
+        s.add(job(i, group="a:h"))
+    for i in range(5, 8):
+        s.add(job(i, group="b:h"))
+    (p,) = drain(s, slots=10)  # a's four held followers already cover the lookahead
+    assert p.job.group == "a:h"
+    s.answered(p.job, ok=True)
+    first = [d.job.group for d in drain(s, slots=2)]
+    assert first == ["a:h", "a:h"]
+    # Two of a's followers are still queued, below the lookahead of 3: now b is primed.
+    rest = drain(s, slots=10)
+    assert [(d.job.group, d.role) for d in rest] == [
+        ("a:h", "follower"),
+        ("a:h", "follower"),
+        ("b:h", "primer"),
+    ]
