@@ -48,6 +48,8 @@ __all__ = [
 MIN_CONNECTOR_LIMIT = 100
 MAX_MESSAGE_CHARS = 300
 PROBE_TIMEOUT_S = 30.0
+MIN_SECRET_CHARS = 8
+MAX_TEXT_BYTES = 4096  # of a non-JSON error body, read for its message
 # CPython fixed the leak of aborted TLS transports in 3.12.7 / 3.13.1; aiohttp warns when the
 # workaround is requested on an interpreter that no longer needs it.
 _NEEDS_CLEANUP_CLOSED = sys.version_info < (3, 12, 7) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
@@ -89,11 +91,32 @@ _SECRET_PATTERNS = re.compile(
 )
 
 
+def _secret(api_key: str | None) -> str | None:
+    """The key when it is worth hunting for in text.
+
+    Local servers take placeholders such as ``EMPTY`` or ``x``; replacing those everywhere would
+    mangle every message (and every JSON field name containing the letter) to hide nothing.
+    """
+    return api_key if api_key and len(api_key) >= MIN_SECRET_CHARS else None
+
+
 def scrub(text: str, api_key: str | None) -> str:
     """``text`` with the API key, and anything that looks like a credential, redacted."""
-    if api_key and api_key in text:
-        text = text.replace(api_key, "[redacted]")
+    key = _secret(api_key)
+    if key is not None and key in text:
+        text = text.replace(key, "[redacted]")
     return _SECRET_PATTERNS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
+
+def _scrub_json(value: Any, api_key: str) -> Any:
+    """A copy of parsed JSON with the key removed from every string (keys included)."""
+    if isinstance(value, str):
+        return value.replace(api_key, "[redacted]")
+    if isinstance(value, dict):
+        return {_scrub_json(k, api_key): _scrub_json(v, api_key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_json(v, api_key) for v in value]
+    return value
 
 
 def _short(text: str) -> str:
@@ -322,7 +345,8 @@ class HTTPBackend:
         self._url = URL(base + self.path)
         self._models_url = URL(base + "/models")
         self._api_key = api_key
-        self._key_bytes = api_key.encode() if api_key else None
+        secret = _secret(api_key)
+        self._key_bytes = secret.encode() if secret else None
 
     # hooks ---------------------------------------------------------------------------------
 
@@ -406,9 +430,6 @@ class HTTPBackend:
     def _json_attempt(
         self, status: int, headers: Headers, raw: bytes, rate: RateInfo | None, latency: float
     ) -> Attempt:
-        key = self._key_bytes
-        if key is not None and key in raw:
-            raw = raw.replace(key, b"[redacted]")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -426,7 +447,17 @@ class HTTPBackend:
                 latency_ms=latency,
                 rate=rate,
             )
-        detail = body if body is not None else raw[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
+        # Error bodies are kept for the results file, so an echoed key is removed from them:
+        # from the parsed strings, never from the bytes, so the JSON stays intact.
+        key = self._key_bytes
+        if body is None:
+            # scrubbed before classify() shortens it, so no fragment of a key survives the cut
+            detail: Any = scrub(raw[:MAX_TEXT_BYTES].decode("utf-8", "replace"), self._api_key)
+        elif key is not None and key in raw:
+            detail = body = _scrub_json(body, key.decode())
+            raw = orjson.dumps(body)
+        else:
+            detail = body
         error = self._scrubbed(self.classify(status, detail, headers))
         return Attempt(
             status=status,
@@ -493,5 +524,5 @@ class HTTPBackend:
         try:
             body: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            body = raw[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
+            body = scrub(raw[:MAX_TEXT_BYTES].decode("utf-8", "replace"), self._api_key)
         return self._scrubbed(self.classify(status, body, headers))

@@ -556,6 +556,41 @@ async def test_key_never_leaks_from_echoed_error(fake: Fake) -> None:
     assert KEY[:12] not in att.error.message
 
 
+@pytest.mark.parametrize("key", ["k", "EMPTY"])
+async def test_placeholder_key_leaves_bodies_alone(fake: Fake, key: str) -> None:
+    # local servers take any key; a one-letter key must not be "redacted" out of the JSON
+    att = await send(fake, reply(COMPLETION), api_key=key)
+    assert att.raw == orjson.dumps(COMPLETION) and att.body == COMPLETION
+    assert att.usage is not None and att.usage.prompt_tokens == 2006
+    body = err(RATE_MSG, "tokens", "rate_limit_exceeded")
+    att = await send(fake, reply(body, 429), api_key=key)
+    assert att.body == body
+    assert att.error is not None and att.error.message == f"HTTP 429: {RATE_MSG}"
+
+
+async def test_echoed_key_removed_from_error_body_keeping_json(fake: Fake) -> None:
+    body = {"error": {"message": f"bad key {KEY}", "type": "invalid_request_error"},
+            "echo": {"headers": {"Authorization": f"Bearer {KEY}"}}}  # fmt: skip
+    att = await send(fake, reply(body, 401))
+    assert isinstance(att.body, dict) and att.raw is not None
+    assert orjson.loads(att.raw) == att.body
+    assert att.body["echo"]["headers"]["Authorization"] == "Bearer [redacted]"
+    assert KEY not in repr(att)
+
+
+async def test_echoed_key_at_the_message_cut_leaves_no_fragment(fake: Fake) -> None:
+    key = "local-secret-0123456789abcdef"  # matches no credential pattern
+    text = "x" * 270 + key + " rejected"  # the key straddles the message length limit
+
+    async def plain(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=text, status=403)
+
+    att = await send(fake, plain, api_key=key)
+    assert att.error is not None and att.error.code == "auth"
+    assert "xxxx" in att.error.message and "local-se" not in att.error.message
+    assert att.body is None and att.raw is None
+
+
 async def test_timeout(fake: Fake) -> None:
     async def stall(request: web.Request) -> web.StreamResponse:
         await fake.release.wait()
