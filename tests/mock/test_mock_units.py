@@ -133,7 +133,7 @@ def test_config_from_mapping_and_validation() -> None:
         {"cache_block_tokens": 0},
     ):
         with pytest.raises(ValueError):
-            MockConfig(**bad)  # type: ignore[arg-type]
+            MockConfig(**bad)
     with pytest.raises(TypeError):
         unknown: dict[str, object] = {"no_such_knob": 1}
         MockConfig(**unknown)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from runner.mock import MockConfig, MockServer, serve
 from runner.mock.tokenizer import openai_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ZERO = {"latency": "zero"}
+ZERO: dict[str, Any] = {"latency": "zero"}
 GO_DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -301,7 +301,12 @@ async def _fan_out(url: str, s: aiohttp.ClientSession, ids: range) -> list[int]:
 
 
 # The prefill takes 600 ms, so all 200 requests arrive while the first is still prefilling.
-STAMPEDE = {"base_ms": 600.0, "prefill_ms_per_token": 0.0, "decode_ms_per_token": 0.0, "jitter": 0}
+STAMPEDE: dict[str, Any] = {
+    "base_ms": 600.0,
+    "prefill_ms_per_token": 0.0,
+    "decode_ms_per_token": 0.0,
+    "jitter": 0,
+}
 
 
 async def test_stampede_cold_fan_out_misses() -> None:
