@@ -13,6 +13,7 @@ they leave unsent have no result line, so re-running the same command sends them
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections import deque
@@ -135,7 +136,7 @@ class Engine:
         self._inflight = 0
         self._admitted = 0
         self._admit_t: dict[int, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._space = asyncio.Event()
         self._all_done = asyncio.Event()
         self._reading = True
@@ -143,6 +144,7 @@ class Engine:
         self._stop_reason: str | None = None
         self._exit_override: int | None = None
         self._guard: GuardTripped | None = None
+        self._bug: BaseException | None = None
         self._inflight_cost = 0.0
         self._breaker: deque[bool] = deque(maxlen=max(1, config.breaker_min_requests))
         self._breaker_failures = 0
@@ -170,6 +172,8 @@ class Engine:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             self.sink.flush()
+        if self._bug is not None:
+            raise self._bug
         wall = time.perf_counter() - self._perf0
         summary = self.summary.summary(
             wall_s=wall,
@@ -282,9 +286,11 @@ class Engine:
                 self._inflight_cost += est
             self._inflight += 1
             self.stats.in_flight = self._inflight
-            t = loop.create_task(self._work(d, est))
+            t = loop.create_task(self._work(d))
             self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
+            # Bookkeeping runs in a done-callback, not a finally: a task cancelled before its
+            # first step never runs its body, yet must still free its slot.
+            t.add_done_callback(functools.partial(self._done, d, est))
 
     def _avg_cost(self) -> float:
         n = self.stats.ok + self.stats.failed
@@ -296,7 +302,8 @@ class Engine:
             estimate_tokens(job.prompt_chars), 0, 0, job.max_tokens or self._default_max, self.price
         )[0]
 
-    async def _work(self, d: Dispatch, est_cost: float) -> None:
+    async def _work(self, d: Dispatch) -> bool:
+        """Send one job through its retries; True when its result was written."""
         job = d.job
         t_admit = self._admit_t.pop(id(job), self._perf0)
         t_start = time.perf_counter()
@@ -307,7 +314,6 @@ class Engine:
         attempts = 0
         limiter_s = 0.0
         a: Attempt | None = None
-        written = False
         try:
             if primer and self.config.anthropic_prewarm and self._first_byte:
                 await self._prewarm(job, d.cache_key)
@@ -339,21 +345,32 @@ class Engine:
                 self.stats.retries += 1
                 await asyncio.sleep(self.policy.delay(err, attempts))
             self._finish(job, role, a, attempts, t_admit, t_start, limiter_s)
-            written = True
-        except (_Abandon, asyncio.CancelledError):
-            pass  # no result line: the job stays unsent for a resume
-        finally:
-            self._inflight -= 1
-            self._admitted -= 1
-            self.stats.in_flight = self._inflight
-            self._inflight_cost -= est_cost
-            if not written and primer:
-                self.scheduler.answered(job, False)
-            self.scheduler.finished(d)
-            if self._admitted < self._read_ahead:
-                self._space.set()
-            self._pump()
-            self._check_done()
+            return True
+        except _Abandon:
+            return False  # no result line: the job stays unsent for a resume
+
+    def _done(self, d: Dispatch, est_cost: float, task: asyncio.Task[bool]) -> None:
+        self._tasks.discard(task)
+        written = False
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is None:
+                written = task.result()
+            elif self._bug is None:
+                # A defect, not a failed request: stop cleanly and re-raise it from run().
+                self._bug = exc
+                self.request_stop("error", EXIT_FAILED)
+        self._inflight -= 1
+        self._admitted -= 1
+        self.stats.in_flight = self._inflight
+        self._inflight_cost -= est_cost
+        if not written and d.role == "primer":
+            self.scheduler.answered(d.job, False)
+        self.scheduler.finished(d)
+        if self._admitted < self._read_ahead:
+            self._space.set()
+        self._pump()
+        self._check_done()
 
     async def _prewarm(self, job: Job, cache_key: str | None) -> None:
         """Anthropic ``max_tokens: 0`` pre-warm: bills only the cache write."""

@@ -28,6 +28,7 @@ DEFAULT_MAX_TOKENS = 64
 
 # Fault kinds in the order a per-request draw walks them; each has a ``fault_<kind>`` rate.
 FAULT_KINDS = (
+    "http_429",
     "http_500",
     "http_502",
     "http_503",
@@ -80,6 +81,8 @@ class MockConfig:
     api_key: str | None = None  # when set, requests must carry exactly this key
     require_api_key: bool = False  # when set, any non-empty key is accepted
     # faults, probabilities per request
+    fault_http_429: float = 0.0  # a rate-limit answer with retry-after, like a 429 storm
+    fault_429_retry_ms: float = 100.0  # the delay that such a 429 asks for
     fault_http_500: float = 0.0
     fault_http_502: float = 0.0
     fault_http_503: float = 0.0
@@ -107,6 +110,7 @@ class MockConfig:
             "cached_prefill_ms_per_token",
             "decode_ms_per_token",
             "slow_first_byte_ms",
+            "fault_429_retry_ms",
             "cache_ttl_s",
         ):
             if getattr(self, name) < 0:

@@ -552,6 +552,22 @@ class MockServer:
     async def _early_fault(
         self, request: BaseRequest, fault: str, anthropic: bool, headers: dict[str, str]
     ) -> web.StreamResponse | None:
+        if fault == "http_429":
+            self._stats.rate_limited += 1
+            wait_s = self.config.fault_429_retry_ms / 1000.0
+            headers["retry-after"] = str(max(1, math.ceil(wait_s)))
+            if anthropic:
+                body = anthropic_error(
+                    "rate_limit_error", "Number of requests has exceeded your rate limit."
+                )
+            else:
+                headers["retry-after-ms"] = str(math.ceil(wait_s * 1000))
+                body = openai_error(
+                    f"Rate limit reached for requests. Please try again in {go_duration(wait_s)}.",
+                    "requests",
+                    "rate_limit_exceeded",
+                )
+            return self._respond(429, body, headers)
         if fault.startswith("http_"):
             status = int(fault[5:])
             if status == 529 and not anthropic:

@@ -1,0 +1,204 @@
+"""End-to-end runs of ``runner.run`` against the simulated provider over loopback."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from runner.api import run
+from runner.config import RunConfig
+from runner.models import Price
+from runner.mock import MockConfig, serve
+
+PREFIX = "Clause {c}: the supplier shall indemnify the customer against all losses. " * 110
+
+
+def write_jobs(tmp: Path, n: int, groups: int = 0, max_tokens: int = 8) -> tuple[Path, Path]:
+    ctx = tmp / "contexts.jsonl"
+    jobs = tmp / "jobs.jsonl"
+    with ctx.open("wb") as fh:
+        for c in range(groups):
+            fh.write(orjson.dumps({"cache_id": f"doc{c}", "system": PREFIX.format(c=c)}) + b"\n")
+    with jobs.open("wb") as fh:
+        for i in range(n):
+            line: dict[str, Any] = {"id": f"q{i}", "query": f"question {i}?"}
+            line["params"] = {"max_tokens": max_tokens}
+            if groups:
+                line["cache_id"] = f"doc{i % groups}"
+            fh.write(orjson.dumps(line) + b"\n")
+    return jobs, ctx
+
+
+def results(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def config(tmp: Path, url: str, **kw: Any) -> RunConfig:
+    base: dict[str, Any] = {
+        "provider": "openai",
+        "base_url": url,
+        "model": "mock-1",
+        "concurrency": 32,
+        "progress": "off",
+        "output": tmp / "r.jsonl",
+        "latency": tmp / "l.jsonl",
+        "summary": tmp / "s.json",
+        "contexts": tmp / "contexts.jsonl",
+    }
+    base.update(kw)
+    return RunConfig(**base)
+
+
+async def stats(url: str) -> dict[str, Any]:
+    root = url.rsplit("/v1", 1)[0]
+    async with aiohttp.ClientSession() as s, s.get(root + "/stats") as r:
+        data: dict[str, Any] = await r.json()
+        return data
+
+
+async def test_warm_run_serves_followers_from_cache(tmp_path: Path) -> None:
+    jobs, _ = write_jobs(tmp_path, 60, groups=3)
+    mock = MockConfig(base_ms=20, decode_ms_per_token=0.5, prefill_ms_per_token=0.01, seed=1)
+    price = {"mock-1": Price(input=1.0, cached_input=0.1, output=4.0)}
+    async with serve(mock) as url:
+        out = await run(jobs, config(tmp_path, url, prices=price))
+    assert out.exit_code == 0
+    recs = [orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines()]
+    roles = Counter(r["cache_role"] for r in recs)
+    assert roles == {"primer": 3, "follower": 57}
+    assert all(r["cached_tokens"] > 0 for r in recs if r["cache_role"] == "follower")
+    assert all(r["cached_tokens"] == 0 for r in recs if r["cache_role"] == "primer")
+    s = orjson.loads((tmp_path / "s.json").read_bytes())
+    assert s["cost"]["saving"] > 0.5
+    assert s["cache_hit_ratio"] > 0.8
+
+
+async def test_cache_none_stampedes(tmp_path: Path) -> None:
+    jobs, _ = write_jobs(tmp_path, 60, groups=3)
+    mock = MockConfig(base_ms=50, decode_ms_per_token=0.5, seed=1)
+    async with serve(mock) as url:
+        out = await run(jobs, config(tmp_path, url, cache="none", concurrency=64))
+    assert out.exit_code == 0
+    # Every request was sent before any prefix was visible: (almost) nothing cached.
+    assert out.summary["cache_hit_ratio"] < 0.1
+
+
+async def test_anthropic_shape_primes_on_first_byte_and_caches(tmp_path: Path) -> None:
+    jobs, _ = write_jobs(tmp_path, 30, groups=2)
+    mock = MockConfig(base_ms=20, decode_ms_per_token=2, seed=2)
+    async with serve(mock) as url:
+        out = await run(jobs, config(tmp_path, url, provider="anthropic", stream=True))
+    assert out.exit_code == 0
+    recs = [orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines()]
+    followers = [r for r in recs if r["cache_role"] == "follower"]
+    assert len(followers) == 28
+    assert all(r["cached_tokens"] > 0 for r in followers)
+    assert all(r["ttft_ms"] is not None for r in recs)
+    primers = [r for r in recs if r["cache_role"] == "primer"]
+    assert all(p["cache_write_tokens"] > 0 for p in primers)
+
+
+async def test_edited_context_is_not_served_stale(tmp_path: Path) -> None:
+    jobs, ctx = write_jobs(tmp_path, 10, groups=1)
+    mock = MockConfig(base_ms=5, decode_ms_per_token=0, seed=1)
+    async with serve(mock) as url:
+        await run(jobs, config(tmp_path, url, resume=False))
+        first = {r["custom_id"] for r in results(tmp_path / "r.jsonl")}
+        ctx.write_bytes(orjson.dumps({"cache_id": "doc0", "system": PREFIX.format(c="X")}) + b"\n")
+        out = await run(jobs, config(tmp_path, url, resume=False))
+    assert len(first) == 10
+    recs = [orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines()]
+    primer = [r for r in recs if r["cache_role"] == "primer"]
+    assert len(primer) == 1 and primer[0]["cached_tokens"] == 0  # a new group, primed afresh
+    assert out.exit_code == 0
+
+
+async def test_faults_every_job_exactly_one_result_and_attempts_match(tmp_path: Path) -> None:
+    """5,000 jobs, 10% 5xx, 5% 429 with retry-after, 2% resets, 2% stalls."""
+    n = 5000
+    jobs, _ = write_jobs(tmp_path, n)
+    mock = MockConfig(
+        latency="zero",
+        seed=11,
+        fault_http_500=0.04,
+        fault_http_502=0.03,
+        fault_http_503=0.03,
+        fault_http_429=0.05,
+        fault_429_retry_ms=20,
+        fault_reset=0.02,
+        fault_stall=0.02,
+    )
+    async with serve(mock) as url:
+        out = await run(jobs, config(tmp_path, url, concurrency=64, timeout=0.5, max_attempts=8))
+        served = await stats(url)
+    rs = results(tmp_path / "r.jsonl")
+    ids = Counter(r["custom_id"] for r in rs)
+    assert len(ids) == n and set(ids.values()) == {1}
+    assert out.exit_code == 0, out.summary["jobs"]
+    recs = [orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines()]
+    assert len(recs) == n
+    attempts = sum(r["attempts"] for r in recs)
+    assert attempts > n  # faults really happened and were retried
+    # The server saw exactly the attempts the records claim: no hidden resends.
+    assert served["requests"] == attempts
+    assert out.summary["retries"] == attempts - n
+
+
+async def test_auth_failure_is_caught_before_the_first_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.errors import AuthError
+
+    jobs, _ = write_jobs(tmp_path, 5)
+    monkeypatch.setenv("TEST_RUNNER_KEY", "sk-wrong-key-123456")
+    async with serve(MockConfig(api_key="sk-right-key-abcdef", latency="zero")) as url:
+        with pytest.raises(AuthError) as exc:
+            await run(jobs, config(tmp_path, url, api_key_env="TEST_RUNNER_KEY"))
+        served = await stats(url)
+    assert "sk-wrong-key-123456" not in str(exc.value)
+    assert served["requests"] == 0  # the /models probe stopped it before any job
+    assert not (tmp_path / "r.jsonl").exists() or results(tmp_path / "r.jsonl") == []
+
+
+async def test_quota_exhaustion_stops_and_leaves_the_rest_unsent(tmp_path: Path) -> None:
+    jobs, _ = write_jobs(tmp_path, 200)
+    mock = MockConfig(latency="zero", insufficient_quota_after=50)
+    async with serve(mock) as url:
+        out = await run(jobs, config(tmp_path, url, concurrency=4))
+    assert out.exit_code == 3 and out.stopped == "insufficient_quota"
+    rs = results(tmp_path / "r.jsonl")
+    assert 45 <= len(rs) <= 50
+    assert all(r["error"] is None for r in rs)  # no error line per unsent job
+
+
+async def test_resume_skips_done_jobs_and_completes(tmp_path: Path) -> None:
+    jobs, _ = write_jobs(tmp_path, 40)
+    async with serve(MockConfig(latency="zero")) as url:
+        await run(jobs, config(tmp_path, url))
+        lines = (tmp_path / "r.jsonl").read_bytes().splitlines()
+        # Simulate a crash: keep 25 results and a torn 26th line.
+        (tmp_path / "r.jsonl").write_bytes(b"\n".join(lines[:25]) + b"\n" + lines[25][:17])
+        out = await run(jobs, config(tmp_path, url))
+        served = await stats(url)
+    rs = results(tmp_path / "r.jsonl")
+    assert sorted(r["custom_id"] for r in rs) == sorted(f"q{i}" for i in range(40))
+    assert out.summary["jobs"]["skipped_resumed"] == 25
+    assert served["requests"] == 40 + 15
+
+
+async def test_secret_never_written_even_when_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs, _ = write_jobs(tmp_path, 20)
+    key = "sk-live-SECRET-0123456789"
+    monkeypatch.setenv("TEST_RUNNER_KEY", key)
+    mock = MockConfig(api_key=key, latency="zero", fault_http_500=0.5, seed=3)
+    async with serve(mock) as url:
+        await run(jobs, config(tmp_path, url, api_key_env="TEST_RUNNER_KEY", max_attempts=2))
+    for name in ("r.jsonl", "l.jsonl", "s.json"):
+        assert key.encode() not in (tmp_path / name).read_bytes()
