@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, PY, mock_server, run_child  # noqa: E402
+from _common import OUT, PY, mock_server, run_child
 
 WORDS = (
     "agreement party supplier customer indemnify liability warranty term termination notice "
@@ -61,17 +61,40 @@ def make_files(n_ctx: int, n_q: int, seed: int) -> tuple[Path, Path]:
 
 def run(strategy: str, url: str, jobs: Path, ctx: Path, conc: int) -> dict[str, object]:
     cfg = OUT / "cache-bench.toml"
-    cfg.write_text(
-        '[prices."mock-1"]\n' + "".join(f"{k} = {v}\n" for k, v in PRICE.items())
-    )
+    cfg.write_text('[prices."mock-1"]\n' + "".join(f"{k} = {v}\n" for k, v in PRICE.items()))
     tag = f"cache-{strategy}"
-    r = run_child([
-        PY, "-m", "runner", "run", str(jobs), "--contexts", str(ctx), "-c", str(cfg),
-        "--provider", "openai", "--base-url", url, "--model", "mock-1",
-        "--concurrency", str(conc), "--cache", strategy, "--no-resume", "--progress", "off",
-        "-o", str(OUT / f"{tag}.results.jsonl"), "--latency", str(OUT / f"{tag}.latency.jsonl"),
-        "--summary", str(OUT / f"{tag}.summary.json"),
-    ])
+    r = run_child(
+        [
+            PY,
+            "-m",
+            "runner",
+            "run",
+            str(jobs),
+            "--contexts",
+            str(ctx),
+            "-c",
+            str(cfg),
+            "--provider",
+            "openai",
+            "--base-url",
+            url,
+            "--model",
+            "mock-1",
+            "--concurrency",
+            str(conc),
+            "--cache",
+            strategy,
+            "--no-resume",
+            "--progress",
+            "off",
+            "-o",
+            str(OUT / f"{tag}.results.jsonl"),
+            "--latency",
+            str(OUT / f"{tag}.latency.jsonl"),
+            "--summary",
+            str(OUT / f"{tag}.summary.json"),
+        ]
+    )
     if r.returncode != 0:
         raise SystemExit(f"runner --cache {strategy} failed ({r.returncode}): {r.stderr[-3000:]}")
     s: dict[str, object] = orjson.loads((OUT / f"{tag}.summary.json").read_bytes())
@@ -111,10 +134,24 @@ def main() -> int:
     # about 10 contexts (plus their questions' blocks) fit in the server's prefix cache
     capacity = 10 * (TOKENS_PER_CONTEXT + 64)
     flags = [
-        "--base-ms", "40", "--prefill-ms-per-token", "0.05",
-        "--cached-prefill-ms-per-token", "0.005", "--decode-ms-per-token", "2",
-        "--cache-block-tokens", str(BLOCK), "--cache-min-prefix-tokens", "1024",
-        "--cache-capacity-tokens", str(capacity), "--cache-ttl-s", "300", "--seed", "3",
+        "--base-ms",
+        "40",
+        "--prefill-ms-per-token",
+        "0.05",
+        "--cached-prefill-ms-per-token",
+        "0.005",
+        "--decode-ms-per-token",
+        "2",
+        "--cache-block-tokens",
+        str(BLOCK),
+        "--cache-min-prefix-tokens",
+        "1024",
+        "--cache-capacity-tokens",
+        str(capacity),
+        "--cache-ttl-s",
+        "300",
+        "--seed",
+        "3",
     ]
     results = {}
     for strategy in ("none", "warm"):
@@ -133,15 +170,31 @@ def main() -> int:
         input_saving = 1 - input_billed / (tokens["prompt"] * PRICE["input"])
         cost = s["cost"]
         assert isinstance(cost, dict)
-        rows.append({
-            "strategy": strategy, "wall_s": s["wall_s"], "req_per_s": s["requests_per_s"],
-            "cached_ratio": ratio, "of_best": ratio / best_ratio, "input_saving": input_saving,
-            "billed_usd": cost["billed"], "uncached_usd": cost["uncached"],
-            "saving": cost["saving"], "ok": s["jobs"]["ok"],  # type: ignore[index]
-        })
+        rows.append(
+            {
+                "strategy": strategy,
+                "wall_s": s["wall_s"],
+                "req_per_s": s["requests_per_s"],
+                "cached_ratio": ratio,
+                "of_best": ratio / best_ratio,
+                "input_saving": input_saving,
+                "billed_usd": cost["billed"],
+                "uncached_usd": cost["uncached"],
+                "saving": cost["saving"],
+                "ok": s["jobs"]["ok"],  # type: ignore[index]
+            }
+        )
     print(f"best possible cached-token ratio: {best_ratio:.4f}")
-    hdr = ("strategy", "wall_s", "req/s", "cached", "of best", "input saving", "billed $",
-           "uncached $")
+    hdr = (
+        "strategy",
+        "wall_s",
+        "req/s",
+        "cached",
+        "of best",
+        "input saving",
+        "billed $",
+        "uncached $",
+    )
     print("".join(f"{h:>14}" for h in hdr))
     for r in rows:
         print(
@@ -151,8 +204,7 @@ def main() -> int:
         )
     warm, none = rows[1], rows[0]
     print(
-        f"warm/none wall ratio {warm['wall_s'] / none['wall_s']:.3f} "
-        f"(<= 1 means warm is no slower)"
+        f"warm/none wall ratio {warm['wall_s'] / none['wall_s']:.3f} (<= 1 means warm is no slower)"
     )
     (OUT / "cache.json").write_bytes(
         orjson.dumps({"best_ratio": best_ratio, "runs": rows}, option=orjson.OPT_INDENT_2)

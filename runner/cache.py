@@ -69,6 +69,7 @@ class Scheduler:
         "_clock",
         "_groups",
         "_key_rpm",
+        "_lookahead",
         "_max_active",
         "_min_tokens",
         "_ready",
@@ -86,9 +87,11 @@ class Scheduler:
         max_active_groups: int,
         min_cacheable_tokens: int,
         key_rpm: float | None = None,
+        lookahead: int = 1 << 30,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._strategy = strategy
+        self._lookahead = lookahead
         self._ttl = ttl_s
         self._max_active = max_active_groups
         self._min_tokens = min_cacheable_tokens
@@ -130,7 +133,7 @@ class Scheduler:
 
     def next(self, free_slots: int) -> Dispatch | None:
         """The next job to send, or None. ``free_slots`` lets an idle pipeline open more groups."""
-        if not self._ready and self._waiting:
+        if self._waiting and len(self._ready) < self._lookahead:
             self._open_groups(free_slots)
         if self._ready:
             return self._ready.popleft()
@@ -184,15 +187,21 @@ class Scheduler:
         return self._clock() - g.warm_at > self._ttl
 
     def _open_groups(self, free_slots: int) -> None:
-        """Open waiting groups: up to the cap, or beyond it when the pipeline would idle."""
-        while self._waiting and not self._ready:
-            if len(self._active) >= self._max_active:
-                # Work-conserving: exceed the cap only when no active group is still priming
-                # or holding work, i.e. the slots would otherwise stay empty.
-                if free_slots <= 0 or any(
-                    self._groups[k].held or self._groups[k].primer is not None for k in self._active
-                ):
-                    return
+        """Open waiting groups just in time, never more than the provider's cache can hold.
+
+        A group is primed only when the work already known (ready jobs, plus followers held
+        behind primers in flight) falls below ``lookahead`` (the pipeline's concurrency): a
+        prefix primed long before its followers are sent may be evicted in the meantime. The cap
+        of ``max_active_groups`` is exceeded only when slots would otherwise sit idle and no
+        primer is pending.
+        """
+        ready = self._ready
+        while self._waiting:
+            priming = [self._groups[k] for k in self._active if self._groups[k].primer]
+            if len(ready) + sum(len(g.held) for g in priming) >= self._lookahead:
+                return
+            if len(self._active) >= self._max_active and (priming or free_slots <= len(ready)):
+                return
             key = self._pick_waiting()
             g = self._groups[key]
             self._active.add(key)

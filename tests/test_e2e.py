@@ -12,8 +12,8 @@ import pytest
 
 from runner.api import run
 from runner.config import RunConfig
-from runner.models import Price
 from runner.mock import MockConfig, serve
+from runner.models import Price
 
 PREFIX = "Clause {c}: the supplier shall indemnify the customer against all losses. " * 110
 
