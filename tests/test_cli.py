@@ -1,0 +1,205 @@
+"""The ``runner`` command as a user runs it: exit codes, signals, kill -9 and resume, rate limits.
+
+Each test starts its own simulated provider on 127.0.0.1 (``python -m runner.mock``) and stops
+it by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+PY = sys.executable
+
+
+@pytest.fixture
+def mock_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    flags: list[str] = getattr(request, "param", ["--latency", "zero"])
+    proc = subprocess.Popen(
+        [PY, "-m", "runner.mock", "--host", "127.0.0.1", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().strip()
+        assert url.startswith("http://127.0.0.1:")
+        yield url
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def jobs_file(tmp: Path, n: int, bad: bool = False) -> Path:
+    path = tmp / "jobs.jsonl"
+    with path.open("wb") as fh:
+        for i in range(n):
+            fh.write(orjson.dumps({"id": f"q{i}", "query": f"q {i}", "params": {"max_tokens": 4}}))
+            fh.write(b"\n")
+        if bad:
+            fh.write(b'{"id": "broken", "query": 5}\n')
+    return path
+
+
+def runner(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-m", "runner", *args], capture_output=True, text=True, timeout=120, **kw
+    )
+
+
+def run_args(url: str, jobs: Path, *extra: str) -> list[str]:
+    return [
+        "run", str(jobs), "--provider", "openai", "--base-url", url, "--model", "mock-1",
+        "--progress", "log", *extra,
+    ]  # fmt: skip
+
+
+def result_ids(tmp: Path) -> Counter[str]:
+    raw = (tmp / "jobs.results.jsonl").read_bytes()
+    assert raw == b"" or raw.endswith(b"\n"), "partial last line"
+    return Counter(orjson.loads(line)["custom_id"] for line in raw.splitlines())
+
+
+def test_missing_file_and_bad_config_exit_2(tmp_path: Path) -> None:
+    r = runner("run", str(tmp_path / "nope.jsonl"))
+    assert r.returncode == 2 and "nope.jsonl" in r.stderr
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('concurrency = "many"\nbogus = 1\n')
+    r = runner("run", str(jobs_file(tmp_path, 1)), "-c", str(cfg))
+    assert r.returncode == 2 and "bogus" in r.stderr
+
+
+def test_default_run_on_builtin_mock_exits_0(tmp_path: Path) -> None:
+    jobs = jobs_file(tmp_path, 30)
+    r = runner("run", str(jobs), "--progress", "off")
+    assert r.returncode == 0, r.stderr
+    assert set(result_ids(tmp_path).values()) == {1} and len(result_ids(tmp_path)) == 30
+    summary = orjson.loads((tmp_path / "jobs.summary.json").read_bytes())
+    assert summary["jobs"]["ok"] == 30
+    assert "30 ok" in r.stderr  # the summary table
+
+
+def test_bad_line_exits_1_and_validate_names_it(tmp_path: Path, mock_url: str) -> None:
+    jobs = jobs_file(tmp_path, 5, bad=True)
+    r = runner(*run_args(mock_url, jobs))
+    assert r.returncode == 1
+    rs = [orjson.loads(x) for x in (tmp_path / "jobs.results.jsonl").read_bytes().splitlines()]
+    err = [x for x in rs if x["error"]]
+    assert len(rs) == 6 and len(err) == 1
+    assert "jobs.jsonl:6" in err[0]["error"]["message"] and "query" in err[0]["error"]["message"]
+    v = runner("validate", str(jobs))
+    assert v.returncode == 1 and "jobs.jsonl:6" in v.stdout
+
+
+def test_second_run_on_the_same_output_is_refused(tmp_path: Path, mock_url: str) -> None:
+    jobs = jobs_file(tmp_path, 5)
+    lock = tmp_path / "jobs.results.jsonl.lock"
+    holder = subprocess.Popen(
+        [PY, "-c", (
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(lock)!r}, os.O_CREAT | os.O_RDWR)\n"
+            "os.write(fd, str(os.getpid()).encode())\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(30)\n"
+        )],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        r = runner(*run_args(mock_url, jobs))
+        assert r.returncode == 2 and "another runner" in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+@pytest.mark.parametrize(
+    "mock_url", [["--base-ms", "300", "--decode-ms-per-token", "0"]], indirect=True
+)
+def test_sigint_drains_exits_130_and_resume_completes(tmp_path: Path, mock_url: str) -> None:
+    jobs = jobs_file(tmp_path, 400)
+    proc = subprocess.Popen(
+        [PY, "-m", "runner", *run_args(mock_url, jobs, "--concurrency", "20")],
+        stderr=subprocess.PIPE,
+    )
+    results = tmp_path / "jobs.results.jsonl"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not results.exists() or results.stat().st_size == 0):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    first = result_ids(tmp_path)
+    assert 0 < len(first) < 400
+    r = runner(*run_args(mock_url, jobs))
+    assert r.returncode == 0, r.stderr
+    ids = result_ids(tmp_path)
+    assert len(ids) == 400 and set(ids.values()) == {1}
+
+
+@pytest.mark.parametrize(
+    "mock_url", [["--base-ms", "30", "--decode-ms-per-token", "0"]], indirect=True
+)
+def test_kill_9_at_random_moments_then_resume_gives_every_job_once(
+    tmp_path: Path, mock_url: str
+) -> None:
+    n = 600
+    jobs = jobs_file(tmp_path, n)
+    rng = random.Random(20261126)
+    for _trial in range(20):
+        proc = subprocess.Popen(
+            [PY, "-m", "runner", *run_args(mock_url, jobs, "--concurrency", "16")],
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.4, 1.2))  # a random moment, not a wait for time to pass
+        proc.kill()
+        proc.wait()
+        ids = result_ids(tmp_path)  # also asserts: at most the torn line is missing
+        assert set(ids.values()) <= {1}
+    r = runner(*run_args(mock_url, jobs))
+    assert r.returncode == 0, r.stderr
+    ids = result_ids(tmp_path)
+    assert len(ids) == n and set(ids.values()) == {1}
+    lat = (tmp_path / "jobs.latency.jsonl").read_bytes().splitlines()
+    assert sorted(orjson.loads(x)["custom_id"] for x in lat) == sorted(ids)
+
+
+@pytest.mark.parametrize("mock_url", [["--latency", "zero", "--rpm", "600"]], indirect=True)
+@pytest.mark.timeout(120)
+def test_rate_limit_learned_from_headers(tmp_path: Path, mock_url: str) -> None:
+    """Server at 600 RPM, runner told 6,000: no lost jobs, >= 90% of the limit, few 429s."""
+    n = 400  # paced at 10/s once the limit is learned from the first responses
+    jobs = jobs_file(tmp_path, n)
+    root = mock_url.rsplit("/v1", 1)[0]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [PY, "-m", "runner", *run_args(mock_url, jobs, "--rpm", "6000", "--concurrency", "64")],
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(max(0.0, 10.0 - (time.monotonic() - t0)))  # the test's measurement window
+    urllib.request.urlopen(urllib.request.Request(root + "/stats/reset", method="POST"))
+    _, err = proc.communicate(timeout=100)
+    stats = orjson.loads(urllib.request.urlopen(root + "/stats").read())
+    assert proc.returncode == 0, err
+    ids = result_ids(tmp_path)
+    assert len(ids) == n and set(ids.values()) == {1}
+    recs = [orjson.loads(x) for x in (tmp_path / "jobs.latency.jsonl").read_bytes().splitlines()]
+    ends = sorted(r["ended_at"] for r in recs)
+    steady = [e for e in ends if e >= ends[0] + 10.0]
+    rate_per_min = (len(steady) - 1) / (steady[-1] - steady[0]) * 60.0
+    assert rate_per_min >= 0.9 * 600, rate_per_min
+    assert stats["rate_limited"] < 0.05 * stats["requests"], stats
