@@ -121,7 +121,9 @@ def _mock_util(pid: int, before: float, seconds: float) -> float:
     return round((cpu_seconds(pid) - before) / seconds, 3) if seconds > 0 else 0.0
 
 
-def run_runner(url: str, mock_pid: int, *, concurrency: int, requests: int, warmup: int) -> dict:
+def run_runner(
+    url: str, mock_pid: int, *, concurrency: int, requests: int, warmup: int
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         summary_path = Path(tmp) / "summary.json"
         before = cpu_seconds(mock_pid)
@@ -157,7 +159,7 @@ def run_runner(url: str, mock_pid: int, *, concurrency: int, requests: int, warm
 
 def run_aiperf(
     url: str, mock_pid: int, *, concurrency: int, requests: int, warmup: int, tokenizer: Path
-) -> dict:
+) -> dict[str, Any]:
     root_url = url.removesuffix("/v1")  # aiperf appends /v1/chat/completions itself
     with tempfile.TemporaryDirectory() as tmp:
         before = cpu_seconds(mock_pid)
@@ -243,7 +245,9 @@ def sdk_child(url: str, concurrency: int, n: int) -> None:
     asyncio.run(run())
 
 
-def run_sdk(url: str, mock_pid: int, *, concurrency: int, requests: int, warmup: int) -> dict:
+def run_sdk(
+    url: str, mock_pid: int, *, concurrency: int, requests: int, warmup: int
+) -> dict[str, Any]:
     import statistics
 
     before = cpu_seconds(mock_pid)
@@ -293,7 +297,7 @@ COLS = (
 )
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     def cell(v: Any, w: int) -> str:
         if v is None:
             return "-".rjust(w)
@@ -341,7 +345,7 @@ def main() -> int:
     if why is None and tokenizer is not None:
         tok = tokenizer
 
-        def other(url: str, pid: int, **kw: Any) -> dict:
+        def other(url: str, pid: int, **kw: Any) -> dict[str, Any]:
             return run_aiperf(url, pid, tokenizer=tok, **kw)
 
         other_name = TOOL
@@ -394,7 +398,7 @@ def main() -> int:
 
     # (b) client ceiling: zero-latency mock, concurrency sweep per tool
     log(f"(b) client ceiling, zero-latency mock, concurrency {levels}")
-    rows_b: list[dict] = []
+    rows_b: list[dict[str, Any]] = []
     with mock_server("--latency", "zero") as (url, pid):
         for c in levels:
             rows_b.append(run_runner(url, pid, concurrency=c, requests=n_runner_b, warmup=50))
