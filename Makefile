@@ -37,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) out bench-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-bench out bench-out .pytest_cache .mypy_cache .ruff_cache
