@@ -103,14 +103,15 @@ async def test_anthropic_shape_primes_on_first_byte_and_caches(tmp_path: Path) -
     assert all(p["cache_write_tokens"] > 0 for p in primers)
 
 
-async def test_edited_context_is_not_served_stale(tmp_path: Path) -> None:
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_edited_context_is_not_served_stale(tmp_path: Path, provider: str) -> None:
     jobs, ctx = write_jobs(tmp_path, 10, groups=1)
     mock = MockConfig(base_ms=5, decode_ms_per_token=0, seed=1)
     async with serve(mock) as url:
-        await run(jobs, config(tmp_path, url, resume=False))
+        await run(jobs, config(tmp_path, url, resume=False, provider=provider))
         first = {r["custom_id"] for r in results(tmp_path / "r.jsonl")}
         ctx.write_bytes(orjson.dumps({"cache_id": "doc0", "system": PREFIX.format(c="X")}) + b"\n")
-        out = await run(jobs, config(tmp_path, url, resume=False))
+        out = await run(jobs, config(tmp_path, url, resume=False, provider=provider))
     assert len(first) == 10
     recs = [orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines()]
     primer = [r for r in recs if r["cache_role"] == "primer"]
@@ -202,3 +203,56 @@ async def test_secret_never_written_even_when_echoed(
         await run(jobs, config(tmp_path, url, api_key_env="TEST_RUNNER_KEY", max_attempts=2))
     for name in ("r.jsonl", "l.jsonl", "s.json"):
         assert key.encode() not in (tmp_path / name).read_bytes()
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_failed_primer_is_replaced_and_followers_still_hit(
+    tmp_path: Path, provider: str
+) -> None:
+    """The first primer's first attempt fails; a follower is promoted and primes the group."""
+    from runner.limits import RateController
+    from runner.pipeline import Engine
+    from runner.providers import open_backend
+    from runner.sinks import open_outputs
+
+    jobs, ctx = write_jobs(tmp_path, 20, groups=1)
+    from runner.jobs import load_contexts, read_jobs
+
+    mock = MockConfig(base_ms=30, decode_ms_per_token=1, seed=5)
+    async with serve(mock) as url:
+        cfg = config(tmp_path, url, provider=provider, concurrency=8, resume=False)
+        async with open_backend(cfg, base_url=url, api_key=None) as real:
+            failed: list[str] = []
+
+            class FirstPrimerFails:
+                async def send(self, job: Any, **kw: Any) -> Any:
+                    if not failed:
+                        failed.append(job.custom_id)
+                        from runner.models import Attempt, ErrorInfo
+
+                        return Attempt(status=503, error=ErrorInfo("http_5xx", "down", True, 0.0))
+                    return await real.send(job, **kw)
+
+            outputs = open_outputs(cfg, jobs_path=jobs, model=cfg.model)
+            try:
+                engine = Engine(
+                    cfg,
+                    backend=FirstPrimerFails(),
+                    sink=outputs,
+                    limiter=RateController(concurrency=8, rpm=None, tpm=None),
+                    release_on_first_byte=provider == "anthropic",
+                )
+                items = read_jobs(jobs, contexts=load_contexts(ctx))
+                out = await engine.run(items)
+            finally:
+                outputs.close()
+    assert out.exit_code == 0
+    recs = {
+        r["custom_id"]: r
+        for r in (orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines())
+    }
+    assert len(recs) == 20
+    assert recs[failed[0]]["attempts"] == 2  # the failed primer retried as a plain request
+    hits = [r for r in recs.values() if r["cached_tokens"]]
+    # Everything but the promoted primer (and the original, racing it) was served from cache.
+    assert len(hits) >= 18
