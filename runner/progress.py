@@ -60,12 +60,16 @@ class ProgressDisplay:
         elapsed = time.perf_counter() - s.started
         if self._bar is not None and self._task is not None:
             rate = s.done / elapsed if elapsed > 0 else 0.0
+            tok = (s.prompt_tokens + s.completion_tokens) / elapsed if elapsed > 0 else 0.0
             hit = s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0
             self._bar.update(
                 self._task,
                 completed=s.done + s.skipped,
                 total=s.total,
-                info=f"{rate:.0f} req/s  hit {hit:.0%}  err {s.failed}  retry {s.retries}",
+                info=(
+                    f"{rate:.0f} req/s  {tok:,.0f} tok/s  hit {hit:.0%}  "
+                    f"err {s.failed}  retry {s.retries}"
+                ),
             )
         elif self._mode == "log":
             now = time.perf_counter()
