@@ -256,3 +256,20 @@ async def test_failed_primer_is_replaced_and_followers_still_hit(
     hits = [r for r in recs.values() if r["cached_tokens"]]
     # Everything but the promoted primer (and the original, racing it) was served from cache.
     assert len(hits) >= 18
+
+
+async def test_retry_failed_reruns_only_retriable_failures(tmp_path: Path) -> None:
+    jobs, _ = write_jobs(tmp_path, 60)
+    flaky = MockConfig(latency="zero", fault_http_503=0.3, seed=4)
+    async with serve(flaky) as url:
+        first = await run(jobs, config(tmp_path, url, max_attempts=1))
+    failed = {r["custom_id"] for r in results(tmp_path / "r.jsonl") if r["error"]}
+    assert first.exit_code == 1 and failed
+    async with serve(MockConfig(latency="zero")) as url:
+        again = await run(jobs, config(tmp_path, url, retry_failed=True))
+        served = await stats(url)
+    rs = results(tmp_path / "r.jsonl")
+    assert sorted(r["custom_id"] for r in rs) == sorted(f"q{i}" for i in range(60))
+    assert all(r["error"] is None for r in rs)
+    assert served["requests"] == len(failed)  # only the failed jobs were sent again
+    assert again.exit_code == 0
