@@ -1,16 +1,20 @@
 """A compact set of 64-bit id hashes for duplicate detection over millions of lines.
 
 A Python ``set`` of ints costs about 60 bytes an entry (the int object plus the table slot), so
-remembering a million job ids would dominate the run's memory. This open-addressing table keeps
-only the 8-byte hashes in one flat buffer: 16-32 bytes an id, and ``in``/``add`` stay O(1).
+remembering a million job ids would dominate a run's memory. Here the hashes live in 1,024
+sorted ``array('q')`` shards: 8 bytes an id and no doubling, so memory grows smoothly with the
+file. A lookup is a C-level bisection; an insert moves at most one shard's tail (a few KB).
 """
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_left
+
 __all__ = ["IdSet"]
 
-_EMPTY = 0
-_MIN_CAPACITY = 1 << 12
+_SHARD_BITS = 10
+_SHARD_MASK = (1 << _SHARD_BITS) - 1
 
 
 class IdSet:
@@ -20,54 +24,26 @@ class IdSet:
     odds of that are about 1 in 10^7.
     """
 
-    __slots__ = ("_count", "_mask", "_slots")
+    __slots__ = ("_count", "_shards")
 
     def __init__(self) -> None:
         self._count = 0
-        self._mask = _MIN_CAPACITY - 1
-        self._slots = memoryview(bytearray(8 * _MIN_CAPACITY)).cast("q")
+        self._shards = [array("q") for _ in range(1 << _SHARD_BITS)]
 
     def __len__(self) -> int:
         return self._count
 
     def __contains__(self, h: int) -> bool:
-        h = h or 1  # 0 marks an empty slot
-        slots, mask = self._slots, self._mask
-        i = h & mask
-        while True:
-            v = slots[i]
-            if v == h:
-                return True
-            if v == _EMPTY:
-                return False
-            i = (i + 1) & mask
+        shard = self._shards[h & _SHARD_MASK]
+        i = bisect_left(shard, h)
+        return i < len(shard) and shard[i] == h
 
     def add(self, h: int) -> bool:
         """Insert ``h``; True when it was not there before."""
-        h = h or 1
-        slots, mask = self._slots, self._mask
-        i = h & mask
-        while True:
-            v = slots[i]
-            if v == h:
-                return False
-            if v == _EMPTY:
-                slots[i] = h
-                self._count += 1
-                if 2 * self._count > mask:  # keep the load under one half: probes stay short
-                    self._grow()
-                return True
-            i = (i + 1) & mask
-
-    def _grow(self) -> None:
-        old = self._slots
-        cap = 2 * (self._mask + 1)
-        mask = cap - 1
-        slots = memoryview(bytearray(8 * cap)).cast("q")
-        for h in old:
-            if h != _EMPTY:
-                i = h & mask
-                while slots[i] != _EMPTY:
-                    i = (i + 1) & mask
-                slots[i] = h
-        self._slots, self._mask = slots, mask
+        shard = self._shards[h & _SHARD_MASK]
+        i = bisect_left(shard, h)
+        if i < len(shard) and shard[i] == h:
+            return False
+        shard.insert(i, h)
+        self._count += 1
+        return True

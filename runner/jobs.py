@@ -166,7 +166,7 @@ def _read_jobs(
     path: Path, contexts: Mapping[str, Context], max_line_bytes: int
 ) -> Iterator[Job | BadLine]:
     where = str(path)
-    # hash() of each id rather than the id itself, in a flat table: 16-32 bytes an id
+    # hash() of each id rather than the id itself, in sorted shards: 8 bytes an id
     seen = IdSet()
     with _open(path) as fh:
         for lineno, raw in _iter_lines(fh, max_line_bytes):
