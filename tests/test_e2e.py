@@ -80,7 +80,7 @@ async def test_warm_run_serves_followers_from_cache(tmp_path: Path) -> None:
 
 async def test_cache_none_stampedes(tmp_path: Path) -> None:
     jobs, _ = write_jobs(tmp_path, 60, groups=3)
-    mock = MockConfig(base_ms=50, decode_ms_per_token=0.5, seed=1)
+    mock = MockConfig(base_ms=300, decode_ms_per_token=0.5, seed=1)
     async with serve(mock) as url:
         out = await run(jobs, config(tmp_path, url, cache="none", concurrency=64))
     assert out.exit_code == 0
