@@ -31,10 +31,12 @@ class Dispatch:
     job: Job
     role: CacheRole
     cache_key: str | None
+    group: str | None = None  # the scheduler's group (or per-key sub-group) this belongs to
 
 
 class _Group:
     __slots__ = (
+        "fixed_key",
         "held",
         "in_flight",
         "key",
@@ -45,8 +47,9 @@ class _Group:
         "warm_at",
     )
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, fixed_key: str | None = None) -> None:
         self.key = key
+        self.fixed_key = fixed_key  # a per-key sub-group: every job goes with this cache key
         self.held: deque[Job] = deque()
         self.in_flight = 0
         self.state = "cold"  # cold -> priming -> warm (-> cold again when the TTL lapses)
@@ -147,10 +150,10 @@ class Scheduler:
     def held(self) -> int:
         return sum(len(self._groups[k].held) for k in self._active)
 
-    def answered(self, job: Job, ok: bool) -> None:
+    def answered(self, d: Dispatch, ok: bool) -> None:
         """A primer's response has begun (or completed). Release its group, or promote another."""
-        g = self._groups.get(job.group or _NO_GROUP)
-        if g is None or g.primer is not job:
+        g = self._groups.get(d.group or _NO_GROUP)
+        if g is None or g.primer is not d.job:
             return
         g.primer = None
         if ok:
@@ -165,7 +168,7 @@ class Scheduler:
 
     def finished(self, d: Dispatch) -> None:
         """A dispatched job is done; close its group when it has drained."""
-        key = d.job.group
+        key = d.group
         if key is None or d.role == "none":
             return
         g = self._groups.get(key)
@@ -223,25 +226,51 @@ class Scheduler:
         g.primer = job
         g.state = "priming"
         g.in_flight += 1
-        self._ready.append(Dispatch(job, "primer", self._key(g)))
+        key = g.fixed_key if g.fixed_key is not None else self._base_key(g)
+        self._ready.append(Dispatch(job, "primer", key, g.key))
 
     def _release(self, g: _Group) -> None:
         held = g.held
         ready = self._ready
-        g.in_flight += len(held)
+        if g.fixed_key is not None or not self._use_keys:
+            g.in_flight += len(held)
+            while held:
+                ready.append(Dispatch(held.popleft(), "follower", g.fixed_key, g.key))
+            return
         while held:
-            ready.append(Dispatch(held.popleft(), "follower", self._key(g)))
+            job = held.popleft()
+            n = self._next_key_index(g)
+            if n == 0:
+                g.in_flight += 1
+                ready.append(Dispatch(job, "follower", self._base_key(g), g.key))
+            else:
+                self._to_subgroup(g, n, job)
 
-    def _key(self, g: _Group) -> str | None:
-        """Provider cache key: one per group, suffixed to keep each key under ``key_rpm``."""
+    def _to_subgroup(self, g: _Group, n: int, job: Job) -> None:
+        """Past ``key_rpm`` a group moves to suffixed keys, which the provider may route to
+        another machine with a cold cache: each key is primed like a group of its own."""
+        sk = f"{g.key}#{n}"
+        sub = self._groups.get(sk)
+        if sub is None:
+            sub = self._groups[sk] = _Group(sk, fixed_key=f"{self._base_key(g)}-{n}")
+        sub.held.append(job)
+        if sub.state == "warm" and not self._expired(sub):
+            self._release(sub)
+        else:
+            self._prime(sub)
+
+    def _base_key(self, g: _Group) -> str | None:
         if not self._use_keys:
             return None
-        base = "rk-" + g.key.rsplit(":", 1)[-1][:16]
+        return "rk-" + g.key.rsplit(":", 1)[-1][:16]
+
+    def _next_key_index(self, g: _Group) -> int:
+        """Which key of the group this dispatch uses: a new one every ``key_rpm`` a minute."""
         assert self._key_rpm is not None
         now = self._clock()
         if now - g.key_window >= 60.0:
             g.key_window = now
-            g.key_count = 0
+            g.key_count = 1  # the window's first key also carried the primer
         n = int(g.key_count // self._key_rpm) % MAX_KEYS_PER_GROUP
         g.key_count += 1
-        return base if n == 0 else f"{base}-{n}"
+        return n

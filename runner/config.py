@@ -130,7 +130,7 @@ class RunConfig:
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the given fields replaced; ``None`` values mean 'not given'."""
-        given = {
+        given: dict[str, Any] = {
             k: Path(v) if k in _PATH_FIELDS and isinstance(v, str) else v
             for k, v in overrides.items()
             if v is not None

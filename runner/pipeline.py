@@ -310,13 +310,13 @@ class Engine:
         est = estimate_tokens(job.prompt_chars) + (job.max_tokens or self._default_max)
         role = d.role
         primer = role == "primer"
-        cb = self._first_byte_cb(job) if primer and self._first_byte else None
+        cb = self._first_byte_cb(d) if primer and self._first_byte else None
         attempts = 0
         limiter_s = 0.0
         a: Attempt | None = None
         try:
             if primer and self.config.anthropic_prewarm and self._first_byte:
-                await self._prewarm(job, d.cache_key)
+                await self._prewarm(d)
             while True:
                 attempts += 1
                 limiter_s += await self.limiter.acquire(est)
@@ -329,14 +329,14 @@ class Engine:
                 err = a.error
                 if err is None:
                     if primer:
-                        self.scheduler.answered(job, True)
+                        self.scheduler.answered(d, True)
                     break
                 if err.fatal:
                     cls = QuotaError if err.code == "insufficient_quota" else AuthError
                     self._trip(cls(err.message))
                     raise _Abandon
                 if primer and attempts == 1:
-                    self.scheduler.answered(job, False)  # promote a follower meanwhile
+                    self.scheduler.answered(d, False)  # promote a follower meanwhile
                     self._pump()
                 if not self.policy.should_retry(err, attempts):
                     break
@@ -365,18 +365,19 @@ class Engine:
         self.stats.in_flight = self._inflight
         self._inflight_cost -= est_cost
         if not written and d.role == "primer":
-            self.scheduler.answered(d.job, False)
+            self.scheduler.answered(d, False)
         self.scheduler.finished(d)
         if self._admitted < self._read_ahead:
             self._space.set()
         self._pump()
         self._check_done()
 
-    async def _prewarm(self, job: Job, cache_key: str | None) -> None:
+    async def _prewarm(self, d: Dispatch) -> None:
         """Anthropic ``max_tokens: 0`` pre-warm: bills only the cache write."""
+        job = d.job
         est = estimate_tokens(job.prefix_chars)
         self.stats.limiter_s += await self.limiter.acquire(est)
-        a = await self.backend.send(job, cache_key=cache_key, prewarm=True)
+        a = await self.backend.send(job, cache_key=d.cache_key, prewarm=True)
         self.limiter.release(est, a)
         if a.usage is not None and self.price is not None:
             u = a.usage
@@ -386,11 +387,11 @@ class Engine:
             self.stats.billed += billed
             self.stats.uncached += uncached
         if a.error is None:
-            self.scheduler.answered(job, True)
+            self.scheduler.answered(d, True)
 
-    def _first_byte_cb(self, job: Job) -> Callable[[], None]:
+    def _first_byte_cb(self, d: Dispatch) -> Callable[[], None]:
         def released() -> None:
-            self.scheduler.answered(job, True)
+            self.scheduler.answered(d, True)
             self._pump()
 
         return released

@@ -57,7 +57,7 @@ def test_followers_wait_for_the_primer() -> None:
         s.add(job(i))
     first = drain(s)
     assert [(d.job.custom_id, d.role) for d in first] == [("j0", "primer")]
-    s.answered(first[0].job, ok=True)
+    s.answered(first[0], ok=True)
     rest = drain(s)
     assert [d.role for d in rest] == ["follower"] * 4
     assert [d.job.custom_id for d in rest] == ["j1", "j2", "j3", "j4"]
@@ -67,7 +67,7 @@ def test_jobs_arriving_after_warm_go_straight_out() -> None:
     s = sched()
     s.add(job(0))
     (p,) = drain(s)
-    s.answered(p.job, ok=True)
+    s.answered(p, ok=True)
     s.add(job(1))
     assert [(d.job.custom_id, d.role) for d in drain(s)] == [("j1", "follower")]
 
@@ -77,13 +77,13 @@ def test_failed_primer_promotes_a_follower() -> None:
     for i in range(3):
         s.add(job(i))
     (p,) = drain(s)
-    s.answered(p.job, ok=False)
+    s.answered(p, ok=False)
     (p2,) = drain(s)
     assert (p2.job.custom_id, p2.role) == ("j1", "primer")
     # A late success of the first primer must not release the group twice.
-    s.answered(p.job, ok=True)
+    s.answered(p, ok=True)
     assert drain(s) == []
-    s.answered(p2.job, ok=True)
+    s.answered(p2, ok=True)
     assert [d.job.custom_id for d in drain(s)] == ["j2"]
 
 
@@ -93,7 +93,7 @@ def test_lapsed_ttl_reprimes() -> None:
     s.add(job(0))
     s.add(job(1))
     (p,) = drain(s)
-    s.answered(p.job, ok=True)
+    s.answered(p, ok=True)
     assert len(drain(s)) == 1
     clock.t += 301.0
     s.add(job(2))
@@ -131,7 +131,7 @@ def test_group_drains_before_the_next_opens() -> None:
     for i in range(2, 4):
         s.add(job(i, group="b:h"))
     (p,) = drain(s, slots=1)
-    s.answered(p.job, ok=True)
+    s.answered(p, ok=True)
     (f,) = drain(s, slots=1)
     assert f.job.group == p.job.group
     s.finished(p)
@@ -157,21 +157,33 @@ def test_idle_pipeline_opens_groups_beyond_the_cap() -> None:
     s.add(job(0, group="a:h"))
     s.add(job(1, group="b:h"))
     (p,) = drain(s, slots=4)
-    s.answered(p.job, ok=True)  # group a is warm with nothing held, slots are free
+    s.answered(p, ok=True)  # group a is warm with nothing held, slots are free
     (p2,) = drain(s, slots=3)
     assert (p2.job.group, p2.role) == ("b:h", "primer")
 
 
-def test_cache_keys_spread_above_the_per_key_rate() -> None:
+def test_cache_keys_spread_above_the_per_key_rate_and_each_key_is_primed() -> None:
     s = sched(key_rpm=2.0)
     for i in range(5):
         s.add(job(i))
     (p,) = drain(s)
-    s.answered(p.job, ok=True)
-    keys = [p.cache_key] + [d.cache_key for d in drain(s)]
-    assert keys[0] is not None and keys[0].startswith("rk-")
-    assert keys[0] == keys[1] and keys[2] == keys[3] and keys[1] != keys[2]
-    assert len(set(keys)) == 3
+    assert p.cache_key == "rk-abc"
+    s.answered(p, ok=True)
+    out = drain(s)
+    # Two dispatches a minute per key: the primer and j1 use the base key; j2 and j4 open new
+    # keys, which may route to a cold machine, so each is primed; j3 waits behind j2.
+    assert [(d.job.custom_id, d.role, d.cache_key) for d in out] == [
+        ("j1", "follower", "rk-abc"),
+        ("j2", "primer", "rk-abc-1"),
+        ("j4", "primer", "rk-abc-2"),
+    ]
+    s.answered(out[1], ok=True)
+    assert [(d.job.custom_id, d.role, d.cache_key) for d in drain(s)] == [
+        ("j3", "follower", "rk-abc-1")
+    ]
+    for d in [p, *out]:
+        s.finished(d)
+    assert s.held == 0
 
 
 def test_groups_are_primed_just_in_time() -> None:
@@ -183,7 +195,7 @@ def test_groups_are_primed_just_in_time() -> None:
         s.add(job(i, group="b:h"))
     (p,) = drain(s, slots=10)  # a's four held followers already cover the lookahead
     assert p.job.group == "a:h"
-    s.answered(p.job, ok=True)
+    s.answered(p, ok=True)
     first = [d.job.group for d in drain(s, slots=2)]
     assert first == ["a:h", "a:h"]
     # Two of a's followers are still queued, below the lookahead of 3: now b is primed.

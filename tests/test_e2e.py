@@ -70,9 +70,11 @@ async def test_warm_run_serves_followers_from_cache(tmp_path: Path) -> None:
     assert out.exit_code == 0
     recs = [orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines()]
     roles = Counter(r["cache_role"] for r in recs)
-    assert roles == {"primer": 3, "follower": 57}
+    # One primer per group, plus one per extra prompt_cache_key once a group passes 15/min.
+    assert roles["primer"] >= 3 and roles["primer"] + roles["follower"] == 60
     assert all(r["cached_tokens"] > 0 for r in recs if r["cache_role"] == "follower")
-    assert all(r["cached_tokens"] == 0 for r in recs if r["cache_role"] == "primer")
+    # One replica: only each group's first request misses.
+    assert sum(1 for r in recs if r["cached_tokens"] == 0) == 3
     s = orjson.loads((tmp_path / "s.json").read_bytes())
     assert s["cost"]["saving"] > 0.5
     assert s["cache_hit_ratio"] > 0.8
@@ -273,3 +275,20 @@ async def test_retry_failed_reruns_only_retriable_failures(tmp_path: Path) -> No
     assert all(r["error"] is None for r in rs)
     assert served["requests"] == len(failed)  # only the failed jobs were sent again
     assert again.exit_code == 0
+
+
+async def test_hot_group_spread_over_primed_keys_on_replicas(tmp_path: Path) -> None:
+    """OpenAI routes by prefix + prompt_cache_key and overflows a key above ~15/min to other
+    machines: each suffixed key is primed, so a hot group still hits on several replicas."""
+    jobs, _ = write_jobs(tmp_path, 300, groups=2)
+    mock = MockConfig(base_ms=20, decode_ms_per_token=0.2, replicas=4, key_rpm=15, seed=1)
+    async with serve(mock) as url:
+        out = await run(jobs, config(tmp_path, url, concurrency=64, key_rpm=15.0))
+    assert out.exit_code == 0
+    recs = [orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines()]
+    assert len(recs) == 300
+    misses = sum(1 for r in recs if not r["cached_tokens"])
+    primers = sum(1 for r in recs if r["cache_role"] == "primer")
+    assert primers >= 2 * 4  # a hot group opened several keys
+    assert misses <= primers  # only primers ever miss: no stampede on a cold replica
+    assert out.summary["cache_hit_ratio"] > 0.85
