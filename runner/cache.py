@@ -22,6 +22,7 @@ __all__ = ["Dispatch", "Scheduler"]
 
 _NO_GROUP = ""
 MAX_KEYS_PER_GROUP = 16
+PRIMER_CANDIDATES = 32  # held jobs looked at when choosing a primer
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +223,7 @@ class Scheduler:
     def _prime(self, g: _Group) -> None:
         if g.primer is not None or not g.held:
             return
-        job = g.held.popleft()
+        job = self._shortest(g.held)
         g.primer = job
         g.state = "priming"
         g.in_flight += 1
@@ -258,6 +259,22 @@ class Scheduler:
             self._release(sub)
         else:
             self._prime(sub)
+
+    @staticmethod
+    def _shortest(held: deque[Job]) -> Job:
+        """Take the primer: of the next few held jobs, the one asking for the fewest tokens.
+
+        Followers wait until the primer has answered, so a primer with a long reply would hold
+        the whole group back for its decode time.
+        """
+        best_i, best = 0, held[0].max_tokens
+        for i in range(1, min(len(held), PRIMER_CANDIDATES)):
+            m = held[i].max_tokens
+            if m is not None and (best is None or m < best):
+                best_i, best = i, m
+        job = held[best_i]
+        del held[best_i]
+        return job
 
     def _base_key(self, g: _Group) -> str | None:
         if not self._use_keys:

@@ -205,3 +205,15 @@ def test_groups_are_primed_just_in_time() -> None:
         ("a:h", "follower"),
         ("b:h", "primer"),
     ]
+
+
+def test_primer_is_the_job_with_the_shortest_reply() -> None:
+    s = sched()
+    lengths = [512, 64, 1024, 16, 256]
+    for i, m in enumerate(lengths):
+        j = job(i)
+        s.add(Job(**{**{f: getattr(j, f) for f in j.__slots__}, "params": {"max_tokens": m}}))
+    (p,) = drain(s)
+    assert (p.job.custom_id, p.role) == ("j3", "primer")
+    s.answered(p, ok=True)
+    assert [d.job.custom_id for d in drain(s)] == ["j0", "j1", "j2", "j4"]
