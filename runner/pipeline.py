@@ -379,13 +379,17 @@ class Engine:
         self.stats.limiter_s += await self.limiter.acquire(est)
         a = await self.backend.send(job, cache_key=d.cache_key, prewarm=True)
         self.limiter.release(est, a)
-        if a.usage is not None and self.price is not None:
+        if a.usage is not None:
             u = a.usage
-            billed, uncached = cost_of(
-                u.prompt_tokens, u.cached_tokens or 0, u.cache_write_tokens, 0, self.price
+            self.summary.add_usage(
+                u.prompt_tokens, u.cached_tokens or 0, u.cache_write_tokens, u.completion_tokens
             )
-            self.stats.billed += billed
-            self.stats.uncached += uncached
+            if self.price is not None:
+                billed, uncached = cost_of(
+                    u.prompt_tokens, u.cached_tokens or 0, u.cache_write_tokens, 0, self.price
+                )
+                self.stats.billed += billed
+                self.stats.uncached += uncached
         if a.error is None:
             self.scheduler.answered(d, True)
 

@@ -256,6 +256,7 @@ class SummaryBuilder:
         "itl",
         "latency",
         "ok",
+        "overhead_requests",
         "price",
         "prompt",
         "total",
@@ -291,11 +292,20 @@ class SummaryBuilder:
         self.cached_unreported = 0
         self.cache_write = 0
         self.completion = 0
+        self.overhead_requests = 0
         self._good = 0
         self._retries = 0
         self._limiter_ms = 0.0
         self._first_queued = math.inf
         self._last_ended = -math.inf
+
+    def add_usage(self, prompt: int, cached: int, cache_write: int, completion: int) -> None:
+        """Tokens billed by a request that is not a job (a cache pre-warm): cost, not latency."""
+        self.overhead_requests += 1
+        self.prompt += prompt
+        self.cached += cached
+        self.cache_write += cache_write
+        self.completion += completion
 
     def add(self, rec: LatencyRecord | Mapping[str, Any]) -> None:
         """Count one job's record: a :class:`LatencyRecord` or a dict read from a latency file."""
@@ -479,6 +489,8 @@ class SummaryBuilder:
                 "requests_per_s": per_s(self._good),
                 "ratio": _ratio(self._good, done),
             }
+        if self.overhead_requests:
+            out["overhead_requests"] = self.overhead_requests  # pre-warms: billed, not jobs
         return out
 
     def _cost(self) -> dict[str, Any] | None:

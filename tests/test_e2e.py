@@ -292,3 +292,25 @@ async def test_hot_group_spread_over_primed_keys_on_replicas(tmp_path: Path) -> 
     assert primers >= 2 * 4  # a hot group opened several keys
     assert misses <= primers  # only primers ever miss: no stampede on a cold replica
     assert out.summary["cache_hit_ratio"] > 0.85
+
+
+async def test_anthropic_prewarm_writes_the_cache_before_any_job(tmp_path: Path) -> None:
+    jobs, _ = write_jobs(tmp_path, 20, groups=2)
+    mock = MockConfig(base_ms=20, decode_ms_per_token=1, seed=6)
+    price = {"mock-1": Price(input=3.0, cached_input=0.3, cache_write=3.75, output=15.0)}
+    async with serve(mock) as url:
+        out = await run(
+            jobs,
+            config(tmp_path, url, provider="anthropic", anthropic_prewarm=True, prices=price),
+        )
+        served = await stats(url)
+    assert out.exit_code == 0
+    recs = [orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines()]
+    # The max_tokens: 0 pre-warm wrote each prefix, so every job, primers included, hits.
+    assert all(r["cached_tokens"] > 0 for r in recs)
+    assert served["requests"] == 20 + 2
+    assert out.summary["overhead_requests"] == 2
+    # The pre-warms' cache writes are billed in the summary too.
+    assert out.summary["tokens"]["cache_write"] > 0
+    assert out.summary["tokens"]["prompt"] == served["prompt_tokens"]
+    assert out.summary["cost"]["billed"] < out.summary["cost"]["uncached"]
