@@ -1,4 +1,4 @@
-"""Provider backends: one module per wire protocol, behind one ``Backend`` shape.
+"""Provider backends: one module per wire protocol, behind one ``HTTPBackend`` base.
 
 ``open_backend`` owns the run's single ``aiohttp.ClientSession`` and picks the protocol:
 ``openai`` and ``mock`` (the built-in simulated provider speaks OpenAI) get
@@ -8,45 +8,28 @@ failed request: the returned ``Attempt`` carries a classified ``ErrorInfo``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
 
 from ..config import RunConfig
-from ..models import Attempt, ErrorInfo, Job
 from . import anthropic, openai
-from ._http import make_session
+from ._http import HTTPBackend, make_session
 from .anthropic import AnthropicBackend
 from .openai import OpenAIBackend
 
-__all__ = ["AnthropicBackend", "Backend", "OpenAIBackend", "open_backend"]
-
-
-class Backend(Protocol):
-    """What the pipeline sends through (it declares the same protocol for itself)."""
-
-    async def send(
-        self,
-        job: Job,
-        *,
-        cache_key: str | None,
-        on_first_byte: Callable[[], None] | None = None,
-        prewarm: bool = False,
-    ) -> Attempt: ...
-
-    async def probe(self) -> ErrorInfo | None: ...
+__all__ = ["AnthropicBackend", "HTTPBackend", "OpenAIBackend", "open_backend"]
 
 
 @asynccontextmanager
 async def open_backend(
     config: RunConfig, *, base_url: str, api_key: str | None
-) -> AsyncIterator[Backend]:
+) -> AsyncIterator[HTTPBackend]:
     """The backend for ``config.provider``, with its session open for the ``async with`` body.
 
     :param base_url: the API root, e.g. ``https://api.openai.com/v1`` (no trailing path).
     :param api_key: sent as a bearer token (OpenAI) or ``x-api-key`` (Anthropic); never logged.
     """
-    backend: Backend
+    backend: HTTPBackend
     if config.provider == "anthropic":
         session = make_session(config, headers=anthropic.build_headers(config, api_key))
         backend = AnthropicBackend(session, config, base_url=base_url, api_key=api_key)

@@ -327,7 +327,17 @@ async def read_sse(content: aiohttp.StreamReader, parser: StreamParser) -> None:
 class HTTPBackend:
     """Sends jobs to one chat endpoint; subclasses define the wire protocol."""
 
-    __slots__ = ("_api_key", "_config", "_key_bytes", "_models_url", "_session", "_url")
+    __slots__ = (
+        "_api_key",
+        "_config",
+        "_key_bytes",
+        "_model",
+        "_models_url",
+        "_params",
+        "_session",
+        "_stream",
+        "_url",
+    )
 
     path = ""
 
@@ -347,8 +357,15 @@ class HTTPBackend:
         self._api_key = api_key
         secret = _secret(api_key)
         self._key_bytes = secret.encode() if secret else None
+        self._model = config.model
+        self._params = config.params
+        self._stream = config.stream
+        self.configure(config)
 
     # hooks ---------------------------------------------------------------------------------
+
+    def configure(self, config: RunConfig) -> None:
+        """Read the protocol's own settings from the config (called once, at construction)."""
 
     def build_body(
         self, job: Job, cache_key: str | None, *, prewarm: bool = False

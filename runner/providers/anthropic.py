@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..config import RunConfig
@@ -262,22 +261,11 @@ class AnthropicStream(StreamParser):
 class AnthropicBackend(HTTPBackend):
     """``POST {base_url}/messages``."""
 
-    __slots__ = ("_cache_control", "_max_tokens", "_model", "_params", "_stream", "_warm")
+    __slots__ = ("_cache_control", "_max_tokens", "_warm")
 
     path = "/messages"
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        config: RunConfig,
-        *,
-        base_url: str,
-        api_key: str | None,
-    ) -> None:
-        super().__init__(session, config, base_url=base_url, api_key=api_key)
-        self._model = config.model
-        self._params = config.params
-        self._stream = config.stream
+    def configure(self, config: RunConfig) -> None:
         self._warm = config.cache == "warm"
         self._cache_control: dict[str, str] = {"type": "ephemeral"}
         if config.anthropic_cache_ttl != "5m":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..config import RunConfig
@@ -214,22 +213,11 @@ class OpenAIStream(StreamParser):
 class OpenAIBackend(HTTPBackend):
     """``POST {base_url}/chat/completions``."""
 
-    __slots__ = ("_model", "_params", "_retention", "_stream")
+    __slots__ = ("_retention",)
 
     path = "/chat/completions"
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        config: RunConfig,
-        *,
-        base_url: str,
-        api_key: str | None,
-    ) -> None:
-        super().__init__(session, config, base_url=base_url, api_key=api_key)
-        self._model = config.model
-        self._params = config.params
-        self._stream = config.stream
+    def configure(self, config: RunConfig) -> None:
         self._retention = config.prompt_cache_retention
 
     def build_body(
