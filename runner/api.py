@@ -11,9 +11,6 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from .config import RunConfig
 from .errors import AuthError, ConfigError, InputError
@@ -23,9 +20,9 @@ from .models import BadLine, Job
 from .pipeline import Engine, LiveStats, RunOutcome, Sink
 from .progress import make_progress
 from .providers import open_backend
-from .sinks import default_paths, open_outputs
+from .sinks import default_paths, open_outputs, write_summary
 
-__all__ = ["count_lines", "run", "write_summary"]
+__all__ = ["count_lines", "run"]
 
 
 def count_lines(path: Path) -> int:
@@ -53,13 +50,6 @@ async def _target(config: RunConfig) -> AsyncIterator[str]:
         raise ConfigError(f"[mock] options: {exc}") from exc
     async with serve(mock_config) as url:
         yield url
-
-
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
-    tmp.replace(path)
 
 
 async def run(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import math
 import os
@@ -37,6 +38,8 @@ from .config import RunConfig, load_config
 from .errors import ConfigError, InputError, RunnerError
 from .models import Attempt, Job, LatencyRecord
 from .providers import open_backend
+from .report import add_slo_arguments, slo_from_args
+from .sinks import write_summary
 from .stats import Distribution, SummaryBuilder, render_summary
 
 __all__ = [
@@ -229,18 +232,7 @@ def replay_jobs(jobs: Sequence[Job], count: int | None, *, id_prefix: str = "") 
         if id_prefix:
             cid = f"{id_prefix}{cid}"
         if cid != job.custom_id:
-            job = Job(
-                custom_id=cid,
-                line=job.line,
-                messages=job.messages,
-                prefix_len=job.prefix_len,
-                group=job.group,
-                cache_id=job.cache_id,
-                model=job.model,
-                params=job.params,
-                prompt_chars=job.prompt_chars,
-                prefix_chars=job.prefix_chars,
-            )
+            job = dataclasses.replace(job, custom_id=cid)
         yield job
 
 
@@ -725,9 +717,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--latency", type=Path, help="latency records (JSONL); per run .LABEL with --sweep"
     )
     g.add_argument("--summary", type=Path, help="summary JSON")
-    g.add_argument("--slo-ttft-ms", type=float, help="goodput: TTFT objective")
-    g.add_argument("--slo-latency-ms", type=float, help="goodput: latency objective")
-    g.add_argument("--slo-tpot-ms", type=float, help="goodput: TPOT objective")
+    add_slo_arguments(g)
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -834,15 +824,7 @@ def build_spec(ns: argparse.Namespace) -> BenchSpec:
         warmup=ns.warmup,
         cache_key=ns.cache_key,
         latency=ns.latency,
-        slo_ms={
-            k: v
-            for k, v in (
-                ("ttft", ns.slo_ttft_ms),
-                ("tpot", ns.slo_tpot_ms),
-                ("latency", ns.slo_latency_ms),
-            )
-            if v is not None
-        },
+        slo_ms=slo_from_args(ns),
     )
 
 
@@ -864,7 +846,7 @@ def main(ns: argparse.Namespace) -> int:
         doc = {"sweep": summaries}
     print(sweep_table(summaries), file=sys.stderr)
     if ns.summary is not None:
-        ns.summary.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        write_summary(ns.summary, doc)
     return 0 if all(s["jobs"]["failed"] == 0 for s in summaries) else 1
 
 

@@ -62,9 +62,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--price-cached-input", type=float, metavar="USD")
     parser.add_argument("--price-cache-write", type=float, metavar="USD")
     parser.add_argument("--price-output", type=float, metavar="USD", help="per 1M output tokens")
+    add_slo_arguments(parser)
+
+
+def add_slo_arguments(parser: argparse._ActionsContainer) -> None:
+    """The goodput objectives, shared by ``runner report`` and ``runner bench``."""
     parser.add_argument("--slo-ttft-ms", type=float, help="goodput bound on TTFT")
     parser.add_argument("--slo-tpot-ms", type=float, help="goodput bound on TPOT")
     parser.add_argument("--slo-latency-ms", type=float, help="goodput bound on latency")
+
+
+def slo_from_args(ns: argparse.Namespace) -> dict[str, float]:
+    """The objectives given on the command line, as ``SummaryBuilder(slo_ms=...)`` takes them."""
+    given = (("ttft", ns.slo_ttft_ms), ("tpot", ns.slo_tpot_ms), ("latency", ns.slo_latency_ms))
+    return {k: v for k, v in given if v is not None}
 
 
 @dataclass(slots=True)
@@ -237,15 +248,7 @@ def main(ns: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    slo = {
-        k: v
-        for k, v in (
-            ("ttft", ns.slo_ttft_ms),
-            ("tpot", ns.slo_tpot_ms),
-            ("latency", ns.slo_latency_ms),
-        )
-        if v is not None
-    }
+    slo = slo_from_args(ns)
     runs: list[Run] = []
     for path in (ns.latency, ns.compare):
         if path is None:
