@@ -207,7 +207,7 @@ class Engine:
 
     async def _feed(self, it: Iterator[Job | BadLine]) -> None:
         sink, stats, sched = self.sink, self.stats, self.scheduler
-        window = self._window
+        precheck = self._precheck
         n = 0
         # Under `warm`, see the whole read-ahead window before choosing which groups to prime
         # first: priming groups in arrival order while the window fills would open many small
@@ -216,22 +216,17 @@ class Engine:
         for item in it:
             if self._stopping:
                 break
+            # A bad line's result is keyed by its id when it has one, else by its line.
+            cid = item.custom_id or f"line-{item.line}"
+            if sink.done(cid):
+                stats.skipped += 1  # an earlier run wrote its result
+                continue
             stats.read += 1
-            if isinstance(item, BadLine):
-                bad_id = item.custom_id or f"line-{item.line}"
-                if sink.done(bad_id):
-                    stats.skipped += 1
-                    stats.read -= 1
-                    continue
-                sink.expect(item.line)
-                self._write_invalid(bad_id, item.line, item.message)
-                continue
-            if sink.done(item.custom_id):
-                stats.skipped += 1
-                stats.read -= 1
-                continue
             sink.expect(item.line)
-            problem = window(item)
+            if isinstance(item, BadLine):
+                self._write_invalid(cid, item.line, item.message)
+                continue
+            problem = precheck(item)
             if problem is not None:
                 self._write_invalid(item.custom_id, item.line, problem, item.cache_id)
                 continue
@@ -251,7 +246,8 @@ class Engine:
                     await asyncio.sleep(0)  # let started requests make progress while reading
         self._pump()
 
-    def _window(self, job: Job) -> str | None:
+    def _precheck(self, job: Job) -> str | None:
+        """Why a job would only waste a paid call (its prompt cannot fit the context window)."""
         limit = self.config.context_window
         if limit is None:
             return None
