@@ -20,7 +20,6 @@ from .models import CacheRole, Job, estimate_tokens
 
 __all__ = ["Dispatch", "Scheduler"]
 
-_NO_GROUP = ""
 MAX_KEYS_PER_GROUP = 16
 PRIMER_CANDIDATES = 32  # held jobs looked at when choosing a primer
 
@@ -128,10 +127,7 @@ class Scheduler:
         if gkey not in self._active:
             self._waiting[gkey] = None
             return
-        if g.state == "warm" and not self._expired(g):
-            self._release(g)
-        elif g.state == "cold" or (g.state == "warm" and self._expired(g)):
-            self._prime(g)
+        self._serve(g)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -144,16 +140,12 @@ class Scheduler:
         return None
 
     @property
-    def ready(self) -> int:
-        return len(self._ready)
-
-    @property
     def held(self) -> int:
         return sum(len(self._groups[k].held) for k in self._active)
 
     def answered(self, d: Dispatch, ok: bool) -> None:
         """A primer's response has begun (or completed). Release its group, or promote another."""
-        g = self._groups.get(d.group or _NO_GROUP)
+        g = None if d.group is None else self._groups.get(d.group)
         if g is None or g.primer is not d.job:
             return
         g.primer = None
@@ -207,18 +199,21 @@ class Scheduler:
             if len(self._active) >= self._max_active and (priming or free_slots <= len(ready)):
                 return
             key = self._pick_waiting()
-            g = self._groups[key]
             self._active.add(key)
-            if g.state == "warm" and not self._expired(g):
-                self._release(g)
-            else:
-                self._prime(g)
+            self._serve(self._groups[key])
 
     def _pick_waiting(self) -> str:
         # Most-populated group first: it amortises its primer over the most followers.
         best = max(self._waiting, key=lambda k: len(self._groups[k].held))
         del self._waiting[best]
         return best
+
+    def _serve(self, g: _Group) -> None:
+        """Release a warm group's held jobs, or prime it (a no-op while its primer is out)."""
+        if g.state == "warm" and not self._expired(g):
+            self._release(g)
+        else:
+            self._prime(g)
 
     def _prime(self, g: _Group) -> None:
         if g.primer is not None or not g.held:
@@ -255,10 +250,7 @@ class Scheduler:
         if sub is None:
             sub = self._groups[sk] = _Group(sk, fixed_key=f"{self._base_key(g)}-{n}")
         sub.held.append(job)
-        if sub.state == "warm" and not self._expired(sub):
-            self._release(sub)
-        else:
-            self._prime(sub)
+        self._serve(sub)
 
     @staticmethod
     def _shortest(held: deque[Job]) -> Job:
