@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -108,3 +109,23 @@ def make_jobs(path: Path, n: int, *, max_tokens: int = 16) -> Path:
                 + b"\n"
             )
     return path
+
+
+def runner_run(
+    jobs: Path, url: str, tag: str, *extra: str, concurrency: int, timeout: float = 600.0
+) -> tuple[ChildRun, dict[str, Any]]:
+    """`runner run` against ``url`` with outputs at bench-out/TAG.*; the child and its summary."""
+    r = run_child(
+        [
+            PY, "-m", "runner", "run", str(jobs), "--provider", "openai", "--base-url", url,
+            "--model", "mock-1", "--concurrency", str(concurrency), "--no-resume",
+            "--progress", "off", "-o", str(OUT / f"{tag}.results.jsonl"),
+            "--latency", str(OUT / f"{tag}.latency.jsonl"),
+            "--summary", str(OUT / f"{tag}.summary.json"), *extra,
+        ],
+        timeout,
+    )  # fmt: skip
+    if r.returncode != 0:
+        raise SystemExit(f"runner run ({tag}) failed ({r.returncode}): {r.stderr[-3000:]}")
+    summary: dict[str, Any] = orjson.loads((OUT / f"{tag}.summary.json").read_bytes())
+    return r, summary

@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, PY, mock_server, run_child
+from _common import OUT, mock_server, runner_run
 
 WORDS = (
     "agreement party supplier customer indemnify liability warranty term termination notice "
@@ -62,42 +62,10 @@ def make_files(n_ctx: int, n_q: int, seed: int) -> tuple[Path, Path]:
 def run(strategy: str, url: str, jobs: Path, ctx: Path, conc: int) -> dict[str, object]:
     cfg = OUT / "cache-bench.toml"
     cfg.write_text('[prices."mock-1"]\n' + "".join(f"{k} = {v}\n" for k, v in PRICE.items()))
-    tag = f"cache-{strategy}"
-    r = run_child(
-        [
-            PY,
-            "-m",
-            "runner",
-            "run",
-            str(jobs),
-            "--contexts",
-            str(ctx),
-            "-c",
-            str(cfg),
-            "--provider",
-            "openai",
-            "--base-url",
-            url,
-            "--model",
-            "mock-1",
-            "--concurrency",
-            str(conc),
-            "--cache",
-            strategy,
-            "--no-resume",
-            "--progress",
-            "off",
-            "-o",
-            str(OUT / f"{tag}.results.jsonl"),
-            "--latency",
-            str(OUT / f"{tag}.latency.jsonl"),
-            "--summary",
-            str(OUT / f"{tag}.summary.json"),
-        ]
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"runner --cache {strategy} failed ({r.returncode}): {r.stderr[-3000:]}")
-    s: dict[str, object] = orjson.loads((OUT / f"{tag}.summary.json").read_bytes())
+    r, s = runner_run(
+        jobs, url, f"cache-{strategy}", "--contexts", str(ctx), "-c", str(cfg),
+        "--cache", strategy, concurrency=conc,
+    )  # fmt: skip
     s["_process_wall_s"] = r.wall_s
     return s
 

@@ -17,21 +17,13 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, PY, make_jobs, mock_server, run_child
+from _common import OUT, make_jobs, mock_server, runner_run
 
 
 def measure(n: int, url: str) -> tuple[float, float, int]:
     jobs = make_jobs(OUT / f"jobs-{n}.jsonl", n, max_tokens=4)
     tag = f"mem-{n}"
-    r = run_child([
-        PY, "-m", "runner", "run", str(jobs), "--provider", "openai", "--base-url", url,
-        "--model", "mock-1", "--concurrency", "128", "--no-resume", "--progress", "off",
-        "-o", str(OUT / f"{tag}.results.jsonl"), "--latency", str(OUT / f"{tag}.latency.jsonl"),
-        "--summary", str(OUT / f"{tag}.summary.json"),
-    ], timeout=1800)  # fmt: skip
-    if r.returncode != 0:
-        raise SystemExit(f"runner failed on {n} jobs: {r.stderr[-2000:]}")
-    s = orjson.loads((OUT / f"{tag}.summary.json").read_bytes())
+    r, s = runner_run(jobs, url, tag, concurrency=128, timeout=1800)
     for suffix in ("results", "latency"):
         (OUT / f"{tag}.{suffix}.jsonl").unlink()  # gigabytes we do not need to keep
     return r.max_rss_mb, r.wall_s, int(s["jobs"]["ok"])

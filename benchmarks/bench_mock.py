@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +30,8 @@ import aiohttp
 import orjson
 import uvloop
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_seconds, mock_server
 
 SCENARIOS: dict[str, tuple[list[str], str]] = {
     "plain": ([], "small"),
@@ -44,12 +42,6 @@ SCENARIOS: dict[str, tuple[list[str], str]] = {
     ),
     "stream": ([], "stream"),
 }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (fields 14 and 15 of /proc/<pid>/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bodies(kind: str, n: int) -> list[bytes]:
@@ -102,32 +94,16 @@ async def drive(url: str, payloads: list[bytes], concurrency: int) -> tuple[int,
 
 def run_scenario(name: str, requests: int, concurrency: int) -> dict[str, float]:
     flags, kind = SCENARIOS[name]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.mock", "--latency", "zero", *flags],
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        base = proc.stdout.readline().decode().strip()
-        if not base.startswith("http"):
-            raise SystemExit(f"mock did not start: {base!r}")
+    with mock_server("--latency", "zero", *flags) as (base, pid):
         url = base + "/chat/completions"
         warm = bodies(kind, min(1000, requests // 10))
         load = bodies(kind, requests)
         uvloop.run(drive(url, warm, concurrency))
-        server0, client0, wall0 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
+        server0, client0, wall0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
         ok, other = uvloop.run(drive(url, load, concurrency))
         wall = time.perf_counter() - wall0
         client = time.process_time() - client0
-        server = cpu_seconds(proc.pid) - server0
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server = cpu_seconds(pid) - server0
     return {
         "requests": ok + other,
         "non_200": other,

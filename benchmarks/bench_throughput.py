@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, PY, ROOT, make_jobs, mock_server, run_child
+from _common import OUT, PY, ROOT, make_jobs, mock_server, run_child, runner_run
 
 
 def run_minimal(jobs: Path, url: str, conc: int, script: str) -> float:
@@ -40,38 +40,7 @@ def run_minimal(jobs: Path, url: str, conc: int, script: str) -> float:
 
 
 def run_runner(jobs: Path, url: str, conc: int, tag: str) -> float:
-    summary = OUT / f"runner-{tag}.summary.json"
-    r = run_child(
-        [
-            PY,
-            "-m",
-            "runner",
-            "run",
-            str(jobs),
-            "--provider",
-            "openai",
-            "--base-url",
-            url,
-            "--model",
-            "mock-1",
-            "--concurrency",
-            str(conc),
-            "--no-resume",
-            "--progress",
-            "off",
-            "--cache",
-            "none",
-            "-o",
-            str(OUT / f"runner-{tag}.results.jsonl"),
-            "--latency",
-            str(OUT / f"runner-{tag}.latency.jsonl"),
-            "--summary",
-            str(summary),
-        ]
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"runner failed ({r.returncode}): {r.stderr[-2000:]}")
-    s = orjson.loads(summary.read_bytes())
+    _, s = runner_run(jobs, url, f"runner-{tag}", "--cache", "none", concurrency=conc)
     assert s["jobs"]["ok"] == s["jobs"]["total"], s["jobs"]
     return float(s["requests_per_s"])
 
