@@ -87,7 +87,6 @@ async def run(
     if on_tick is None and jobs_path is not None:
         display = make_progress(config.progress)
     async with contextlib.AsyncExitStack() as stack:
-        outputs = None
         if sink is None:
             if jobs_path is None and config.output is None:
                 raise ConfigError("an output path is needed when jobs are not read from a file")
@@ -113,7 +112,7 @@ async def run(
             on_tick=on_tick or (display.tick if display else None),
             release_on_first_byte=config.provider == "anthropic",
         )
-        if display is not None and jobs_path is not None:
+        if display is not None and jobs_path is not None:  # a display implies a jobs file
             try:
                 engine.stats.total = count_lines(jobs_path)
             except OSError as exc:
@@ -127,8 +126,6 @@ async def run(
                 display.close(engine.stats)
             if handle_signals:
                 _remove_signals()
-        if engine.guard is not None:
-            outcome.summary["guard"] = {"code": engine.guard.code, "message": str(engine.guard)}
         if jobs_path is not None:
             summary_path = config.summary or default_paths(jobs_path, config)[2]
             write_summary(summary_path, outcome.summary)
@@ -139,13 +136,13 @@ async def run(
 
 def _install_signals(engine: Engine) -> None:
     loop = asyncio.get_running_loop()
-    count = {"n": 0}
+    seen = 0
 
     def on_signal(signum: int) -> None:
-        count["n"] += 1
-        code = 128 + signum
-        # The second SIGINT stops at once; files stay consistent since writes are whole lines.
-        engine.request_stop("signal", code, hard=count["n"] > 1)
+        nonlocal seen
+        seen += 1
+        # The second signal stops at once; files stay consistent since writes are whole lines.
+        engine.request_stop("signal", 128 + signum, hard=seen > 1)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)

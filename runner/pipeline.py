@@ -26,7 +26,16 @@ import orjson
 from .cache import Dispatch, Scheduler
 from .config import RunConfig
 from .errors import AuthError, BudgetExceeded, CircuitOpen, GuardTripped, QuotaError
-from .models import Attempt, BadLine, ErrorInfo, Job, LatencyRecord, Price, estimate_tokens
+from .models import (
+    Attempt,
+    BadLine,
+    CacheRole,
+    ErrorInfo,
+    Job,
+    LatencyRecord,
+    Price,
+    estimate_tokens,
+)
 from .retry import RetryPolicy
 from .stats import SummaryBuilder, cost_of
 
@@ -183,6 +192,8 @@ class Engine:
         )
         summary["stopped"] = self._stop_reason
         summary["not_sent"] = max(0, self.stats.read - self.stats.done)
+        if self._guard is not None:
+            summary["guard"] = {"code": self._guard.code, "message": str(self._guard)}
         return RunOutcome(summary, self._exit_code(), self._stop_reason)
 
     def request_stop(self, reason: str, exit_code: int, *, hard: bool = False) -> None:
@@ -198,10 +209,6 @@ class Engine:
         elif first:
             asyncio.get_running_loop().call_later(self.config.drain_s, self._cancel_inflight)
         self._check_done()
-
-    @property
-    def guard(self) -> GuardTripped | None:
-        return self._guard
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -405,7 +412,7 @@ class Engine:
     def _finish(
         self,
         job: Job,
-        role: Any,
+        role: CacheRole,
         a: Attempt | None,
         attempts: int,
         t_admit: float,
