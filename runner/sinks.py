@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, BinaryIO, Final, TypeVar
 
 import orjson
 
@@ -403,18 +403,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _replace(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Write a temporary file with ``fill``, make it durable, then swap it in for ``path``."""
     tmp = _sidecar(path, ".tmp")
 
-    def write() -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    def replace() -> None:
+        with open(tmp, "wb") as out:
+            fill(out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
 
-    _io(path, write)
+    _io(path, replace)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    _replace(path, lambda out: out.write(data))
 
 
 def _repair_tail(path: Path) -> None:
@@ -459,19 +464,7 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 def _rewrite(path: Path, keep: Callable[[bytes], bool]) -> None:
     """Stream ``path`` to a temporary file without the lines ``keep`` rejects, then swap it in."""
-    tmp = _sidecar(path, ".tmp")
-
-    def rewrite() -> None:
-        with open(tmp, "wb") as out:
-            for raw in _lines(path):
-                if keep(raw):
-                    out.write(raw)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-
-    _io(path, rewrite)
+    _replace(path, lambda out: out.writelines(raw for raw in _lines(path) if keep(raw)))
 
 
 # -- resume ---------------------------------------------------------------------------------
