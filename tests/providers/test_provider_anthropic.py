@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
-from multidict import CIMultiDict, CIMultiDictProxy
+from fake_provider import Fake, Handler
+from multidict import CIMultiDict
 
 from runner.config import RunConfig
 from runner.models import Attempt, Job, Usage
@@ -20,43 +19,6 @@ from runner.providers import AnthropicBackend, open_backend
 from runner.providers.anthropic import AnthropicStream, classify_error, parse_usage
 
 KEY = "sk-ant-api03-test-KEY-0123456789"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Seen:
-    path: str
-    headers: CIMultiDictProxy[str]
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-@dataclass
-class Fake:
-    url: str = ""
-    handler: Handler | None = None
-    seen: list[Seen] = field(default_factory=list)
-
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append(Seen(request.path, request.headers, await request.read()))
-        assert self.handler is not None
-        return await self.handler(request)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[Fake]:
-    f = Fake()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", f.dispatch)
-    server = TestServer(app)
-    await server.start_server()
-    f.url = str(server.make_url("/v1"))
-    yield f
-    await server.close()
-
 
 SYSTEM = "You are an expert legal analyst."
 SHOTS: list[dict[str, Any]] = [

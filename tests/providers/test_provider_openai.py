@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
-from multidict import CIMultiDict, CIMultiDictProxy
+from fake_provider import Fake, Handler
+from multidict import CIMultiDict
 
 from runner.config import RunConfig
 from runner.models import Attempt, ErrorInfo, Job, RateInfo, Usage
@@ -20,48 +19,6 @@ from runner.providers import OpenAIBackend, open_backend
 from runner.providers.openai import OpenAIStream, classify_error, parse_usage
 
 KEY = "sk-test-0123456789abcdefSECRET"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: CIMultiDictProxy[str]
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-@dataclass
-class Fake:
-    """A provider stand-in: records every request, answers with ``handler``."""
-
-    url: str = ""
-    handler: Handler | None = None
-    seen: list[Seen] = field(default_factory=list)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        self.seen.append(Seen(request.method, request.path, request.headers, raw))
-        assert self.handler is not None
-        return await self.handler(request)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[Fake]:
-    f = Fake()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", f.dispatch)
-    server = TestServer(app)
-    await server.start_server()
-    f.url = str(server.make_url("/v1"))
-    yield f
-    f.release.set()  # let any deliberately stalled handler finish
-    await server.close()
 
 
 def job(
