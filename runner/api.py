@@ -9,18 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .config import RunConfig
-from .errors import AuthError, ConfigError, InputError
+from .errors import AuthError, ConfigError, InputError, SinkError
 from .jobs import load_contexts, read_jobs
 from .limits import RateController
 from .models import BadLine, Job
+from .outputs import OutputPlan, check_outputs, plan_outputs
 from .pipeline import Engine, LiveStats, RunOutcome, Sink
+from .preflight import check_prices
 from .progress import make_progress
 from .providers import open_backend
-from .sinks import default_paths, open_outputs, write_summary
+from .sinks import open_outputs, write_summary
+from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
 
 __all__ = ["count_lines", "run"]
 
@@ -59,6 +65,7 @@ async def run(
     sink: Sink | None = None,
     handle_signals: bool = False,
     on_tick: Callable[[LiveStats], None] | None = None,
+    config_path: Path | None = None,
 ) -> RunOutcome:
     """Run a batch and return its outcome (summary, exit code, why it stopped early).
 
@@ -69,30 +76,47 @@ async def run(
         for resume (done jobs are skipped).
     :param handle_signals: install SIGINT/SIGTERM handlers that drain and stop (the CLI does).
     :param on_tick: called about five times a second with live counters.
+    :param config_path: the config file the config came from, so that no output may overwrite it.
+
+    Before anything is opened for writing the run checks every output path (none may be an
+    input or another output, all must be writable), the inputs, the prices ``max_cost`` needs
+    and the provider (probe); only then are outputs locked, checked for resume and truncated.
     """
+    started_at = time.time()
     jobs_path: Path | None = None
     items: Iterable[Job | BadLine]
+    plan: OutputPlan | None = None
     if isinstance(jobs, str | Path):
         jobs_path = Path(jobs)
+    if sink is None or config.summary is not None:
+        # Every output path is decided and checked before anything is opened for writing.
+        plan = plan_outputs(config, jobs_path if jobs_path is not None else config.output)
+        check_outputs(
+            plan,
+            [
+                ("the jobs file", jobs_path),
+                ("the contexts file", config.contexts),
+                ("the config file", config_path),
+            ],
+        )
+    if jobs_path is not None:
+        if jobs_path.is_dir():
+            raise InputError(f"{jobs_path}: is a directory, not a jobs file")
         contexts = (
             load_contexts(config.contexts, max_line_bytes=config.max_line_bytes)
             if config.contexts
             else {}
         )
         items = read_jobs(jobs_path, contexts=contexts, max_line_bytes=config.max_line_bytes)
+        check_prices(config, jobs_path)
     else:
+        assert not isinstance(jobs, str | Path)
         items = jobs
     api_key = config.api_key()
     display = None
     if on_tick is None and jobs_path is not None:
         display = make_progress(config.progress)
     async with contextlib.AsyncExitStack() as stack:
-        if sink is None:
-            if jobs_path is None and config.output is None:
-                raise ConfigError("an output path is needed when jobs are not read from a file")
-            outputs = open_outputs(config, jobs_path=jobs_path, model=config.model)
-            stack.callback(outputs.close)
-            sink = outputs
         base_url = await stack.enter_async_context(_target(config))
         backend = await stack.enter_async_context(
             open_backend(config, base_url=base_url, api_key=api_key)
@@ -103,6 +127,12 @@ async def run(
                 if problem.fatal:
                     raise AuthError(f"pre-flight check of {base_url} failed: {problem.message}")
                 raise ConfigError(f"pre-flight check of {base_url} failed: {problem.message}")
+        outputs = None
+        if sink is None:
+            # Only now, with every pre-flight check passed, may an output be truncated.
+            outputs = open_outputs(config, jobs_path=jobs_path, model=config.model)
+            stack.callback(outputs.close)
+            sink = outputs
         engine = Engine(
             config,
             backend=backend,
@@ -126,12 +156,53 @@ async def run(
                 display.close(engine.stats)
             if handle_signals:
                 _remove_signals()
-        if jobs_path is not None:
-            summary_path = config.summary or default_paths(jobs_path, config)[2]
-            write_summary(summary_path, outcome.summary)
-        elif config.summary is not None:
-            write_summary(config.summary, outcome.summary)
+        summary = outcome.summary
+        if outputs is not None and outputs.skipped:
+            outputs.flush()
+            summary = whole_output_summary(outputs.latency_path, config, summary)
+        outcome = _finish_outcome(
+            outcome, summary, config, base_url=config.base_url, started_at=started_at
+        )
+        if plan is not None:
+            try:
+                write_summary(plan.summary, outcome.summary)
+            except SinkError as exc:
+                # The figures are not lost: the caller still gets (and the CLI prints) them.
+                outcome.summary["summary_error"] = str(exc)
+                outcome = replace(outcome, exit_code=outcome.exit_code or exc.exit_code)
         return outcome
+
+
+def _finish_outcome(
+    outcome: RunOutcome,
+    summary: dict[str, Any],
+    config: RunConfig,
+    *,
+    base_url: str | None,
+    started_at: float,
+) -> RunOutcome:
+    """Add who/when/why to the summary; the exit code is 1 while any job in the output failed."""
+    run_summary = outcome.summary
+    code = outcome.exit_code
+    if code == 0 and summary["jobs"]["failed"]:
+        code = 1  # an earlier invocation's permanent failures are still in the output
+    if outcome.stopped == "endpoint" and run_summary["jobs"]["ok"] == 0:
+        code = 2  # a wrong URL found by the first requests is a configuration error
+    done = summary["jobs"]["ok"] + summary["jobs"]["failed"]
+    out: dict[str, Any] = {
+        "started_at": iso_utc(started_at),
+        "ended_at": iso_utc(time.time()),
+        **describe_run(config, base_url=base_url),
+        "exit_code": code,
+        **summary,
+    }
+    out["stopped"] = outcome.stopped
+    out["this_run"] = this_run_of(run_summary)
+    out["limiter_wait_summed"] = True  # limiter_wait_s adds every request's wait
+    out["limiter_wait_mean_ms"] = (
+        round(summary["limiter_wait_s"] * 1000.0 / done, 3) if done else 0.0
+    )
+    return replace(outcome, summary=out, exit_code=code)
 
 
 def _install_signals(engine: Engine) -> None:

@@ -9,8 +9,13 @@ A run owns three files next to the results file ``R``:
   ``"PID HOSTNAME"`` so that a refusal can say who is writing. ``flock`` is the real mutual
   exclusion (the kernel drops it when a runner dies); the pid only words the message, and backs
   the lock up on file systems where ``flock`` does not exclude.
-* ``R.meta.json``: which input (path and a fingerprint of its first 64 KiB) and model wrote ``R``,
-  so that resuming onto the output of another input or model is refused instead of mixing them.
+* ``R.meta.json``: which input (path, size and SHA-256 of the whole jobs file and of the whole
+  contexts file, see :mod:`runner.fingerprint`) and model wrote ``R``, so that resuming onto the
+  output of an edited input or another model is refused instead of mixing them; an input that
+  only grew (jobs appended) resumes and sends the new jobs.
+* ``L.lock`` and ``S.lock`` beside the latency file and the summary: the lock covers every output,
+  so two runs that share a latency file or a summary (explicit ``--latency``/``--summary``) are
+  refused like two runs on one results file.
 
 Within a flush the latency lines are written *before* the result lines: the result line is the
 commit record of a job. A crash between the two writes leaves latency lines without a result,
@@ -25,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import socket
 from collections import deque
@@ -38,8 +42,10 @@ from typing import Any, BinaryIO, Final, TypeVar
 import orjson
 
 from .config import RunConfig
-from .errors import ConfigError, InputError, ResumeError, SinkError
+from .errors import ResumeError, SinkError
+from .fingerprint import Fingerprint, fingerprint
 from .models import LatencyRecord
+from .outputs import plan_outputs
 
 __all__ = [
     "DEFAULT_FLUSH_EVERY",
@@ -52,8 +58,7 @@ __all__ = [
 ]
 
 DEFAULT_FLUSH_EVERY = 64
-META_VERSION = 1
-FINGERPRINT_BYTES = 1 << 16
+META_VERSION = 2
 
 #: Error codes of results that ``--retry-failed`` sends again (the failure was transient).
 RETRIABLE_ERROR_CODES: Final = frozenset(
@@ -81,17 +86,14 @@ _AFRESH: Final = "run with --no-resume to start afresh, or write elsewhere with 
 
 
 def default_paths(jobs_path: Path, config: RunConfig) -> tuple[Path, Path, Path]:
-    """The results, latency and summary paths: the config's, else ``JOBS.<kind>`` beside the input.
+    """The results, latency and summary paths (see :func:`runner.outputs.plan_outputs`).
 
     ``examples/jobs.jsonl`` gives ``examples/jobs.results.jsonl``, ``examples/jobs.latency.jsonl``
-    and ``examples/jobs.summary.json``.
+    and ``examples/jobs.summary.json``; ``-o out/r.results.jsonl`` gives ``out/r.latency.jsonl``
+    and ``out/r.summary.json``.
     """
-    stem = jobs_path.with_suffix("")
-    return (
-        config.output or stem.with_name(stem.name + ".results.jsonl"),
-        config.latency or stem.with_name(stem.name + ".latency.jsonl"),
-        config.summary or stem.with_name(stem.name + ".summary.json"),
-    )
+    plan = plan_outputs(config, jobs_path)
+    return plan.results, plan.latency, plan.summary
 
 
 def open_outputs(
@@ -121,37 +123,38 @@ def open_outputs(
     """
     if flush_every < 1:
         raise ValueError(f"flush_every must be >= 1, got {flush_every}")
-    if jobs_path is not None:
-        results, latency, _ = default_paths(jobs_path, config)
-    elif config.output is not None:
-        results, latency, _ = default_paths(config.output, config)
-    else:
-        raise ConfigError("an output path is needed when jobs are not read from a file")
-    for parent in {results.parent, latency.parent}:
+    plan = plan_outputs(config, jobs_path if jobs_path is not None else config.output)
+    results, latency = plan.results, plan.latency
+    for parent in {results.parent, latency.parent, plan.summary.parent}:
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(f"{parent}: cannot create the directory: {exc.strerror}") from exc
-    lock_path = _sidecar(results, ".lock")
+    lock_path = plan.lock
     lock_fd = _acquire_lock(lock_path, results)
+    extra: list[tuple[Path, int]] = []
     try:
-        meta_path = _sidecar(results, ".meta.json")
+        for path in (latency, plan.summary):
+            lpath = _sidecar(path, ".lock")
+            extra.append((lpath, _acquire_lock(lpath, path)))
+        meta_path = plan.meta
         jobs_file = str(jobs_path.resolve()) if jobs_path is not None else None
-        fingerprint = _fingerprint(jobs_path) if jobs_path is not None else None
+        contexts = config.contexts if jobs_path is not None else None
         done: set[str] = set()
         resuming = config.resume and _size(results) > 0
         if resuming:
             meta = _read_meta(meta_path, results)
-            if jobs_path is not None:
-                _check_input(meta, results, jobs_path=jobs_path)
             _check_model(meta, results, model=model)
-            if jobs_path is not None and meta.get("jobs_file") != jobs_file:
-                # Same content at a new path: keep resuming, but record where the input is now.
-                _write_meta(meta_path, jobs_file=jobs_file, fingerprint=fingerprint, model=model)
+            inputs = _check_inputs(meta, results, jobs_path=jobs_path, contexts=contexts)
+            if meta.get("jobs_file") != jobs_file or inputs != _meta_inputs(meta):
+                # Same content (or jobs appended), maybe at a new path: record the input now.
+                _write_meta(meta_path, jobs_file=jobs_file, inputs=inputs, model=model)
             _repair_tail(results)
             _repair_tail(latency)
             done = _load_results(results, retry_failed=config.retry_failed)
             _drop_orphans(latency, done)
+        else:
+            inputs = _fingerprint_inputs(jobs_path, contexts)
         res_fd = _open_append(results, truncate=not resuming)
         try:
             lat_fd = _open_append(latency, truncate=not resuming)
@@ -162,12 +165,14 @@ def open_outputs(
             if not resuming:
                 # Truncate first, then claim the files for this input: a crash in between
                 # leaves empty outputs, never old lines under new metadata.
-                _write_meta(meta_path, jobs_file=jobs_file, fingerprint=fingerprint, model=model)
+                _write_meta(meta_path, jobs_file=jobs_file, inputs=inputs, model=model)
         except BaseException:
             os.close(res_fd)
             os.close(lat_fd)
             raise
     except BaseException:
+        for lpath, fd in reversed(extra):
+            _release_lock(lpath, fd)
         _release_lock(lock_path, lock_fd)
         raise
     return Outputs(
@@ -179,6 +184,7 @@ def open_outputs(
         order_input=config.order == "input",
         flush_every=flush_every,
         fsync=fsync,
+        extra_locks=extra,
     )
 
 
@@ -210,6 +216,7 @@ class Outputs:
         "_closed",
         "_done",
         "_expected",
+        "_extra_locks",
         "_fds",
         "_flush_every",
         "_fsync",
@@ -235,7 +242,9 @@ class Outputs:
         order_input: bool,
         flush_every: int,
         fsync: bool,
+        extra_locks: list[tuple[Path, int]] | None = None,
     ) -> None:
+        self._extra_locks = extra_locks or []
         self.results_path = results_path
         self.latency_path = latency_path
         self.lock_path = lock_path
@@ -323,6 +332,8 @@ class Outputs:
         finally:
             os.close(res_fd)
             os.close(lat_fd)
+            for lpath, fd in reversed(self._extra_locks):
+                _release_lock(lpath, fd)
             _release_lock(self.lock_path, lock_fd)
 
     def __enter__(self) -> Outputs:
@@ -408,11 +419,16 @@ def _replace(path: Path, fill: Callable[[BinaryIO], object]) -> None:
     tmp = _sidecar(path, ".tmp")
 
     def replace() -> None:
-        with open(tmp, "wb") as out:
-            fill(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as out:
+                fill(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # never leave a half-written temporary file behind
+            raise
         _fsync_dir(path.parent)
 
     _io(path, replace)
@@ -523,33 +539,6 @@ def _drop_orphans(path: Path, done: set[str]) -> None:
         _rewrite(path, keep)
 
 
-def _fingerprint(jobs_path: Path) -> str:
-    """``sha256:N:HEX`` of the first N bytes (N <= 64 KiB), so appending jobs keeps it valid."""
-    try:
-        with open(jobs_path, "rb") as fh:
-            head = fh.read(FINGERPRINT_BYTES)
-    except OSError as exc:
-        raise InputError(f"{jobs_path}: cannot read: {exc.strerror}") from exc
-    return f"sha256:{len(head)}:{hashlib.sha256(head).hexdigest()}"
-
-
-def _same_head(fingerprint: object, jobs_path: Path) -> bool:
-    """Whether the jobs file still starts with the bytes the stored fingerprint hashed."""
-    if not isinstance(fingerprint, str):
-        return False
-    algo, _, rest = fingerprint.partition(":")
-    count, _, digest = rest.partition(":")
-    if algo != "sha256" or not count.isdigit():
-        return False
-    n = int(count)
-    try:
-        with open(jobs_path, "rb") as fh:
-            head = fh.read(n)
-    except OSError as exc:
-        raise InputError(f"{jobs_path}: cannot read: {exc.strerror}") from exc
-    return len(head) == n and hashlib.sha256(head).hexdigest() == digest
-
-
 def _read_meta(meta_path: Path, results: Path) -> dict[str, Any]:
     try:
         raw = meta_path.read_bytes()
@@ -561,18 +550,73 @@ def _read_meta(meta_path: Path, results: Path) -> dict[str, Any]:
     except OSError as exc:
         raise SinkError(f"{meta_path}: {exc.strerror}") from exc
     meta = _parse(raw)
+    if meta is not None and meta.get("version") == 1:
+        raise ResumeError(
+            f"cannot resume {results}: {meta_path} was written by an older runner that "
+            f"fingerprinted only the first 64 KiB of the input, so an edit cannot be ruled "
+            f"out; {_AFRESH}"
+        )
     if meta is None or meta.get("version") != META_VERSION:
         raise ResumeError(f"cannot resume {results}: {meta_path} is not readable; {_AFRESH}")
     return meta
 
 
-def _check_input(meta: dict[str, Any], results: Path, *, jobs_path: Path) -> None:
-    if not _same_head(meta.get("jobs_fingerprint"), jobs_path):
-        was = meta.get("jobs_file") or "jobs given in memory"
+def _fingerprint_inputs(jobs_path: Path | None, contexts: Path | None) -> dict[str, Any]:
+    return {
+        "jobs": fingerprint(jobs_path).now.to_json() if jobs_path is not None else None,
+        "contexts": fingerprint(contexts).now.to_json() if contexts is not None else None,
+    }
+
+
+def _meta_inputs(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"jobs": meta.get("jobs"), "contexts": meta.get("contexts")}
+
+
+def _check_inputs(
+    meta: dict[str, Any], results: Path, *, jobs_path: Path | None, contexts: Path | None
+) -> dict[str, Any]:
+    """Refuse a resume whose inputs changed other than by appending jobs; the new fingerprints."""
+    out: dict[str, Any] = {"jobs": None, "contexts": None}
+    if jobs_path is None:
+        return out  # jobs given in memory: only the model can be checked
+    was = meta.get("jobs_file") or "jobs given in memory"
+    old = Fingerprint.from_json(meta.get("jobs"))
+    if old is None:
         raise ResumeError(
-            f"cannot resume {results}: it was written for the input {was}, and {jobs_path} is a "
-            f"different input (its first lines differ); {_AFRESH}"
+            f"cannot resume {results}: it was written for the input {was}, which is not a file "
+            f"this run can compare with {jobs_path}; {_AFRESH}"
         )
+    check = fingerprint(jobs_path, old)
+    if check.now.size < old.size:
+        raise ResumeError(
+            f"cannot resume {results}: it was written for the input {was} ({old.size} bytes), and "
+            f"the jobs file {jobs_path} is shorter ({check.now.size} bytes): jobs were removed "
+            f"or edited, not only appended; {_AFRESH}"
+        )
+    if not check.starts_with_old:
+        raise ResumeError(
+            f"cannot resume {results}: it was written for the input {was}, and the jobs file "
+            f"{jobs_path} differs from it within its first {old.size} bytes: lines were edited, "
+            f"not only appended, so a kept answer could be stale; {_AFRESH}"
+        )
+    out["jobs"] = check.now.to_json()
+    old_ctx = Fingerprint.from_json(meta.get("contexts"))
+    if contexts is None and old_ctx is None:
+        return out
+    if contexts is None or old_ctx is None:
+        had = "had a contexts file" if old_ctx is not None else "had no contexts file"
+        raise ResumeError(
+            f"cannot resume {results}: the run that wrote it {had} and this one "
+            f"{'has' if contexts is not None else 'has none'}; {_AFRESH}"
+        )
+    now = fingerprint(contexts, old_ctx).now
+    if now != old_ctx:
+        raise ResumeError(
+            f"cannot resume {results}: the contexts file {contexts} changed since the run that "
+            f"wrote it, so answers computed from the old contexts could be kept; {_AFRESH}"
+        )
+    out["contexts"] = now.to_json()
+    return out
 
 
 def _check_model(meta: dict[str, Any], results: Path, *, model: str) -> None:
@@ -584,11 +628,12 @@ def _check_model(meta: dict[str, Any], results: Path, *, model: str) -> None:
 
 
 def _write_meta(
-    meta_path: Path, *, jobs_file: str | None, fingerprint: str | None, model: str
+    meta_path: Path, *, jobs_file: str | None, inputs: dict[str, Any], model: str
 ) -> None:
     meta = {
         "jobs_file": jobs_file,
-        "jobs_fingerprint": fingerprint,
+        "jobs": inputs["jobs"],
+        "contexts": inputs["contexts"],
         "model": model,
         "version": META_VERSION,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -290,8 +291,9 @@ def test_meta_records_input_and_model(jobs: Path) -> None:
     meta = orjson.loads(sinks._sidecar(out.results_path, ".meta.json").read_bytes())
     assert meta["jobs_file"] == str(jobs.resolve())
     assert meta["model"] == "m"
-    assert meta["version"] == 1
-    assert meta["jobs_fingerprint"].startswith(f"sha256:{jobs.stat().st_size}:")
+    assert meta["version"] == 2
+    assert meta["jobs"]["size"] == jobs.stat().st_size  # the whole file, not its head
+    assert meta["jobs"]["sha256"] == hashlib.sha256(jobs.read_bytes()).hexdigest()
 
 
 def test_resuming_with_another_model_is_refused(jobs: Path) -> None:
@@ -310,7 +312,7 @@ def test_resuming_onto_another_input_is_refused(jobs: Path, tmp_path: Path) -> N
     with pytest.raises(ResumeError, match=r"written for the input .*jobs\.jsonl.*--no-resume"):
         open_(other, output=output)
     jobs.write_text('{"custom_id": "edited", "query": "q"}\n' + jobs.read_text())
-    with pytest.raises(ResumeError, match="different input"):
+    with pytest.raises(ResumeError, match="differs from it within its first"):
         open_(jobs, output=output)
 
 
@@ -441,11 +443,13 @@ def test_completion_order_ignores_line_numbers(jobs: Path) -> None:
 def test_an_output_that_cannot_be_opened_is_a_sink_error_and_frees_the_lock(
     jobs: Path, tmp_path: Path
 ) -> None:
-    output = tmp_path / "taken"
-    output.mkdir()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    output = tmp_path / "r.jsonl"
     with pytest.raises(SinkError, match=r"taken: cannot open"):
-        open_(jobs, output=output, resume=False)
+        open_(jobs, output=output, latency=taken, resume=False)
     assert not sinks._sidecar(output, ".lock").exists()
+    assert not sinks._sidecar(taken, ".lock").exists()
     with pytest.raises(SinkError, match=r"cannot create the directory"):
         open_(jobs, output=jobs / "sub" / "r.jsonl")
 

@@ -1,0 +1,78 @@
+"""Whole-file fingerprints of a run's inputs, so that a resume notices any edit.
+
+The meta file of an output records the size and SHA-256 of the whole jobs file and of the whole
+contexts file that wrote it. On resume (and ``--retry-failed``) one streaming pass over each input
+decides:
+
+* the jobs file still starts with exactly the bytes the earlier run hashed (jobs were appended,
+  or nothing changed): resume, and only jobs without a result are sent;
+* anything else (an edited, removed or reordered line, a shorter file, any change at all to the
+  contexts file): refuse, naming the file, because a kept answer could belong to the old text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+__all__ = ["Fingerprint", "PrefixCheck", "fingerprint"]
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Fingerprint | None:
+        if not isinstance(obj, dict):
+            return None
+        size, digest = obj.get("size"), obj.get("sha256")
+        if type(size) is not int or size < 0 or not isinstance(digest, str):
+            return None
+        return cls(size, digest)
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixCheck:
+    """The fingerprint of a file now, and whether it starts with an earlier version of itself."""
+
+    now: Fingerprint
+    starts_with_old: bool  # the first old.size bytes hash to old.sha256
+
+
+def fingerprint(path: Path, old: Fingerprint | None = None) -> PrefixCheck:
+    """Hash the whole file in one streaming pass, checking the prefix ``old`` covered on the way.
+
+    :raises InputError: the file cannot be read.
+    """
+    h = hashlib.sha256()
+    size = 0
+    at_old: str | None = None
+    want = old.size if old is not None else -1
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                n = _CHUNK if want < 0 or size >= want else min(_CHUNK, want - size)
+                chunk = fh.read(n)
+                if not chunk:
+                    break
+                h.update(chunk)
+                size += len(chunk)
+                if size == want:
+                    at_old = h.copy().hexdigest()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if want == 0:
+        at_old = hashlib.sha256().hexdigest()
+    now = Fingerprint(size, h.hexdigest())
+    return PrefixCheck(now, old is not None and at_old == old.sha256)

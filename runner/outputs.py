@@ -1,0 +1,152 @@
+"""Where a run writes, decided and checked before anything is opened for writing.
+
+A run writes three files, and two sidecars of the results file ``R``:
+
+* ``R`` (default ``JOBS.results.jsonl`` beside the jobs file; ``-o DIR`` or ``-o DIR/`` puts it
+  in ``DIR`` under the jobs file's name);
+* the latency file and the summary, by default *next to the results file*: ``X.results.jsonl``
+  gives ``X.latency.jsonl`` and ``X.summary.json`` (``X.jsonl`` gives the same), so two runs with
+  different ``-o`` never share a latency file or a summary;
+* ``R.meta.json`` (which input and model wrote ``R``) and ``R.lock``.
+
+:func:`check_outputs` refuses, with a :class:`~runner.errors.ConfigError` (exit 2), any output
+that resolves (after symlinks, or as a hard link) to an input (the jobs, contexts or config file)
+or to another output, and any output that cannot be written (a directory, a missing or
+unwritable parent). It only looks: it creates, truncates and deletes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import RunConfig
+from .errors import ConfigError
+
+__all__ = ["OutputPlan", "check_outputs", "plan_outputs", "sibling"]
+
+_RESULTS_SUFFIX = ".results.jsonl"
+
+
+def sibling(results: Path, kind: str) -> Path:
+    """``X.results.jsonl`` (or ``X.jsonl``, or ``X``) -> ``X.<kind>`` in the same directory."""
+    name = results.name
+    for suffix in (_RESULTS_SUFFIX, ".jsonl"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return results.with_name(f"{name}.{kind}")
+
+
+def _results_in(directory: Path, jobs_path: Path | None) -> Path:
+    stem = jobs_path.with_suffix("").name if jobs_path is not None else "jobs"
+    return directory / (stem + _RESULTS_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputPlan:
+    """The paths one run writes."""
+
+    results: Path
+    latency: Path
+    summary: Path
+
+    @property
+    def meta(self) -> Path:
+        return self.results.with_name(self.results.name + ".meta.json")
+
+    @property
+    def lock(self) -> Path:
+        return self.results.with_name(self.results.name + ".lock")
+
+    def labelled(self) -> list[tuple[str, Path]]:
+        """Every path the run may create or replace, with the option that names it."""
+        return [
+            ("the results file (-o)", self.results),
+            ("the latency file (--latency)", self.latency),
+            ("the summary (--summary)", self.summary),
+            ("the meta file of the results", self.meta),
+            ("the lock file of the results", self.lock),
+        ]
+
+
+def plan_outputs(config: RunConfig, jobs_path: Path | None) -> OutputPlan:
+    """The results, latency and summary paths of a run (see the module docstring).
+
+    :raises ConfigError: no output path can be derived (jobs in memory and no ``output``).
+    """
+    out = config.output
+    if out is None:
+        if jobs_path is None:
+            raise ConfigError("an output path is needed when jobs are not read from a file")
+        results = _results_in(jobs_path.parent, jobs_path)
+    elif out.is_dir():
+        results = _results_in(out, jobs_path)
+    else:
+        results = out
+    return OutputPlan(
+        results=results,
+        latency=config.latency or sibling(results, "latency.jsonl"),
+        summary=config.summary or sibling(results, "summary.json"),
+    )
+
+
+def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
+    """The resolved path, and (device, inode) when the file exists (catches hard links)."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return real, None
+    return real, (st.st_dev, st.st_ino)
+
+
+def _same(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, int] | None]) -> bool:
+    return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
+
+
+def _check_writable(label: str, path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"{label} {path} is a directory")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{label} {path} is not writable")
+    # The nearest existing ancestor must be a writable directory: the run creates the missing
+    # directories, the file itself and (for replaced files) a temporary file beside it.
+    parent = path.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{label} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{label} {path}: cannot create files in {parent} (not writable)")
+
+
+def check_outputs(plan: OutputPlan, inputs: Iterable[tuple[str, Path | None]]) -> None:
+    """Refuse outputs that are inputs, coincide with each other, or cannot be written.
+
+    :param inputs: ``(label, path)`` of every file the run reads (``None`` paths are skipped).
+    :raises ConfigError: naming both files, before anything is opened for writing.
+    """
+    ins = [(label, path, _identity(path)) for label, path in inputs if path is not None]
+    seen: list[tuple[str, Path, tuple[str, tuple[int, int] | None]]] = []
+    for label, path in plan.labelled():
+        ident = _identity(path)
+        for in_label, in_path, in_ident in ins:
+            if _same(ident, in_ident):
+                raise ConfigError(
+                    f"{label} {path} is {in_label} {in_path}: refusing to overwrite an input; "
+                    "choose another output path"
+                )
+        for other_label, other_path, other_ident in seen:
+            if _same(ident, other_ident):
+                raise ConfigError(
+                    f"{label} {path} and {other_label} {other_path} are the same file; "
+                    "give each output its own path"
+                )
+        seen.append((label, path, ident))
+    for label, path in plan.labelled():
+        _check_writable(label, path)

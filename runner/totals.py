@@ -1,0 +1,86 @@
+"""The summary of a whole output, not only of the last invocation.
+
+A resumed run (or ``--retry-failed``) writes only the jobs that had no result yet, so its engine
+counts only those. The latency file is the record of every job in the output, so after such a
+run :func:`whole_output_summary` rebuilds the counters from it in one streaming pass and keeps
+the invocation's own counts under ``this_run``. Counts, tokens, cost, errors and percentiles then
+cover every job in the output; ``wall_s`` and the per-second rates describe this invocation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from .config import RunConfig
+from .errors import SinkError
+from .stats import SummaryBuilder
+
+__all__ = ["describe_run", "iso_utc", "this_run_of", "whole_output_summary"]
+
+_RATE_KEYS = ("wall_s", "requests_per_s", "throughput")
+
+
+def iso_utc(t: float) -> str:
+    """A Unix time as UTC ISO 8601 with a ``Z`` suffix, to the millisecond."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def this_run_of(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The invocation's own counts, kept beside the totals."""
+    jobs = summary["jobs"]
+    return {
+        "ok": jobs["ok"],
+        "failed": jobs["failed"],
+        "by_error": jobs["by_error"],
+        "skipped_resumed": jobs["skipped_resumed"],
+        "tokens": summary["tokens"],
+        "cost": summary["cost"],
+        "wall_s": summary["wall_s"],
+    }
+
+
+def whole_output_summary(
+    latency_path: Path, config: RunConfig, run_summary: dict[str, Any]
+) -> dict[str, Any]:
+    """The summary of every record in ``latency_path``, with ``this_run`` and the run's rates.
+
+    :raises SinkError: the latency file cannot be read.
+    """
+    builder = SummaryBuilder(config.price())
+    try:
+        with open(latency_path, "rb") as fh:
+            for raw in fh:
+                try:
+                    rec = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue  # a torn last line: the next run repairs it
+                if isinstance(rec, dict):
+                    builder.add(rec)
+    except OSError as exc:
+        raise SinkError(f"{latency_path}: cannot read: {exc.strerror or exc}") from exc
+    out = builder.summary(wall_s=run_summary["wall_s"])
+    for key in _RATE_KEYS:
+        out[key] = run_summary[key]
+    out["jobs"]["skipped_resumed"] = run_summary["jobs"]["skipped_resumed"]
+    for key, value in run_summary.items():
+        out.setdefault(key, value)  # stopped, not_sent, guard, ...
+    return out
+
+
+def describe_run(config: RunConfig, *, base_url: str | None) -> dict[str, Any]:
+    """Who answered: provider, model, the base URL's host (never a key or a path), version."""
+    from . import __version__
+
+    host = urlsplit(base_url).hostname if base_url else None
+    return {
+        "provider": config.provider,
+        "model": config.model,
+        "base_url_host": host,
+        "runner_version": __version__,
+    }
