@@ -7,12 +7,13 @@ input error before any request; 3 stopped by a guard; 130/143 interrupted after 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, load_config
+from .config import RunConfig, did_you_mean, load_config
 from .errors import ConfigError, RunnerError
 
 __all__ = ["build_parser", "main"]
@@ -31,7 +32,7 @@ def _event_loop_run(coro: Any) -> Any:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("jobs", type=Path, help="JSONL file of jobs")
     p.add_argument("-c", "--config", type=Path, help="TOML config file")
-    p.add_argument("-o", "--output", type=Path, help="results JSONL (default JOBS.results.jsonl)")
+    p.add_argument("-o", "--output", type=str, help="results JSONL (default JOBS.results.jsonl)")
     p.add_argument("--latency", type=Path, help="latency JSONL (default JOBS.latency.jsonl)")
     p.add_argument("--summary", type=Path, help="summary JSON (default JOBS.summary.json)")
     p.add_argument("--contexts", type=Path, help="contexts JSONL for compact jobs")
@@ -81,9 +82,19 @@ _OVERRIDES = (
 )
 
 
+def _output_path(raw: str | None, jobs: Path) -> Path | None:
+    """``-o DIR/`` (or an existing directory) puts the results in DIR, named after the jobs."""
+    if raw is None:
+        return None
+    if raw.endswith(("/", "\\")) or Path(raw).is_dir():
+        return Path(raw) / (jobs.with_suffix("").name + ".results.jsonl")
+    return Path(raw)
+
+
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
     base = load_config(ns.config)
     overrides = {k: getattr(ns, k, None) for k in _OVERRIDES}
+    overrides["output"] = _output_path(overrides.get("output"), ns.jobs)
     if overrides.get("provider") not in (None, "mock") and overrides.get("base_url") is None:
         if base.base_url is None:
             raise ConfigError(f"--provider {overrides['provider']} needs --base-url")
@@ -96,12 +107,26 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     from .stats import render_summary
 
     config = config_from_args(ns)
-    if not ns.jobs.is_file():
-        raise ConfigError(f"{ns.jobs}: no such file")
+    _check_jobs_file(ns.jobs)
     if config.dry_run:
         return _validate(ns.jobs, config)
-    outcome: RunOutcome = _event_loop_run(run(ns.jobs, config, handle_signals=True))
+    if config.provider == "mock" and not config.base_url and not _provider_named(ns):
+        print(
+            "runner: no provider configured: using the built-in simulated provider; "
+            "replies are synthetic",
+            file=sys.stderr,
+        )
+    outcome: RunOutcome = _event_loop_run(
+        run(ns.jobs, config, handle_signals=True, config_path=ns.config)
+    )
     print(render_summary(outcome.summary), file=sys.stderr)
+    if outcome.summary["jobs"]["total"] == 0:
+        print(f"runner: warning: {ns.jobs} holds no jobs", file=sys.stderr)
+    if "summary_error" in outcome.summary:
+        print(
+            f"runner: error: the summary could not be written: {outcome.summary['summary_error']}",
+            file=sys.stderr,
+        )
     guard = outcome.summary.get("guard")
     if guard:
         print(f"runner: stopped by a guard: {guard['message']}", file=sys.stderr)
@@ -114,8 +139,7 @@ def _validate(jobs: Path, config: RunConfig) -> int:
     from .jobs import load_contexts
     from .validate import render_validation, validate_file
 
-    if not jobs.is_file():
-        raise ConfigError(f"{jobs}: no such file")
+    _check_jobs_file(jobs)
     contexts = (
         load_contexts(config.contexts, max_line_bytes=config.max_line_bytes)
         if config.contexts
@@ -126,14 +150,47 @@ def _validate(jobs: Path, config: RunConfig) -> int:
     return 0 if not report.bad_lines else 1
 
 
+def _provider_named(ns: argparse.Namespace) -> bool:
+    """Whether the flags or the config file chose a provider (even the mock) explicitly."""
+    if ns.provider is not None:
+        return True
+    if ns.config is None:
+        return False
+    import tomllib
+
+    with open(ns.config, "rb") as fh:  # already read and parsed once by load_config
+        return "provider" in tomllib.load(fh)
+
+
+def _check_jobs_file(jobs: Path) -> None:
+    if jobs.is_dir():
+        raise ConfigError(f"{jobs}: is a directory, not a jobs file")
+    if not jobs.exists():
+        raise ConfigError(f"{jobs}: no such file")
+    if not jobs.is_file():
+        raise ConfigError(f"{jobs}: not a regular file")
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Adds a did-you-mean to argparse's "invalid choice" errors (exit 2 as before)."""
+
+    def error(self, message: str) -> Any:
+        m = _INVALID_CHOICE.search(message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2))
+            message += did_you_mean(m.group(1), choices)
+        super().error(message)
+
+
 def _cmd_validate(ns: argparse.Namespace) -> int:
     return _validate(ns.jobs, config_from_args(ns))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="runner", description="High-throughput batch runner for LLM chat APIs"
-    )
+    parser = _Parser(prog="runner", description="High-throughput batch runner for LLM chat APIs")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a batch of jobs")
     _add_run_options(p_run)

@@ -6,6 +6,8 @@ here: the config names the environment variable that holds the key (``api_key_en
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -89,32 +91,32 @@ class RunConfig:
     mock: Mapping[str, Any] = field(default_factory=dict)  # options for the built-in mock
 
     def __post_init__(self) -> None:
-        if self.provider not in PROVIDERS:
-            raise ConfigError(
-                f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}"
-            )
+        _check_types(self)
+        _check_choice("provider", self.provider, PROVIDERS)
         if self.provider != "mock" and not self.base_url:
             raise ConfigError(f"provider {self.provider!r} needs base_url")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        for name in ("rpm", "tpm", "max_cost", "context_window"):
+        for name in _POSITIVE:
             v = getattr(self, name)
-            if v is not None and v <= 0:
+            if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be > 0, got {v}")
-        if self.timeout <= 0 or self.connect_timeout <= 0:
-            raise ConfigError("timeout and connect_timeout must be > 0")
-        if self.cache not in ("warm", "none"):
-            raise ConfigError(f"cache must be 'warm' or 'none', got {self.cache!r}")
-        if self.order not in ("completion", "input"):
-            raise ConfigError(f"order must be 'completion' or 'input', got {self.order!r}")
-        if self.progress not in ("auto", "bar", "log", "off"):
-            raise ConfigError(f"progress must be auto, bar, log or off, got {self.progress!r}")
+        for name in _NON_NEGATIVE:
+            v = getattr(self, name)
+            if not v >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {v}")
+        if not 0 < self.breaker_error_rate <= 1:
+            raise ConfigError(
+                f"breaker_error_rate must be in (0, 1], got {self.breaker_error_rate}"
+            )
+        _check_choice("cache", self.cache, ("warm", "none"))
+        _check_choice("order", self.order, ("completion", "input"))
+        _check_choice("progress", self.progress, ("auto", "bar", "log", "off"))
         if self.max_active_groups < 1 or self.read_ahead < 1:
             raise ConfigError("max_active_groups and read_ahead must be >= 1")
-        if self.anthropic_cache_ttl not in ("5m", "1h"):
-            raise ConfigError("anthropic_cache_ttl must be '5m' or '1h'")
+        _check_choice("anthropic_cache_ttl", self.anthropic_cache_ttl, ("5m", "1h"))
 
     def api_key(self) -> str | None:
         """The key from the environment variable the config names (never from the file)."""
@@ -143,6 +145,60 @@ class RunConfig:
 
 _PATH_FIELDS = {"output", "latency", "summary", "contexts"}
 _FIELD_NAMES = {f.name for f in fields(RunConfig)}
+# Numbers that must be finite and > 0 (None allowed where the field is optional) or >= 0.
+_POSITIVE = (
+    "rpm",
+    "tpm",
+    "max_cost",
+    "context_window",
+    "timeout",
+    "connect_timeout",
+    "cache_ttl_s",
+    "key_rpm",
+    "max_line_bytes",
+    "breaker_min_requests",
+)
+_NON_NEGATIVE = ("min_cacheable_tokens", "drain_s")
+# What each annotation accepts; bool is never accepted for a number.
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), "a string"),
+    "bool": ((bool,), "true or false"),
+    "Path": ((Path,), "a path"),
+    "Mapping[str, str]": ((Mapping,), "a table"),
+    "Mapping[str, Any]": ((Mapping,), "a table"),
+    "Mapping[str, Price]": ((Mapping,), "a table"),
+}
+
+
+def _check_types(config: RunConfig) -> None:
+    """Every field has the type its annotation names, and every number is finite."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kind = str(f.type)
+        optional = kind.endswith(" | None")
+        if optional:
+            kind = kind[: -len(" | None")]
+        if value is None and optional:
+            continue
+        types, words = _KINDS[kind]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise ConfigError(f"{f.name} must be {words}, got {value!r} ({type(value).__name__})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        hint = did_you_mean(value, choices)
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}{hint}")
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _parse_prices(raw: Any, where: str) -> dict[str, Price]:
@@ -159,6 +215,9 @@ def _parse_prices(raw: Any, where: str) -> dict[str, Price]:
     return out
 
 
+_CACHE_KEYS = ("strategy", "ttl_s", "max_active_groups", "key_rpm", "min_cacheable_tokens")
+
+
 def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunConfig:
     """Build a config from a parsed TOML document. Tables: params, headers, prices, mock, cache."""
     flat: dict[str, Any] = {}
@@ -168,7 +227,9 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
             for ck, cv in value.items():
                 name = {"strategy": "cache", "ttl_s": "cache_ttl_s"}.get(ck, ck)
                 if name not in _FIELD_NAMES:
-                    raise ConfigError(f"{where}: unknown key cache.{ck}")
+                    raise ConfigError(
+                        f"{where}: unknown key cache.{ck}{did_you_mean(ck, _CACHE_KEYS)}"
+                    )
                 flat[name] = cv
         elif key == "prices":
             flat["prices"] = _parse_prices(value, where)
@@ -176,10 +237,11 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
             name = key.replace("-", "_")
             flat[name] = Path(value) if name in _PATH_FIELDS and value is not None else value
         else:
-            raise ConfigError(f"{where}: unknown key {key!r}")
+            known = sorted(_FIELD_NAMES | {"prices"})
+            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}")
     try:
         return RunConfig(**flat)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 

@@ -12,7 +12,9 @@ conditions that end a run or reject its input before anything is sent::
         ├── AuthError
         ├── QuotaError
         ├── CircuitOpen
-        └── BudgetExceeded
+        ├── BudgetExceeded
+        └── EndpointError    404/405/501 from the completion endpoint (exit 2 before any
+                             success, else 3)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "BudgetExceeded",
     "CircuitOpen",
     "ConfigError",
+    "EndpointError",
     "GuardTripped",
     "InputError",
     "QuotaError",
@@ -74,3 +77,9 @@ class CircuitOpen(GuardTripped):
 
 class BudgetExceeded(GuardTripped):
     code = "max_cost"
+
+
+class EndpointError(GuardTripped):
+    """The completion endpoint answered 404, 405 or 501: the base URL or model is wrong."""
+
+    code = "endpoint"

@@ -93,7 +93,7 @@ class ErrorInfo:
     """Why an attempt failed, already classified by the provider that saw the wire."""
 
     # rate_limited, overloaded, timeout, connection, http_4xx, http_5xx, auth, insufficient_quota,
-    # bad_response, stream_error, invalid_input
+    # bad_response, stream_error, invalid_input, http_409, endpoint (wrong URL or model)
     code: str
     message: str
     retriable: bool
@@ -153,6 +153,7 @@ class LatencyRecord:
     completion_tokens: int = 0
     request_id: str | None = None
     error_code: str | None = None
+    model: str | None = None  # the model the job was sent to (prices it on a rebuild)
     itl_ms: list[float] | None = field(default=None)
 
 

@@ -25,7 +25,14 @@ import orjson
 
 from .cache import Dispatch, Scheduler
 from .config import RunConfig
-from .errors import AuthError, BudgetExceeded, CircuitOpen, GuardTripped, QuotaError
+from .errors import (
+    AuthError,
+    BudgetExceeded,
+    CircuitOpen,
+    EndpointError,
+    GuardTripped,
+    QuotaError,
+)
 from .models import (
     Attempt,
     BadLine,
@@ -102,6 +109,10 @@ class _Abandon(Exception):
 
 
 _CANCELLED = ErrorInfo("cancelled", "request cancelled", retriable=True)
+_FATAL: dict[str, type[GuardTripped]] = {
+    "insufficient_quota": QuotaError,
+    "endpoint": EndpointError,
+}
 
 
 class Engine:
@@ -124,7 +135,8 @@ class Engine:
         self.limiter = limiter
         self.stats = LiveStats()
         self.price: Price | None = config.price()
-        self.summary = SummaryBuilder(self.price)
+        # One pricing path: every job is priced by the model it is sent with.
+        self.summary = SummaryBuilder(None, price_of=config.price)
         self.policy = RetryPolicy(max_attempts=config.max_attempts)
         self.scheduler = Scheduler(
             strategy=config.cache,
@@ -155,6 +167,7 @@ class Engine:
         self._guard: GuardTripped | None = None
         self._bug: BaseException | None = None
         self._inflight_cost = 0.0
+        self._held: Dispatch | None = None  # waits for in-flight requests to settle (budget)
         self._breaker: deque[bool] = deque(maxlen=max(1, config.breaker_min_requests))
         self._breaker_failures = 0
         self._run_id = os.urandom(6).hex()
@@ -275,16 +288,13 @@ class Engine:
         sched = self.scheduler
         loop = asyncio.get_running_loop()
         while self._inflight < self._concurrency:
-            d = sched.next(self._concurrency - self._inflight)
+            d, self._held = self._held or sched.next(self._concurrency - self._inflight), None
             if d is None:
                 return
             est = 0.0
-            if self.price is not None and self.config.max_cost is not None:
-                # The length estimate can be far off, so also assume each request costs what
-                # the average finished one did: the budget must never be crossed.
-                est = max(self._est_cost(d.job), self._avg_cost())
-                if self.stats.billed + self._inflight_cost + est > self.config.max_cost:
-                    self._trip(BudgetExceeded(f"--max-cost {self.config.max_cost} USD reached"))
+            if self.config.max_cost is not None:
+                est = self._budget_check(d)
+                if est < 0:
                     return
                 self._inflight_cost += est
             self._inflight += 1
@@ -295,14 +305,45 @@ class Engine:
             # first step never runs its body, yet must still free its slot.
             t.add_done_callback(functools.partial(self._done, d, est))
 
+    def _budget_check(self, d: Dispatch) -> float:
+        """The request's worst-case cost, or -1 when it must not be sent now.
+
+        Worst case: its prompt estimate at the input price plus its ``max_tokens`` at the
+        output price (or the average finished request, if more). When that would cross the
+        budget even with nothing in flight, the run stops; when only what is in flight stands
+        in the way, the request waits for it to settle, so the budget is spent, not reserved.
+        """
+        budget = self.config.max_cost
+        assert budget is not None
+        price = self.config.price(d.job.model)
+        billed, inflight = self.stats.billed, self._inflight_cost
+        if price is None:
+            model = d.job.model or self.config.model
+            self._trip(BudgetExceeded(f"no price for model {model!r}: --max-cost cannot be kept"))
+            return -1.0
+        # The length estimate can be off, so also assume each request costs what the average
+        # finished one did.
+        est = max(self._est_cost(d.job, price), self._avg_cost())
+        if billed + est > budget:
+            self._trip(
+                BudgetExceeded(
+                    f"stopped at ${billed:.4f} billed, ${inflight:.4f} in flight, budget "
+                    f"${budget:g}: the next request could cost up to ${est:.4f}"
+                )
+            )
+            return -1.0
+        if billed + inflight + est > budget:
+            self._held = d
+            return -1.0
+        return est
+
     def _avg_cost(self) -> float:
         n = self.stats.ok + self.stats.failed
         return self.stats.billed / n if n else 0.0
 
-    def _est_cost(self, job: Job) -> float:
-        assert self.price is not None
+    def _est_cost(self, job: Job, price: Price) -> float:
         return cost_of(
-            estimate_tokens(job.prompt_chars), 0, 0, job.max_tokens or self._default_max, self.price
+            estimate_tokens(job.prompt_chars), 0, 0, job.max_tokens or self._default_max, price
         )[0]
 
     async def _work(self, d: Dispatch) -> bool:
@@ -335,7 +376,7 @@ class Engine:
                         self.scheduler.answered(d, True)
                     break
                 if err.fatal:
-                    cls = QuotaError if err.code == "insufficient_quota" else AuthError
+                    cls = _FATAL.get(err.code, AuthError)
                     self._trip(cls(err.message))
                     raise _Abandon
                 if primer and attempts == 1:
@@ -385,11 +426,16 @@ class Engine:
         if a.usage is not None:
             u = a.usage
             self.summary.add_usage(
-                u.prompt_tokens, u.cached_tokens or 0, u.cache_write_tokens, u.completion_tokens
+                u.prompt_tokens,
+                u.cached_tokens or 0,
+                u.cache_write_tokens,
+                u.completion_tokens,
+                model=job.model,
             )
-            if self.price is not None:
+            price = self.config.price(job.model)
+            if price is not None:
                 billed, uncached = cost_of(
-                    u.prompt_tokens, u.cached_tokens or 0, u.cache_write_tokens, 0, self.price
+                    u.prompt_tokens, u.cached_tokens or 0, u.cache_write_tokens, 0, price
                 )
                 self.stats.billed += billed
                 self.stats.uncached += uncached
@@ -441,6 +487,7 @@ class Engine:
             total_ms=(now - t_start) * 1000.0,
             request_id=a.request_id,
             error_code=None if err is None else err.code,
+            model=job.model or self.config.model,
             itl_ms=a.itl_ms,
         )
         stats = self.stats
@@ -452,13 +499,14 @@ class Engine:
             stats.prompt_tokens += u.prompt_tokens
             stats.cached_tokens += u.cached_tokens or 0
             stats.completion_tokens += u.completion_tokens
-            if self.price is not None:
+            price = self.config.price(job.model)
+            if price is not None:
                 billed, uncached = cost_of(
                     u.prompt_tokens,
                     u.cached_tokens or 0,
                     u.cache_write_tokens,
                     u.completion_tokens,
-                    self.price,
+                    price,
                 )
                 stats.billed += billed
                 stats.uncached += uncached

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,20 +234,28 @@ class SummaryBuilder:
     """Accumulates latency records into the summary JSON of SPEC section 3 plus extras.
 
     :param price: prices for the cost section; None gives ``"cost": null``.
+    :param price_of: the price of a model (``None``: the run's model); when given, each record
+        is priced by its own ``model`` (the one pricing path of a run, its resume and
+        ``validate``), and the cost is null when any record with tokens has no price.
     :param slo_ms: optional ``{"ttft": ms, "tpot": ms, "latency": ms}`` bounds; when given, the
         summary has a ``goodput`` section: successful requests meeting every bound.
     :param exact_limit: samples per distribution kept exactly before switching to buckets.
     """
 
     __slots__ = (
+        "_billed",
         "_by_error",
         "_first_queued",
         "_good",
         "_last_ended",
         "_limiter_ms",
+        "_models",
+        "_price_of",
         "_retries",
         "_roles",
         "_slo",
+        "_uncached",
+        "_unpriced",
         "cache_write",
         "cached",
         "cached_unreported",
@@ -270,8 +278,14 @@ class SummaryBuilder:
         *,
         slo_ms: Mapping[str, float] | None = None,
         exact_limit: int = DEFAULT_EXACT_LIMIT,
+        price_of: Callable[[str | None], Price | None] | None = None,
     ) -> None:
         self.price = price
+        self._price_of = price_of
+        self._billed = 0.0
+        self._uncached = 0.0
+        self._unpriced = 0
+        self._models: dict[str, int] = {}
         self._slo: _Slo | None = None
         if slo_ms:
             unknown = set(slo_ms) - {"ttft", "tpot", "latency"}
@@ -299,9 +313,18 @@ class SummaryBuilder:
         self._first_queued = math.inf
         self._last_ended = -math.inf
 
-    def add_usage(self, prompt: int, cached: int, cache_write: int, completion: int) -> None:
+    def add_usage(
+        self,
+        prompt: int,
+        cached: int,
+        cache_write: int,
+        completion: int,
+        *,
+        model: str | None = None,
+    ) -> None:
         """Tokens billed by a request that is not a job (a cache pre-warm): cost, not latency."""
         self.overhead_requests += 1
+        self._price(model, prompt, cached, cache_write, completion)
         self.prompt += prompt
         self.cached += cached
         self.cache_write += cache_write
@@ -326,6 +349,7 @@ class SummaryBuilder:
                 rec.cache_write_tokens,
                 rec.completion_tokens,
                 rec.itl_ms,
+                rec.model,
             )
         else:
             g = rec.get
@@ -345,6 +369,7 @@ class SummaryBuilder:
                 g("cache_write_tokens") or 0,
                 g("completion_tokens") or 0,
                 g("itl_ms"),
+                g("model"),
             )
 
     def _add(
@@ -364,7 +389,12 @@ class SummaryBuilder:
         cache_write: int,
         completion: int,
         itl: list[float] | None,
+        model: str | None = None,
     ) -> None:
+        if model is not None:
+            self._models[model] = self._models.get(model, 0) + 1
+        if self._price_of is not None:
+            self._price(model, prompt, cached or 0, cache_write, completion)
         if attempts > 1:
             self._retries += attempts - 1
         self._limiter_ms += limiter_ms
@@ -491,14 +521,35 @@ class SummaryBuilder:
             }
         if self.overhead_requests:
             out["overhead_requests"] = self.overhead_requests  # pre-warms: billed, not jobs
+        if self._models:
+            out["models"] = dict(sorted(self._models.items()))  # jobs sent to each model
         return out
 
+    def _price(
+        self, model: str | None, prompt: int, cached: int, cache_write: int, completion: int
+    ) -> None:
+        if self._price_of is None:
+            return
+        price = self._price_of(model)
+        if price is None:
+            if prompt or completion:
+                self._unpriced += 1
+            return
+        billed, uncached = cost_of(prompt, cached, cache_write, completion, price)
+        self._billed += billed
+        self._uncached += uncached
+
     def _cost(self) -> dict[str, Any] | None:
-        if self.price is None:
+        if self._price_of is not None:
+            if self._unpriced or (self._price_of(None) is None and not self._billed):
+                return None
+            billed, uncached = self._billed, self._uncached
+        elif self.price is None:
             return None
-        billed, uncached = cost_of(
-            self.prompt, self.cached, self.cache_write, self.completion, self.price
-        )
+        else:
+            billed, uncached = cost_of(
+                self.prompt, self.cached, self.cache_write, self.completion, self.price
+            )
         return {
             "currency": "USD",
             "billed": round(billed, 8),

@@ -52,7 +52,7 @@ def whole_output_summary(
 
     :raises SinkError: the latency file cannot be read.
     """
-    builder = SummaryBuilder(config.price())
+    builder = SummaryBuilder(None, price_of=config.price)
     try:
         with open(latency_path, "rb") as fh:
             for raw in fh:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from time import perf_counter
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import orjson
@@ -204,6 +204,10 @@ def retry_delay(headers: Headers, *, kind: str | None, message: str) -> float | 
     return delay
 
 
+#: Statuses of the completion endpoint that mean the URL or model is wrong for every job.
+WRONG_ENDPOINT: Final = frozenset({404, 405, 501})
+
+
 def status_error(status: int, message: str, headers: Headers) -> ErrorInfo:
     """The classification shared by both providers for statuses without a special meaning."""
     text = http_message(status, message)
@@ -212,7 +216,8 @@ def status_error(status: int, message: str, headers: Headers) -> ErrorInfo:
     if status == 408:  # the server gave up waiting for us: a timeout, worth another try
         return ErrorInfo("timeout", text, True, parse_retry_after(headers))
     if status == 409:  # a conflict with a concurrent request; the SDKs retry it
-        return ErrorInfo("http_4xx", text, True, parse_retry_after(headers))
+        # its own code, so that --retry-failed (which retries http_409) sends it again
+        return ErrorInfo("http_409", text, True, parse_retry_after(headers))
     if status == 429:
         return ErrorInfo(
             "rate_limited", text, True, retry_delay(headers, kind=None, message=message)
@@ -431,6 +436,16 @@ class HTTPBackend:
             )
         return self._json_attempt(status, headers, raw, rate, latency)
 
+    def _endpoint_error(self, status: int, message: str) -> ErrorInfo:
+        """404/405/501 from the completion endpoint: the URL (or model) is wrong for every job."""
+        return ErrorInfo(
+            "endpoint",
+            f"POST {self._url} answered {message}: this is not a chat endpoint for this "
+            "provider; check the base URL (does it end in /v1?) and the model name",
+            retriable=False,
+            fatal=True,
+        )
+
     def _scrubbed(self, info: ErrorInfo) -> ErrorInfo:
         if self._api_key is None:
             return info
@@ -476,6 +491,8 @@ class HTTPBackend:
         else:
             detail = body
         error = self._scrubbed(self.classify(status, detail, headers))
+        if status in WRONG_ENDPOINT:
+            error = self._endpoint_error(status, error.message)
         return Attempt(
             status=status,
             body=body,
@@ -522,8 +539,9 @@ class HTTPBackend:
     async def probe(self) -> ErrorInfo | None:
         """A cheap pre-flight: ``GET /models`` catches a wrong key or an unreachable URL.
 
-        Only an auth failure or a transport failure is reported; any other status (404 from
-        servers without ``/models``, a transient 429 or 5xx) says nothing about the setup.
+        Reported: an auth failure, a transport failure, and an answer that is HTML or not JSON
+        at all (a web page, not an API: likely a wrong base URL). A JSON 404 from servers without
+        ``/models`` or a transient 429 or 5xx says nothing about the setup.
         """
         timeout = aiohttp.ClientTimeout(
             total=min(self._config.timeout, PROBE_TIMEOUT_S),
@@ -534,10 +552,26 @@ class HTTPBackend:
                 status = resp.status
                 raw = await resp.read()
                 headers = resp.headers
+                ctype = resp.content_type
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return self._scrubbed(error_from_exception(exc))
         if status not in (401, 403):
-            return None
+            if status == 429 or (status >= 500 and status != 501):
+                return None  # transient: says nothing about the URL
+            what = "an HTML page" if ctype == "text/html" else None
+            if what is None:
+                try:
+                    orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    what = "a body that is not JSON"
+            if what is None:
+                return None
+            return ErrorInfo(
+                "endpoint",
+                f"GET {self._models_url} answered HTTP {status} with {what}: this looks like "
+                "a web server, not the provider's API; check the base URL (does it end in /v1?)",
+                retriable=False,
+            )
         try:
             body: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:

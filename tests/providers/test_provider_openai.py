@@ -453,7 +453,7 @@ def limited(delay: float | None) -> tuple[str, bool, bool, float | None]:
         (429, err("Please try again in 20 seconds."), {}, limited(20.0)),
         (429, err("Too many requests"), {}, limited(None)),
         (408, err("Request timed out"), {}, ("timeout", True, False, None)),
-        (409, err("Conflict"), {}, ("http_4xx", True, False, None)),
+        (409, err("Conflict"), {}, ("http_409", True, False, None)),
         (400, err("Invalid 'messages'", "invalid_request_error"), {},
          ("http_4xx", False, False, None)),
         (404, err("The model `x` does not exist"), {}, ("http_4xx", False, False, None)),
