@@ -742,7 +742,11 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
         "cache hit",
         f"{summary['cache_hit_ratio'] * 100:.1f}%" + (f" ({by_role})" if by_role else ""),
     )
-    head.add_row("retries", f"{summary['retries']}, limiter wait {summary['limiter_wait_s']:.2f} s")
+    head.add_row(
+        "retries",
+        f"{summary['retries']}, limiter wait {summary['limiter_wait_s']:.2f} s "
+        "summed over requests",
+    )
     cost = summary.get("cost")
     if cost:
         head.add_row(
