@@ -20,7 +20,7 @@ from .errors import AuthError, ConfigError, InputError, SinkError
 from .jobs import load_contexts, read_jobs
 from .limits import RateController
 from .models import BadLine, Job
-from .outputs import OutputPlan, check_outputs, plan_outputs
+from .outputs import check_outputs, plan_outputs
 from .pipeline import Engine, LiveStats, RunOutcome, Sink
 from .preflight import check_prices
 from .progress import make_progress
@@ -85,20 +85,10 @@ async def run(
     started_at = time.time()
     jobs_path: Path | None = None
     items: Iterable[Job | BadLine]
-    plan: OutputPlan | None = None
     if isinstance(jobs, str | Path):
         jobs_path = Path(jobs)
-    if sink is None or config.summary is not None:
-        # Every output path is decided and checked before anything is opened for writing.
-        plan = plan_outputs(config, jobs_path if jobs_path is not None else config.output)
-        check_outputs(
-            plan,
-            [
-                ("the jobs file", jobs_path),
-                ("the contexts file", config.contexts),
-                ("the config file", config_path),
-            ],
-        )
+    # Every output path is decided and checked before anything is opened for writing.
+    summary_path = _check_paths(config, jobs_path, own_sink=sink is None, config_path=config_path)
     if jobs_path is not None:
         if jobs_path.is_dir():
             raise InputError(f"{jobs_path}: is a directory, not a jobs file")
@@ -163,14 +153,33 @@ async def run(
         outcome = _finish_outcome(
             outcome, summary, config, base_url=config.base_url, started_at=started_at
         )
-        if plan is not None:
+        if summary_path is not None:
             try:
-                write_summary(plan.summary, outcome.summary)
+                write_summary(summary_path, outcome.summary)
             except SinkError as exc:
                 # The figures are not lost: the caller still gets (and the CLI prints) them.
                 outcome.summary["summary_error"] = str(exc)
                 outcome = replace(outcome, exit_code=outcome.exit_code or exc.exit_code)
         return outcome
+
+
+def _check_paths(
+    config: RunConfig, jobs_path: Path | None, *, own_sink: bool, config_path: Path | None
+) -> Path | None:
+    """Check every path the run writes (see :mod:`runner.outputs`); the summary's, if any."""
+    inputs = [
+        ("the jobs file", jobs_path),
+        ("the contexts file", config.contexts),
+        ("the config file", config_path),
+    ]
+    if own_sink or jobs_path is not None:
+        plan = plan_outputs(config, jobs_path if jobs_path is not None else config.output)
+        summary = ("the summary (--summary)", plan.summary)
+        check_outputs(plan.labelled() if own_sink else [summary], inputs)
+        return plan.summary
+    if config.summary is not None:
+        check_outputs([("the summary (--summary)", config.summary)], inputs)
+    return config.summary
 
 
 def _finish_outcome(

@@ -125,15 +125,19 @@ def _check_writable(label: str, path: Path) -> None:
         raise ConfigError(f"{label} {path}: cannot create files in {parent} (not writable)")
 
 
-def check_outputs(plan: OutputPlan, inputs: Iterable[tuple[str, Path | None]]) -> None:
+def check_outputs(
+    outputs: Iterable[tuple[str, Path]], inputs: Iterable[tuple[str, Path | None]]
+) -> None:
     """Refuse outputs that are inputs, coincide with each other, or cannot be written.
 
+    :param outputs: ``(label, path)`` of every file the run writes (:meth:`OutputPlan.labelled`).
     :param inputs: ``(label, path)`` of every file the run reads (``None`` paths are skipped).
     :raises ConfigError: naming both files, before anything is opened for writing.
     """
     ins = [(label, path, _identity(path)) for label, path in inputs if path is not None]
+    outs = list(outputs)
     seen: list[tuple[str, Path, tuple[str, tuple[int, int] | None]]] = []
-    for label, path in plan.labelled():
+    for label, path in outs:
         ident = _identity(path)
         for in_label, in_path, in_ident in ins:
             if _same(ident, in_ident):
@@ -148,5 +152,5 @@ def check_outputs(plan: OutputPlan, inputs: Iterable[tuple[str, Path | None]]) -
                     "give each output its own path"
                 )
         seen.append((label, path, ident))
-    for label, path in plan.labelled():
+    for label, path in outs:
         _check_writable(label, path)

@@ -243,7 +243,6 @@ class SummaryBuilder:
     """
 
     __slots__ = (
-        "_billed",
         "_by_error",
         "_first_queued",
         "_good",
@@ -254,8 +253,6 @@ class SummaryBuilder:
         "_retries",
         "_roles",
         "_slo",
-        "_uncached",
-        "_unpriced",
         "cache_write",
         "cached",
         "cached_unreported",
@@ -282,10 +279,9 @@ class SummaryBuilder:
     ) -> None:
         self.price = price
         self._price_of = price_of
-        self._billed = 0.0
-        self._uncached = 0.0
-        self._unpriced = 0
-        self._models: dict[str, int] = {}
+        # model -> [jobs, prompt, cached, cache_write, completion]: cost is linear in tokens, so
+        # pricing the per-model sums once at the end is exact and keeps add() cheap.
+        self._models: dict[str | None, list[int]] = {}
         self._slo: _Slo | None = None
         if slo_ms:
             unknown = set(slo_ms) - {"ttft", "tpot", "latency"}
@@ -324,7 +320,7 @@ class SummaryBuilder:
     ) -> None:
         """Tokens billed by a request that is not a job (a cache pre-warm): cost, not latency."""
         self.overhead_requests += 1
-        self._price(model, prompt, cached, cache_write, completion)
+        self._by_model(model, prompt, cached, cache_write, completion, jobs=0)
         self.prompt += prompt
         self.cached += cached
         self.cache_write += cache_write
@@ -391,10 +387,14 @@ class SummaryBuilder:
         itl: list[float] | None,
         model: str | None = None,
     ) -> None:
-        if model is not None:
-            self._models[model] = self._models.get(model, 0) + 1
-        if self._price_of is not None:
-            self._price(model, prompt, cached or 0, cache_write, completion)
+        m = self._models.get(model)
+        if m is None:
+            m = self._models[model] = [0, 0, 0, 0, 0]
+        m[0] += 1
+        m[1] += prompt
+        m[2] += cached or 0
+        m[3] += cache_write
+        m[4] += completion
         if attempts > 1:
             self._retries += attempts - 1
         self._limiter_ms += limiter_ms
@@ -521,29 +521,51 @@ class SummaryBuilder:
             }
         if self.overhead_requests:
             out["overhead_requests"] = self.overhead_requests  # pre-warms: billed, not jobs
-        if self._models:
-            out["models"] = dict(sorted(self._models.items()))  # jobs sent to each model
+        models = {m: v[0] for m, v in self._models.items() if m is not None and v[0]}
+        if models:
+            out["models"] = dict(sorted(models.items()))  # jobs sent to each model
         return out
 
-    def _price(
-        self, model: str | None, prompt: int, cached: int, cache_write: int, completion: int
+    def _by_model(
+        self,
+        model: str | None,
+        prompt: int,
+        cached: int,
+        cache_write: int,
+        completion: int,
+        *,
+        jobs: int = 1,
     ) -> None:
-        if self._price_of is None:
-            return
-        price = self._price_of(model)
-        if price is None:
-            if prompt or completion:
-                self._unpriced += 1
-            return
-        billed, uncached = cost_of(prompt, cached, cache_write, completion, price)
-        self._billed += billed
-        self._uncached += uncached
+        m = self._models.get(model)
+        if m is None:
+            m = self._models[model] = [0, 0, 0, 0, 0]
+        m[0] += jobs
+        m[1] += prompt
+        m[2] += cached
+        m[3] += cache_write
+        m[4] += completion
+
+    def _priced(self) -> tuple[float, float] | None:
+        """(billed, uncached) with each model's tokens at its price; None if any lacks one."""
+        assert self._price_of is not None
+        billed = uncached = 0.0
+        for model, (_, prompt, cached, write, completion) in self._models.items():
+            if not (prompt or completion):
+                continue
+            price = self._price_of(model)
+            if price is None:
+                return None
+            b, u = cost_of(prompt, cached, write, completion, price)
+            billed += b
+            uncached += u
+        return billed, uncached
 
     def _cost(self) -> dict[str, Any] | None:
         if self._price_of is not None:
-            if self._unpriced or (self._price_of(None) is None and not self._billed):
+            priced = self._priced()
+            if priced is None or (self._price_of(None) is None and not priced[0]):
                 return None
-            billed, uncached = self._billed, self._uncached
+            billed, uncached = priced
         elif self.price is None:
             return None
         else:

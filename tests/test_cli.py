@@ -68,7 +68,10 @@ def run_args(url: str, jobs: Path, *extra: str) -> list[str]:
 
 
 def result_ids(tmp: Path) -> Counter[str]:
-    raw = (tmp / "jobs.results.jsonl").read_bytes()
+    path = tmp / "jobs.results.jsonl"
+    if not path.exists():
+        return Counter()  # killed before the pre-flight checks passed: nothing was created
+    raw = path.read_bytes()
     assert raw == b"" or raw.endswith(b"\n"), "partial last line"
     return Counter(orjson.loads(line)["custom_id"] for line in raw.splitlines())
 
