@@ -231,3 +231,23 @@ def test_a_summary_that_cannot_be_written_keeps_the_figures_and_no_tmp(
     assert "the summary could not be written" in err and "No space left" in err
     assert not list(tmp_path.glob("*.tmp"))
     assert not (tmp_path / "jobs.summary.json").exists()
+
+
+def test_a_directory_the_run_may_not_write_is_exit_2_before_any_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root writes through permission bits, so the refusal of the kernel is simulated here.
+    jobs = write_jobs(tmp_path, 3)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+
+    def access(path: str | os.PathLike[str], mode: int, **kw: object) -> bool:
+        return False if Path(path) == ro else real_access(path, mode)
+
+    monkeypatch.setattr("runner.outputs.os.access", access)
+    code, err = cli_run(
+        capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)), "--summary", str(ro / "s.json")
+    )
+    assert code == 2 and f"cannot create files in {ro}" in err
+    assert not (tmp_path / "jobs.results.jsonl").exists()
