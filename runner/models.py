@@ -6,6 +6,7 @@ Standard library only. Records are slotted dataclasses so that orjson serialises
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -169,5 +170,7 @@ class Price:
     def __post_init__(self) -> None:
         for name in ("input", "output", "cached_input", "cache_write"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int | float) or v < 0):
-                raise ValueError(f"price {name} must be a non-negative number, got {v!r}")
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf
+            ):
+                raise ValueError(f"price {name} must be a finite non-negative number, got {v!r}")

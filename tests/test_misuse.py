@@ -44,6 +44,8 @@ def test_an_empty_jobs_file_warns(tmp_path: Path, capsys: pytest.CaptureFixture[
         ("max_cost = nan\n", "max_cost must be a finite number"),
         ("breaker_error_rate = 2.0\n", "breaker_error_rate must be in (0, 1]"),
         ("drain_s = -1.0\n", "drain_s must be >= 0"),
+        ('[prices."mock-1"]\ninput = nan\noutput = 1.0\n', "price input must be a finite"),
+        ('[prices."mock-1"]\ninput = 1.0\noutput = inf\n', "price output must be a finite"),
     ],
 )
 def test_a_bad_config_value_is_one_clear_line(
