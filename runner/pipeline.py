@@ -332,8 +332,8 @@ class Engine:
                 )
             )
             return -1.0
-        if billed + inflight + est > budget:
-            self._held = d
+        if self._inflight and billed + inflight + est > budget:
+            self._held = d  # sent once in-flight requests settle (_done pumps again)
             return -1.0
         return est
 
