@@ -736,6 +736,18 @@ def _fmt_ms(d: Mapping[str, float] | None, key: str) -> str:
     return f"{v / 1000:.2f} s" if v >= 10_000 else f"{v:.1f}"
 
 
+def _this_run(summary: Mapping[str, Any]) -> str:
+    skipped = summary["jobs"]["skipped_resumed"]
+    if not skipped:
+        return ""
+    run = summary.get("this_run")
+    if run is None:
+        return f", {skipped} resumed"
+    return (
+        f" in the output; this run {run['ok']} ok, {run['failed']} failed, {skipped} already done"
+    )
+
+
 def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") -> str:
     """A compact table of a summary for a terminal (stderr at the end of a run)."""
     jobs = summary["jobs"]
@@ -748,7 +760,7 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
         "jobs",
         f"{jobs['ok']} ok, {jobs['failed']} failed"
         + (f" ({errors})" if errors else "")
-        + (f", {jobs['skipped_resumed']} resumed" if jobs["skipped_resumed"] else ""),
+        + _this_run(summary),
     )
     head.add_row("wall", f"{summary['wall_s']:.2f} s, {summary['requests_per_s']:.1f} req/s")
     head.add_row(

@@ -37,6 +37,7 @@ def test_a_rerun_over_failures_exits_1_and_its_summary_covers_every_job(
         assert summary["this_run"]["tokens"]["prompt"] == 0
         assert summary["exit_code"] == 1
         assert "30 ok, 1 failed" in err  # the table shows the whole output too
+        assert "this run 0 ok, 0 failed, 31 already done" in err
 
 
 def test_an_interrupted_then_resumed_run_reports_the_whole_cost(
