@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import AuthError, ConfigError, InputError, SinkError
+from .explicit_cache import CacheStore, ExplicitCaches, run_tag
 from .jobs import load_contexts, read_jobs
 from .limits import RateController
 from .models import BadLine, Job
@@ -25,7 +26,7 @@ from .pipeline import Engine, LiveStats, RunOutcome, Sink
 from .preflight import check_prices
 from .progress import make_progress
 from .providers import open_backend
-from .sinks import open_outputs, write_summary
+from .sinks import MetaCacheJournal, open_outputs, write_summary
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
 
 __all__ = ["count_lines", "run"]
@@ -123,6 +124,9 @@ async def run(
             outputs = open_outputs(config, jobs_path=jobs_path, model=config.model)
             stack.callback(outputs.close)
             sink = outputs
+        explicit = _explicit_caches(config, backend, jobs_path)
+        if explicit is not None:
+            await explicit.recover()  # adopt or delete what an interrupted run left behind
         engine = Engine(
             config,
             backend=backend,
@@ -131,6 +135,7 @@ async def run(
             jobs_name=str(jobs_path) if jobs_path else "jobs",
             on_tick=on_tick or (display.tick if display else None),
             release_on_first_byte=config.provider == "anthropic",
+            explicit=explicit,
         )
         if display is not None and jobs_path is not None:  # a display implies a jobs file
             try:
@@ -142,10 +147,15 @@ async def run(
         try:
             outcome = await engine.run(items)
         finally:
+            if explicit is not None:
+                # Whatever ended the run (done, a signal, a guard, a defect): leave no cache.
+                await explicit.shutdown()
             if display is not None:
                 display.close(engine.stats)
             if handle_signals:
                 _remove_signals()
+        if explicit is not None:
+            _add_cache_cost(outcome.summary, explicit, config)
         summary = outcome.summary
         if outputs is not None and outputs.skipped:
             outputs.flush()
@@ -161,6 +171,44 @@ async def run(
                 outcome.summary["summary_error"] = str(exc)
                 outcome = replace(outcome, exit_code=outcome.exit_code or exc.exit_code)
         return outcome
+
+
+def _explicit_caches(
+    config: RunConfig, backend: object, jobs_path: Path | None
+) -> ExplicitCaches | None:
+    """Explicit caches per group when the provider has them and caching is on."""
+    if config.cache != "warm" or not isinstance(backend, CacheStore):
+        return None
+    results: Path | None = None
+    if jobs_path is not None or config.output is not None:
+        results = plan_outputs(
+            config, jobs_path if jobs_path is not None else config.output
+        ).results
+    return ExplicitCaches(
+        backend,
+        tag=run_tag(str(results.resolve()) if results is not None else "in-memory"),
+        concurrency=config.concurrency,
+        min_ttl_s=config.explicit_ttl_s,
+        journal=MetaCacheJournal(results) if results is not None else None,
+    )
+
+
+def _add_cache_cost(summary: dict[str, Any], explicit: ExplicitCaches, config: RunConfig) -> None:
+    """Creation and storage of explicit caches (this invocation's), and the saving net of both."""
+    price = config.price()
+    info = explicit.cost(price)
+    summary["explicit_caches"] = info
+    cost = summary.get("cost")
+    if not cost or price is None:
+        return
+    write_rate = price.input if price.cache_write is None else price.cache_write
+    create = info["create_tokens"] * write_rate / 1e6
+    storage = info["storage_usd"]
+    total = cost["billed"] + create + storage
+    cost["cache_create"] = round(create, 8)
+    cost["storage"] = round(storage, 10)
+    cost["billed_total"] = round(total, 8)
+    cost["saving_net"] = round(1.0 - total / cost["uncached"], 6) if cost["uncached"] else 0.0
 
 
 def _check_paths(

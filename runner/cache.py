@@ -139,6 +139,11 @@ class Scheduler:
             return self._ready.popleft()
         return None
 
+    def pending(self, key: str) -> int | None:
+        """Jobs of group ``key`` held or in flight; None once the group has closed."""
+        g = self._groups.get(key)
+        return None if g is None else len(g.held) + g.in_flight
+
     @property
     def held(self) -> int:
         return sum(len(self._groups[k].held) for k in self._active)

@@ -36,7 +36,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency", type=Path, help="latency JSONL (default JOBS.latency.jsonl)")
     p.add_argument("--summary", type=Path, help="summary JSON (default JOBS.summary.json)")
     p.add_argument("--contexts", type=Path, help="contexts JSONL for compact jobs")
-    p.add_argument("--provider", choices=["openai", "anthropic", "mock"])
+    p.add_argument("--provider", choices=["openai", "anthropic", "gemini", "mock"])
     p.add_argument("--base-url", help="API base URL, e.g. https://api.openai.com/v1")
     p.add_argument("--model")
     p.add_argument("--api-key-env", help="name of the environment variable holding the key")

@@ -38,7 +38,8 @@ DEFAULT_READ_AHEAD = 16384
 DEFAULT_DRAIN_S = 30.0
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 
-PROVIDERS = ("mock", "openai", "anthropic")
+PROVIDERS = ("mock", "openai", "anthropic", "gemini")
+DEFAULT_EXPLICIT_TTL_S = 300.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +70,7 @@ class RunConfig:
     anthropic_version: str = "2023-06-01"
     anthropic_cache_ttl: str = "5m"
     anthropic_prewarm: bool = False
+    explicit_ttl_s: float = DEFAULT_EXPLICIT_TTL_S  # shortest TTL of an explicit cache (Gemini)
     # io
     output: Path | None = None
     latency: Path | None = None
@@ -154,6 +156,7 @@ _POSITIVE = (
     "timeout",
     "connect_timeout",
     "cache_ttl_s",
+    "explicit_ttl_s",
     "key_rpm",
     "max_line_bytes",
     "breaker_min_requests",

@@ -166,9 +166,10 @@ class Price:
     output: float
     cached_input: float | None = None  # defaults to input (no discount)
     cache_write: float | None = None  # defaults to input
+    cache_storage: float | None = None  # explicit caches: USD per 1M tokens per hour stored
 
     def __post_init__(self) -> None:
-        for name in ("input", "output", "cached_input", "cache_write"):
+        for name in ("input", "output", "cached_input", "cache_write", "cache_storage"):
             v = getattr(self, name)
             if v is not None and (
                 isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -45,6 +45,9 @@ from .models import (
 )
 from .retry import RetryPolicy
 from .stats import SummaryBuilder, cost_of
+
+if TYPE_CHECKING:
+    from .explicit_cache import ExplicitCaches
 
 __all__ = ["Backend", "Engine", "LiveStats", "RunOutcome", "Sink"]
 
@@ -128,8 +131,10 @@ class Engine:
         jobs_name: str = "jobs",
         on_tick: Callable[[LiveStats], None] | None = None,
         release_on_first_byte: bool = False,
+        explicit: ExplicitCaches | None = None,
     ) -> None:
         self.config = config
+        self.explicit = explicit  # explicit provider caches per group (Gemini cachedContents)
         self.backend = backend
         self.sink = sink
         self.limiter = limiter
@@ -358,14 +363,18 @@ class Engine:
         attempts = 0
         limiter_s = 0.0
         a: Attempt | None = None
+        explicit = self.explicit if d.group is not None else None
         try:
             if primer and self.config.anthropic_prewarm and self._first_byte:
                 await self._prewarm(d)
+            if explicit is not None:
+                await self._open_explicit(explicit, d)
             while True:
                 attempts += 1
+                key = d.cache_key if explicit is None else explicit.key(d.group)
                 limiter_s += await self.limiter.acquire(est)
                 try:
-                    a = await self.backend.send(job, cache_key=d.cache_key, on_first_byte=cb)
+                    a = await self.backend.send(job, cache_key=key, on_first_byte=cb)
                 except BaseException:
                     self.limiter.release(est, Attempt(status=None, error=_CANCELLED))
                     raise
@@ -374,7 +383,14 @@ class Engine:
                 if err is None:
                     if primer:
                         self.scheduler.answered(d, True)
+                    if explicit is not None:
+                        explicit.answered(a.latency_ms / 1000.0)
                     break
+                if explicit is not None and key is not None and err.code == "cache_missing":
+                    # The group's cache expired or vanished: recreate it (or fall back to the
+                    # full prompt) and send again at once; this is not the job's failure.
+                    await explicit.lost(d.group or "", key, job, self._group_left(d))
+                    continue
                 if err.fatal:
                     cls = _FATAL.get(err.code, AuthError)
                     self._trip(cls(err.message))
@@ -392,6 +408,20 @@ class Engine:
             return True
         except _Abandon:
             return False  # no result line: the job stays unsent for a resume
+
+    def _group_left(self, d: Dispatch) -> int:
+        return (self.scheduler.pending(d.group) or 1) if d.group is not None else 1
+
+    async def _open_explicit(self, explicit: ExplicitCaches, d: Dispatch) -> None:
+        """A primer opens its group's explicit cache, then releases the followers; others
+        only extend the cache when it is close to expiring."""
+        if d.role == "primer":
+            assert d.group is not None
+            await explicit.open(d.group, d.job, self._group_left(d))
+            self.scheduler.answered(d, True)
+            self._pump()
+        else:
+            explicit.touch(d.group, self._group_left(d))
 
     def _done(self, d: Dispatch, est_cost: float, task: asyncio.Task[bool]) -> None:
         self._tasks.discard(task)
@@ -411,6 +441,9 @@ class Engine:
         if not written and d.role == "primer":
             self.scheduler.answered(d, False)
         self.scheduler.finished(d)
+        if self.explicit is not None and d.group is not None and d.role != "none":
+            if self.scheduler.pending(d.group) is None:
+                self.explicit.close(d.group)  # the group's last job is answered
         if self._admitted < self._read_ahead:
             self._space.set()
         self._pump()

@@ -750,3 +750,53 @@ def _release_lock(lock_path: Path, fd: int) -> None:
         if _same_file(lock_path, fd):
             lock_path.unlink()
     os.close(fd)
+
+
+# -- explicit provider caches ---------------------------------------------------------------
+
+
+class MetaCacheJournal:
+    """Records explicit cache names in ``R.meta.json`` (``"caches": {"live", "deleted"}``) the
+    moment they are created or deleted, so a crash cannot forget one (see runner.explicit_cache).
+    """
+
+    __slots__ = ("_meta_path",)
+
+    def __init__(self, results: Path) -> None:
+        self._meta_path = _sidecar(results, ".meta.json")
+
+    def names(self) -> tuple[list[str], list[str]]:
+        """(live, deleted) names as last recorded; empty when there is no meta file."""
+        try:
+            meta = _parse(self._meta_path.read_bytes()) or {}
+        except FileNotFoundError:
+            return [], []
+        except OSError as exc:
+            raise SinkError(f"{self._meta_path}: {exc.strerror}") from exc
+        caches = meta.get("caches")
+        if not isinstance(caches, dict):
+            return [], []
+        live, deleted = caches.get("live"), caches.get("deleted")
+        return (
+            [n for n in live if isinstance(n, str)] if isinstance(live, list) else [],
+            [n for n in deleted if isinstance(n, str)] if isinstance(deleted, list) else [],
+        )
+
+    def record(self, created: list[str], deleted: list[str]) -> None:
+        try:
+            meta = _parse(self._meta_path.read_bytes())
+        except FileNotFoundError:
+            meta = None
+        except OSError as exc:
+            raise SinkError(f"{self._meta_path}: {exc.strerror}") from exc
+        if meta is None:
+            meta = {"version": META_VERSION}
+        caches = meta.get("caches")
+        if not isinstance(caches, dict):
+            caches = meta["caches"] = {"live": [], "deleted": []}
+        live = [n for n in caches.get("live") or [] if n not in deleted]
+        live.extend(n for n in created if n not in live)
+        gone = list(caches.get("deleted") or [])
+        gone.extend(n for n in deleted if n not in gone)
+        caches["live"], caches["deleted"] = live, gone[-1000:]
+        _atomic_write(self._meta_path, orjson.dumps(meta, option=orjson.OPT_INDENT_2))

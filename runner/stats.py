@@ -788,6 +788,12 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
             f"billed ${cost['billed']:.4f}, uncached ${cost['uncached']:.4f}, "
             f"saving {cost['saving'] * 100:.1f}%",
         )
+        if "storage" in cost:
+            head.add_row(
+                "caches",
+                f"create ${cost['cache_create']:.4f}, storage ${cost['storage']:.4f}, "
+                f"total ${cost['billed_total']:.4f}, saving net {cost['saving_net'] * 100:.1f}%",
+            )
     lat = Table(box=None, pad_edge=False, header_style="bold")
     cols = ("mean", "p50", "p90", "p95", "p99", "p999", "max")
     lat.add_column("ms")

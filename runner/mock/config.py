@@ -72,6 +72,10 @@ class MockConfig:
     replicas: int = 1  # OpenAI only: simulated machines, each with its own cache
     key_rpm: float = DEFAULT_KEY_RPM  # per routing key, above it traffic overflows
     report_cache_write: bool = False  # OpenAI: add prompt_tokens_details.cache_write_tokens
+    # Gemini (/v1beta): explicit cachedContents and implicit caching
+    gemini_min_cache_tokens: int = 1024  # smallest cachedContents accepted (2.5 Flash; Pro 4096)
+    gemini_implicit_cache: bool = True  # prefix caching of plain requests, as the service does
+    gemini_max_ttl_s: float | None = None  # cap every cache's TTL (makes caches expire early)
     # rate limits
     rpm: float | None = None
     tpm: float | None = None
@@ -131,6 +135,10 @@ class MockConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be > 0, got {v}")
+        if self.gemini_min_cache_tokens < 0:
+            raise ValueError("gemini_min_cache_tokens must be >= 0")
+        if self.gemini_max_ttl_s is not None and self.gemini_max_ttl_s <= 0:
+            raise ValueError("gemini_max_ttl_s must be > 0")
         if self.insufficient_quota_after is not None and self.insufficient_quota_after < 0:
             raise ValueError("insufficient_quota_after must be >= 0")
         rates = self.fault_rates()

@@ -10,6 +10,7 @@ Routes (the base URL given to clients ends in ``/v1``)::
 
     POST /v1/chat/completions   OpenAI Chat Completions, JSON or SSE
     POST /v1/messages           Anthropic Messages, JSON or SSE
+    /v1beta/...                 the Gemini API and its cachedContents (runner/mock/gemini.py)
     GET  /v1/models             model list (Anthropic shape when anthropic-version is sent)
     GET  /stats                 counters as JSON
     POST /stats/reset           zero the counters (``?cache=1`` also empties the caches)
@@ -34,6 +35,7 @@ from aiohttp.web_server import Server
 
 from .cache import Boundary, PrefixCache, ReplicaRouter, anthropic_boundaries, block_boundaries
 from .config import FAULT_KINDS, MockConfig
+from .gemini import GeminiAPI
 from .limits import Bucket, go_duration, rfc3339_after
 from .tokenizer import anthropic_text, count_tokens, openai_text
 from .wire import (
@@ -144,6 +146,7 @@ class MockServer:
         self._limited = bool(self._rpm or self._tpm or self._otpm)
         self._quota_left = cfg.insufficient_quota_after
         self._stalled: set[asyncio.Future[None]] = set()
+        self._gemini = GeminiAPI(self)  # the /v1beta routes
         self._server: Server | None = None
         self._listener: asyncio.AbstractServer | None = None
 
@@ -191,6 +194,7 @@ class MockServer:
                 "entries": sum(len(c) for c in self._caches),
                 "tokens": sum(c.used_tokens for c in self._caches),
             },
+            "gemini": self._gemini.stats(),
         }
 
     def reset_stats(self, *, clear_cache: bool = False) -> None:
@@ -204,6 +208,8 @@ class MockServer:
     async def _handle(self, request: BaseRequest) -> web.StreamResponse:
         path, _, query = request.raw_path.partition("?")
         method = request.method
+        if path.startswith("/v1beta/"):
+            return await self._gemini.handle(request, path, query)
         if method == "POST":
             if path == "/v1/chat/completions":
                 return await self._chat(request, anthropic=False)

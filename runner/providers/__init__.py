@@ -2,8 +2,10 @@
 
 ``open_backend`` owns the run's single ``aiohttp.ClientSession`` and picks the protocol:
 ``openai`` and ``mock`` (the built-in simulated provider speaks OpenAI) get
-:class:`OpenAIBackend`, ``anthropic`` gets :class:`AnthropicBackend`. A backend never raises for a
-failed request: the returned ``Attempt`` carries a classified ``ErrorInfo``.
+:class:`OpenAIBackend`, ``anthropic`` gets :class:`AnthropicBackend`, ``gemini`` gets
+:class:`GeminiBackend` (the built-in mock speaks it too, under ``/v1beta``).
+A backend never raises for a failed request: the returned ``Attempt`` carries a classified
+``ErrorInfo``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ..config import RunConfig
-from . import anthropic, openai
+from . import anthropic, gemini, openai
 from ._http import HTTPBackend, make_session
 from .anthropic import AnthropicBackend
+from .gemini import GeminiBackend
 from .openai import OpenAIBackend
 
-__all__ = ["AnthropicBackend", "HTTPBackend", "OpenAIBackend", "open_backend"]
+__all__ = ["AnthropicBackend", "GeminiBackend", "HTTPBackend", "OpenAIBackend", "open_backend"]
 
 
 @asynccontextmanager
@@ -33,6 +36,9 @@ async def open_backend(
     if config.provider == "anthropic":
         session = make_session(config, headers=anthropic.build_headers(config, api_key))
         backend = AnthropicBackend(session, config, base_url=base_url, api_key=api_key)
+    elif config.provider == "gemini":
+        session = make_session(config, headers=gemini.build_headers(config, api_key))
+        backend = GeminiBackend(session, config, base_url=base_url, api_key=api_key)
     else:
         session = make_session(config, headers=openai.build_headers(config, api_key))
         backend = OpenAIBackend(session, config, base_url=base_url, api_key=api_key)

@@ -345,6 +345,8 @@ class HTTPBackend:
     )
 
     path = ""
+    usage_field = "usage"  # the body field holding token usage
+    id_field = "id"  # the body field naming the response, when no request-id header is sent
 
     def __init__(
         self,
@@ -378,6 +380,10 @@ class HTTPBackend:
         """The request body and whether it asks for a stream."""
         raise NotImplementedError
 
+    def request_url(self, job: Job, stream: bool) -> URL:
+        """Where to post ``job`` (one endpoint, unless the protocol names the model in the URL)."""
+        return self._url
+
     def parse_usage(self, usage: Any) -> Usage | None:
         raise NotImplementedError
 
@@ -410,7 +416,7 @@ class HTTPBackend:
         parser: StreamParser | None = None
         t0 = perf_counter()
         try:
-            async with self._session.post(self._url, data=data) as resp:
+            async with self._session.post(self.request_url(job, stream), data=data) as resp:
                 status = resp.status
                 headers = resp.headers
                 rate = parse_rate_headers(headers)
@@ -455,7 +461,7 @@ class HTTPBackend:
     def _request_id(self, headers: Headers, body: Any) -> str | None:
         rid = headers.get("x-request-id") or headers.get("request-id")
         if rid is None and isinstance(body, dict):
-            bid = body.get("id")
+            bid = body.get(self.id_field)
             rid = bid if isinstance(bid, str) else None
         return rid
 
@@ -474,7 +480,7 @@ class HTTPBackend:
                 status=status,
                 body=body,
                 raw=raw,
-                usage=self.parse_usage(body.get("usage")),
+                usage=self.parse_usage(body.get(self.usage_field)),
                 request_id=self._request_id(headers, body),
                 latency_ms=latency,
                 rate=rate,

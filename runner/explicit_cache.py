@@ -1,0 +1,384 @@
+"""Explicit context caches per cache group: create just in time, extend, delete, never leak.
+
+Providers with explicit caches (Gemini's ``cachedContents``) store a prefix as a resource that
+requests reference by name, billed at a reduced input price plus storage per hour while it lives.
+:class:`ExplicitCaches` runs one such cache per open cache group:
+
+- **open**: when the scheduler opens a group (its primer is dispatched), create a cache holding
+  the group's static prefix with a TTL covering the group's expected remaining time times a
+  margin; the group's followers are released once the create has answered. A failed create means
+  the group is sent with full prompts (never a lost job); a group below the minimum never gets
+  a cache (the scheduler does not prime it).
+- **extend**: when a job of the group is dispatched within ``refresh_s`` of the expiry the cache
+  gets a ``PATCH`` with a fresh TTL (at most one in flight per cache).
+- **lost**: a request that finds its cache gone (expired early, deleted) makes the group recreate
+  it, at most ``MAX_RECREATES`` times; after that the group falls back to full prompts.
+- **close**: when the group's last job has been answered, the cache is deleted.
+
+Nothing may leak: every created name is written to the journal (the output's meta file) as soon
+as it is known, and every cache's ``displayName`` carries the run's tag, so a cache whose create
+was in flight at a crash is still found by listing. :meth:`recover` (at the start of a run)
+adopts the tagged caches still alive for reuse; :meth:`shutdown` (at the end of any run: normal,
+signal or guard) deletes every cache it holds.
+
+Storage is billed for each cache's actual lifetime (create sent -> delete answered); the
+lifetimes are kept for the summary's cost (:meth:`cost`).
+
+The module is pure scheduling logic plus awaits on the :class:`CacheStore` protocol; the
+provider implements the store (IO stays at the edge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from .models import Job, Price
+
+__all__ = [
+    "DISPLAY_PREFIX",
+    "CacheAPIError",
+    "CacheInfo",
+    "CacheJournal",
+    "CacheStore",
+    "ExplicitCaches",
+    "group_tag",
+    "run_tag",
+    "storage_cost",
+]
+
+DISPLAY_PREFIX = "runner:"
+MAX_RECREATES = 2
+DEFAULT_LATENCY_S = 5.0  # per-request guess until the first answers arrive
+TTL_MARGIN = 2.0
+MAX_TTL_S = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    """A cache as the provider describes it."""
+
+    name: str  # e.g. "cachedContents/abc123"
+    display_name: str
+    tokens: int  # usageMetadata.totalTokenCount
+    expire_time: str | None = None  # RFC 3339, as sent
+    ttl_s: float | None = None  # the TTL the request asked for, when this answers a request
+
+
+class CacheAPIError(Exception):
+    """A cache operation failed; ``missing``: the cache does not exist (expired or deleted)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None,
+        missing: bool = False,
+        retriable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.missing = missing
+        self.retriable = retriable
+        self.retry_after_s = retry_after_s
+
+
+@runtime_checkable
+class CacheStore(Protocol):
+    """What a provider with explicit caches offers (``runner.providers.gemini``)."""
+
+    async def create_cache(self, job: Job, *, ttl_s: float, display_name: str) -> CacheInfo: ...
+    async def extend_cache(self, name: str, *, ttl_s: float) -> CacheInfo: ...
+    async def delete_cache(self, name: str) -> None: ...
+    async def list_caches(self) -> list[CacheInfo]: ...
+
+
+class CacheJournal(Protocol):
+    """Where created cache names are recorded durably (the output's meta file)."""
+
+    def record(self, created: list[str], deleted: list[str]) -> None: ...
+
+
+def run_tag(results_path: str) -> str:
+    """A tag stable across resumes of one output: the hash of its absolute path."""
+    return hashlib.sha256(results_path.encode()).hexdigest()[:12]
+
+
+def group_tag(group: str) -> str:
+    return hashlib.sha256(group.encode()).hexdigest()[:16]
+
+
+def storage_cost(lifetimes: list[tuple[int, float]], price: Price | None) -> float:
+    """USD for caches of (tokens, seconds alive) at ``price.cache_storage`` per 1M tokens/hour."""
+    if price is None or not price.cache_storage:
+        return 0.0
+    token_s = sum(t * s for t, s in lifetimes)
+    return token_s / 3600.0 / 1e6 * price.cache_storage
+
+
+class _Cache:
+    __slots__ = ("created", "expire_at", "extending", "group", "lost", "name", "tokens")
+
+    def __init__(self, name: str, tokens: int, group: str, created: float, expire_at: float):
+        self.name = name
+        self.tokens = tokens
+        self.group = group
+        self.created = created
+        self.expire_at = expire_at
+        self.extending = False
+        self.lost = 0  # how many caches of this group were lost before this one
+
+
+class ExplicitCaches:
+    """One explicit cache per open cache group (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: CacheStore,
+        *,
+        tag: str,
+        concurrency: int,
+        min_ttl_s: float,
+        journal: CacheJournal | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._tag = tag
+        self._prefix = f"{DISPLAY_PREFIX}{tag}:"
+        self._concurrency = max(1, concurrency)
+        self._min_ttl = min_ttl_s
+        self._refresh = max(min_ttl_s / 3.0, 0.05)
+        self._journal = journal
+        self._clock = clock
+        self._by_group: dict[str, _Cache | None] = {}  # None: this group goes without a cache
+        self._opening: dict[str, asyncio.Future[None]] = {}
+        self._adopted: dict[str, CacheInfo] = {}  # group tag -> a live cache of an earlier run
+        self._adopt_t: dict[str, float] = {}  # when each adopted cache was found
+        self._lost: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lifetimes: list[tuple[int, float]] = []
+        self._latency = DEFAULT_LATENCY_S
+        self.created = 0
+        self.deleted = 0
+        self.create_failures = 0
+        self.create_tokens = 0  # tokens billed at the input price by creates
+        self.recreated = 0
+        self.extended = 0
+        self.adopted = 0
+        self.leftover_deleted = 0
+        self.errors: list[str] = []
+
+    # -- the run's edges -----------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Adopt this run's caches that are still alive; delete duplicates of one group."""
+        try:
+            found = await self._store.list_caches()
+        except CacheAPIError as exc:
+            self.errors.append(f"listing caches: {exc}")
+            return
+        now = self._clock()
+        for info in found:
+            if not info.display_name.startswith(self._prefix):
+                continue
+            gtag = info.display_name[len(self._prefix) :]
+            if gtag in self._adopted:
+                await self._delete_leftover(info.name, info.tokens)
+                continue
+            self._adopted[gtag] = info
+            # Storage for a leftover counts from now on; the crashed run's share is unknown.
+            self._adopt_t[info.name] = now
+
+    async def shutdown(self) -> None:
+        """Delete every cache this run holds or adopted; wait for pending extends/deletes."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        for group, cache in list(self._by_group.items()):
+            if cache is not None:
+                await self._delete(cache)
+            self._by_group.pop(group, None)
+        for info in list(self._adopted.values()):
+            await self._delete_leftover(info.name, info.tokens)
+        self._adopted.clear()
+
+    # -- hooks the engine calls ----------------------------------------------------------------
+
+    def key(self, group: str | None) -> str | None:
+        """The cache name to send a job of ``group`` with, or None (full prompt)."""
+        if group is None:
+            return None
+        cache = self._by_group.get(group)
+        return None if cache is None else cache.name
+
+    async def open(self, group: str, job: Job, remaining: int) -> None:
+        """Make sure ``group`` has a cache (or is marked to go without one)."""
+        if group in self._by_group:
+            self.touch(group, remaining)
+            return
+        pending = self._opening.get(group)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._opening[group] = fut
+        try:
+            self._by_group[group] = await self._create(group, job, remaining)
+        finally:
+            del self._opening[group]
+            fut.set_result(None)
+
+    def touch(self, group: str | None, remaining: int) -> None:
+        """A job of ``group`` is about to be sent: extend its cache if it expires soon."""
+        cache = None if group is None else self._by_group.get(group)
+        if cache is None or cache.extending:
+            return
+        if cache.expire_at - self._clock() > self._refresh + self._latency:
+            return
+        cache.extending = True
+        self._spawn(self._extend(cache, self._ttl(remaining)))
+
+    def answered(self, latency_s: float) -> None:
+        """A job's response arrived (mean latency feeds the TTL estimate)."""
+        self._latency += 0.1 * (latency_s - self._latency)
+
+    async def lost(self, group: str, name: str, job: Job, remaining: int) -> None:
+        """A request found ``name`` gone: recreate it once per loss, or fall back."""
+        cache = self._by_group.get(group)
+        if cache is not None and cache.name != name:
+            return  # another job already replaced it
+        if group in self._opening:
+            await asyncio.shield(self._opening[group])
+            return
+        if cache is not None:
+            self._retire(cache)
+        n = self._lost[group] = self._lost.get(group, 0) + 1
+        if n > MAX_RECREATES:
+            self._by_group[group] = None  # keeps expiring: full prompts for the rest
+            return
+        self._by_group.pop(group, None)
+        self.recreated += 1
+        await self.open(group, job, remaining)
+
+    def close(self, group: str) -> None:
+        """The group's last job has been answered: delete its cache now."""
+        cache = self._by_group.pop(group, None)
+        self._lost.pop(group, None)
+        if cache is not None:
+            self._spawn(self._delete(cache))
+
+    # -- cost ----------------------------------------------------------------------------------
+
+    def lifetimes(self) -> list[tuple[int, float]]:
+        """(tokens, seconds alive) of every cache this run deleted or saw expire."""
+        return list(self._lifetimes)
+
+    def cost(self, price: Price | None) -> dict[str, Any]:
+        life = self._lifetimes
+        return {
+            "created": self.created,
+            "deleted": self.deleted,
+            "adopted": self.adopted,
+            "leftovers_deleted": self.leftover_deleted,
+            "create_failures": self.create_failures,
+            "recreated": self.recreated,
+            "extended": self.extended,
+            "create_tokens": self.create_tokens,
+            "storage_token_hours": round(sum(t * s for t, s in life) / 3600.0, 3),
+            "cache_seconds": round(sum(s for _, s in life), 3),
+            "storage_usd": round(storage_cost(life, price), 10),
+            "errors": self.errors[:10],
+        }
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _ttl(self, remaining: int) -> float:
+        """Expected time for ``remaining`` jobs at this group's share of the concurrency."""
+        active = max(1, len(self._by_group))
+        per_group = max(1.0, self._concurrency / active)
+        expected = remaining / per_group * self._latency
+        return min(MAX_TTL_S, max(self._min_ttl, TTL_MARGIN * expected))
+
+    async def _create(self, group: str, job: Job, remaining: int) -> _Cache | None:
+        gtag = group_tag(group)
+        adopted = self._adopted.pop(gtag, None)
+        if adopted is not None:
+            t0 = self._adopt_t.pop(adopted.name, self._clock())
+            ttl = self._ttl(remaining)
+            try:
+                info = await self._store.extend_cache(adopted.name, ttl_s=ttl)
+            except CacheAPIError:
+                info = None  # gone meanwhile: create a new one below
+            if info is not None:
+                self.adopted += 1
+                return _Cache(info.name, info.tokens or adopted.tokens, group, t0, t0 + ttl)
+        ttl = self._ttl(remaining)
+        t0 = self._clock()
+        try:
+            info = await self._store.create_cache(
+                job, ttl_s=ttl, display_name=f"{self._prefix}{gtag}"
+            )
+        except CacheAPIError as exc:
+            self.create_failures += 1
+            if len(self.errors) < 10:
+                self.errors.append(f"creating a cache for {job.cache_id or gtag}: {exc}")
+            return None  # full prompts for this group: never a lost job
+        self.created += 1
+        self.create_tokens += info.tokens
+        if self._journal is not None:
+            self._journal.record([info.name], [])
+        return _Cache(info.name, info.tokens, group, t0, t0 + ttl)
+
+    async def _extend(self, cache: _Cache, ttl: float) -> None:
+        t0 = self._clock()
+        try:
+            await self._store.extend_cache(cache.name, ttl_s=ttl)
+        except CacheAPIError as exc:
+            if not exc.missing and len(self.errors) < 10:
+                self.errors.append(f"extending {cache.name}: {exc}")
+            # A missing cache shows up as a lost one on the next request that uses it.
+        else:
+            cache.expire_at = t0 + ttl
+            self.extended += 1
+        finally:
+            cache.extending = False
+
+    async def _delete(self, cache: _Cache) -> None:
+        try:
+            await self._store.delete_cache(cache.name)
+        except CacheAPIError as exc:
+            self.errors.append(f"deleting {cache.name}: {exc}")
+            # Try once more at shutdown through the journal's list of live names.
+            self._adopted.setdefault("retry:" + cache.name, CacheInfo(cache.name, "", cache.tokens))
+            return
+        self._retire(cache)
+
+    def _retire(self, cache: _Cache) -> None:
+        """The cache no longer exists: bill its lifetime (to its expiry at the latest)."""
+        end = min(self._clock(), max(cache.expire_at, cache.created))
+        self._lifetimes.append((cache.tokens, end - cache.created))
+        self.deleted += 1
+        if self._journal is not None:
+            self._journal.record([], [cache.name])
+
+    async def _delete_leftover(self, name: str, tokens: int = 0) -> None:
+        try:
+            await self._store.delete_cache(name)
+        except CacheAPIError as exc:
+            self.errors.append(f"deleting leftover {name}: {exc}")
+            return
+        self.leftover_deleted += 1
+        t0 = self._adopt_t.pop(name, None)
+        if t0 is not None:
+            self._lifetimes.append((tokens, self._clock() - t0))
+        if self._journal is not None:
+            self._journal.record([], [name])
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)

@@ -1,0 +1,415 @@
+"""Google Gemini API, native wire format (``POST {base}/models/{model}:generateContent``).
+
+Jobs are written in the OpenAI chat shape (both input shapes end up there); this module
+translates them: system/developer messages become ``systemInstruction``, ``assistant`` turns
+become ``role: "model"``, text content becomes ``parts``, and ``max_tokens``/``temperature``/
+``top_p``/``stop``/``seed`` go into ``generationConfig``. Streaming uses
+``:streamGenerateContent?alt=sse``; each event is a whole ``GenerateContentResponse`` chunk and the
+last carries ``finishReason`` and the final ``usageMetadata``.
+
+Explicit context caching (``cachedContents``, see docs/GEMINI.md): when the engine passes a
+``cache_key`` of the form ``cachedContents/...`` the request carries ``cachedContent`` and only the
+job's own turns; the cached prefix already holds the system instruction, which a request using a
+cache must not repeat. The backend also implements the cache store the engine's
+:class:`~runner.explicit_cache.ExplicitCaches` drives (create / patch / delete / list).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from ..config import RunConfig
+from ..explicit_cache import CacheAPIError, CacheInfo
+from ..models import ErrorInfo, Job, Usage
+from ._http import (
+    Headers,
+    HTTPBackend,
+    StreamParser,
+    error_from_exception,
+    http_message,
+    scrub,
+    sse_data,
+    status_error,
+    stream_error,
+)
+from .headers import parse_retry_after
+
+__all__ = [
+    "CACHE_PREFIX",
+    "GeminiBackend",
+    "build_headers",
+    "classify_error",
+    "parse_duration",
+    "parse_usage",
+    "to_contents",
+]
+
+CACHE_PREFIX = "cachedContents/"
+LIST_PAGE_SIZE = 1000
+_RETRY_INFO = "google.rpc.RetryInfo"
+
+# Chat Completions parameter -> generationConfig field. Anything else OpenAI-only is dropped:
+# the Gemini API rejects unknown fields.
+_GENERATION = {
+    "max_tokens": "maxOutputTokens",
+    "max_completion_tokens": "maxOutputTokens",
+    "temperature": "temperature",
+    "top_p": "topP",
+    "top_k": "topK",
+    "seed": "seed",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+    "n": "candidateCount",
+}
+# Native Gemini fields a job may set in its params; passed through untouched.
+_NATIVE = frozenset({"generationConfig", "safetySettings", "tools", "toolConfig", "labels"})
+
+
+def build_headers(config: RunConfig, api_key: str | None) -> dict[str, str]:
+    """Headers for every request: JSON, ``x-goog-api-key``, the extras."""
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["x-goog-api-key"] = api_key
+    headers.update(config.headers)
+    return headers
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int else 0
+
+
+def parse_usage(meta: Any) -> Usage | None:
+    """Normalise ``usageMetadata``: ``promptTokenCount`` already includes the cached tokens.
+
+    Thinking tokens are billed as output, so they count as completion tokens.
+    """
+    if not isinstance(meta, dict):
+        return None
+    return Usage(
+        prompt_tokens=_int(meta.get("promptTokenCount")),
+        cached_tokens=_int(meta.get("cachedContentTokenCount")),
+        cache_write_tokens=0,
+        completion_tokens=_int(meta.get("candidatesTokenCount"))
+        + _int(meta.get("thoughtsTokenCount")),
+    )
+
+
+def parse_duration(text: Any) -> float | None:
+    """A protobuf Duration in JSON (``"19s"``, ``"0.5s"``) as seconds."""
+    if not isinstance(text, str) or not text.endswith("s"):
+        return None
+    try:
+        value = float(text[:-1])
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _google_error(body: Any) -> tuple[str | None, str, list[Any]]:
+    """(status, message, details) of ``{"error": {"code", "message", "status", "details"}}``."""
+    if isinstance(body, str):
+        return None, body, []
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, list) and err:  # some proxies wrap the error in a list
+        err = err[0].get("error") if isinstance(err[0], dict) else None
+    if not isinstance(err, dict):
+        return None, "", []
+    status = err.get("status")
+    message = err.get("message")
+    details = err.get("details")
+    return (
+        status if isinstance(status, str) else None,
+        message if isinstance(message, str) else "",
+        details if isinstance(details, list) else [],
+    )
+
+
+def _detail(details: list[Any], kind: str) -> dict[str, Any] | None:
+    for d in details:
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith(kind):
+            return d
+    return None
+
+
+def is_cache_missing(status: int, message: str) -> bool:
+    """A request referenced a cache that expired or was deleted.
+
+    The API answers 403 PERMISSION_DENIED "CachedContent not found (or permission denied)"
+    (404 NOT_FOUND on the cachedContents resource itself): a lost cache, not a bad key.
+    """
+    return status in (403, 404) and "cachedcontent" in message.lower().replace(" ", "")
+
+
+def classify_error(status: int, body: Any, headers: Headers) -> ErrorInfo:
+    """Classify a non-2xx Gemini response (``body``: parsed JSON, or the text)."""
+    gstatus, message, details = _google_error(body)
+    text = http_message(status, f"{gstatus}: {message}" if gstatus else message)
+    if is_cache_missing(status, message):
+        return ErrorInfo("cache_missing", text, retriable=True)
+    info = _detail(details, "google.rpc.ErrorInfo")
+    reason = info.get("reason") if info else None
+    # A wrong key arrives as 400 INVALID_ARGUMENT with reason API_KEY_INVALID.
+    if reason in ("API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED") or gstatus in (
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+    ):
+        return ErrorInfo("auth", text, retriable=False, fatal=True)
+    if status == 429 or gstatus == "RESOURCE_EXHAUSTED":
+        retry = _detail(details, _RETRY_INFO)
+        delay = parse_duration(retry.get("retryDelay")) if retry else None
+        if delay is None:
+            delay = parse_retry_after(headers)
+        return ErrorInfo("rate_limited", text, True, delay)
+    if gstatus == "UNAVAILABLE" or gstatus == "DEADLINE_EXCEEDED":
+        return ErrorInfo("overloaded" if status == 503 else "timeout", text, True)
+    return status_error(status, message if not gstatus else f"{gstatus}: {message}", headers)
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    """OpenAI message content (a string or typed blocks) as Gemini ``parts``."""
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    parts: list[dict[str, Any]] = []
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict):
+                if block.get("type") == "text" and isinstance(block.get("text"), str):
+                    parts.append({"text": block["text"]})
+                elif "text" not in block and "type" not in block:
+                    parts.append(block)  # already a native part (inlineData, fileData...)
+            elif isinstance(block, str):
+                parts.append({"text": block})
+    return parts
+
+
+def to_contents(messages: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(``systemInstruction`` or None, ``contents``) for OpenAI chat messages."""
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    for m in messages:
+        role = m.get("role")
+        parts = _parts(m.get("content"))
+        if role == "system" or role == "developer":
+            system.extend(parts)
+        elif parts:
+            contents.append({"role": "model" if role == "assistant" else "user", "parts": parts})
+    return ({"parts": system} if system else None), contents
+
+
+class GeminiStream(StreamParser):
+    """Assembles ``streamGenerateContent`` chunks into one ``GenerateContentResponse``."""
+
+    __slots__ = ("_chunk", "_finish", "_meta", "_texts")
+
+    unfinished = "stream ended before a chunk carried finishReason"
+
+    def __init__(self, t0: float) -> None:
+        super().__init__(t0)
+        self._texts: list[str] = []
+        self._meta: dict[str, Any] = {}
+        self._chunk: dict[str, Any] = {}
+        self._finish: str | None = None
+
+    def feed(self, line: bytes, now: float) -> bool:
+        data = sse_data(line)
+        if data is None:
+            return False
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            self.error = ErrorInfo("bad_response", "invalid JSON in a stream event", True)
+            return True
+        if "error" in chunk:
+            self.error = stream_error(chunk["error"])
+            return True
+        self._chunk = chunk
+        meta = chunk.get("usageMetadata")
+        if isinstance(meta, dict):
+            self._meta = meta  # cumulative: the latest wins
+        cands = chunk.get("candidates")
+        if isinstance(cands, list) and cands and isinstance(cands[0], dict):
+            cand = cands[0]
+            content = cand.get("content")
+            parts = content.get("parts") if isinstance(content, dict) else None
+            if isinstance(parts, list):
+                texts = [p["text"] for p in parts if isinstance(p, dict) and "text" in p]
+                if any(texts):
+                    self._content_at(now)
+                    self._texts.extend(t for t in texts if isinstance(t, str))
+            finish = cand.get("finishReason")
+            if isinstance(finish, str):
+                self._finish = finish
+                self.done = True
+        return False
+
+    def result(self) -> tuple[dict[str, Any], Usage | None]:
+        body = {k: v for k, v in self._chunk.items() if k not in ("candidates", "usageMetadata")}
+        body["candidates"] = [
+            {
+                "content": {"role": "model", "parts": [{"text": "".join(self._texts)}]},
+                "finishReason": self._finish,
+                "index": 0,
+            }
+        ]
+        body["usageMetadata"] = self._meta
+        return body, parse_usage(self._meta) if self._meta else None
+
+
+class GeminiBackend(HTTPBackend):
+    """``POST {base}/models/{model}:generateContent`` and the ``cachedContents`` store."""
+
+    __slots__ = ("_base", "_caches_url", "_urls")
+
+    usage_field = "usageMetadata"
+    id_field = "responseId"
+
+    def configure(self, config: RunConfig) -> None:
+        base = str(self._url).rstrip("/")
+        self._base = base
+        self._caches_url = URL(base + "/cachedContents")
+        self._urls: dict[tuple[str, bool], URL] = {}
+
+    def request_url(self, job: Job, stream: bool) -> URL:
+        model = job.model or self._model
+        url = self._urls.get((model, stream))
+        if url is None:
+            name = model if model.startswith("models/") else "models/" + model
+            tail = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+            url = self._urls[(model, stream)] = URL(f"{self._base}/{name}{tail}", encoded=True)
+        return url
+
+    def build_body(
+        self, job: Job, cache_key: str | None, *, prewarm: bool = False
+    ) -> tuple[dict[str, Any], bool]:
+        cached = cache_key is not None and cache_key.startswith(CACHE_PREFIX)
+        messages: Any = job.messages[job.prefix_len :] if cached else job.messages
+        system, contents = to_contents(messages)
+        body: dict[str, Any] = {}
+        if cached:
+            body["cachedContent"] = cache_key
+        elif system is not None:
+            body["systemInstruction"] = system
+        body["contents"] = contents
+        gen: dict[str, Any] = {}
+        stream = self._stream
+        for params in (self._params, job.params):
+            for k, v in params.items():
+                field = _GENERATION.get(k)
+                if field is not None:
+                    gen[field] = v
+                elif k == "stop":
+                    gen["stopSequences"] = [v] if isinstance(v, str) else v
+                elif k == "stream":
+                    stream = stream or v is True
+                elif k == "generationConfig" and isinstance(v, dict):
+                    gen.update(v)
+                elif k in _NATIVE:
+                    body[k] = v
+        if gen:
+            body["generationConfig"] = gen
+        return body, stream
+
+    def parse_usage(self, usage: Any) -> Usage | None:
+        return parse_usage(usage)
+
+    def classify(self, status: int, body: Any, headers: Headers) -> ErrorInfo:
+        return classify_error(status, body, headers)
+
+    def stream_parser(self, t0: float) -> StreamParser:
+        return GeminiStream(t0)
+
+    # -- the cachedContents store (runner.explicit_cache.CacheStore) -------------------------
+
+    def cache_body(self, job: Job, *, ttl_s: float, display_name: str) -> dict[str, Any]:
+        """The ``cachedContents`` create body for ``job``'s static prefix."""
+        system, contents = to_contents(job.messages[: job.prefix_len])
+        model = job.model or self._model
+        body: dict[str, Any] = {
+            "model": model if model.startswith("models/") else "models/" + model,
+            "displayName": display_name,
+        }
+        if system is not None:
+            body["systemInstruction"] = system
+        if contents:
+            body["contents"] = contents
+        body["ttl"] = f"{ttl_s:.3f}s"
+        return body
+
+    async def _call(self, method: str, url: URL, body: Any = None) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        try:
+            async with self._session.request(method, url, data=data) as resp:
+                status = resp.status
+                raw = await resp.read()
+                headers = resp.headers
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            info = self._scrubbed(error_from_exception(exc))
+            raise CacheAPIError(info.message, status=None, retriable=True) from exc
+        try:
+            doc: Any = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            doc = scrub(raw[:4096].decode("utf-8", "replace"), self._api_key)
+        if 200 <= status < 300:
+            return doc
+        info = self._scrubbed(self.classify(status, doc, headers))
+        missing = status == 404 or info.code == "cache_missing"
+        raise CacheAPIError(
+            f"{method} {url.path}: {info.message}",
+            status=status,
+            missing=missing,
+            retriable=info.retriable and not missing,
+            retry_after_s=info.retry_after_s,
+        )
+
+    async def create_cache(self, job: Job, *, ttl_s: float, display_name: str) -> CacheInfo:
+        doc = await self._call(
+            "POST", self._caches_url, self.cache_body(job, ttl_s=ttl_s, display_name=display_name)
+        )
+        return _cache_info(doc, ttl_s)
+
+    async def extend_cache(self, name: str, *, ttl_s: float) -> CacheInfo:
+        url = URL(f"{self._base}/{name}?updateMask=ttl", encoded=True)
+        doc = await self._call("PATCH", url, {"ttl": f"{ttl_s:.3f}s"})
+        return _cache_info(doc, ttl_s)
+
+    async def delete_cache(self, name: str) -> None:
+        try:
+            await self._call("DELETE", URL(f"{self._base}/{name}", encoded=True))
+        except CacheAPIError as exc:
+            if not exc.missing:  # already gone (expired or deleted): nothing left to pay for
+                raise
+
+    async def list_caches(self) -> list[CacheInfo]:
+        out: list[CacheInfo] = []
+        token = ""
+        while True:
+            q = f"?pageSize={LIST_PAGE_SIZE}" + (f"&pageToken={token}" if token else "")
+            doc = await self._call("GET", URL(f"{self._base}/cachedContents{q}", encoded=True))
+            for item in doc.get("cachedContents") or [] if isinstance(doc, dict) else []:
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    out.append(_cache_info(item, None))
+            nxt = doc.get("nextPageToken") if isinstance(doc, dict) else None
+            if not nxt or not isinstance(nxt, str):
+                return out
+            token = nxt
+
+
+def _cache_info(doc: Any, ttl_s: float | None) -> CacheInfo:
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+        raise CacheAPIError("cachedContents: response without a name", status=200, retriable=True)
+    meta = doc.get("usageMetadata")
+    tokens = _int(meta.get("totalTokenCount")) if isinstance(meta, dict) else 0
+    display = doc.get("displayName")
+    return CacheInfo(
+        name=doc["name"],
+        display_name=display if isinstance(display, str) else "",
+        tokens=tokens,
+        expire_time=doc.get("expireTime") if isinstance(doc.get("expireTime"), str) else None,
+        ttl_s=ttl_s,
+    )
