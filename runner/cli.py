@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p_val)
     p_val.set_defaults(func=_cmd_validate)
 
-    from . import bench, report
+    from . import bench, caches_cmd, report
     from .mock import cli as mock_cli
 
     p_mock = sub.add_parser("mock", help="start the simulated provider")
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench = sub.add_parser("bench", help="generate load for a benchmark run")
     bench.add_arguments(p_bench)
     p_bench.set_defaults(func=bench.main)
+    p_caches = sub.add_parser("caches", help="list (--delete: remove) explicit caches of a run")
+    caches_cmd.add_arguments(p_caches)
+    p_caches.set_defaults(func=caches_cmd.main)
     p_rep = sub.add_parser("report", help="summaries, comparisons and HTML from latency records")
     report.add_arguments(p_rep)
     p_rep.set_defaults(func=report.main)

@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 
 from runner.api import run
 from runner.config import RunConfig
@@ -99,3 +98,147 @@ async def test_explicit_caches_cover_every_group_and_none_is_left(tmp_path: Path
     assert cost["saving_net"] < cost["saving"]
     live, deleted = MetaCacheJournal(tmp_path / "r.jsonl").names()
     assert live == [] and len(deleted) == 6
+
+
+async def test_cache_expiring_mid_group_is_recreated_without_a_failed_job(tmp_path: Path) -> None:
+    """The server caps every TTL at 0.15 s while each job takes ~0.3 s: caches keep expiring."""
+    jobs, _ = write_jobs(tmp_path, groups=1, per_group=8)
+    mock = MockConfig(
+        gemini_implicit_cache=False,
+        gemini_max_ttl_s=0.15,
+        latency="model",
+        base_ms=300.0,
+        decode_ms_per_token=0.0,
+        jitter=0.0,
+    )
+    async with serve(mock) as url:
+        outcome = await run(jobs, config(tmp_path, url, concurrency=1, explicit_ttl_s=0.15))
+        st = await mock_stats(url)
+    assert outcome.exit_code == 0
+    res = results(tmp_path / "r.jsonl")
+    assert len(res) == 8 and all(r["error"] is None for r in res)
+    info = outcome.summary["explicit_caches"]
+    assert st["gemini"]["caches_expired"] >= 1
+    assert info["recreated"] >= 1
+    assert st["gemini"]["caches_alive"] == 0
+
+
+async def test_failed_create_falls_back_to_full_prompts(tmp_path: Path) -> None:
+    jobs, _ = write_jobs(tmp_path, groups=3, per_group=5)
+    # The server's minimum is above every prefix: each create is refused with 400.
+    mock = MockConfig(gemini_implicit_cache=False, gemini_min_cache_tokens=100_000, **FAST)
+    async with serve(mock) as url:
+        outcome = await run(jobs, config(tmp_path, url))
+        st = await mock_stats(url)
+    assert outcome.exit_code == 0
+    res = results(tmp_path / "r.jsonl")
+    assert len(res) == 15 and all(r["error"] is None for r in res)
+    assert outcome.summary["explicit_caches"]["create_failures"] == 3
+    assert st["gemini"]["caches_created"] == 0 and st["gemini"]["requests_with_cache"] == 0
+
+
+async def _post(url: str, path: str, doc: dict[str, Any]) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s, s.post(url + path, json=doc) as r:
+        assert r.status == 200, await r.text()
+        data: dict[str, Any] = await r.json()
+    return data
+
+
+async def test_resume_reuses_live_leftovers_and_deletes_the_rest(tmp_path: Path) -> None:
+    from runner.explicit_cache import group_tag, run_tag
+    from runner.jobs import load_contexts, read_jobs
+
+    jobs, ctx = write_jobs(tmp_path, groups=3, per_group=5)
+    contexts = load_contexts(ctx, max_line_bytes=1 << 20)
+    groups = sorted({j.group for j in read_jobs(jobs, contexts=contexts, max_line_bytes=1 << 20)})  # type: ignore[union-attr]
+    tag = run_tag(str((tmp_path / "r.jsonl").resolve()))
+    mock = MockConfig(gemini_implicit_cache=False, **FAST)
+    async with serve(mock) as url:
+        base = url.rsplit("/v1", 1)[0] + "/v1beta"
+        body = {
+            "model": "models/gemini-2.5-flash",
+            "systemInstruction": {"parts": [{"text": PREFIX.format(c=0)}]},
+            "ttl": "600s",
+        }
+        # What a crashed run may leave: a cache for a group (reusable), a duplicate of it,
+        # and one whose group is not in this input (to delete).
+        for name in (group_tag(groups[0]), group_tag(groups[0]), "0123456789abcdef"):
+            await _post(base, "/cachedContents", {**body, "displayName": f"runner:{tag}:{name}"})
+        # Someone else's cache must survive.
+        await _post(base, "/cachedContents", {**body, "displayName": "not ours"})
+        outcome = await run(jobs, config(tmp_path, url))
+        st = await mock_stats(url)
+    assert outcome.exit_code == 0
+    info = outcome.summary["explicit_caches"]
+    assert info["adopted"] == 1 and info["created"] == 2
+    assert info["leftovers_deleted"] == 2
+    assert st["gemini"]["caches_alive"] == 1  # only the foreign one
+
+
+async def test_guard_stop_deletes_the_caches_it_created(tmp_path: Path) -> None:
+    jobs, _ = write_jobs(tmp_path, groups=4, per_group=30)
+    mock = MockConfig(gemini_implicit_cache=False, **FAST)
+    async with serve(mock) as url:
+        outcome = await run(jobs, config(tmp_path, url, max_cost=0.002, concurrency=4))
+        st = await mock_stats(url)
+    assert outcome.exit_code == 3
+    assert outcome.summary["explicit_caches"]["created"] >= 1
+    assert st["gemini"]["caches_alive"] == 0
+
+
+def test_kill_9_then_rerun_gives_every_job_once_and_leaves_no_cache(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    jobs, ctx = write_jobs(tmp_path, groups=8, per_group=30)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner.mock",
+            "--port",
+            "0",
+            "--base-ms",
+            "30",
+            "--gemini-max-ttl-s",
+            "600",
+            "--decode-ms-per-token",
+            "0",
+            "--no-gemini-implicit-cache",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().strip()
+        root = url.rsplit("/v1", 1)[0]
+        args = [sys.executable, "-m", "runner", "run", str(jobs), "--contexts", str(ctx)]
+        args += ["--provider", "gemini", "--base-url", root + "/v1beta", "--progress", "off"]
+        args += ["--model", "gemini-2.5-flash", "--concurrency", "8"]
+        rng = random.Random(15)
+        left = []
+        for _ in range(4):
+            run_proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.6, 1.6))  # a random moment of the run
+            run_proc.kill()
+            run_proc.wait()
+            alive = orjson.loads(urllib.request.urlopen(root + "/stats").read())["gemini"]
+            left.append(alive["caches_alive"])
+        assert max(left) > 0  # the kills did leave caches behind for the re-runs to clean
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        st = orjson.loads(urllib.request.urlopen(root + "/stats").read())
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    ids = Counter(r["custom_id"] for r in results(tmp_path / "jobs.results.jsonl"))
+    assert len(ids) == 240 and set(ids.values()) == {1}
+    g = st["gemini"]
+    assert g["caches_alive"] == 0, g
+    assert g["caches_created"] >= 8

@@ -1,0 +1,80 @@
+"""``runner caches OUTPUT [--delete]``: list (and remove) explicit caches a run left behind.
+
+A run deletes its caches itself, also when it is stopped by a signal or a guard, and a resumed
+run cleans up after a crashed one. This command is for the rest: a crash followed by no
+resume. It finds the run's caches by the tag in their ``displayName`` (derived from OUTPUT's
+path) and by the names journalled in OUTPUT's meta file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import RunConfig, load_config
+from .errors import ConfigError
+
+__all__ = ["add_arguments", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", type=Path, help="the results file of the run (-o/--output)")
+    parser.add_argument("-c", "--config", type=Path, help="TOML config file of the run")
+    parser.add_argument("--base-url", help="API base URL (default: the config's)")
+    parser.add_argument("--api-key-env", help="environment variable holding the key")
+    parser.add_argument("--delete", action="store_true", help="delete the caches found")
+
+
+def main(ns: argparse.Namespace) -> int:
+    config = load_config(ns.config).with_overrides(base_url=ns.base_url, api_key_env=ns.api_key_env)
+    from .cli import _event_loop_run
+    from .explicit_cache import run_tag
+
+    tag = run_tag(str(ns.output.resolve()))
+    code: int = _event_loop_run(_caches(ns.output, tag, config, delete=ns.delete))
+    return code
+
+
+async def _caches(output: Path, tag: str, config: RunConfig, *, delete: bool) -> int:
+    from .explicit_cache import DISPLAY_PREFIX, CacheAPIError, CacheStore
+    from .providers import open_backend
+    from .sinks import MetaCacheJournal
+
+    if not config.base_url:
+        raise ConfigError("runner caches needs the provider's base_url (config or --base-url)")
+    journal = MetaCacheJournal(output)
+    journalled, _ = journal.names()
+    prefix = f"{DISPLAY_PREFIX}{tag}:"
+    async with open_backend(config, base_url=config.base_url, api_key=config.api_key()) as be:
+        if not isinstance(be, CacheStore):
+            raise ConfigError(f"provider {config.provider!r} has no explicit caches")
+        try:
+            found = [
+                c
+                for c in await be.list_caches()
+                if c.display_name.startswith(prefix) or c.name in journalled
+            ]
+        except CacheAPIError as exc:
+            print(f"runner caches: listing failed: {exc}", file=sys.stderr)
+            return 1
+        for c in found:
+            print(f"{c.name}\t{c.display_name}\t{c.tokens} tokens\texpires {c.expire_time}")
+        print(f"{len(found)} cache(s) of {output} alive", file=sys.stderr)
+        if not delete:
+            return 0
+        failed = 0
+        for c in found:
+            try:
+                await be.delete_cache(c.name)
+            except CacheAPIError as exc:
+                failed += 1
+                print(f"runner caches: {exc}", file=sys.stderr)
+            else:
+                journal.record([], [c.name])
+        # Journalled names the listing no longer shows have expired: nothing is billed for them.
+        gone = [n for n in journalled if n not in {c.name for c in found}]
+        if gone:
+            journal.record([], gone)
+        print(f"deleted {len(found) - failed}, failed {failed}", file=sys.stderr)
+        return 1 if failed else 0
