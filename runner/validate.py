@@ -35,6 +35,7 @@ MAX_PROBLEMS: Final = 1000  # problem lines kept for the listing; all of them ar
 DEFAULT_COMPLETION_TOKENS: Final = 256  # assumed output when neither job nor config sets max_tokens
 _MAX_OVER_WINDOW: Final = 100
 _TOP_GROUPS: Final = 10
+STORAGE_REQUEST_S: Final = 5.0  # assumed seconds per request for the cache storage estimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,9 @@ class ValidationReport:
     over_window_jobs: int
     min_cacheable_tokens: int
     context_window: int | None
+    # explicit caches (a price with cache_storage): USD for storing each group's prefix while
+    # its jobs run, assuming STORAGE_REQUEST_S per request; None without a storage price
+    storage_cost: float | None = None
 
     @property
     def cost_billed(self) -> float | None:
@@ -157,9 +161,16 @@ def validate_file(
     # cached reads and writes per model, from the groups that can be cached at all
     cache: dict[str, tuple[int, int]] = {}  # model -> (cached tokens, cache-write tokens)
     cacheable = 0
+    storage: float | None = None
+    # A group's cache lives while its jobs run, at its share of the concurrency.
+    per_group = max(1.0, config.concurrency / config.max_active_groups)
     for group in groups.values():
         if group.prefix_tokens >= config.min_cacheable_tokens:
             cacheable += 1
+            price = config.price(group.model)
+            if price is not None and price.cache_storage:
+                hours = group.jobs / per_group * STORAGE_REQUEST_S / 3600.0
+                storage = (storage or 0.0) + group.prefix_tokens * hours * price.cache_storage / 1e6
             cached, written = cache.get(group.model, (0, 0))
             cache[group.model] = (
                 cached + (group.jobs - 1) * group.prefix_tokens,
@@ -192,6 +203,7 @@ def validate_file(
         over_window_jobs=over_count,
         min_cacheable_tokens=config.min_cacheable_tokens,
         context_window=config.context_window,
+        storage_cost=storage,
     )
 
 
@@ -288,4 +300,11 @@ def _render_tokens(report: ValidationReport) -> list[str]:
         )
     elif report.models:
         out.append("estimated cost: unknown (add a [prices] table for every model to the config)")
+    if report.storage_cost is not None:
+        total = (billed or 0.0) + report.storage_cost
+        out.append(
+            f"explicit cache storage: ${report.storage_cost:,.4f} (each group's prefix stored "
+            f"while its jobs run, ~{STORAGE_REQUEST_S:g} s a request); "
+            f"${total:,.4f} with storage"
+        )
     return out
