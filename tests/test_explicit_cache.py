@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from runner.api import run
 from runner.config import RunConfig
@@ -242,3 +243,30 @@ def test_kill_9_then_rerun_gives_every_job_once_and_leaves_no_cache(tmp_path: Pa
     g = st["gemini"]
     assert g["caches_alive"] == 0, g
     assert g["caches_created"] >= 8
+
+
+async def test_storage_is_billed_for_the_groups_running_time_only(tmp_path: Path) -> None:
+    """Groups run in waves (2 open at a time): each cache must die with its group, not at the
+    end of the run, so cache-seconds stay within 1.5x the groups' running time."""
+    jobs, _ = write_jobs(tmp_path, groups=6, per_group=10)
+    mock = MockConfig(
+        gemini_implicit_cache=False, latency="model", base_ms=40.0, decode_ms_per_token=0.0
+    )
+    async with serve(mock) as url:
+        cfg = config(tmp_path, url, concurrency=4, max_active_groups=2)
+        outcome = await run(jobs, cfg)
+        st = await mock_stats(url)
+    assert outcome.exit_code == 0
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for r in results(tmp_path / "l.jsonl"):
+        g = r["cache_id"]
+        first[g] = min(first.get(g, r["started_at"]), r["started_at"])
+        last[g] = max(last.get(g, r["ended_at"]), r["ended_at"])
+    running = sum(last[g] - first[g] for g in first)
+    lives = st["gemini"]["lifetimes"]
+    assert len(lives) == 6
+    cache_s = sum(x["end"] - x["start"] for x in lives)
+    assert cache_s <= 1.5 * running, (cache_s, running)
+    # and the summary bills storage from the same lifetimes
+    assert outcome.summary["explicit_caches"]["cache_seconds"] == pytest.approx(cache_s, rel=0.2)
