@@ -21,13 +21,16 @@ __all__ = ["add_arguments", "main"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", type=Path, help="the results file of the run (-o/--output)")
     parser.add_argument("-c", "--config", type=Path, help="TOML config file of the run")
+    parser.add_argument("--provider", choices=["openai", "anthropic", "gemini", "mock"])
     parser.add_argument("--base-url", help="API base URL (default: the config's)")
     parser.add_argument("--api-key-env", help="environment variable holding the key")
     parser.add_argument("--delete", action="store_true", help="delete the caches found")
 
 
 def main(ns: argparse.Namespace) -> int:
-    config = load_config(ns.config).with_overrides(base_url=ns.base_url, api_key_env=ns.api_key_env)
+    config = load_config(ns.config).with_overrides(
+        provider=ns.provider, base_url=ns.base_url, api_key_env=ns.api_key_env
+    )
     from .cli import _event_loop_run
     from .explicit_cache import run_tag
 

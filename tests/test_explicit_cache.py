@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,60 +194,62 @@ async def test_guard_stop_deletes_the_caches_it_created(tmp_path: Path) -> None:
     assert st["gemini"]["caches_alive"] == 0
 
 
-def test_kill_9_then_rerun_gives_every_job_once_and_leaves_no_cache(tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    jobs, ctx = write_jobs(tmp_path, groups=8, per_group=30)
+@pytest.fixture
+def mock_root() -> Iterator[str]:
+    """A simulated provider in its own process (it outlives the runs killed by the tests)."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runner.mock",
-            "--port",
-            "0",
-            "--base-ms",
-            "30",
-            "--gemini-max-ttl-s",
-            "600",
-            "--decode-ms-per-token",
-            "0",
-            "--no-gemini-implicit-cache",
-        ],
+        [sys.executable, "-m", "runner.mock", "--port", "0", "--base-ms", "30",
+         "--decode-ms-per-token", "0", "--no-gemini-implicit-cache"],
         stdout=subprocess.PIPE,
-    )
+    )  # fmt: skip
     try:
         assert proc.stdout is not None
-        url = proc.stdout.readline().decode().strip()
-        root = url.rsplit("/v1", 1)[0]
-        args = [sys.executable, "-m", "runner", "run", str(jobs), "--contexts", str(ctx)]
-        args += ["--provider", "gemini", "--base-url", root + "/v1beta", "--progress", "off"]
-        args += ["--model", "gemini-2.5-flash", "--concurrency", "8"]
-        rng = random.Random(15)
-        left = []
-        for _ in range(4):
-            run_proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.6, 1.6))  # a random moment of the run
-            run_proc.kill()
-            run_proc.wait()
-            alive = orjson.loads(urllib.request.urlopen(root + "/stats").read())["gemini"]
-            left.append(alive["caches_alive"])
-        assert max(left) > 0  # the kills did leave caches behind for the re-runs to clean
-        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        st = orjson.loads(urllib.request.urlopen(root + "/stats").read())
+        yield proc.stdout.readline().decode().strip().rsplit("/v1", 1)[0]
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def gemini_stats(root: str) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(urllib.request.urlopen(root + "/stats").read())["gemini"]
+    return data
+
+
+def cli_args(root: str, jobs: Path, ctx: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "runner", "run", str(jobs), "--contexts", str(ctx),
+        "--provider", "gemini", "--base-url", root + "/v1beta", "--progress", "off",
+        "--model", "gemini-2.5-flash", "--concurrency", "8",
+    ]  # fmt: skip
+
+
+def test_kill_9_then_rerun_gives_every_job_once_and_leaves_no_cache(
+    tmp_path: Path, mock_root: str
+) -> None:
+    jobs, ctx = write_jobs(tmp_path, groups=8, per_group=50)
+    args = cli_args(mock_root, jobs, ctx)
+    rng = random.Random(15)
+    left = []
+    for _ in range(4):
+        run_proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+        # Kill at a random moment while the run holds caches (creates may be in flight too).
+        deadline = time.monotonic() + 30
+        while run_proc.poll() is None and time.monotonic() < deadline:
+            if gemini_stats(mock_root)["caches_alive"]:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
+        run_proc.kill()
+        run_proc.wait()
+        left.append(gemini_stats(mock_root)["caches_alive"])
+    assert max(left) > 0  # the kills did leave caches behind for the re-runs to clean
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    g = gemini_stats(mock_root)
     ids = Counter(r["custom_id"] for r in results(tmp_path / "jobs.results.jsonl"))
-    assert len(ids) == 240 and set(ids.values()) == {1}
-    g = st["gemini"]
+    assert len(ids) == 400 and set(ids.values()) == {1}
     assert g["caches_alive"] == 0, g
     assert g["caches_created"] >= 8
 
@@ -270,3 +279,45 @@ async def test_storage_is_billed_for_the_groups_running_time_only(tmp_path: Path
     assert cache_s <= 1.5 * running, (cache_s, running)
     # and the summary bills storage from the same lifetimes
     assert outcome.summary["explicit_caches"]["cache_seconds"] == pytest.approx(cache_s, rel=0.2)
+
+
+def test_sigint_drains_and_deletes_the_caches(tmp_path: Path, mock_root: str) -> None:
+    jobs, ctx = write_jobs(tmp_path, groups=8, per_group=40)
+    proc = subprocess.Popen(cli_args(mock_root, jobs, ctx), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while gemini_stats(mock_root)["caches_alive"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait until the run holds caches
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    g = gemini_stats(mock_root)
+    assert g["caches_created"] >= 1 and g["caches_alive"] == 0
+
+
+def test_caches_command_lists_and_deletes_leftovers(tmp_path: Path, mock_root: str) -> None:
+    from runner.explicit_cache import run_tag
+
+    out = tmp_path / "jobs.results.jsonl"
+    tag = run_tag(str(out.resolve()))
+    base = mock_root + "/v1beta"
+    body = {
+        "model": "models/gemini-2.5-flash",
+        "systemInstruction": {"parts": [{"text": PREFIX.format(c=0)}]},
+    }
+    for name in (f"runner:{tag}:aaaa", f"runner:{tag}:bbbb", "someone else's"):
+        req = urllib.request.Request(
+            base + "/cachedContents",
+            data=orjson.dumps({**body, "displayName": name}),
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
+        urllib.request.urlopen(req).read()
+    cmd = [sys.executable, "-m", "runner", "caches", str(out), "--provider", "gemini"]
+    cmd += ["--base-url", base]
+    listed = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("cachedContents/") == 2 and "someone" not in listed.stdout
+    assert gemini_stats(mock_root)["caches_alive"] == 3  # listing deletes nothing
+    deleted = subprocess.run([*cmd, "--delete"], capture_output=True, text=True, timeout=60)
+    assert deleted.returncode == 0, deleted.stderr
+    assert gemini_stats(mock_root)["caches_alive"] == 1  # only the foreign one is left
