@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_FLUSH_EVERY",
     "META_VERSION",
     "RETRIABLE_ERROR_CODES",
+    "MetaCacheJournal",
     "Outputs",
     "default_paths",
     "open_outputs",

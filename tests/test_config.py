@@ -15,13 +15,13 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_load(path: Path) -> None:
     cfg = load_config(path)
-    assert cfg.provider in ("mock", "openai", "anthropic")
+    assert cfg.provider in ("mock", "openai", "anthropic", "gemini")
     if cfg.prices:
         assert cfg.price() is not None  # the config's own model has a price
 
 
 def test_expected_configs_exist() -> None:
-    assert {p.stem for p in CONFIGS} >= {"mock", "openai", "deepseek", "vllm", "anthropic"}
+    assert {p.stem for p in CONFIGS} >= {"mock", "openai", "deepseek", "vllm", "anthropic", "gemini"}
 
 
 def test_cache_table_and_flags_override(tmp_path: Path) -> None:

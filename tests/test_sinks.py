@@ -174,7 +174,13 @@ def test_all_names_every_public_function_and_class() -> None:
         for name, value in vars(sinks).items()
         if not name.startswith("_") and getattr(value, "__module__", None) == sinks.__name__
     }
-    assert defined == {"Outputs", "default_paths", "open_outputs", "write_summary"}
+    assert defined == {
+        "MetaCacheJournal",
+        "Outputs",
+        "default_paths",
+        "open_outputs",
+        "write_summary",
+    }
     assert defined <= set(sinks.__all__)
 
 
