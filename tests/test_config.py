@@ -21,7 +21,8 @@ def test_shipped_configs_load(path: Path) -> None:
 
 
 def test_expected_configs_exist() -> None:
-    assert {p.stem for p in CONFIGS} >= {"mock", "openai", "deepseek", "vllm", "anthropic", "gemini"}
+    expected = {"mock", "openai", "deepseek", "vllm", "anthropic", "gemini"}
+    assert {p.stem for p in CONFIGS} >= expected
 
 
 def test_cache_table_and_flags_override(tmp_path: Path) -> None:
