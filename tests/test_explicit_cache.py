@@ -321,3 +321,31 @@ def test_caches_command_lists_and_deletes_leftovers(tmp_path: Path, mock_root: s
     deleted = subprocess.run([*cmd, "--delete"], capture_output=True, text=True, timeout=60)
     assert deleted.returncode == 0, deleted.stderr
     assert gemini_stats(mock_root)["caches_alive"] == 1  # only the foreign one is left
+
+
+async def test_batch_shape_jobs_use_explicit_caches_too(tmp_path: Path) -> None:
+    """OpenAI Batch lines (system + question) group automatically and translate to Gemini."""
+    jobs = tmp_path / "batch.jsonl"
+    with jobs.open("wb") as fh:
+        for i in range(12):
+            system = PREFIX.format(c=i % 2)
+            body = {
+                "model": "gemini-2.5-flash",
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": f"question {i}?"},
+                ],
+                "max_tokens": 3,
+            }
+            line = {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions"}
+            fh.write(orjson.dumps({**line, "body": body}) + b"\n")
+    async with serve(MockConfig(gemini_implicit_cache=False, **FAST)) as url:
+        outcome = await run(jobs, config(tmp_path, url, contexts=None))
+        st = await mock_stats(url)
+    assert outcome.exit_code == 0
+    res = results(tmp_path / "r.jsonl")
+    assert sorted(r["custom_id"] for r in res) == sorted(f"r{i}" for i in range(12))
+    usage = [r["response"]["body"]["usageMetadata"] for r in res]
+    assert all(u["cachedContentTokenCount"] >= 1024 for u in usage)
+    assert all(r["response"]["body"]["candidates"][0]["finishReason"] for r in res)
+    assert st["gemini"]["caches_created"] == 2 and st["gemini"]["caches_alive"] == 0
