@@ -791,7 +791,7 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
         if "storage" in cost:
             head.add_row(
                 "caches",
-                f"create ${cost['cache_create']:.4f}, storage ${cost['storage']:.4f}, "
+                f"create ${cost['cache_create']:.4f}, storage ${cost['storage']:.6f}, "
                 f"total ${cost['billed_total']:.4f}, saving net {cost['saving_net'] * 100:.1f}%",
             )
     lat = Table(box=None, pad_edge=False, header_style="bold")

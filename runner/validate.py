@@ -303,7 +303,7 @@ def _render_tokens(report: ValidationReport) -> list[str]:
     if report.storage_cost is not None:
         total = (billed or 0.0) + report.storage_cost
         out.append(
-            f"explicit cache storage: ${report.storage_cost:,.4f} (each group's prefix stored "
+            f"explicit cache storage: ${report.storage_cost:,.6f} (each group's prefix stored "
             f"while its jobs run, ~{STORAGE_REQUEST_S:g} s a request); "
             f"${total:,.4f} with storage"
         )
