@@ -187,3 +187,26 @@ def test_validate_estimates_storage(tmp_path: Path) -> None:
         jobs, contexts=load_contexts(ctx, max_line_bytes=1 << 20), config=no_storage
     )
     assert report.storage_cost is None
+
+
+async def test_a_create_cancelled_mid_flight_is_still_deleted_at_shutdown() -> None:
+    """The stop cancels a create the server has already carried out: no name ever came back."""
+    store, clock = Store(), Clock()
+    arrived = asyncio.Event()
+
+    async def slow_create(job: Job, *, ttl_s: float, display_name: str) -> CacheInfo:
+        store.live["cachedContents/ghost"] = display_name  # the server made it...
+        arrived.set()
+        await asyncio.Event().wait()  # ...but the reply never reaches us
+        raise AssertionError("unreachable")
+
+    store.create_cache = slow_create  # type: ignore[method-assign]
+    ec = ExplicitCaches(store, tag="t", concurrency=4, min_ttl_s=60.0, clock=clock)
+    store.live["cachedContents/foreign"] = "someone else"
+    task = asyncio.create_task(ec.open("g1", job(), remaining=10))
+    await arrived.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await ec.shutdown()
+    assert set(store.live) == {"cachedContents/foreign"}
