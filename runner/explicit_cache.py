@@ -205,6 +205,16 @@ class ExplicitCaches:
         for info in list(self._adopted.values()):
             await self._delete_leftover(info.name, info.tokens)
         self._adopted.clear()
+        # A create cancelled by the stop may still have happened on the server, its name never
+        # seen here: one last listing finds it by the run's tag.
+        try:
+            found = await self._store.list_caches()
+        except CacheAPIError as exc:
+            self.errors.append(f"listing caches at the end: {exc}")
+            return
+        for info in found:
+            if info.display_name.startswith(self._prefix):
+                await self._delete_leftover(info.name, info.tokens)
 
     # -- hooks the engine calls ----------------------------------------------------------------
 
