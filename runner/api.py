@@ -124,9 +124,7 @@ async def run(
             outputs = open_outputs(config, jobs_path=jobs_path, model=config.model)
             stack.callback(outputs.close)
             sink = outputs
-        explicit = _explicit_caches(config, backend, jobs_path)
-        if explicit is not None:
-            await explicit.recover()  # adopt or delete what an interrupted run left behind
+        explicit = await _explicit_caches(config, backend, jobs_path)
         engine = Engine(
             config,
             backend=backend,
@@ -154,12 +152,13 @@ async def run(
                 display.close(engine.stats)
             if handle_signals:
                 _remove_signals()
-        if explicit is not None:
-            _add_cache_cost(outcome.summary, explicit, config)
+        _add_cache_cost(outcome.summary, explicit, config)
         summary = outcome.summary
         if outputs is not None and outputs.skipped:
             outputs.flush()
             summary = whole_output_summary(outputs.latency_path, config, summary)
+            # Only this invocation's caches are known: earlier ones' storage is not added.
+            _add_cache_cost(summary, explicit, config)
         outcome = _finish_outcome(
             outcome, summary, config, base_url=config.base_url, started_at=started_at
         )
@@ -173,10 +172,11 @@ async def run(
         return outcome
 
 
-def _explicit_caches(
+async def _explicit_caches(
     config: RunConfig, backend: object, jobs_path: Path | None
 ) -> ExplicitCaches | None:
-    """Explicit caches per group when the provider has them and caching is on."""
+    """Explicit caches per group when the provider has them and caching is on; what an
+    interrupted run left behind is adopted or deleted first."""
     if config.cache != "warm" or not isinstance(backend, CacheStore):
         return None
     results: Path | None = None
@@ -184,17 +184,23 @@ def _explicit_caches(
         results = plan_outputs(
             config, jobs_path if jobs_path is not None else config.output
         ).results
-    return ExplicitCaches(
+    explicit = ExplicitCaches(
         backend,
-        tag=run_tag(str(results.resolve()) if results is not None else "in-memory"),
+        tag=run_tag(results if results is not None else "in-memory"),
         concurrency=config.concurrency,
         min_ttl_s=config.explicit_ttl_s,
         journal=MetaCacheJournal(results) if results is not None else None,
     )
+    await explicit.recover()
+    return explicit
 
 
-def _add_cache_cost(summary: dict[str, Any], explicit: ExplicitCaches, config: RunConfig) -> None:
+def _add_cache_cost(
+    summary: dict[str, Any], explicit: ExplicitCaches | None, config: RunConfig
+) -> None:
     """Creation and storage of explicit caches (this invocation's), and the saving net of both."""
+    if explicit is None:
+        return
     price = config.price()
     info = explicit.cost(price)
     summary["explicit_caches"] = info

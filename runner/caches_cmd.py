@@ -34,7 +34,7 @@ def main(ns: argparse.Namespace) -> int:
     from .cli import _event_loop_run
     from .explicit_cache import run_tag
 
-    tag = run_tag(str(ns.output.resolve()))
+    tag = run_tag(ns.output)
     code: int = _event_loop_run(_caches(ns.output, tag, config, delete=ns.delete))
     return code
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,9 +105,11 @@ class CacheJournal(Protocol):
     def record(self, created: list[str], deleted: list[str]) -> None: ...
 
 
-def run_tag(results_path: str) -> str:
-    """A tag stable across resumes of one output: the hash of its absolute path."""
-    return hashlib.sha256(results_path.encode()).hexdigest()[:12]
+def run_tag(results_path: str | os.PathLike[str]) -> str:
+    """A tag stable across resumes of one output: the hash of its normalised absolute path
+    (string work only, so every caller, sync or async, derives the same tag)."""
+    path = os.path.normpath(os.path.abspath(results_path))
+    return hashlib.sha256(path.encode()).hexdigest()[:12]
 
 
 def group_tag(group: str) -> str:

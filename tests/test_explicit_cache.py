@@ -159,7 +159,7 @@ async def test_resume_reuses_live_leftovers_and_deletes_the_rest(tmp_path: Path)
     jobs, ctx = write_jobs(tmp_path, groups=3, per_group=5)
     contexts = load_contexts(ctx, max_line_bytes=1 << 20)
     groups = sorted({j.group for j in read_jobs(jobs, contexts=contexts, max_line_bytes=1 << 20)})  # type: ignore[union-attr]
-    tag = run_tag(str((tmp_path / "r.jsonl").resolve()))
+    tag = run_tag(tmp_path / "r.jsonl")
     mock = MockConfig(gemini_implicit_cache=False, **FAST)
     async with serve(mock) as url:
         base = url.rsplit("/v1", 1)[0] + "/v1beta"
@@ -298,7 +298,7 @@ def test_caches_command_lists_and_deletes_leftovers(tmp_path: Path, mock_root: s
     from runner.explicit_cache import run_tag
 
     out = tmp_path / "jobs.results.jsonl"
-    tag = run_tag(str(out.resolve()))
+    tag = run_tag(out)
     base = mock_root + "/v1beta"
     body = {
         "model": "models/gemini-2.5-flash",
