@@ -37,6 +37,7 @@ DEFAULT_MIN_CACHEABLE_TOKENS = 1024
 DEFAULT_READ_AHEAD = 16384
 DEFAULT_DRAIN_S = 30.0
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+DEFAULT_MAX_RESPONSE_BYTES = 16 << 20  # a response body past this fails its attempt
 
 PROVIDERS = ("mock", "openai", "anthropic")
 
@@ -79,6 +80,7 @@ class RunConfig:
     retry_failed: bool = False
     read_ahead: int = DEFAULT_READ_AHEAD
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     # guards
     max_cost: float | None = None
     breaker_min_requests: int = 50
@@ -156,6 +158,7 @@ _POSITIVE = (
     "cache_ttl_s",
     "key_rpm",
     "max_line_bytes",
+    "max_response_bytes",
     "breaker_min_requests",
 )
 _NON_NEGATIVE = ("min_cacheable_tokens", "drain_s")

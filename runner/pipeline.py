@@ -65,7 +65,9 @@ class Backend(Protocol):
 
 
 class Sink(Protocol):
-    def done(self, custom_id: str) -> bool: ...
+    # A job's key is its custom_id; a bad line without an id of its own is keyed by its line
+    # number (an int, so it can never be mistaken for a job's id).
+    def done(self, custom_id: str | int) -> bool: ...
     def expect(self, line: int) -> None: ...
     def write(self, result: dict[str, Any], record: LatencyRecord, line: int) -> None: ...
     def flush(self) -> None: ...
@@ -237,8 +239,8 @@ class Engine:
             if self._stopping:
                 break
             # A bad line's result is keyed by its id when it has one, else by its line.
-            cid = item.custom_id or f"line-{item.line}"
-            if sink.done(cid):
+            cid = item.custom_id
+            if sink.done(item.line if cid is None else cid):
                 stats.skipped += 1  # an earlier run wrote its result
                 continue
             stats.read += 1
@@ -518,12 +520,14 @@ class Engine:
             if a.status is None
             else {"status_code": a.status, "request_id": a.request_id, "body": body}
         )
-        result = {
+        result: dict[str, Any] = {
             "id": self._next_id(),
             "custom_id": job.custom_id,
             "response": response,
             "error": None if err is None else {"code": err.code, "message": err.message},
         }
+        if job.metadata is not None:
+            result["metadata"] = job.metadata
         self.sink.write(result, rec, job.line)
         self.summary.add(rec)
         stats.done += 1
@@ -535,7 +539,7 @@ class Engine:
         self._breaker_add(err is not None)
 
     def _write_invalid(
-        self, custom_id: str, line: int, message: str, cache_id: str | None = None
+        self, custom_id: str | None, line: int, message: str, cache_id: str | None = None
     ) -> None:
         now = time.time()
         rec = LatencyRecord(
@@ -546,12 +550,14 @@ class Engine:
             ended_at=now,
             error_code="invalid_input",
         )
-        result = {
+        result: dict[str, Any] = {
             "id": self._next_id(),
             "custom_id": custom_id,
             "response": None,
             "error": {"code": "invalid_input", "message": message},
         }
+        if custom_id is None:
+            result["line"] = line  # the marker of a line-keyed result (docs/FORMATS.md)
         self.sink.write(result, rec, line)
         self.summary.add(rec)
         self.stats.done += 1
