@@ -34,7 +34,8 @@ ERROR = {"error": {"message": "Overloaded, try again", "type": "server_error", "
 
 
 def job() -> Job:
-    return Job.from_dict({"id": "j1", "query": "Hi"}, line=1)
+    msgs = ({"role": "user", "content": "Hi"},)
+    return Job("j1", 1, msgs, 0, None, None, None, {}, 2, 0)
 
 
 def config(provider: str = "openai", **kw: Any) -> RunConfig:
