@@ -40,6 +40,8 @@ DEFAULT_MAX_LINE_BYTES = 1 << 20
 DEFAULT_MAX_RESPONSE_BYTES = 16 << 20  # a response body past this fails its attempt
 
 PROVIDERS = ("mock", "openai", "anthropic")
+#: Where the key is read from when the config names no ``api_key_env`` (as the SDKs do).
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,9 +123,14 @@ class RunConfig:
         _check_choice("anthropic_cache_ttl", self.anthropic_cache_ttl, ("5m", "1h"))
 
     def api_key(self) -> str | None:
-        """The key from the environment variable the config names (never from the file)."""
+        """The key from the environment variable the config names (never from the file).
+
+        Without ``api_key_env``, ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` are read when set
+        (as the providers' SDKs do); unset, no key is sent (local servers need none).
+        """
         if not self.api_key_env:
-            return None
+            default = DEFAULT_KEY_ENV.get(self.provider)
+            return (os.environ.get(default) or None) if default else None
         key = os.environ.get(self.api_key_env)
         if not key:
             raise ConfigError(f"environment variable {self.api_key_env} (api_key_env) is not set")

@@ -17,9 +17,9 @@ import functools
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -115,6 +115,7 @@ _FATAL: dict[str, type[GuardTripped]] = {
     "insufficient_quota": QuotaError,
     "endpoint": EndpointError,
 }
+_T = TypeVar("_T")
 
 
 class Engine:
@@ -160,6 +161,9 @@ class Engine:
         self._admitted = 0
         self._admit_t: dict[int, float] = {}
         self._tasks: set[asyncio.Task[bool]] = set()
+        # Tasks with nothing on the wire (waiting for the limiter or a retry delay): a stop
+        # cancels them at once instead of letting them wait out the drain.
+        self._parked: set[asyncio.Task[Any]] = set()
         self._space = asyncio.Event()
         self._all_done = asyncio.Event()
         self._reading = True
@@ -221,7 +225,10 @@ class Engine:
         self._space.set()
         if hard:
             self._cancel_inflight()
-        elif first:
+        else:
+            for t in list(self._parked):
+                t.cancel()
+        if not hard and first:
             asyncio.get_running_loop().call_later(self.config.drain_s, self._cancel_inflight)
         self._check_done()
 
@@ -365,7 +372,10 @@ class Engine:
                 await self._prewarm(d)
             while True:
                 attempts += 1
-                limiter_s += await self.limiter.acquire(est)
+                limiter_s += await self._park(self.limiter.acquire(est))
+                if self._stopping:  # stopped while parked: leave it unsent for a resume
+                    self.limiter.release(est, Attempt(status=None, error=_CANCELLED))
+                    raise _Abandon
                 try:
                     a = await self.backend.send(job, cache_key=d.cache_key, on_first_byte=cb)
                 except BaseException:
@@ -389,11 +399,21 @@ class Engine:
                 if self._stopping:
                     raise _Abandon  # a resume retries it; don't sleep through a drain
                 self.stats.retries += 1
-                await asyncio.sleep(self.policy.delay(err, attempts))
+                await self._park(asyncio.sleep(self.policy.delay(err, attempts)))
             self._finish(job, role, a, attempts, t_admit, t_start, limiter_s)
             return True
         except _Abandon:
             return False  # no result line: the job stays unsent for a resume
+
+    async def _park(self, waiting: Awaitable[_T]) -> _T:
+        """Await something that puts nothing on the wire, cancellable at once by a stop."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._parked.add(task)
+        try:
+            return await waiting
+        finally:
+            self._parked.discard(task)
 
     def _done(self, d: Dispatch, est_cost: float, task: asyncio.Task[bool]) -> None:
         self._tasks.discard(task)
