@@ -240,3 +240,23 @@ def test_readme_api_example_runs_and_leaves_no_stray_file() -> None:
         )
         assert r.returncode == 0, r.stderr
     assert set(os.listdir(REPO / "examples")) == before
+
+
+def test_readme_sample_output_has_the_rows_make_demo_prints(tmp_path: Path) -> None:
+    from runner.config import load_config
+    from runner.stats import render_summary
+
+    readme = (REPO / "README.md").read_text()
+    sample = readme.split("```\n$ make demo", 1)[1].split("```", 1)[0].splitlines()[1:]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b"".join(b'{"id": "q%d", "query": "q"}\n' % i for i in range(3)))
+    config = load_config(REPO / "configs" / "mock.toml").with_overrides(
+        mock={"latency": "zero"}, progress="off"
+    )  # the demo's config: prices, so a cost row
+    table = render_summary(asyncio.run(runner.run(jobs, config)).summary).splitlines()
+
+    def labels(lines: list[str]) -> list[str]:
+        return [" ".join(line.split()[:2]) if line.startswith(("run", "cache")) else
+                line.split()[0] for line in lines if line.strip()]  # fmt: skip
+
+    assert labels(sample) == labels(table)
