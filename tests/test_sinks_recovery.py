@@ -108,3 +108,16 @@ def test_line_keyed_bad_line_never_counts_as_the_job_with_that_id(jobs: Path) ->
         put(again, "j1", 1)
     assert keys(again.results_path) == [5, "j1"]
     assert keys(again.latency_path) == [5, "j1"]
+
+
+def test_report_reads_a_line_keyed_latency_record_without_a_warning(jobs: Path) -> None:
+    from runner.report import read_records
+
+    with open_(jobs) as out:
+        put(out, None, 5, "invalid_input")
+        put(out, "j1", 1)
+    warnings: list[str] = []
+    recs = list(read_records(out.latency_path, warn=lambda p, n, why: warnings.append(why)))
+    assert warnings == [] and [
+        r["line"] if r["custom_id"] is None else r["custom_id"] for _, r in recs
+    ] == [5, "j1"]
