@@ -17,9 +17,9 @@ import functools
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import orjson
 
@@ -115,7 +115,6 @@ _FATAL: dict[str, type[GuardTripped]] = {
     "insufficient_quota": QuotaError,
     "endpoint": EndpointError,
 }
-_T = TypeVar("_T")
 
 
 class Engine:
@@ -163,7 +162,7 @@ class Engine:
         self._tasks: set[asyncio.Task[bool]] = set()
         # Tasks with nothing on the wire (waiting for the limiter or a retry delay): a stop
         # cancels them at once instead of letting them wait out the drain.
-        self._parked: set[asyncio.Task[Any]] = set()
+        self._parked: set[asyncio.Task[Any] | None] = set()
         self._space = asyncio.Event()
         self._all_done = asyncio.Event()
         self._reading = True
@@ -227,7 +226,8 @@ class Engine:
             self._cancel_inflight()
         else:
             for t in list(self._parked):
-                t.cancel()
+                if t is not None:
+                    t.cancel()
         if not hard and first:
             asyncio.get_running_loop().call_later(self.config.drain_s, self._cancel_inflight)
         self._check_done()
@@ -370,9 +370,15 @@ class Engine:
         try:
             if primer and self.config.anthropic_prewarm and self._first_byte:
                 await self._prewarm(d)
+            me = asyncio.current_task()
+            parked = self._parked
             while True:
                 attempts += 1
-                limiter_s += await self._park(self.limiter.acquire(est))
+                parked.add(me)  # inline, not a wrapper coroutine: this runs per request
+                try:
+                    limiter_s += await self.limiter.acquire(est)
+                finally:
+                    parked.discard(me)
                 if self._stopping:  # stopped while parked: leave it unsent for a resume
                     self.limiter.release(est, Attempt(status=None, error=_CANCELLED))
                     raise _Abandon
@@ -399,21 +405,15 @@ class Engine:
                 if self._stopping:
                     raise _Abandon  # a resume retries it; don't sleep through a drain
                 self.stats.retries += 1
-                await self._park(asyncio.sleep(self.policy.delay(err, attempts)))
+                parked.add(me)
+                try:
+                    await asyncio.sleep(self.policy.delay(err, attempts))
+                finally:
+                    parked.discard(me)
             self._finish(job, role, a, attempts, t_admit, t_start, limiter_s)
             return True
         except _Abandon:
             return False  # no result line: the job stays unsent for a resume
-
-    async def _park(self, waiting: Awaitable[_T]) -> _T:
-        """Await something that puts nothing on the wire, cancellable at once by a stop."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._parked.add(task)
-        try:
-            return await waiting
-        finally:
-            self._parked.discard(task)
 
     def _done(self, d: Dispatch, est_cost: float, task: asyncio.Task[bool]) -> None:
         self._tasks.discard(task)
