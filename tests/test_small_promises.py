@@ -260,3 +260,51 @@ def test_readme_sample_output_has_the_rows_make_demo_prints(tmp_path: Path) -> N
                 line.split()[0] for line in lines if line.strip()]  # fmt: skip
 
     assert labels(sample) == labels(table)
+
+
+# -- help, version and the docs agree ----------------------------------------------------------
+
+
+def _options(sub: str) -> dict[str, str]:
+    """Option -> help text of one subcommand, from the parser the CLI uses."""
+    import argparse
+
+    from runner.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        a.option_strings[-1]: a.help or ""
+        for a in subs.choices[sub]._actions
+        if a.option_strings and a.option_strings[-1] != "--help"
+    }
+
+
+def test_every_run_flag_has_help_with_its_default() -> None:
+    missing = {flag: text for flag, text in _options("run").items() if "default" not in text}
+    assert missing == {}
+
+
+def test_validate_help_lists_only_what_validate_uses() -> None:
+    assert set(_options("validate")) == {"--config", "--contexts", "--model"}
+
+
+def test_version_and_the_mock_429_delay_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"runner {runner.__version__}"
+    text = _options("mock")["--fault-429-retry-ms"]
+    assert "delay" in text and "rate" not in text
+
+
+def test_code_and_docs_cite_only_files_in_the_repository() -> None:
+    cited = re.compile(r"SPEC section|SPEC\.md|(?<![\w/])PROVIDERS\.md")
+    files = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "runner").rglob("*.py")]
+    hits = [
+        f"{path.relative_to(REPO)}:{n}"
+        for path in files
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if cited.search(line) and "docs/PROVIDERS.md" not in line and "(PROVIDERS.md)" not in line
+    ]
+    assert hits == []
+    assert (REPO / "docs" / "FORMATS.md").is_file() and (REPO / "docs" / "PROVIDERS.md").is_file()
