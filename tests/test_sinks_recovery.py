@@ -43,6 +43,8 @@ def crash(out: Outputs) -> None:
     """What kill -9 does to an open run: the descriptors close, nothing else happens."""
     for fd in out._fds:
         os.close(fd)
+    for _, fd in out._extra_locks:
+        os.close(fd)
     if out._pend_fd >= 0:
         os.close(out._pend_fd)
 
