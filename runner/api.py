@@ -1,26 +1,30 @@
-"""The embeddable entry point: ``await runner.run(jobs, config)``.
+"""The embeddable entry points: ``await runner.run(jobs, config)`` and ``await runner.batch(...)``.
 
 The CLI is a thin layer over :func:`run`, so a scheduler task or a notebook gets exactly the
-behaviour of ``runner run`` without shelling out.
+behaviour of ``runner run`` without shelling out. :func:`batch` runs jobs held in memory on the
+same engine and scheduling and returns their results instead of writing files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .config import RunConfig
 from .errors import AuthError, ConfigError, InputError, SinkError
 from .explicit_cache import CacheStore, ExplicitCaches, run_tag
 from .jobs import load_contexts, read_jobs
 from .limits import RateController
-from .models import BadLine, Job
+from .models import BadLine, Job, LatencyRecord
 from .outputs import check_outputs, plan_outputs
 from .pipeline import Engine, LiveStats, RunOutcome, Sink
 from .preflight import check_prices
@@ -29,7 +33,7 @@ from .providers import open_backend
 from .sinks import MetaCacheJournal, open_outputs, write_summary
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
 
-__all__ = ["count_lines", "run"]
+__all__ = ["BatchResult", "batch", "count_lines", "run"]
 
 
 def count_lines(path: Path) -> int:
@@ -82,6 +86,10 @@ async def run(
     Before anything is opened for writing the run checks every output path (none may be an
     input or another output, all must be writable), the inputs, the prices ``max_cost`` needs
     and the provider (probe); only then are outputs locked, checked for resume and truncated.
+
+    A progress display is shown only when ``config.progress`` asks for one (``bar``/``log``),
+    or for ``auto`` when ``handle_signals`` says this is the command line: a library call is
+    quiet by default.
     """
     started_at = time.time()
     jobs_path: Path | None = None
@@ -105,7 +113,8 @@ async def run(
         items = jobs
     api_key = config.api_key()
     display = None
-    if on_tick is None and jobs_path is not None:
+    wants = config.progress != "auto" or handle_signals
+    if on_tick is None and jobs_path is not None and wants:
         display = make_progress(config.progress)
     async with contextlib.AsyncExitStack() as stack:
         base_url = await stack.enter_async_context(_target(config))
@@ -266,6 +275,91 @@ def _finish_outcome(
         round(summary["limiter_wait_s"] * 1000.0 / done, 3) if done else 0.0
     )
     return replace(outcome, summary=out, exit_code=code)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One job's outcome from :func:`batch`: its result line (parsed) and its latency record."""
+
+    custom_id: str | None
+    result: dict[str, Any]  # the Batch output shape: id, custom_id, response, error (, metadata)
+    record: LatencyRecord
+
+    @property
+    def ok(self) -> bool:
+        return self.result.get("error") is None
+
+    @property
+    def body(self) -> Any:
+        """The provider's response body, or None when no response arrived."""
+        response = self.result.get("response")
+        return response.get("body") if isinstance(response, dict) else None
+
+
+class _MemorySink:
+    """Keeps results in memory, in input order (nothing is resumed, nothing written)."""
+
+    __slots__ = ("results",)
+
+    def __init__(self) -> None:
+        self.results: list[tuple[int, BatchResult]] = []
+
+    def done(self, custom_id: str | int) -> bool:
+        return False
+
+    def expect(self, line: int) -> None:
+        pass
+
+    def write(self, result: dict[str, Any], record: LatencyRecord, line: int) -> None:
+        # Raw bodies travel as orjson fragments; a caller wants plain objects.
+        parsed = orjson.loads(orjson.dumps(result))
+        self.results.append((line, BatchResult(result.get("custom_id"), parsed, record)))
+
+    def flush(self) -> None:
+        pass
+
+
+async def batch(
+    jobs: Iterable[Job | Mapping[str, Any]],
+    config: RunConfig,
+    *,
+    on_tick: Callable[[LiveStats], None] | None = None,
+) -> list[BatchResult]:
+    """Run jobs held in memory and return one :class:`BatchResult` per job, in input order.
+
+    The same engine, cache scheduling, limits, retries and guards as :func:`run`; no file is
+    read or written (``config.summary`` aside, when set), and no progress is shown unless
+    ``on_tick`` is given. A job that fails is a result with an ``error``, never an exception.
+
+    :param jobs: :class:`~runner.models.Job` objects or plain dicts in either input shape
+        (``{"id": "q1", "query": "..."}``, see :meth:`Job.from_dict`); a dict that is not a
+        valid job becomes an ``invalid_input`` result. Positions (1-based) replace line numbers.
+    :param config: provider, model, limits...; ``config.contexts`` names the contexts file
+        for compact jobs that carry a ``cache_id``.
+    """
+    from .jobs import parse_job
+
+    contexts = (
+        load_contexts(config.contexts, max_line_bytes=config.max_line_bytes)
+        if config.contexts
+        else {}
+    )
+
+    def items() -> Iterable[Job | BadLine]:
+        for pos, item in enumerate(jobs, 1):
+            if isinstance(item, Job):
+                yield dataclasses.replace(item, line=pos) if item.line != pos else item
+                continue
+            try:
+                yield parse_job(item, line=pos, contexts=contexts, where="jobs")
+            except InputError as exc:
+                cid = item.get("custom_id", item.get("id")) if isinstance(item, Mapping) else None
+                yield BadLine(pos, cid if isinstance(cid, str) and cid else None, None, str(exc))
+
+    sink = _MemorySink()
+    await run(items(), config, sink=sink, on_tick=on_tick)
+    sink.results.sort(key=lambda pair: pair[0])
+    return [r for _, r in sink.results]
 
 
 def _install_signals(engine: Engine) -> None:

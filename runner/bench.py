@@ -237,7 +237,7 @@ def replay_jobs(jobs: Sequence[Job], count: int | None, *, id_prefix: str = "") 
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics specific to bench (TPOT, ITL, goodput and the SPEC summary come from runner.stats)
+# Statistics specific to bench (TPOT, ITL, goodput and the docs/FORMATS.md summary: runner.stats)
 
 
 @dataclass(slots=True)

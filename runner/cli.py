@@ -1,7 +1,8 @@
 """Command line: argument parsing, config loading, wiring, exit codes, ``uvloop.run``.
 
-Exit codes (SPEC section 1): 0 all jobs succeeded; 1 some failed permanently; 2 usage, config or
-input error before any request; 3 stopped by a guard; 130/143 interrupted after a clean drain.
+Exit codes (docs/FORMATS.md, "Exit codes"): 0 all jobs succeeded; 1 some failed permanently;
+2 usage, config or input error before any request; 3 stopped by a guard; 130/143 interrupted
+after a clean drain.
 """
 
 from __future__ import annotations
@@ -29,31 +30,119 @@ def _event_loop_run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
+def _add_common_options(p: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``validate`` share: what is read, and how it is priced."""
+    d = RunConfig()
+    p.add_argument("jobs", type=Path, help="JSONL file of jobs (docs/FORMATS.md)")
+    p.add_argument(
+        "-c", "--config", type=Path, help="TOML config file; flags win over it (default: none)"
+    )
+    p.add_argument(
+        "--contexts",
+        type=Path,
+        help="contexts JSONL for compact jobs with a cache_id (default: none)",
+    )
+    p.add_argument(
+        "--model",
+        help=f"model for jobs that name none; prices are looked up by it (default: {d.model})",
+    )
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("jobs", type=Path, help="JSONL file of jobs")
-    p.add_argument("-c", "--config", type=Path, help="TOML config file")
-    p.add_argument("-o", "--output", type=str, help="results JSONL (default JOBS.results.jsonl)")
-    p.add_argument("--latency", type=Path, help="latency JSONL (default JOBS.latency.jsonl)")
-    p.add_argument("--summary", type=Path, help="summary JSON (default JOBS.summary.json)")
-    p.add_argument("--contexts", type=Path, help="contexts JSONL for compact jobs")
-    p.add_argument("--provider", choices=["openai", "anthropic", "gemini", "mock"])
-    p.add_argument("--base-url", help="API base URL, e.g. https://api.openai.com/v1")
-    p.add_argument("--model")
-    p.add_argument("--api-key-env", help="name of the environment variable holding the key")
-    p.add_argument("--concurrency", type=int)
-    p.add_argument("--rpm", type=float, help="requests per minute")
-    p.add_argument("--tpm", type=float, help="tokens per minute")
-    p.add_argument("--max-attempts", type=int)
-    p.add_argument("--timeout", type=float, help="seconds per attempt")
-    p.add_argument("--cache", choices=["warm", "none"])
-    p.add_argument("--max-active-groups", type=int)
-    p.add_argument("--order", choices=["completion", "input"])
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--retry-failed", action="store_true", default=None)
-    p.add_argument("--max-cost", type=float, help="stop before spending more than this (USD)")
-    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
-    p.add_argument("--dry-run", action="store_true", default=None)
+    d = RunConfig()
+    _add_common_options(p)
+    p.add_argument(
+        "--provider",
+        choices=["openai", "anthropic", "gemini", "mock"],
+        help=f"wire protocol; mock is the built-in simulated provider (default: {d.provider})",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=str,
+        help="results JSONL, or a directory for all three files (default: JOBS.results.jsonl)",
+    )
+    p.add_argument(
+        "--latency", type=Path, help="latency JSONL (default: R.latency.jsonl beside results R)"
+    )
+    p.add_argument(
+        "--summary", type=Path, help="summary JSON (default: R.summary.json beside results R)"
+    )
+    p.add_argument(
+        "--base-url",
+        help="API base URL ending in /v1, e.g. https://api.openai.com/v1 "
+        "(default: the built-in simulated provider)",
+    )
+    p.add_argument(
+        "--api-key-env",
+        help="environment variable holding the key "
+        "(default: OPENAI_API_KEY / ANTHROPIC_API_KEY by provider, when set)",
+    )
+    p.add_argument(
+        "--concurrency", type=int, help=f"requests in flight at most (default: {d.concurrency})"
+    )
+    p.add_argument("--rpm", type=float, help="requests per minute limit (default: learned)")
+    p.add_argument("--tpm", type=float, help="tokens per minute limit (default: learned)")
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        help=f"attempts per job, retries included (default: {d.max_attempts})",
+    )
+    p.add_argument("--timeout", type=float, help=f"seconds per attempt (default: {d.timeout:g})")
+    p.add_argument(
+        "--cache",
+        choices=["warm", "none"],
+        help=f"warm: prime each cache group once, then fan out; none: no scheduling "
+        f"(default: {d.cache})",
+    )
+    p.add_argument(
+        "--max-active-groups",
+        type=int,
+        help=f"cache groups open at once (default: {d.max_active_groups})",
+    )
+    p.add_argument(
+        "--order",
+        choices=["completion", "input"],
+        help=f"order of the results file (default: {d.order})",
+    )
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="skip jobs the output already has; --no-resume starts afresh (default: resume)",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        default=None,
+        help="on resume, also send again jobs that failed transiently (default: off)",
+    )
+    p.add_argument(
+        "--max-cost",
+        type=float,
+        help="stop before spending more than this, in USD (default: no limit)",
+    )
+    p.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stream replies, which measures TTFT and ITL (default: off)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=["auto", "bar", "log", "off"],
+        help="auto: a bar on a terminal, timestamped log lines otherwise (default: auto)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="validate and estimate only, send nothing (default: off)",
+    )
+
+
+def _add_validate_options(p: argparse.ArgumentParser) -> None:
+    _add_common_options(p)
 
 
 _OVERRIDES = (
@@ -190,13 +279,16 @@ def _cmd_validate(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="runner", description="High-throughput batch runner for LLM chat APIs")
+    parser.add_argument("--version", action="version", version=f"runner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a batch of jobs")
     _add_run_options(p_run)
     p_run.set_defaults(func=_cmd_run)
     p_val = sub.add_parser("validate", help="check a jobs file and estimate tokens and cost")
-    _add_run_options(p_val)
+    _add_validate_options(p_val)
     p_val.set_defaults(func=_cmd_validate)
 
     from . import bench, caches_cmd, report
@@ -218,13 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    # Everything, imports included, runs inside the handler: a Ctrl-C at any moment of
+    # start-up is a quiet exit 130, never a traceback.
     try:
+        parser = build_parser()
+        ns = parser.parse_args(argv)
         code: int = ns.func(ns)
     except RunnerError as exc:
         print(f"runner: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        print("runner: interrupted", file=sys.stderr)
         return 130
     return code

@@ -37,9 +37,16 @@ DEFAULT_MIN_CACHEABLE_TOKENS = 1024
 DEFAULT_READ_AHEAD = 16384
 DEFAULT_DRAIN_S = 30.0
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+DEFAULT_MAX_RESPONSE_BYTES = 16 << 20  # a response body past this fails its attempt
 
 PROVIDERS = ("mock", "openai", "anthropic", "gemini")
 DEFAULT_EXPLICIT_TTL_S = 300.0
+#: Where the key is read from when the config names no ``api_key_env`` (as the SDKs do).
+DEFAULT_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +88,7 @@ class RunConfig:
     retry_failed: bool = False
     read_ahead: int = DEFAULT_READ_AHEAD
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     # guards
     max_cost: float | None = None
     breaker_min_requests: int = 50
@@ -121,9 +129,14 @@ class RunConfig:
         _check_choice("anthropic_cache_ttl", self.anthropic_cache_ttl, ("5m", "1h"))
 
     def api_key(self) -> str | None:
-        """The key from the environment variable the config names (never from the file)."""
+        """The key from the environment variable the config names (never from the file).
+
+        Without ``api_key_env``, ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` are read when set
+        (as the providers' SDKs do); unset, no key is sent (local servers need none).
+        """
         if not self.api_key_env:
-            return None
+            default = DEFAULT_KEY_ENV.get(self.provider)
+            return (os.environ.get(default) or None) if default else None
         key = os.environ.get(self.api_key_env)
         if not key:
             raise ConfigError(f"environment variable {self.api_key_env} (api_key_env) is not set")
@@ -159,6 +172,7 @@ _POSITIVE = (
     "explicit_ttl_s",
     "key_rpm",
     "max_line_bytes",
+    "max_response_bytes",
     "breaker_min_requests",
 )
 _NON_NEGATIVE = ("min_cacheable_tokens", "drain_s")

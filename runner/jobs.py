@@ -1,4 +1,4 @@
-"""Streaming readers for the jobs file and the contexts file (SPEC section 2).
+"""Streaming readers for the jobs file and the contexts file (docs/FORMATS.md, "Input").
 
 The jobs file is read in binary, one line at a time, so a file of millions of jobs costs the
 memory of one line plus one small integer per id (for the duplicate check). A line longer than
@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "ROLES",
     "load_contexts",
+    "parse_job",
     "prefix_digest",
     "read_jobs",
 ]
@@ -151,7 +152,9 @@ def read_jobs(
     ``BadLine.field`` is ``None`` exactly when the line is not a JSON object at all (invalid
     UTF-8, invalid JSON, an array or scalar), which lets ``validate`` recognise a file that is
     not JSONL. An id is claimed by the first line that carries it, even if that line is bad
-    otherwise, so no later line can take it over.
+    otherwise, so no later line can take it over: a later line with the same id is a BadLine
+    whose ``custom_id`` is ``None`` (its message names the id), so its error result can never be
+    mistaken for the real job's (see docs/FORMATS.md, "Bad lines and duplicate ids").
 
     :param path: the jobs JSONL file.
     :param contexts: contexts by ``cache_id``, from :func:`load_contexts`.
@@ -196,8 +199,7 @@ def _read_jobs(
                 else:
                     yield _compact_job(obj, custom_id, lineno, contexts)
             except _Bad as bad:
-                if custom_id is None and bad.field == id_field:
-                    custom_id = _readable_id(obj.get(id_field))  # a duplicate still names itself
+                # A duplicate (or unreadable) id is not this line's: its result is keyed by line.
                 message = f"{where}:{lineno}: {bad.field}: {bad.problem}"
                 yield BadLine(lineno, custom_id, bad.field, message)
 
@@ -213,8 +215,41 @@ def _claim_id(obj: dict[str, Any], field: str, seen: IdSet) -> str:
     return value
 
 
-def _readable_id(value: Any) -> str | None:
-    return value if type(value) is str and value else None
+def parse_job(
+    obj: Mapping[str, Any],
+    *,
+    line: int = 1,
+    contexts: Mapping[str, Context] | None = None,
+    where: str = "job",
+) -> Job:
+    """One job from a plain dict in either input shape (what a line of the jobs file holds).
+
+    ``{"id": "q1", "query": "..."}``, ``{"id": ..., "messages": [...], "cache_id": ...,
+    "params": {...}, "metadata": {...}}`` or the OpenAI Batch ``{"custom_id": ..., "body": ...}``.
+
+    :param line: the number reported in errors and used to order ``--order input`` output.
+    :param contexts: contexts by ``cache_id``, for compact jobs that name one.
+    :raises InputError: ``"WHERE:LINE: field: problem"`` for an invalid job.
+    """
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}:{line}: line: expected a JSON object, got {_json_type(obj)}")
+    batch = "custom_id" in obj or "body" in obj
+    id_field = "custom_id" if batch else "id"
+    try:
+        custom_id = _claim_id(obj, id_field, IdSet())
+        if batch:
+            return _batch_job(obj, custom_id, line)
+        return _compact_job(obj, custom_id, line, contexts or {})
+    except _Bad as bad:
+        raise InputError(f"{where}:{line}: {bad.field}: {bad.problem}") from None
+
+
+def _metadata(obj: dict[str, Any]) -> Mapping[str, Any] | None:
+    """The job's ``metadata`` object, copied verbatim into its result line."""
+    value = obj.get("metadata")
+    if value is None or type(value) is dict:
+        return value
+    raise _Bad("metadata", f"must be an object, got {_json_type(value)}")
 
 
 def _compact_job(
@@ -269,6 +304,7 @@ def _compact_job(
             params=params,
             prompt_chars=context.chars + own_chars,
             prefix_chars=context.chars,
+            metadata=_metadata(obj),
         )
     # without a context, a job's own messages still have a static prefix worth grouping
     return Job(
@@ -282,6 +318,7 @@ def _compact_job(
         params=params,
         prompt_chars=own_chars,
         prefix_chars=own_prefix_chars,
+        metadata=_metadata(obj),
     )
 
 
@@ -323,6 +360,7 @@ def _batch_job(obj: dict[str, Any], custom_id: str, lineno: int) -> Job:
         params=params or _NO_PARAMS,
         prompt_chars=chars,
         prefix_chars=prefix_chars,
+        metadata=_metadata(obj),
     )
 
 

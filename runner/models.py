@@ -62,6 +62,26 @@ class Job:
     params: Mapping[str, Any]  # body fields other than model/messages (max_tokens, temperature...)
     prompt_chars: int
     prefix_chars: int
+    metadata: Mapping[str, Any] | None = None  # copied into the result line as given
+
+    @classmethod
+    def from_dict(
+        cls,
+        obj: Mapping[str, Any],
+        *,
+        line: int = 1,
+        contexts: Mapping[str, Context] | None = None,
+    ) -> Job:
+        """A job from a plain dict in either input shape, validated like a jobs-file line.
+
+        ``Job.from_dict({"id": "q1", "query": "Summarise..."})``; see
+        :func:`runner.jobs.parse_job` for the shapes.
+
+        :raises InputError: the dict is not a valid job (names the field).
+        """
+        from .jobs import parse_job  # the parser lives with the reader; models stay pure data
+
+        return parse_job(obj, line=line, contexts=contexts)
 
     @property
     def max_tokens(self) -> int | None:
@@ -74,7 +94,7 @@ class BadLine:
     """A line of the jobs file that cannot become a job; it still gets exactly one result."""
 
     line: int
-    custom_id: str | None  # when it could be read from the line
+    custom_id: str | None  # the line's own id; None when unreadable or a duplicate
     field: str | None  # the offending field, when there is one
     message: str  # "FILE:LINE: field: problem"
 
@@ -132,9 +152,13 @@ class Attempt:
 
 @dataclass(slots=True)
 class LatencyRecord:
-    """One line of the latency file (SPEC section 3); field order is the file's order."""
+    """One line of the latency file (docs/FORMATS.md, "Latency records"); field order is the file's.
 
-    custom_id: str
+    ``custom_id`` is ``None`` only for a bad line without an id of its own (the sink then adds
+    its ``line``).
+    """
+
+    custom_id: str | None
     cache_id: str | None = None
     cache_role: CacheRole = "none"
     outcome: str = "ok"  # ok | error

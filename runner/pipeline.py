@@ -68,7 +68,9 @@ class Backend(Protocol):
 
 
 class Sink(Protocol):
-    def done(self, custom_id: str) -> bool: ...
+    # A job's key is its custom_id; a bad line without an id of its own is keyed by its line
+    # number (an int, so it can never be mistaken for a job's id).
+    def done(self, custom_id: str | int) -> bool: ...
     def expect(self, line: int) -> None: ...
     def write(self, result: dict[str, Any], record: LatencyRecord, line: int) -> None: ...
     def flush(self) -> None: ...
@@ -163,6 +165,9 @@ class Engine:
         self._admitted = 0
         self._admit_t: dict[int, float] = {}
         self._tasks: set[asyncio.Task[bool]] = set()
+        # Tasks with nothing on the wire (waiting for the limiter or a retry delay): a stop
+        # cancels them at once instead of letting them wait out the drain.
+        self._parked: set[asyncio.Task[Any] | None] = set()
         self._space = asyncio.Event()
         self._all_done = asyncio.Event()
         self._reading = True
@@ -224,7 +229,11 @@ class Engine:
         self._space.set()
         if hard:
             self._cancel_inflight()
-        elif first:
+        else:
+            for t in list(self._parked):
+                if t is not None:
+                    t.cancel()
+        if not hard and first:
             asyncio.get_running_loop().call_later(self.config.drain_s, self._cancel_inflight)
         self._check_done()
 
@@ -242,8 +251,8 @@ class Engine:
             if self._stopping:
                 break
             # A bad line's result is keyed by its id when it has one, else by its line.
-            cid = item.custom_id or f"line-{item.line}"
-            if sink.done(cid):
+            cid = item.custom_id
+            if sink.done(item.line if cid is None else cid):
                 stats.skipped += 1  # an earlier run wrote its result
                 continue
             stats.read += 1
@@ -369,10 +378,19 @@ class Engine:
                 await self._prewarm(d)
             if explicit is not None:
                 await self._open_explicit(explicit, d)
+            me = asyncio.current_task()
+            parked = self._parked
             while True:
                 attempts += 1
                 key = d.cache_key if explicit is None else explicit.key(d.group)
-                limiter_s += await self.limiter.acquire(est)
+                parked.add(me)  # inline, not a wrapper coroutine: this runs per request
+                try:
+                    limiter_s += await self.limiter.acquire(est)
+                finally:
+                    parked.discard(me)
+                if self._stopping:  # stopped while parked: leave it unsent for a resume
+                    self.limiter.release(est, Attempt(status=None, error=_CANCELLED))
+                    raise _Abandon
                 try:
                     a = await self.backend.send(job, cache_key=key, on_first_byte=cb)
                 except BaseException:
@@ -403,7 +421,11 @@ class Engine:
                 if self._stopping:
                     raise _Abandon  # a resume retries it; don't sleep through a drain
                 self.stats.retries += 1
-                await asyncio.sleep(self.policy.delay(err, attempts))
+                parked.add(me)
+                try:
+                    await asyncio.sleep(self.policy.delay(err, attempts))
+                finally:
+                    parked.discard(me)
             self._finish(job, role, a, attempts, t_admit, t_start, limiter_s)
             return True
         except _Abandon:
@@ -551,12 +573,14 @@ class Engine:
             if a.status is None
             else {"status_code": a.status, "request_id": a.request_id, "body": body}
         )
-        result = {
+        result: dict[str, Any] = {
             "id": self._next_id(),
             "custom_id": job.custom_id,
             "response": response,
             "error": None if err is None else {"code": err.code, "message": err.message},
         }
+        if job.metadata is not None:
+            result["metadata"] = job.metadata
         self.sink.write(result, rec, job.line)
         self.summary.add(rec)
         stats.done += 1
@@ -568,7 +592,7 @@ class Engine:
         self._breaker_add(err is not None)
 
     def _write_invalid(
-        self, custom_id: str, line: int, message: str, cache_id: str | None = None
+        self, custom_id: str | None, line: int, message: str, cache_id: str | None = None
     ) -> None:
         now = time.time()
         rec = LatencyRecord(
@@ -579,12 +603,14 @@ class Engine:
             ended_at=now,
             error_code="invalid_input",
         )
-        result = {
+        result: dict[str, Any] = {
             "id": self._next_id(),
             "custom_id": custom_id,
             "response": None,
             "error": {"code": "invalid_input", "message": message},
         }
+        if custom_id is None:
+            result["line"] = line  # the marker of a line-keyed result (docs/FORMATS.md)
         self.sink.write(result, rec, line)
         self.summary.add(rec)
         self.stats.done += 1

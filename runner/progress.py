@@ -1,9 +1,14 @@
-"""Live progress: a rich bar on a terminal, a plain line every few seconds otherwise (cron logs)."""
+"""Live progress: a rich bar on a terminal, a plain line every few seconds otherwise (cron logs).
+
+Log lines start with a UTC ISO 8601 timestamp (``2026-11-28T17:05:09Z [runner] ...``) so that
+a cron log or CI output can be read against other logs.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from datetime import UTC, datetime
 from typing import TextIO
 
 from rich.console import Console
@@ -75,7 +80,8 @@ class ProgressDisplay:
             now = time.perf_counter()
             if now - self._last_log >= LOG_INTERVAL_S:
                 self._last_log = now
-                print(f"[runner] {_line(s, elapsed)}", file=self._out, flush=True)
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                print(f"{stamp} [runner] {_line(s, elapsed)}", file=self._out, flush=True)
 
     def close(self, s: LiveStats | None = None) -> None:
         if self._bar is not None:

@@ -110,7 +110,11 @@ def read_records(path: Path, *, warn: Warn | None = None) -> Iterator[tuple[int,
             except orjson.JSONDecodeError as exc:
                 warn(path, lineno, f"not JSON ({exc.msg})")
                 continue
-            if not isinstance(rec, dict) or not isinstance(rec.get("custom_id"), str):
+            if not isinstance(rec, dict) or not (
+                isinstance(rec.get("custom_id"), str)
+                # a bad line without an id of its own is keyed by its line (docs/FORMATS.md)
+                or (rec.get("custom_id", 0) is None and type(rec.get("line")) is int)
+            ):
                 warn(path, lineno, "not a latency record (object with custom_id)")
                 continue
             bad = _bad_field(rec)

@@ -16,13 +16,23 @@ A run owns three files next to the results file ``R``:
 * ``L.lock`` and ``S.lock`` beside the latency file and the summary: the lock covers every output,
   so two runs that share a latency file or a summary (explicit ``--latency``/``--summary``) are
   refused like two runs on one results file.
+* ``R.pending`` (``--order input`` only): every finished result as soon as it is flushed, as
+  ``LINE RESULT-JSON``, while it waits in memory for the jobs before it. ``R`` holds only the
+  ordered view; a crash loses no paid answer, because the next run moves the pending results
+  back (into their place in the order, or appended under ``--order completion``). The file is
+  emptied whenever nothing is held, and removed on close.
 
-Within a flush the latency lines are written *before* the result lines: the result line is the
-commit record of a job. A crash between the two writes leaves latency lines without a result,
-which the next run drops before it sends those jobs again, so both files end with every job
-exactly once. (The other order would lose the latency records of jobs already committed.)
+Within a flush the latency lines are written *before* the result lines: the result line (in
+``R`` or ``R.pending``) is the commit record of a job. A crash between the two writes leaves
+latency lines without a result, which the next run drops before it sends those jobs again, so
+both files end with every job exactly once. (The other order would lose the latency records of
+jobs already committed.)
 
 Latency lines omit ``itl_ms`` when it is ``None`` (non-streaming runs) to keep them lean.
+
+A result is keyed by its ``custom_id``; a bad line without an id of its own (unreadable, or a
+duplicate of an earlier line's) has ``"custom_id": null`` and ``"line": N`` in both files and
+is keyed by the integer ``N``, so it can never stand in for a job's result on resume.
 """
 
 from __future__ import annotations
@@ -141,8 +151,11 @@ def open_outputs(
         meta_path = plan.meta
         jobs_file = str(jobs_path.resolve()) if jobs_path is not None else None
         contexts = config.contexts if jobs_path is not None else None
-        done: set[str] = set()
-        resuming = config.resume and _size(results) > 0
+        order_input = config.order == "input"
+        pending_path = _sidecar(results, ".pending")
+        done: set[str | int] = set()
+        recovered: dict[str | int, tuple[int, bytes]] = {}
+        resuming = config.resume and (_size(results) > 0 or _size(pending_path) > 0)
         if resuming:
             meta = _read_meta(meta_path, results)
             _check_model(meta, results, model=model)
@@ -150,19 +163,22 @@ def open_outputs(
             if meta.get("jobs_file") != jobs_file or inputs != _meta_inputs(meta):
                 # Same content (or jobs appended), maybe at a new path: record the input now.
                 _write_meta(meta_path, jobs_file=jobs_file, inputs=inputs, model=model)
-            _repair_tail(results)
-            _repair_tail(latency)
-            done = _load_results(results, retry_failed=config.retry_failed)
-            _drop_orphans(latency, done)
+            done, recovered = _recover(
+                results, latency, pending_path, config.retry_failed, order_input
+            )
         else:
             inputs = _fingerprint_inputs(jobs_path, contexts)
+            _remove(pending_path)
         res_fd = _open_append(results, truncate=not resuming)
         try:
             lat_fd = _open_append(latency, truncate=not resuming)
         except BaseException:
             os.close(res_fd)
             raise
+        pend_fd = -1
         try:
+            if order_input:
+                pend_fd = _open_append(pending_path, truncate=False)
             if not resuming:
                 # Truncate first, then claim the files for this input: a crash in between
                 # leaves empty outputs, never old lines under new metadata.
@@ -170,23 +186,28 @@ def open_outputs(
         except BaseException:
             os.close(res_fd)
             os.close(lat_fd)
+            if pend_fd >= 0:
+                os.close(pend_fd)
             raise
     except BaseException:
         for lpath, fd in reversed(extra):
             _release_lock(lpath, fd)
         _release_lock(lock_path, lock_fd)
         raise
-    return Outputs(
+    outputs = Outputs(
         results_path=results,
         latency_path=latency,
         lock_path=lock_path,
         fds=(res_fd, lat_fd, lock_fd),
         done=done,
-        order_input=config.order == "input",
+        order_input=order_input,
         flush_every=flush_every,
         fsync=fsync,
         extra_locks=extra,
     )
+    outputs.pending_path = pending_path
+    outputs.hold_recovered(pend_fd, recovered)
+    return outputs
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -209,7 +230,8 @@ class Outputs:
     With ``order="input"`` results are released in the order of the line numbers announced by
     :meth:`expect`. The reorder buffer holds at most the jobs between the oldest unfinished one
     and the newest read, which the pipeline bounds by its read-ahead window (it never has more
-    than ``read_ahead`` jobs outstanding).
+    than ``read_ahead`` jobs outstanding). Every held result is also flushed to ``R.pending``
+    at once, so holding it risks no paid answer.
     """
 
     __slots__ = (
@@ -224,10 +246,15 @@ class Outputs:
         "_held",
         "_lat_buf",
         "_order_input",
+        "_pend_buf",
+        "_pend_dirty",
+        "_pend_fd",
         "_pending",
+        "_recovered",
         "_res_buf",
         "latency_path",
         "lock_path",
+        "pending_path",
         "results_path",
         "skipped",
     )
@@ -239,7 +266,7 @@ class Outputs:
         latency_path: Path,
         lock_path: Path,
         fds: tuple[int, int, int],
-        done: set[str],
+        done: set[str | int],
         order_input: bool,
         flush_every: int,
         fsync: bool,
@@ -247,6 +274,7 @@ class Outputs:
     ) -> None:
         self._extra_locks = extra_locks or []
         self.results_path = results_path
+        self.pending_path: Path | None = None
         self.latency_path = latency_path
         self.lock_path = lock_path
         self.skipped = len(done)  # ids already written by an earlier run
@@ -259,13 +287,40 @@ class Outputs:
         self._lat_buf = bytearray()
         self._pending = 0  # jobs in the buffers
         self._expected: deque[int] = deque()
-        self._held: dict[int, tuple[bytes, bytes]] = {}
+        self._held: dict[int, bytes] = {}
+        self._pend_buf = bytearray()
+        self._pend_fd = -1
+        self._pend_dirty = False  # R.pending holds lines not yet released into R
+        self._recovered: dict[str | int, int] = {}
         self._broken: SinkError | None = None
         self._closed = False
 
-    def done(self, custom_id: str) -> bool:
-        """Whether an earlier run already wrote this job's result (skip it)."""
-        return custom_id in self._done
+    def hold_recovered(
+        self, pending_fd: int, recovered: dict[str | int, tuple[int, bytes]]
+    ) -> None:
+        """Take the ``R.pending`` descriptor and the results a crashed run left held there.
+
+        Each waits in the reorder buffer until :meth:`done` meets its job in input order.
+        """
+        self._pend_fd = pending_fd
+        for key, (line, res) in recovered.items():
+            self._held[line] = res
+            self._recovered[key] = line
+        self._pend_dirty = bool(recovered)
+
+    def done(self, custom_id: str | int) -> bool:
+        """Whether an earlier run already wrote this job's result (skip it).
+
+        ``custom_id`` is a job's id, or the line number of a bad line without an id of its own.
+        """
+        if custom_id not in self._done:
+            return False
+        if self._recovered:
+            line = self._recovered.pop(custom_id, None)
+            if line is not None:  # a held result of a crashed run takes its place in the order
+                self._expected.append(line)
+                self._release()
+        return True
 
     def expect(self, line: int) -> None:
         """Announce, in input order, the line of a job (or bad line) to be written (order input)."""
@@ -286,9 +341,18 @@ class Outputs:
             lat = lat[: -len(_NO_ITL)] + b"}\n"
         else:
             lat += b"\n"
+        if record.custom_id is None:  # a line-keyed bad line: the latency line says which
+            lat = lat[:-2] + b',"line":%d}\n' % line
         if self._order_input:
-            self._held[line] = (res, lat)
+            # Latency and pending lines go out with the next flush; R waits for the order.
+            self._lat_buf += lat
+            self._pend_buf += b"%d " % line
+            self._pend_buf += res
+            self._held[line] = res
+            self._pending += 1
             self._release()
+            if self._pending >= self._flush_every:
+                self.flush()
         else:
             self._append(res, lat)
 
@@ -300,16 +364,24 @@ class Outputs:
         """
         if self._broken is not None:
             raise self._broken
-        if not self._pending:
+        if not (self._pending or self._res_buf):
             return
         try:
             _write_all(self._fds[1], self._lat_buf, self.latency_path)
+            if self._pend_buf:
+                _write_all(self._pend_fd, self._pend_buf, self._pending_file())
+                self._pend_dirty = True
             _write_all(self._fds[0], self._res_buf, self.results_path)
+            if self._pend_dirty and not self._held:
+                # Everything pending is now in R: start the journal afresh.
+                _io(self._pending_file(), lambda: os.ftruncate(self._pend_fd, 0))
+                self._pend_dirty = False
         except SinkError as exc:
             self._broken = exc
             raise
         self._lat_buf.clear()
         self._res_buf.clear()
+        self._pend_buf.clear()
         self._pending = 0
 
     def close(self) -> None:
@@ -325,16 +397,20 @@ class Outputs:
         try:
             if self._broken is None:
                 for line in sorted(self._held):
-                    self._append(*self._held.pop(line))
+                    self._release_one(self._held.pop(line))
                 self.flush()
                 if self._fsync:
                     _io(self.latency_path, lambda: os.fsync(lat_fd))
                     _io(self.results_path, lambda: os.fsync(res_fd))
+                if self._pend_fd >= 0 and self.pending_path is not None:
+                    _remove(self.pending_path)
         finally:
             os.close(res_fd)
             os.close(lat_fd)
             for lpath, fd in reversed(self._extra_locks):
                 _release_lock(lpath, fd)
+            if self._pend_fd >= 0:
+                os.close(self._pend_fd)
             _release_lock(self.lock_path, lock_fd)
 
     def __enter__(self) -> Outputs:
@@ -352,7 +428,13 @@ class Outputs:
     def _release(self) -> None:
         expected, held = self._expected, self._held
         while expected and expected[0] in held:
-            self._append(*held.pop(expected.popleft()))
+            self._release_one(held.pop(expected.popleft()))
+
+    def _release_one(self, res: bytes) -> None:
+        self._res_buf += res
+
+    def _pending_file(self) -> Path:
+        return self.pending_path or _sidecar(self.results_path, ".pending")
 
     def _append(self, res: bytes, lat: bytes) -> None:
         self._res_buf += res
@@ -495,29 +577,41 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _load_results(path: Path, *, retry_failed: bool) -> set[str]:
-    """The ids already done; lines to run again (or unreadable) are removed from the file."""
+def _key(obj: dict[str, Any]) -> str | int | None:
+    """A result's or latency line's key: its custom_id, else the line of a line-keyed bad line."""
+    cid = obj.get("custom_id")
+    if isinstance(cid, str):
+        return cid
+    line = obj.get("line")
+    return line if cid is None and type(line) is int else None
 
-    def judge(raw: bytes) -> tuple[bool, object]:
-        """(keep the line, its custom_id)."""
-        obj = _parse(raw)
-        if obj is None:
-            return False, None  # belongs to no job: garbage left by a crash of the machine
-        err = obj.get("error")
-        code = err.get("code") if isinstance(err, dict) else None
-        rerun = code in _ALWAYS_RERUN or (retry_failed and code in RETRIABLE_ERROR_CODES)
-        return not rerun, obj.get("custom_id")
 
-    done: set[str] = set()
+def _judge(obj: dict[str, Any] | None, retry_failed: bool) -> tuple[bool, str | int | None]:
+    """(keep the result, its key)."""
+    if obj is None:
+        return False, None  # belongs to no job: garbage left by a crash of the machine
+    err = obj.get("error")
+    code = err.get("code") if isinstance(err, dict) else None
+    rerun = code in _ALWAYS_RERUN or (retry_failed and code in RETRIABLE_ERROR_CODES)
+    return not rerun, _key(obj)
+
+
+def _load_results(path: Path, *, retry_failed: bool) -> set[str | int]:
+    """The keys already done; lines to run again (or unreadable) are removed from the file."""
+
+    def judge(raw: bytes) -> tuple[bool, str | int | None]:
+        return _judge(_parse(raw), retry_failed)
+
+    done: set[str | int] = set()
 
     def scan() -> bool:
         dropped = False
         for raw in _lines(path):
-            keep, cid = judge(raw)
+            keep, key = judge(raw)
             if not keep:
                 dropped = True
-            elif isinstance(cid, str):
-                done.add(cid)
+            elif key is not None:
+                done.add(key)
         return dropped
 
     if _io(path, scan):
@@ -525,13 +619,72 @@ def _load_results(path: Path, *, retry_failed: bool) -> set[str]:
     return done
 
 
-def _drop_orphans(path: Path, done: set[str]) -> None:
+def _recover(
+    results: Path, latency: Path, pending: Path, retry_failed: bool, order_input: bool
+) -> tuple[set[str | int], dict[str | int, tuple[int, bytes]]]:
+    """Repair and load the outputs of an earlier run: (keys done, results still held).
+
+    Results a crashed ``--order input`` run left in ``R.pending`` count as done; without an
+    order to keep they are appended to ``R`` at once, else they wait for their place.
+    """
+    _repair_tail(results)
+    _repair_tail(latency)
+    _repair_tail(pending)
+    done = _load_results(results, retry_failed=retry_failed)
+    recovered = _load_pending(pending, done, retry_failed=retry_failed)
+    done.update(recovered)
+    _drop_orphans(latency, done)
+    if recovered and not order_input:
+        _append_durably(results, [res for _, res in recovered.values()])
+        recovered = {}
+    if not recovered:
+        _remove(pending)
+    return done, recovered
+
+
+def _load_pending(
+    path: Path, done: set[str | int], *, retry_failed: bool
+) -> dict[str | int, tuple[int, bytes]]:
+    """Results a crashed ``--order input`` run had finished but not yet placed in ``R``.
+
+    :returns: by key, (input line, result line) for each not already in ``R`` (``done``).
+    """
+    found: dict[str | int, tuple[int, bytes]] = {}
+
+    def scan() -> None:
+        for raw in _lines(path):
+            head, _, res = raw.partition(b" ")
+            if not head.isdigit():
+                continue
+            keep, key = _judge(_parse(res), retry_failed)
+            if keep and key is not None and key not in done:
+                found[key] = (int(head), res)
+
+    _io(path, scan)
+    return found
+
+
+def _append_durably(path: Path, lines: list[bytes]) -> None:
+    def append() -> None:
+        with open(path, "ab") as out:
+            out.writelines(lines)
+            out.flush()
+            os.fsync(out.fileno())
+
+    _io(path, append)
+
+
+def _remove(path: Path) -> None:
+    _io(path, lambda: path.unlink(missing_ok=True))
+
+
+def _drop_orphans(path: Path, done: set[str | int]) -> None:
     """Drop latency lines whose job has no result line (a crash between the two writes)."""
 
     def keep(raw: bytes) -> bool:
         obj = _parse(raw)
-        cid = obj.get("custom_id") if obj is not None else None
-        return isinstance(cid, str) and cid in done
+        key = _key(obj) if obj is not None else None
+        return key is not None and key in done
 
     def any_orphan() -> bool:
         return not all(keep(raw) for raw in _lines(path))

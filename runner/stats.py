@@ -12,7 +12,7 @@ percentiles; beyond that it folds them into a log-bucketed histogram whose bucke
 giving percentiles within 0.1% relative error in bounded memory (about 11,500 buckets span
 1 microsecond to 3 hours in ms). Count, mean and max stay exact in both modes.
 
-Metric definitions (SPEC section 3): TTFT = request written -> first chunk with generated content
+Metric definitions (README, "Metrics"): TTFT = request written -> first chunk with generated content
 (the record already excludes role-only chunks); latency = request written -> last byte of the final
 attempt; TPOT = (latency - TTFT) / (completion_tokens - 1) over records with a TTFT and more than
 one completion token; ITL = every inter-chunk gap of the record's ``itl_ms``. Latency, TTFT, TPOT,
@@ -231,7 +231,7 @@ class _Slo:
 
 
 class SummaryBuilder:
-    """Accumulates latency records into the summary JSON of SPEC section 3 plus extras.
+    """Accumulates latency records into the summary JSON of docs/FORMATS.md ("Summary") plus extras.
 
     :param price: prices for the cost section; None gives ``"cost": null``.
     :param price_of: the price of a model (``None``: the run's model); when given, each record

@@ -339,7 +339,7 @@ MSGS = '[{"role": "user", "content": "c"}]'
         ('{"query": "q"}', None, "id", "missing (compact shape needs id"),
         ('{"id": 5, "query": "q"}', None, "id", "must be a non-empty string, got 5"),
         ('{"id": "", "query": "q"}', None, "id", "must be a non-empty string"),
-        ('{"id": "ok", "query": "q"}', "ok", "id", "duplicate id 'ok'"),
+        ('{"id": "ok", "query": "q"}', None, "id", "duplicate id 'ok'"),  # keyed by its line
         ('{"id": "x"}', "x", "query", "missing: give query"),
         ('{"id": "x", "query": 3}', "x", "query", "must be a string, got a number"),
         (

@@ -127,7 +127,9 @@ async def test_bad_lines_become_invalid_input_results() -> None:
     items: list[Job | BadLine] = [job(0), BadLine(2, None, "query", "f:2: query: missing"), job(2)]
     out = await engine(FakeBackend(), sink).run(items)
     bad = [r for r in sink.results if r["error"]]
-    assert [(r["custom_id"], r["error"]["code"]) for r in bad] == [("line-2", "invalid_input")]
+    assert [(r["custom_id"], r["line"], r["error"]["code"]) for r in bad] == [
+        (None, 2, "invalid_input")
+    ]
     assert bad[0]["error"]["message"] == "f:2: query: missing"
     assert out.exit_code == 1
 

@@ -32,7 +32,7 @@ def test_json_has_exactly_the_spec_keys_plus_documented_extras(
 ) -> None:
     s = json_out(capsys, FIXTURE, *PRICES)
     assert list(s) == [
-        # SPEC section 3, in its order
+        # docs/FORMATS.md ("Summary"), in its order
         "jobs", "wall_s", "requests_per_s", "retries", "limiter_wait_s", "tokens",
         "cache_hit_ratio", "latency_ms", "ttft_ms", "cost",
         # extras

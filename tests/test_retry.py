@@ -21,7 +21,7 @@ def err(
     return ErrorInfo(code, "boom", retriable, retry_after_s=retry_after_s, fatal=fatal)
 
 
-# As the providers classify them (SPEC section 5): throttles, 408/409, 5xx, timeouts and
+# As the providers classify them (docs/PROVIDERS.md): throttles, 408/409, 5xx, timeouts and
 # connection errors are retriable; other 4xx, exhausted quota and auth failures are not.
 CLASSIFIED = [
     (err("rate_limited"), True),

@@ -112,7 +112,7 @@ class PrefixCache:
 
 
 class ReplicaRouter:
-    """Routes OpenAI requests to replicas the way PROVIDERS.md describes.
+    """Routes OpenAI requests to replicas the way docs/PROVIDERS.md describes.
 
     The route is a hash of the first 256 tokens and ``prompt_cache_key``. Each route has a token
     bucket of ``key_rpm`` requests per minute; a request finding it empty overflows to another

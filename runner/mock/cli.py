@@ -50,6 +50,7 @@ _HELP = {
     "api_key": "require exactly this key (prefer --require-api-key on shared machines)",
     "require_api_key": "require some non-empty key",
     "slow_first_byte_ms": "extra delay of the slow_first_byte fault",
+    "fault_429_retry_ms": "delay, in ms, that a fault_http_429 answer asks the client to wait",
 }
 
 

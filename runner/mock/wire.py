@@ -1,7 +1,7 @@
 """Wire shapes of the two providers: error bodies, usage objects and reply text.
 
 Everything here is pure and cheap; the server composes these into responses. Error bodies are
-the exact shapes the providers send (see PROVIDERS.md), never echoing a key.
+the exact shapes the providers send (see docs/PROVIDERS.md), never echoing a key.
 """
 
 from __future__ import annotations

@@ -6,8 +6,12 @@ or an SSE stream and turns every request failure into an ``Attempt`` carrying a 
 module supplies four hooks: build the body, normalise usage, classify an HTTP error and parse a
 stream.
 
-API keys must never leak into an ``Attempt``: servers sometimes echo request headers into error
-bodies, so error bodies and every message built here go through :func:`scrub`.
+API keys must never leak into an ``Attempt``: servers sometimes echo request headers into
+bodies and header values, so every body, request id and message built here goes through
+:class:`~runner.providers._wire.KeyGuard` or :func:`scrub`. Bodies are capped at
+``max_response_bytes`` and re-encoded onto one line when the server sent line breaks (see
+:mod:`runner.providers._wire`). Redirects are followed only within the base URL's origin and
+only when they keep the method and body (307/308): credentials never go to another host.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from yarl import URL
 
 from ..config import RunConfig
 from ..models import Attempt, ErrorInfo, Job, RateInfo, Usage
+from ._wire import BodyTooLarge, KeyGuard, read_capped, too_large
 from .headers import parse_go_duration, parse_rate_headers, parse_retry_after
 
 __all__ = [
@@ -32,6 +37,7 @@ __all__ = [
     "Headers",
     "StreamParser",
     "apply_should_retry",
+    "body_error",
     "error_fields",
     "error_from_exception",
     "http_message",
@@ -50,6 +56,8 @@ MAX_MESSAGE_CHARS = 300
 PROBE_TIMEOUT_S = 30.0
 MIN_SECRET_CHARS = 8
 MAX_TEXT_BYTES = 4096  # of a non-JSON error body, read for its message
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # CPython fixed the leak of aborted TLS transports in 3.12.7 / 3.13.1; aiohttp warns when the
 # workaround is requested on an interpreter that no longer needs it.
 _NEEDS_CLEANUP_CLOSED = sys.version_info < (3, 12, 7) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
@@ -106,17 +114,6 @@ def scrub(text: str, api_key: str | None) -> str:
     if key is not None and key in text:
         text = text.replace(key, "[redacted]")
     return _SECRET_PATTERNS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
-
-
-def _scrub_json(value: Any, api_key: str) -> Any:
-    """A copy of parsed JSON with the key removed from every string (keys included)."""
-    if isinstance(value, str):
-        return value.replace(api_key, "[redacted]")
-    if isinstance(value, dict):
-        return {_scrub_json(k, api_key): _scrub_json(v, api_key) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub_json(v, api_key) for v in value]
-    return value
 
 
 def _short(text: str) -> str:
@@ -251,6 +248,16 @@ def stream_error(err: Any) -> ErrorInfo:
     return ErrorInfo("stream_error", _short(text), retriable)
 
 
+def body_error(err: Any, status: int) -> ErrorInfo:
+    """An ``error`` object in a 2xx body: retriable unless it says the request itself is bad."""
+    etype, code, msg = error_fields({"error": err})
+    kind = etype or code
+    retriable = kind is None or any(w in kind for w in _TRANSIENT_WORDS)
+    where = f"error in a {status} body"
+    text = f"{where}: {kind}: {msg}" if kind else f"{where}: {msg}"
+    return ErrorInfo("bad_response", _short(text), retriable)
+
+
 def error_from_exception(exc: BaseException) -> ErrorInfo:
     """A transport failure (no complete response) as a retriable error."""
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
@@ -306,24 +313,37 @@ def sse_data(line: bytes) -> bytes | None:
     return None
 
 
-async def read_sse(content: aiohttp.StreamReader, parser: StreamParser) -> None:
+async def read_sse(content: aiohttp.StreamReader, parser: StreamParser, cap: int) -> None:
     """Feed every line of an SSE body to ``parser``, stamping each with its arrival time.
 
     Reads whatever the socket has (not line by line) so that events that arrived together
-    share a timestamp, and lines of any length work.
+    share a timestamp, and lines of any length work. A line is assembled from a list of pieces
+    (linear, however long it grows) and the whole stream is capped at ``cap`` bytes: past it the
+    parser gets a ``response_too_large`` error and reading stops.
     """
-    buf = b""
+    parts: list[bytes] = []
+    total = 0
     async for data in content.iter_any():
         now = perf_counter()
-        buf += data
+        total += len(data)
+        if total > cap:
+            parser.error = ErrorInfo("response_too_large", too_large(cap), retriable=False)
+            return
         if b"\n" not in data:
+            parts.append(data)
             continue
-        *lines, buf = buf.split(b"\n")
+        if parts:
+            parts.append(data)
+            data = b"".join(parts)
+            parts.clear()
+        *lines, rest = data.split(b"\n")
+        if rest:
+            parts.append(rest)
         for line in lines:
             if line and parser.feed(line, now):
                 return
-    if buf:
-        parser.feed(buf, perf_counter())
+    if parts:
+        parser.feed(b"".join(parts), perf_counter())
 
 
 # -- the backend -------------------------------------------------------------------------------
@@ -334,8 +354,9 @@ class HTTPBackend:
 
     __slots__ = (
         "_api_key",
+        "_cap",
         "_config",
-        "_key_bytes",
+        "_guard",
         "_model",
         "_models_url",
         "_params",
@@ -362,8 +383,8 @@ class HTTPBackend:
         self._url = URL(base + self.path)
         self._models_url = URL(base + "/models")
         self._api_key = api_key
-        secret = _secret(api_key)
-        self._key_bytes = secret.encode() if secret else None
+        self._guard = KeyGuard(_secret(api_key))
+        self._cap = config.max_response_bytes
         self._model = config.model
         self._params = config.params
         self._stream = config.stream
@@ -414,23 +435,41 @@ class HTTPBackend:
         status: int | None = None
         rate: RateInfo | None = None
         parser: StreamParser | None = None
+        url = self.request_url(job, stream)
         t0 = perf_counter()
         try:
-            async with self._session.post(self.request_url(job, stream), data=data) as resp:
-                status = resp.status
-                headers = resp.headers
-                rate = parse_rate_headers(headers)
-                if 200 <= status < 300:
-                    if on_first_byte is not None:
-                        on_first_byte()
-                    # A server may ignore "stream": fall through to the JSON path then.
-                    if stream and resp.content_type == "text/event-stream":
-                        parser = self.stream_parser(t0)
-                        await read_sse(resp.content, parser)
+            for _hop in range(MAX_REDIRECTS + 1):
+                # Redirects are followed by hand: aiohttp would carry x-api-key to any host.
+                async with self._session.post(url, data=data, allow_redirects=False) as resp:
+                    status = resp.status
+                    headers = resp.headers
+                    if status in _REDIRECTS:
+                        url, error = self._redirect(url, status, headers)
+                        if error is None:
+                            continue
                         latency = (perf_counter() - t0) * 1000.0
-                        return self._stream_attempt(parser, status, headers, rate, latency)
-                raw = await resp.read()
+                        return Attempt(status=status, error=error, latency_ms=latency)
+                    rate = parse_rate_headers(headers)
+                    if 200 <= status < 300:
+                        if on_first_byte is not None:
+                            on_first_byte()
+                        # A server may ignore "stream": fall through to the JSON path then.
+                        if stream and resp.content_type == "text/event-stream":
+                            parser = self.stream_parser(t0)
+                            await read_sse(resp.content, parser, self._cap)
+                            latency = (perf_counter() - t0) * 1000.0
+                            return self._stream_attempt(parser, status, headers, rate, latency)
+                    raw = await read_capped(resp, self._cap)
+                    latency = (perf_counter() - t0) * 1000.0
+                    break
+            else:
+                error = ErrorInfo("http_3xx", f"more than {MAX_REDIRECTS} redirects", False)
                 latency = (perf_counter() - t0) * 1000.0
+                return Attempt(status=status, error=error, latency_ms=latency)
+        except BodyTooLarge as exc:
+            error = ErrorInfo("response_too_large", str(exc), retriable=False)
+            latency = (perf_counter() - t0) * 1000.0
+            return Attempt(status=status, error=error, latency_ms=latency, rate=rate)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return Attempt(
                 status=status,
@@ -452,6 +491,27 @@ class HTTPBackend:
             fatal=True,
         )
 
+    def _redirect(self, url: URL, status: int, headers: Headers) -> tuple[URL, ErrorInfo | None]:
+        """Where a redirect may be followed to, or why it is not (an error for the attempt).
+
+        Only 307/308 keep the POST body, and only a target within the base URL's origin may
+        receive the credentials.
+        """
+        location = headers.get("location")
+        target = url.join(URL(location)) if location else None
+        if target is not None and status in (307, 308) and target.origin() == url.origin():
+            return target, None
+        where = "" if target is None else f" to {self._guard.text(str(target.origin()))}"
+        why = (
+            "another origin, where the API key must not be sent"
+            if target is not None and target.origin() != url.origin()
+            else "a redirect that drops the request body"
+        )
+        message = _short(
+            f"HTTP {status}: redirected{where}: not followed ({why}); set base_url to the final URL"
+        )
+        return url, ErrorInfo("http_3xx", message, retriable=False)
+
     def _scrubbed(self, info: ErrorInfo) -> ErrorInfo:
         if self._api_key is None:
             return info
@@ -463,7 +523,7 @@ class HTTPBackend:
         if rid is None and isinstance(body, dict):
             bid = body.get(self.id_field)
             rid = bid if isinstance(bid, str) else None
-        return rid
+        return self._guard.text(rid)
 
     def _json_attempt(
         self, status: int, headers: Headers, raw: bytes, rate: RateInfo | None, latency: float
@@ -472,10 +532,26 @@ class HTTPBackend:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
+        if body is not None:
+            # What reaches the results file: one line, no key (the same objects when clean).
+            raw, body = self._guard.clean(raw, body)
         if 200 <= status < 300:
             if not isinstance(body, dict):
                 error = ErrorInfo("bad_response", _short(f"invalid JSON in a {status} body"), True)
                 return Attempt(status=status, error=error, latency_ms=latency, rate=rate)
+            err = body.get("error")
+            if err and "choices" not in body and "content" not in body:
+                # A 200 that carries only an error (some gateways, vLLM's {"object": "error"}):
+                # a failed attempt, never an answer.
+                return Attempt(
+                    status=status,
+                    body=body,
+                    raw=raw,
+                    request_id=self._request_id(headers, None),
+                    error=self._scrubbed(body_error(err, status)),
+                    latency_ms=latency,
+                    rate=rate,
+                )
             return Attempt(
                 status=status,
                 body=body,
@@ -485,15 +561,9 @@ class HTTPBackend:
                 latency_ms=latency,
                 rate=rate,
             )
-        # Error bodies are kept for the results file, so an echoed key is removed from them:
-        # from the parsed strings, never from the bytes, so the JSON stays intact.
-        key = self._key_bytes
         if body is None:
             # scrubbed before classify() shortens it, so no fragment of a key survives the cut
             detail: Any = scrub(raw[:MAX_TEXT_BYTES].decode("utf-8", "replace"), self._api_key)
-        elif key is not None and key in raw:
-            detail = body = _scrub_json(body, key.decode())
-            raw = orjson.dumps(body)
         else:
             detail = body
         error = self._scrubbed(self.classify(status, detail, headers))
@@ -531,6 +601,7 @@ class HTTPBackend:
                 rate=rate,
             )
         body, usage = parser.result()
+        body, _ = self._guard.scrub_body(body)
         return Attempt(
             status=status,
             body=body,
@@ -554,7 +625,9 @@ class HTTPBackend:
             sock_connect=self._config.connect_timeout,
         )
         try:
-            async with self._session.get(self._models_url, timeout=timeout) as resp:
+            async with self._session.get(
+                self._models_url, timeout=timeout, allow_redirects=False
+            ) as resp:
                 status = resp.status
                 raw = await resp.read()
                 headers = resp.headers

@@ -40,7 +40,8 @@ def build_headers(config: RunConfig, api_key: str | None) -> dict[str, str]:
 
 
 def _int(value: Any) -> int | None:
-    return value if type(value) is int else None
+    # A negative count is no count: it would turn into a negative cost.
+    return value if type(value) is int and value >= 0 else None
 
 
 def parse_usage(usage: Any) -> Usage | None:
