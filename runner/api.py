@@ -20,17 +20,25 @@ from typing import Any
 import orjson
 
 from .config import RunConfig
-from .errors import AuthError, ConfigError, InputError, SinkError
+from .errors import (
+    TRANSIENT_ERROR_CODES,
+    AuthError,
+    ConfigError,
+    InputError,
+    SinkError,
+    Unavailable,
+)
 from .explicit_cache import CacheStore, ExplicitCaches, run_tag
 from .jobs import load_contexts, read_jobs
 from .limits import RateController
 from .models import BadLine, Job, LatencyRecord
+from .observe import Observer, write_summary_to
 from .outputs import check_outputs, plan_outputs
 from .pipeline import Engine, LiveStats, RunOutcome, Sink
 from .preflight import check_prices
 from .progress import make_progress
 from .providers import open_backend
-from .sinks import MetaCacheJournal, open_outputs, write_summary
+from .sinks import MetaCacheJournal, open_outputs
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
 
 __all__ = ["BatchResult", "batch", "count_lines", "run"]
@@ -71,6 +79,7 @@ async def run(
     handle_signals: bool = False,
     on_tick: Callable[[LiveStats], None] | None = None,
     config_path: Path | None = None,
+    meter_provider: Any = None,
 ) -> RunOutcome:
     """Run a batch and return its outcome (summary, exit code, why it stopped early).
 
@@ -82,6 +91,8 @@ async def run(
     :param handle_signals: install SIGINT/SIGTERM handlers that drain and stop (the CLI does).
     :param on_tick: called about five times a second with live counters.
     :param config_path: the config file the config came from, so that no output may overwrite it.
+    :param meter_provider: an OpenTelemetry ``MeterProvider`` (the host's own) to record the
+        GenAI metrics into, instead of the OTLP exporter ``otel_endpoint`` would set up.
 
     Before anything is opened for writing the run checks every output path (none may be an
     input or another output, all must be writable), the inputs, the prices ``max_cost`` needs
@@ -97,7 +108,7 @@ async def run(
     if isinstance(jobs, str | Path):
         jobs_path = Path(jobs)
     # Every output path is decided and checked before anything is opened for writing.
-    summary_path = _check_paths(config, jobs_path, own_sink=sink is None, config_path=config_path)
+    summary_path = _summary_path(config, jobs_path, own_sink=sink is None, config_path=config_path)
     if jobs_path is not None:
         if jobs_path.is_dir():
             raise InputError(f"{jobs_path}: is a directory, not a jobs file")
@@ -112,11 +123,14 @@ async def run(
         assert not isinstance(jobs, str | Path)
         items = jobs
     api_key = config.api_key()
+    # Logs, metrics and OpenTelemetry for operators: see runner/observe.py.
+    observer = Observer(config, jobs_path=jobs_path, meter_provider=meter_provider)
     display = None
     wants = config.progress != "auto" or handle_signals
-    if on_tick is None and jobs_path is not None and wants:
+    if on_tick is None and jobs_path is not None and wants and observer.text_display:
         display = make_progress(config.progress)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(observer.close)
         base_url = await stack.enter_async_context(_target(config))
         backend = await stack.enter_async_context(
             open_backend(config, base_url=base_url, api_key=api_key)
@@ -124,6 +138,8 @@ async def run(
         if config.base_url:
             problem = await backend.probe()
             if problem is not None:
+                if problem.code in TRANSIENT_ERROR_CODES:
+                    raise Unavailable(f"{base_url} is unreachable: {problem.message}")
                 if problem.fatal:
                     raise AuthError(f"pre-flight check of {base_url} failed: {problem.message}")
                 raise ConfigError(f"pre-flight check of {base_url} failed: {problem.message}")
@@ -134,21 +150,23 @@ async def run(
             stack.callback(outputs.close)
             sink = outputs
         explicit = await _explicit_caches(config, backend, jobs_path)
+        sink = observer.wrap_sink(sink)
         engine = Engine(
             config,
             backend=backend,
             sink=sink,
             limiter=RateController(concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm),
             jobs_name=str(jobs_path) if jobs_path else "jobs",
-            on_tick=on_tick or (display.tick if display else None),
+            on_tick=observer.chain(on_tick or (display.tick if display else None)),
             release_on_first_byte=config.provider == "anthropic",
             explicit=explicit,
         )
-        if display is not None and jobs_path is not None:  # a display implies a jobs file
+        if (display is not None or observer.active) and jobs_path is not None:
             try:
                 engine.stats.total = count_lines(jobs_path)
             except OSError as exc:
                 raise InputError(f"{jobs_path}: cannot read: {exc.strerror}") from exc
+        observer.start(engine)
         if handle_signals:
             _install_signals(engine)
         try:
@@ -171,9 +189,10 @@ async def run(
         outcome = _finish_outcome(
             outcome, summary, config, base_url=config.base_url, started_at=started_at
         )
+        outcome = observer.finish(outcome)  # exit 75, the run_end event, final metrics
         if summary_path is not None:
             try:
-                write_summary(summary_path, outcome.summary)
+                write_summary_to(summary_path, outcome.summary)
             except SinkError as exc:
                 # The figures are not lost: the caller still gets (and the CLI prints) them.
                 outcome.summary["summary_error"] = str(exc)
@@ -224,6 +243,17 @@ def _add_cache_cost(
     cost["storage"] = round(storage, 10)
     cost["billed_total"] = round(total, 8)
     cost["saving_net"] = round(1.0 - total / cost["uncached"], 6) if cost["uncached"] else 0.0
+
+
+def _summary_path(
+    config: RunConfig, jobs_path: Path | None, *, own_sink: bool, config_path: Path | None
+) -> Path | None:
+    """:func:`_check_paths`, where ``--summary -`` (standard output) is no file to check."""
+    if config.summary is not None and str(config.summary) == "-":
+        plain = replace(config, summary=None)
+        _check_paths(plain, jobs_path, own_sink=own_sink, config_path=config_path)
+        return Path("-")
+    return _check_paths(config, jobs_path, own_sink=own_sink, config_path=config_path)
 
 
 def _check_paths(

@@ -1,8 +1,8 @@
 """Command line: argument parsing, config loading, wiring, exit codes, ``uvloop.run``.
 
 Exit codes (docs/FORMATS.md, "Exit codes"): 0 all jobs succeeded; 1 some failed permanently;
-2 usage, config or input error before any request; 3 stopped by a guard; 130/143 interrupted
-after a clean drain.
+2 usage, config or input error before any request; 3 stopped by a guard; 75 stopped by a transient
+condition, re-run later (EX_TEMPFAIL); 130/143 interrupted after a clean drain.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import observe
 from .config import RunConfig, did_you_mean, load_config
 from .errors import ConfigError, RunnerError
 
@@ -133,6 +134,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         choices=["auto", "bar", "log", "off"],
         help="auto: a bar on a terminal, timestamped log lines otherwise (default: auto)",
     )
+    observe.add_arguments(p)  # logs, metrics, --max-pause
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -182,7 +184,7 @@ def _output_path(raw: str | None, jobs: Path) -> Path | None:
 
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
     base = load_config(ns.config)
-    overrides = {k: getattr(ns, k, None) for k in _OVERRIDES}
+    overrides = {k: getattr(ns, k, None) for k in _OVERRIDES} | observe.overrides(ns)
     overrides["output"] = _output_path(overrides.get("output"), ns.jobs)
     if overrides.get("provider") not in (None, "mock") and overrides.get("base_url") is None:
         if base.base_url is None:
@@ -196,32 +198,49 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     from .stats import render_summary
 
     config = config_from_args(ns)
+    ns.log_format = config.log_format  # errors from here on use the configured format
     _check_jobs_file(ns.jobs)
     if config.dry_run:
         return _validate(ns.jobs, config)
     if config.provider == "mock" and not config.base_url and not _provider_named(ns):
-        print(
-            "runner: no provider configured: using the built-in simulated provider; "
-            "replies are synthetic",
-            file=sys.stderr,
+        _note(
+            config,
+            "no provider configured: using the built-in simulated provider; replies are synthetic",
         )
     outcome: RunOutcome = _event_loop_run(
         run(ns.jobs, config, handle_signals=True, config_path=ns.config)
     )
-    print(render_summary(outcome.summary), file=sys.stderr)
-    if outcome.summary["jobs"]["total"] == 0:
-        print(f"runner: warning: {ns.jobs} holds no jobs", file=sys.stderr)
-    if "summary_error" in outcome.summary:
-        print(
-            f"runner: error: the summary could not be written: {outcome.summary['summary_error']}",
-            file=sys.stderr,
-        )
+    summary_error = outcome.summary.get("summary_error")
+    if config.log_format == "json":  # the run_end event carried the summary
+        if outcome.summary["jobs"]["total"] == 0:
+            _note(config, f"{ns.jobs} holds no jobs")
+        if summary_error:
+            _note(config, f"the summary could not be written: {summary_error}", error=True)
+        return outcome.exit_code
+    if not config.quiet:
+        print(render_summary(outcome.summary), file=sys.stderr)
+        if outcome.summary["jobs"]["total"] == 0:
+            print(f"runner: warning: {ns.jobs} holds no jobs", file=sys.stderr)
+    if summary_error:
+        print(f"runner: error: the summary could not be written: {summary_error}", file=sys.stderr)
     guard = outcome.summary.get("guard")
     if guard:
         print(f"runner: stopped by a guard: {guard['message']}", file=sys.stderr)
-    elif outcome.stopped == "signal":
+    elif outcome.stopped == "rate_limit_pause":
+        print("runner: rate-limited past --max-pause; run again later to resume", file=sys.stderr)
+    elif outcome.stopped == "signal" and not config.quiet:
         print("runner: interrupted; run the same command again to resume", file=sys.stderr)
     return outcome.exit_code
+
+
+def _note(config: RunConfig, message: str, *, error: bool = False) -> None:
+    """A warning (or error) outside the run's own events, in the configured format."""
+    if config.log_format == "json":
+        from .logs import note_line
+
+        note_line(message, error=error, quiet=config.quiet)
+    elif error or not config.quiet:
+        print(f"runner: {'error' if error else 'warning'}: {message}", file=sys.stderr)
 
 
 def _validate(jobs: Path, config: RunConfig) -> int:
@@ -317,8 +336,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(argv)
         code: int = ns.func(ns)
     except RunnerError as exc:
-        print(f"runner: error: {exc}", file=sys.stderr)
+        if getattr(ns, "log_format", None) == "json":
+            from .logs import error_line
+
+            error_line(str(exc), exc.exit_code)
+        else:
+            print(f"runner: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        if getattr(ns, "log_format", None) != "json":
+            raise
+        from .logs import error_line
+
+        # A defect: still one JSON object on stderr, with the traceback inside it.
+        error_line(f"unexpected error: {type(exc).__name__}: {exc}", 1, exc=exc)
+        return 1
     except KeyboardInterrupt:
         print("runner: interrupted", file=sys.stderr)
         return 130

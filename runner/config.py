@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -99,6 +100,18 @@ class RunConfig:
     dry_run: bool = False
     prices: Mapping[str, Price] = field(default_factory=dict)
     mock: Mapping[str, Any] = field(default_factory=dict)  # options for the built-in mock
+    # operations (runner/observe.py): logs, metrics, OpenTelemetry, transient-stop deadline
+    log_format: str = "text"  # text | json
+    log_interval_s: float = 5.0  # seconds between JSON progress events
+    quiet: bool = False
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_textfile: Path | None = None
+    pushgateway: str | None = None
+    metrics_job: str = "runner"
+    metrics_labels: Mapping[str, str] = field(default_factory=dict)
+    otel_endpoint: str | None = None
+    max_pause_s: float | None = None  # exit 75 once a rate-limit pause lasts longer
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -127,6 +140,7 @@ class RunConfig:
         if self.max_active_groups < 1 or self.read_ahead < 1:
             raise ConfigError("max_active_groups and read_ahead must be >= 1")
         _check_choice("anthropic_cache_ttl", self.anthropic_cache_ttl, ("5m", "1h"))
+        _check_operations(self)
 
     def api_key(self) -> str | None:
         """The key from the environment variable the config names (never from the file).
@@ -158,7 +172,34 @@ class RunConfig:
             raise ConfigError(str(exc)) from exc
 
 
-_PATH_FIELDS = {"output", "latency", "summary", "contexts"}
+_PATH_FIELDS = {"output", "latency", "summary", "contexts", "metrics_textfile"}
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+# Labels the metrics set themselves; a user label of the same name would clash.
+_RESERVED_LABELS = {"job_name", "outcome", "error_code", "type", "kind", "state", "le", "job"}
+
+
+def _check_operations(c: RunConfig) -> None:
+    if c.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be 'text' or 'json', got {c.log_format!r}")
+    if c.metrics_port is not None and not 0 <= c.metrics_port <= 65535:
+        raise ConfigError(f"metrics_port must be 0-65535, got {c.metrics_port}")
+    if not c.log_interval_s > 0:
+        raise ConfigError(f"log_interval_s must be > 0, got {c.log_interval_s}")
+    if c.max_pause_s is not None and not c.max_pause_s > 0:
+        raise ConfigError(f"max_pause_s must be > 0, got {c.max_pause_s}")
+    if not isinstance(c.metrics_labels, Mapping):
+        raise ConfigError("metrics_labels must be a table of name = value")
+    for k, v in c.metrics_labels.items():
+        if not isinstance(k, str) or not _LABEL_NAME.match(k) or k.startswith("__"):
+            raise ConfigError(f"metrics label name {k!r} is not a valid Prometheus label name")
+        if k in _RESERVED_LABELS:
+            raise ConfigError(f"metrics label {k!r} is set by runner itself; choose another name")
+        if not isinstance(v, str):
+            raise ConfigError(f"metrics label {k} must be a string, got {v!r}")
+    if c.pushgateway is not None and not c.pushgateway.startswith(("http://", "https://")):
+        raise ConfigError(f"pushgateway must be an http(s) URL, got {c.pushgateway!r}")
+
+
 _FIELD_NAMES = {f.name for f in fields(RunConfig)}
 # Numbers that must be finite and > 0 (None allowed where the field is optional) or >= 0.
 _POSITIVE = (

@@ -8,18 +8,23 @@ conditions that end a run or reject its input before anything is sent::
     ├── InputError           the jobs/contexts file cannot be used at all   (exit 2)
     ├── ResumeError          output belongs to another input/model, or is locked (exit 2)
     ├── SinkError            an output file cannot be written                (exit 1)
-    └── GuardTripped         auth/quota failure, circuit breaker, --max-cost (exit 3)
-        ├── AuthError
-        ├── QuotaError
-        ├── CircuitOpen
-        ├── BudgetExceeded
-        └── EndpointError    404/405/501 from the completion endpoint (exit 2 before any
-                             success, else 3)
+    ├── GuardTripped         auth/quota failure, circuit breaker, --max-cost (exit 3)
+    │   ├── AuthError
+    │   ├── QuotaError
+    │   ├── CircuitOpen
+    │   ├── BudgetExceeded
+    │   └── EndpointError    404/405/501 from the completion endpoint (exit 2 before any
+    │                        success, else 3)
+    └── Unavailable          stopped by a transient condition: re-run later  (exit 75)
+
+Exit code 75 is sysexits' ``EX_TEMPFAIL``: schedulers (systemd ``RestartForceExitStatus``, a
+Kubernetes ``podFailurePolicy``) can retry it and alert on everything else.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "TRANSIENT_ERROR_CODES",
     "AuthError",
     "BudgetExceeded",
     "CircuitOpen",
@@ -31,7 +36,13 @@ __all__ = [
     "ResumeError",
     "RunnerError",
     "SinkError",
+    "Unavailable",
 ]
+
+#: Job error codes that say the provider was unreachable or overloaded, not that the job is bad.
+TRANSIENT_ERROR_CODES = frozenset(
+    {"connection", "timeout", "http_5xx", "overloaded", "rate_limited"}
+)
 
 
 class RunnerError(Exception):
@@ -83,3 +94,9 @@ class EndpointError(GuardTripped):
     """The completion endpoint answered 404, 405 or 501: the base URL or model is wrong."""
 
     code = "endpoint"
+
+
+class Unavailable(RunnerError):
+    """The provider was unreachable after retries, or throttled past the deadline: try later."""
+
+    exit_code = 75

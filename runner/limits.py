@@ -131,6 +131,7 @@ class RateController:
         "_limit",
         "_loop",
         "_paused_until",
+        "_pauses",
         "_resume",
         "_resume_handle",
         "_rpm",
@@ -169,6 +170,7 @@ class RateController:
         self._tpm = TokenBucket(tpm, self._clock) if tpm is not None else None
         self._seen_limits: tuple[float | None, float | None] = (None, None)
         self._paused_until = 0.0
+        self._pauses = 0
         self._resume = asyncio.Event()  # set while not paused
         self._resume.set()
         self._resume_handle: asyncio.TimerHandle | None = None
@@ -189,6 +191,11 @@ class RateController:
     def paused_until(self) -> float | None:
         """The clock time the current pause ends, or None when not paused."""
         return None if self._resume.is_set() else self._paused_until
+
+    @property
+    def pauses(self) -> int:
+        """Pauses opened so far (an extension of the current pause is not a new one)."""
+        return self._pauses
 
     @property
     def throttles(self) -> int:
@@ -394,6 +401,8 @@ class RateController:
         if until <= self._paused_until:
             return
         self._paused_until = until
+        if self._resume.is_set():
+            self._pauses += 1
         self._resume.clear()
         if self._resume_handle is not None:
             self._resume_handle.cancel()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,22 @@ class Distribution:
                 want = next(it, None)
             if want is None:
                 break
+        return out
+
+    def count_le(self, bounds: Sequence[float]) -> list[int]:
+        """Samples <= each of the ascending ``bounds`` (Prometheus buckets; exact while exact)."""
+        if self._exact is not None:
+            xs = self._exact
+            xs.sort()  # nearly sorted after the first call: O(n)
+            return [bisect_right(xs, b) for b in bounds]
+        out = [0] * len(bounds)
+        for key, c in self._buckets.items():
+            rep = 0.0 if key == _ZERO_KEY else math.exp((key + 0.5) / _K)
+            i = bisect_left(bounds, rep)
+            if i < len(out):
+                out[i] += c
+        for i in range(1, len(out)):
+            out[i] += out[i - 1]
         return out
 
     def histogram(self, bins: int, lo: float, hi: float) -> list[int]:
@@ -308,6 +325,11 @@ class SummaryBuilder:
         self._limiter_ms = 0.0
         self._first_queued = math.inf
         self._last_ended = -math.inf
+
+    @property
+    def by_error(self) -> dict[str, int]:
+        """Failed jobs per error code so far (a copy)."""
+        return dict(self._by_error)
 
     def add_usage(
         self,

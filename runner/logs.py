@@ -1,0 +1,107 @@
+"""Run events as JSON lines on stderr (``--log-format json``): one object per line, nothing else.
+
+Built on the standard library's :mod:`logging` with a small orjson formatter rather than
+structlog. Events come once per run phase or progress tick, never per request, so formatting speed
+does not matter; what matters is that a host process (an Airflow worker, a notebook) already
+configures :mod:`logging`, so its handlers, levels and filters apply to ``runner.events`` with no
+extra dependency and no second logging system to configure.
+
+Every line is ``{"ts": "<UTC ISO 8601>", "level": "...", "event": "...", ...fields}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+
+__all__ = ["LOGGER_NAME", "EventLog", "JsonFormatter", "utc_iso"]
+
+LOGGER_NAME = "runner.events"
+
+
+def utc_iso(ts: float) -> str:
+    """``2026-11-28T16:55:01.123Z`` for a Unix timestamp."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: timestamp, level, event name, then the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": utc_iso(record.created),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            doc.update(fields)
+        if record.exc_info:
+            doc["traceback"] = self.formatException(record.exc_info)
+        # default=str: a Path or an unexpected object becomes text instead of a lost event.
+        return orjson.dumps(doc, default=str).decode()
+
+
+class EventLog:
+    """Emits named events to the ``runner.events`` logger.
+
+    :param stream: when given, attach a JSON handler writing to it (the CLI passes stderr) for
+        as long as this object is open; without it the host's logging configuration decides.
+    :param quiet: with a stream, only errors are written.
+    """
+
+    __slots__ = ("_handler", "_log")
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        self._log = logging.getLogger(LOGGER_NAME)
+        self._handler: logging.Handler | None = None
+        if stream is not None:
+            handler = logging.StreamHandler(stream)
+            handler.setFormatter(JsonFormatter())
+            handler.setLevel(logging.ERROR if quiet else logging.INFO)
+            self._log.addHandler(handler)
+            # Our own handler prints the line; the root's would print it a second time.
+            self._log.propagate = False
+            self._handler = handler
+        if self._log.level == logging.NOTSET or self._log.level > logging.INFO:
+            self._log.setLevel(logging.INFO)
+
+    def emit(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
+        self._log.log(level, event, extra={"fields": fields})
+
+    def close(self) -> None:
+        if self._handler is not None:
+            self._log.removeHandler(self._handler)
+            self._handler.flush()
+            self._handler = None
+            self._log.propagate = True
+
+
+def error_line(
+    message: str, exit_code: int, stream: TextIO | None = None, *, exc: BaseException | None = None
+) -> None:
+    """An ``error`` event for a run that ends before it starts (bad config, missing input), or
+    for an unexpected exception (with its traceback, still one JSON line)."""
+    log = EventLog(stream or sys.stderr)
+    try:
+        log._log.error(
+            "error",
+            exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None,
+            extra={"fields": {"message": message, "exit_code": exit_code}},
+        )
+    finally:
+        log.close()
+
+
+def note_line(message: str, *, error: bool = False, quiet: bool = False) -> None:
+    """A ``warning`` (or ``error``) event outside a run's own events (the CLI's notes)."""
+    log = EventLog(sys.stderr, quiet=quiet)
+    try:
+        log.emit("error" if error else "warning", logging.ERROR if error else logging.WARNING,
+                 message=message)  # fmt: skip
+    finally:
+        log.close()

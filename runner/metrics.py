@@ -1,0 +1,267 @@
+"""Prometheus metrics of a run, computed from the run's own counters: nothing per request.
+
+The engine already counts everything the metrics show (its :class:`~runner.stats.SummaryBuilder`,
+:class:`~runner.pipeline.LiveStats` and the rate controller). :class:`RunMetrics` turns a
+:class:`Figures` snapshot of those counters into metric families and serves the latest snapshot:
+the observer refreshes it from the event loop about once a second while ``/metrics`` is served,
+and once more from the final summary, so the textfile and the push agree exactly with the summary
+and the hot path pays nothing. The HTTP server thread only ever reads a finished list.
+
+Names follow Prometheus practice (base units, ``_total`` counters, ``_seconds``); labels are
+low-cardinality: ``job_name`` and the user's ``--metrics-label`` pairs on every metric, plus
+``outcome``/``error_code`` (a fixed set of classified codes), ``type``, ``kind`` and ``state``.
+Never a job id or a cache id.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, pushadd_to_gateway, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from .stats import Distribution
+
+__all__ = ["BUCKETS_S", "Figures", "RunMetrics", "hist_of"]
+
+#: Histogram bucket bounds in seconds for request latency and time to first token.
+BUCKETS_S: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0,
+)  # fmt: skip
+_BUCKETS_MS = [b * 1000.0 for b in BUCKETS_S]
+LAST_SUCCESS = "runner_last_success_timestamp_seconds"
+
+
+@dataclass(frozen=True, slots=True)
+class Hist:
+    """A histogram snapshot: cumulative counts per bound of :data:`BUCKETS_S`, count, sum (s)."""
+
+    cumulative: Sequence[int]
+    count: int
+    sum_s: float
+
+
+def hist_of(dist: Distribution) -> Hist:
+    """The Prometheus view of one of the summary's distributions (kept in milliseconds)."""
+    return Hist(dist.count_le(_BUCKETS_MS), dist.count, dist.total / 1000.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Figures:
+    """Everything one scrape shows. Counters are totals of this run so far."""
+
+    ok: int = 0
+    by_error: Mapping[str, int] = field(default_factory=dict)
+    tokens: Mapping[str, int] = field(default_factory=dict)  # input, cached, cache_write, output
+    cost: tuple[float, float] | None = None  # billed, uncached (USD)
+    jobs: Mapping[str, int] = field(default_factory=dict)  # done, failed, pending, skipped
+    limiter_wait_s: float = 0.0
+    retries: int = 0
+    rate_limit_pauses: int = 0
+    in_flight: int = 0
+    duration_s: float = 0.0
+    latency: Hist | None = None
+    ttft: Hist | None = None
+    exit_code: int | None = None  # only at the end
+    last_success: float | None = None  # only at the end of a successful run
+
+
+class RunMetrics:
+    """The metric families of one run, exposed through its own registry.
+
+    :param job_name: identifies the run (the ``job_name`` label; the Pushgateway's ``job``).
+    :param labels: user-given constant labels (``--metrics-label k=v``), already validated.
+    """
+
+    def __init__(self, *, job_name: str, labels: Mapping[str, str] | None = None) -> None:
+        self.job_name = job_name
+        self.labels = dict(labels or {})
+        self._names = ["job_name", *self.labels]
+        self._values = [job_name, *self.labels.values()]
+        self._families: list[Metric] = []
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # a Collector by duck typing
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # -- the collector protocol --------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)  # a finished list, swapped whole: safe from another thread
+
+    def update(self, f: Figures) -> None:
+        self._families = self._build(f)
+
+    # -- exporters ---------------------------------------------------------------------------
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` from a daemon thread; returns the bound port (``0`` picks one)."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server, self._thread = server, thread
+        return int(server.server_address[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+
+    def exposition(self) -> str:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode()
+
+    def write_textfile(self, path: Path, f: Figures) -> None:
+        """Write ``f`` atomically (temporary file in the same directory, fsync, rename).
+
+        A failed run keeps the last success time of the file it replaces, so the textfile
+        collector's ``runner_last_success_timestamp_seconds`` only moves on success.
+        """
+        if f.last_success is None:
+            previous = previous_last_success(path, self._values[0], self.labels)
+            if previous is not None:
+                f = _replace_last_success(f, previous)
+        self.update(f)
+        data = self.exposition().encode()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # not *.prom: never collected
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def push(self, url: str, *, timeout: float = 10.0) -> None:
+        """Push to a Pushgateway with POST semantics: metrics not in this push keep their value,
+        so a failed run (whose push lacks the last success time) leaves the last good one."""
+        pushadd_to_gateway(
+            url, job=self.job_name, registry=self.registry, grouping_key=self.labels,
+            timeout=timeout,
+        )  # fmt: skip
+
+    # -- families ----------------------------------------------------------------------------
+
+    def _build(self, f: Figures) -> list[Metric]:
+        names, values = self._names, self._values
+        out: list[Metric] = []
+
+        def counter(name: str, doc: str, value: float, **extra: str) -> CounterMetricFamily:
+            m = CounterMetricFamily(name, doc, labels=[*names, *extra])
+            m.add_metric([*values, *extra.values()], value)
+            return m
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            m = GaugeMetricFamily(name, doc, labels=names)
+            m.add_metric(values, value)
+            return m
+
+        req = CounterMetricFamily(
+            "runner_requests", "Jobs finished, by outcome and error code.",
+            labels=[*names, "outcome", "error_code"],
+        )  # fmt: skip
+        req.add_metric([*values, "ok", ""], f.ok)
+        for code, n in sorted(f.by_error.items()):
+            req.add_metric([*values, "error", code], n)
+        out.append(req)
+        tok = CounterMetricFamily(
+            "runner_tokens", "Tokens reported by the provider; input includes cached and "
+            "cache_write.", labels=[*names, "type"],
+        )  # fmt: skip
+        for t in ("input", "cached", "cache_write", "output"):
+            tok.add_metric([*values, t], f.tokens.get(t, 0))
+        out.append(tok)
+        if f.cost is not None:
+            cost = CounterMetricFamily(
+                "runner_cost_usd", "Cost in USD as billed, and had nothing been cached.",
+                labels=[*names, "kind"],
+            )  # fmt: skip
+            cost.add_metric([*values, "billed"], f.cost[0])
+            cost.add_metric([*values, "uncached"], f.cost[1])
+            out.append(cost)
+        jobs = GaugeMetricFamily("runner_jobs", "Jobs by state.", labels=[*names, "state"])
+        for state in ("done", "failed", "pending", "skipped"):
+            jobs.add_metric([*values, state], f.jobs.get(state, 0))
+        out.append(jobs)
+        out.append(
+            counter(
+                "runner_limiter_wait_seconds",
+                "Seconds requests waited on the rate limiter, summed over requests.",
+                f.limiter_wait_s,
+            )
+        )
+        out.append(counter("runner_retries", "Retried attempts.", f.retries))
+        out.append(
+            counter(
+                "runner_rate_limit_pauses",
+                "Times the whole run paused for a provider rate limit (429/529 or exhausted "
+                "rate-limit headers).",
+                f.rate_limit_pauses,
+            )
+        )
+        out.append(gauge("runner_in_flight", "Requests in flight.", f.in_flight))
+        out.append(gauge("runner_run_duration_seconds", "Wall time of the run.", f.duration_s))
+        for name, doc, h in (
+            (
+                "runner_request_duration_seconds",
+                "Request written to last byte of the final attempt, successful jobs.",
+                f.latency,
+            ),
+            ("runner_ttft_seconds", "Time to first token, successful streamed jobs.", f.ttft),
+        ):
+            if h is None:
+                continue
+            m = HistogramMetricFamily(name, doc, labels=names)
+            buckets = [(_le(b), float(c)) for b, c in zip(BUCKETS_S, h.cumulative, strict=True)]
+            buckets.append(("+Inf", float(h.count)))
+            m.add_metric(values, buckets, sum_value=h.sum_s)
+            out.append(m)
+        if f.exit_code is not None:
+            out.append(gauge("runner_exit_code", "Exit code of the last run.", f.exit_code))
+        if f.last_success is not None:
+            out.append(
+                gauge(LAST_SUCCESS, "Unix time the last successful run ended.", f.last_success)
+            )
+        return out
+
+
+def _le(b: float) -> str:
+    return repr(float(b))
+
+
+def _replace_last_success(f: Figures, ts: float) -> Figures:
+    from dataclasses import replace
+
+    return replace(f, last_success=ts)
+
+
+def previous_last_success(path: Path, job_name: str, labels: Mapping[str, str]) -> float | None:
+    """The last success time in an existing textfile for the same run identity, if any."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    want = {"job_name": job_name, **labels}
+    try:
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == LAST_SUCCESS and s.labels == want:
+                    return float(s.value)
+    except ValueError:
+        return None  # an unparseable old file: nothing to keep
+    return None
