@@ -37,7 +37,7 @@ from .outputs import check_outputs, plan_outputs
 from .pipeline import Engine, LiveStats, RunOutcome, Sink
 from .preflight import check_prices
 from .progress import make_progress
-from .providers import open_backend
+from .providers import HTTPBackend, open_backend
 from .sinks import MetaCacheJournal, open_outputs
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
 
@@ -136,13 +136,7 @@ async def run(
             open_backend(config, base_url=base_url, api_key=api_key)
         )
         if config.base_url:
-            problem = await backend.probe()
-            if problem is not None:
-                if problem.code in TRANSIENT_ERROR_CODES:
-                    raise Unavailable(f"{base_url} is unreachable: {problem.message}")
-                if problem.fatal:
-                    raise AuthError(f"pre-flight check of {base_url} failed: {problem.message}")
-                raise ConfigError(f"pre-flight check of {base_url} failed: {problem.message}")
+            await _preflight(backend, base_url)
         outputs = None
         if sink is None:
             # Only now, with every pre-flight check passed, may an output be truncated.
@@ -243,6 +237,30 @@ def _add_cache_cost(
     cost["storage"] = round(storage, 10)
     cost["billed_total"] = round(total, 8)
     cost["saving_net"] = round(1.0 - total / cost["uncached"], 6) if cost["uncached"] else 0.0
+
+
+PROBE_RETRY_DELAYS_S = (0.5, 1.5)  # an unreachable provider gets two more tries, then exit 75
+
+
+async def _preflight(backend: HTTPBackend, base_url: str) -> None:
+    """Probe the provider: a bad key stops the run (exit 3), a wrong URL is a config error
+    (exit 2), and a provider still unreachable after retries is transient (exit 75)."""
+    tries = 0
+    while (problem := await backend.probe()) is not None:
+        if problem.code not in TRANSIENT_ERROR_CODES or tries == len(PROBE_RETRY_DELAYS_S):
+            break
+        await asyncio.sleep(PROBE_RETRY_DELAYS_S[tries])
+        tries += 1
+    if problem is None:
+        return
+    if problem.code in TRANSIENT_ERROR_CODES:
+        raise Unavailable(
+            f"pre-flight check of {base_url} failed: the provider is unreachable after "
+            f"{tries + 1} attempts ({problem.message}); run again later"
+        )
+    if problem.fatal:
+        raise AuthError(f"pre-flight check of {base_url} failed: {problem.message}")
+    raise ConfigError(f"pre-flight check of {base_url} failed: {problem.message}")
 
 
 def _summary_path(

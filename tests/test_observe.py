@@ -339,7 +339,7 @@ def test_unreachable_provider_exits_75_before_anything_is_sent(tmp_path: Path) -
     url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
     r = subprocess.run(cli(url, jobs), capture_output=True, text=True, timeout=60)
     assert r.returncode == 75, r.stderr
-    assert "unreachable" in r.stderr
+    assert "unreachable after 3 attempts" in r.stderr  # retried before calling it transient
     assert (
         not (tmp_path / "jobs.results.jsonl").exists()
         or not (tmp_path / "jobs.results.jsonl").read_bytes()

@@ -171,7 +171,8 @@ def test_no_resume_deletes_nothing_when_the_probe_fails(
         "--base-url",
         url,
     )
-    assert code == 2 and "pre-flight" in err
+    # Unreachable after its retries: transient, exit 75 (issue 12); nothing was touched.
+    assert code == 75 and "pre-flight" in err
     assert {name: (tmp_path / name).read_bytes() for name in outputs} == before
 
 
