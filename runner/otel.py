@@ -42,6 +42,8 @@ DURATION_BUCKETS_S: Sequence[float] = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 )  # fmt: skip
 EXPORT_INTERVAL_MS = 15_000
+# runner's provider names -> the conventions' well-known gen_ai.provider.name values.
+PROVIDER_NAMES = {"gemini": "gcp.gemini"}
 
 
 def otlp_meter_provider(endpoint: str) -> MeterProvider:
@@ -92,7 +94,7 @@ class GenAIMetrics:
         # Attribute dicts are built once and shared: recording allocates nothing of ours.
         self._base: dict[str, str] = {
             "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider,
+            "gen_ai.provider.name": PROVIDER_NAMES.get(provider, provider),
             "gen_ai.request.model": model,
         }
         self._in = {**self._base, "gen_ai.token.type": "input"}
