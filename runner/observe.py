@@ -58,28 +58,61 @@ def _label(text: str) -> tuple[str, str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``run`` flags for logs, metrics and the transient-stop deadline."""
-    p.add_argument("--log-format", choices=["text", "json"], help="stderr format (default text)")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="stderr: text, or one JSON event per line (default: text)",
+    )
     p.add_argument(
         "--log-interval",
         type=float,
         dest="log_interval_s",
-        help="seconds between JSON progress events (default 5)",
+        help="seconds between JSON progress events (default: 5)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", default=None, help="print only errors")
-    p.add_argument("--metrics-port", type=int, help="serve /metrics on this port while running")
-    p.add_argument("--metrics-host", help="address for --metrics-port (default 127.0.0.1)")
-    p.add_argument("--metrics-textfile", type=Path, help="write final metrics here (atomic)")
-    p.add_argument("--pushgateway", help="Pushgateway URL to push final metrics to")
-    p.add_argument("--metrics-job", help="job name identifying the run (default runner)")
     p.add_argument(
-        "--metrics-label", type=_label, action="append", metavar="NAME=VALUE",
-        help="constant label on every metric (repeatable)",
-    )  # fmt: skip
-    p.add_argument("--otel-endpoint", help="OTLP/HTTP metrics endpoint (needs runner[otel])")
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=None,
+        help="print nothing but errors (default: off)",
+    )
     p.add_argument(
-        "--max-pause", type=float, dest="max_pause_s",
-        help="exit 75 when rate-limited for longer than this many seconds",
-    )  # fmt: skip
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port while running, 0 picks one (default: off)",
+    )
+    p.add_argument(
+        "--metrics-host", help="address for --metrics-port (default: 127.0.0.1, loopback only)"
+    )
+    p.add_argument(
+        "--metrics-textfile",
+        type=Path,
+        help="write the final metrics here atomically, for node_exporter (default: off)",
+    )
+    p.add_argument(
+        "--pushgateway", help="Pushgateway URL to push the final metrics to (default: off)"
+    )
+    p.add_argument(
+        "--metrics-job", help="job name identifying the run in metrics (default: runner)"
+    )
+    p.add_argument(
+        "--metrics-label",
+        type=_label,
+        action="append",
+        metavar="NAME=VALUE",
+        help="constant label on every metric, repeatable (default: none)",
+    )
+    p.add_argument(
+        "--otel-endpoint",
+        help="OTLP/HTTP endpoint for OpenTelemetry GenAI metrics, needs runner[otel] "
+        "(default: off)",
+    )
+    p.add_argument(
+        "--max-pause",
+        type=float,
+        dest="max_pause_s",
+        help="exit 75 once rate-limited for longer than this many seconds (default: no limit)",
+    )
 
 
 def overrides(ns: argparse.Namespace) -> dict[str, Any]:
