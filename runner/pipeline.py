@@ -330,7 +330,8 @@ class Engine:
         budget = self.config.max_cost
         assert budget is not None
         price = self.config.price(d.job.model)
-        billed, inflight = self.stats.billed, self._inflight_cost
+        # Sums of float additions and subtractions can end a hair below zero: never show -0.0000.
+        billed, inflight = self.stats.billed, max(self._inflight_cost, 0.0)
         if price is None:
             model = d.job.model or self.config.model
             self._trip(BudgetExceeded(f"no price for model {model!r}: --max-cost cannot be kept"))
