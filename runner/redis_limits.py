@@ -111,7 +111,9 @@ class LeaseStore(Protocol):
 
     name: str
 
-    async def take(self, kind: str, amount: float, rate_per_min: float) -> Grant: ...
+    async def take(
+        self, kind: str, amount: float, rate_per_min: float, *, exact: bool = False
+    ) -> Grant: ...
     async def publish(
         self, *, pause_s: float = 0.0, kind: str = "", limit: float = 0.0
     ) -> None: ...
@@ -128,7 +130,8 @@ def limit_key(provider: str, base_url: str, api_key: str | None, scope: str | No
 # -- Redis -------------------------------------------------------------------------------------
 
 # KEYS[1] state hash, KEYS[2] process zset. ARGV: kind, amount, configured rate per minute
-# (0: none), burst seconds, process id, process ttl, learned ttl. Floats go back as strings:
+# (0: none), burst seconds, process id, process ttl, learned ttl, '1' to charge at exactly the
+# given rate (a refund goes back at the rate it was charged at). Floats go back as strings:
 # Redis would truncate a Lua number to an integer.
 _TAKE_LUA = """
 local t = redis.call('TIME')
@@ -139,7 +142,8 @@ local rate = tonumber(ARGV[3])
 local burst = tonumber(ARGV[4])
 local learned = tonumber(redis.call('HGET', KEYS[1], 'lim_' .. kind) or '0')
 local learned_at = tonumber(redis.call('HGET', KEYS[1], 'lim_at_' .. kind) or '0')
-if learned > 0 and now - learned_at < tonumber(ARGV[7]) and (rate <= 0 or learned < rate) then
+if ARGV[8] ~= '1' and learned > 0 and now - learned_at < tonumber(ARGV[7])
+   and (rate <= 0 or learned < rate) then
   rate = learned
 end
 local wait = 0
@@ -205,7 +209,9 @@ class RedisStore:
         self._keys = [key + ":state", key + ":procs"]
         self._proc = proc_id
 
-    async def take(self, kind: str, amount: float, rate_per_min: float) -> Grant:
+    async def take(
+        self, kind: str, amount: float, rate_per_min: float, *, exact: bool = False
+    ) -> Grant:
         args: list[str | float] = [
             kind,
             amount,
@@ -214,6 +220,7 @@ class RedisStore:
             self._proc,
             PROC_TTL_S,
             LEARNED_TTL_S,
+            "1" if exact else "0",
         ]
         try:
             async with asyncio.timeout(STORE_TIMEOUT_S):
@@ -268,12 +275,14 @@ class FileStore:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    async def take(self, kind: str, amount: float, rate_per_min: float) -> Grant:
+    async def take(
+        self, kind: str, amount: float, rate_per_min: float, *, exact: bool = False
+    ) -> Grant:
         def op(s: dict[str, Any], now: float) -> Grant:
             rate = rate_per_min
             learned = s.get("lim_" + kind, 0.0)
             fresh = now - s.get("lim_at_" + kind, 0.0) < LEARNED_TTL_S
-            if learned > 0 and fresh and (rate <= 0 or learned < rate):
+            if not exact and learned > 0 and fresh and (rate <= 0 or learned < rate):
                 rate = learned
             wait = 0.0
             if rate > 0 and amount:
@@ -327,7 +336,8 @@ class SharedLimiter:
         self.local = local
         self.store = store
         self._rate = {"r": rpm or 0.0, "t": tpm or 0.0}  # configured; 0 = none
-        self._known = dict(self._rate)  # the rate of the last grant (learned or configured)
+        self._known = dict(self._rate)  # the rate in force (learned or configured)
+        self._charged = dict(self._rate)  # the rate the units in hand were charged at
         self._left = {"r": 0.0, "t": 0.0}
         self._debt = 0.0  # token usage beyond (or, negative, below) the estimates so far
         self._pending: dict[str, asyncio.Task[None]] = {}
@@ -434,6 +444,7 @@ class SharedLimiter:
         self._procs = max(grant.procs, 1)
         self.max_procs = max(self.max_procs, grant.procs)
         self._known[kind] = grant.rate_per_min
+        self._charged[kind] = grant.rate_per_min
         wait = grant.wait_s
         if grant.pause_s > 0:
             self.pauses_received += 1
@@ -480,8 +491,13 @@ class SharedLimiter:
         if last is None or last[0] != limit or now - last[1] > LEARNED_TTL_S / 5:
             self._published[kind] = (limit, now)
             configured = self._rate[kind]
-            if configured <= 0 or limit < configured or self._known[kind] != limit:
-                self._known[kind] = min(limit, configured) if configured > 0 else limit
+            self._known[kind] = min(limit, configured) if configured > 0 else limit
+            # A lease taken at a higher (configured) rate is cut to the new lease size and the
+            # rest handed back: the overshoot of a start at the wrong rate ends here.
+            excess = self._left[kind] - self._lease_size(kind, 0.0)
+            if excess > 0:
+                self._left[kind] -= excess
+                self._spawn(self._give_back(kind, excess))
             self._spawn(self._publish(kind=kind, limit=limit))
 
     async def _publish(self, *, pause_s: float = 0.0, kind: str = "", limit: float = 0.0) -> None:
@@ -492,6 +508,12 @@ class SharedLimiter:
             return
         if pause_s > 0:
             self.pauses_published += 1
+
+    async def _give_back(self, kind: str, amount: float) -> None:
+        try:
+            await self.store.take(kind, -amount, self._charged[kind], exact=True)
+        except StoreUnavailable as exc:
+            self._store_down(exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -507,9 +529,9 @@ class SharedLimiter:
         # give unspent lease units back, so the next run or the other processes may use them
         for kind in ("r", "t"):
             left = self._left[kind] - (self._debt if kind == "t" else 0.0)
-            if left and self._rate[kind] + self._known[kind] > 0:
+            if left and self._charged[kind] > 0:
                 with contextlib.suppress(StoreUnavailable):
-                    await self.store.take(kind, -left, self._rate[kind])
+                    await self.store.take(kind, -left, self._charged[kind], exact=True)
         if self._down_since is not None:
             self.degraded_s += time.monotonic() - self._down_since
         await self.store.close()
