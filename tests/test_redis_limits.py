@@ -309,3 +309,41 @@ def test_four_processes_on_four_hosts_hold_one_shared_limit(tmp_path: Path) -> N
     assert max(s["shared_limit"]["max_processes"] for s in got["summaries"]) == 4
     # loose bounds: the CI machine is shared; the benchmark measures the 3% target
     assert 120 < got["rate_per_s"] < 240, got["rate_per_s"]
+
+
+@needs_redis
+def test_redis_killed_and_restarted_mid_run_loses_no_job(tmp_path: Path) -> None:
+    """fail_closed: requests wait while Redis is down; the run completes, every job once, and
+    the outage shows in the log and in the summary."""
+    import os
+    import signal
+    import time
+
+    redis = start_redis([], "127.0.0.1")
+    mock = start_mock([], "127.0.0.1", "--rpm", "3000", "--base-ms", "5")
+    try:
+        jobs = tmp_path / "j.jsonl"
+        write_jobs(jobs, "j", 300)  # about 6 s at 50 a second
+        cmd = [PY, "-m", "runner", "run", str(jobs), "--provider", "openai"]
+        cmd += ["--base-url", mock.url, "--rpm", "3000", "--redis-url", redis.url]
+        cmd += ["--progress", "off", "--lease-s", "0.1"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
+        res = tmp_path / "j.results.jsonl"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not res.exists() or res.stat().st_size < 5000):
+            time.sleep(0.05)
+        os.kill(redis.proc.pid, signal.SIGKILL)
+        redis.proc.wait()
+        time.sleep(1.5)
+        redis = start_redis([], "127.0.0.1", port=redis.port)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    finally:
+        mock.stop()
+        redis.stop()
+    ids = [orjson.loads(x)["custom_id"] for x in res.read_bytes().splitlines()]
+    assert sorted(ids) == sorted(f"j-{i}" for i in range(300))
+    shared = orjson.loads((tmp_path / "j.summary.json").read_bytes())["shared_limit"]
+    assert shared["outages"] >= 1 and shared["degraded_s"] > 0.5
+    text = err.decode()
+    assert "unreachable" in text and "fail_closed" in text and "is back" in text

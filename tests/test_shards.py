@@ -265,3 +265,11 @@ def test_workers_refuse_to_merge_over_a_plain_runs_results(tmp_path: Path) -> No
     r = _workers(jobs, ctx, 2)
     assert r.returncode == 2 and b"without --workers" in r.stderr
     assert (tmp_path / "jobs.results.jsonl").read_bytes() == before
+
+
+def test_a_bad_redis_url_is_refused_before_any_output_is_touched(tmp_path: Path) -> None:
+    jobs, ctx = _write_input(tmp_path)
+    args = ["run", str(jobs), "--contexts", str(ctx), "--progress", "off"]
+    assert main([*args, "--redis-url", "http://nope"]) == 2
+    assert main([*args, "--redis-policy", "fail_closed", "--lease-s", "0"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx.jsonl", "jobs.jsonl"]
