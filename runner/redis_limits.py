@@ -419,8 +419,8 @@ class SharedLimiter:
     async def _lease(self, kind: str, need: float) -> None:
         amount = self._lease_size(kind, need)
         charge = amount
-        if kind == "t":
-            charge += self._debt  # settle usage corrections with this lease
+        settled = self._debt if kind == "t" else 0.0
+        charge += settled  # settle usage corrections with this lease
         delay = 0.5
         while True:
             try:
@@ -438,14 +438,21 @@ class SharedLimiter:
                 continue
             break
         self._store_up()
-        if kind == "t":
-            self._debt = 0.0
+        self._debt -= settled  # corrections that arrived during the call wait for the next one
         self.leases += 1
         self._procs = max(grant.procs, 1)
         self.max_procs = max(self.max_procs, grant.procs)
         self._known[kind] = grant.rate_per_min
         self._charged[kind] = grant.rate_per_min
+        # A lease sized at a higher rate than it was granted at (a limit learned meanwhile by
+        # another process) is cut to this rate's size: no process holds more than one lease.
         wait = grant.wait_s
+        size = self._lease_size(kind, need)
+        if amount > size:
+            excess = amount - size
+            self._spawn(self._give_back(kind, excess, grant.rate_per_min))
+            wait = max(wait - excess * 60.0 / grant.rate_per_min, 0.0)
+            amount = size
         if grant.pause_s > 0:
             self.pauses_received += 1
             self.local.pause(grant.pause_s)
@@ -497,7 +504,7 @@ class SharedLimiter:
             excess = self._left[kind] - self._lease_size(kind, 0.0)
             if excess > 0:
                 self._left[kind] -= excess
-                self._spawn(self._give_back(kind, excess))
+                self._spawn(self._give_back(kind, excess, self._charged[kind]))
             self._spawn(self._publish(kind=kind, limit=limit))
 
     async def _publish(self, *, pause_s: float = 0.0, kind: str = "", limit: float = 0.0) -> None:
@@ -509,9 +516,9 @@ class SharedLimiter:
         if pause_s > 0:
             self.pauses_published += 1
 
-    async def _give_back(self, kind: str, amount: float) -> None:
+    async def _give_back(self, kind: str, amount: float, rate_per_min: float) -> None:
         try:
-            await self.store.take(kind, -amount, self._charged[kind], exact=True)
+            await self.store.take(kind, -amount, rate_per_min, exact=True)
         except StoreUnavailable as exc:
             self._store_down(exc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,27 @@ async def test_a_learned_lower_limit_cuts_the_lease_in_hand_and_reaches_the_stor
     state = orjson.loads(path.read_bytes())
     assert state["lim_r"] == 600
     await a.aclose()
+
+
+async def test_a_lease_granted_at_a_lower_learned_rate_is_cut_to_that_rates_size(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.json"
+    await FileStore(path, "other").publish(kind="t", limit=60000.0)  # learned by another
+    lim = SharedLimiter(
+        RateController(concurrency=64, rpm=None, tpm=None),
+        FileStore(path, "a"),
+        rpm=None,
+        tpm=600000.0,  # told ten times the limit: sized 2,500 tokens before the grant
+        lease_s=0.25,
+        policy="fail_closed",
+    )
+    await lim.acquire(55)
+    assert lim._left["t"] == pytest.approx(250 - 55)  # a quarter second at 60,000 a minute
+    await asyncio.sleep(0.05)  # the rest went back
+    state = orjson.loads(path.read_bytes())
+    assert state["tat_t"] - time.time() == pytest.approx(0.25, abs=0.1)
+    await lim.aclose()
 
 
 async def test_token_usage_beyond_the_estimate_is_charged_with_the_next_lease(
