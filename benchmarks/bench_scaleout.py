@@ -282,7 +282,10 @@ def bench_shards(args: argparse.Namespace) -> None:
         victim = procs[2]
         res_file = d / "jobs.shard-2-of-4.results.jsonl"
         deadline = time.time() + 60
-        while time.time() < deadline and (not res_file.exists() or res_file.stat().st_size < 20000):
+        # about 400 result lines: a shard well into its work
+        while time.time() < deadline and (
+            not res_file.exists() or res_file.stat().st_size < 300_000
+        ):
             time.sleep(0.02)
         os.kill(victim.pid, signal.SIGKILL)
         for p in procs:
