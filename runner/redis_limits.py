@@ -85,7 +85,7 @@ LEARNED_TTL_S = 300.0
 #: A process not seen at the store for this long no longer counts as running.
 PROC_TTL_S = 30.0
 #: Longest wait between two store retries under ``fail_closed``.
-MAX_RETRY_S = 5.0
+MAX_RETRY_S = 2.0
 #: Seconds a store call may take before it counts as failed.
 STORE_TIMEOUT_S = 2.0
 _THROTTLES = frozenset({"rate_limited", "overloaded"})

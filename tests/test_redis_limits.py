@@ -278,7 +278,7 @@ def _run_fleet(tmp_path: Path, *, shared: bool, n: int = 4, jobs: int = 300) -> 
                 h.server,
                 h.server_ip,
                 "--rpm",
-                "12000",
+                "6000",
                 "--base-ms",
                 "5",
                 "--decode-ms-per-token",
@@ -288,7 +288,7 @@ def _run_fleet(tmp_path: Path, *, shared: bool, n: int = 4, jobs: int = 300) -> 
             for k, prefix in enumerate(h.clients):
                 write_jobs(tmp_path / f"p{k}.jsonl", f"p{k}", jobs)
                 cmd = [*prefix, PY, "-m", "runner", "run", str(tmp_path / f"p{k}.jsonl")]
-                cmd += ["--provider", "openai", "--base-url", mock.url, "--rpm", "48000"]
+                cmd += ["--provider", "openai", "--base-url", mock.url, "--rpm", "24000"]
                 cmd += ["--progress", "off", "--no-resume"]
                 if shared:
                     cmd += ["--redis-url", redis.url]
@@ -313,6 +313,7 @@ def _run_fleet(tmp_path: Path, *, shared: bool, n: int = 4, jobs: int = 300) -> 
         t1 = min(s[-1] for s in starts)
         inside = sum(1 for s in starts for t in s if t0 <= t <= t1)
         return {
+            "window_s": t1 - t0,
             "rate_per_s": inside / (t1 - t0) if t1 > t0 else float("inf"),
             "ids": ids,
             "namespaces": h.namespaces,
@@ -322,15 +323,16 @@ def _run_fleet(tmp_path: Path, *, shared: bool, n: int = 4, jobs: int = 300) -> 
 
 @needs_redis
 def test_four_processes_on_four_hosts_hold_one_shared_limit(tmp_path: Path) -> None:
-    """4 runners told 48,000 RPM each against a mock allowing 12,000 (200/s): the aggregate
-    stays near 200/s. (Without Redis each would learn 200/s for itself: about 800/s.)"""
+    """4 runners told 24,000 RPM each against a mock allowing 6,000 (100/s): the aggregate
+    stays near 100/s. (Without Redis each would learn 100/s for itself: about 400/s.)"""
     got = _run_fleet(tmp_path, shared=True)
     assert len(got["ids"]) == 1200 and len(set(got["ids"])) == 1200  # 0 lost, 0 duplicated
     assert all(s["jobs"]["failed"] == 0 for s in got["summaries"])
     assert all(s["shared_limit"]["store"] == "redis" for s in got["summaries"])
     assert max(s["shared_limit"]["max_processes"] for s in got["summaries"]) == 4
     # loose bounds: the CI machine is shared; the benchmark measures the 3% target
-    assert 120 < got["rate_per_s"] < 240, got["rate_per_s"]
+    assert got["window_s"] > 2.0, "the processes barely overlapped: a very slow machine?"
+    assert 70 < got["rate_per_s"] < 120, got["rate_per_s"]
 
 
 @needs_redis
