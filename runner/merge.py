@@ -114,7 +114,8 @@ def _finished(part: _Part) -> bool:
     # a summary older than the results is from an earlier, interrupted attempt
     if part.summary.stat().st_mtime < part.results.stat().st_mtime - 1.0:
         return False
-    return not s.get("stopped") and not s.get("not_sent")
+    this_run = s.get("this_run") or {}
+    return not s.get("stopped") and not s.get("not_sent") and not this_run.get("not_sent")
 
 
 def _lines(path: Path) -> Iterator[bytes]:
