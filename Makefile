@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[dev,bench,otel]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,otel,redis]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -34,11 +35,12 @@ from .limits import RateController
 from .models import BadLine, Job, LatencyRecord
 from .observe import Observer, write_summary_to
 from .outputs import check_outputs, plan_outputs
-from .pipeline import Engine, LiveStats, RunOutcome, Sink
+from .pipeline import Engine, Limiter, LiveStats, RunOutcome, Sink
 from .preflight import check_prices
 from .progress import make_progress
 from .providers import HTTPBackend, open_backend
-from .sinks import MetaCacheJournal, open_outputs
+from .shards import ShardSpec, apply_shard, filter_items, resolve_shard, write_manifest
+from .sinks import MetaCacheJournal, Outputs, open_outputs
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
 
 __all__ = ["BatchResult", "batch", "count_lines", "run"]
@@ -105,8 +107,10 @@ async def run(
     started_at = time.time()
     jobs_path: Path | None = None
     items: Iterable[Job | BadLine]
+    shard: ShardSpec | None = None
     if isinstance(jobs, str | Path):
         jobs_path = Path(jobs)
+        config, shard = _shard_setup(config, jobs_path)
     # Every output path is decided and checked before anything is opened for writing.
     summary_path = _summary_path(config, jobs_path, own_sink=sink is None, config_path=config_path)
     if jobs_path is not None:
@@ -118,6 +122,7 @@ async def run(
             else {}
         )
         items = read_jobs(jobs_path, contexts=contexts, max_line_bytes=config.max_line_bytes)
+        items = _only_shard(items, shard)
         check_prices(config, jobs_path)
     else:
         assert not isinstance(jobs, str | Path)
@@ -143,19 +148,21 @@ async def run(
             outputs = open_outputs(config, jobs_path=jobs_path, model=config.model)
             stack.callback(outputs.close)
             sink = outputs
+            _shard_manifest(shard, outputs, jobs_path, summary_path, config.model)
         explicit = await _explicit_caches(config, backend, jobs_path)
         sink = observer.wrap_sink(sink)
+        limiter = await _limiter(stack, config, base_url=base_url, api_key=api_key)
         engine = Engine(
             config,
             backend=backend,
             sink=sink,
-            limiter=RateController(concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm),
+            limiter=limiter,
             jobs_name=str(jobs_path) if jobs_path else "jobs",
             on_tick=observer.chain(on_tick or (display.tick if display else None)),
             release_on_first_byte=config.provider == "anthropic",
             explicit=explicit,
         )
-        if (display is not None or observer.active) and jobs_path is not None:
+        if (display is not None or observer.active) and jobs_path is not None and shard is None:
             try:
                 engine.stats.total = count_lines(jobs_path)
             except OSError as exc:
@@ -183,6 +190,7 @@ async def run(
         outcome = _finish_outcome(
             outcome, summary, config, base_url=config.base_url, started_at=started_at
         )
+        _scaling_summary(outcome.summary, shard, limiter)
         outcome = observer.finish(outcome)  # exit 75, the run_end event, final metrics
         if summary_path is not None:
             try:
@@ -192,6 +200,58 @@ async def run(
                 outcome.summary["summary_error"] = str(exc)
                 outcome = replace(outcome, exit_code=outcome.exit_code or exc.exit_code)
         return outcome
+
+
+def _shard_setup(config: RunConfig, jobs_path: Path) -> tuple[RunConfig, ShardSpec | None]:
+    """The shard this run is (runner/shards.py), with its own tagged output paths."""
+    shard = resolve_shard(config, os.environ)
+    if shard is None:
+        return config, None
+    return apply_shard(config, jobs_path, shard), shard
+
+
+def _only_shard(items: Iterable[Job | BadLine], shard: ShardSpec | None) -> Iterable[Job | BadLine]:
+    return items if shard is None else filter_items(items, shard)
+
+
+def _shard_manifest(
+    shard: ShardSpec | None,
+    outputs: Outputs,
+    jobs_path: Path | None,
+    summary_path: Path | None,
+    model: str,
+) -> None:
+    if shard is None or jobs_path is None or summary_path is None:
+        return
+    write_manifest(
+        outputs.results_path,
+        spec=shard,
+        jobs_path=jobs_path,
+        latency=outputs.latency_path,
+        summary=summary_path,
+        model=model,
+    )
+
+
+async def _limiter(
+    stack: contextlib.AsyncExitStack, config: RunConfig, *, base_url: str, api_key: str | None
+) -> Limiter:
+    local = RateController(concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm)
+    if not (config.redis_url or config.limit_file):
+        return local
+    from .redis_limits import open_shared_limiter  # one budget over processes and hosts
+
+    return await stack.enter_async_context(
+        open_shared_limiter(config, base_url=base_url, api_key=api_key, local=local)
+    )
+
+
+def _scaling_summary(summary: dict[str, Any], shard: ShardSpec | None, limiter: Limiter) -> None:
+    if shard is not None:
+        summary["shard"] = {"index": shard.index, "count": shard.count}
+    report = getattr(limiter, "report", None)
+    if report is not None:
+        summary["shared_limit"] = report()
 
 
 async def _explicit_caches(

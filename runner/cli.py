@@ -142,9 +142,39 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="validate and estimate only, send nothing (default: off)",
     )
 
+    _add_scaling_options(p)
+
 
 def _add_validate_options(p: argparse.ArgumentParser) -> None:
     _add_common_options(p)
+
+
+def _add_scaling_options(p: argparse.ArgumentParser) -> None:
+    # runner/shards.py, runner/redis_limits.py, runner/workers.py; README "Scaling out"
+    g = p.add_argument_group("scaling out")
+    g.add_argument(
+        "--shard",
+        help="run shard K of N (0-based K/N), or 'auto' from the environment (default: all jobs)",
+    )
+    g.add_argument(
+        "--shard-count", type=int, help="N for JOB_COMPLETION_INDEX (Kubernetes; default: none)"
+    )
+    g.add_argument(
+        "--workers", type=int, help="shard processes of this run on this host (default: 1)"
+    )
+    g.add_argument(
+        "--redis-url", help="share the key's rate limits through this Redis (default: none)"
+    )
+    g.add_argument("--limit-scope", help="a name that separates budgets on one key (default: none)")
+    g.add_argument(
+        "--redis-policy",
+        choices=["fail_closed", "fail_open"],
+        help="when Redis is unreachable: pause and retry, or local share (default: fail_closed)",
+    )
+    g.add_argument(
+        "--lease-s", type=float, help="seconds of the shared rate taken at a time (default: 0.25)"
+    )
+    g.add_argument("--limit-file", type=Path, help=argparse.SUPPRESS)  # set by --workers
 
 
 _OVERRIDES = (
@@ -170,6 +200,14 @@ _OVERRIDES = (
     "stream",
     "progress",
     "dry_run",
+    "shard",
+    "shard_count",
+    "workers",
+    "redis_url",
+    "limit_scope",
+    "redis_policy",
+    "lease_s",
+    "limit_file",
 )
 
 
@@ -202,6 +240,10 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     _check_jobs_file(ns.jobs)
     if config.dry_run:
         return _validate(ns.jobs, config)
+    if config.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(ns.jobs, config, sys.argv[1:] if ns.argv is None else ns.argv)
     if config.provider == "mock" and not config.base_url and not _provider_named(ns):
         _note(
             config,
@@ -322,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_caches = sub.add_parser("caches", help="list (--delete: remove) explicit caches of a run")
     caches_cmd.add_arguments(p_caches)
     p_caches.set_defaults(func=caches_cmd.main)
+    from . import merge
+
+    p_merge = sub.add_parser("merge", help="combine the outputs of a run's shards")
+    merge.add_arguments(p_merge)
+    p_merge.set_defaults(func=merge.main)
     p_rep = sub.add_parser("report", help="summaries, comparisons and HTML from latency records")
     report.add_arguments(p_rep)
     p_rep.set_defaults(func=report.main)
@@ -334,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         ns = parser.parse_args(argv)
+        ns.argv = None if argv is None else list(argv)
         code: int = ns.func(ns)
     except RunnerError as exc:
         if getattr(ns, "log_format", None) == "json":

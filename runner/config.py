@@ -112,6 +112,15 @@ class RunConfig:
     metrics_labels: Mapping[str, str] = field(default_factory=dict)
     otel_endpoint: str | None = None
     max_pause_s: float | None = None  # exit 75 once a rate-limit pause lasts longer
+    # scaling out (runner/shards.py, runner/redis_limits.py, runner/workers.py)
+    shard: str | None = None  # "K/N" (0-based K), or "auto" for the orchestrator's environment
+    shard_count: int | None = None  # N for JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs)
+    workers: int = 1  # shard processes of this run on this host
+    redis_url: str | None = None  # share the rate limits of the key through this Redis
+    limit_scope: str | None = None  # optional name to separate budgets on one key
+    redis_policy: str = "fail_closed"  # fail_closed (pause and retry) | fail_open (local share)
+    lease_s: float = 0.25  # seconds of the shared rate a process takes from Redis at a time
+    limit_file: Path | None = None  # the one-host shared limit state of --workers (no Redis)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -141,6 +150,27 @@ class RunConfig:
             raise ConfigError("max_active_groups and read_ahead must be >= 1")
         _check_choice("anthropic_cache_ttl", self.anthropic_cache_ttl, ("5m", "1h"))
         _check_operations(self)
+        self._check_scaling()
+
+    def _check_scaling(self) -> None:
+        if self.shard is not None and self.shard != "auto":
+            from .shards import parse_shard
+
+            parse_shard(self.shard)
+        if self.shard_count is not None and self.shard_count < 1:
+            raise ConfigError(f"shard_count must be >= 1, got {self.shard_count}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        _check_choice("redis_policy", self.redis_policy, ("fail_closed", "fail_open"))
+        if self.redis_url is not None:
+            import importlib.util
+
+            if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
+            if importlib.util.find_spec("redis") is None:
+                raise ConfigError("redis_url needs the redis package: pip install 'runner[redis]'")
+        if not self.lease_s > 0:
+            raise ConfigError(f"lease_s must be > 0, got {self.lease_s}")
 
     def api_key(self) -> str | None:
         """The key from the environment variable the config names (never from the file).
@@ -172,7 +202,7 @@ class RunConfig:
             raise ConfigError(str(exc)) from exc
 
 
-_PATH_FIELDS = {"output", "latency", "summary", "contexts", "metrics_textfile"}
+_PATH_FIELDS = {"output", "latency", "summary", "contexts", "metrics_textfile", "limit_file"}
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 # Labels the metrics set themselves; a user label of the same name would clash.
 _RESERVED_LABELS = {"job_name", "outcome", "error_code", "type", "kind", "state", "le", "job"}
@@ -200,6 +230,8 @@ def _check_operations(c: RunConfig) -> None:
         raise ConfigError(f"pushgateway must be an http(s) URL, got {c.pushgateway!r}")
 
 
+#: Keys of the [limits] table; the rest of the config is flat.
+_LIMITS_KEYS = ("lease_s", "limit_scope", "redis_policy", "redis_url", "rpm", "tpm")
 _FIELD_NAMES = {f.name for f in fields(RunConfig)}
 # Numbers that must be finite and > 0 (None allowed where the field is optional) or >= 0.
 _POSITIVE = (
@@ -289,6 +321,14 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
                         f"{where}: unknown key cache.{ck}{did_you_mean(ck, _CACHE_KEYS)}"
                     )
                 flat[name] = cv
+        elif key == "limits" and isinstance(value, dict):
+            # [limits] rpm/tpm/redis_url/limit_scope/redis_policy/lease_s as a table
+            for lk, lv in value.items():
+                if lk not in _LIMITS_KEYS:
+                    raise ConfigError(
+                        f"{where}: unknown key limits.{lk}{did_you_mean(lk, _LIMITS_KEYS)}"
+                    )
+                flat[lk] = lv
         elif key == "prices":
             flat["prices"] = _parse_prices(value, where)
         elif key.replace("-", "_") in _FIELD_NAMES:

@@ -278,7 +278,9 @@ def _options(sub: str) -> dict[str, str]:
     return {
         a.option_strings[-1]: a.help or ""
         for a in subs.choices[sub]._actions
-        if a.option_strings and a.option_strings[-1] != "--help"
+        if a.option_strings
+        and a.option_strings[-1] != "--help"
+        and a.help != argparse.SUPPRESS  # internal flags (set by --workers) are not shown
     }
 
 

@@ -1,0 +1,262 @@
+"""``runner merge OUT PARTS...``: combine the outputs of a run's shards into one set.
+
+Checks before anything is written (exit 2 with the reason otherwise):
+
+- every part is a shard's results file (it has the manifest :mod:`runner.shards` writes), and
+  all of them read the same input (size and digest of the whole file), with the same model and
+  the same shard count N; no shard index appears twice;
+- every shard 0..N-1 is present and finished (its summary exists and says it was not stopped
+  with jobs unsent); ``--partial`` merges what is there and still lists what is missing;
+- no id appears twice across the parts.
+
+OUT gets the results and latency lines of the parts in shard order, and a summary computed
+from the latency records themselves (exact percentiles, counts, tokens and cost: the same
+:class:`~runner.stats.SummaryBuilder` a run uses). The three files are written to temporary
+names and renamed into place, so a failed merge leaves no half output. An existing OUT is
+refused unless it was written by an earlier merge of the same input (``OUT.merged.json``), so
+a merge never overwrites a run's own results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import ConfigError, InputError
+from .idset import IdSet
+from .shards import read_manifest
+from .stats import SummaryBuilder, render_summary
+
+__all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths"]
+
+MERGED_SUFFIX = ".merged.json"
+
+
+@dataclass(frozen=True, slots=True)
+class MergeReport:
+    results: Path
+    latency: Path
+    summary: dict[str, Any]
+    count: int  # shards in the run
+    merged: tuple[int, ...]  # shard indices merged
+    missing: tuple[int, ...]  # absent from the parts
+    unfinished: tuple[int, ...]  # present without a finished summary
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    index: int
+    results: Path
+    latency: Path
+    summary: Path
+    manifest: dict[str, Any]
+
+
+def merged_paths(out: Path) -> tuple[Path, Path, Path]:
+    """``X.results.jsonl`` -> (itself, ``X.latency.jsonl``, ``X.summary.json``)."""
+    name = out.name
+    stem = name[: -len(".results.jsonl")] if name.endswith(".results.jsonl") else name
+    return out, out.with_name(stem + ".latency.jsonl"), out.with_name(stem + ".summary.json")
+
+
+def expand_parts(parts: Sequence[str]) -> list[Path]:
+    """Paths as given; a pattern with ``*?[`` is globbed (for shells that did not)."""
+    out: list[Path] = []
+    for p in parts:
+        if any(c in p for c in "*?[") and not Path(p).exists():
+            found = sorted(glob.glob(p))
+            if not found:
+                raise ConfigError(f"{p}: no file matches")
+            out.extend(Path(f) for f in found if not f.endswith((".json", ".lock")))
+        else:
+            out.append(Path(p))
+    return out
+
+
+def _load_parts(paths: Sequence[Path]) -> tuple[list[_Part], int, dict[str, Any]]:
+    parts: list[_Part] = []
+    first: dict[str, Any] | None = None
+    seen: dict[int, Path] = {}
+    for results in paths:
+        m = read_manifest(results)
+        if first is None:
+            first = m
+        for field, what in (("fingerprint", "input"), ("count", "shard count"), ("model", "model")):
+            if m.get(field) != first.get(field):
+                raise ConfigError(
+                    f"{results}: {what} {m.get(field)!r} differs from {paths[0]}'s "
+                    f"{first.get(field)!r}: the parts are not shards of one run"
+                )
+        index = int(m["shard"])
+        if index in seen:
+            raise ConfigError(f"{results}: shard {index} is also {seen[index]}")
+        seen[index] = results
+        base = results.parent
+        parts.append(_Part(index, results, base / m["latency"], base / m["summary"], manifest=m))
+    if first is None:
+        raise ConfigError("merge: no parts given")
+    return sorted(parts, key=lambda p: p.index), int(first["count"]), first
+
+
+def _finished(part: _Part) -> bool:
+    try:
+        s = orjson.loads(part.summary.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    # a summary older than the results is from an earlier, interrupted attempt
+    if part.summary.stat().st_mtime < part.results.stat().st_mtime - 1.0:
+        return False
+    this_run = s.get("this_run") or {}
+    return not s.get("stopped") and not s.get("not_sent") and not this_run.get("not_sent")
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    with fh:
+        for raw in fh:
+            if raw.endswith(b"\n"):  # a partial last line is a crashed write, not a record
+                yield raw
+
+
+def merge(
+    out: Path,
+    parts: Sequence[Path],
+    *,
+    price: Any = None,
+    partial: bool = False,
+    force: bool = False,
+) -> MergeReport:
+    """Merge the shard outputs ``parts`` into ``out`` (see the module docstring)."""
+    loaded, count, first = _load_parts(parts)
+    present = {p.index for p in loaded}
+    missing = tuple(i for i in range(count) if i not in present)
+    unfinished = tuple(p.index for p in loaded if not _finished(p))
+    if (missing or unfinished) and not partial:
+        problems = []
+        if missing:
+            problems.append(f"missing shard(s) {', '.join(map(str, missing))} of {count}")
+        if unfinished:
+            problems.append(
+                f"shard(s) {', '.join(map(str, unfinished))} not finished "
+                "(run them again with the same --shard K/N to resume)"
+            )
+        raise ConfigError("merge: " + "; ".join(problems) + " (--partial merges what is there)")
+    results, latency, summary_path = merged_paths(out)
+    marker = out.with_name(out.name + MERGED_SUFFIX)
+    if out.exists() and out.stat().st_size > 0 and not force:
+        ok = False
+        if marker.exists():
+            try:
+                ok = orjson.loads(marker.read_bytes()).get("fingerprint") == first["fingerprint"]
+            except (OSError, orjson.JSONDecodeError):
+                ok = False
+        if not ok:
+            raise ConfigError(
+                f"{out}: exists and is not an earlier merge of this input; not overwriting"
+            )
+    for p in loaded:
+        if p.results.resolve() == out.resolve():
+            raise ConfigError(f"{out}: is one of the parts")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    builder = SummaryBuilder(price)
+    ids = IdSet()
+    tmp_res = results.with_name(results.name + ".tmp")
+    tmp_lat = latency.with_name(latency.name + ".tmp")
+    n_results = 0
+    try:
+        with open(tmp_res, "wb") as rf, open(tmp_lat, "wb") as lf:
+            for p in loaded:
+                for raw in _lines(p.results):
+                    obj = orjson.loads(raw)
+                    cid = obj.get("custom_id")
+                    # A bad or duplicate line has no id of its own: its input line names it
+                    # (docs/FORMATS.md), so two of them in different parts are not a clash.
+                    key: object = cid if cid is not None else ("line", obj.get("line"))
+                    if not ids.add(hash(key)):
+                        what = f"id {cid!r}" if cid is not None else f"input line {obj.get('line')}"
+                        raise ConfigError(f"merge: {what} appears twice ({p.results})")
+                    rf.write(raw)
+                    n_results += 1
+                for raw in _lines(p.latency):
+                    builder.add(orjson.loads(raw))
+                    lf.write(raw)
+            rf.flush()
+            lf.flush()
+            os.fsync(rf.fileno())
+            os.fsync(lf.fileno())
+        summary = builder.summary()
+        summary["shards"] = {
+            "count": count,
+            "merged": sorted(present),
+            "missing": list(missing),
+            "unfinished": list(unfinished),
+        }
+        if summary["jobs"]["ok"] + summary["jobs"]["failed"] != n_results:
+            raise ConfigError(
+                f"merge: {n_results} results but "
+                f"{summary['jobs']['ok'] + summary['jobs']['failed']} latency records"
+            )
+        os.replace(tmp_lat, latency)
+        os.replace(tmp_res, results)
+    finally:
+        for t in (tmp_res, tmp_lat):
+            t.unlink(missing_ok=True)
+    _atomic(summary_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    _atomic(
+        marker,
+        orjson.dumps(
+            {
+                "fingerprint": first["fingerprint"],
+                "count": count,
+                "parts": [str(p.results) for p in loaded],
+            }
+        ),
+    )
+    return MergeReport(
+        results, latency, summary, count, tuple(sorted(present)), missing, unfinished
+    )
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="merged results JSONL (X.results.jsonl)")
+    parser.add_argument("parts", nargs="+", help="the shards' results files (or a glob)")
+    parser.add_argument("-c", "--config", type=Path, help="TOML config (for prices)")
+    parser.add_argument("--model", help="model whose price the cost uses (default: the parts')")
+    parser.add_argument("--partial", action="store_true", help="merge with shards missing")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing OUT")
+
+
+def main(ns: argparse.Namespace) -> int:
+    from .config import load_config
+
+    config = load_config(ns.config)
+    paths = expand_parts(ns.parts)
+    model = ns.model or read_manifest(paths[0]).get("model") if paths else None
+    rep = merge(ns.out, paths, price=config.price(model), partial=ns.partial, force=ns.force)
+    print(render_summary(rep.summary, title="merged summary"), file=sys.stderr)
+    if rep.missing or rep.unfinished:
+        print(
+            f"runner: merged shards {list(rep.merged)} of {rep.count}; missing {list(rep.missing)},"
+            f" unfinished {list(rep.unfinished)}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"runner: merged {rep.count} shards into {rep.results}", file=sys.stderr)
+    return 0

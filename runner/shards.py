@@ -1,0 +1,234 @@
+"""Shards: one run split over N processes or machines without splitting a cache group.
+
+A job belongs to shard ``blake2b(group) mod N`` when it has a cache group, else to
+``blake2b(custom_id) mod N`` (a line without a readable id: ``line-L``). A group therefore never
+straddles two shards, so its one primer warms the cache for every follower. The hash is a keyed
+digest of the text, not Python's ``hash()``, so every process and host agrees on it.
+
+Shard indices are **0-based**: ``--shard 0/4`` .. ``--shard 3/4``, matching Kubernetes'
+``JOB_COMPLETION_INDEX``. Each shard reads the whole input (duplicate ids are found the same
+way in every shard) but sends only its own jobs, and writes its own outputs
+``R.shard-K-of-N.results.jsonl`` (latency, summary, lock and meta likewise), so it resumes on its
+own. A small manifest ``R.shard-K-of-N.results.jsonl.shard.json`` records the input, model and
+``K/N`` for :mod:`runner.merge`, which combines the parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .config import RunConfig
+from .errors import ConfigError
+from .models import BadLine, Job
+from .sinks import default_paths
+
+__all__ = [
+    "MANIFEST_SUFFIX",
+    "ShardSpec",
+    "apply_shard",
+    "filter_items",
+    "manifest_path",
+    "parse_shard",
+    "read_manifest",
+    "resolve_shard",
+    "shard_from_env",
+    "shard_of",
+    "shard_path",
+    "write_manifest",
+]
+
+MANIFEST_SUFFIX = ".shard.json"
+_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_KINDS = (".results.jsonl", ".latency.jsonl", ".summary.json")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSpec:
+    """Shard ``index`` (0-based) of ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ConfigError(f"shard count must be >= 1, got {self.count}")
+        if not 0 <= self.index < self.count:
+            raise ConfigError(
+                f"shard index {self.index} is outside 0..{self.count - 1} "
+                "(shard indices are 0-based, like JOB_COMPLETION_INDEX)"
+            )
+
+    @property
+    def tag(self) -> str:
+        return f"shard-{self.index}-of-{self.count}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> ShardSpec:
+    """``"K/N"`` (0-based K) as a :class:`ShardSpec`; a clear :class:`ConfigError` otherwise."""
+    m = _SPEC.match(text)
+    if m is None:
+        raise ConfigError(f"--shard: expected K/N such as 0/4, got {text!r}")
+    return ShardSpec(int(m.group(1)), int(m.group(2)))
+
+
+def shard_from_env(env: Mapping[str, str], count: int | None) -> ShardSpec | None:
+    """The shard an orchestrator assigned through the environment, or None.
+
+    - Kubernetes Indexed Job: ``JOB_COMPLETION_INDEX`` (0-based) with N from ``count``
+      (``--shard-count`` or ``shard_count`` in the config): the pod spec does not carry N.
+    - Slurm job array: ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT``; the index is
+      taken relative to ``SLURM_ARRAY_TASK_MIN`` so both ``--array=0-3`` and ``--array=1-4`` work.
+    """
+    k8s = env.get("JOB_COMPLETION_INDEX")
+    if k8s is not None:
+        if count is None:
+            raise ConfigError(
+                "JOB_COMPLETION_INDEX is set: give the shard count with --shard-count"
+            )
+        return ShardSpec(_int(k8s, "JOB_COMPLETION_INDEX"), count)
+    task = env.get("SLURM_ARRAY_TASK_ID")
+    if task is not None:
+        n = env.get("SLURM_ARRAY_TASK_COUNT")
+        total = _int(n, "SLURM_ARRAY_TASK_COUNT") if n is not None else count
+        if total is None:
+            raise ConfigError("SLURM_ARRAY_TASK_ID is set without SLURM_ARRAY_TASK_COUNT")
+        low = _int(env.get("SLURM_ARRAY_TASK_MIN", "0"), "SLURM_ARRAY_TASK_MIN")
+        return ShardSpec(_int(task, "SLURM_ARRAY_TASK_ID") - low, total)
+    return None
+
+
+def _int(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {text!r}") from None
+
+
+def shard_of(item: Job | BadLine, count: int) -> int:
+    """The shard a job or bad line belongs to: by cache group, else by id (else by line)."""
+    key = item.group if isinstance(item, Job) and item.group is not None else None
+    text = "g:" + key if key is not None else "i:" + (item.custom_id or f"line-{item.line}")
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+def filter_items(items: Iterable[Job | BadLine], spec: ShardSpec) -> Iterator[Job | BadLine]:
+    """Only the items of shard ``spec``; a group's shard is hashed once and remembered."""
+    count, index = spec.count, spec.index
+    groups: dict[str, bool] = {}
+    for item in items:
+        group = item.group if isinstance(item, Job) else None
+        if group is not None:
+            mine = groups.get(group)
+            if mine is None:
+                mine = groups[group] = shard_of(item, count) == index
+        else:
+            mine = shard_of(item, count) == index
+        if mine:
+            yield item
+
+
+def shard_path(path: Path, spec: ShardSpec) -> Path:
+    """``x.results.jsonl`` -> ``x.shard-K-of-N.results.jsonl`` (likewise latency and summary);
+    any other name gets the tag before its last suffix."""
+    name = path.name
+    for kind in _KINDS:
+        if name.endswith(kind) and len(name) > len(kind):
+            return path.with_name(f"{name[: -len(kind)]}.{spec.tag}{kind}")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        return path.with_name(f"{name}.{spec.tag}")
+    return path.with_name(f"{stem}.{spec.tag}.{ext}")
+
+
+def manifest_path(results: Path) -> Path:
+    return results.with_name(results.name + MANIFEST_SUFFIX)
+
+
+def write_manifest(
+    results: Path,
+    *,
+    spec: ShardSpec,
+    jobs_path: Path,
+    latency: Path,
+    summary: Path,
+    model: str,
+) -> None:
+    """Record which input, model and shard wrote ``results`` (atomic: temp file + rename)."""
+    data = {
+        "shard": spec.index,
+        "count": spec.count,
+        "jobs_file": str(jobs_path.resolve()),
+        "fingerprint": _fingerprint(jobs_path),
+        "model": model,
+        "results": results.name,
+        "latency": os.path.relpath(latency, results.parent),
+        "summary": os.path.relpath(summary, results.parent),
+    }
+    path = manifest_path(results)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+def read_manifest(results: Path) -> dict[str, Any]:
+    path = manifest_path(results)
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"{results}: not a shard's results (no {path.name})") from None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable shard manifest: {exc}") from exc
+    if not isinstance(data, dict) or not {"shard", "count", "fingerprint"} <= data.keys():
+        raise ConfigError(f"{path}: not a shard manifest")
+    return data
+
+
+def _fingerprint(path: Path) -> str:
+    """Size and digest of the whole input: parts of one run must have read the same bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return f"{size}:{h.hexdigest()}"
+
+
+def resolve_shard(config: RunConfig, env: Mapping[str, str]) -> ShardSpec | None:
+    """The shard this run is: ``--shard K/N``; ``--shard auto`` or ``--shard-count N`` take it
+    from the orchestrator's environment (an explicit opt-in, so a plain run inside a Slurm array
+    task is never split by surprise)."""
+    if config.shard is not None and config.shard != "auto":
+        return parse_shard(config.shard)
+    if config.shard == "auto" or config.shard_count is not None:
+        spec = shard_from_env(env, config.shard_count)
+        if spec is None:
+            raise ConfigError(
+                "--shard auto / --shard-count: neither JOB_COMPLETION_INDEX nor "
+                "SLURM_ARRAY_TASK_ID is set"
+            )
+        return spec
+    return None
+
+
+def apply_shard(config: RunConfig, jobs_path: Path, spec: ShardSpec) -> RunConfig:
+    """The config of shard ``spec``: every output path gets the shard's tag."""
+    results, latency, summary = default_paths(jobs_path, config)
+    return replace(
+        config,
+        output=shard_path(results, spec),
+        latency=shard_path(latency, spec),
+        summary=shard_path(summary, spec),
+    )

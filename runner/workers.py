@@ -1,0 +1,137 @@
+"""``runner run --workers N``: all cores of one machine, one run.
+
+The parent starts N child processes of the same command, each ``--shard K/N`` with its own
+event loop (see :mod:`runner.shards`), shows one progress view over all of them, and merges
+their outputs into the run's usual results, latency and summary files when all have finished
+(:mod:`runner.merge`). Running the same command again resumes every shard, then merges again.
+
+**One limit.** With ``redis_url`` the children share the key's budget through Redis like any
+other processes. Without it they share it through a small state file next to the results,
+``R.limits.json``, which each child updates under ``flock`` once per lease
+(:class:`runner.redis_limits.FileStore`, the same GCRA and lease rules as the Redis store), so
+the configured and learned RPM/TPM, and any 429 pause, stay global to the host.
+
+Signals: SIGINT/SIGTERM are passed on to every child (each drains and writes its summary); the
+parent then exits with the children's worst code and does not merge.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import RunConfig
+from .errors import ConfigError
+from .merge import MERGED_SUFFIX, merge
+from .pipeline import LiveStats
+from .progress import make_progress
+from .shards import ShardSpec, shard_path
+from .sinks import default_paths
+from .stats import render_summary
+
+__all__ = ["run_workers"]
+
+POLL_S = 0.2
+
+
+class _Tail:
+    """Counts the lines a child has appended to its results file (one read per poll)."""
+
+    __slots__ = ("lines", "offset", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.lines = 0
+
+    def poll(self) -> int:
+        try:
+            with open(self.path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size < self.offset:  # truncated by a --no-resume child
+                    self.offset = self.lines = 0
+                fh.seek(self.offset)
+                data = fh.read(size - self.offset)
+        except FileNotFoundError:
+            return self.lines
+        self.offset += len(data)
+        self.lines += data.count(b"\n")
+        return self.lines
+
+
+def run_workers(jobs: Path, config: RunConfig, argv: Sequence[str]) -> int:
+    """Run ``argv`` (a ``runner run`` command line) as ``config.workers`` shard processes."""
+    n = config.workers
+    if config.shard is not None or config.shard_count is not None:
+        raise ConfigError("--workers starts its own shards: drop --shard/--shard-count")
+    results, _, summary_path = default_paths(jobs, config)
+    marker = results.with_name(results.name + MERGED_SUFFIX)
+    if config.resume and results.exists() and results.stat().st_size and not marker.exists():
+        raise ConfigError(
+            f"{results}: holds the results of a run without --workers; --workers merges its "
+            "shards into that file: write elsewhere with -o, or run without --workers to resume"
+        )
+    extra: list[str] = []
+    if not config.redis_url:
+        extra += ["--limit-file", str(results.with_name(results.name + ".limits.json"))]
+    specs = [ShardSpec(k, n) for k in range(n)]
+    procs: list[subprocess.Popen[bytes]] = []
+    for spec in specs:
+        cmd = [sys.executable, "-m", "runner", *argv, "--workers", "1", "--shard", str(spec)]
+        cmd += ["--progress", "off", *extra]
+        procs.append(subprocess.Popen(cmd))
+    tails = [_Tail(shard_path(results, s)) for s in specs]
+    code = _supervise(procs, tails, jobs, config)
+    if code not in (0, 1):
+        print(f"runner: a worker stopped with exit code {code}; not merging", file=sys.stderr)
+        if code in (130, 143):
+            print("runner: run the same command again to resume", file=sys.stderr)
+        return code
+    rep = merge(results, [shard_path(results, s) for s in specs], price=config.price())
+    print(render_summary(rep.summary, title=f"run summary ({n} workers)"), file=sys.stderr)
+    print(f"runner: merged {n} worker shards into {results} and {summary_path}", file=sys.stderr)
+    return 1 if rep.summary["jobs"]["failed"] else code
+
+
+def _supervise(
+    procs: list[subprocess.Popen[bytes]], tails: list[_Tail], jobs: Path, config: RunConfig
+) -> int:
+    stop = {"n": 0}
+
+    def forward(signum: int, _frame: object) -> None:
+        stop["n"] += 1
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    display = make_progress(config.progress)
+    stats = LiveStats()
+    if display is not None:
+        from .api import count_lines
+
+        stats.total = count_lines(jobs)
+        stats.started = time.perf_counter()
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(POLL_S)
+            if display is not None:
+                stats.done = sum(t.poll() for t in tails)
+                stats.in_flight = sum(p.poll() is None for p in procs)
+                display.tick(stats)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if display is not None:
+            stats.done = sum(t.poll() for t in tails)
+            display.close(stats)
+    codes = [p.returncode for p in procs]
+    if stop["n"] and any(c not in (0, 1) for c in codes):
+        return next(c for c in codes if c not in (0, 1))
+    bad = [c for c in codes if c not in (0, 1)]
+    return max(bad) if bad else max(codes)
