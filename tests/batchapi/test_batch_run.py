@@ -350,3 +350,20 @@ async def test_failed_downloads_are_retried(tmp_path: Path, mock: MockFactory, s
     assert outcome.exit_code == 0
     assert_each_job_once(jobs)
     assert server.stats()["batch"]["failed_downloads"] == 2
+
+
+async def test_bad_lines_get_one_result_each_across_reruns(
+    tmp_path: Path, mock: MockFactory
+) -> None:
+    _, url = await mock()
+    jobs, ctx = make_inputs(tmp_path, 1, 2)
+    with jobs.open("ab") as fh:
+        fh.write(b"{not json\n")  # no id of its own: keyed by its line
+        fh.write(b'{"id": "bad", "query": 5}\n')
+    cfg = batch_config(url, "openai", ctx)
+    assert (await run(jobs, cfg)).exit_code == 1
+    assert (await run(jobs, cfg)).summary["jobs"]["skipped_resumed"] == 4
+    results = read_jsonl(tmp_path / "jobs.results.jsonl")
+    assert len(results) == 4
+    invalid = [r for r in results if r["error"] is not None]
+    assert {(r["custom_id"], r.get("line")) for r in invalid} == {(None, 3), ("bad", None)}
