@@ -137,7 +137,10 @@ async def run_batch(
     api_key = config.api_key()
     mock_config = _mock_config(config)
     items = read_jobs(jobs_path, contexts=contexts, max_line_bytes=config.max_line_bytes)
-    if log is None and config.progress != "off":
+    # Like a direct run: the command line shows progress unless told not to; a library call
+    # only when asked; never as text among JSON log lines.
+    wants = config.progress in ("bar", "log") or (config.progress == "auto" and handle_signals)
+    if log is None and wants and not config.quiet and config.log_format != "json":
         log = sys.stderr
     outputs = open_outputs(config, jobs_path=jobs_path, model=config.model)
     try:
