@@ -104,6 +104,29 @@ async def run(
     or for ``auto`` when ``handle_signals`` says this is the command line: a library call is
     quiet by default.
     """
+    if config.via == "batch":  # the provider's batch API (runner/batchapi/)
+        return await _run_batch(jobs, config, sink, handle_signals, config_path)
+    return await _run_direct(
+        jobs,
+        config,
+        sink=sink,
+        handle_signals=handle_signals,
+        on_tick=on_tick,
+        config_path=config_path,
+        meter_provider=meter_provider,
+    )
+
+
+async def _run_direct(
+    jobs: Iterable[Job | BadLine] | Path | str,
+    config: RunConfig,
+    *,
+    sink: Sink | None,
+    handle_signals: bool,
+    on_tick: Callable[[LiveStats], None] | None,
+    config_path: Path | None,
+    meter_provider: Any,
+) -> RunOutcome:
     started_at = time.time()
     jobs_path: Path | None = None
     items: Iterable[Job | BadLine]
@@ -113,6 +136,7 @@ async def run(
         config, shard = _shard_setup(config, jobs_path)
     # Every output path is decided and checked before anything is opened for writing.
     summary_path = _summary_path(config, jobs_path, own_sink=sink is None, config_path=config_path)
+    _refuse_while_batches_run(jobs, config)
     if jobs_path is not None:
         if jobs_path.is_dir():
             raise InputError(f"{jobs_path}: is a directory, not a jobs file")
@@ -332,6 +356,32 @@ def _summary_path(
         _check_paths(plain, jobs_path, own_sink=own_sink, config_path=config_path)
         return Path("-")
     return _check_paths(config, jobs_path, own_sink=own_sink, config_path=config_path)
+
+
+async def _run_batch(
+    jobs: Iterable[Job | BadLine] | Path | str,
+    config: RunConfig,
+    sink: Sink | None,
+    handle_signals: bool,
+    config_path: Path | None,
+) -> RunOutcome:
+    if not isinstance(jobs, str | Path) or sink is not None:
+        raise ConfigError("--via batch reads a jobs file and writes the default sinks")
+    _summary_path(config, Path(jobs), own_sink=True, config_path=config_path)
+    from .batchapi.engine import run_batch
+
+    return await run_batch(Path(jobs), config, handle_signals=handle_signals)
+
+
+def _refuse_while_batches_run(
+    jobs: Iterable[Job | BadLine] | Path | str, config: RunConfig
+) -> None:
+    """A direct run onto outputs whose provider batches are not collected would send their jobs
+    a second time (docs/BATCH.md)."""
+    if isinstance(jobs, str | Path) and config.resume:
+        from .batchapi.journal import refuse_direct_while_in_flight
+
+        refuse_direct_while_in_flight(plan_outputs(config, Path(jobs)).results)
 
 
 def _check_paths(

@@ -47,6 +47,12 @@ def _add_common_options(p: argparse.ArgumentParser) -> None:
         "--model",
         help=f"model for jobs that name none; prices are looked up by it (default: {d.model})",
     )
+    p.add_argument(
+        "--via",
+        choices=["direct", "batch"],
+        help="batch: through the provider's batch API at its discount, docs/BATCH.md "
+        f"(default: {d.via})",
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -141,6 +147,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="validate and estimate only, send nothing (default: off)",
     )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        help=f"--via batch: first poll interval in seconds, growing while nothing changes "
+        f"(default: {d.poll_interval:g})",
+    )
+    p.add_argument(
+        "--cancel-on-stop",
+        action="store_true",
+        default=None,
+        help="--via batch: SIGINT/SIGTERM cancels the batches (default: detach; a re-run "
+        "reattaches)",
+    )
 
     _add_scaling_options(p)
 
@@ -208,6 +227,9 @@ _OVERRIDES = (
     "redis_policy",
     "lease_s",
     "limit_file",
+    "via",
+    "poll_interval",
+    "cancel_on_stop",
 )
 
 
@@ -265,6 +287,10 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             print(f"runner: warning: {ns.jobs} holds no jobs", file=sys.stderr)
     if summary_error:
         print(f"runner: error: the summary could not be written: {summary_error}", file=sys.stderr)
+    if outcome.summary.get("via") == "batch" and not config.quiet:
+        from .batchapi.estimate import render_batch_summary
+
+        print(render_batch_summary(outcome.summary), file=sys.stderr)
     guard = outcome.summary.get("guard")
     if guard:
         print(f"runner: stopped by a guard: {guard['message']}", file=sys.stderr)
@@ -272,6 +298,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         print("runner: rate-limited past --max-pause; run again later to resume", file=sys.stderr)
     elif outcome.stopped == "signal" and not config.quiet:
         print("runner: interrupted; run the same command again to resume", file=sys.stderr)
+        if config.via == "batch":
+            print(f"runner: `runner status {_results_path(ns.jobs, config)}` shows the batches")
     return outcome.exit_code
 
 
@@ -283,6 +311,12 @@ def _note(config: RunConfig, message: str, *, error: bool = False) -> None:
         note_line(message, error=error, quiet=config.quiet)
     elif error or not config.quiet:
         print(f"runner: {'error' if error else 'warning'}: {message}", file=sys.stderr)
+
+
+def _results_path(jobs: Path, config: RunConfig) -> Path:
+    from .sinks import default_paths
+
+    return default_paths(jobs, config)[0]
 
 
 def _validate(jobs: Path, config: RunConfig) -> int:
@@ -297,6 +331,10 @@ def _validate(jobs: Path, config: RunConfig) -> int:
     )
     report = validate_file(jobs, contexts=contexts, config=config)
     print(render_validation(report, jobs), end="")
+    if config.via == "batch":
+        from .batchapi.estimate import render_batch_estimate
+
+        print(render_batch_estimate(report, config), end="")
     return 0 if not report.bad_lines else 1
 
 
@@ -339,6 +377,19 @@ def _cmd_validate(ns: argparse.Namespace) -> int:
     return _validate(ns.jobs, config_from_args(ns))
 
 
+def _cmd_status(ns: argparse.Namespace) -> int:
+    from .batchapi.status import fetch_live, render_status
+
+    live = None
+    if ns.live:
+        config = load_config(ns.config).with_overrides(
+            provider=ns.provider, base_url=ns.base_url, api_key_env=ns.api_key_env
+        )
+        live = _event_loop_run(fetch_live(ns.output, config))
+    print(render_status(ns.output, live), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -351,6 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_val = sub.add_parser("validate", help="check a jobs file and estimate tokens and cost")
     _add_validate_options(p_val)
     p_val.set_defaults(func=_cmd_validate)
+    p_status = sub.add_parser("status", help="the provider batches of an output (read-only)")
+    p_status.add_argument("output", type=Path, help="the results file of a --via batch run")
+    p_status.add_argument(
+        "--live", action="store_true", help="also ask the provider (GET only) for each batch"
+    )
+    p_status.add_argument("-c", "--config", type=Path, help="TOML config (provider, key)")
+    p_status.add_argument("--provider", choices=["openai", "anthropic", "mock"])
+    p_status.add_argument("--base-url")
+    p_status.add_argument("--api-key-env")
+    p_status.set_defaults(func=_cmd_status)
 
     from . import bench, caches_cmd, report
     from .mock import cli as mock_cli

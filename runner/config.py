@@ -39,6 +39,8 @@ DEFAULT_READ_AHEAD = 16384
 DEFAULT_DRAIN_S = 30.0
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 DEFAULT_MAX_RESPONSE_BYTES = 16 << 20  # a response body past this fails its attempt
+DEFAULT_POLL_INTERVAL_S = 10.0
+DEFAULT_BATCH_MAX_ATTEMPTS = 3
 
 PROVIDERS = ("mock", "openai", "anthropic", "gemini")
 DEFAULT_EXPLICIT_TTL_S = 300.0
@@ -121,6 +123,13 @@ class RunConfig:
     redis_policy: str = "fail_closed"  # fail_closed (pause and retry) | fail_open (local share)
     lease_s: float = 0.25  # seconds of the shared rate a process takes from Redis at a time
     limit_file: Path | None = None  # the one-host shared limit state of --workers (no Redis)
+    # provider batch APIs (runner/batchapi/, docs/BATCH.md)
+    via: str = "direct"  # direct | batch
+    poll_interval: float = DEFAULT_POLL_INTERVAL_S  # first poll interval; grows while idle
+    cancel_on_stop: bool = False  # SIGINT/SIGTERM cancels submitted batches instead of detaching
+    batch_max_requests: int | None = None  # per batch; None: the provider's limit
+    batch_max_bytes: int | None = None  # per batch input; None: the provider's limit
+    batch_max_attempts: int = DEFAULT_BATCH_MAX_ATTEMPTS  # submissions per job (expired, ...)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -151,6 +160,7 @@ class RunConfig:
         _check_choice("anthropic_cache_ttl", self.anthropic_cache_ttl, ("5m", "1h"))
         _check_operations(self)
         self._check_scaling()
+        self._check_batch()
 
     def _check_scaling(self) -> None:
         if self.shard is not None and self.shard != "auto":
@@ -171,6 +181,32 @@ class RunConfig:
                 raise ConfigError("redis_url needs the redis package: pip install 'runner[redis]'")
         if not self.lease_s > 0:
             raise ConfigError(f"lease_s must be > 0, got {self.lease_s}")
+
+    def _check_batch(self) -> None:
+        """The ``--via batch`` options (runner/batchapi/)."""
+        _check_choice("via", self.via, ("direct", "batch"))
+        if not self.poll_interval > 0:
+            raise ConfigError(f"poll_interval must be > 0, got {self.poll_interval}")
+        for name in ("batch_max_requests", "batch_max_bytes"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{name} must be >= 1, got {v}")
+        if self.via == "batch" and self.provider not in ("openai", "anthropic", "mock"):
+            raise ConfigError(
+                f"--via batch speaks the OpenAI and Anthropic batch APIs, not {self.provider!r}"
+            )
+        if self.via == "batch" and self.order == "input":
+            raise ConfigError("order 'input' does not apply to --via batch (rows come per batch)")
+        if self.via == "batch" and self.max_cost is not None:
+            raise ConfigError(
+                "max_cost cannot stop a provider batch once submitted; "
+                "use `runner validate --via batch` for the estimate"
+            )
+        if self.via == "batch" and (self.shard is not None or self.workers > 1):
+            # One process owns the batch journal; the provider parallelises a batch itself.
+            raise ConfigError("--via batch runs as one process: drop --shard / --workers")
+        if self.batch_max_attempts < 1:
+            raise ConfigError(f"batch_max_attempts must be >= 1, got {self.batch_max_attempts}")
 
     def api_key(self) -> str | None:
         """The key from the environment variable the config names (never from the file).

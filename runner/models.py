@@ -191,6 +191,8 @@ class Price:
     cached_input: float | None = None  # defaults to input (no discount)
     cache_write: float | None = None  # defaults to input
     cache_storage: float | None = None  # explicit caches: USD per 1M tokens per hour stored
+    # Multiplier for jobs sent through a provider batch API (None: the provider's default, 0.5).
+    batch_discount: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("input", "output", "cached_input", "cache_write", "cache_storage"):
@@ -199,3 +201,8 @@ class Price:
                 isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf
             ):
                 raise ValueError(f"price {name} must be a finite non-negative number, got {v!r}")
+        d = self.batch_discount
+        if d is not None and (
+            isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d <= 1
+        ):
+            raise ValueError(f"price batch_discount must be in (0, 1], got {d!r}")

@@ -64,7 +64,10 @@ __all__ = [
     "MetaCacheJournal",
     "Outputs",
     "default_paths",
+    "meta_path_of",
     "open_outputs",
+    "read_meta_section",
+    "write_meta_section",
     "write_summary",
 ]
 
@@ -155,6 +158,7 @@ def open_outputs(
         pending_path = _sidecar(results, ".pending")
         done: set[str | int] = set()
         recovered: dict[str | int, tuple[int, bytes]] = {}
+        keep = False
         resuming = config.resume and (_size(results) > 0 or _size(pending_path) > 0)
         if resuming:
             meta = _read_meta(meta_path, results)
@@ -162,12 +166,19 @@ def open_outputs(
             inputs = _check_inputs(meta, results, jobs_path=jobs_path, contexts=contexts)
             if meta.get("jobs_file") != jobs_file or inputs != _meta_inputs(meta):
                 # Same content (or jobs appended), maybe at a new path: record the input now.
-                _write_meta(meta_path, jobs_file=jobs_file, inputs=inputs, model=model)
+                _write_meta(
+                    meta_path, jobs_file=jobs_file, inputs=inputs, model=model, keep_sections=True
+                )
             done, recovered = _recover(
                 results, latency, pending_path, config.retry_failed, order_input
             )
         else:
             inputs = _fingerprint_inputs(jobs_path, contexts)
+            keep = (
+                config.resume
+                and jobs_path is not None
+                and _same_claim(meta_path, results, jobs_path, contexts, model)
+            )
             _remove(pending_path)
         res_fd = _open_append(results, truncate=not resuming)
         try:
@@ -181,8 +192,11 @@ def open_outputs(
                 pend_fd = _open_append(pending_path, truncate=False)
             if not resuming:
                 # Truncate first, then claim the files for this input: a crash in between
-                # leaves empty outputs, never old lines under new metadata.
-                _write_meta(meta_path, jobs_file=jobs_file, inputs=inputs, model=model)
+                # leaves empty outputs, never old lines under new metadata. A batch journal of
+                # the same input survives (its batches may still be running: docs/BATCH.md).
+                _write_meta(
+                    meta_path, jobs_file=jobs_file, inputs=inputs, model=model, keep_sections=keep
+                )
         except BaseException:
             os.close(res_fd)
             os.close(lat_fd)
@@ -781,17 +795,75 @@ def _check_model(meta: dict[str, Any], results: Path, *, model: str) -> None:
         )
 
 
+_META_KEYS: Final = frozenset({"jobs_file", "jobs", "contexts", "model", "version"})
+
+
+def _same_claim(
+    meta_path: Path, results: Path, jobs_path: Path, contexts: Path | None, model: str
+) -> bool:
+    """Whether the meta file already claims the outputs for this input and model, so that its
+    other sections (a batch journal whose batches may still run) must survive a rewrite."""
+    if not meta_path.exists():
+        return False
+    try:
+        meta = _read_meta(meta_path, results)
+        _check_model(meta, results, model=model)
+        _check_inputs(meta, results, jobs_path=jobs_path, contexts=contexts)
+    except ResumeError:
+        return False
+    return True
+
+
 def _write_meta(
-    meta_path: Path, *, jobs_file: str | None, inputs: dict[str, Any], model: str
+    meta_path: Path,
+    *,
+    jobs_file: str | None,
+    inputs: dict[str, Any],
+    model: str,
+    keep_sections: bool = False,
 ) -> None:
-    meta = {
+    """Claim the outputs for an input and model; with ``keep_sections`` the sections other
+    modules journal in the meta file (``batch``) survive the rewrite."""
+    meta: dict[str, Any] = {
         "jobs_file": jobs_file,
         "jobs": inputs["jobs"],
         "contexts": inputs["contexts"],
         "model": model,
         "version": META_VERSION,
     }
+    if keep_sections and meta_path.exists():
+        old = _parse(_io(meta_path, meta_path.read_bytes))
+        if old is not None:
+            meta.update((k, v) for k, v in old.items() if k not in _META_KEYS)
     _atomic_write(meta_path, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+
+
+def meta_path_of(results: Path) -> Path:
+    """The meta file that describes (and journals for) the results file ``results``."""
+    return _sidecar(results, ".meta.json")
+
+
+def read_meta_section(results: Path, name: str) -> Any:
+    """One section of the results file's meta file (None when absent or unreadable)."""
+    path = meta_path_of(results)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SinkError(f"{path}: {exc.strerror}") from exc
+    meta = _parse(raw)
+    return None if meta is None else meta.get(name)
+
+
+def write_meta_section(results: Path, name: str, value: Any) -> None:
+    """Replace one section of the meta file, durably and atomically; the caller holds the lock."""
+    if name in _META_KEYS:
+        raise ValueError(f"{name!r} is not a free section of the meta file")
+    path = meta_path_of(results)
+    meta = _parse(_io(path, path.read_bytes)) or {}
+    meta[name] = value
+    _atomic_write(path, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
 
 
 # -- lock -----------------------------------------------------------------------------------

@@ -178,7 +178,10 @@ def test_all_names_every_public_function_and_class() -> None:
         "MetaCacheJournal",
         "Outputs",
         "default_paths",
+        "meta_path_of",
         "open_outputs",
+        "read_meta_section",
+        "write_meta_section",
         "write_summary",
     }
     assert defined <= set(sinks.__all__)

@@ -290,7 +290,8 @@ def test_every_run_flag_has_help_with_its_default() -> None:
 
 
 def test_validate_help_lists_only_what_validate_uses() -> None:
-    assert set(_options("validate")) == {"--config", "--contexts", "--model"}
+    # --via batch makes validate estimate the batch cost next to the direct one (docs/BATCH.md)
+    assert set(_options("validate")) == {"--config", "--contexts", "--model", "--via"}
 
 
 def test_version_and_the_mock_429_delay_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,6 +14,8 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
+import orjson
+
 from .config import MockConfig
 from .server import MockServer
 
@@ -51,7 +53,18 @@ _HELP = {
     "require_api_key": "require some non-empty key",
     "slow_first_byte_ms": "extra delay of the slow_first_byte fault",
     "fault_429_retry_ms": "delay, in ms, that a fault_http_429 answer asks the client to wait",
+    "batch": "batch endpoints as JSON, e.g. '{\"duration_s\": 1}' (runner/mock/batch.py)",
 }
+
+
+def _json_table(text: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kw["help"] = f"{text} (default: {default})" if text else f"default: {default}"
         if ann == "bool":
             kw["action"] = argparse.BooleanOptionalAction
+        elif ann.startswith("Mapping"):
+            kw["type"] = _json_table
+            kw["metavar"] = "JSON"
         elif ann.startswith("tuple"):
             kw["nargs"] = "+"
             kw["metavar"] = "MODEL"

@@ -7,7 +7,9 @@ are in milliseconds, rates of faults are probabilities per request. ``None`` dis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 __all__ = [
     "DEFAULT_BLOCK_TOKENS",
@@ -98,6 +100,8 @@ class MockConfig:
     fault_stream_error: float = 0.0
     fault_slow_first_byte: float = 0.0
     slow_first_byte_ms: float = 2000.0
+    # batch endpoints: the fields of runner.mock.batch.BatchMockConfig (time, seeded faults)
+    batch: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.latency not in ("model", "zero"):
@@ -141,6 +145,7 @@ class MockConfig:
             raise ValueError("gemini_max_ttl_s must be > 0")
         if self.insufficient_quota_after is not None and self.insufficient_quota_after < 0:
             raise ValueError("insufficient_quota_after must be >= 0")
+        _check_batch(self.batch)
         rates = self.fault_rates()
         if any(not 0 <= r <= 1 for r in rates.values()) or sum(rates.values()) > 1:
             raise ValueError("fault rates must be in [0, 1] and sum to at most 1")
@@ -152,3 +157,13 @@ class MockConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+def _check_batch(options: Mapping[str, Any]) -> None:
+    """The ``batch`` table names fields of BatchMockConfig with valid values."""
+    from .batch import BatchMockConfig  # late: batch.py builds on the server's wire helpers
+
+    try:
+        BatchMockConfig(**dict(options))
+    except TypeError as exc:
+        raise ValueError(f"batch: {exc}") from exc

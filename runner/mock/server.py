@@ -14,6 +14,7 @@ Routes (the base URL given to clients ends in ``/v1``)::
     GET  /v1/models             model list (Anthropic shape when anthropic-version is sent)
     GET  /stats                 counters as JSON
     POST /stats/reset           zero the counters (``?cache=1`` also empties the caches)
+    /v1/files, /v1/batches, /v1/messages/batches   batch APIs (see runner/mock/batch.py)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from .batch import BatchMockConfig, BatchService
 from .cache import Boundary, PrefixCache, ReplicaRouter, anthropic_boundaries, block_boundaries
 from .config import FAULT_KINDS, MockConfig
 from .gemini import GeminiAPI
@@ -147,6 +149,7 @@ class MockServer:
         self._quota_left = cfg.insufficient_quota_after
         self._stalled: set[asyncio.Future[None]] = set()
         self._gemini = GeminiAPI(self)  # the /v1beta routes
+        self._batch = BatchService(self, BatchMockConfig(**dict(cfg.batch)), self._clock)
         self._server: Server | None = None
         self._listener: asyncio.AbstractServer | None = None
 
@@ -190,6 +193,7 @@ class MockServer:
             "rate_limited": s.rate_limited,
             "open_connections": len(self._server.connections) if self._server else 0,
             "faults": dict(s.faults),
+            "batch": self._batch.stats(),
             "cache": {
                 "entries": sum(len(c) for c in self._caches),
                 "tokens": sum(c.used_tokens for c in self._caches),
@@ -223,6 +227,8 @@ class MockServer:
                 return self._models(request)
             if path == "/stats":
                 return web.Response(body=orjson.dumps(self.stats()), content_type=_JSON)
+        if (batch := await self._batch.handle(request, path, query)) is not None:
+            return batch  # the batch endpoints (runner/mock/batch.py)
         body = openai_error(f"Unknown request URL: {method} {path}.", "invalid_request_error", None)
         return web.Response(status=404, body=body, content_type=_JSON)
 

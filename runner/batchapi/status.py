@@ -1,0 +1,104 @@
+"""``runner status OUTPUT``: the batch journal of a results file, read without changing it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..providers._http import make_session
+from ..sinks import meta_path_of, read_meta_section
+from .journal import SECTION, Chunk
+from .wire import BatchView, control_headers, open_batch_api
+
+__all__ = ["fetch_live", "journaled_batches", "render_status"]
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def render_status(results: Path, live: dict[str, BatchView] | None = None) -> str:
+    """A table of every batch chunk of ``results`` (no lock taken, nothing written).
+
+    :param live: the provider's current view of batches, by id (``runner status --live``);
+        without it the table shows the state last journaled.
+    """
+    if not meta_path_of(results).exists():
+        raise ConfigError(f"{results}: no meta file {meta_path_of(results)}: not a runner output")
+    raw = read_meta_section(results, SECTION)
+    lines = [f"{results}: {_count_lines(results):,} result lines"]
+    if not isinstance(raw, dict):
+        lines.append("no batch journal (a direct run, or nothing submitted yet)")
+        return "\n".join(lines) + "\n"
+    chunks = [Chunk(**c) for c in raw.get("chunks", [])]
+    lines.append(
+        f"provider {raw.get('provider')}, run {raw.get('run_id')}, journal updated "
+        f"{_when(raw.get('updated_at'))}"
+    )
+    header = ("chunk", "kind", "try", "jobs", "state", "batch", "status", "counts", "note")
+    rows = [header]
+    for c in chunks:
+        if live and c.batch_id in live:
+            view = live[c.batch_id]
+            c.status, c.counts = view.status + " (live)", view.counts
+        counts = ", ".join(f"{k} {v}" for k, v in c.counts.items()) or "-"
+        rows.append(
+            (
+                c.key,
+                c.kind,
+                str(c.attempt),
+                str(len(c.ids)),
+                c.state,
+                c.batch_id or "-",
+                c.status or "-",
+                counts,
+                c.note or "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    active = sum(1 for c in chunks if c.state != "done")
+    lines.append(
+        f"{len(chunks)} chunks, {active} not done"
+        + ("; run the same command again to reattach" if active else "")
+    )
+    return "\n".join(lines) + "\n"
+
+
+def journaled_batches(results: Path) -> list[str]:
+    """Ids of the batches not yet collected, from the journal."""
+    raw = read_meta_section(results, SECTION)
+    if not isinstance(raw, dict):
+        return []
+    return [
+        c["batch_id"]
+        for c in raw.get("chunks", [])
+        if c.get("batch_id") and c.get("state") != "done"
+    ]
+
+
+async def fetch_live(results: Path, config: RunConfig) -> dict[str, BatchView]:
+    """GET each batch not yet collected (read-only requests; nothing is written)."""
+    ids = journaled_batches(results)
+    if not ids:
+        return {}
+    if not config.base_url:
+        raise ConfigError("--live needs the provider: give -c CONFIG or --provider/--base-url")
+    api_key = config.api_key()
+    session = make_session(config, headers=control_headers(config, api_key))
+    try:
+        api = open_batch_api(config, session, base_url=config.base_url, api_key=api_key)
+        return {i: await api.get(i) for i in ids}
+    finally:
+        await session.close()

@@ -1,0 +1,525 @@
+"""The two batch wire protocols behind one small interface: OpenAI Batch, Anthropic Message Batches.
+
+Each class builds request items with the chat backend's own ``build_body`` (so a batch request
+is byte for byte the request a direct run would send), submits, retrieves, lists, cancels, and
+turns each provider's result rows into :class:`Row` values. The facts assumed about each wire
+(field names, statuses, limits) are listed in docs/BATCH.md.
+
+Failures of the control requests (upload, create, retrieve, download) are retried here with
+backoff when transient; authentication failures raise :class:`~runner.errors.AuthError`, other
+permanent ones :class:`BatchAPIError`. A failed *row* is never an exception: it is a Row with an
+``ErrorInfo``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar, Final
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from ..config import RunConfig
+from ..errors import AuthError, QuotaError, RunnerError
+from ..models import ErrorInfo, Job, Usage
+from ..providers import anthropic as anthropic_wire
+from ..providers import openai as openai_wire
+from ..providers._http import HTTPBackend, scrub
+
+__all__ = [
+    "RETRY_ROW_CODES",
+    "AnthropicBatchAPI",
+    "BatchAPI",
+    "BatchAPIError",
+    "BatchView",
+    "OpenAIBatchAPI",
+    "Row",
+    "open_batch_api",
+]
+
+#: Row error codes that a later submission can fix (the request itself was never judged).
+RETRY_ROW_CODES: Final = frozenset(
+    {"batch_expired", "batch_cancelled", "token_limit_exceeded", "batch_failed", "missing_row"}
+)
+_CONTROL_ATTEMPTS = 6
+_ANTHROPIC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Anthropic error types inside an ``errored`` result -> the HTTP status they stand for.
+_ANTHROPIC_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+class BatchAPIError(RunnerError):
+    """A batch control request failed permanently (not a row: the upload, create, ...)."""
+
+    exit_code = 1
+
+
+@dataclass(slots=True)
+class BatchView:
+    """One retrieval of a batch, normalised across the two shapes."""
+
+    id: str
+    status: str  # the provider's own status value
+    ended: bool  # terminal: results (if any) can be fetched
+    total: int
+    done: int  # rows finished so far (any outcome)
+    counts: dict[str, int]
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    results_url: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    created_at: float | None = None
+    ended_at: float | None = None
+
+
+@dataclass(slots=True)
+class Row:
+    """One request's outcome inside a batch."""
+
+    sent_id: str
+    status: int | None  # HTTP status of the request inside the batch; None when never run
+    body: Any  # the response body (parsed), or None
+    request_id: str | None
+    row_id: str | None
+    error: ErrorInfo | None
+    usage: Usage | None
+
+
+class BatchAPI:
+    """What the batch engine needs from a provider; one subclass per wire shape."""
+
+    shape: ClassVar[str]
+    max_requests: ClassVar[int]
+    max_bytes: ClassVar[int]
+    one_model_per_batch: ClassVar[bool]
+    needs_upload: ClassVar[bool]
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        backend: HTTPBackend,
+        *,
+        base_url: str,
+        api_key: str | None,
+        retry_base_s: float,
+    ) -> None:
+        self._session = session
+        self._backend = backend
+        self._base = base_url.rstrip("/")
+        self._api_key = api_key
+        self._retry_base = retry_base_s
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def sent_id(self, custom_id: str, index: int) -> str:
+        """The id a job travels under inside a batch (its own, where the provider accepts it)."""
+        return custom_id
+
+    def body(self, job: Job, cache_key: str | None) -> dict[str, Any]:
+        body, _ = self._backend.build_body(job, cache_key)
+        body.pop("stream", None)  # batch requests never stream
+        body.pop("stream_options", None)
+        return body
+
+    def item(self, job: Job, sent_id: str, cache_key: str | None) -> bytes:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- control -------------------------------------------------------------------------------
+
+    def write_input(self, fh: BinaryIO, items: Iterable[bytes]) -> None:  # pragma: no cover
+        """Write the batch input (the file to upload, or the create body) to ``fh``."""
+        raise NotImplementedError
+
+    async def upload(self, name: str, path: Path) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+    async def create(
+        self, *, file_id: str | None, path: Path, metadata: Mapping[str, str]
+    ) -> BatchView:  # pragma: no cover
+        raise NotImplementedError
+
+    async def get(self, batch_id: str) -> BatchView:  # pragma: no cover
+        raise NotImplementedError
+
+    async def cancel(self, batch_id: str) -> BatchView:  # pragma: no cover
+        raise NotImplementedError
+
+    async def find(
+        self, *, metadata: Mapping[str, str], created_after: float, total: int, known: set[str]
+    ) -> str | None:  # pragma: no cover
+        """The id of a batch this run created but never journaled (a crash right after create)."""
+        raise NotImplementedError
+
+    def rows(self, view: BatchView) -> AsyncIterator[Row]:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        data: Any = None,
+        sink: BinaryIO | None = None,
+    ) -> Any:
+        """One control request with retries for transient failures; the parsed JSON.
+
+        With ``sink`` the body is streamed into it instead (rewound for each attempt), so a
+        results file of any size is never held in memory and a cut download is retried whole.
+        """
+        last = ""
+        for attempt in range(1, _CONTROL_ATTEMPTS + 1):
+            body_data = data() if callable(data) else data
+            try:
+                async with self._session.request(method, url, json=json, data=body_data) as resp:
+                    if resp.status < 300 and sink is not None:
+                        sink.seek(0)
+                        sink.truncate()
+                        async for chunk in resp.content.iter_chunked(1 << 20):
+                            sink.write(chunk)
+                        sink.flush()
+                        return None
+                    payload = await resp.read()
+                    if resp.status < 300:
+                        return orjson.loads(payload)
+                    try:
+                        parsed: Any = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        parsed = payload[:2000].decode("utf-8", "replace")
+                    err = self._backend.classify(resp.status, parsed, resp.headers)
+            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+                err = ErrorInfo("connection", f"{type(exc).__name__}: {exc}", retriable=True)
+            last = scrub(f"{method} {url.split('?')[0]}: {err.message}", self._api_key)
+            if err.fatal:
+                raise (QuotaError if err.code == "insufficient_quota" else AuthError)(last)
+            if not err.retriable or attempt == _CONTROL_ATTEMPTS:
+                break
+            delay = err.retry_after_s or self._retry_base * 2 ** (attempt - 1)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        raise BatchAPIError(last)
+
+    async def _download_rows(self, url: str) -> AsyncIterator[bytes]:
+        """The non-empty lines of a JSONL download, spooled through a temporary file."""
+        with tempfile.TemporaryFile() as fh:
+            await self._call("GET", url, sink=fh)
+            fh.seek(0)
+            for line in fh:
+                if line.strip():
+                    yield line
+
+
+def _parse_iso(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) else None
+
+
+class OpenAIBatchAPI(BatchAPI):
+    """``POST /files`` + ``POST /batches``; results in ``output_file_id`` and ``error_file_id``."""
+
+    shape = "openai"
+    max_requests = 50_000
+    max_bytes = 200 * 1000 * 1000
+    one_model_per_batch = True
+    needs_upload = True
+    _ENDED: ClassVar[frozenset[str]] = frozenset({"completed", "failed", "expired", "cancelled"})
+
+    def item(self, job: Job, sent_id: str, cache_key: str | None) -> bytes:
+        doc = {
+            "custom_id": sent_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": self.body(job, cache_key),
+        }
+        return orjson.dumps(doc)
+
+    def write_input(self, fh: BinaryIO, items: Iterable[bytes]) -> None:
+        for item in items:
+            fh.write(item)
+            fh.write(b"\n")
+
+    async def upload(self, name: str, path: Path) -> str:
+        def form() -> aiohttp.FormData:
+            # A fresh file object per attempt: aiohttp streams it and closes it when sent.
+            f = aiohttp.FormData()
+            f.add_field("purpose", "batch")
+            fh = open(path, "rb")
+            f.add_field("file", fh, filename=name, content_type="application/jsonl")
+            return f
+
+        doc = await self._call("POST", self._base + "/files", data=form)
+        return str(doc["id"])
+
+    async def create(
+        self, *, file_id: str | None, path: Path, metadata: Mapping[str, str]
+    ) -> BatchView:
+        doc = {
+            "input_file_id": file_id,
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "metadata": dict(metadata),
+        }
+        return self._view(await self._call("POST", self._base + "/batches", json=doc))
+
+    async def get(self, batch_id: str) -> BatchView:
+        return self._view(await self._call("GET", f"{self._base}/batches/{batch_id}"))
+
+    async def cancel(self, batch_id: str) -> BatchView:
+        return self._view(await self._call("POST", f"{self._base}/batches/{batch_id}/cancel"))
+
+    async def find(
+        self, *, metadata: Mapping[str, str], created_after: float, total: int, known: set[str]
+    ) -> str | None:
+        # Batches carry the metadata we sent: match it exactly, newest first, until older ones.
+        after: str | None = None
+        while True:
+            url = f"{self._base}/batches?limit=100" + (f"&after={after}" if after else "")
+            page = await self._call("GET", url)
+            for b in page.get("data") or []:
+                meta = b.get("metadata") or {}
+                if all(meta.get(k) == v for k, v in metadata.items()):
+                    return str(b["id"])
+                created = _num(b.get("created_at"))
+                if created is not None and created < created_after - 300:
+                    return None
+            if not page.get("has_more") or not page.get("last_id"):
+                return None
+            after = page["last_id"]
+
+    def _view(self, doc: Any) -> BatchView:
+        counts = doc.get("request_counts") or {}
+        status = str(doc.get("status"))
+        total = int(counts.get("total") or 0)
+        done = int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
+        errors = (doc.get("errors") or {}).get("data") or []
+        ended_at = next(
+            (
+                _num(doc.get(k))
+                for k in ("completed_at", "failed_at", "expired_at", "cancelled_at")
+                if doc.get(k) is not None
+            ),
+            None,
+        )
+        return BatchView(
+            id=str(doc["id"]),
+            status=status,
+            ended=status in self._ENDED,
+            total=total,
+            done=done,
+            counts={k: int(v) for k, v in counts.items() if isinstance(v, int)},
+            output_file_id=doc.get("output_file_id"),
+            error_file_id=doc.get("error_file_id"),
+            errors=[e for e in errors if isinstance(e, dict)],
+            created_at=_num(doc.get("created_at")),
+            ended_at=ended_at,
+        )
+
+    async def rows(self, view: BatchView) -> AsyncIterator[Row]:
+        for fid in (view.output_file_id, view.error_file_id):
+            if not fid:
+                continue
+            # A file is downloaded whole before its rows are used: a download cut halfway is
+            # retried instead of leaving half the rows unaccounted for.
+            async for line in self._download_rows(f"{self._base}/files/{fid}/content"):
+                yield self._row(line)
+
+    def _row(self, line: bytes) -> Row:
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("custom_id"), str):
+            return Row("", None, None, None, None, None, None)
+        resp = doc.get("response")
+        err = doc.get("error")
+        status = body = request_id = None
+        if isinstance(resp, dict):
+            status = resp.get("status_code") if isinstance(resp.get("status_code"), int) else None
+            body = resp.get("body")
+            request_id = resp.get("request_id")
+        info: ErrorInfo | None = None
+        if isinstance(err, dict):
+            code = str(err.get("code") or "batch_error")
+            info = ErrorInfo(code, str(err.get("message") or code), code in RETRY_ROW_CODES)
+        elif status is None:
+            info = ErrorInfo("bad_response", "a row with neither response nor error", True)
+        elif status >= 300:
+            # A request-level failure: inside response.body, with error null.
+            info = openai_wire.classify_error(status, body, {})
+        usage = openai_wire.parse_usage(body.get("usage")) if isinstance(body, dict) else None
+        return Row(doc["custom_id"], status, body, request_id, doc.get("id"), info, usage)
+
+
+class AnthropicBatchAPI(BatchAPI):
+    """``POST /messages/batches`` with inline requests; results streamed from ``results_url``."""
+
+    shape = "anthropic"
+    max_requests = 100_000
+    max_bytes = 256 * 1000 * 1000
+    one_model_per_batch = False
+    needs_upload = False
+
+    def sent_id(self, custom_id: str, index: int) -> str:
+        # custom_id must match ^[a-zA-Z0-9_-]{1,64}$; others travel under their position.
+        return custom_id if _ANTHROPIC_ID.fullmatch(custom_id) else f"r{index}"
+
+    def item(self, job: Job, sent_id: str, cache_key: str | None) -> bytes:
+        return orjson.dumps({"custom_id": sent_id, "params": self.body(job, cache_key)})
+
+    def write_input(self, fh: BinaryIO, items: Iterable[bytes]) -> None:
+        fh.write(b'{"requests":[')
+        sep = b""
+        for item in items:
+            fh.write(sep)
+            fh.write(item)
+            sep = b","
+        fh.write(b"]}")
+
+    async def create(
+        self, *, file_id: str | None, path: Path, metadata: Mapping[str, str]
+    ) -> BatchView:
+        url = self._base + "/messages/batches"
+        # Streamed from the file (a batch body can be hundreds of MB), reopened per attempt.
+        return self._view(await self._call("POST", url, data=lambda: open(path, "rb")))
+
+    async def get(self, batch_id: str) -> BatchView:
+        return self._view(await self._call("GET", f"{self._base}/messages/batches/{batch_id}"))
+
+    async def cancel(self, batch_id: str) -> BatchView:
+        url = f"{self._base}/messages/batches/{batch_id}/cancel"
+        return self._view(await self._call("POST", url))
+
+    async def find(
+        self, *, metadata: Mapping[str, str], created_after: float, total: int, known: set[str]
+    ) -> str | None:
+        # Message batches carry no metadata: adopt the oldest unknown batch created since the
+        # create was journaled with exactly this many requests (docs/BATCH.md, assumptions).
+        after: str | None = None
+        found: str | None = None
+        while True:
+            url = f"{self._base}/messages/batches?limit=100" + (
+                f"&after_id={after}" if after else ""
+            )
+            page = await self._call("GET", url)
+            for b in page.get("data") or []:
+                created = _parse_iso(b.get("created_at"))
+                if created is not None and created < created_after - 5:
+                    return found
+                view = self._view(b)
+                if view.id not in known and view.total == total:
+                    found = view.id  # pages run newest first: keep the oldest match
+            if not page.get("has_more") or not page.get("last_id"):
+                return found
+            after = page["last_id"]
+
+    def _view(self, doc: Any) -> BatchView:
+        counts = {k: int(v) for k, v in (doc.get("request_counts") or {}).items()}
+        total = sum(counts.values())
+        status = str(doc.get("processing_status"))
+        return BatchView(
+            id=str(doc["id"]),
+            status=status,
+            ended=status == "ended",
+            total=total,
+            done=total - counts.get("processing", 0),
+            counts=counts,
+            results_url=doc.get("results_url"),
+            created_at=_parse_iso(doc.get("created_at")),
+            ended_at=_parse_iso(doc.get("ended_at")),
+        )
+
+    async def rows(self, view: BatchView) -> AsyncIterator[Row]:
+        if not view.results_url:
+            return
+        url = view.results_url
+        if URL(url).origin() != URL(self._base).origin():
+            # The key goes with this request: never to another host than the API's own.
+            url = f"{self._base}/messages/batches/{view.id}/results"
+        async for line in self._download_rows(url):
+            yield self._row(line)
+
+    def _row(self, line: bytes) -> Row:
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("custom_id"), str):
+            return Row("", None, None, None, None, None, None)
+        cid = doc["custom_id"]
+        result = doc.get("result") or {}
+        kind = result.get("type")
+        if kind == "succeeded":
+            msg = result.get("message")
+            usage = anthropic_wire.parse_usage(msg.get("usage")) if isinstance(msg, dict) else None
+            rid = msg.get("id") if isinstance(msg, dict) else None
+            return Row(cid, 200, msg, None, rid, None, usage)
+        if kind == "errored":
+            body = result.get("error")
+            inner = body.get("error") if isinstance(body, dict) else None
+            etype = inner.get("type") if isinstance(inner, dict) else None
+            status = _ANTHROPIC_STATUS.get(str(etype), 500)
+            info = anthropic_wire.classify_error(status, body, {})
+            return Row(cid, status, body, None, None, info, None)
+        if kind in ("canceled", "expired"):
+            code = "batch_cancelled" if kind == "canceled" else "batch_expired"
+            info = ErrorInfo(code, f"request {kind} before it was processed", True)
+            return Row(cid, None, None, None, None, info, None)
+        return Row(
+            cid, None, None, None, None, ErrorInfo("bad_response", "unknown row", True), None
+        )
+
+
+def open_batch_api(
+    config: RunConfig,
+    session: aiohttp.ClientSession,
+    *,
+    base_url: str,
+    api_key: str | None,
+) -> BatchAPI:
+    """The batch protocol for ``config.provider`` (the mock speaks both; it defaults to OpenAI)."""
+    retry = min(config.poll_interval, 2.0)
+    if config.provider == "anthropic":
+        ab = anthropic_wire.AnthropicBackend(session, config, base_url=base_url, api_key=api_key)
+        return AnthropicBatchAPI(
+            session, ab, base_url=base_url, api_key=api_key, retry_base_s=retry
+        )
+    ob = openai_wire.OpenAIBackend(session, config, base_url=base_url, api_key=api_key)
+    return OpenAIBatchAPI(session, ob, base_url=base_url, api_key=api_key, retry_base_s=retry)
+
+
+def control_headers(config: RunConfig, api_key: str | None) -> dict[str, str]:
+    """Session headers: auth and version only (uploads set their own multipart content type)."""
+    if config.provider == "anthropic":
+        headers = anthropic_wire.build_headers(config, api_key)
+        headers.pop("content-type", None)
+        headers["content-type"] = "application/json"
+        return headers
+    headers = openai_wire.build_headers(config, api_key)
+    headers.pop("Content-Type", None)
+    return headers

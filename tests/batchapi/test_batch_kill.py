@@ -1,0 +1,131 @@
+"""``kill -9`` of ``runner run --via batch`` at every step, then a re-run: no job is submitted
+twice (counted at the mock), every job ends with exactly one result."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import assert_each_job_once, make_inputs
+
+from runner.sinks import read_meta_section
+
+PY = sys.executable
+N_CTX, N_Q = 3, 4
+
+
+@pytest.fixture(scope="module")
+def mock_url() -> Iterator[str]:
+    batch = orjson.dumps({"duration_s": 0.4}).decode()
+    proc = subprocess.Popen(
+        [PY, "-m", "runner.mock", "--port", "0", "--latency", "zero", "--batch", batch],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().strip()
+        assert url.startswith("http://127.0.0.1:")
+        yield url
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def mock_batch_stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=10) as resp:
+        stats: dict[str, Any] = orjson.loads(resp.read())["batch"]
+    return stats
+
+
+def setup(tmp: Path, url: str, shape: str) -> list[str]:
+    jobs, ctx = make_inputs(tmp, N_CTX, N_Q)
+    (tmp / "c.toml").write_text(
+        f'provider = "{shape}"\nbase_url = "{url}"\npoll_interval = 0.03\nbatch_max_requests = 5\n'
+    )
+    return ["run", str(jobs), "--contexts", str(ctx), "-c", str(tmp / "c.toml"), "--via", "batch"]
+
+
+def cli(
+    args: list[str], env: dict[str, str] | None = None, *, quiet: bool = False
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [PY, "-m", "runner", *args, "--progress", "off"],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if quiet else subprocess.PIPE,
+    )
+
+
+def check(tmp: Path, url: str, shape: str, before: dict[str, Any]) -> None:
+    assert_each_job_once(tmp / "jobs.jsonl")
+    after = mock_batch_stats(url)
+    chunks = read_meta_section(tmp / "jobs.results.jsonl", "batch")["chunks"]
+    # Every job went into exactly one created batch, and every batch created is journaled.
+    assert after["requests"] - before["requests"] == N_CTX * N_Q
+    created = after["creates"][shape] - before["creates"][shape]
+    assert created == len({c["batch_id"] for c in chunks if c["batch_id"]}) == len(chunks)
+
+
+@pytest.mark.parametrize("shape", ["openai", "anthropic"])
+@pytest.mark.parametrize("point", ["upload", "create", "poll", "download"])
+def test_kill_9_at_each_step_then_rerun(
+    tmp_path: Path, mock_url: str, shape: str, point: str
+) -> None:
+    if point == "upload" and shape == "anthropic":
+        pytest.skip("Anthropic batches have no upload step")
+    args = setup(tmp_path, mock_url, shape)
+    before = mock_batch_stats(mock_url)
+    proc = cli(args, {"RUNNER_BATCH_KILL_AT": point})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    if point == "poll":
+        # `runner status --live` asks the provider and changes nothing.
+        results = tmp_path / "jobs.results.jsonl"
+        meta = tmp_path / "jobs.results.jsonl.meta.json"
+        before_files = meta.read_bytes(), results.read_bytes()
+        cfg = str(tmp_path / "c.toml")
+        status = [PY, "-m", "runner", "status", str(results), "--live", "-c", cfg]
+        out = subprocess.run(status, capture_output=True, text=True, timeout=60, check=True)
+        assert "(live)" in out.stdout and "not done" in out.stdout, out.stdout
+        assert (meta.read_bytes(), results.read_bytes()) == before_files
+    proc = cli(args)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    check(tmp_path, mock_url, shape, before)
+
+
+@pytest.mark.parametrize("shape", ["openai", "anthropic"])
+def test_kill_9_at_random_moments_then_rerun(tmp_path: Path, mock_url: str, shape: str) -> None:
+    args = setup(tmp_path, mock_url, shape)
+    before = mock_batch_stats(mock_url)
+    rng = random.Random(shape)
+    kills = 0
+    for _ in range(8):
+        proc = cli(args, quiet=True)
+        try:
+            proc.wait(rng.uniform(0.2, 1.0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            kills += 1
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL
+        time.sleep(0.05)
+    else:
+        proc = cli(args, quiet=True)
+        assert proc.wait(60) == 0
+    assert kills >= 1
+    check(tmp_path, mock_url, shape, before)
