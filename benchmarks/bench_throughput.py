@@ -1,96 +1,148 @@
-"""Throughput: `runner run` against a minimal aiohttp client and the official SDK, same run.
+"""Throughput as a user pays for it: whole `runner run` processes against a bare aiohttp loop.
 
-All three read the same 20,000-job file and talk to the same simulated provider (a separate
-process on loopback). Scenario A: zero server latency (client overhead dominates). Scenario B:
-50 ms server latency at concurrency 256 (the pipeline must keep every slot busy).
+Each pair runs ``runner run --cache none`` (results, latency and summary written, everything on)
+and ``benchmarks/clients/minimal.py`` (aiohttp + uvloop + orjson: parse each response, write one
+line per job, nothing else) on the same jobs file against the same simulated provider, a separate
+process on loopback. The two alternate (which goes first flips every pair) so that drift on a
+noisy machine hits both. Each child is timed as a whole process: wall time from spawn to exit,
+CPU as user + system from ``os.wait4`` rusage, start-up included.
 
-    .venv/bin/python benchmarks/bench_throughput.py [--jobs 20000] [--skip-sdk]
+Per pair: req/s ratio runner/bare (higher is better, target >= 0.9x) and CPU-per-request ratio
+runner/bare (lower is better, target <= 1.15x at zero latency). The medians of at least five
+pairs are the figures; every pair is printed.
 
-Targets: runner >= 0.8x minimal and >= 10x SDK in A; >= 0.9x minimal in B.
+    .venv/bin/python benchmarks/bench_throughput.py [--jobs 20000] [--pairs 5] [--case zero-64]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, PY, ROOT, make_jobs, mock_server, run_child, runner_run
+from _common import OUT, PY, ROOT, ChildRun, make_jobs, mock_server, run_child
+
+ZERO = ("--latency", "zero")
+FIXED_50MS = (
+    "--base-ms", "50", "--prefill-ms-per-token", "0", "--decode-ms-per-token", "0",
+    "--jitter", "0",
+)  # fmt: skip
 
 
-def run_minimal(jobs: Path, url: str, conc: int, script: str) -> float:
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str
+    server: tuple[str, ...]
+    concurrency: int
+    cpu_target: float | None  # CPU per request runner/bare, at most
+    rps_target: float  # req/s runner/bare, at least
+
+
+CASES = (
+    Case("zero-64", ZERO, 64, 1.15, 0.9),
+    Case("zero-256", ZERO, 256, 1.15, 0.9),
+    Case("50ms-256", FIXED_50MS, 256, None, 0.9),
+)
+
+
+def run_bare(jobs: Path, url: str, conc: int) -> ChildRun:
+    script = ROOT / "benchmarks/clients/minimal.py"
+    r = run_child([PY, str(script), str(jobs), url, str(OUT / "bare.out.jsonl"), str(conc)])
+    if r.returncode != 0:
+        raise SystemExit(f"bare client failed: {r.stderr[-2000:]}")
+    data = orjson.loads(r.stdout.strip().splitlines()[-1])
+    if data["ok"] != data["requests"]:
+        raise SystemExit(f"bare client: not every request succeeded: {data}")
+    return r
+
+
+def run_runner(jobs: Path, url: str, conc: int, n: int) -> ChildRun:
+    tag = OUT / "runner"
     r = run_child(
         [
-            PY,
-            str(ROOT / "benchmarks/clients" / script),
-            str(jobs),
-            url,
-            str(OUT / f"{script}.out.jsonl"),
-            str(conc),
+            PY, "-m", "runner", "run", str(jobs), "--provider", "openai", "--base-url", url,
+            "--model", "mock-1", "--concurrency", str(conc), "--no-resume", "--cache", "none",
+            "--progress", "off", "-o", f"{tag}.results.jsonl", "--latency",
+            f"{tag}.latency.jsonl", "--summary", f"{tag}.summary.json",
         ]
-    )
+    )  # fmt: skip
     if r.returncode != 0:
-        raise SystemExit(f"{script} failed: {r.stderr[-2000:]}")
-    data = orjson.loads(r.stdout.strip().splitlines()[-1])
-    assert data["ok"] == data["requests"], data
-    return float(data["requests"] / data["wall_s"])
-
-
-def run_runner(jobs: Path, url: str, conc: int, tag: str) -> float:
-    _, s = runner_run(jobs, url, f"runner-{tag}", "--cache", "none", concurrency=conc)
-    assert s["jobs"]["ok"] == s["jobs"]["total"], s["jobs"]
-    return float(s["requests_per_s"])
+        raise SystemExit(f"runner run failed ({r.returncode}): {r.stderr[-3000:]}")
+    jobs_ok = orjson.loads(Path(f"{tag}.summary.json").read_bytes())["jobs"]
+    if jobs_ok["ok"] != n:
+        raise SystemExit(f"runner run: {jobs_ok} (expected {n} ok)")
+    return r
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=20_000)
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--skip-sdk", action="store_true")
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--case", action="append", choices=[c.name for c in CASES])
     args = ap.parse_args()
+    if args.pairs < 1:
+        ap.error("--pairs must be >= 1")
     jobs = make_jobs(OUT / f"jobs-{args.jobs}.jsonl", args.jobs)
-    res: dict[str, float] = {}
-    with mock_server("--latency", "zero") as (url, _pid):
-        res["A_minimal"] = run_minimal(jobs, url, args.concurrency, "minimal.py")
-        res["A_runner"] = run_runner(jobs, url, args.concurrency, "A")
-        # repeat the pair once: the machine is small and noisy, the best of two is fairer to both
-        res["A_minimal"] = max(
-            res["A_minimal"], run_minimal(jobs, url, args.concurrency, "minimal.py")
-        )
-        res["A_runner"] = max(res["A_runner"], run_runner(jobs, url, args.concurrency, "A"))
-        if not args.skip_sdk:
-            res["A_sdk"] = run_minimal(jobs, url, args.concurrency, "sdk.py")
-    with mock_server(
-        "--base-ms",
-        "50",
-        "--prefill-ms-per-token",
-        "0",
-        "--decode-ms-per-token",
-        "0",
-        "--jitter",
-        "0",
-    ) as (url, _pid):
-        res["B_minimal"] = run_minimal(jobs, url, 256, "minimal.py")
-        res["B_runner"] = run_runner(jobs, url, 256, "B")
-    ratios = {
-        "A_runner_vs_minimal": res["A_runner"] / res["A_minimal"],
-        "B_runner_vs_minimal": res["B_runner"] / res["B_minimal"],
-    }
-    if "A_sdk" in res:
-        ratios["A_runner_vs_sdk"] = res["A_runner"] / res["A_sdk"]
-    print(f"{'scenario':<34}{'req/s':>10}")
-    for k, v in res.items():
-        print(f"{k:<34}{v:>10.0f}")
-    for k, v in ratios.items():
-        print(f"{k:<34}{v:>10.2f}x")
-    (OUT / "throughput.json").write_bytes(
-        orjson.dumps(
-            {"jobs": args.jobs, "req_per_s": res, "ratios": ratios}, option=orjson.OPT_INDENT_2
-        )
-    )
+    n = args.jobs
+    report: dict[str, object] = {"jobs": n, "pairs": args.pairs, "cases": {}}
+    met = True
+    for case in CASES:
+        if args.case and case.name not in args.case:
+            continue
+        rows = []
+        with mock_server(*case.server) as (url, _pid):
+            print(f"\n{case.name}: {n} jobs, concurrency {case.concurrency}", flush=True)
+            print(f"{'pair':>4} {'bare req/s':>10} {'runner req/s':>12} {'req/s ratio':>11} "
+                  f"{'bare us/req':>11} {'runner us/req':>13} {'CPU ratio':>9}")  # fmt: skip
+            for i in range(args.pairs):
+                if i % 2 == 0:
+                    bare = run_bare(jobs, url, case.concurrency)
+                    mine = run_runner(jobs, url, case.concurrency, n)
+                else:
+                    mine = run_runner(jobs, url, case.concurrency, n)
+                    bare = run_bare(jobs, url, case.concurrency)
+                row = {
+                    "bare_rps": n / bare.wall_s,
+                    "runner_rps": n / mine.wall_s,
+                    "rps_ratio": bare.wall_s / mine.wall_s,
+                    "bare_cpu_us": bare.cpu_s / n * 1e6,
+                    "runner_cpu_us": mine.cpu_s / n * 1e6,
+                    "cpu_ratio": mine.cpu_s / bare.cpu_s,
+                    "bare_wall_s": bare.wall_s,
+                    "runner_wall_s": mine.wall_s,
+                    "bare_cpu_s": bare.cpu_s,
+                    "runner_cpu_s": mine.cpu_s,
+                }
+                rows.append(row)
+                print(
+                    f"{i + 1:>4} {row['bare_rps']:>10,.0f} {row['runner_rps']:>12,.0f} "
+                    f"{row['rps_ratio']:>10.2f}x {row['bare_cpu_us']:>11.0f} "
+                    f"{row['runner_cpu_us']:>13.0f} {row['cpu_ratio']:>8.2f}x",
+                    flush=True,
+                )
+        rps = statistics.median(r["rps_ratio"] for r in rows)
+        cpu = statistics.median(r["cpu_ratio"] for r in rows)
+        ok_rps = rps >= case.rps_target
+        ok_cpu = case.cpu_target is None or cpu <= case.cpu_target
+        met = met and ok_rps and ok_cpu
+        cpu_goal = f" (target <= {case.cpu_target}x)" if case.cpu_target else ""
+        print(f"median req/s runner/bare {rps:.2f}x (target >= {case.rps_target}x) "
+              f"{'met' if ok_rps else 'MISSED'}; median CPU/request runner/bare {cpu:.2f}x"
+              f"{cpu_goal} {'met' if ok_cpu else 'MISSED'}")  # fmt: skip
+        report["cases"][case.name] = {  # type: ignore[index]
+            "concurrency": case.concurrency,
+            "median_rps_ratio": rps,
+            "median_cpu_ratio": cpu,
+            "pairs": rows,
+        }
+    (OUT / "throughput.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"\n{'all targets met' if met else 'some targets missed'}; "
+          f"figures in {OUT / 'throughput.json'}")  # fmt: skip
     return 0
 
 

@@ -183,7 +183,6 @@ async def _run_direct(
             limiter=limiter,
             jobs_name=str(jobs_path) if jobs_path else "jobs",
             on_tick=observer.chain(on_tick or (display.tick if display else None)),
-            release_on_first_byte=config.provider == "anthropic",
             explicit=explicit,
         )
         if (display is not None or observer.active) and jobs_path is not None and shard is None:

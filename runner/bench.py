@@ -34,7 +34,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from .config import RunConfig, load_config
+from .config import PROVIDERS, RunConfig, load_config
 from .errors import ConfigError, InputError, RunnerError
 from .models import Attempt, Job, LatencyRecord
 from .providers import open_backend
@@ -649,7 +649,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("target")
     g.add_argument("-c", "--config", type=Path, help="RunConfig TOML (flags win over it)")
     g.add_argument("--base-url", help="server base URL (default: start the built-in mock here)")
-    g.add_argument("--provider", choices=("openai", "anthropic", "mock"))
+    g.add_argument("--provider", choices=PROVIDERS)
     g.add_argument("--model")
     g.add_argument("--api-key-env", help="environment variable holding the API key")
     g.add_argument("--timeout", type=float, help="per-request timeout, seconds")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import observe
-from .config import RunConfig, did_you_mean, load_config
+from .config import PROVIDERS, RunConfig, did_you_mean, load_config, needs_base_url
 from .errors import ConfigError, RunnerError
 
 __all__ = ["build_parser", "main"]
@@ -60,7 +60,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_common_options(p)
     p.add_argument(
         "--provider",
-        choices=["openai", "anthropic", "gemini", "mock"],
+        choices=PROVIDERS,
         help=f"wire protocol; mock is the built-in simulated provider (default: {d.provider})",
     )
     p.add_argument(
@@ -246,7 +246,8 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
     base = load_config(ns.config)
     overrides = {k: getattr(ns, k, None) for k in _OVERRIDES} | observe.overrides(ns)
     overrides["output"] = _output_path(overrides.get("output"), ns.jobs)
-    if overrides.get("provider") not in (None, "mock") and overrides.get("base_url") is None:
+    provider = overrides.get("provider")
+    if provider is not None and needs_base_url(provider) and overrides.get("base_url") is None:
         if base.base_url is None:
             raise ConfigError(f"--provider {overrides['provider']} needs --base-url")
     return base.with_overrides(**overrides)

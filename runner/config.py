@@ -34,7 +34,6 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_CACHE_TTL_S = 300.0
 DEFAULT_MAX_ACTIVE_GROUPS = 8
 DEFAULT_KEY_RPM = 15.0
-DEFAULT_MIN_CACHEABLE_TOKENS = 1024
 DEFAULT_READ_AHEAD = 16384
 DEFAULT_DRAIN_S = 30.0
 DEFAULT_MAX_LINE_BYTES = 1 << 20
@@ -50,6 +49,11 @@ DEFAULT_KEY_ENV = {
     "anthropic": "ANTHROPIC_API_KEY",
     "gemini": "GEMINI_API_KEY",
 }
+
+
+def needs_base_url(provider: str) -> bool:
+    """Every provider but the built-in mock needs a URL to talk to."""
+    return provider != "mock"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,7 +79,7 @@ class RunConfig:
     max_active_groups: int = DEFAULT_MAX_ACTIVE_GROUPS
     key_rpm: float = DEFAULT_KEY_RPM  # spread a group over suffixed prompt_cache_keys above this
     prompt_cache_retention: str | None = None
-    min_cacheable_tokens: int = DEFAULT_MIN_CACHEABLE_TOKENS
+    min_cacheable_tokens: int | None = None  # None: the provider's (providers/capabilities.py)
     context_window: int | None = None
     anthropic_version: str = "2023-06-01"
     anthropic_cache_ttl: str = "5m"
@@ -134,7 +138,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         _check_choice("provider", self.provider, PROVIDERS)
-        if self.provider != "mock" and not self.base_url:
+        if needs_base_url(self.provider) and not self.base_url:
             raise ConfigError(f"provider {self.provider!r} needs base_url")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")

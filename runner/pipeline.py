@@ -17,12 +17,13 @@ import functools
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from .budget import RequestBudget
 from .cache import Dispatch, Scheduler
 from .config import RunConfig
 from .errors import (
@@ -43,6 +44,7 @@ from .models import (
     Price,
     estimate_tokens,
 )
+from .providers.capabilities import Capabilities
 from .retry import RetryPolicy
 from .stats import SummaryBuilder, cost_of
 
@@ -51,12 +53,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Backend", "Engine", "LiveStats", "RunOutcome", "Sink"]
 
-DEFAULT_MAX_TOKENS = 256  # token-bucket estimate when neither job nor config sets max_tokens
 FLUSH_INTERVAL_S = 0.2
 EXIT_OK, EXIT_FAILED, EXIT_GUARD = 0, 1, 3
 
 
 class Backend(Protocol):
+    #: what the provider can do; the engine reads this, never the provider's name
+    capabilities: Capabilities
+
     async def send(
         self,
         job: Job,
@@ -132,9 +136,15 @@ class Engine:
         limiter: Limiter,
         jobs_name: str = "jobs",
         on_tick: Callable[[LiveStats], None] | None = None,
-        release_on_first_byte: bool = False,
         explicit: ExplicitCaches | None = None,
+        policy: RetryPolicy | None = None,
+        scheduler: Scheduler | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """Wire one run. ``policy``, ``scheduler``, ``clock`` and ``sleep`` default to the ones
+        the config describes; tests pass their own (millisecond backoff, a fake clock).
+        """
         self.config = config
         self.explicit = explicit  # explicit provider caches per group (Gemini cachedContents)
         self.backend = backend
@@ -144,21 +154,23 @@ class Engine:
         self.price: Price | None = config.price()
         # One pricing path: every job is priced by the model it is sent with.
         self.summary = SummaryBuilder(None, price_of=config.price)
-        self.policy = RetryPolicy(max_attempts=config.max_attempts)
-        self.scheduler = Scheduler(
+        caps = self.capabilities = backend.capabilities
+        self.budget = RequestBudget.for_run(config, caps)
+        self.policy = policy or RetryPolicy(max_attempts=config.max_attempts)
+        self.scheduler = scheduler or Scheduler(
             strategy=config.cache,
             ttl_s=config.cache_ttl_s,
             max_active_groups=config.max_active_groups,
-            min_cacheable_tokens=config.min_cacheable_tokens,
+            min_cacheable_tokens=self.budget.min_cacheable_tokens,
             lookahead=2 * config.concurrency,
-            key_rpm=config.key_rpm
-            if config.cache == "warm" and config.provider in ("openai", "mock")
-            else None,
+            key_rpm=config.key_rpm if config.cache == "warm" and caps.spreads_cache_keys else None,
         )
+        self._clock = clock
+        self._sleep = sleep
         self._jobs_name = jobs_name
         self._on_tick = on_tick
-        self._first_byte = release_on_first_byte
-        self._default_max = int(config.params.get("max_tokens", DEFAULT_MAX_TOKENS))
+        self._first_byte = caps.release_on_first_byte
+        self._prewarm_primers = caps.prewarm
         self._concurrency = config.concurrency
         self._read_ahead = max(config.read_ahead, config.concurrency)
         self._inflight = 0
@@ -182,13 +194,13 @@ class Engine:
         self._breaker_failures = 0
         self._run_id = os.urandom(6).hex()
         self._seq = 0
-        self._perf0 = time.perf_counter()
+        self._perf0 = clock()
         self._wall0 = time.time()
 
     # -- public ------------------------------------------------------------------------------
 
     async def run(self, items: Iterable[Job | BadLine]) -> RunOutcome:
-        self._perf0 = time.perf_counter()
+        self._perf0 = self._clock()
         self._wall0 = time.time()
         self.stats.started = self._perf0
         ticker = asyncio.create_task(self._tick())
@@ -206,7 +218,7 @@ class Engine:
             self.sink.flush()
         if self._bug is not None:
             raise self._bug
-        wall = time.perf_counter() - self._perf0
+        wall = self._clock() - self._perf0
         summary = self.summary.summary(
             wall_s=wall,
             retries=self.stats.retries,
@@ -265,7 +277,7 @@ class Engine:
                 self._write_invalid(item.custom_id, item.line, problem, item.cache_id)
                 continue
             self._admitted += 1
-            self._admit_t[id(item)] = time.perf_counter()
+            self._admit_t[id(item)] = self._clock()
             sched.add(item)
             n += 1
             if self._admitted >= self._read_ahead:
@@ -282,17 +294,9 @@ class Engine:
 
     def _precheck(self, job: Job) -> str | None:
         """Why a job would only waste a paid call (its prompt cannot fit the context window)."""
-        limit = self.config.context_window
-        if limit is None:
+        if self.budget.context_window is None:
             return None
-        want = estimate_tokens(job.prompt_chars) + (job.max_tokens or self._default_max)
-        if want > limit:
-            return (
-                f"{self._jobs_name}:{job.line}: messages: prompt of about "
-                f"{estimate_tokens(job.prompt_chars)} tokens plus max_tokens exceeds the "
-                f"context window of {limit} tokens"
-            )
-        return None
+        return self.budget.context_problem(job, self._jobs_name)
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -357,16 +361,16 @@ class Engine:
         return self.stats.billed / n if n else 0.0
 
     def _est_cost(self, job: Job, price: Price) -> float:
-        return cost_of(
-            estimate_tokens(job.prompt_chars), 0, 0, job.max_tokens or self._default_max, price
-        )[0]
+        return cost_of(estimate_tokens(job.prompt_chars), 0, 0, self.budget.completion(job), price)[
+            0
+        ]
 
     async def _work(self, d: Dispatch) -> bool:
         """Send one job through its retries; True when its result was written."""
         job = d.job
         t_admit = self._admit_t.pop(id(job), self._perf0)
-        t_start = time.perf_counter()
-        est = estimate_tokens(job.prompt_chars) + (job.max_tokens or self._default_max)
+        t_start = self._clock()
+        est = self.budget.tokens(job)
         role = d.role
         primer = role == "primer"
         cb = self._first_byte_cb(d) if primer and self._first_byte else None
@@ -375,7 +379,7 @@ class Engine:
         a: Attempt | None = None
         explicit = self.explicit if d.group is not None else None
         try:
-            if primer and self.config.anthropic_prewarm and self._first_byte:
+            if primer and self._prewarm_primers:
                 await self._prewarm(d)
             if explicit is not None:
                 await self._open_explicit(explicit, d)
@@ -424,7 +428,7 @@ class Engine:
                 self.stats.retries += 1
                 parked.add(me)
                 try:
-                    await asyncio.sleep(self.policy.delay(err, attempts))
+                    await self._sleep(self.policy.delay(err, attempts))
                 finally:
                     parked.discard(me)
             self._finish(job, role, a, attempts, t_admit, t_start, limiter_s)
@@ -473,7 +477,7 @@ class Engine:
         self._check_done()
 
     async def _prewarm(self, d: Dispatch) -> None:
-        """Anthropic ``max_tokens: 0`` pre-warm: bills only the cache write."""
+        """A write-only pre-warm request (``Capabilities.prewarm``): bills only the cache write."""
         job = d.job
         est = estimate_tokens(job.prefix_chars)
         self.stats.limiter_s += await self.limiter.acquire(est)
@@ -522,7 +526,7 @@ class Engine:
         limiter_s: float,
     ) -> None:
         assert a is not None
-        now = time.perf_counter()
+        now = self._clock()
         wall0, perf0 = self._wall0, self._perf0
         err = a.error
         u = a.usage

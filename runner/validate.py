@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from .budget import RequestBudget
 from .config import RunConfig
 from .jobs import read_jobs
 from .models import BadLine, Context, Price, estimate_tokens
 from .stats import cost_of
 
 __all__ = [
-    "DEFAULT_COMPLETION_TOKENS",
     "MAX_PROBLEMS",
     "ModelEstimate",
     "OverWindow",
@@ -32,7 +32,6 @@ __all__ = [
 ]
 
 MAX_PROBLEMS: Final = 1000  # problem lines kept for the listing; all of them are counted
-DEFAULT_COMPLETION_TOKENS: Final = 256  # assumed output when neither job nor config sets max_tokens
 _MAX_OVER_WINDOW: Final = 100
 _TOP_GROUPS: Final = 10
 STORAGE_REQUEST_S: Final = 5.0  # assumed seconds per request for the cache storage estimate
@@ -125,7 +124,8 @@ def validate_file(
         ``context_window``.
     :raises InputError: when the file cannot be opened.
     """
-    default_completion = _config_max_tokens(config.params)
+    budget = RequestBudget.for_run(config)
+    default_completion = budget.default_completion
     jobs = bad_lines = unparsed = ungrouped = over_count = 0
     problems: list[BadLine] = []
     over: list[OverWindow] = []
@@ -153,7 +153,7 @@ def validate_file(
             if group is None:
                 group = groups[item.group] = _Group(model, estimate_tokens(item.prefix_chars))
             group.jobs += 1
-        if config.context_window is not None and prompt + completion > config.context_window:
+        if budget.over_window(prompt, completion):
             over_count += 1
             if len(over) < _MAX_OVER_WINDOW:
                 over.append(OverWindow(item.line, item.custom_id, prompt, completion))
@@ -165,7 +165,7 @@ def validate_file(
     # A group's cache lives while its jobs run, at its share of the concurrency.
     per_group = max(1.0, config.concurrency / config.max_active_groups)
     for group in groups.values():
-        if group.prefix_tokens >= config.min_cacheable_tokens:
+        if budget.cacheable(group.prefix_tokens):
             cacheable += 1
             price = config.price(group.model)
             if price is not None and price.cache_storage:
@@ -183,7 +183,7 @@ def validate_file(
     short = tuple(
         (cache_id, estimate_tokens(ctx.chars))
         for cache_id, ctx in sorted(contexts.items())
-        if estimate_tokens(ctx.chars) < config.min_cacheable_tokens
+        if not budget.cacheable(estimate_tokens(ctx.chars))
     )
     return ValidationReport(
         jobs=jobs,
@@ -201,18 +201,10 @@ def validate_file(
         short_contexts=short,
         over_window=tuple(over),
         over_window_jobs=over_count,
-        min_cacheable_tokens=config.min_cacheable_tokens,
+        min_cacheable_tokens=budget.min_cacheable_tokens,
         context_window=config.context_window,
         storage_cost=storage,
     )
-
-
-def _config_max_tokens(params: Mapping[str, Any]) -> int:
-    for key in ("max_tokens", "max_completion_tokens"):
-        v = params.get(key)
-        if type(v) is int and v > 0:
-            return v
-    return DEFAULT_COMPLETION_TOKENS
 
 
 def _estimate(

@@ -227,6 +227,8 @@ async def test_failed_primer_is_replaced_and_followers_still_hit(
             failed: list[str] = []
 
             class FirstPrimerFails:
+                capabilities = real.capabilities
+
                 async def send(self, job: Any, **kw: Any) -> Any:
                     if not failed:
                         failed.append(job.custom_id)
@@ -242,7 +244,6 @@ async def test_failed_primer_is_replaced_and_followers_still_hit(
                     backend=FirstPrimerFails(),
                     sink=outputs,
                     limiter=RateController(concurrency=8, rpm=None, tpm=None),
-                    release_on_first_byte=provider == "anthropic",
                 )
                 items = read_jobs(jobs, contexts=load_contexts(ctx))
                 out = await engine.run(items)

@@ -11,6 +11,7 @@ import pytest
 from runner.config import RunConfig
 from runner.models import Attempt, BadLine, ErrorInfo, Job, LatencyRecord, Price, Usage
 from runner.pipeline import Engine
+from runner.providers.capabilities import OPENAI
 
 
 def job(i: int, group: str | None = None, prefix_chars: int = 0) -> Job:
@@ -62,6 +63,8 @@ Script = Callable[[Job, int], Attempt]
 
 class FakeBackend:
     """Answers from a script: (job, attempt number) -> Attempt. Records every send."""
+
+    capabilities = OPENAI
 
     def __init__(self, script: Script | None = None) -> None:
         self.script = script or (lambda j, n: ok())

@@ -12,8 +12,8 @@ from runner.config import RunConfig
 from runner.errors import InputError
 from runner.jobs import load_contexts
 from runner.models import Context, Price
+from runner.providers.capabilities import OPENAI
 from runner.validate import (
-    DEFAULT_COMPLETION_TOKENS,
     MAX_PROBLEMS,
     render_validation,
     validate_file,
@@ -152,7 +152,7 @@ def test_min_cacheable_tokens_decides_what_is_cached(
 def test_completion_defaults_without_max_tokens(tmp_path: Path) -> None:
     path = write(tmp_path / "j.jsonl", {"id": "a", "query": "q"}, {"id": "b", "query": "q"})
     report = validate_file(path, contexts={}, config=RunConfig())
-    assert report.completion_tokens == 2 * DEFAULT_COMPLETION_TOKENS
+    assert report.completion_tokens == 2 * OPENAI.default_max_tokens
     assert report.over_window == () and report.over_window_jobs == 0
     report = validate_file(path, contexts={}, config=RunConfig(params={"max_completion_tokens": 7}))
     assert report.completion_tokens == 14

@@ -1,7 +1,9 @@
 """Baseline: the leanest reasonable aiohttp + uvloop + orjson client.
 
 Reads the same compact jobs file, keeps ``concurrency`` requests in flight with a semaphore,
-writes one result line per job, and prints {"requests", "ok", "wall_s"} as JSON.
+parses each response, writes one result line per job, and prints {"requests", "ok", "wall_s"}
+as JSON. Nothing else: no retries, no latency records, no summary. It is the floor that
+``benchmarks/bench_throughput.py`` compares ``runner run`` against.
 Usage: minimal.py JOBS BASE_URL OUT CONCURRENCY
 """
 
@@ -37,7 +39,7 @@ async def main(jobs_path: str, base_url: str, out_path: str, concurrency: int) -
                 async with sem:
                     async with session.post(url, data=orjson.dumps(body), headers=headers) as r:
                         raw = await r.read()
-                        if r.status == 200:
+                        if r.status == 200 and "choices" in orjson.loads(raw):
                             ok += 1
                 out.write(b'{"custom_id":"%s","body":%s}\n' % (job["id"].encode(), raw))
 

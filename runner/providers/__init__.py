@@ -5,22 +5,42 @@
 :class:`OpenAIBackend`, ``anthropic`` gets :class:`AnthropicBackend`, ``gemini`` gets
 :class:`GeminiBackend` (the built-in mock speaks it too, under ``/v1beta``).
 A backend never raises for a failed request: the returned ``Attempt`` carries a classified
-``ErrorInfo``.
+``ErrorInfo``. Each backend exposes ``capabilities`` (:mod:`runner.providers.capabilities`),
+which is all the core knows about it.
+
+The wire modules (and aiohttp) are imported on first use, so that reading
+:mod:`runner.providers.capabilities` costs no start-up time.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
-from ..config import RunConfig
-from . import anthropic, gemini, openai
-from ._http import HTTPBackend, make_session
-from .anthropic import AnthropicBackend
-from .gemini import GeminiBackend
-from .openai import OpenAIBackend
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ._http import HTTPBackend
+    from .anthropic import AnthropicBackend
+    from .gemini import GeminiBackend
+    from .openai import OpenAIBackend
 
 __all__ = ["AnthropicBackend", "GeminiBackend", "HTTPBackend", "OpenAIBackend", "open_backend"]
+
+_LAZY = {
+    "HTTPBackend": "._http",
+    "AnthropicBackend": ".anthropic",
+    "GeminiBackend": ".gemini",
+    "OpenAIBackend": ".openai",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
 
 
 @asynccontextmanager
@@ -32,16 +52,24 @@ async def open_backend(
     :param base_url: the API root, e.g. ``https://api.openai.com/v1`` (no trailing path).
     :param api_key: sent as a bearer token (OpenAI) or ``x-api-key`` (Anthropic); never logged.
     """
+    from ._http import make_session
+
     backend: HTTPBackend
     if config.provider == "anthropic":
+        from . import anthropic
+
         session = make_session(config, headers=anthropic.build_headers(config, api_key))
-        backend = AnthropicBackend(session, config, base_url=base_url, api_key=api_key)
+        backend = anthropic.AnthropicBackend(session, config, base_url=base_url, api_key=api_key)
     elif config.provider == "gemini":
+        from . import gemini
+
         session = make_session(config, headers=gemini.build_headers(config, api_key))
-        backend = GeminiBackend(session, config, base_url=base_url, api_key=api_key)
+        backend = gemini.GeminiBackend(session, config, base_url=base_url, api_key=api_key)
     else:
+        from . import openai
+
         session = make_session(config, headers=openai.build_headers(config, api_key))
-        backend = OpenAIBackend(session, config, base_url=base_url, api_key=api_key)
+        backend = openai.OpenAIBackend(session, config, base_url=base_url, api_key=api_key)
     try:
         yield backend
     finally:

@@ -30,6 +30,7 @@ from yarl import URL
 from ..config import RunConfig
 from ..models import Attempt, ErrorInfo, Job, RateInfo, Usage
 from ._wire import BodyTooLarge, KeyGuard, read_capped, too_large
+from .capabilities import Capabilities, capabilities_for
 from .headers import parse_go_duration, parse_rate_headers, parse_retry_after
 
 __all__ = [
@@ -363,6 +364,7 @@ class HTTPBackend:
         "_session",
         "_stream",
         "_url",
+        "capabilities",
     )
 
     path = ""
@@ -388,6 +390,7 @@ class HTTPBackend:
         self._model = config.model
         self._params = config.params
         self._stream = config.stream
+        self.capabilities: Capabilities = capabilities_for(config)
         self.configure(config)
 
     # hooks ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ..budget import RequestBudget
 from ..config import RunConfig
 from ..models import ErrorInfo, Job, Message, Usage
 from ._http import (
@@ -34,14 +35,11 @@ from ._http import (
 from .headers import parse_retry_after
 
 __all__ = [
-    "DEFAULT_MAX_TOKENS",
     "AnthropicBackend",
     "build_headers",
     "classify_error",
     "parse_usage",
 ]
-
-DEFAULT_MAX_TOKENS = 1024
 
 # Chat Completions parameters with no Messages counterpart; Anthropic rejects unknown fields.
 # ``max_tokens``/``stop``/``stream`` are translated separately.
@@ -78,15 +76,6 @@ _DROPPED = frozenset(
         "web_search_options",
     }
 )
-
-
-# delta type -> (the block field it extends, the delta field that carries the piece)
-_DELTA_FIELDS: dict[Any, tuple[str, str]] = {
-    "text_delta": ("text", "text"),
-    "thinking_delta": ("thinking", "thinking"),
-    "input_json_delta": ("input", "partial_json"),
-    "signature_delta": ("signature", "signature"),
-}
 
 
 def build_headers(config: RunConfig, api_key: str | None) -> dict[str, str]:
@@ -271,8 +260,8 @@ class AnthropicBackend(HTTPBackend):
         self._cache_control: dict[str, str] = {"type": "ephemeral"}
         if config.anthropic_cache_ttl != "5m":
             self._cache_control["ttl"] = config.anthropic_cache_ttl
-        default = config.params.get("max_tokens", config.params.get("max_completion_tokens"))
-        self._max_tokens = default if isinstance(default, int) else DEFAULT_MAX_TOKENS
+        # Anthropic requires max_tokens: the run's one budget policy supplies the default.
+        self._max_tokens = RequestBudget.for_run(config, self.capabilities).default_completion
 
     def _convert(self, job: Job, mark: bool) -> tuple[list[Any], list[Message]]:
         """(system blocks, messages); with ``mark``, the prefix's last block gets the breakpoint."""

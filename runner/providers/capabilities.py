@@ -1,0 +1,72 @@
+"""What a provider can do, declared once per provider so the core never branches on its name.
+
+The engine, the cache scheduler, the request-budget policy and ``runner.api`` read a
+:class:`Capabilities`; only this package and ``runner.config`` know provider names. Adding a
+provider (Gemini, Bedrock, a Batch API backend) means one entry in :data:`_BY_PROVIDER` plus its
+wire module, and no change to the engine.
+
+This module imports nothing heavy (no aiohttp): ``validate`` and start-up read it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+__all__ = ["ANTHROPIC", "GEMINI", "GENERIC", "OPENAI", "Capabilities", "capabilities_for"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capabilities:
+    """Provider behaviour the scheduler and engine plan around."""
+
+    #: A cache entry is usable as soon as the primer's response starts (Anthropic writes the
+    #: prefix before it generates), so followers may go at the primer's first byte, not its end.
+    release_on_first_byte: bool = False
+    #: A write-only request exists that fills the cache and bills only the write
+    #: (Anthropic ``max_tokens: 0``).
+    supports_prewarm: bool = False
+    #: Send that pre-warm request before a group's primer (the run enabled it and it exists).
+    prewarm: bool = False
+    #: Requests carry a routing key (``prompt_cache_key``); a hot group can be spread over
+    #: suffixed keys so that one cache replica is not overrun (OpenAI: about 15 RPM per key).
+    spreads_cache_keys: bool = False
+    #: Shorter prefixes are never cached, so warming them only delays the group.
+    min_cacheable_tokens: int = 1024
+    #: Completion budget assumed when neither the job nor the config sets one.
+    default_max_tokens: int = 256
+    #: The provider rejects a request without an explicit completion budget.
+    requires_max_tokens: bool = False
+
+
+GENERIC = Capabilities()
+OPENAI = Capabilities(spreads_cache_keys=True, min_cacheable_tokens=1024, default_max_tokens=256)
+ANTHROPIC = Capabilities(
+    release_on_first_byte=True,
+    supports_prewarm=True,
+    min_cacheable_tokens=1024,
+    default_max_tokens=1024,
+    requires_max_tokens=True,
+)
+# Implicit caching needs no routing key; explicit ``cachedContents`` are the backend's
+# ``CacheStore`` side (runner.explicit_cache), found by protocol, not by this table.
+GEMINI = Capabilities(min_cacheable_tokens=1024, default_max_tokens=256)
+
+# The built-in mock speaks the OpenAI protocol.
+_BY_PROVIDER: dict[str, Capabilities] = {
+    "openai": OPENAI,
+    "mock": OPENAI,
+    "anthropic": ANTHROPIC,
+    "gemini": GEMINI,
+}
+
+
+def capabilities_for(config: RunConfig) -> Capabilities:
+    """The capabilities of ``config.provider``, with the run's opt-in features applied."""
+    caps = _BY_PROVIDER.get(config.provider, GENERIC)
+    if caps.supports_prewarm and config.anthropic_prewarm:
+        caps = replace(caps, prewarm=True)
+    return caps
