@@ -38,9 +38,9 @@ from .config import PROVIDERS, RunConfig, load_config
 from .errors import ConfigError, InputError, RunnerError
 from .models import Attempt, Job, LatencyRecord
 from .providers import open_backend
-from .report import add_slo_arguments, slo_from_args
+from .report import add_slo_arguments, render_summary, slo_from_args
 from .sinks import write_summary
-from .stats import Distribution, SummaryBuilder, render_summary
+from .stats import Distribution, SummaryBuilder
 
 __all__ = [
     "BenchSpec",

@@ -8,6 +8,7 @@ condition, re-run later (EX_TEMPFAIL); 130/143 interrupted after a clean drain.
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import sys
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import observe
-from .config import PROVIDERS, RunConfig, did_you_mean, load_config, needs_base_url
+from .config import BATCH_PROVIDERS, PROVIDERS, RunConfig, did_you_mean, load_config, needs_base_url
 from .errors import ConfigError, RunnerError
 
 __all__ = ["build_parser", "main"]
@@ -256,7 +257,7 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
 def _cmd_run(ns: argparse.Namespace) -> int:
     from .api import run
     from .pipeline import RunOutcome
-    from .stats import render_summary
+    from .report import render_summary
 
     config = config_from_args(ns)
     ns.log_format = config.log_format  # errors from here on use the configured format
@@ -391,7 +392,19 @@ def _cmd_status(ns: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands whose modules load only when that command runs: each brings heavy imports
+# (the mock server, the load generator, the report renderer) that `run` never needs.
+_LAZY_COMMANDS = (
+    ("mock", "start the simulated provider", "runner.mock.cli"),
+    ("bench", "generate load for a benchmark run", "runner.bench"),
+    ("caches", "list (--delete: remove) explicit caches of a run", "runner.caches_cmd"),
+    ("merge", "combine the outputs of a run's shards", "runner.merge"),
+    ("report", "summaries, comparisons and HTML from latency records", "runner.report"),
+)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command``, only that subcommand's options are filled in."""
     from . import __version__
 
     parser = _Parser(prog="runner", description="High-throughput batch runner for LLM chat APIs")
@@ -409,31 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--live", action="store_true", help="also ask the provider (GET only) for each batch"
     )
     p_status.add_argument("-c", "--config", type=Path, help="TOML config (provider, key)")
-    p_status.add_argument("--provider", choices=["openai", "anthropic", "mock"])
+    p_status.add_argument("--provider", choices=BATCH_PROVIDERS)
     p_status.add_argument("--base-url")
     p_status.add_argument("--api-key-env")
     p_status.set_defaults(func=_cmd_status)
 
-    from . import bench, caches_cmd, report
-    from .mock import cli as mock_cli
-
-    p_mock = sub.add_parser("mock", help="start the simulated provider")
-    mock_cli.add_arguments(p_mock)
-    p_mock.set_defaults(func=mock_cli.main)
-    p_bench = sub.add_parser("bench", help="generate load for a benchmark run")
-    bench.add_arguments(p_bench)
-    p_bench.set_defaults(func=bench.main)
-    p_caches = sub.add_parser("caches", help="list (--delete: remove) explicit caches of a run")
-    caches_cmd.add_arguments(p_caches)
-    p_caches.set_defaults(func=caches_cmd.main)
-    from . import merge
-
-    p_merge = sub.add_parser("merge", help="combine the outputs of a run's shards")
-    merge.add_arguments(p_merge)
-    p_merge.set_defaults(func=merge.main)
-    p_rep = sub.add_parser("report", help="summaries, comparisons and HTML from latency records")
-    report.add_arguments(p_rep)
-    p_rep.set_defaults(func=report.main)
+    for name, help_text, module_name in _LAZY_COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        if command is None or command == name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(func=module.main)
     return parser
 
 
@@ -441,8 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything, imports included, runs inside the handler: a Ctrl-C at any moment of
     # start-up is a quiet exit 130, never a traceback.
     try:
-        parser = build_parser()
-        ns = parser.parse_args(argv)
+        args = sys.argv[1:] if argv is None else list(argv)
+        command = next((a for a in args if not a.startswith("-")), None)
+        # only the chosen subcommand's module is imported ("" when none is given: --help)
+        ns = build_parser(command or "").parse_args(args)
         ns.argv = None if argv is None else list(argv)
         code: int = ns.func(ns)
     except RunnerError as exc:

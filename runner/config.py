@@ -42,6 +42,8 @@ DEFAULT_POLL_INTERVAL_S = 10.0
 DEFAULT_BATCH_MAX_ATTEMPTS = 3
 
 PROVIDERS = ("mock", "openai", "anthropic", "gemini")
+#: Providers with a batch API (``--via batch``, ``runner status``).
+BATCH_PROVIDERS = ("openai", "anthropic", "mock")
 DEFAULT_EXPLICIT_TTL_S = 300.0
 #: Where the key is read from when the config names no ``api_key_env`` (as the SDKs do).
 DEFAULT_KEY_ENV = {
@@ -150,7 +152,7 @@ class RunConfig:
                 raise ConfigError(f"{name} must be > 0, got {v}")
         for name in _NON_NEGATIVE:
             v = getattr(self, name)
-            if not v >= 0:
+            if v is not None and not v >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {v}")
         if not 0 < self.breaker_error_rate <= 1:
             raise ConfigError(

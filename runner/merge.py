@@ -32,8 +32,9 @@ import orjson
 
 from .errors import ConfigError, InputError
 from .idset import IdSet
+from .report import render_summary
 from .shards import read_manifest
-from .stats import SummaryBuilder, render_summary
+from .stats import SummaryBuilder
 
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths"]
 

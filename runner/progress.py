@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 import time
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
-from .pipeline import LiveStats
+    from .pipeline import LiveStats
 
 __all__ = ["ProgressDisplay", "make_progress"]
 
@@ -49,6 +49,10 @@ class ProgressDisplay:
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         if mode == "bar":
+            # rich costs ~0.1 s of CPU to import: only a terminal bar pays for it.
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
             self._bar = Progress(
                 TextColumn("[bold]runner"),
                 BarColumn(),

@@ -13,21 +13,28 @@ import html
 import io
 import math
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.console import Console
-from rich.table import Table
 
 from .config import load_config
 from .errors import ConfigError
 from .models import Price
-from .stats import Distribution, SummaryBuilder, Timeline, render_summary
+from .stats import Distribution, SummaryBuilder, Timeline
 
-__all__ = ["COMPARE_METRICS", "Run", "add_arguments", "compare_rows", "load_run", "main"]
+__all__ = [
+    "COMPARE_METRICS",
+    "Run",
+    "add_arguments",
+    "compare_rows",
+    "load_run",
+    "main",
+    "render_summary",
+]
 
 MAX_WARNINGS = 20  # malformed lines reported one by one; the rest only counted
 HIST_BINS = 60
@@ -234,6 +241,9 @@ def _num(v: float | None) -> str:
 
 def render_compare(a: Run, b: Run) -> str:
     """A side-by-side table of two runs with B/A ratios."""
+    from rich.console import Console  # only this command needs a table renderer
+    from rich.table import Table
+
     t = Table(box=None, header_style="bold", pad_edge=False)
     for name, justify in (("metric", "left"), ("A", "right"), ("B", "right"), ("B/A", "right")):
         t.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -639,3 +649,107 @@ def render_html(runs: Sequence[Run]) -> str:
         f"<h2>Summary</h2>{_summary_table(runs, labels)}{_pct_table(runs, labels)}"
         f'<h2>Charts</h2><div class="charts">{"".join(charts)}</div></body></html>\n'
     )
+
+
+def _fmt_ms(d: Mapping[str, float] | None, key: str) -> str:
+    if not d:
+        return "-"
+    v = d[key]
+    return f"{v / 1000:.2f} s" if v >= 10_000 else f"{v:.1f}"
+
+
+def _this_run(summary: Mapping[str, Any]) -> str:
+    skipped = summary["jobs"]["skipped_resumed"]
+    if not skipped:
+        return ""
+    run = summary.get("this_run")
+    if run is None:
+        return f", {skipped} resumed"
+    return (
+        f" in the output; this run {run['ok']} ok, {run['failed']} failed, {skipped} already done"
+    )
+
+
+def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") -> str:
+    """A compact table of a summary for a terminal (stderr at the end of a run).
+
+    Plain text on purpose: every ``runner run`` prints it, and importing a table renderer for
+    eight lines would cost more CPU than the lines are worth.
+    """
+    jobs = summary["jobs"]
+    tok = summary["tokens"]
+    errors = ", ".join(f"{k} {v}" for k, v in jobs["by_error"].items())
+    head: list[tuple[str, str]] = [
+        (
+            "jobs",
+            f"{jobs['ok']} ok, {jobs['failed']} failed"
+            + (f" ({errors})" if errors else "")
+            + _this_run(summary),
+        ),
+        ("wall", f"{summary['wall_s']:.2f} s, {summary['requests_per_s']:.1f} req/s"),
+        (
+            "tokens",
+            f"prompt {tok['prompt']:,}, cached {tok['cached']:,}, "
+            f"cache-write {tok['cache_write']:,}, completion {tok['completion']:,}",
+        ),
+    ]
+    roles = summary.get("cache", {}).get("by_role", {})
+    by_role = ", ".join(
+        f"{role} {r['hit_ratio'] * 100:.1f}%" for role, r in roles.items() if role != "none"
+    )
+    head.append(
+        (
+            "cache hit",
+            f"{summary['cache_hit_ratio'] * 100:.1f}%" + (f" ({by_role})" if by_role else ""),
+        )
+    )
+    head.append(
+        (
+            "retries",
+            f"{summary['retries']}, limiter wait {summary['limiter_wait_s']:.2f} s "
+            "summed over requests",
+        )
+    )
+    cost = summary.get("cost")
+    if cost:
+        head.append(
+            (
+                "cost",
+                f"billed ${cost['billed']:.4f}, uncached ${cost['uncached']:.4f}, "
+                f"saving {cost['saving'] * 100:.1f}%",
+            )
+        )
+        if "storage" in cost:
+            head.append(
+                (
+                    "caches",
+                    f"create ${cost['cache_create']:.4f}, storage ${cost['storage']:.6f}, "
+                    f"total ${cost['billed_total']:.4f}, "
+                    f"saving net {cost['saving_net'] * 100:.1f}%",
+                )
+            )
+    width = max(len(k) for k, _ in head)
+    indent = " " * (width + 2)
+    lines = [title]
+    for k, v in head:  # wrapped at 100 columns, continuation lines under the value
+        lines.append(
+            textwrap.fill(v, 100, initial_indent=f"{k:<{width}}  ", subsequent_indent=indent)
+        )
+    cols = ("mean", "p50", "p90", "p95", "p99", "p999", "max")
+    rows = [["ms", *("p99.9" if c == "p999" else c for c in cols)]]
+    for name, key in (
+        ("latency", "latency_ms"),
+        ("ttft", "ttft_ms"),
+        ("tpot", "tpot_ms"),
+        ("itl", "itl_ms"),
+    ):
+        d = summary.get(key)
+        if d or key in ("latency_ms", "ttft_ms"):
+            rows.append([name, *(_fmt_ms(d, c) for c in cols)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        lines.append(" ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"

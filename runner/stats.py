@@ -23,15 +23,11 @@ reported usage, because those are billed.
 
 from __future__ import annotations
 
-import io
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from rich.console import Console
-from rich.table import Table
 
 from .models import LatencyRecord, Price
 
@@ -42,7 +38,6 @@ __all__ = [
     "SummaryBuilder",
     "Timeline",
     "cost_of",
-    "render_summary",
 ]
 
 DEFAULT_EXACT_LIMIT = 100_000
@@ -749,89 +744,3 @@ class Timeline:
             out["in_flight"].append(max(area / w, 0.0))
             out["cache_hit_ratio"].append(b.cached / b.prompt if b.prompt else None)
         return out
-
-
-def _fmt_ms(d: Mapping[str, float] | None, key: str) -> str:
-    if not d:
-        return "-"
-    v = d[key]
-    return f"{v / 1000:.2f} s" if v >= 10_000 else f"{v:.1f}"
-
-
-def _this_run(summary: Mapping[str, Any]) -> str:
-    skipped = summary["jobs"]["skipped_resumed"]
-    if not skipped:
-        return ""
-    run = summary.get("this_run")
-    if run is None:
-        return f", {skipped} resumed"
-    return (
-        f" in the output; this run {run['ok']} ok, {run['failed']} failed, {skipped} already done"
-    )
-
-
-def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") -> str:
-    """A compact table of a summary for a terminal (stderr at the end of a run)."""
-    jobs = summary["jobs"]
-    tok = summary["tokens"]
-    errors = ", ".join(f"{k} {v}" for k, v in jobs["by_error"].items())
-    head = Table(title=title, show_header=False, box=None, pad_edge=False, title_justify="left")
-    head.add_column(style="bold")
-    head.add_column()
-    head.add_row(
-        "jobs",
-        f"{jobs['ok']} ok, {jobs['failed']} failed"
-        + (f" ({errors})" if errors else "")
-        + _this_run(summary),
-    )
-    head.add_row("wall", f"{summary['wall_s']:.2f} s, {summary['requests_per_s']:.1f} req/s")
-    head.add_row(
-        "tokens",
-        f"prompt {tok['prompt']:,}, cached {tok['cached']:,}, "
-        f"cache-write {tok['cache_write']:,}, completion {tok['completion']:,}",
-    )
-    roles = summary.get("cache", {}).get("by_role", {})
-    by_role = ", ".join(
-        f"{role} {r['hit_ratio'] * 100:.1f}%" for role, r in roles.items() if role != "none"
-    )
-    head.add_row(
-        "cache hit",
-        f"{summary['cache_hit_ratio'] * 100:.1f}%" + (f" ({by_role})" if by_role else ""),
-    )
-    head.add_row(
-        "retries",
-        f"{summary['retries']}, limiter wait {summary['limiter_wait_s']:.2f} s "
-        "summed over requests",
-    )
-    cost = summary.get("cost")
-    if cost:
-        head.add_row(
-            "cost",
-            f"billed ${cost['billed']:.4f}, uncached ${cost['uncached']:.4f}, "
-            f"saving {cost['saving'] * 100:.1f}%",
-        )
-        if "storage" in cost:
-            head.add_row(
-                "caches",
-                f"create ${cost['cache_create']:.4f}, storage ${cost['storage']:.6f}, "
-                f"total ${cost['billed_total']:.4f}, saving net {cost['saving_net'] * 100:.1f}%",
-            )
-    lat = Table(box=None, pad_edge=False, header_style="bold")
-    cols = ("mean", "p50", "p90", "p95", "p99", "p999", "max")
-    lat.add_column("ms")
-    for c in cols:
-        lat.add_column("p99.9" if c == "p999" else c, justify="right")
-    for name, key in (
-        ("latency", "latency_ms"),
-        ("ttft", "ttft_ms"),
-        ("tpot", "tpot_ms"),
-        ("itl", "itl_ms"),
-    ):
-        d = summary.get(key)
-        if d or key in ("latency_ms", "ttft_ms"):
-            lat.add_row(name, *(_fmt_ms(d, c) for c in cols))
-    buf = io.StringIO()
-    console = Console(file=buf, width=100, color_system=None, force_terminal=False)
-    console.print(head)
-    console.print(lat)
-    return buf.getvalue()

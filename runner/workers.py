@@ -30,9 +30,9 @@ from .errors import ConfigError
 from .merge import MERGED_SUFFIX, merge
 from .pipeline import LiveStats
 from .progress import make_progress
+from .report import render_summary
 from .shards import ShardSpec, shard_path
 from .sinks import default_paths
-from .stats import render_summary
 
 __all__ = ["run_workers"]
 

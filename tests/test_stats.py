@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner.models import LatencyRecord, Price
-from runner.stats import Distribution, SummaryBuilder, Timeline, cost_of, render_summary
+from runner.report import render_summary
+from runner.stats import Distribution, SummaryBuilder, Timeline, cost_of
 
 FIXTURE = Path(__file__).parent / "fixtures" / "latency_sample.jsonl"
 PRICE = Price(input=2.0, output=8.0, cached_input=0.5, cache_write=2.5)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..budget import RequestBudget
 from ..config import DEFAULT_POLL_INTERVAL_S, RunConfig
 from ..errors import ConfigError
 from ..jobs import load_contexts, read_jobs
@@ -263,7 +264,7 @@ class BatchRun:
         return self.config.cache == "warm" and self.api.shape == "anthropic"
 
     def _cacheable(self, job: Job) -> bool:
-        return estimate_tokens(job.prefix_chars) >= self.config.min_cacheable_tokens
+        return RequestBudget.for_run(self.config).cacheable(estimate_tokens(job.prefix_chars))
 
     def _pack(
         self, model: str, kind: str, groups: list[list[Job]], attempt: int, after: list[str]
