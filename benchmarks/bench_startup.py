@@ -130,12 +130,16 @@ def main() -> int:
     print(f"{'CPU seconds':<42}{'median':>8}  every run")
     for name, vals in rows.items():
         print(f"{name:<42}{statistics.median(vals):>8.3f}  " + " ".join(f"{v:.3f}" for v in vals))
-    met = all(
-        statistics.median(rows[k]) <= TARGET_S
-        for k in ("runner --help", "runner run, 1 job: before first request")
-    )
-    print(f"target <= {TARGET_S} s for --help and before the first request: "
-          f"{'met' if met else 'MISSED'}")  # fmt: skip
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    first = med["runner run, 1 job: before first request"]
+    floor = med["import aiohttp, orjson, uvloop"]
+    print(f"--help: {med['runner --help']:.3f} s (target <= {TARGET_S} s) "
+          f"{'met' if med['runner --help'] <= TARGET_S else 'MISSED'}")  # fmt: skip
+    # aiohttp builds its verified SSL context (loading the CA store) at import: any aiohttp
+    # client pays that floor before its first request, so the run's own share is shown apart.
+    print(f"1-job run before its first request: {first:.3f} s (target <= {TARGET_S} s) "
+          f"{'met' if first <= TARGET_S else 'MISSED'}; the aiohttp+orjson+uvloop import "
+          f"floor is {floor:.3f} s, runner's own share {first - floor:+.3f} s")  # fmt: skip
     (OUT / "startup.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
     return 0
 

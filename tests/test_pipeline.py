@@ -12,6 +12,7 @@ from runner.config import RunConfig
 from runner.models import Attempt, BadLine, ErrorInfo, Job, LatencyRecord, Price, Usage
 from runner.pipeline import Engine
 from runner.providers.capabilities import OPENAI
+from runner.retry import RetryPolicy
 
 
 def job(i: int, group: str | None = None, prefix_chars: int = 0) -> Job:
@@ -179,21 +180,21 @@ async def test_resumed_jobs_are_skipped() -> None:
 
 
 async def test_warm_strategy_holds_followers_behind_the_primer() -> None:
-    order: list[str] = []
-
-    def script(j: Job, n: int) -> Attempt:
-        order.append(j.custom_id)
-        return ok(2000, 0 if not order[:-1] else 1920)
-
     sink = MemorySink()
-    be = FakeBackend(script)
+    be = FakeBackend(lambda j, n: ok(2000, 0 if j.custom_id == "j0" else 1920))
+    be.gate = asyncio.Event()  # no request answers until the gate opens
     jobs = [job(i, group="ctx:abc", prefix_chars=8000) for i in range(6)]
-    await engine(be, sink, concurrency=8).run(jobs)
+    task = asyncio.create_task(engine(be, sink, concurrency=8).run(jobs))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    # With eight free slots, only the primer went out while it has not answered.
+    assert [cid for cid, _ in be.sent] == ["j0"]
+    be.gate.set()
+    await task
     roles = {r.custom_id: r.cache_role for r in sink.records}
     assert roles["j0"] == "primer"
     assert all(roles[f"j{i}"] == "follower" for i in range(1, 6))
-    assert order[0] == "j0"  # nothing else was sent before the primer answered
-    assert be.max_in_flight >= 2  # followers fanned out together afterwards
+    assert be.max_in_flight == 5  # the followers fanned out together afterwards
 
 
 async def test_cache_none_sends_everything_at_once() -> None:
@@ -261,3 +262,33 @@ async def test_stop_request_drains_or_cancels_and_leaves_the_rest_unsent(hard: b
     assert out.exit_code == 130
     assert len(sink.results) == (0 if hard else 2)
     assert out.summary["not_sent"] == 10 - len(sink.results)
+
+
+async def test_engine_waits_the_policys_backoff_between_attempts() -> None:
+    """The injected sleep sees each delay the policy chose: the server's, growing per attempt."""
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    def script(j: Job, n: int) -> Attempt:
+        if n < 4:
+            return Attempt(status=429, error=ErrorInfo("rate_limited", "slow down", True, 0.5 * n))
+        return ok()
+
+    sink = MemorySink()
+    config = RunConfig(concurrency=1, max_attempts=5, progress="off")
+    policy = RetryPolicy(max_attempts=5)
+    eng = Engine(
+        config,
+        backend=FakeBackend(script),
+        sink=sink,
+        limiter=NoLimits(),
+        policy=policy,
+        sleep=fake_sleep,
+    )
+    out = await eng.run([job(0)])
+    assert out.exit_code == 0 and sink.records[0].attempts == 4
+    assert len(slept) == 3
+    for n, s in enumerate(slept, start=1):  # never earlier than asked, at most 10% later
+        assert 0.5 * n <= s <= 0.55 * n
