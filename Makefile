@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all install demo test lint typecheck bench clean
+.PHONY: all install demo test lint typecheck bench mutate clean
 
 all: test
 
@@ -36,5 +36,13 @@ test: lint typecheck
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# Mutation testing of the core modules (slow: minutes per module; not part of `make test`).
+# `make mutate MUTANTS='runner.retry*'` narrows it; survivors are listed by `mutmut results`.
+MUTANTS ?=
+mutate: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[mutate]'
+	$(BIN)/mutmut run $(MUTANTS)
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) .venv-bench out bench-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf mutants $(VENV) .venv-bench out bench-out .pytest_cache .mypy_cache .ruff_cache

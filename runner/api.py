@@ -118,6 +118,7 @@ async def run(
         on_tick=on_tick,
         config_path=config_path,
         meter_provider=meter_provider,
+        policy=policy,
     )
 
 
@@ -130,6 +131,7 @@ async def _run_direct(
     on_tick: Callable[[LiveStats], None] | None,
     config_path: Path | None,
     meter_provider: Any,
+    policy: RetryPolicy | None = None,
 ) -> RunOutcome:
     started_at = time.time()
     jobs_path: Path | None = None

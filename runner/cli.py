@@ -14,10 +14,21 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from . import observe
-from .config import BATCH_PROVIDERS, PROVIDERS, RunConfig, did_you_mean, load_config, needs_base_url
+from .config import (
+    BATCH_PROVIDERS,
+    FIELD_NAMES,
+    PROVIDERS,
+    CacheStrategy,
+    Order,
+    Progress,
+    RunConfig,
+    did_you_mean,
+    load_config,
+    needs_base_url,
+)
 from .errors import ConfigError, RunnerError
 
 __all__ = ["build_parser", "main"]
@@ -118,7 +129,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help=f"seconds per attempt (default: {d.timeout:g})")
     p.add_argument(
         "--cache",
-        choices=["warm", "none"],
+        choices=get_args(CacheStrategy),
         help=f"warm: prime each cache group once, then fan out; none: no scheduling "
         f"(default: {d.cache})",
     )
@@ -129,7 +140,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--order",
-        choices=["completion", "input"],
+        choices=get_args(Order),
         help=f"order of the results file (default: {d.order})",
     )
     p.add_argument(
@@ -157,7 +168,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--progress",
-        choices=["auto", "bar", "log", "off"],
+        choices=get_args(Progress),
         help="auto: a bar on a terminal, timestamped log lines otherwise (default: auto)",
     )
     observe.add_arguments(p)  # logs, metrics, --max-pause
@@ -216,43 +227,6 @@ def _add_scaling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit-file", type=Path, help=argparse.SUPPRESS)  # set by --workers
 
 
-_OVERRIDES = (
-    "output",
-    "latency",
-    "summary",
-    "contexts",
-    "provider",
-    "base_url",
-    "model",
-    "api_key_env",
-    "concurrency",
-    "rpm",
-    "tpm",
-    "max_attempts",
-    "timeout",
-    "cache",
-    "max_active_groups",
-    "order",
-    "resume",
-    "retry_failed",
-    "max_cost",
-    "stream",
-    "progress",
-    "dry_run",
-    "shard",
-    "shard_count",
-    "workers",
-    "redis_url",
-    "limit_scope",
-    "redis_policy",
-    "lease_s",
-    "limit_file",
-    "via",
-    "poll_interval",
-    "cancel_on_stop",
-)
-
-
 def _output_path(raw: str | None, jobs: Path) -> Path | None:
     """``-o DIR/`` (or an existing directory) puts the results in DIR, named after the jobs."""
     if raw is None:
@@ -264,7 +238,9 @@ def _output_path(raw: str | None, jobs: Path) -> Path | None:
 
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
     base = load_config(ns.config)
-    overrides = {k: getattr(ns, k, None) for k in _OVERRIDES} | observe.overrides(ns)
+    # The argparse definitions are the one list: every option named after a RunConfig field
+    # overrides it (``jobs``, ``config`` and ``command`` are not fields).
+    overrides = {k: v for k, v in vars(ns).items() if k in FIELD_NAMES} | observe.overrides(ns)
     overrides["output"] = _output_path(overrides.get("output"), ns.jobs)
     provider = overrides.get("provider")
     if provider is not None and needs_base_url(provider) and overrides.get("base_url") is None:

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .errors import ConfigError
 from .models import Price
@@ -41,7 +41,6 @@ DEFAULT_MAX_RESPONSE_BYTES = 16 << 20  # a response body past this fails its att
 DEFAULT_POLL_INTERVAL_S = 10.0
 DEFAULT_BATCH_MAX_ATTEMPTS = 3
 
-PROVIDERS = ("mock", "openai", "anthropic", "gemini")
 #: Providers with a batch API (``--via batch``, ``runner status``).
 BATCH_PROVIDERS = ("openai", "anthropic", "mock")
 DEFAULT_EXPLICIT_TTL_S = 300.0
@@ -51,6 +50,12 @@ DEFAULT_KEY_ENV = {
     "anthropic": "ANTHROPIC_API_KEY",
     "gemini": "GEMINI_API_KEY",
 }
+Provider = Literal["mock", "openai", "anthropic", "gemini"]
+CacheStrategy = Literal["warm", "none"]
+Order = Literal["completion", "input"]
+Progress = Literal["auto", "bar", "log", "off"]
+CacheTTL = Literal["5m", "1h"]
+PROVIDERS: tuple[str, ...] = get_args(Provider)
 
 
 def needs_base_url(provider: str) -> bool:
@@ -62,7 +67,7 @@ def needs_base_url(provider: str) -> bool:
 class RunConfig:
     """Everything a run needs to know, validated on construction."""
 
-    provider: str = "mock"
+    provider: Provider = "mock"
     base_url: str | None = None  # e.g. https://api.openai.com/v1 ; None for the built-in mock
     model: str = "mock-1"
     api_key_env: str | None = None  # name of the environment variable holding the key
@@ -76,7 +81,7 @@ class RunConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S
     stream: bool = False
     # caching
-    cache: str = "warm"  # warm | none
+    cache: CacheStrategy = "warm"
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S
     max_active_groups: int = DEFAULT_MAX_ACTIVE_GROUPS
     key_rpm: float = DEFAULT_KEY_RPM  # spread a group over suffixed prompt_cache_keys above this
@@ -84,7 +89,7 @@ class RunConfig:
     min_cacheable_tokens: int | None = None  # None: the provider's (providers/capabilities.py)
     context_window: int | None = None
     anthropic_version: str = "2023-06-01"
-    anthropic_cache_ttl: str = "5m"
+    anthropic_cache_ttl: CacheTTL = "5m"
     anthropic_prewarm: bool = False
     explicit_ttl_s: float = DEFAULT_EXPLICIT_TTL_S  # shortest TTL of an explicit cache (Gemini)
     # io
@@ -92,7 +97,7 @@ class RunConfig:
     latency: Path | None = None
     summary: Path | None = None
     contexts: Path | None = None
-    order: str = "completion"  # completion | input
+    order: Order = "completion"
     resume: bool = True
     retry_failed: bool = False
     read_ahead: int = DEFAULT_READ_AHEAD
@@ -104,7 +109,7 @@ class RunConfig:
     breaker_error_rate: float = 0.5
     drain_s: float = DEFAULT_DRAIN_S
     # presentation
-    progress: str = "auto"  # auto | bar | log | off
+    progress: Progress = "auto"
     dry_run: bool = False
     prices: Mapping[str, Price] = field(default_factory=dict)
     mock: Mapping[str, Any] = field(default_factory=dict)  # options for the built-in mock
@@ -139,7 +144,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _check_choice("provider", self.provider, PROVIDERS)
+        for name, choices in _CHOICES.items():
+            _check_choice(name, getattr(self, name), choices)
         if needs_base_url(self.provider) and not self.base_url:
             raise ConfigError(f"provider {self.provider!r} needs base_url")
         if self.concurrency < 1:
@@ -158,12 +164,8 @@ class RunConfig:
             raise ConfigError(
                 f"breaker_error_rate must be in (0, 1], got {self.breaker_error_rate}"
             )
-        _check_choice("cache", self.cache, ("warm", "none"))
-        _check_choice("order", self.order, ("completion", "input"))
-        _check_choice("progress", self.progress, ("auto", "bar", "log", "off"))
         if self.max_active_groups < 1 or self.read_ahead < 1:
             raise ConfigError("max_active_groups and read_ahead must be >= 1")
-        _check_choice("anthropic_cache_ttl", self.anthropic_cache_ttl, ("5m", "1h"))
         _check_operations(self)
         self._check_scaling()
         self._check_batch()
@@ -244,6 +246,14 @@ class RunConfig:
             raise ConfigError(str(exc)) from exc
 
 
+#: The typed choices, checked on construction (a TOML file can hold any string).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "provider": PROVIDERS,
+    "cache": get_args(CacheStrategy),
+    "order": get_args(Order),
+    "progress": get_args(Progress),
+    "anthropic_cache_ttl": get_args(CacheTTL),
+}
 _PATH_FIELDS = {"output", "latency", "summary", "contexts", "metrics_textfile", "limit_file"}
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 # Labels the metrics set themselves; a user label of the same name would clash.
@@ -301,6 +311,12 @@ _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
     "Mapping[str, str]": ((Mapping,), "a table"),
     "Mapping[str, Any]": ((Mapping,), "a table"),
     "Mapping[str, Price]": ((Mapping,), "a table"),
+    # the Literal choices: a string here, its value checked against _CHOICES
+    "Provider": ((str,), "a string"),
+    "CacheStrategy": ((str,), "a string"),
+    "Order": ((str,), "a string"),
+    "Progress": ((str,), "a string"),
+    "CacheTTL": ((str,), "a string"),
 }
 
 
@@ -331,6 +347,10 @@ def did_you_mean(word: str, choices: Any) -> str:
     """``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+#: Every RunConfig field, for callers that map flags onto it (the CLI's overrides).
+FIELD_NAMES: frozenset[str] = frozenset(_FIELD_NAMES)
 
 
 def _parse_prices(raw: Any, where: str) -> dict[str, Price]:

@@ -411,10 +411,3 @@ class RateController:
     def _on_resume(self) -> None:
         self._resume_handle = None
         self._resume.set()
-
-    def close(self) -> None:
-        """Cancel the pause timer (a shutting-down pipeline need not wait for it)."""
-        if self._resume_handle is not None:
-            self._resume_handle.cancel()
-            self._resume_handle = None
-        self._resume.set()

@@ -101,7 +101,6 @@ class LiveStats:
     cached_tokens: int = 0
     completion_tokens: int = 0
     billed: float = 0.0
-    uncached: float = 0.0
     limiter_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
@@ -494,11 +493,9 @@ class Engine:
             )
             price = self.config.price(job.model)
             if price is not None:
-                billed, uncached = cost_of(
+                self.stats.billed += cost_of(
                     u.prompt_tokens, u.cached_tokens or 0, u.cache_write_tokens, 0, price
-                )
-                self.stats.billed += billed
-                self.stats.uncached += uncached
+                )[0]
         if a.error is None:
             self.scheduler.answered(d, True)
 
@@ -561,15 +558,13 @@ class Engine:
             stats.completion_tokens += u.completion_tokens
             price = self.config.price(job.model)
             if price is not None:
-                billed, uncached = cost_of(
+                stats.billed += cost_of(
                     u.prompt_tokens,
                     u.cached_tokens or 0,
                     u.cache_write_tokens,
                     u.completion_tokens,
                     price,
-                )
-                stats.billed += billed
-                stats.uncached += uncached
+                )[0]
         body: Any = a.body
         if a.raw is not None:
             body = orjson.Fragment(a.raw)

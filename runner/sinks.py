@@ -86,11 +86,8 @@ RETRIABLE_ERROR_CODES: Final = frozenset(
         "http_409",
         "bad_response",
         "stream_error",
-        "cancelled",
     }
 )
-# A cancelled job never finished: a plain resume sends it again, with or without --retry-failed.
-_ALWAYS_RERUN: Final = frozenset({"cancelled"})
 
 _NO_ITL: Final = b',"itl_ms":null}'
 _APPEND_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
@@ -606,7 +603,7 @@ def _judge(obj: dict[str, Any] | None, retry_failed: bool) -> tuple[bool, str | 
         return False, None  # belongs to no job: garbage left by a crash of the machine
     err = obj.get("error")
     code = err.get("code") if isinstance(err, dict) else None
-    rerun = code in _ALWAYS_RERUN or (retry_failed and code in RETRIABLE_ERROR_CODES)
+    rerun = retry_failed and code in RETRIABLE_ERROR_CODES
     return not rerun, _key(obj)
 
 

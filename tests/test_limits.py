@@ -382,17 +382,6 @@ async def test_pause_during_a_token_wait_returns_the_tokens_and_waits(clock: Clo
     assert pacing.result() == pytest.approx(2.5)
 
 
-async def test_close_ends_a_pause(clock: Clock) -> None:
-    ctl = RateController(concurrency=2, rpm=None, tpm=None)
-    ctl.close()  # nothing to cancel yet
-    ctl.pause(10.0)
-    waiter = start(ctl.acquire(1))
-    await clock.advance()
-    ctl.close()
-    await clock.advance()
-    assert waiter.done()
-
-
 # -- AIMD -------------------------------------------------------------------------------------
 
 

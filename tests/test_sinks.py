@@ -269,16 +269,6 @@ def test_retry_failed_reruns_only_retriable_errors(jobs: Path) -> None:
     assert not list(out.results_path.parent.glob("*.tmp"))
 
 
-def test_cancelled_jobs_run_again_on_a_plain_resume(jobs: Path) -> None:
-    with open_(jobs) as out:
-        put(out, "j0")
-        put(out, "j1", code="cancelled")
-    with open_(jobs) as again:
-        assert again.done("j0") and not again.done("j1")
-    assert ids(out.results_path) == ["j0"]
-    assert ids(out.latency_path) == ["j0"]
-
-
 def test_no_resume_starts_afresh(jobs: Path) -> None:
     out = run_to_end(jobs, ["j0", "j1"])
     with open_(jobs, model="other", resume=False) as again:

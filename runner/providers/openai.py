@@ -233,12 +233,6 @@ class OpenAIBackend(HTTPBackend):
             body["prompt_cache_key"] = cache_key
         if self._retention is not None:
             body["prompt_cache_retention"] = self._retention
-        if prewarm:
-            # No write-only request exists here: the cheapest primer is a one-token answer.
-            body.pop("stream", None)
-            body.pop("stream_options", None)
-            body["max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"] = 1
-            return body, False
         if self._stream or body.get("stream") is True:
             body["stream"] = True
             extra = body.get("stream_options")

@@ -206,14 +206,6 @@ async def test_config_stream_sets_stream_options(fake: Fake) -> None:
     assert (body["stream"], body["stream_options"]) == (True, {"include_usage": True})
 
 
-async def test_prewarm_is_a_one_token_non_streaming_request(fake: Fake) -> None:
-    the_job = job(params={"max_completion_tokens": 500})
-    await send(fake, reply(COMPLETION), the_job, cfg=config(stream=True), prewarm=True)
-    body = fake.seen[0].json()
-    assert body["max_completion_tokens"] == 1
-    assert "stream" not in body and "stream_options" not in body
-
-
 # -- responses ----------------------------------------------------------------------------------
 
 
