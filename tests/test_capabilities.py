@@ -42,8 +42,11 @@ def _provider_mentions(path: Path) -> list[str]:
         ):
             found.append(f"{path.name}:{node.lineno}: .{node.attr}")
         elif isinstance(node, ast.Compare):
-            names = [n for n in ast.walk(node) if isinstance(n, ast.Attribute)]
-            if any(n.attr == "provider" for n in names):
+            # `config.provider == X` / `in (...)` against any string: a branch on a name
+            parts = list(ast.walk(node))
+            if any(isinstance(n, ast.Attribute) and n.attr == "provider" for n in parts) and any(
+                isinstance(n, ast.Constant) and isinstance(n.value, str) for n in parts
+            ):
                 found.append(f"{path.name}:{node.lineno}: compares .provider")
     return found
 
