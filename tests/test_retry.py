@@ -143,3 +143,18 @@ def test_policy_is_frozen_keyword_only_and_slotted() -> None:
     with pytest.raises(TypeError):
         RetryPolicy(3)  # type: ignore[call-arg]
     assert not hasattr(policy, "__dict__")
+
+
+def test_policy_validation_boundaries_and_messages() -> None:
+    """The limits are inclusive where documented, and each refusal names its field."""
+    RetryPolicy(max_attempts=1, base_s=1.0, cap_s=1.0, max_server_delay_s=0.0)
+    RetryPolicy(max_attempts=1, max_server_delay_s=0.5)
+    bad: list[tuple[dict[str, float], str]] = [
+        ({"max_attempts": 0}, "max_attempts must be >= 1, got 0"),
+        ({"max_attempts": 1, "base_s": 0.0}, "base_s must be > 0, got 0.0"),
+        ({"max_attempts": 1, "base_s": 2.0, "cap_s": 1.0}, "cap_s must be >= base_s"),
+        ({"max_attempts": 1, "max_server_delay_s": -1.0}, "max_server_delay_s must be >= 0"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            RetryPolicy(**kwargs)  # type: ignore[arg-type]
