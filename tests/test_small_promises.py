@@ -122,7 +122,7 @@ def test_ctrl_c_while_the_command_loads_exits_130_quietly(tmp_path: Path) -> Non
 def test_ctrl_c_while_the_parser_is_built_exits_130_quietly(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def interrupted() -> None:
+    def interrupted(*_: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr("runner.cli.build_parser", interrupted)
@@ -244,7 +244,7 @@ def test_readme_api_example_runs_and_leaves_no_stray_file() -> None:
 
 def test_readme_sample_output_has_the_rows_make_demo_prints(tmp_path: Path) -> None:
     from runner.config import load_config
-    from runner.stats import render_summary
+    from runner.report import render_summary
 
     readme = (REPO / "README.md").read_text()
     sample = readme.split("```\n$ make demo", 1)[1].split("```", 1)[0].splitlines()[1:]
