@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .models import LatencyRecord
+from .providers.capabilities import capabilities_of
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -42,8 +43,6 @@ DURATION_BUCKETS_S: Sequence[float] = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 )  # fmt: skip
 EXPORT_INTERVAL_MS = 15_000
-# runner's provider names -> the conventions' well-known gen_ai.provider.name values.
-PROVIDER_NAMES = {"gemini": "gcp.gemini"}
 
 
 def otlp_meter_provider(endpoint: str) -> MeterProvider:
@@ -94,7 +93,7 @@ class GenAIMetrics:
         # Attribute dicts are built once and shared: recording allocates nothing of ours.
         self._base: dict[str, str] = {
             "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": PROVIDER_NAMES.get(provider, provider),
+            "gen_ai.provider.name": capabilities_of(provider).telemetry_name or provider,
             "gen_ai.request.model": model,
         }
         self._in = {**self._base, "gen_ai.token.type": "input"}

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-__all__ = ["ANTHROPIC", "GEMINI", "GENERIC", "OPENAI", "Capabilities", "capabilities_for"]
+__all__ = [
+    "ANTHROPIC",
+    "GEMINI",
+    "GENERIC",
+    "OPENAI",
+    "Capabilities",
+    "capabilities_for",
+    "capabilities_of",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +48,8 @@ class Capabilities:
     default_max_tokens: int = 256
     #: The provider rejects a request without an explicit completion budget.
     requires_max_tokens: bool = False
+    #: OpenTelemetry's well-known ``gen_ai.provider.name``, where it differs from runner's name.
+    telemetry_name: str | None = None
 
 
 GENERIC = Capabilities()
@@ -53,7 +63,9 @@ ANTHROPIC = Capabilities(
 )
 # Implicit caching needs no routing key; explicit ``cachedContents`` are the backend's
 # ``CacheStore`` side (runner.explicit_cache), found by protocol, not by this table.
-GEMINI = Capabilities(min_cacheable_tokens=1024, default_max_tokens=256)
+GEMINI = Capabilities(
+    min_cacheable_tokens=1024, default_max_tokens=256, telemetry_name="gcp.gemini"
+)
 
 # The built-in mock speaks the OpenAI protocol.
 _BY_PROVIDER: dict[str, Capabilities] = {
@@ -62,6 +74,11 @@ _BY_PROVIDER: dict[str, Capabilities] = {
     "anthropic": ANTHROPIC,
     "gemini": GEMINI,
 }
+
+
+def capabilities_of(provider: str) -> Capabilities:
+    """What ``provider`` can do, before any run's opt-in features."""
+    return _BY_PROVIDER.get(provider, GENERIC)
 
 
 def capabilities_for(config: RunConfig) -> Capabilities:
