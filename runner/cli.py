@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-from . import observe
 from .config import (
     BATCH_PROVIDERS,
     FIELD_NAMES,
@@ -171,6 +170,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         choices=get_args(Progress),
         help="auto: a bar on a terminal, timestamped log lines otherwise (default: auto)",
     )
+    from . import observe  # imports the engine: only when run's options are built
+
     observe.add_arguments(p)  # logs, metrics, --max-pause
     p.add_argument(
         "--dry-run",
@@ -240,6 +241,8 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
     base = load_config(ns.config)
     # The argparse definitions are the one list: every option named after a RunConfig field
     # overrides it (``jobs``, ``config`` and ``command`` are not fields).
+    from . import observe
+
     overrides = {k: v for k, v in vars(ns).items() if k in FIELD_NAMES} | observe.overrides(ns)
     overrides["output"] = _output_path(overrides.get("output"), ns.jobs)
     provider = overrides.get("provider")
@@ -407,7 +410,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a batch of jobs")
-    _add_run_options(p_run)
+    if command is None or command == "run":  # its options import the engine
+        _add_run_options(p_run)
     p_run.set_defaults(func=_cmd_run)
     p_val = sub.add_parser("validate", help="check a jobs file and estimate tokens and cost")
     _add_validate_options(p_val)
