@@ -40,7 +40,7 @@ def llama_server(slots: int = 8, log: Path | None = None) -> Iterator[str]:
         "-t", "1", "-tb", "1", "-b", "512", "-ub", "512", "--cache-reuse", "256",
         "--cache-ram", "1024", "--metrics", "--slots", "--no-webui",
     ]  # fmt: skip
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"

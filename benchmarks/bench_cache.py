@@ -110,25 +110,62 @@ LATENCY = ["--base-ms", "40", "--prefill-ms-per-token", "0.05",
 
 SHAPES = {
     "lru": Shape(
-        "lru", 50, 200, 2000, 128,
+        "lru",
+        50,
+        200,
+        2000,
+        128,
         _mock(*LATENCY, "--cache-capacity-tokens", str(10 * (2000 + 64))),
-    ),  # fmt: skip
+    ),
     "slots": Shape(
-        "slots", 12, 32, 1000, 8,
-        _mock("--base-ms", "10", "--prefill-ms-per-token", "0.2",
-              "--cached-prefill-ms-per-token", "0.01", "--decode-ms-per-token", "2",
-              "--cache-block-tokens", "16", "--cache-min-prefix-tokens", "256", "--slots", "8",
-              "--seed", "3"),
-        caps=(1, None), max_tokens=8, config={"min_cacheable_tokens": 256},
-    ),  # fmt: skip
+        "slots",
+        12,
+        32,
+        1000,
+        8,
+        _mock(
+            "--base-ms",
+            "10",
+            "--prefill-ms-per-token",
+            "0.2",
+            "--cached-prefill-ms-per-token",
+            "0.01",
+            "--decode-ms-per-token",
+            "2",
+            "--cache-block-tokens",
+            "16",
+            "--cache-min-prefix-tokens",
+            "256",
+            "--slots",
+            "8",
+            "--seed",
+            "3",
+        ),
+        caps=(1, None),
+        max_tokens=8,
+        config={"min_cacheable_tokens": 256},
+    ),
     "replicas": Shape(
-        "replicas", 16, 50, 2000, 32,
+        "replicas",
+        16,
+        50,
+        2000,
+        32,
         _mock(*LATENCY, "--cache-capacity-tokens", str(4 * (2000 + 64)), "--replicas", "4"),
-    ),  # fmt: skip
+    ),
     "llama": Shape(
-        "llama", 8, 16, 900, 8, _llama, caps=(1, None), words=tuple(PLAIN), max_tokens=8,
-        model="tiny", config={"min_cacheable_tokens": 256},
-    ),  # fmt: skip
+        "llama",
+        8,
+        16,
+        900,
+        8,
+        _llama,
+        caps=(1, None),
+        words=tuple(PLAIN),
+        max_tokens=8,
+        model="tiny",
+        config={"min_cacheable_tokens": 256},
+    ),
 }
 
 
@@ -207,14 +244,15 @@ def bench_shape(shape: Shape, runs: int, seed: int) -> dict[str, Any]:
         for label, flags in plan:
             r = one_run(shape, label, flags, ctx, jobs, i)
             done.append(r)
-            print(f"  {shape.name} run {i + 1}: {label:<16} cached {r.ratio:.4f} wall {r.wall:.2f} s")
+            print(f"  {shape.name} {i + 1}: {label:<16} cached {r.ratio:.4f} wall {r.wall:.2f} s")
     best = best_possible(done)
     swept = max(r.ratio for r in done if r.label.startswith("fixed"))
     rows = []
     for r in done:
         none = next(x for x in done if x.label == "none" and x.tag.endswith(r.tag[-2:]))
         t = r.summary["tokens"]
-        billed_in = (t["prompt"] - t["cached"]) * PRICE["input"] + t["cached"] * PRICE["cached_input"]
+        billed_in = (t["prompt"] - t["cached"]) * PRICE["input"]
+        billed_in += t["cached"] * PRICE["cached_input"]
         ctl = r.summary.get("cache_control") or {}
         rows.append(
             {

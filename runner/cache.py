@@ -227,6 +227,13 @@ class Scheduler:
         root.family -= 1
         if g.state == "warm":
             g.warm_at = self._clock()  # a hit refreshes the provider's TTL
+        if root.held and len(self._active) > self._ctl.groups and root.key in self._active:
+            # The learned limit shrank below the groups open: this one stops sending and, once
+            # idle, waits (still warm) until a place opens again.
+            if root.family <= 0 and not any(sub.held for sub in root.subs):
+                self._active.discard(root.key)
+                self._waiting[root.key] = None
+            return
         # The per-group cap freed a place: the group, or one of its per-key sub-groups, goes on.
         for member in (root, *root.subs):
             if member.held and root.family < self._ctl.cap and member.primer is None:

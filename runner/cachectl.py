@@ -22,8 +22,9 @@ Each knob is an AIMD controller, like the rate controller for rate limits: a mis
 round (misses of requests sent before the last cut carry no news), and hits grow it, fast until
 the first cut (slow start) and by one per round after. A knob grows only when it is what holds
 the run back (the pipeline has idle slots the knob kept empty), so a per-slot server whose
-groups already fill every slot is never probed into misses. Nothing shrinks until the server
-has reported at least one hit: a server without a cache gives no evidence of pressure.
+groups already fill every slot is never probed into misses. A server without a cache misses
+everything: once one group sent one request at a time still missed and nothing ever hit, the
+controller concludes there is no cache to protect and restores the ceilings for throughput.
 Both knobs stay within ``[1, ceiling]``, so every active group keeps making progress.
 """
 
@@ -62,6 +63,7 @@ class CacheControl:
         "groups_starved",
         "hits",
         "misses",
+        "no_cache",
         "seen_hit",
     )
 
@@ -86,6 +88,7 @@ class CacheControl:
         self.hits = 0
         self.misses = 0
         self.seen_hit = False
+        self.no_cache = False
 
     @property
     def groups(self) -> int:
@@ -114,7 +117,14 @@ class CacheControl:
                 self._grow(siblings)
             return True
         self.misses += 1
-        if not self.adapt or not self.seen_hit or epoch != self.epoch:
+        if not self.adapt or epoch != self.epoch:
+            return False
+        if not self.seen_hit and active <= 1 and siblings == 0 and self._cap <= 1:
+            # Alone on the server and still cold, never a hit: nothing to protect.
+            self.no_cache = True
+            self.adapt = False
+            self._groups = float(self.groups_ceiling)
+            self._cap = float(self.cap_ceiling)
             return False
         self.epoch += 1
         if siblings > 0:
@@ -134,7 +144,9 @@ class CacheControl:
             step = 1.0 if self.cap_slow_start else 1.0 / (self._cap * max(1.0, self._groups))
             self._cap = min(float(self.cap_ceiling), self._cap + step)
         if self.groups_starved and self._groups < self.groups_ceiling:
-            self._groups = min(float(self.groups_ceiling), self._groups + 1.0 / self._groups)
+            # About one more group per round: a round brings about groups x cap answers.
+            step = 1.0 / (self._groups * self._cap)
+            self._groups = min(float(self.groups_ceiling), self._groups + step)
 
     @property
     def may_exceed(self) -> bool:
@@ -152,4 +164,5 @@ class CacheControl:
             "follower_hits": self.hits,
             "follower_misses": self.misses,
             "follower_hit_ratio": self.hits / done if done else None,
+            "server_cache": not self.no_cache,
         }
