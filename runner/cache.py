@@ -233,6 +233,7 @@ class Scheduler:
             if root.family <= 0 and not any(sub.held for sub in root.subs):
                 self._active.discard(root.key)
                 self._waiting[root.key] = None
+                root.state = "cold"  # its prefix may be gone when it reopens: prime it again
             return
         # The per-group cap freed a place: the group, or one of its per-key sub-groups, goes on.
         for member in (root, *root.subs):

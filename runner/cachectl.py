@@ -20,11 +20,12 @@ Two kinds of miss tell two different things:
 Each knob is an AIMD controller, like the rate controller for rate limits: a miss cuts it
 (the cap halves, the active groups drop to three quarters of what was in use) at most once per
 round (misses of requests sent before the last cut carry no news), and hits grow it, fast until
-the first cut (slow start) and by one per round after. A knob grows only when it is what holds
-the run back (the pipeline has idle slots the knob kept empty), so a per-slot server whose
-groups already fill every slot is never probed into misses. A server without a cache misses
-everything: once one group sent one request at a time still missed and nothing ever hit, the
-controller concludes there is no cache to protect and restores the ceilings for throughput.
+the first cut (slow start) and by one per round after (the cap: every 1, 2, 4... rounds after
+repeated splits, as each probe on a per-slot server costs a prefix). A knob grows only when it
+is what holds the run back (the pipeline has idle slots the knob kept empty), so a per-slot
+server whose groups already fill every slot is never probed into misses. A server without a
+cache misses everything: once one group sent one request at a time still missed and nothing
+ever hit, the controller concludes there is no cache to protect and restores the ceilings.
 Both knobs stay within ``[1, ceiling]``, so every active group keeps making progress.
 """
 
@@ -38,6 +39,7 @@ INITIAL_ACTIVE_GROUPS = 8  # where the active-group limit starts (the old fixed 
 MISS_FRACTION = 0.5  # a follower with less than this share of its prefix cached missed
 GROUPS_DECREASE = 0.75  # an eviction keeps this share of the groups that were active
 CAP_DECREASE = 0.5  # a split keeps this share of the group's requests that were in flight
+MAX_BACKOFF = 4  # after repeated splits the cap is probed at most every 2**4 rounds
 
 
 class CacheControl:
@@ -141,7 +143,10 @@ class CacheControl:
     def _grow(self, siblings: int) -> None:
         if self.cap_starved and siblings + 1 >= self.cap and self._cap < self.cap_ceiling:
             # The cap was used in full and slots sat idle: it is what holds the run back.
-            step = 1.0 if self.cap_slow_start else 1.0 / (self._cap * max(1.0, self._groups))
+            # After a split, one more per round at first, then ever more rarely: on a per-slot
+            # server each probe costs a whole prefix recomputed, and the gain is only overlap.
+            rounds = 1 << min(self.cap_shrinks - 1, MAX_BACKOFF) if self.cap_shrinks else 1
+            step = 1.0 if self.cap_slow_start else 1.0 / (self._cap * self._groups * rounds)
             self._cap = min(float(self.cap_ceiling), self._cap + step)
         if self.groups_starved and self._groups < self.groups_ceiling:
             # About one more group per round: a round brings about groups x cap answers.
