@@ -621,6 +621,9 @@ def render_html(runs: Sequence[Run]) -> str:
             "chart-inflight", "In-flight requests", runs, labels, "in_flight", "requests"
         ),
         _series_chart(
+            "chart-groups", "Active cache groups", runs, labels, "active_groups", "groups"
+        ),
+        _series_chart(
             "chart-cache",
             "Cache hit ratio",
             runs,
