@@ -165,8 +165,10 @@ class Scheduler:
             # Idle slots: is the per-group cap what keeps held jobs back?
             cap = self._ctl.cap
             groups = self._groups
+            # (A group behind its primer is held back by priming, not by the cap.)
             self._ctl.cap_starved = any(
-                groups[k].held and groups[k].family >= cap for k in self._active
+                groups[k].held and groups[k].state == "warm" and groups[k].family >= cap
+                for k in self._active
             )
         return None
 

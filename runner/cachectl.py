@@ -20,10 +20,10 @@ Two kinds of miss tell two different things:
 Each knob is an AIMD controller, like the rate controller for rate limits: a miss cuts it
 (the cap halves, the active groups drop to three quarters of what was in use) at most once per
 round (misses of requests sent before the last cut carry no news), and hits grow it, fast until
-the first cut (slow start) and by one per round after (the cap: every 1, 2, 4... rounds after
-repeated splits, as each probe on a per-slot server costs a prefix). A knob grows only when it
-is what holds the run back (the pipeline has idle slots the knob kept empty), so a per-slot
-server whose groups already fill every slot is never probed into misses. A server without a
+the first cut (slow start) and by one per round after (the cap: one per 2, 4, 8, 16 rounds
+after each split, as each probe on a per-slot server costs a whole prefix). A knob grows only
+when it is what holds the run back (the pipeline has idle slots the knob kept empty), so a
+per-slot server whose groups already fill every slot is never probed into misses. A server without a
 cache misses everything: once one group sent one request at a time still missed and nothing
 ever hit, the controller concludes there is no cache to protect and restores the ceilings.
 Both knobs stay within ``[1, ceiling]``, so every active group keeps making progress.
@@ -145,7 +145,7 @@ class CacheControl:
             # The cap was used in full and slots sat idle: it is what holds the run back.
             # After a split, one more per round at first, then ever more rarely: on a per-slot
             # server each probe costs a whole prefix recomputed, and the gain is only overlap.
-            rounds = 1 << min(self.cap_shrinks - 1, MAX_BACKOFF) if self.cap_shrinks else 1
+            rounds = 1 << min(self.cap_shrinks, MAX_BACKOFF)
             step = 1.0 if self.cap_slow_start else 1.0 / (self._cap * self._groups * rounds)
             self._cap = min(float(self.cap_ceiling), self._cap + step)
         if self.groups_starved and self._groups < self.groups_ceiling:
