@@ -20,6 +20,7 @@ Routes (the base URL given to clients ends in ``/v1``)::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import math
 import os
@@ -56,6 +57,8 @@ __all__ = ["MockServer", "latency_s", "serve"]
 _JSON = "application/json"
 _SSE = "text/event-stream; charset=utf-8"
 _SHUTDOWN_GRACE_S = 0.5
+# The --slots slot the current request holds (each request is handled in a task of its own).
+_SLOT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("slot")
 
 
 class _Stats:
@@ -315,7 +318,7 @@ class MockServer:
                 if early := await self._early_fault(request, reply.fault, anthropic, headers):
                     return early
         if self._slots is not None and not anthropic:
-            await self._take_slot(request, reply)
+            await self._take_slot(reply)
         self._timing(reply)
         s = self._stats
         s.prompt_tokens += reply.prompt_tokens
@@ -620,19 +623,20 @@ class MockServer:
     # -- per-slot cache (--slots) ----------------------------------------------------------
 
     async def _slotted(self, request: BaseRequest) -> web.StreamResponse:
+        held: list[int] = []
+        _SLOT.set(held)
         try:
             return await self._chat(request, anthropic=False)
         finally:
-            slot = request.get("slot")
-            if slot is not None and self._slots is not None:
-                self._slots.release(slot)
+            if held and self._slots is not None:
+                self._slots.release(held[0])
 
-    async def _take_slot(self, request: BaseRequest, reply: _Reply) -> None:
+    async def _take_slot(self, reply: _Reply) -> None:
         """Wait for a slot; what it held of this prompt is cached, the rest is written."""
         assert self._slots is not None
         bounds = reply.pending
         slot, hits = await self._slots.acquire([b[0] for b in bounds])
-        request["slot"] = slot
+        _SLOT.get().append(slot)
         cached = bounds[hits - 1][1] if hits else 0
         reply.cached = cached if cached >= self.config.cache_min_prefix_tokens else 0
         reply.write_5m = sum(b[2] for b in bounds[hits:])
