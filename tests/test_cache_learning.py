@@ -74,7 +74,8 @@ async def test_per_slot_server_gets_one_group_per_slot(tmp_path: Path) -> None:
         )  # fmt: skip
     assert out.exit_code == 0 and fixed.exit_code == 0
     ctl = out.summary["cache_control"]
-    assert ctl["group_concurrency"] == 1
+    # One request per group in flight (the tail, with slots to spare, may probe one more).
+    assert ctl["group_concurrency"] <= 2
     # Only each group's first request misses: 8 of 96 requests.
     assert out.summary["cache_hit_ratio"] >= 0.85, out.summary
     assert ctl["follower_hit_ratio"] >= 0.95
@@ -83,9 +84,9 @@ async def test_per_slot_server_gets_one_group_per_slot(tmp_path: Path) -> None:
 
 
 async def test_lru_server_learns_a_working_set_that_fits(tmp_path: Path) -> None:
-    """vLLM-like global LRU holding about 3 of 12 contexts, concurrency 32: the active groups
+    """vLLM-like global LRU holding about 3 of 12 contexts, concurrency 24: the active groups
     shrink to what fits, and a group's followers still fan out (the cap grows)."""
-    jobs = write_jobs(tmp_path, groups=12, questions=24)
+    jobs = write_jobs(tmp_path, groups=12, questions=16)
     prefix_tokens = 800 * 10 // 4  # about 10 characters a word, 4 a token
     mock = MockConfig(
         base_ms=5,
@@ -98,9 +99,17 @@ async def test_lru_server_learns_a_working_set_that_fits(tmp_path: Path) -> None
         seed=2,
     )
     async with serve(mock) as url:
-        out = await run(jobs, config(tmp_path, url, concurrency=32))
-    assert out.exit_code == 0
+        out = await run(jobs, config(tmp_path, url, concurrency=24))
+    async with serve(mock) as url:  # the old fixed default (8 groups) on a fresh server
+        fixed = await run(
+            jobs,
+            config(tmp_path, url, concurrency=24, cache_adapt=False, max_active_groups=8,
+                   output=tmp_path / "f.jsonl", latency=tmp_path / "fl.jsonl",
+                   summary=tmp_path / "fs.json"),
+        )  # fmt: skip
+    assert out.exit_code == 0 and fixed.exit_code == 0
     ctl = out.summary["cache_control"]
     assert ctl["group_shrinks"] >= 1 and ctl["active_groups"] <= 4
-    assert ctl["group_concurrency"] >= 4
-    assert out.summary["cache_hit_ratio"] >= 0.8, out.summary
+    assert ctl["group_concurrency"] >= 3
+    learned, old = out.summary["cache_hit_ratio"], fixed.summary["cache_hit_ratio"]
+    assert learned >= 0.7 and learned >= old + 0.1, (learned, old, ctl)
