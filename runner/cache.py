@@ -87,6 +87,7 @@ class Scheduler:
         "_clock",
         "_ctl",
         "_groups",
+        "_idle_floor",
         "_key_hits",
         "_key_misses",
         "_key_rpm",
@@ -111,12 +112,14 @@ class Scheduler:
         lookahead: int = 1 << 30,
         max_per_group: int = 1 << 30,
         adapt: bool = True,
+        concurrency: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._strategy = strategy
         self._lookahead = lookahead
         self._ttl = ttl_s
         self._max_active = max_active_groups
+        self._idle_floor = concurrency  # 0: any idle slot counts as the cap holding back
         self._ctl = CacheControl(
             max_groups=max_active_groups, max_per_group=max_per_group, adapt=adapt
         )
@@ -161,8 +164,9 @@ class Scheduler:
             self._open_groups(free_slots)
         if self._ready:
             return self._ready.popleft()
-        if free_slots > 0 and self._active:
-            # Idle slots: is the per-group cap what keeps held jobs back?
+        if free_slots * 4 > self._idle_floor and self._active:
+            # Idle slots (a quarter of the pipeline, not a passing gap while groups change
+            # over): is the per-group cap what keeps held jobs back?
             cap = self._ctl.cap
             groups = self._groups
             # (A group behind its primer is held back by priming, not by the cap.)

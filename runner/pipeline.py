@@ -153,6 +153,7 @@ class Engine:
             lookahead=2 * config.concurrency,
             max_per_group=config.group_concurrency or config.concurrency,
             adapt=config.cache_adapt,
+            concurrency=config.concurrency,
             key_rpm=config.key_rpm
             if config.cache == "warm" and config.provider in ("openai", "mock")
             else None,
