@@ -236,7 +236,13 @@ class Scheduler:
         if root.held and len(self._active) > self._ctl.groups and root.key in self._active:
             # The learned limit shrank below the groups open: this one stops sending and, once
             # idle, waits (still warm) until a place opens again.
-            if root.family <= 0 and not any(sub.held for sub in root.subs):
+            if root.family <= 0:
+                # Idle: its per-key sub-groups fold back into it (their keys are primed anew
+                # when it reopens), so nothing is left held where no answer will wake it.
+                for sub in root.subs:
+                    root.held.extend(sub.held)
+                    self._groups.pop(sub.key, None)
+                root.subs.clear()
                 self._active.discard(root.key)
                 self._waiting[root.key] = None
                 root.state = "cold"  # its prefix may be gone when it reopens: prime it again
@@ -249,10 +255,17 @@ class Scheduler:
             g.in_flight = 0
             if g is not root and g in root.subs:
                 root.subs.remove(g)
-            self._active.discard(key)
-            # A group that reappears later starts cold: the provider may have evicted the prefix
-            # in the meantime, and one primer costs far less than a stampede of misses.
-            del self._groups[key]
+            self._close(g)
+            # The last sub-group of a drained group closes the group too (it holds a place).
+            if g is not root and not root.subs and root.in_flight <= 0 and not root.held:
+                if root.primer is None and self._groups.get(root.key) is root:
+                    self._close(root)
+
+    def _close(self, g: _Group) -> None:
+        self._active.discard(g.key)
+        # A group that reappears later starts cold: the provider may have evicted the prefix
+        # in the meantime, and one primer costs far less than a stampede of misses.
+        del self._groups[g.key]
 
     # -- internals -------------------------------------------------------------------------
 

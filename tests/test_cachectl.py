@@ -156,7 +156,12 @@ class LruServer:
 
 
 def simulate(
-    server: SlotServer | LruServer, *, groups: int, questions: int, concurrency: int
+    server: SlotServer | LruServer,
+    *,
+    groups: int,
+    questions: int,
+    concurrency: int,
+    key_rpm: float | None = None,
 ) -> tuple[Scheduler, float, int]:
     """Drive the scheduler in rounds of the fake clock: every job in flight answers per round.
 
@@ -169,17 +174,21 @@ def simulate(
         max_active_groups=64,
         min_cacheable_tokens=256,
         max_per_group=concurrency,
+        key_rpm=key_rpm,
         clock=lambda: t[0],
     )
     jobs = [job(q, g) for q in range(questions) for g in range(groups)]
     for j in jobs:
         s.add(j)
     flying: list[tuple[Dispatch, int, bool]] = []
+    sent: set[str] = set()
     done = rounds = hits = followers = 0
     while done < len(jobs):
         rounds += 1
         assert rounds < 10 * len(jobs), "no progress: a group is starved"
         while len(flying) < concurrency and (d := s.next(concurrency - len(flying))):
+            assert d.job.custom_id not in sent, "a job sent twice"
+            sent.add(d.job.custom_id)
             slot, hit = server.take(int(d.job.cache_id[1:]))  # type: ignore[index]
             flying.append((d, slot, hit))
         t[0] += 1.0
@@ -217,6 +226,14 @@ def test_lru_server_learns_a_working_set_that_fits_and_grows_the_cap(capacity: i
     assert c.cap >= 4  # fan-out is free on a shared cache: the cap grew for throughput
     assert ratio >= 0.9
     assert rounds <= 3 * (20 * 40) / 32  # within 3x of perfect packing
+
+
+def test_groups_spread_over_keys_still_finish_when_the_limit_shrinks() -> None:
+    """Pausing a group whose per-key sub-groups hold jobs must not strand them (a hang seen
+    with 4 replicas and prompt_cache_key spreading)."""
+    s, ratio, _ = simulate(LruServer(3), groups=16, questions=50, concurrency=32, key_rpm=2.0)
+    assert s.control.groups_shrinks >= 1
+    assert ratio >= 0.5
 
 
 def test_every_group_finishes_when_every_follower_misses() -> None:
