@@ -132,10 +132,8 @@ class MockConfig:
             raise ValueError("default_max_tokens must be >= 1")
         if self.cache_block_tokens < 1 or self.replicas < 1:
             raise ValueError("cache_block_tokens and replicas must be >= 1")
-        if self.cache_min_prefix_tokens < 0 or self.cache_capacity_tokens < 0:
-            raise ValueError("cache_min_prefix_tokens and cache_capacity_tokens must be >= 0")
-        if self.slots < 0:
-            raise ValueError(f"slots must be >= 0, got {self.slots}")
+        if min(self.cache_min_prefix_tokens, self.cache_capacity_tokens, self.slots) < 0:
+            raise ValueError("cache_min_prefix_tokens, cache_capacity_tokens, slots must be >= 0")
         if self.key_rpm <= 0:
             raise ValueError(f"key_rpm must be > 0, got {self.key_rpm}")
         for name in ("rpm", "tpm", "output_tpm"):
