@@ -830,6 +830,16 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
         "cache hit",
         f"{summary['cache_hit_ratio'] * 100:.1f}%" + (f" ({by_role})" if by_role else ""),
     )
+    ctl = summary.get("cache_control")
+    if ctl:
+        ratio = ctl["follower_hit_ratio"]
+        head.add_row(
+            "cache ctl",
+            f"{ctl['active_groups']} groups x {ctl['group_concurrency']} in flight each"
+            f"{' (learned)' if ctl['adaptive'] else ''}, shrinks {ctl['group_shrinks']} groups "
+            f"/ {ctl['cap_shrinks']} cap, follower hits "
+            + ("-" if ratio is None else f"{ratio * 100:.1f}%"),
+        )
     head.add_row(
         "retries",
         f"{summary['retries']}, limiter wait {summary['limiter_wait_s']:.2f} s "

@@ -247,3 +247,16 @@ def test_every_group_finishes_when_every_follower_misses() -> None:
     s, ratio, _ = simulate(Forgetful(1), groups=6, questions=10, concurrency=8)
     assert s.control.groups == 1
     assert ratio < 0.1
+
+
+def test_the_summary_table_says_where_the_controller_ended() -> None:
+    from runner.stats import SummaryBuilder, render_summary
+
+    c = ctl()
+    c.observe(cached=1000, expected=1000, siblings=0, epoch=0, active=8)
+    c.observe(cached=0, expected=1000, siblings=0, epoch=0, active=8)
+    summary = SummaryBuilder(None).summary(wall_s=1.0)
+    summary["cache_control"] = c.summary()
+    text = render_summary(summary)
+    assert "6 groups x 1 in flight each (learned), shrinks 1 groups / 0 cap" in text
+    assert "follower hits 50.0%" in text
