@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all install demo test lint typecheck bench mutate clean
+.PHONY: all install demo test lint typecheck bench mutate clean realserver
 
 all: test
 
@@ -32,6 +32,11 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest -q --cov --cov-report=term:skip-covered
+
+# llama.cpp's llama-server and a tiny random-weight model for tests/test_realserver.py, built once
+# into ~/.cache/runner-realserver (about 10 minutes on 2 cores; docs/REALSERVER.md).
+realserver:
+	nice -n 10 bash tools/realserver/build.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

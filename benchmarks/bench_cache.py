@@ -1,14 +1,27 @@
-"""Cache benchmark: `--cache none` against `--cache warm` on a bounded prefix cache, same run.
+"""Cache benchmark: default `--cache warm` against `--cache none` and a sweep of fixed limits,
+on every cache shape, in the same invocation.
 
-50 contexts of about 2,000 tokens x 200 questions each (10,000 jobs), shuffled so that groups
-interleave, against the simulated provider with a realistic latency model and a prefix cache
-that holds about 10 of the 50 contexts at once (vLLM-like 16-token blocks, one replica).
+Shapes (each run gets a fresh, cold server):
 
-    .venv/bin/python benchmarks/bench_cache.py [--contexts 50] [--questions 200]
+- ``lru``: 50 contexts of about 2,000 tokens x 200 questions (10,000 jobs), concurrency 128,
+  the simulated provider with a vLLM-like global LRU prefix cache holding about 10 contexts;
+- ``slots``: 12 contexts of about 1,000 tokens x 32 questions, concurrency 8, the simulated
+  provider in per-slot mode (8 slots, llama.cpp-like);
+- ``replicas``: 16 contexts of about 2,000 tokens x 50 questions, concurrency 32, 4 simulated
+  replicas routed by ``prompt_cache_key``, each with an LRU holding about 4 contexts;
+- ``llama``: llama.cpp's own ``llama-server`` (8 slots, ``make realserver``), 8 contexts of about
+  900 words x 16 questions, concurrency 8 (skipped when the server is not built).
 
-Targets: warm reaches >= 99% of the best possible cached-token ratio (every request but each
-group's first served from cache), saves >= 85% of input cost versus no caching at all (cached
-input at 0.1x), and finishes no slower than none.
+Workloads are shuffled so groups interleave. The sweep fixes the limits (``--no-cache-adapt``)
+at ``--max-active-groups`` in {1, 2, 4, 8, 16} and, where a per-group cap applies,
+``--group-concurrency`` in {1, unlimited}; the best swept hit ratio is the reference.
+
+    .venv/bin/python benchmarks/bench_cache.py [--shapes lru,slots,replicas,llama] [--runs 1]
+
+Targets: default warm reaches >= 95% of the best swept hit ratio on every shape and never less
+than none; its wall time is <= 1.05x none; on ``lru`` >= 99% of the best possible cached ratio
+(every request but each group's first served from cache) and >= 85% input saving (cached input
+at 0.1x); on ``llama`` >= 0.85 of prompt tokens cached.
 """
 
 from __future__ import annotations
@@ -17,166 +30,272 @@ import argparse
 import random
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT, mock_server, runner_run
+from _realserver import built, llama_server
 
-WORDS = (
+LEGAL = (
     "agreement party supplier customer indemnify liability warranty term termination notice "
     "confidential information breach remedy damages governing law jurisdiction assignment "
     "force majeure payment invoice schedule services deliverables acceptance audit insurance"
 ).split()
-TOKENS_PER_CONTEXT = 2000
-BLOCK = 16
+# Words that are one token each in the test model's vocabulary (tools/realserver/make_model.py).
+PLAIN = (
+    "the of and to in is it you that he was for on are with as his they be at one have this "
+    "from or had by not word but what some we can out other were all there when up use your "
+    "how said an each she which do their time if will way about many then them write would "
+    "like so these her long make thing see him two has look more day could go come did number"
+).split()
 PRICE = {"input": 1.0, "cached_input": 0.1, "output": 4.0}
+GROUPS_SWEEP = (1, 2, 4, 8, 16)
 
 
-def make_files(n_ctx: int, n_q: int, seed: int) -> tuple[Path, Path]:
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    contexts: int
+    questions: int
+    context_words: int
+    concurrency: int
+    server: Callable[[], AbstractContextManager[str]]
+    caps: tuple[int | None, ...] = (None,)  # per-group caps swept (None: unlimited)
+    words: tuple[str, ...] = tuple(LEGAL)
+    max_tokens: int = 16
+    model: str = "mock-1"
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    label: str
+    summary: dict[str, Any]
+    tag: str
+
+    @property
+    def ratio(self) -> float:
+        t = self.summary["tokens"]
+        return float(t["cached"]) / t["prompt"] if t["prompt"] else 0.0
+
+    @property
+    def wall(self) -> float:
+        return float(self.summary["wall_s"])
+
+
+def _mock(*flags: str) -> Callable[[], AbstractContextManager[str]]:
+    def start() -> Iterator[str]:
+        with mock_server(*flags) as (url, _pid):
+            yield url
+
+    from contextlib import contextmanager
+
+    return contextmanager(start)
+
+
+def _llama() -> AbstractContextManager[str]:
+    return llama_server(slots=8, log=OUT / "llama-server.log")
+
+
+LATENCY = ["--base-ms", "40", "--prefill-ms-per-token", "0.05",
+           "--cached-prefill-ms-per-token", "0.005", "--decode-ms-per-token", "2",
+           "--cache-block-tokens", "16", "--cache-min-prefix-tokens", "1024",
+           "--cache-ttl-s", "300", "--seed", "3"]  # fmt: skip
+
+SHAPES = {
+    "lru": Shape(
+        "lru",
+        50,
+        200,
+        2000,
+        128,
+        _mock(*LATENCY, "--cache-capacity-tokens", str(10 * (2000 + 64))),
+    ),
+    "slots": Shape(
+        "slots",
+        12,
+        32,
+        1000,
+        8,
+        _mock(
+            "--base-ms",
+            "10",
+            "--prefill-ms-per-token",
+            "0.2",
+            "--cached-prefill-ms-per-token",
+            "0.01",
+            "--decode-ms-per-token",
+            "2",
+            "--cache-block-tokens",
+            "16",
+            "--cache-min-prefix-tokens",
+            "256",
+            "--slots",
+            "8",
+            "--seed",
+            "3",
+        ),
+        caps=(1, None),
+        max_tokens=8,
+        config={"min_cacheable_tokens": 256},
+    ),
+    "replicas": Shape(
+        "replicas",
+        16,
+        50,
+        2000,
+        32,
+        _mock(*LATENCY, "--cache-capacity-tokens", str(4 * (2000 + 64)), "--replicas", "4"),
+    ),
+    "llama": Shape(
+        "llama",
+        8,
+        16,
+        900,
+        8,
+        _llama,
+        caps=(1, None),
+        words=tuple(PLAIN),
+        max_tokens=8,
+        model="tiny",
+        config={"min_cacheable_tokens": 256},
+    ),
+}
+
+
+def make_files(shape: Shape, seed: int) -> tuple[Path, Path]:
     rng = random.Random(seed)
-    ctx_path = OUT / f"cache-contexts-{n_ctx}.jsonl"
-    jobs_path = OUT / f"cache-jobs-{n_ctx}x{n_q}.jsonl"
     OUT.mkdir(exist_ok=True)
+    ctx_path = OUT / f"cache-{shape.name}-contexts.jsonl"
+    jobs_path = OUT / f"cache-{shape.name}-jobs.jsonl"
+    words = shape.words
     with ctx_path.open("wb") as fh:
-        for c in range(n_ctx):
-            words: list[str] = [f"Contract {c}."]
-            while sum(len(w) + 1 for w in words) < TOKENS_PER_CONTEXT * 4:
-                words.append(rng.choice(WORDS))
-            fh.write(orjson.dumps({"cache_id": f"contract-{c}", "system": " ".join(words)}) + b"\n")
-    jobs = [(c, q) for c in range(n_ctx) for q in range(n_q)]
+        for c in range(shape.contexts):
+            # A distinct head per context, so contexts share no prefix beyond the template.
+            text = [f"{words[c % len(words)]} {c}."]
+            text += [rng.choice(words) for _ in range(shape.context_words)]
+            fh.write(orjson.dumps({"cache_id": f"doc-{c}", "system": " ".join(text)}) + b"\n")
+    jobs = [(c, q) for c in range(shape.contexts) for q in range(shape.questions)]
     rng.shuffle(jobs)
     with jobs_path.open("wb") as fh:
         for c, q in jobs:
             line = {
                 "id": f"c{c}-q{q}",
-                "cache_id": f"contract-{c}",
-                "query": f"Question {q}: what does clause {q % 17} say about {rng.choice(WORDS)}?",
-                "params": {"max_tokens": 16},
+                "cache_id": f"doc-{c}",
+                "query": f"{q} {rng.choice(words)} {rng.choice(words)} {rng.choice(words)}?",
+                "params": {"max_tokens": shape.max_tokens},
             }
             fh.write(orjson.dumps(line) + b"\n")
     return ctx_path, jobs_path
 
 
-def run(strategy: str, url: str, jobs: Path, ctx: Path, conc: int) -> dict[str, object]:
-    cfg = OUT / "cache-bench.toml"
-    cfg.write_text('[prices."mock-1"]\n' + "".join(f"{k} = {v}\n" for k, v in PRICE.items()))
-    r, s = runner_run(
-        jobs, url, f"cache-{strategy}", "--contexts", str(ctx), "-c", str(cfg),
-        "--cache", strategy, concurrency=conc,
-    )  # fmt: skip
-    s["_process_wall_s"] = r.wall_s
-    return s
+def one_run(shape: Shape, label: str, flags: list[str], ctx: Path, jobs: Path, i: int) -> Run:
+    cfg = OUT / f"cache-{shape.name}.toml"
+    text = "".join(f"{k} = {v}\n" for k, v in shape.config.items())
+    text += f'[prices."{shape.model}"]\n' + "".join(f"{k} = {v}\n" for k, v in PRICE.items())
+    cfg.write_text(text)
+    tag = f"cache-{shape.name}-{label.replace(' ', '_').replace('=', '')}-{i}"
+    with shape.server() as url:
+        _, s = runner_run(
+            jobs, url, tag, "--model", shape.model, "--contexts", str(ctx), "-c", str(cfg),
+            *flags, concurrency=shape.concurrency,
+        )  # fmt: skip
+    return Run(label, s, tag)
 
 
-def best_cached(latency_files: list[Path]) -> tuple[int, int]:
-    """(best possible cached tokens, prompt tokens): every request but each group's first hits.
-
-    A group's cacheable prefix is the largest cached count any of its requests saw in either
-    run (block-aligned by the server), so the bound is measured, not assumed.
-    """
+def best_possible(runs: list[Run]) -> float:
+    """Every request but each group's first served with its group's largest cached prefix."""
     max_cached: dict[str, int] = defaultdict(int)
     count: dict[str, int] = defaultdict(int)
     prompt = 0
-    for i, path in enumerate(latency_files):
-        with path.open("rb") as fh:
+    for i, r in enumerate(runs):
+        with (OUT / f"{r.tag}.latency.jsonl").open("rb") as fh:
             for line in fh:
                 rec = orjson.loads(line)
                 cid = rec["cache_id"]
                 max_cached[cid] = max(max_cached[cid], rec["cached_tokens"] or 0)
                 if i == 0:
                     count[cid] += 1
-                    prompt += rec["prompt_tokens"]
-    return sum((count[c] - 1) * max_cached[c] for c in count), prompt
+                    prompt += rec["prompt_tokens"] or 0
+    return sum((count[c] - 1) * max_cached[c] for c in count) / prompt
+
+
+def bench_shape(shape: Shape, runs: int, seed: int) -> dict[str, Any]:
+    ctx, jobs = make_files(shape, seed)
+    plan: list[tuple[str, list[str]]] = [
+        ("none", ["--cache", "none"]),
+        ("warm", ["--cache", "warm"]),
+        ("adapt", ["--cache", "warm", "--cache-adapt", "--max-active-groups", "64"]),
+    ]
+    for g in GROUPS_SWEEP:
+        for c in shape.caps:
+            label = f"fixed g={g}" + ("" if c is None else f" c={c}")
+            flags = ["--no-cache-adapt", "--max-active-groups", str(g)]
+            if c is not None:
+                flags += ["--group-concurrency", str(c)]
+            plan.append((label, flags))
+    done: list[Run] = []
+    for i in range(runs):
+        for label, flags in plan:
+            r = one_run(shape, label, flags, ctx, jobs, i)
+            done.append(r)
+            print(f"  {shape.name} {i + 1}: {label:<16} cached {r.ratio:.4f} wall {r.wall:.2f} s")
+    best = best_possible(done)
+    swept = max(r.ratio for r in done if r.label.startswith("fixed"))
+    rows = []
+    for r in done:
+        none = next(x for x in done if x.label == "none" and x.tag.endswith(r.tag[-2:]))
+        t = r.summary["tokens"]
+        billed_in = (t["prompt"] - t["cached"]) * PRICE["input"]
+        billed_in += t["cached"] * PRICE["cached_input"]
+        ctl = r.summary.get("cache_control") or {}
+        rows.append(
+            {
+                "label": r.label,
+                "cached_ratio": r.ratio,
+                "of_best_swept": r.ratio / swept if swept else 0.0,
+                "of_best_possible": r.ratio / best if best else 0.0,
+                "input_saving": 1 - billed_in / (t["prompt"] * PRICE["input"]),
+                "wall_s": r.wall,
+                "wall_vs_none": r.wall / none.wall,
+                "groups": ctl.get("active_groups"),
+                "cap": ctl.get("group_concurrency"),
+                "shrinks": (ctl.get("group_shrinks"), ctl.get("cap_shrinks")),
+                "ok": r.summary["jobs"]["ok"],
+            }
+        )
+    print(f"\n{shape.name}: best possible {best:.4f}, best swept {swept:.4f}")
+    hdr = ("run", "cached", "of swept", "of possible", "in. saving", "wall s", "vs none", "learned")
+    print(f"{hdr[0]:<18}" + "".join(f"{h:>12}" for h in hdr[1:]))
+    for row in rows:
+        learned = "" if row["groups"] is None else f"g{row['groups']} c{row['cap']}"
+        print(
+            f"{row['label']:<18}{row['cached_ratio']:>12.4f}{row['of_best_swept']:>12.4f}"
+            f"{row['of_best_possible']:>12.4f}{row['input_saving']:>12.4f}{row['wall_s']:>12.2f}"
+            f"{row['wall_vs_none']:>12.3f}{learned:>12}"
+        )
+    return {"best_possible": best, "best_swept": swept, "runs": rows}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--contexts", type=int, default=50)
-    ap.add_argument("--questions", type=int, default=200)
-    ap.add_argument("--concurrency", type=int, default=128)
+    ap.add_argument("--shapes", default="lru,slots,replicas,llama")
+    ap.add_argument("--runs", type=int, default=1, help="repeat every run this many times")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    ctx, jobs = make_files(args.contexts, args.questions, args.seed)
-    # about 10 contexts (plus their questions' blocks) fit in the server's prefix cache
-    capacity = 10 * (TOKENS_PER_CONTEXT + 64)
-    flags = [
-        "--base-ms",
-        "40",
-        "--prefill-ms-per-token",
-        "0.05",
-        "--cached-prefill-ms-per-token",
-        "0.005",
-        "--decode-ms-per-token",
-        "2",
-        "--cache-block-tokens",
-        str(BLOCK),
-        "--cache-min-prefix-tokens",
-        "1024",
-        "--cache-capacity-tokens",
-        str(capacity),
-        "--cache-ttl-s",
-        "300",
-        "--seed",
-        "3",
-    ]
     results = {}
-    for strategy in ("none", "warm"):
-        with mock_server(*flags) as (url, _pid):  # a fresh, cold server for each strategy
-            results[strategy] = run(strategy, url, jobs, ctx, args.concurrency)
-    best, prompt = best_cached([OUT / "cache-warm.latency.jsonl", OUT / "cache-none.latency.jsonl"])
-    best_ratio = best / prompt
-    rows = []
-    for strategy, s in results.items():
-        tokens = s["tokens"]
-        assert isinstance(tokens, dict)
-        ratio = tokens["cached"] / tokens["prompt"]
-        input_billed = (tokens["prompt"] - tokens["cached"]) * PRICE["input"] + tokens[
-            "cached"
-        ] * PRICE["cached_input"]
-        input_saving = 1 - input_billed / (tokens["prompt"] * PRICE["input"])
-        cost = s["cost"]
-        assert isinstance(cost, dict)
-        rows.append(
-            {
-                "strategy": strategy,
-                "wall_s": s["wall_s"],
-                "req_per_s": s["requests_per_s"],
-                "cached_ratio": ratio,
-                "of_best": ratio / best_ratio,
-                "input_saving": input_saving,
-                "billed_usd": cost["billed"],
-                "uncached_usd": cost["uncached"],
-                "saving": cost["saving"],
-                "ok": s["jobs"]["ok"],  # type: ignore[index]
-            }
-        )
-    print(f"best possible cached-token ratio: {best_ratio:.4f}")
-    hdr = (
-        "strategy",
-        "wall_s",
-        "req/s",
-        "cached",
-        "of best",
-        "input saving",
-        "billed $",
-        "uncached $",
-    )
-    print("".join(f"{h:>14}" for h in hdr))
-    for r in rows:
-        print(
-            f"{r['strategy']:>14}{r['wall_s']:>14.2f}{r['req_per_s']:>14.0f}"
-            f"{r['cached_ratio']:>14.4f}{r['of_best']:>14.4f}{r['input_saving']:>14.4f}"
-            f"{r['billed_usd']:>14.4f}{r['uncached_usd']:>14.4f}"
-        )
-    warm, none = rows[1], rows[0]
-    print(
-        f"warm/none wall ratio {warm['wall_s'] / none['wall_s']:.3f} (<= 1 means warm is no slower)"
-    )
-    (OUT / "cache.json").write_bytes(
-        orjson.dumps({"best_ratio": best_ratio, "runs": rows}, option=orjson.OPT_INDENT_2)
-    )
+    for name in args.shapes.split(","):
+        if name == "llama" and not built():
+            print("llama: skipped, llama-server is not built (make realserver)")
+            continue
+        results[name] = bench_shape(SHAPES[name], args.runs, args.seed)
+    (OUT / "cache.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     return 0
 
 

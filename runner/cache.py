@@ -3,19 +3,23 @@
 A provider caches a prefix only after a request that carries it has been answered (Anthropic:
 once its response begins), so sending a whole group at once makes every request pay for the
 prefix. The ``warm`` strategy sends one *primer* per group, holds the group's *followers* until
-the primer has answered, then releases them all. To keep the provider's bounded prefix cache from
-thrashing, at most ``max_active_groups`` groups are served at a time, most-populated first; a
-group that has drained is closed and the next one opened. Groups keep moving in parallel, so
-priming never serialises the run. The ``none`` strategy dispatches in arrival order.
+the primer has answered, then releases them, at most the per-group cap in flight at once. To
+keep the provider's bounded prefix cache from thrashing, a limited number of groups is served at
+a time, most-populated first; a group that has drained is closed and the next one opened. Groups
+keep moving in parallel, so priming never serialises the run. Both limits are learned from the
+cached tokens the server reports (:mod:`runner.cachectl`), below the configured ceilings. The
+``none`` strategy dispatches in arrival order.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .cachectl import MISS_FRACTION, CacheControl
 from .models import CacheRole, Job, estimate_tokens
 
 __all__ = ["Dispatch", "Scheduler"]
@@ -32,10 +36,14 @@ class Dispatch:
     role: CacheRole
     cache_key: str | None
     group: str | None = None  # the scheduler's group (or per-key sub-group) this belongs to
+    siblings: int = 0  # the group's other requests in flight when this one was released
+    epoch: int = 0  # the cache controller's epoch at release (see runner.cachectl)
+    active: int = 0  # groups active at release
 
 
 class _Group:
     __slots__ = (
+        "family",
         "fixed_key",
         "held",
         "in_flight",
@@ -43,15 +51,22 @@ class _Group:
         "key_count",
         "key_window",
         "primer",
+        "root",
         "state",
+        "subs",
         "warm_at",
     )
 
-    def __init__(self, key: str, fixed_key: str | None = None) -> None:
+    def __init__(self, key: str, fixed_key: str | None = None, root: _Group | None = None) -> None:
         self.key = key
         self.fixed_key = fixed_key  # a per-key sub-group: every job goes with this cache key
         self.held: deque[Job] = deque()
         self.in_flight = 0
+        # A group and its per-key sub-groups share one prefix, so the per-group cap counts
+        # their requests together (``family``, kept on the root).
+        self.root: _Group = root or self
+        self.family = 0
+        self.subs: list[_Group] = []
         self.state = "cold"  # cold -> priming -> warm (-> cold again when the TTL lapses)
         self.primer: Job | None = None
         self.warm_at = 0.0  # when the prefix was last known to be cached
@@ -70,7 +85,11 @@ class Scheduler:
     __slots__ = (
         "_active",
         "_clock",
+        "_ctl",
         "_groups",
+        "_idle_floor",
+        "_key_hits",
+        "_key_misses",
         "_key_rpm",
         "_lookahead",
         "_max_active",
@@ -91,15 +110,23 @@ class Scheduler:
         min_cacheable_tokens: int,
         key_rpm: float | None = None,
         lookahead: int = 1 << 30,
+        max_per_group: int = 1 << 30,
+        adapt: bool = True,
+        concurrency: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._strategy = strategy
         self._lookahead = lookahead
         self._ttl = ttl_s
         self._max_active = max_active_groups
+        self._idle_floor = concurrency  # 0: any idle slot counts as the cap holding back
+        self._ctl = CacheControl(
+            max_groups=max_active_groups, max_per_group=max_per_group, adapt=adapt
+        )
         self._min_tokens = min_cacheable_tokens
         self._key_rpm = key_rpm
         self._use_keys = key_rpm is not None
+        self._key_hits = self._key_misses = 0  # primers of new keys sent alone: warm or cold
         self._clock = clock
         self._ready: deque[Dispatch] = deque()
         self._groups: dict[str, _Group] = {}
@@ -137,12 +164,41 @@ class Scheduler:
             self._open_groups(free_slots)
         if self._ready:
             return self._ready.popleft()
+        if free_slots * 4 > self._idle_floor and self._active:
+            # Idle slots (a quarter of the pipeline, not a passing gap while groups change
+            # over): is the per-group cap what keeps held jobs back?
+            cap = self._ctl.cap
+            groups = self._groups
+            # (A group behind its primer is held back by priming, not by the cap.)
+            self._ctl.cap_starved = any(
+                groups[k].held and groups[k].state == "warm" and groups[k].family >= cap
+                for k in self._active
+            )
         return None
 
     def pending(self, key: str) -> int | None:
         """Jobs of group ``key`` held or in flight; None once the group has closed."""
         g = self._groups.get(key)
         return None if g is None else len(g.held) + g.in_flight
+
+    @property
+    def control(self) -> CacheControl:
+        """The learned limits (read by the summary)."""
+        return self._ctl
+
+    def observe(self, d: Dispatch, prompt_tokens: int, cached: int | None) -> None:
+        """A follower answered: learn from how much of its prefix the server had cached."""
+        if d.role == "none" or cached is None or prompt_tokens <= 0:
+            return
+        job = d.job
+        expected = prompt_tokens * job.prefix_chars / max(1, job.prompt_chars)
+        if d.role == "primer":
+            if d.cache_key is not None and "#" in (d.group or "") and d.siblings == 0:
+                self._learn_keys(cached >= MISS_FRACTION * expected)
+            return
+        self._ctl.observe(
+            cached=cached, expected=expected, siblings=d.siblings, epoch=d.epoch, active=d.active
+        )
 
     @property
     def held(self) -> int:
@@ -173,14 +229,43 @@ class Scheduler:
         if g is None:
             return
         g.in_flight -= 1
+        root = g.root
+        root.family -= 1
         if g.state == "warm":
             g.warm_at = self._clock()  # a hit refreshes the provider's TTL
+        if root.held and len(self._active) > self._ctl.groups and root.key in self._active:
+            # The learned limit shrank below the groups open: this one stops sending and, once
+            # idle, waits (still warm) until a place opens again.
+            if root.family <= 0:
+                # Idle: its per-key sub-groups fold back into it (their keys are primed anew
+                # when it reopens), so nothing is left held where no answer will wake it.
+                for sub in root.subs:
+                    root.held.extend(sub.held)
+                    self._groups.pop(sub.key, None)
+                root.subs.clear()
+                self._active.discard(root.key)
+                self._waiting[root.key] = None
+                root.state = "cold"  # its prefix may be gone when it reopens: prime it again
+            return
+        # The per-group cap freed a place: the group, or one of its per-key sub-groups, goes on.
+        for member in (root, *root.subs):
+            if member.held and root.family < self._ctl.cap and member.primer is None:
+                self._serve(member)
         if g.in_flight <= 0 and not g.held and g.primer is None:
             g.in_flight = 0
-            self._active.discard(key)
-            # A group that reappears later starts cold: the provider may have evicted the prefix
-            # in the meantime, and one primer costs far less than a stampede of misses.
-            del self._groups[key]
+            if g is not root and g in root.subs:
+                root.subs.remove(g)
+            self._close(g)
+            # The last sub-group of a drained group closes the group too (it holds a place).
+            if g is not root and not root.subs and root.in_flight <= 0 and not root.held:
+                if root.primer is None and self._groups.get(root.key) is root:
+                    self._close(root)
+
+    def _close(self, g: _Group) -> None:
+        self._active.discard(g.key)
+        # A group that reappears later starts cold: the provider may have evicted the prefix
+        # in the meantime, and one primer costs far less than a stampede of misses.
+        del self._groups[g.key]
 
     # -- internals -------------------------------------------------------------------------
 
@@ -197,12 +282,23 @@ class Scheduler:
         primer is pending.
         """
         ready = self._ready
+        ctl = self._ctl
+        ctl.groups_starved = False
         while self._waiting:
             priming = [self._groups[k] for k in self._active if self._groups[k].primer]
-            if len(ready) + sum(len(g.held) for g in priming) >= self._lookahead:
+            cap = ctl.cap  # a primed group releases at most this many at once
+            if len(ready) + sum(min(len(g.held), cap) for g in priming) >= self._lookahead:
                 return
-            if len(self._active) >= self._max_active and (priming or free_slots <= len(ready)):
-                return
+            if len(self._active) >= ctl.groups:
+                # Beyond the limit only when slots would sit idle: no primer pending, and the
+                # open groups have nothing more they may send.
+                if priming or free_slots <= len(ready):
+                    return
+                if any(self._groups[k].held for k in self._active):
+                    return
+                if not ctl.may_exceed:
+                    ctl.groups_starved = True
+                    return
             key = self._pick_waiting()
             self._active.add(key)
             self._serve(self._groups[key])
@@ -220,42 +316,73 @@ class Scheduler:
         else:
             self._prime(g)
 
-    def _prime(self, g: _Group) -> None:
-        if g.primer is not None or not g.held:
-            return
+    def _prime(self, g: _Group) -> bool:
+        root = g.root
+        if g.primer is not None or not g.held or (g is not root and root.family >= self._ctl.cap):
+            return False
         job = self._shortest(g.held)
         g.primer = job
         g.state = "priming"
         g.in_flight += 1
         key = g.fixed_key if g.fixed_key is not None else self._base_key(g)
-        self._ready.append(Dispatch(job, "primer", key, g.key))
+        self._ready.append(Dispatch(job, "primer", key, g.key, root.family, self._ctl.epoch, 0))
+        root.family += 1
+        return True
 
     def _release(self, g: _Group) -> None:
         held = g.held
         ready = self._ready
+        ctl = self._ctl
+        cap, epoch, active = ctl.cap, ctl.epoch, len(self._active)
+        root = g.root
         if g.fixed_key is not None or not self._use_keys:
-            g.in_flight += len(held)
-            while held:
-                ready.append(Dispatch(held.popleft(), "follower", g.fixed_key, g.key))
+            while held and root.family < cap:
+                d = Dispatch(
+                    held.popleft(), "follower", g.fixed_key, g.key, root.family, epoch, active
+                )
+                g.in_flight += 1
+                root.family += 1
+                ready.append(d)
             return
-        while held:
+        while held and root.family < cap:
             job = held.popleft()
             n = self._next_key_index(g)
             if n == 0:
+                ready.append(
+                    Dispatch(job, "follower", self._base_key(g), g.key, root.family, epoch, active)
+                )
                 g.in_flight += 1
-                ready.append(Dispatch(job, "follower", self._base_key(g), g.key))
-            else:
-                self._to_subgroup(g, n, job)
+                root.family += 1
+            elif not self._to_subgroup(g, n, job):
+                return  # the sub-group waits for a place under the cap
 
-    def _to_subgroup(self, g: _Group, n: int, job: Job) -> None:
+    def _to_subgroup(self, g: _Group, n: int, job: Job) -> bool:
         """Past ``key_rpm`` a group moves to suffixed keys, which the provider may route to
-        another machine with a cold cache: each key is primed like a group of its own."""
+        another machine with a cold cache: each key is primed like a group of its own.
+        False when the cap keeps it back (nothing sent, no primer out to wait behind)."""
         sk = f"{g.key}#{n}"
         sub = self._groups.get(sk)
+        root = g.root
         if sub is None:
-            sub = self._groups[sk] = _Group(sk, fixed_key=f"{self._base_key(g)}-{n}")
+            sub = self._groups[sk] = _Group(sk, fixed_key=f"{self._base_key(g)}-{n}", root=root)
+            root.subs.append(sub)
         sub.held.append(job)
+        before = root.family
         self._serve(sub)
+        return root.family > before or sub.primer is not None
+
+    def _learn_keys(self, warm: bool) -> None:
+        """A new key's primer, sent while nothing else of its group was in flight, came back.
+
+        Warm means the server does not route by key (a self-hosted server, one cache for all
+        keys): spreading a group over keys then only costs extra primers, so it stops.
+        """
+        if warm:
+            self._key_hits += 1
+        else:
+            self._key_misses += 1
+        if self._key_hits >= 2 and self._key_hits >= 2 * self._key_misses:
+            self._key_rpm = math.inf
 
     @staticmethod
     def _shortest(held: deque[Job]) -> Job:

@@ -135,7 +135,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-active-groups",
         type=int,
-        help=f"cache groups open at once (default: {d.max_active_groups})",
+        help=f"ceiling on cache groups open at once; the limit is learned "
+        f"(default: {d.max_active_groups})",
+    )
+    p.add_argument(
+        "--group-concurrency",
+        type=int,
+        help="ceiling on one cache group's requests in flight (default: the concurrency)",
+    )
+    p.add_argument(
+        "--cache-adapt",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="learn both cache limits from the server's cached tokens; --no-cache-adapt fixes "
+        "them at their ceilings (default: on)",
     )
     p.add_argument(
         "--order",

@@ -32,7 +32,7 @@ DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_CACHE_TTL_S = 300.0
-DEFAULT_MAX_ACTIVE_GROUPS = 8
+DEFAULT_MAX_ACTIVE_GROUPS = 8  # with cache_adapt: the ceiling of the learned limit
 DEFAULT_KEY_RPM = 15.0
 DEFAULT_READ_AHEAD = 16384
 DEFAULT_DRAIN_S = 30.0
@@ -84,6 +84,8 @@ class RunConfig:
     cache: CacheStrategy = "warm"
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S
     max_active_groups: int = DEFAULT_MAX_ACTIVE_GROUPS
+    group_concurrency: int | None = None  # ceiling on one group's requests in flight
+    cache_adapt: bool = False  # learn both limits from cached_tokens (--cache-adapt); see README
     key_rpm: float = DEFAULT_KEY_RPM  # spread a group over suffixed prompt_cache_keys above this
     prompt_cache_retention: str | None = None
     min_cacheable_tokens: int | None = None  # None: the provider's (providers/capabilities.py)
@@ -166,6 +168,8 @@ class RunConfig:
             )
         if self.max_active_groups < 1 or self.read_ahead < 1:
             raise ConfigError("max_active_groups and read_ahead must be >= 1")
+        if self.group_concurrency is not None and self.group_concurrency < 1:
+            raise ConfigError(f"group_concurrency must be >= 1, got {self.group_concurrency}")
         _check_operations(self)
         self._check_scaling()
         self._check_batch()
@@ -367,7 +371,15 @@ def _parse_prices(raw: Any, where: str) -> dict[str, Price]:
     return out
 
 
-_CACHE_KEYS = ("strategy", "ttl_s", "max_active_groups", "key_rpm", "min_cacheable_tokens")
+_CACHE_KEYS = (
+    "strategy",
+    "ttl_s",
+    "max_active_groups",
+    "group_concurrency",
+    "adapt",
+    "key_rpm",
+    "min_cacheable_tokens",
+)
 
 
 def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunConfig:
@@ -377,7 +389,9 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
         if key == "cache" and isinstance(value, dict):
             # [cache] strategy/ttl_s/max_active_groups/key_rpm/... as a table
             for ck, cv in value.items():
-                name = {"strategy": "cache", "ttl_s": "cache_ttl_s"}.get(ck, ck)
+                name = {"strategy": "cache", "ttl_s": "cache_ttl_s", "adapt": "cache_adapt"}.get(
+                    ck, ck
+                )
                 if name not in _FIELD_NAMES:
                     raise ConfigError(
                         f"{where}: unknown key cache.{ck}{did_you_mean(ck, _CACHE_KEYS)}"

@@ -162,6 +162,9 @@ class Engine:
             max_active_groups=config.max_active_groups,
             min_cacheable_tokens=self.budget.min_cacheable_tokens,
             lookahead=2 * config.concurrency,
+            max_per_group=config.group_concurrency or config.concurrency,
+            adapt=config.cache_adapt,
+            concurrency=config.concurrency,
             key_rpm=config.key_rpm if config.cache == "warm" and caps.spreads_cache_keys else None,
         )
         self._clock = clock
@@ -226,6 +229,8 @@ class Engine:
         )
         summary["stopped"] = self._stop_reason
         summary["not_sent"] = max(0, self.stats.read - self.stats.done)
+        if self.config.cache == "warm":
+            summary["cache_control"] = self.scheduler.control.summary()
         if self._guard is not None:
             summary["guard"] = {"code": self._guard.code, "message": str(self._guard)}
         return RunOutcome(summary, self._exit_code(), self._stop_reason)
@@ -430,6 +435,8 @@ class Engine:
                     await self._sleep(self.policy.delay(err, attempts))
                 finally:
                     parked.discard(me)
+            if a.usage is not None and a.error is None:
+                self.scheduler.observe(d, a.usage.prompt_tokens, a.usage.cached_tokens)
             self._finish(job, role, a, attempts, t_admit, t_start, limiter_s)
             return True
         except _Abandon:

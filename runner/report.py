@@ -631,6 +631,9 @@ def render_html(runs: Sequence[Run]) -> str:
             "chart-inflight", "In-flight requests", runs, labels, "in_flight", "requests"
         ),
         _series_chart(
+            "chart-groups", "Active cache groups", runs, labels, "active_groups", "groups"
+        ),
+        _series_chart(
             "chart-cache",
             "Cache hit ratio",
             runs,
@@ -728,6 +731,18 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
                     f"saving net {cost['saving_net'] * 100:.1f}%",
                 )
             )
+    ctl = summary.get("cache_control")
+    if ctl and ctl["adaptive"]:  # fixed limits are what the user set: nothing to report
+        ratio = ctl["follower_hit_ratio"]
+        head.append(
+            (
+                "cache ctl",
+                f"{ctl['active_groups']} groups x {ctl['group_concurrency']} in flight each"
+                f"{' (learned)' if ctl['adaptive'] else ''}, shrinks {ctl['group_shrinks']} "
+                f"groups / {ctl['cap_shrinks']} cap, follower hits "
+                + ("-" if ratio is None else f"{ratio * 100:.1f}%"),
+            )
+        )
     width = max(len(k) for k, _ in head)
     indent = " " * (width + 2)
     lines = [title]

@@ -653,6 +653,10 @@ class Timeline:
     _lo: int = field(default=0, init=False)
     _hi: int = field(default=0, init=False)
     _start: float = field(default=math.inf, init=False)
+    # cache group -> [first start, last end], relative to the anchor (None past MAX_GROUPS)
+    _groups: dict[str, list[float]] | None = field(default_factory=dict, init=False)
+
+    MAX_GROUPS = 100_000  # beyond this many cache groups the active-groups series is dropped
 
     def __post_init__(self) -> None:
         self.width = self.initial_width_s
@@ -661,8 +665,10 @@ class Timeline:
         if isinstance(rec, LatencyRecord):
             started, ended, queued = rec.started_at, rec.ended_at, rec.queued_at
             ok, prompt, cached = rec.outcome == "ok", rec.prompt_tokens, rec.cached_tokens or 0
+            group = rec.cache_id
         else:
             g = rec.get
+            group = g("cache_id")
             started, ended, queued = g("started_at"), g("ended_at") or 0.0, g("queued_at") or 0.0
             ok, prompt, cached = (
                 g("outcome", "ok") == "ok",
@@ -688,6 +694,17 @@ class Timeline:
             b = self._bin(s)
             b.started += 1
             b.start_sum += s
+            groups = self._groups
+            if group is not None and groups is not None:
+                span = groups.get(group)
+                if span is None:
+                    if len(groups) >= self.MAX_GROUPS:
+                        self._groups = None
+                    else:
+                        groups[group] = [s, e]
+                else:
+                    span[0] = min(span[0], s)
+                    span[1] = max(span[1], e)
 
     def _bin(self, t: float) -> _Bin:
         i = _floor(t / self.width)
@@ -723,15 +740,23 @@ class Timeline:
         """Equal-width series from the run's first ``queued_at``: ``t_s`` (bin start, seconds
         since the run began), ``completed_per_s``, ``failed_per_s``, ``in_flight`` (time-average
         of requests between ``started_at`` and ``ended_at``) and ``cache_hit_ratio`` (cached /
-        prompt tokens of the requests that ended in the bin; None where no prompt tokens)."""
-        out: dict[str, list[Any]] = {
-            k: []
-            for k in ("t_s", "completed_per_s", "failed_per_s", "in_flight", "cache_hit_ratio")
-        }
+        prompt tokens of the requests that ended in the bin; None where no prompt tokens) and
+        ``active_groups`` (time-average of cache groups between their first request's start and
+        their last request's end; None past ``MAX_GROUPS`` groups)."""
+        keys = ("t_s", "completed_per_s", "failed_per_s", "in_flight", "cache_hit_ratio")
+        out: dict[str, list[Any]] = {k: [] for k in (*keys, "active_groups")}
         if not self._bins:
             return out
         w = self.width
+        # Group spans as start/end events per bin, integrated like the in-flight count.
+        spans: dict[int, list[float]] = {}  # bin -> [starts, start_sum, ends, end_sum]
+        for s, e in (self._groups or {}).values():
+            for t, k in ((s, 0), (e, 2)):
+                ev = spans.setdefault(_floor(t / w), [0.0, 0.0, 0.0, 0.0])
+                ev[k] += 1
+                ev[k + 1] += t
         level = 0  # requests in flight at the start of the current bin
+        glevel = 0.0  # groups active at the start of the current bin
         for i in range(self._lo, self._hi + 1):
             b = self._bins.get(i) or _Bin()
             t0, t1 = i * w, (i + 1) * w
@@ -743,4 +768,11 @@ class Timeline:
             out["failed_per_s"].append(b.failed / w)
             out["in_flight"].append(max(area / w, 0.0))
             out["cache_hit_ratio"].append(b.cached / b.prompt if b.prompt else None)
+            if self._groups is None:
+                out["active_groups"].append(None)
+                continue
+            gs, gss, ge, ges = spans.get(i) or (0.0, 0.0, 0.0, 0.0)
+            garea = glevel * w + (gs * t1 - gss) - (ge * t1 - ges)
+            glevel += gs - ge
+            out["active_groups"].append(max(garea / w, 0.0))
         return out

@@ -38,6 +38,8 @@ def sched(strategy: str = "warm", clock: Clock | None = None, **kw: object) -> S
         "max_active_groups": 2,
         "min_cacheable_tokens": 1024,
         "clock": clock or Clock(),
+        # The fan-out policy with fixed limits; the learned limits are tested in test_cachectl.py.
+        "adapt": False,
     }
     args.update(kw)
     return Scheduler(**args)  # type: ignore[arg-type]

@@ -175,7 +175,7 @@ def test_html_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert run(FIXTURE, "--compare", FIXTURE, "--html", out, *PRICES) == 0
     page = out.read_text()
     assert "http://" not in page and "https://" not in page and "<script" not in page
-    for chart in ("latency", "ttft", "cdf", "throughput", "inflight", "cache", "cost"):
+    for chart in ("latency", "ttft", "cdf", "throughput", "inflight", "groups", "cache", "cost"):
         assert f'id="chart-{chart}"' in page
     assert run(FIXTURE, "--html", tmp_path / "no-such-dir" / "r.html") == 2
 

@@ -324,6 +324,28 @@ def test_timeline_in_flight_throughput_and_cache() -> None:
     assert s["cache_hit_ratio"] == [None, None, 0.5]
 
 
+def test_timeline_active_groups_span_first_start_to_last_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t = Timeline(initial_width_s=0.5)
+    base = 1_700_000_000.0
+    for cid, group, start, end in (
+        ("a1", "g1", 0.0, 0.5),
+        ("a2", "g1", 0.75, 1.25),  # g1: [0, 1.25), with a gap that still counts as active
+        ("b1", "g2", 0.5, 1.0),  # g2: [0.5, 1.0)
+        ("n1", None, 0.0, 1.4),  # no group: in flight, not a group
+    ):
+        t.add({"custom_id": cid, "cache_id": group, "queued_at": base,
+               "started_at": base + start, "ended_at": base + end})  # fmt: skip
+    s = t.series()
+    assert s["t_s"] == [0.0, 0.5, 1.0]
+    assert s["active_groups"] == pytest.approx([1.0, 2.0, 0.5])
+    monkeypatch.setattr(Timeline, "MAX_GROUPS", 2)  # past the bound: dropped, memory bounded
+    t.add({"custom_id": "c1", "cache_id": "g3", "queued_at": base, "started_at": base,
+           "ended_at": base + 0.1})  # fmt: skip
+    assert t.series()["active_groups"] == [None, None, None]
+
+
 def test_timeline_stays_bounded_and_keeps_counts() -> None:
     t = Timeline(max_bins=300)
     base = 1_700_000_000.0

@@ -41,6 +41,7 @@ _HELP = {
     "cache_ttl_s": "idle lifetime of an OpenAI cache entry, refreshed on hit",
     "replicas": "OpenAI: simulated machines, each with its own cache",
     "key_rpm": "OpenAI: requests/min per routing key before traffic overflows",
+    "slots": "OpenAI: llama.cpp-like server slots, each keeping its last prompt (0: LRU cache)",
     "report_cache_write": "OpenAI: report prompt_tokens_details.cache_write_tokens",
     "gemini_min_cache_tokens": "Gemini: smallest cachedContents the server accepts",
     "gemini_implicit_cache": "Gemini: cache prefixes of plain requests implicitly",

@@ -73,6 +73,7 @@ class MockConfig:
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S
     replicas: int = 1  # OpenAI only: simulated machines, each with its own cache
     key_rpm: float = DEFAULT_KEY_RPM  # per routing key, above it traffic overflows
+    slots: int = 0  # OpenAI only: llama.cpp-like per-slot cache instead of the LRU (0: off)
     report_cache_write: bool = False  # OpenAI: add prompt_tokens_details.cache_write_tokens
     # Gemini (/v1beta): explicit cachedContents and implicit caching
     gemini_min_cache_tokens: int = 1024  # smallest cachedContents accepted (2.5 Flash; Pro 4096)
@@ -131,8 +132,8 @@ class MockConfig:
             raise ValueError("default_max_tokens must be >= 1")
         if self.cache_block_tokens < 1 or self.replicas < 1:
             raise ValueError("cache_block_tokens and replicas must be >= 1")
-        if self.cache_min_prefix_tokens < 0 or self.cache_capacity_tokens < 0:
-            raise ValueError("cache_min_prefix_tokens and cache_capacity_tokens must be >= 0")
+        if min(self.cache_min_prefix_tokens, self.cache_capacity_tokens, self.slots) < 0:
+            raise ValueError("cache_min_prefix_tokens, cache_capacity_tokens, slots must be >= 0")
         if self.key_rpm <= 0:
             raise ValueError(f"key_rpm must be > 0, got {self.key_rpm}")
         for name in ("rpm", "tpm", "output_tpm"):

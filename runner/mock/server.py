@@ -20,6 +20,7 @@ Routes (the base URL given to clients ends in ``/v1``)::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import math
 import os
@@ -39,6 +40,7 @@ from .cache import Boundary, PrefixCache, ReplicaRouter, anthropic_boundaries, b
 from .config import FAULT_KINDS, MockConfig
 from .gemini import GeminiAPI
 from .limits import Bucket, go_duration, rfc3339_after
+from .slots import SlotPool
 from .tokenizer import anthropic_text, count_tokens, openai_text
 from .wire import (
     ANTHROPIC_STATUS_ERRORS,
@@ -55,6 +57,8 @@ __all__ = ["MockServer", "latency_s", "serve"]
 _JSON = "application/json"
 _SSE = "text/event-stream; charset=utf-8"
 _SHUTDOWN_GRACE_S = 0.5
+# The --slots slot the current request holds (each request is handled in a task of its own).
+_SLOT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("slot")
 
 
 class _Stats:
@@ -139,6 +143,7 @@ class MockServer:
         self._zero = cfg.latency == "zero"
         self._caches = [PrefixCache(cfg.cache_capacity_tokens) for _ in range(cfg.replicas)]
         self._router = ReplicaRouter(cfg.replicas, cfg.key_rpm) if cfg.replicas > 1 else None
+        self._slots = SlotPool(cfg.slots) if cfg.slots else None  # llama.cpp-like, OpenAI only
         self._faults = [(k, r) for k, r in cfg.fault_rates().items() if r > 0]
         self._auth = cfg.api_key is not None or cfg.require_api_key
         now = self._clock()
@@ -206,6 +211,8 @@ class MockServer:
         if clear_cache:
             for c in self._caches:
                 c.clear()
+            if self._slots is not None:
+                self._slots.clear()
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -216,6 +223,8 @@ class MockServer:
             return await self._gemini.handle(request, path, query)
         if method == "POST":
             if path == "/v1/chat/completions":
+                if self._slots is not None:
+                    return await self._slotted(request)
                 return await self._chat(request, anthropic=False)
             if path == "/v1/messages":
                 return await self._chat(request, anthropic=True)
@@ -308,6 +317,8 @@ class MockServer:
                 self._stats.faults[reply.fault] += 1
                 if early := await self._early_fault(request, reply.fault, anthropic, headers):
                     return early
+        if self._slots is not None and not anthropic:
+            await self._take_slot(reply)
         self._timing(reply)
         s = self._stats
         s.prompt_tokens += reply.prompt_tokens
@@ -361,6 +372,9 @@ class MockServer:
             bounds = block_boundaries(model, text, cfg.cache_block_tokens, ttl)
             now = self._clock()
             replica = 0
+            if self._slots is not None:
+                reply.pending = bounds  # matched against the slots once one is free
+                return reply, text
             if self._router is not None:
                 key = data.get("prompt_cache_key")
                 replica = self._router.route(text, key if isinstance(key, str) else None, now)
@@ -605,6 +619,28 @@ class MockServer:
             _abort(request)
             return web.Response()
         return None
+
+    # -- per-slot cache (--slots) ----------------------------------------------------------
+
+    async def _slotted(self, request: BaseRequest) -> web.StreamResponse:
+        held: list[int] = []
+        _SLOT.set(held)
+        try:
+            return await self._chat(request, anthropic=False)
+        finally:
+            if held and self._slots is not None:
+                self._slots.release(held[0])
+
+    async def _take_slot(self, reply: _Reply) -> None:
+        """Wait for a slot; what it held of this prompt is cached, the rest is written."""
+        assert self._slots is not None
+        bounds = reply.pending
+        slot, hits = await self._slots.acquire([b[0] for b in bounds])
+        _SLOT.get().append(slot)
+        cached = bounds[hits - 1][1] if hits else 0
+        reply.cached = cached if cached >= self.config.cache_min_prefix_tokens else 0
+        reply.write_5m = sum(b[2] for b in bounds[hits:])
+        reply.pending = []
 
     # -- replies ---------------------------------------------------------------------------
 

@@ -1,0 +1,119 @@
+"""End to end: default ``--cache warm`` learns the simulated server's cache shape over loopback."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runner.api import run
+from runner.config import RunConfig
+from runner.mock import MockConfig, serve
+
+WORDS = "supplier customer indemnify liability warranty notice breach remedy damages".split()
+
+
+def write_jobs(tmp: Path, groups: int, questions: int, words: int = 800) -> Path:
+    rng = random.Random(5)
+    with (tmp / "contexts.jsonl").open("wb") as fh:
+        for c in range(groups):
+            text = " ".join([f"Contract {c}.", *(rng.choice(WORDS) for _ in range(words))])
+            fh.write(orjson.dumps({"cache_id": f"doc{c}", "system": text}) + b"\n")
+    jobs = [(c, q) for c in range(groups) for q in range(questions)]
+    rng.shuffle(jobs)
+    path = tmp / "jobs.jsonl"
+    with path.open("wb") as fh:
+        for c, q in jobs:
+            line = {"id": f"c{c}-q{q}", "cache_id": f"doc{c}", "query": f"question {q}?"}
+            line["params"] = {"max_tokens": 4}  # type: ignore[assignment]
+            fh.write(orjson.dumps(line) + b"\n")
+    return path
+
+
+def config(tmp: Path, url: str, **kw: Any) -> RunConfig:
+    base: dict[str, Any] = {
+        "provider": "openai",
+        "base_url": url,
+        "model": "mock-1",
+        "progress": "off",
+        "resume": False,
+        "min_cacheable_tokens": 256,
+        "cache_adapt": True,  # the learning is opt-in (README "How caching is scheduled")
+        "max_active_groups": 64,  # its ceiling
+        "output": tmp / "r.jsonl",
+        "latency": tmp / "l.jsonl",
+        "summary": tmp / "s.json",
+        "contexts": tmp / "contexts.jsonl",
+    }
+    base.update(kw)
+    return RunConfig(**base)
+
+
+SLOT_MOCK = dict(
+    slots=8,
+    base_ms=5,
+    prefill_ms_per_token=0.05,
+    cached_prefill_ms_per_token=0.0,
+    decode_ms_per_token=0.5,
+    cache_block_tokens=16,
+    cache_min_prefix_tokens=256,
+    seed=1,
+)
+
+
+async def test_per_slot_server_gets_one_group_per_slot(tmp_path: Path) -> None:
+    """llama.cpp-like: 8 slots, 8 groups, concurrency 8. Fanning a group out sends its
+    followers to cold slots; the controller must learn one request per group in flight."""
+    jobs = write_jobs(tmp_path, groups=8, questions=12)
+    async with serve(MockConfig(**SLOT_MOCK)) as url:  # type: ignore[arg-type]
+        out = await run(jobs, config(tmp_path, url, concurrency=8))
+        fixed = await run(
+            jobs,
+            config(tmp_path, url, concurrency=8, cache_adapt=False, output=tmp_path / "f.jsonl",
+                   latency=tmp_path / "fl.jsonl", summary=tmp_path / "fs.json"),
+        )  # fmt: skip
+    assert out.exit_code == 0 and fixed.exit_code == 0
+    ctl = out.summary["cache_control"]
+    # One request per group in flight (the tail, with slots to spare, may probe one more).
+    assert ctl["group_concurrency"] <= 2
+    # Only each group's first request misses: 8 of 96 requests.
+    assert out.summary["cache_hit_ratio"] >= 0.85, out.summary
+    assert ctl["follower_hit_ratio"] >= 0.95
+    # The old fixed fan-out on the same server, for contrast: the shape is what the test says.
+    assert fixed.summary["cache_hit_ratio"] < out.summary["cache_hit_ratio"] - 0.1
+
+
+async def test_lru_server_learns_a_working_set_that_fits(tmp_path: Path) -> None:
+    """vLLM-like global LRU holding about 3 of 12 contexts, concurrency 24: the active groups
+    shrink to what fits, and a group's followers still fan out (the cap grows)."""
+    jobs = write_jobs(tmp_path, groups=12, questions=16)
+    prefix_tokens = 800 * 10 // 4  # about 10 characters a word, 4 a token
+    mock = MockConfig(
+        base_ms=5,
+        prefill_ms_per_token=0.02,
+        cached_prefill_ms_per_token=0.0,
+        decode_ms_per_token=0.5,
+        cache_block_tokens=16,
+        cache_min_prefix_tokens=256,
+        cache_capacity_tokens=3 * prefix_tokens,
+        seed=2,
+    )
+    async with serve(mock) as url:
+        out = await run(jobs, config(tmp_path, url, concurrency=24))
+    async with serve(mock) as url:  # the old fixed default (8 groups) on a fresh server
+        fixed = await run(
+            jobs,
+            config(tmp_path, url, concurrency=24, cache_adapt=False, max_active_groups=8,
+                   output=tmp_path / "f.jsonl", latency=tmp_path / "fl.jsonl",
+                   summary=tmp_path / "fs.json"),
+        )  # fmt: skip
+    assert out.exit_code == 0 and fixed.exit_code == 0
+    ctl = out.summary["cache_control"]
+    assert ctl["group_shrinks"] >= 1 and ctl["active_groups"] <= 4
+    assert ctl["group_concurrency"] >= 1
+    # Learning costs misses on a run this short: the ratio is about the old fixed default's
+    # (measured 0.70-0.75 vs 0.70-0.78 over three runs), not better; see bench_cache.py.
+    learned, old = out.summary["cache_hit_ratio"], fixed.summary["cache_hit_ratio"]
+    assert learned >= 0.6 and learned >= old - 0.15, (learned, old, ctl)
