@@ -217,6 +217,22 @@ class RunConfig:
         if self.via == "batch" and (self.shard is not None or self.workers > 1):
             # One process owns the batch journal; the provider parallelises a batch itself.
             raise ConfigError("--via batch runs as one process: drop --shard / --workers")
+        watched = [
+            flag
+            for flag, value in (
+                ("--metrics-port", self.metrics_port),
+                ("--metrics-textfile", self.metrics_textfile),
+                ("--pushgateway", self.pushgateway),
+                ("--otel-endpoint", self.otel_endpoint),
+            )
+            if value is not None
+        ]
+        if self.via == "batch" and watched:
+            # The batch engine has no observer: refuse rather than leave an alert without data.
+            raise ConfigError(
+                f"{', '.join(watched)}: metrics are not exported by --via batch runs; "
+                "read the summary (or runner status) instead"
+            )
         if self.batch_max_attempts < 1:
             raise ConfigError(f"batch_max_attempts must be >= 1, got {self.batch_max_attempts}")
 

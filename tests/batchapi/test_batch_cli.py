@@ -51,6 +51,9 @@ def test_validate_via_batch_estimates_batch_next_to_direct(
         (["--order", "input"], "order 'input' does not apply"),
         (["--max-cost", "1"], "max_cost cannot stop a provider batch"),
         (["--poll-interval", "0"], "poll_interval must be > 0"),
+        (["--metrics-textfile", "m.prom"], "--metrics-textfile: metrics are not exported"),
+        (["--metrics-port", "0"], "--metrics-port: metrics are not exported"),
+        (["--pushgateway", "http://127.0.0.1:9"], "--pushgateway: metrics are not exported"),
         (
             ["--provider", "gemini", "--base-url", "http://127.0.0.1:9"],
             "--via batch speaks the OpenAI and Anthropic batch APIs",
