@@ -137,8 +137,14 @@ def merge(
     price: Any = None,
     partial: bool = False,
     force: bool = False,
+    paths: tuple[Path, Path] | None = None,
 ) -> MergeReport:
-    """Merge the shard outputs ``parts`` into ``out`` (see the module docstring)."""
+    """Merge the shard outputs ``parts`` into ``out`` (see the module docstring).
+
+    :param paths: the merged latency and summary files (default: beside ``out``, as
+        :func:`merged_paths` names them); ``--workers`` passes the run's own ``--latency`` and
+        ``--summary``.
+    """
     loaded, count, first = _load_parts(parts)
     present = {p.index for p in loaded}
     missing = tuple(i for i in range(count) if i not in present)
@@ -154,6 +160,8 @@ def merge(
             )
         raise ConfigError("merge: " + "; ".join(problems) + " (--partial merges what is there)")
     results, latency, summary_path = merged_paths(out)
+    if paths is not None:
+        latency, summary_path = paths
     marker = out.with_name(out.name + MERGED_SUFFIX)
     if out.exists() and out.stat().st_size > 0 and not force:
         ok = False

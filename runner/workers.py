@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .config import RunConfig
@@ -69,14 +70,21 @@ def run_workers(jobs: Path, config: RunConfig, argv: Sequence[str]) -> int:
     n = config.workers
     if config.shard is not None or config.shard_count is not None:
         raise ConfigError("--workers starts its own shards: drop --shard/--shard-count")
-    results, _, summary_path = default_paths(jobs, config)
+    to_stdout = config.summary is not None and str(config.summary) == "-"
+    # With --summary -, each worker still writes its summary file (the merge reads it to know
+    # the shard finished); the merged summary goes to a file and to standard output.
+    results, latency, summary_path = default_paths(
+        jobs, replace(config, summary=None) if to_stdout else config
+    )
     marker = results.with_name(results.name + MERGED_SUFFIX)
     if config.resume and results.exists() and results.stat().st_size and not marker.exists():
         raise ConfigError(
             f"{results}: holds the results of a run without --workers; --workers merges its "
             "shards into that file: write elsewhere with -o, or run without --workers to resume"
         )
-    extra: list[str] = []
+    extra: list[str] = ["--summary", str(summary_path)] if to_stdout else []
+    if config.log_format == "text":
+        extra.append("--quiet")  # one summary table (the merged one), not one per worker
     if not config.redis_url:
         extra += ["--limit-file", str(results.with_name(results.name + ".limits.json"))]
     specs = [ShardSpec(k, n) for k in range(n)]
@@ -92,9 +100,27 @@ def run_workers(jobs: Path, config: RunConfig, argv: Sequence[str]) -> int:
         if code in (130, 143):
             print("runner: run the same command again to resume", file=sys.stderr)
         return code
-    rep = merge(results, [shard_path(results, s) for s in specs], price=config.price())
-    print(render_summary(rep.summary, title=f"run summary ({n} workers)"), file=sys.stderr)
-    print(f"runner: merged {n} worker shards into {results} and {summary_path}", file=sys.stderr)
+    rep = merge(
+        results,
+        [shard_path(results, s) for s in specs],
+        price=config.price(),
+        paths=(latency, summary_path),
+    )
+    if to_stdout:
+        from .observe import write_summary_to
+
+        write_summary_to(Path("-"), rep.summary)
+    if config.log_format == "json":
+        from .logs import EventLog
+
+        log = EventLog(sys.stderr, quiet=config.quiet)
+        log.emit("merged", workers=n, results=str(results), summary=str(summary_path))
+        log.close()
+    elif not config.quiet:
+        print(render_summary(rep.summary, title=f"run summary ({n} workers)"), file=sys.stderr)
+        print(
+            f"runner: merged {n} worker shards into {results} and {summary_path}", file=sys.stderr
+        )
     return 1 if rep.summary["jobs"]["failed"] else code
 
 

@@ -280,3 +280,38 @@ def test_a_bad_redis_url_is_refused_before_any_output_is_touched(tmp_path: Path)
     assert main([*args, "--redis-url", "http://nope"]) == 2
     assert main([*args, "--redis-policy", "fail_closed", "--lease-s", "0"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx.jsonl", "jobs.jsonl"]
+
+
+def test_workers_honour_summary_stdout_custom_paths_and_json_logs(tmp_path: Path) -> None:
+    # Found by QA: `--summary -` left files named `-.shard-K-of-N` in the working directory and
+    # printed nothing; a custom --latency/--summary was ignored by the merge; JSON logs got the
+    # merged text table among them; every worker printed a table of its own.
+    jobs, ctx = _write_input(tmp_path)
+    cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--contexts", str(ctx)]
+    cmd += ["--progress", "off", "--workers", "2", "-o", str(tmp_path / "out/r.results.jsonl")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        [*cmd, "--summary", "-", "--latency", str(tmp_path / "lat.jsonl")],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 1, r.stderr.decode()[-2000:]  # the one bad line
+    summary = orjson.loads(r.stdout)
+    assert summary["shards"]["count"] == 2 and summary["jobs"]["total"] == 6 * 8 + 10 + 1
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("-")]
+    assert len((tmp_path / "lat.jsonl").read_bytes().splitlines()) == summary["jobs"]["total"]
+    assert r.stderr.count(b"run summary") == 1  # the merged table only
+    cmd[cmd.index("-o") + 1] = str(tmp_path / "out2/r.results.jsonl")
+    r = subprocess.run(
+        [*cmd, "--log-format", "json", "--summary", str(tmp_path / "s.json")],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 1, r.stderr.decode()[-2000:]
+    lines = r.stderr.decode().splitlines()
+    assert lines and all(line.startswith("{") and orjson.loads(line) for line in lines), lines
+    assert orjson.loads((tmp_path / "s.json").read_bytes())["shards"]["count"] == 2
