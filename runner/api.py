@@ -137,9 +137,11 @@ async def _run_direct(
     jobs_path: Path | None = None
     items: Iterable[Job | BadLine]
     shard: ShardSpec | None = None
+    also_stdout = config.summary is not None and str(config.summary) == "-"
     if isinstance(jobs, str | Path):
         jobs_path = Path(jobs)
         config, shard = _shard_setup(config, jobs_path)
+    also_stdout = also_stdout and shard is not None  # a shard's summary file plus stdout
     # Every output path is decided and checked before anything is opened for writing.
     summary_path = _summary_path(config, jobs_path, own_sink=sink is None, config_path=config_path)
     _refuse_while_batches_run(jobs, config)
@@ -225,6 +227,8 @@ async def _run_direct(
         if summary_path is not None:
             try:
                 write_summary_to(summary_path, outcome.summary)
+                if also_stdout:
+                    write_summary_to(Path("-"), outcome.summary)
             except SinkError as exc:
                 # The figures are not lost: the caller still gets (and the CLI prints) them.
                 outcome.summary["summary_error"] = str(exc)

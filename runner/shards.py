@@ -224,7 +224,12 @@ def resolve_shard(config: RunConfig, env: Mapping[str, str]) -> ShardSpec | None
 
 
 def apply_shard(config: RunConfig, jobs_path: Path, spec: ShardSpec) -> RunConfig:
-    """The config of shard ``spec``: every output path gets the shard's tag."""
+    """The config of shard ``spec``: every output path gets the shard's tag.
+
+    ``--summary -`` still gets a shard summary file (the merge reads it to know the shard
+    finished); :func:`runner.run` prints the summary to standard output as well."""
+    if config.summary is not None and str(config.summary) == "-":
+        config = replace(config, summary=None)
     results, latency, summary = default_paths(jobs_path, config)
     return replace(
         config,

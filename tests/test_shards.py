@@ -315,3 +315,17 @@ def test_workers_honour_summary_stdout_custom_paths_and_json_logs(tmp_path: Path
     lines = r.stderr.decode().splitlines()
     assert lines and all(line.startswith("{") and orjson.loads(line) for line in lines), lines
     assert orjson.loads((tmp_path / "s.json").read_bytes())["shards"]["count"] == 2
+
+
+def test_a_shard_with_summary_stdout_prints_it_and_keeps_its_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by QA: `--shard 0/2 --summary -` wrote a file named `-.shard-0-of-2` in the cwd.
+    jobs, ctx = _write_input(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", str(jobs), "--contexts", str(ctx), "--progress", "off", "--summary", "-"]
+    assert main([*args, "--shard", "0/2"]) in (0, 1)
+    printed = orjson.loads(capsys.readouterr().out)
+    on_disk = orjson.loads((tmp_path / "jobs.shard-0-of-2.summary.json").read_bytes())
+    assert printed["jobs"] == on_disk["jobs"] and printed["shard"] == on_disk["shard"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("-")]
