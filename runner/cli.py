@@ -278,7 +278,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     if config.workers > 1:
         from .workers import run_workers
 
-        return run_workers(ns.jobs, config, sys.argv[1:] if ns.argv is None else ns.argv)
+        argv = sys.argv[1:] if ns.argv is None else ns.argv
+        return run_workers(ns.jobs, config, argv, config_path=ns.config)
     if not needs_base_url(config.provider) and not config.base_url and not _provider_named(ns):
         _note(
             config,

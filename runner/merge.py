@@ -162,6 +162,11 @@ def merge(
     results, latency, summary_path = merged_paths(out)
     if paths is not None:
         latency, summary_path = paths
+    _refuse_inputs(
+        loaded,
+        first,
+        [("OUT", results), ("the merged latency", latency), ("the summary", summary_path)],
+    )
     marker = out.with_name(out.name + MERGED_SUFFIX)
     if out.exists() and out.stat().st_size > 0 and not force:
         ok = False
@@ -174,9 +179,6 @@ def merge(
             raise ConfigError(
                 f"{out}: exists and is not an earlier merge of this input; not overwriting"
             )
-    for p in loaded:
-        if p.results.resolve() == out.resolve():
-            raise ConfigError(f"{out}: is one of the parts")
     out.parent.mkdir(parents=True, exist_ok=True)
     builder = SummaryBuilder(price)
     ids = IdSet()
@@ -235,6 +237,23 @@ def merge(
     return MergeReport(
         results, latency, summary, count, tuple(sorted(present)), missing, unfinished
     )
+
+
+def _refuse_inputs(
+    loaded: Sequence[_Part], first: dict[str, Any], outputs: list[tuple[str, Path]]
+) -> None:
+    """Even with --force, never write over the parts or the input they read (exit 2)."""
+    taken: dict[Path, str] = {}
+    if first.get("jobs_file"):
+        taken[Path(first["jobs_file"]).resolve()] = "the jobs file the shards read"
+    for p in loaded:
+        for kind, path in (("results", p.results), ("latency", p.latency), ("summary", p.summary)):
+            taken[path.resolve()] = f"the {kind} of shard {p.index}"
+    for what, path in outputs:
+        if path.resolve() in taken:
+            raise ConfigError(
+                f"merge: {what} {path} is {taken[path.resolve()]}; choose another output path"
+            )
 
 
 def _atomic(path: Path, data: bytes) -> None:

@@ -65,11 +65,17 @@ class _Tail:
         return self.lines
 
 
-def run_workers(jobs: Path, config: RunConfig, argv: Sequence[str]) -> int:
+def run_workers(
+    jobs: Path, config: RunConfig, argv: Sequence[str], *, config_path: Path | None = None
+) -> int:
     """Run ``argv`` (a ``runner run`` command line) as ``config.workers`` shard processes."""
     n = config.workers
     if config.shard is not None or config.shard_count is not None:
         raise ConfigError("--workers starts its own shards: drop --shard/--shard-count")
+    from .api import _summary_path
+
+    # The merge writes these paths: none may be an input, before any worker starts.
+    _summary_path(config, jobs, own_sink=True, config_path=config_path)
     to_stdout = config.summary is not None and str(config.summary) == "-"
     # With --summary -, each worker still writes its summary file (the merge reads it to know
     # the shard finished); the merged summary goes to a file and to standard output.

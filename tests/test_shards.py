@@ -329,3 +329,18 @@ def test_a_shard_with_summary_stdout_prints_it_and_keeps_its_file(
     on_disk = orjson.loads((tmp_path / "jobs.shard-0-of-2.summary.json").read_bytes())
     assert printed["jobs"] == on_disk["jobs"] and printed["shard"] == on_disk["shard"]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("-")]
+
+
+def test_merge_and_workers_never_write_over_an_input_even_with_force(tmp_path: Path) -> None:
+    # Found by QA: `runner merge --force JOBS.jsonl PARTS` overwrote the jobs file, and
+    # `--workers 2 --latency CONTEXTS` (once the merge honoured --latency) would have.
+    jobs, ctx = _write_input(tmp_path)
+    for k in (0, 1):
+        assert _run_shard(jobs, ctx, k, 2) in (0, 1)
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    parts = str(tmp_path / "jobs.shard-*-of-2.results.jsonl")
+    for out in (jobs, tmp_path / "jobs.shard-0-of-2.latency.jsonl"):
+        assert main(["merge", "--force", str(out), parts]) == 2
+    args = ["run", str(jobs), "--contexts", str(ctx), "--progress", "off", "--workers", "2"]
+    assert main([*args, "--latency", str(ctx), "-o", str(tmp_path / "w.results.jsonl")]) == 2
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
