@@ -150,6 +150,12 @@ class RunConfig:
             _check_choice(name, getattr(self, name), choices)
         if needs_base_url(self.provider) and not self.base_url:
             raise ConfigError(f"provider {self.provider!r} needs base_url")
+        if self.base_url and "@" in self.base_url.split("://", 1)[-1].split("/", 1)[0]:
+            # aiohttp refuses such a URL next to the key's header (a traceback); never echo it.
+            raise ConfigError(
+                "base_url must not carry credentials (user:password@host): "
+                "the key comes from the environment variable api_key_env names"
+            )
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.max_attempts < 1:

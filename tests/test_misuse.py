@@ -101,3 +101,16 @@ def test_a_wrong_flag_value_suggests_the_right_one(
     jobs = write_jobs(tmp_path, 2)
     code, err = cli_run(capsys, "run", str(jobs), flag, value)
     assert code == 2 and f"did you mean {hint}?" in err
+
+
+def test_credentials_in_the_base_url_are_exit_2_and_never_echoed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by QA: aiohttp refused the URL next to the key's header, a traceback with exit 1.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    jobs = write_jobs(tmp_path, 2)
+    url = "http://user:pw-SECRET@127.0.0.1:9/v1"
+    code, err = cli_run(capsys, "run", str(jobs), "--provider", "openai", "--base-url", url)
+    assert code == 2, err
+    assert "must not carry credentials" in err and "SECRET" not in err
+    assert "Traceback" not in err and _no_outputs(tmp_path)
