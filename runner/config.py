@@ -150,12 +150,6 @@ class RunConfig:
             _check_choice(name, getattr(self, name), choices)
         if needs_base_url(self.provider) and not self.base_url:
             raise ConfigError(f"provider {self.provider!r} needs base_url")
-        if self.base_url and "@" in self.base_url.split("://", 1)[-1].split("/", 1)[0]:
-            # aiohttp refuses such a URL next to the key's header (a traceback); never echo it.
-            raise ConfigError(
-                "base_url must not carry credentials (user:password@host): "
-                "the key comes from the environment variable api_key_env names"
-            )
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.max_attempts < 1:
@@ -250,10 +244,21 @@ class RunConfig:
         """
         if not self.api_key_env:
             default = DEFAULT_KEY_ENV.get(self.provider)
-            return (os.environ.get(default) or None) if default else None
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise ConfigError(f"environment variable {self.api_key_env} (api_key_env) is not set")
+            key = (os.environ.get(default) or None) if default else None
+        else:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ConfigError(
+                    f"environment variable {self.api_key_env} (api_key_env) is not set"
+                )
+        if key and self.provider in ("openai", "mock") and self.base_url:
+            if "@" in self.base_url.split("://", 1)[-1].split("/", 1)[0]:
+                # The key goes in the Authorization header, which aiohttp refuses next to
+                # user:password@ in the URL (a traceback, exit 1); the URL is never echoed.
+                raise ConfigError(
+                    "base_url carries credentials (user:password@host) and a key is set: "
+                    "the key is sent as the Authorization header; drop one of them"
+                )
         return key
 
     def price(self, model: str | None = None) -> Price | None:

@@ -112,5 +112,23 @@ def test_credentials_in_the_base_url_are_exit_2_and_never_echoed(
     url = "http://user:pw-SECRET@127.0.0.1:9/v1"
     code, err = cli_run(capsys, "run", str(jobs), "--provider", "openai", "--base-url", url)
     assert code == 2, err
-    assert "must not carry credentials" in err and "SECRET" not in err
+    assert "base_url carries credentials" in err and "SECRET" not in err
     assert "Traceback" not in err and _no_outputs(tmp_path)
+
+
+def test_resume_with_another_latency_path_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by QA: the resume summed an empty latency file ("0 ok in the output") and the
+    # results' latency records were lost from the new file.
+    jobs = write_jobs(tmp_path, 3)
+    cfg = str(fast_config(tmp_path))
+    out = ["-o", str(tmp_path / "r.results.jsonl")]
+    code, err = cli_run(
+        capsys, "run", str(jobs), "-c", cfg, *out, "--latency", str(tmp_path / "a.jsonl")
+    )
+    assert code == 0, err
+    before = (tmp_path / "r.results.jsonl").read_bytes()
+    code, err = cli_run(capsys, "run", str(jobs), "-c", cfg, *out)
+    assert code == 2 and "resume with the --latency" in err, err
+    assert (tmp_path / "r.results.jsonl").read_bytes() == before
