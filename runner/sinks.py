@@ -160,6 +160,13 @@ def open_outputs(
         if resuming:
             meta = _read_meta(meta_path, results)
             _check_model(meta, results, model=model)
+            if not latency.exists() and _has_a_whole_line(results):
+                # Every result line has its latency record, written first: a missing latency
+                # file is another path (a changed --latency), and resuming would lose the records.
+                raise ResumeError(
+                    f"{latency}: missing, but {results} holds results; resume with the --latency "
+                    "of the run that wrote them (or --no-resume to start afresh)"
+                )
             inputs = _check_inputs(meta, results, jobs_path=jobs_path, contexts=contexts)
             if meta.get("jobs_file") != jobs_file or inputs != _meta_inputs(meta):
                 # Same content (or jobs appended), maybe at a new path: record the input now.
@@ -219,6 +226,18 @@ def open_outputs(
     outputs.pending_path = pending_path
     outputs.hold_recovered(pend_fd, recovered)
     return outputs
+
+
+def _has_a_whole_line(path: Path) -> bool:
+    """Whether ``path`` holds a newline (a torn first line alone is not a result)."""
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 16):
+                if b"\n" in chunk:
+                    return True
+    except FileNotFoundError:
+        return False
+    return False
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
