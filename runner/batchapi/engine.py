@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -160,6 +161,25 @@ async def run_batch(
     from ..observe import write_summary_to  # the summary file, or stdout for ``--summary -``
 
     write_summary_to(config.summary or default_paths(jobs_path, config)[2], outcome.summary)
+    if config.log_format == "json":
+        # No observer runs here (no per-request events), but a JSON log still gets its end.
+        from ..logs import EventLog
+
+        sm = outcome.summary
+        events = EventLog(sys.stderr, quiet=config.quiet)
+        events.emit(
+            "run_end",
+            logging.INFO if outcome.exit_code == 0 else logging.ERROR,
+            via="batch",
+            exit_code=outcome.exit_code,
+            stopped=outcome.stopped,
+            jobs=sm.get("jobs"),
+            not_sent=sm.get("not_sent"),
+            wall_s=sm.get("wall_s"),
+            tokens=sm.get("tokens"),
+            cost=sm.get("cost"),
+        )
+        events.close()
     return outcome
 
 

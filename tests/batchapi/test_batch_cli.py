@@ -154,3 +154,20 @@ def test_via_batch_refuses_shards_and_workers(tmp_path: Path, flag: list[str]) -
     jobs.write_bytes(b'{"id": "a", "query": "q"}\n')
     assert main(["run", str(jobs), "--via", "batch", *flag]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.jsonl"]
+
+
+def test_json_logs_end_with_a_run_end_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by QA: --via batch --log-format json wrote nothing at all, so a log pipeline
+    # waiting for run_end never learnt how the run ended.
+    import orjson
+
+    jobs, ctx = make_inputs(tmp_path, 2, 3)
+    args = ["run", str(jobs), "--contexts", str(ctx), "-c", str(toml(tmp_path)), "--via", "batch"]
+    assert main([*args, "--log-format", "json"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    events = [orjson.loads(line) for line in lines]  # every line is JSON
+    end = events[-1]
+    assert end["event"] == "run_end" and end["via"] == "batch" and end["exit_code"] == 0
+    assert end["jobs"]["ok"] == 6
