@@ -119,6 +119,28 @@ def _finished(part: _Part) -> bool:
     return not s.get("stopped") and not s.get("not_sent") and not this_run.get("not_sent")
 
 
+def _parts_cost(loaded: Sequence[_Part]) -> dict[str, Any] | None:
+    """The sum of the parts' billed and uncached cost (cost is additive), when every part's
+    summary has one; each shard priced its jobs by their own model."""
+    billed = uncached = 0.0
+    for part in loaded:
+        try:
+            cost = orjson.loads(part.summary.read_bytes()).get("cost")
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if not isinstance(cost, dict) or "billed" not in cost or "uncached" not in cost:
+            return None
+        billed += cost["billed"]
+        uncached += cost["uncached"]
+    saving = round(1 - billed / uncached, 6) if uncached else 0.0
+    return {
+        "currency": "USD",
+        "billed": round(billed, 8),
+        "uncached": round(uncached, 8),
+        "saving": saving,
+    }
+
+
 def _lines(path: Path) -> Iterator[bytes]:
     try:
         fh = open(path, "rb")
@@ -207,6 +229,8 @@ def merge(
             os.fsync(rf.fileno())
             os.fsync(lf.fileno())
         summary = builder.summary()
+        if summary.get("cost") is None and price is None:
+            summary["cost"] = _parts_cost(loaded)  # `runner merge` without -c: the parts' own
         summary["shards"] = {
             "count": count,
             "merged": sorted(present),

@@ -344,3 +344,20 @@ def test_merge_and_workers_never_write_over_an_input_even_with_force(tmp_path: P
     args = ["run", str(jobs), "--contexts", str(ctx), "--progress", "off", "--workers", "2"]
     assert main([*args, "--latency", str(ctx), "-o", str(tmp_path / "w.results.jsonl")]) == 2
     assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_merge_without_a_config_keeps_the_parts_cost(tmp_path: Path) -> None:
+    # Found by QA: the README's `runner merge OUT PARTS` (no -c) gave a summary with no cost.
+    jobs, ctx = _write_input(tmp_path)
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[prices."mock-1"]\ninput = 1.0\ncached_input = 0.1\noutput = 4.0\n')
+    costs = []
+    for k in (0, 1):
+        assert _run_shard(jobs, ctx, k, 2, "-c", str(cfg)) in (0, 1)
+        part = orjson.loads((tmp_path / f"jobs.shard-{k}-of-2.summary.json").read_bytes())
+        costs.append(part["cost"])
+    out = tmp_path / "m.results.jsonl"
+    assert main(["merge", str(out), str(tmp_path / "jobs.shard-*-of-2.results.jsonl")]) == 0
+    cost = orjson.loads((tmp_path / "m.summary.json").read_bytes())["cost"]
+    assert cost["billed"] == pytest.approx(sum(c["billed"] for c in costs)) and cost["billed"] > 0
+    assert cost["uncached"] == pytest.approx(sum(c["uncached"] for c in costs))
