@@ -183,6 +183,22 @@ class RunConfig:
             raise ConfigError(f"shard_count must be >= 1, got {self.shard_count}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        exported = [
+            flag
+            for flag, value in (
+                ("--metrics-textfile", self.metrics_textfile),
+                ("--pushgateway", self.pushgateway),
+                ("--metrics-port", self.metrics_port),
+            )
+            if value is not None
+        ]
+        if self.workers > 1 and exported:
+            # Each worker would export its own shard's counts as the whole run's, to one file,
+            # port or push group, the last one winning.
+            raise ConfigError(
+                f"{', '.join(exported)}: not with --workers (each worker would export only its "
+                "shard as the run); run --shard K/N processes with --metrics-label shard=K"
+            )
         _check_choice("redis_policy", self.redis_policy, ("fail_closed", "fail_open"))
         if self.redis_url is not None:
             import importlib.util

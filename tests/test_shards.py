@@ -361,3 +361,19 @@ def test_merge_without_a_config_keeps_the_parts_cost(tmp_path: Path) -> None:
     cost = orjson.loads((tmp_path / "m.summary.json").read_bytes())["cost"]
     assert cost["billed"] == pytest.approx(sum(c["billed"] for c in costs)) and cost["billed"] > 0
     assert cost["uncached"] == pytest.approx(sum(c["uncached"] for c in costs))
+
+
+@pytest.mark.parametrize(
+    "flag", [["--metrics-textfile", "m.prom"], ["--pushgateway", "http://127.0.0.1:9"]]
+)
+def test_workers_refuse_metrics_exports_that_would_hold_one_shard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str]
+) -> None:
+    # Found by QA: with --workers 2 --metrics-textfile, the file held one worker's 204 of 306
+    # jobs (each worker wrote it, the last one won).
+    jobs, ctx = _write_input(tmp_path)
+    args = ["run", str(jobs), "--contexts", str(ctx), "--progress", "off", "--workers", "2"]
+    before = sorted(tmp_path.iterdir())
+    assert main([*args, *flag]) == 2
+    assert "not with --workers" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == before
