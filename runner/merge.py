@@ -141,6 +141,32 @@ def _parts_cost(loaded: Sequence[_Part]) -> dict[str, Any] | None:
     }
 
 
+def _add_parts_cache_cost(summary: dict[str, Any], loaded: Sequence[_Part]) -> None:
+    """Explicit caches (Gemini) are billed outside the latency records: their creation and
+    storage come from the parts' summaries, and the saving is net of both, as in a run."""
+    cost = summary.get("cost")
+    if not cost:
+        return
+    create = storage = 0.0
+    found = False
+    for part in loaded:
+        try:
+            pc = orjson.loads(part.summary.read_bytes()).get("cost") or {}
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if "cache_create" in pc:
+            found = True
+            create += pc.get("cache_create") or 0.0
+            storage += pc.get("storage") or 0.0
+    if not found:
+        return
+    total = cost["billed"] + create + storage
+    cost["cache_create"] = round(create, 8)
+    cost["storage"] = round(storage, 10)
+    cost["billed_total"] = round(total, 8)
+    cost["saving_net"] = round(1.0 - total / cost["uncached"], 6) if cost["uncached"] else 0.0
+
+
 def _lines(path: Path) -> Iterator[bytes]:
     try:
         fh = open(path, "rb")
@@ -231,6 +257,7 @@ def merge(
         summary = builder.summary()
         if summary.get("cost") is None and price is None:
             summary["cost"] = _parts_cost(loaded)  # `runner merge` without -c: the parts' own
+        _add_parts_cache_cost(summary, loaded)
         summary["shards"] = {
             "count": count,
             "merged": sorted(present),

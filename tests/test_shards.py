@@ -377,3 +377,26 @@ def test_workers_refuse_metrics_exports_that_would_hold_one_shard(
     assert main([*args, *flag]) == 2
     assert "not with --workers" in capsys.readouterr().err
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_merge_keeps_the_parts_explicit_cache_cost(tmp_path: Path) -> None:
+    # Found by QA: merging Gemini shards (or --workers) dropped cache_create/storage, so the
+    # merged billed_total understated what the run cost.
+    jobs, ctx = _write_input(tmp_path)
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[prices."mock-1"]\ninput = 1.0\ncached_input = 0.1\noutput = 4.0\n')
+    for k in (0, 1):
+        assert _run_shard(jobs, ctx, k, 2, "-c", str(cfg)) in (0, 1)
+        path = tmp_path / f"jobs.shard-{k}-of-2.summary.json"
+        part = orjson.loads(path.read_bytes())  # as a run with explicit caches writes it
+        part["cost"].update(cache_create=0.25 * (k + 1), storage=0.001)
+        path.write_bytes(orjson.dumps(part))
+    out = tmp_path / "m.results.jsonl"
+    parts = str(tmp_path / "jobs.shard-*-of-2.results.jsonl")
+    assert main(["merge", str(out), parts, "-c", str(cfg)]) == 0
+    cost = orjson.loads((tmp_path / "m.summary.json").read_bytes())["cost"]
+    assert cost["cache_create"] == pytest.approx(0.75) and cost["storage"] == pytest.approx(0.002)
+    assert cost["billed_total"] == pytest.approx(cost["billed"] + 0.752)
+    assert cost["saving_net"] == pytest.approx(
+        1 - cost["billed_total"] / cost["uncached"], abs=1e-6
+    )
