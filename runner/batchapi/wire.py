@@ -6,7 +6,8 @@ turns each provider's result rows into :class:`Row` values. The facts assumed ab
 (field names, statuses, limits) are listed in docs/BATCH.md.
 
 Failures of the control requests (upload, create, retrieve, download) are retried here with
-backoff when transient; authentication failures raise :class:`~runner.errors.AuthError`, other
+backoff when transient; authentication failures raise :class:`~runner.errors.AuthError`,
+transient ones that outlast the retries :class:`~runner.errors.Unavailable` (exit 75), other
 permanent ones :class:`BatchAPIError`. A failed *row* is never an exception: it is a Row with an
 ``ErrorInfo``.
 """
@@ -28,7 +29,7 @@ import orjson
 from yarl import URL
 
 from ..config import RunConfig
-from ..errors import AuthError, QuotaError, RunnerError
+from ..errors import AuthError, QuotaError, RunnerError, Unavailable
 from ..models import ErrorInfo, Job, Usage
 from ..providers import anthropic as anthropic_wire
 from ..providers import openai as openai_wire
@@ -211,8 +212,11 @@ class BatchAPI:
             last = scrub(f"{method} {url.split('?')[0]}: {err.message}", self._api_key)
             if err.fatal:
                 raise (QuotaError if err.code == "insufficient_quota" else AuthError)(last)
-            if not err.retriable or attempt == _CONTROL_ATTEMPTS:
+            if not err.retriable:
                 break
+            if attempt == _CONTROL_ATTEMPTS:
+                # Still transient after every retry: exit 75, a re-run reattaches (the journal).
+                raise Unavailable(f"{last} (after {attempt} attempts); run again later")
             delay = err.retry_after_s or self._retry_base * 2 ** (attempt - 1)
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
         raise BatchAPIError(last)

@@ -367,3 +367,20 @@ async def test_bad_lines_get_one_result_each_across_reruns(
     assert len(results) == 4
     invalid = [r for r in results if r["error"] is not None]
     assert {(r["custom_id"], r.get("line")) for r in invalid} == {(None, 3), ("bad", None)}
+
+
+async def test_control_requests_still_failing_after_retries_exit_75(
+    tmp_path: Path, mock: MockFactory
+) -> None:
+    # Found by QA: a 5xx that outlasted the retries was exit 1 ("jobs failed"); it is transient
+    # (exit 75, re-run later) and the re-run reattaches and finishes.
+    from runner.errors import Unavailable
+
+    _server, url = await mock(batch={"fail_downloads": 10})
+    jobs, ctx = make_inputs(tmp_path, 1, 3)
+    with pytest.raises(Unavailable) as exc:
+        await run(jobs, batch_config(url, "openai", ctx, poll_interval=0.001))
+    assert exc.value.exit_code == 75
+    outcome = await run(jobs, batch_config(url, "openai", ctx, poll_interval=0.001))
+    assert outcome.exit_code == 0
+    assert_each_job_once(jobs)
