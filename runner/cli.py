@@ -148,7 +148,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="learn both cache limits from the server's cached tokens; --no-cache-adapt fixes "
-        "them at their ceilings (default: on)",
+        f"them at their ceilings (default: {'on' if d.cache_adapt else 'off'})",
     )
     p.add_argument(
         "--order",

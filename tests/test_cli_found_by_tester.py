@@ -235,3 +235,18 @@ def test_order_input_kill_9_loses_no_held_answer(tmp_path: Path, mock_url: str) 
     assert resent <= 8, resent  # at most the requests in flight at the kill (here: q0)
     got = [x["custom_id"] for x in results(tmp_path / "jobs.results.jsonl")]
     assert got == [f"q{i}" for i in range(n)]  # every job once, in input order
+
+
+def test_run_help_states_the_cache_adapt_default_the_config_has(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Found by QA: --help said "(default: on)" after --cache-adapt became opt-in (issue 11).
+    from runner.cli import main
+    from runner.config import RunConfig
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    part = text[text.index("--cache-adapt, --no-cache-adapt") :]
+    want = "on" if RunConfig().cache_adapt else "off"
+    assert part[: part.index(")") + 1].endswith(f"(default: {want})"), part[:300]
