@@ -363,14 +363,10 @@ class BatchService:
             if not isinstance(model, str) or not model:
                 raise ValueError("model: field required")
             if status == 200:
-                if batch.anthropic:
-                    reply, text = srv._plan_anthropic(body, model, False)
-                    srv._commit(reply)
-                    payload = orjson.Fragment(srv._anthropic_body(reply, model, ident, text))
-                else:
-                    reply, text = srv._plan_openai(body, model)
-                    srv._commit(reply)
-                    payload = orjson.Fragment(srv._openai_body(reply, model, ident, text))
+                wire = srv._anthropic if batch.anthropic else srv._openai
+                reply, _ = wire.plan(body, model, False)
+                srv._commit(reply)
+                payload = orjson.Fragment(wire.body(reply, model, ident))
         except (ValueError, TypeError) as exc:
             status, message = 400, str(exc)
         else:

@@ -337,7 +337,7 @@ class GeminiAPI:
         srv = self._server
         if not srv._faults:
             return None
-        kind = srv._draw_fault(False, False)
+        kind = srv._draw_fault(False)
         if kind not in ("http_429", "http_500", "http_502", "http_503"):
             return None
         srv._stats.faults[kind] += 1

@@ -470,6 +470,22 @@ async def test_anthropic_rate_limit_headers_and_429() -> None:
     assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
 
 
+async def test_anthropic_output_tokens_have_a_bucket_of_their_own() -> None:
+    # Anthropic charges output to its own bucket, on the reply's length; the input bucket sees
+    # the prompt only (OpenAI instead charges prompt + max_tokens to one bucket).
+    async with mock(**ZERO, tpm=10_000, output_tpm=100) as (url, s):
+        async with s.post(url + "/messages", json=anthropic(max_tokens=60)) as r:
+            assert r.status == 200
+            headers = r.headers.copy()
+            prompt = (await r.json())["usage"]["input_tokens"]
+        async with s.post(url + "/messages", json=anthropic(max_tokens=60)) as r:
+            assert r.status == 429
+            body = await r.json()
+    assert headers["anthropic-ratelimit-output-tokens-remaining"] == "40"
+    assert headers["anthropic-ratelimit-input-tokens-remaining"] == str(10_000 - prompt)
+    assert "100 output tokens per minute" in body["error"]["message"]
+
+
 # -- faults -----------------------------------------------------------------------------------
 
 
