@@ -13,7 +13,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from .preflight import check_prices
 from .progress import make_progress
 from .providers import HTTPBackend, open_backend
 from .retry import RetryPolicy
+from .runtime import endpoint
 from .shards import ShardSpec, apply_shard, filter_items, resolve_shard, write_manifest
 from .sinks import MetaCacheJournal, Outputs, open_outputs
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
@@ -56,22 +57,6 @@ def count_lines(path: Path) -> int:
             n += chunk.count(b"\n")
             last = chunk[-1:]
     return n + (last != b"\n")
-
-
-@contextlib.asynccontextmanager
-async def _target(config: RunConfig) -> AsyncIterator[str]:
-    """The base URL to talk to: the configured one, or a built-in mock on a free loopback port."""
-    if config.base_url:
-        yield config.base_url.rstrip("/")
-        return
-    from .mock import MockConfig, serve
-
-    try:
-        mock_config = MockConfig(**dict(config.mock))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[mock] options: {exc}") from exc
-    async with serve(mock_config) as url:
-        yield url
 
 
 async def run(
@@ -168,7 +153,7 @@ async def _run_direct(
         display = make_progress(config.progress)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(observer.close)
-        base_url = await stack.enter_async_context(_target(config))
+        base_url = await stack.enter_async_context(endpoint(config))
         backend = await stack.enter_async_context(
             open_backend(config, base_url=base_url, api_key=api_key)
         )

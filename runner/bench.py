@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import math
-import os
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -39,8 +37,12 @@ from .errors import ConfigError, InputError, RunnerError
 from .models import Attempt, Job, LatencyRecord
 from .providers import open_backend
 from .report import add_slo_arguments, render_summary, slo_from_args
+from .runtime import endpoint, event_loop_run, mock_config
 from .sinks import write_summary
 from .stats import Distribution, SummaryBuilder
+
+if TYPE_CHECKING:
+    from .pipeline import Backend  # the run's backend protocol; bench sends one attempt a job
 
 __all__ = [
     "BenchSpec",
@@ -65,12 +67,6 @@ DEFAULT_MOCK_DECODE_MS = 2.0
 LATENESS_THRESHOLD_MS = 1.0  # dispatches later than this count as late
 WRITE_BATCH = 256  # latency lines buffered before a write
 _MAX_SPIN = 1_000_000  # bound on loop turns spent finishing a sub-millisecond wait
-
-
-class Backend(Protocol):
-    """What bench needs from a provider backend (``runner.providers.open_backend``)."""
-
-    async def send(self, job: Job, *, cache_key: str | None) -> Attempt: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,13 +300,22 @@ def make_record(
 
 Sink = Callable[[LatencyRecord], None]
 
+# Every duration is measured on perf_counter (monotonic); records carry unix timestamps, so one
+# anchor taken at import turns the one into the other without a second, steppable clock.
+_PERF0 = time.perf_counter()
+_WALL0 = time.time()
+
+
+def _wall(perf: float) -> float:
+    return _WALL0 + (perf - _PERF0)
+
 
 async def _send_one(
     backend: Backend, job: Job, sink: Sink, *, cache_key: bool, queued_at: float | None
 ) -> None:
-    started = time.time()
+    started = _wall(time.perf_counter())
     attempt = await backend.send(job, cache_key=_cache_key(job, cache_key))
-    ended = time.time()
+    ended = _wall(time.perf_counter())
     sink(
         make_record(
             job,
@@ -374,11 +379,11 @@ async def run_open(
     offsets = arrival_offsets(
         phase.rate, seed=phase.seed, arrival=phase.arrival, burstiness=phase.burstiness
     )
-    # One anchor for both clocks: perf_counter paces the schedule (the loop's own clock may be
-    # millisecond-grained), time.time stamps the records.
+    # perf_counter paces the schedule (the loop's own clock may be millisecond-grained); the
+    # records' arrival stamps come from the same clock through the module's anchor.
     clock = time.perf_counter
     t0 = clock()
-    wall0 = time.time()
+    wall0 = _wall(t0)
     try:
         for job, offset in zip(jobs, offsets, strict=False):
             if failures or (phase.duration_s is not None and offset >= phase.duration_s):
@@ -546,35 +551,28 @@ def _width(phase: Phase) -> int:
     return max(1, min(phase.max_in_flight, math.ceil(phase.rate or 1)))
 
 
-@contextlib.asynccontextmanager
-async def _endpoint(config: RunConfig, base_url: str | None) -> AsyncIterator[str]:
-    """The server's base URL: the one given, or the built-in mock started in this process."""
-    if base_url:
-        yield base_url
-        return
-    from .mock import MockConfig, serve
-
-    mock_kw: dict[str, Any] = {
-        "base_ms": DEFAULT_MOCK_TTFT_MS,
-        "decode_ms_per_token": DEFAULT_MOCK_DECODE_MS,
-        "prefill_ms_per_token": 0.0,
-        "cached_prefill_ms_per_token": 0.0,
-        "models": (config.model,),
-    }
-    mock_kw.update(config.mock)
-    async with serve(MockConfig(**mock_kw)) as url:
-        yield url
-
-
 async def run_bench(spec: BenchSpec, *, base_url: str | None) -> list[dict[str, Any]]:
     """Run every phase of ``spec`` against one backend; returns one summary per phase."""
     many = len(spec.phases) > 1
     width = max(_width_cap(p) for p in spec.phases)
     # The connector must allow every request bench may have in flight, or it silently queues.
-    config = spec.config.with_overrides(concurrency=max(width, spec.config.concurrency))
+    config = spec.config.with_overrides(
+        concurrency=max(width, spec.config.concurrency), base_url=base_url or None
+    )
+    mock = None
+    if not config.base_url:
+        # The built-in mock, shaped like a real server unless [mock] / --mock-* say otherwise.
+        defaults = {
+            "base_ms": DEFAULT_MOCK_TTFT_MS,
+            "decode_ms_per_token": DEFAULT_MOCK_DECODE_MS,
+            "prefill_ms_per_token": 0.0,
+            "cached_prefill_ms_per_token": 0.0,
+            "models": (config.model,),
+        }
+        mock = mock_config(config, defaults)
     out: list[dict[str, Any]] = []
     async with (
-        _endpoint(config, base_url or config.base_url) as url,
+        endpoint(config, mock) as url,
         open_backend(config, base_url=url, api_key=config.api_key()) as backend,
     ):
         for phase in spec.phases:
@@ -851,10 +849,4 @@ def main(ns: argparse.Namespace) -> int:
 
 
 def _run(spec: BenchSpec, base_url: str | None) -> list[dict[str, Any]]:
-    coro = run_bench(spec, base_url=base_url)
-    if os.name != "nt":
-        import uvloop
-
-        result: list[dict[str, Any]] = uvloop.run(coro)
-        return result
-    return asyncio.run(coro)
+    return event_loop_run(run_bench(spec, base_url=base_url))

@@ -31,11 +31,11 @@ def main(ns: argparse.Namespace) -> int:
     config = load_config(ns.config).with_overrides(
         provider=ns.provider, base_url=ns.base_url, api_key_env=ns.api_key_env
     )
-    from .cli import _event_loop_run
     from .explicit_cache import run_tag
+    from .runtime import event_loop_run
 
     tag = run_tag(ns.output)
-    code: int = _event_loop_run(_caches(ns.output, tag, config, delete=ns.delete))
+    code: int = event_loop_run(_caches(ns.output, tag, config, delete=ns.delete))
     return code
 
 

@@ -29,18 +29,9 @@ from .config import (
     needs_base_url,
 )
 from .errors import ConfigError, RunnerError
+from .runtime import event_loop_run
 
 __all__ = ["build_parser", "main"]
-
-
-def _event_loop_run(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        import asyncio
-
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 GC_GEN0_THRESHOLD = 10_000
@@ -286,7 +277,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             "no provider configured: using the built-in simulated provider; replies are synthetic",
         )
     _tune_gc()
-    outcome: RunOutcome = _event_loop_run(
+    outcome: RunOutcome = event_loop_run(
         run(ns.jobs, config, handle_signals=True, config_path=ns.config)
     )
     summary_error = outcome.summary.get("summary_error")
@@ -400,7 +391,7 @@ def _cmd_status(ns: argparse.Namespace) -> int:
         config = load_config(ns.config).with_overrides(
             provider=ns.provider, base_url=ns.base_url, api_key_env=ns.api_key_env
         )
-        live = _event_loop_run(fetch_live(ns.output, config))
+        live = event_loop_run(fetch_live(ns.output, config))
     print(render_status(ns.output, live), end="")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import math
 import random
@@ -325,6 +326,26 @@ async def test_warmup_requests_are_sent_but_neither_recorded_nor_counted(tmp_pat
 
 
 # ----------------------------------------------------------------------------------- end to end
+
+
+async def test_durations_come_from_a_monotonic_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A wall clock stepping back an hour on every read (an NTP correction, say) must not
+    # reach any duration: those come from perf_counter through one anchor.
+    stepping = itertools.count(2e9, -3600.0)
+    monkeypatch.setattr(bench.time, "time", lambda: next(stepping))
+    records: list[LatencyRecord] = []
+    await bench.run_closed(FakeBackend(), iter(jobs(4)), bench.Phase(mode="closed"), records.append)
+    monkeypatch.undo()
+    assert len(records) == 4
+    assert all(r.ended_at >= r.started_at >= r.queued_at for r in records)
+    assert all(0.0 <= r.total_ms < 60_000 for r in records)
+
+
+def test_a_bad_mock_option_is_a_config_error_before_any_request() -> None:
+    spec = bench.build_spec(parse("--requests", "3"))
+    spec = dataclasses.replace(spec, config=spec.config.with_overrides(mock={"bogus": 1}))
+    with pytest.raises(ConfigError, match=r"\[mock\] options"):
+        bench._run(spec, None)
 
 
 def test_end_to_end_against_the_built_in_mock(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,6 +35,7 @@ from ..jobs import load_contexts, read_jobs
 from ..models import BadLine, ErrorInfo, Job, LatencyRecord, Price, estimate_tokens
 from ..pipeline import RunOutcome
 from ..providers._http import make_session
+from ..runtime import endpoint, mock_config
 from ..sinks import Outputs, default_paths, open_outputs
 from ..stats import SummaryBuilder, cost_of
 from .journal import Chunk, Journal
@@ -89,29 +90,6 @@ def batch_price(price: Price | None) -> Price | None:
     )
 
 
-def _mock_config(config: RunConfig) -> Any:
-    """The built-in mock's config when no base URL is given (checked before any file is opened)."""
-    if config.base_url:
-        return None
-    from ..mock import MockConfig
-
-    try:
-        return MockConfig(**dict(config.mock))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[mock] options: {exc}") from exc
-
-
-@contextlib.asynccontextmanager
-async def _target(config: RunConfig, mock_config: Any) -> AsyncIterator[str]:
-    if config.base_url:
-        yield config.base_url.rstrip("/")
-        return
-    from ..mock import serve
-
-    async with serve(mock_config) as url:
-        yield url
-
-
 async def run_batch(
     jobs_path: Path,
     config: RunConfig,
@@ -137,7 +115,8 @@ async def run_batch(
         else {}
     )
     api_key = config.api_key()
-    mock_config = _mock_config(config)
+    # The built-in mock's config is checked before any file is opened.
+    mock = None if config.base_url else mock_config(config)
     items = read_jobs(jobs_path, contexts=contexts, max_line_bytes=config.max_line_bytes)
     # Like a direct run: the command line shows progress unless told not to; a library call
     # only when asked; never as text among JSON log lines.
@@ -147,7 +126,7 @@ async def run_batch(
     outputs = open_outputs(config, jobs_path=jobs_path, model=config.model)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            base_url = await stack.enter_async_context(_target(config, mock_config))
+            base_url = await stack.enter_async_context(endpoint(config, mock))
             session = make_session(config, headers=control_headers(config, api_key))
             stack.push_async_callback(session.close)
             api = open_batch_api(config, session, base_url=base_url, api_key=api_key)
