@@ -272,29 +272,19 @@ def _cache_key(job: Job, use: bool) -> str | None:
 def make_record(
     job: Job, attempt: Attempt, *, queued_at: float, started_at: float, ended_at: float
 ) -> LatencyRecord:
-    """A latency line from one attempt; ``queued_at`` is the scheduled arrival (open loop)."""
-    usage = attempt.usage
-    err = attempt.error
-    return LatencyRecord(
-        custom_id=job.custom_id,
-        cache_id=job.cache_id,
-        outcome="ok" if err is None else "error",
-        status=attempt.status,
+    """A latency line from one attempt; ``queued_at`` is the scheduled arrival (open loop).
+
+    The run's builder; bench's ``total_ms`` counts from the arrival, so it includes the wait.
+    """
+    return LatencyRecord.of_attempt(
+        job,
+        attempt,
         attempts=1,
         queued_at=queued_at,
         started_at=started_at,
         ended_at=ended_at,
         queue_ms=max(0.0, (started_at - queued_at) * 1000.0),
-        ttft_ms=attempt.ttft_ms,
-        latency_ms=attempt.latency_ms,
         total_ms=(ended_at - queued_at) * 1000.0,
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        cached_tokens=usage.cached_tokens if usage else 0,
-        cache_write_tokens=usage.cache_write_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        request_id=attempt.request_id,
-        error_code=err.code if err else None,
-        itl_ms=attempt.itl_ms,
     )
 
 

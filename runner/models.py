@@ -181,6 +181,54 @@ class LatencyRecord:
     model: str | None = None  # the model the job was sent to (prices it on a rebuild)
     itl_ms: list[float] | None = field(default=None)
 
+    @classmethod
+    def of_attempt(
+        cls,
+        job: Job,
+        a: Attempt,
+        *,
+        attempts: int,
+        queued_at: float,
+        started_at: float,
+        ended_at: float,
+        queue_ms: float,
+        total_ms: float,
+        cache_role: CacheRole = "none",
+        limiter_ms: float = 0.0,
+        model: str | None = None,
+    ) -> LatencyRecord:
+        """The record of a job's final attempt (the run's and ``bench``'s one builder).
+
+        The caller owns the clock: timestamps are unix seconds, durations come from a monotonic
+        clock. ``latency_ms`` is kept only when a response arrived (``status`` set).
+        """
+        err = a.error
+        u = a.usage
+        return cls(
+            custom_id=job.custom_id,
+            cache_id=job.cache_id,
+            cache_role=cache_role,
+            outcome="ok" if err is None else "error",
+            status=a.status,
+            attempts=attempts,
+            queued_at=queued_at,
+            started_at=started_at,
+            ended_at=ended_at,
+            queue_ms=queue_ms,
+            limiter_ms=limiter_ms,
+            ttft_ms=a.ttft_ms,
+            latency_ms=a.latency_ms if a.status is not None else None,
+            total_ms=total_ms,
+            prompt_tokens=0 if u is None else u.prompt_tokens,
+            cached_tokens=0 if u is None else u.cached_tokens,
+            cache_write_tokens=0 if u is None else u.cache_write_tokens,
+            completion_tokens=0 if u is None else u.completion_tokens,
+            request_id=a.request_id,
+            error_code=None if err is None else err.code,
+            model=model,
+            itl_ms=a.itl_ms,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Price:

@@ -534,32 +534,21 @@ class Engine:
         wall0, perf0 = self._wall0, self._perf0
         err = a.error
         u = a.usage
-        rec = LatencyRecord(
-            custom_id=job.custom_id,
-            cache_id=job.cache_id,
-            cache_role=role,
-            outcome="ok" if err is None else "error",
-            status=a.status,
+        rec = LatencyRecord.of_attempt(
+            job,
+            a,
             attempts=attempts,
             queued_at=wall0 + (t_admit - perf0),
             started_at=wall0 + (t_start - perf0),
             ended_at=wall0 + (now - perf0),
             queue_ms=(t_start - t_admit) * 1000.0,
-            limiter_ms=limiter_s * 1000.0,
-            ttft_ms=a.ttft_ms,
-            latency_ms=a.latency_ms if a.status is not None else None,
             total_ms=(now - t_start) * 1000.0,
-            request_id=a.request_id,
-            error_code=None if err is None else err.code,
+            cache_role=role,
+            limiter_ms=limiter_s * 1000.0,
             model=job.model or self.config.model,
-            itl_ms=a.itl_ms,
         )
         stats = self.stats
         if u is not None:
-            rec.prompt_tokens = u.prompt_tokens
-            rec.cached_tokens = u.cached_tokens
-            rec.cache_write_tokens = u.cache_write_tokens
-            rec.completion_tokens = u.completion_tokens
             stats.prompt_tokens += u.prompt_tokens
             stats.cached_tokens += u.cached_tokens or 0
             stats.completion_tokens += u.completion_tokens

@@ -294,12 +294,17 @@ def test_record_fields_come_from_the_attempt() -> None:
     assert r.queue_ms == pytest.approx(250.0) and r.total_ms == pytest.approx(500.0)
     err = bench.make_record(
         job,
-        Attempt(status=None, error=ErrorInfo(code="timeout", message="t", retriable=True)),
+        Attempt(
+            status=None,
+            error=ErrorInfo(code="timeout", message="t", retriable=True),
+            latency_ms=1000.0,
+        ),
         queued_at=1.0,
         started_at=1.0,
         ended_at=2.0,
     )
     assert (err.outcome, err.error_code, err.completion_tokens) == ("error", "timeout", 0)
+    assert err.latency_ms is None  # as in the run's records: no response, no response latency
 
 
 async def test_warmup_requests_are_sent_but_neither_recorded_nor_counted(tmp_path: Path) -> None:
