@@ -9,6 +9,8 @@ import itertools
 import math
 import random
 import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 from runner import bench
 from runner.errors import ConfigError
 from runner.models import Attempt, ErrorInfo, Job, LatencyRecord, Usage
+from runner.providers.capabilities import GENERIC
 
 
 def gaps(rate: float, n: int, **kw: Any) -> list[float]:
@@ -197,6 +200,8 @@ def test_bad_flags_exit_2_before_sending(
 class FakeBackend:
     """Answers every job after a couple of event-loop turns, tracking concurrency."""
 
+    capabilities = GENERIC  # the run's Backend protocol asks for them; bench reads none
+
     def __init__(self, completion_tokens: int = 8, fail_every: int = 0) -> None:
         self.sent: list[tuple[str, str | None]] = []
         self.in_flight = 0
@@ -204,7 +209,14 @@ class FakeBackend:
         self.completion_tokens = completion_tokens
         self.fail_every = fail_every
 
-    async def send(self, job: Job, *, cache_key: str | None = None) -> Attempt:
+    async def send(
+        self,
+        job: Job,
+        *,
+        cache_key: str | None = None,
+        on_first_byte: Callable[[], None] | None = None,
+        prewarm: bool = False,
+    ) -> Attempt:
         self.sent.append((job.custom_id, cache_key))
         n = len(self.sent)
         self.in_flight += 1
@@ -240,7 +252,7 @@ async def test_closed_loop_keeps_exactly_n_in_flight_and_sends_every_job() -> No
     phase = bench.Phase(mode="closed", concurrency=5)
     await bench.run_closed(backend, iter(jobs(40)), phase, records.append)
     assert backend.peak == 5
-    assert sorted(r.custom_id for r in records) == sorted(j.custom_id for j in jobs(40))
+    assert sorted(str(r.custom_id) for r in records) == sorted(j.custom_id for j in jobs(40))
     assert all(r.queued_at == r.started_at and r.queue_ms == 0.0 for r in records)
 
 
@@ -337,12 +349,14 @@ async def test_durations_come_from_a_monotonic_clock(monkeypatch: pytest.MonkeyP
     # A wall clock stepping back an hour on every read (an NTP correction, say) must not
     # reach any duration: those come from perf_counter through one anchor.
     stepping = itertools.count(2e9, -3600.0)
-    monkeypatch.setattr(bench.time, "time", lambda: next(stepping))
+    monkeypatch.setattr(time, "time", lambda: next(stepping))
     records: list[LatencyRecord] = []
     await bench.run_closed(FakeBackend(), iter(jobs(4)), bench.Phase(mode="closed"), records.append)
     monkeypatch.undo()
     assert len(records) == 4
-    assert all(r.ended_at >= r.started_at >= r.queued_at for r in records)
+    assert all(
+        r.started_at is not None and r.ended_at >= r.started_at >= r.queued_at for r in records
+    )
     assert all(0.0 <= r.total_ms < 60_000 for r in records)
 
 
