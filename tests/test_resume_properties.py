@@ -212,7 +212,9 @@ def test_kill_9_at_random_moments_then_resume_writes_every_job_once(tmp_path: Pa
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         assert proc.returncode == -signal.SIGKILL
-    before = len(complete_lines(tmp_path / "r.jsonl"))
+    # A kill may land mid-write: one partial last line is allowed (README, Reliability) and is
+    # cut by the resume below, whose files must then end on a complete line.
+    before = (tmp_path / "r.jsonl").read_bytes().count(b"\n")
     assert 0 < before < n  # the crashes really happened mid-run
 
     out = finish(tmp_path, [f"job-{i}" for i in range(n)], retry_failed=False)
