@@ -226,12 +226,13 @@ def best_possible(runs: list[Run]) -> float:
     return sum((count[c] - 1) * max_cached[c] for c in count) / prompt
 
 
-def bench_shape(shape: Shape, runs: int, seed: int) -> dict[str, Any]:
+def bench_shape(shape: Shape, runs: int, seed: int, only: set[str]) -> dict[str, Any]:
     ctx, jobs = make_files(shape, seed)
     plan: list[tuple[str, list[str]]] = [
         ("none", ["--cache", "none"]),
         ("warm", ["--cache", "warm"]),
         ("adapt", ["--cache", "warm", "--cache-adapt", "--max-active-groups", "64"]),
+        ("adapt g8", ["--cache", "warm", "--cache-adapt"]),
     ]
     for g in GROUPS_SWEEP:
         for c in shape.caps:
@@ -240,6 +241,8 @@ def bench_shape(shape: Shape, runs: int, seed: int) -> dict[str, Any]:
             if c is not None:
                 flags += ["--group-concurrency", str(c)]
             plan.append((label, flags))
+    if only:
+        plan = [p for p in plan if p[0] in only]
     done: list[Run] = []
     for i in range(runs):
         for label, flags in plan:
@@ -247,7 +250,7 @@ def bench_shape(shape: Shape, runs: int, seed: int) -> dict[str, Any]:
             done.append(r)
             print(f"  {shape.name} {i + 1}: {label:<16} cached {r.ratio:.4f} wall {r.wall:.2f} s")
     best = best_possible(done)
-    swept = max(r.ratio for r in done if r.label.startswith("fixed"))
+    swept = max((r.ratio for r in done if r.label.startswith("fixed")), default=0.0)
     rows = []
     for r in done:
         none = next(x for x in done if x.label == "none" and x.tag.endswith(r.tag[-2:]))
@@ -288,13 +291,19 @@ def main() -> int:
     ap.add_argument("--shapes", default="lru,slots,replicas,llama")
     ap.add_argument("--runs", type=int, default=1, help="repeat every run this many times")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated run labels to run (e.g. none,warm,adapt); default: all",
+    )
     args = ap.parse_args()
     results = {}
     for name in args.shapes.split(","):
         if name == "llama" and not built():
             print("llama: skipped, llama-server is not built (make realserver)")
             continue
-        results[name] = bench_shape(SHAPES[name], args.runs, args.seed)
+        only = {x.strip() for x in args.only.split(",") if x.strip()}
+        results[name] = bench_shape(SHAPES[name], args.runs, args.seed, only)
     (OUT / "cache.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     return 0
 

@@ -39,6 +39,7 @@ class Dispatch:
     siblings: int = 0  # the group's other requests in flight when this one was released
     epoch: int = 0  # the cache controller's epoch at release (see runner.cachectl)
     active: int = 0  # groups active at release
+    batch: int = 0  # the post-primer release it was part of (0: released on its own)
 
 
 class _Group:
@@ -196,9 +197,39 @@ class Scheduler:
             if d.cache_key is not None and "#" in (d.group or "") and d.siblings == 0:
                 self._learn_keys(cached >= MISS_FRACTION * expected)
             return
-        self._ctl.observe(
-            cached=cached, expected=expected, siblings=d.siblings, epoch=d.epoch, active=d.active
+        ctl = self._ctl
+        cap = ctl.cap
+        ctl.observe(
+            cached=cached,
+            expected=expected,
+            siblings=d.siblings,
+            epoch=d.epoch,
+            active=d.active,
+            batch=d.batch,
         )
+        if ctl.cap < cap:
+            self._reclaim()
+
+    def _reclaim(self) -> None:
+        """The cap was cut: followers released but not yet sent go back to their groups, so
+        that a fan-out released before the server showed its shape does not go out anyway."""
+        cap = self._ctl.cap
+        keep: list[Dispatch] = []
+        back: list[Dispatch] = []
+        for d in reversed(self._ready):
+            g = None if d.role != "follower" or d.group is None else self._groups.get(d.group)
+            if g is not None and g.root.family > cap:
+                g.root.family -= 1
+                g.in_flight -= 1
+                g.held.appendleft(d.job)
+                back.append(d)
+            else:
+                keep.append(d)
+        if back:
+            keep.reverse()
+            self._ready = deque(keep)
+            for d in back:
+                self._ctl.unsend(d.batch)
 
     @property
     def held(self) -> int:
@@ -213,7 +244,7 @@ class Scheduler:
         if ok:
             g.state = "warm"
             g.warm_at = self._clock()
-            self._release(g)
+            self._release(g, after_primer=True)
         else:
             # The primer failed (its retries continue as a plain request): promote a follower.
             g.state = "cold"
@@ -329,32 +360,56 @@ class Scheduler:
         root.family += 1
         return True
 
-    def _release(self, g: _Group) -> None:
+    def _release(self, g: _Group, after_primer: bool = False) -> None:
         held = g.held
         ready = self._ready
         ctl = self._ctl
-        cap, epoch, active = ctl.cap, ctl.epoch, len(self._active)
+        epoch, active = ctl.epoch, len(self._active)
+        # Followers a primer's answer releases together: the controller compares their answers.
+        batch = ctl.new_batch() if after_primer and held else 0
+        cap = ctl.release_cap(batch)
         root = g.root
+        n_sent = 0
         if g.fixed_key is not None or not self._use_keys:
             while held and root.family < cap:
                 d = Dispatch(
-                    held.popleft(), "follower", g.fixed_key, g.key, root.family, epoch, active
+                    held.popleft(),
+                    "follower",
+                    g.fixed_key,
+                    g.key,
+                    root.family,
+                    epoch,
+                    active,
+                    batch,
                 )
                 g.in_flight += 1
                 root.family += 1
+                n_sent += 1
                 ready.append(d)
-            return
-        while held and root.family < cap:
-            job = held.popleft()
-            n = self._next_key_index(g)
-            if n == 0:
-                ready.append(
-                    Dispatch(job, "follower", self._base_key(g), g.key, root.family, epoch, active)
-                )
-                g.in_flight += 1
-                root.family += 1
-            elif not self._to_subgroup(g, n, job):
-                return  # the sub-group waits for a place under the cap
+        else:
+            while held and root.family < cap:
+                job = held.popleft()
+                n = self._next_key_index(g)
+                if n == 0:
+                    ready.append(
+                        Dispatch(
+                            job,
+                            "follower",
+                            self._base_key(g),
+                            g.key,
+                            root.family,
+                            epoch,
+                            active,
+                            batch,
+                        )
+                    )
+                    g.in_flight += 1
+                    root.family += 1
+                    n_sent += 1
+                elif not self._to_subgroup(g, n, job):
+                    break  # the sub-group waits for a place under the cap
+        if batch:
+            ctl.open_batch(batch, n_sent)
 
     def _to_subgroup(self, g: _Group, n: int, job: Job) -> bool:
         """Past ``key_rpm`` a group moves to suffixed keys, which the provider may route to

@@ -76,11 +76,13 @@ async def test_per_slot_server_gets_one_group_per_slot(tmp_path: Path) -> None:
         )  # fmt: skip
     assert out.exit_code == 0 and fixed.exit_code == 0
     ctl = out.summary["cache_control"]
-    # One request per group in flight (the tail, with slots to spare, may probe one more).
-    assert ctl["group_concurrency"] <= 2
-    # Only each group's first request misses: 8 of 96 requests.
-    assert out.summary["cache_hit_ratio"] >= 0.85, out.summary
-    assert ctl["follower_hit_ratio"] >= 0.95
+    # One request per group in flight, learned from a split.
+    assert (ctl["group_concurrency"], ctl["cap_shrinks"]) == (1, 1), ctl
+    # Each group's first request misses (8 of 96), plus what learning the shape costs: the
+    # probe's second follower recomputes its prefix in another group's slot and that group's
+    # next request then misses too (3-6 follower misses of 88; 0.817-0.879 cached measured).
+    assert out.summary["cache_hit_ratio"] >= 0.8, out.summary
+    assert ctl["follower_hit_ratio"] >= 0.9
     # The old fixed fan-out on the same server, for contrast: the shape is what the test says.
     assert fixed.summary["cache_hit_ratio"] < out.summary["cache_hit_ratio"] - 0.1
 
