@@ -30,7 +30,7 @@ from runner import report
 from runner.models import Price
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHARTS = ("latency", "ttft", "cdf", "throughput", "inflight", "cache", "cost")
+CHARTS = ("latency", "ttft", "cdf", "throughput", "inflight", "groups", "cache", "cost")
 FLAGS = [
     "--headless",
     "--no-sandbox",
