@@ -69,23 +69,9 @@ _HOME = {
     "load_config": "config",
     "RunOutcome": "pipeline",
     **dict.fromkeys(("BadLine", "Context", "Job", "LatencyRecord", "Price", "Usage"), "models"),
-    **dict.fromkeys(
-        (
-            "AuthError",
-            "BudgetExceeded",
-            "CircuitOpen",
-            "ConfigError",
-            "EndpointError",
-            "GuardTripped",
-            "InputError",
-            "QuotaError",
-            "ResumeError",
-            "RunnerError",
-            "SinkError",
-        ),
-        "errors",
-    ),
 }
+# Every other public name is an exception from errors.py.
+_HOME.update(dict.fromkeys((name for name in __all__ if name not in _HOME), "errors"))
 
 
 def __getattr__(name: str) -> _typing.Any:
