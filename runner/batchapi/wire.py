@@ -240,6 +240,15 @@ def _parse_iso(text: Any) -> float | None:
         return None
 
 
+def _row_doc(line: bytes) -> dict[str, Any] | None:
+    """A result line's JSON object, or None unless it is an object with a string custom_id."""
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("custom_id"), str) else None
+
+
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) else None
 
@@ -354,11 +363,8 @@ class OpenAIBatchAPI(BatchAPI):
                 yield self._row(line)
 
     def _row(self, line: bytes) -> Row:
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict) or not isinstance(doc.get("custom_id"), str):
+        doc = _row_doc(line)
+        if doc is None:
             return Row("", None, None, None, None, None, None)
         resp = doc.get("response")
         err = doc.get("error")
@@ -469,11 +475,8 @@ class AnthropicBatchAPI(BatchAPI):
             yield self._row(line)
 
     def _row(self, line: bytes) -> Row:
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict) or not isinstance(doc.get("custom_id"), str):
+        doc = _row_doc(line)
+        if doc is None:
             return Row("", None, None, None, None, None, None)
         cid = doc["custom_id"]
         result = doc.get("result") or {}
