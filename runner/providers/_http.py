@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from time import perf_counter
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import aiohttp
 import orjson
@@ -408,14 +408,17 @@ class HTTPBackend:
         """Where to post ``job`` (one endpoint, unless the protocol names the model in the URL)."""
         return self._url
 
-    def parse_usage(self, usage: Any) -> Usage | None:
+    # Each protocol sets these to its module's functions (``staticmethod``) and stream parser.
+    def parse_usage(self, usage: Any, /) -> Usage | None:
         raise NotImplementedError
 
-    def classify(self, status: int, body: Any, headers: Headers) -> ErrorInfo:
+    def classify(self, status: int, body: Any, headers: Headers, /) -> ErrorInfo:
         raise NotImplementedError
+
+    stream_class: ClassVar[type[StreamParser]]
 
     def stream_parser(self, t0: float) -> StreamParser:
-        raise NotImplementedError
+        return self.stream_class(t0)
 
     # the request ---------------------------------------------------------------------------
 

@@ -255,6 +255,10 @@ class AnthropicBackend(HTTPBackend):
 
     path = "/messages"
 
+    parse_usage = staticmethod(parse_usage)
+    classify = staticmethod(classify_error)
+    stream_class = AnthropicStream
+
     def configure(self, config: RunConfig) -> None:
         self._warm = config.cache == "warm"
         self._cache_control: dict[str, str] = {"type": "ephemeral"}
@@ -312,12 +316,3 @@ class AnthropicBackend(HTTPBackend):
         if stream:
             body["stream"] = True
         return body, stream
-
-    def parse_usage(self, usage: Any) -> Usage | None:
-        return parse_usage(usage)
-
-    def classify(self, status: int, body: Any, headers: Headers) -> ErrorInfo:
-        return classify_error(status, body, headers)
-
-    def stream_parser(self, t0: float) -> StreamParser:
-        return AnthropicStream(t0)

@@ -269,6 +269,10 @@ class GeminiBackend(HTTPBackend):
     usage_field = "usageMetadata"
     id_field = "responseId"
 
+    parse_usage = staticmethod(parse_usage)
+    classify = staticmethod(classify_error)
+    stream_class = GeminiStream
+
     def configure(self, config: RunConfig) -> None:
         base = str(self._url).rstrip("/")
         self._base = base
@@ -314,15 +318,6 @@ class GeminiBackend(HTTPBackend):
         if gen:
             body["generationConfig"] = gen
         return body, stream
-
-    def parse_usage(self, usage: Any) -> Usage | None:
-        return parse_usage(usage)
-
-    def classify(self, status: int, body: Any, headers: Headers) -> ErrorInfo:
-        return classify_error(status, body, headers)
-
-    def stream_parser(self, t0: float) -> StreamParser:
-        return GeminiStream(t0)
 
     # -- the cachedContents store (runner.explicit_cache.CacheStore) -------------------------
 

@@ -218,6 +218,10 @@ class OpenAIBackend(HTTPBackend):
 
     path = "/chat/completions"
 
+    parse_usage = staticmethod(parse_usage)
+    classify = staticmethod(classify_error)
+    stream_class = OpenAIStream
+
     def configure(self, config: RunConfig) -> None:
         self._retention = config.prompt_cache_retention
 
@@ -244,12 +248,3 @@ class OpenAIBackend(HTTPBackend):
             )
             return body, True
         return body, False
-
-    def parse_usage(self, usage: Any) -> Usage | None:
-        return parse_usage(usage)
-
-    def classify(self, status: int, body: Any, headers: Headers) -> ErrorInfo:
-        return classify_error(status, body, headers)
-
-    def stream_parser(self, t0: float) -> StreamParser:
-        return OpenAIStream(t0)
