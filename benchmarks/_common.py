@@ -35,12 +35,17 @@ def mock_server(*flags: str) -> Iterator[tuple[str, int]]:
             raise SystemExit(f"mock did not start: {url!r}")
         yield url, proc.pid
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM by pid; SIGKILL if it has not exited 10 s later."""
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -11,6 +10,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from _common import stop
 
 HOME = Path(
     os.environ.get("RUNNER_REALSERVER")
@@ -59,11 +60,6 @@ def llama_server(slots: int = 8, log: Path | None = None) -> Iterator[str]:
             time.sleep(0.1)
         yield url + "/v1"
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         if log:
             out.close()  # type: ignore[union-attr]
