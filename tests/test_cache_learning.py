@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from helpers import mock_config
 
 from runner.api import run
 from runner.config import RunConfig
@@ -33,22 +34,14 @@ def write_jobs(tmp: Path, groups: int, questions: int, words: int = 800) -> Path
 
 
 def config(tmp: Path, url: str, **kw: Any) -> RunConfig:
-    base: dict[str, Any] = {
-        "provider": "openai",
-        "base_url": url,
-        "model": "mock-1",
-        "progress": "off",
+    learning: dict[str, Any] = {
         "resume": False,
         "min_cacheable_tokens": 256,
         "cache_adapt": True,  # the learning is opt-in (README "How caching is scheduled")
         "max_active_groups": 64,  # its ceiling
-        "output": tmp / "r.jsonl",
-        "latency": tmp / "l.jsonl",
-        "summary": tmp / "s.json",
         "contexts": tmp / "contexts.jsonl",
     }
-    base.update(kw)
-    return RunConfig(**base)
+    return mock_config(tmp, url, **{**learning, **kw})
 
 
 SLOT_MOCK = dict(

@@ -6,7 +6,6 @@ it by pid.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -16,31 +15,18 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
+from helpers import mock_process, runner
 
 PY = sys.executable
 
 
 @pytest.fixture
 def mock_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    flags: list[str] = getattr(request, "param", ["--latency", "zero"])
-    proc = subprocess.Popen(
-        [PY, "-m", "runner.mock", "--host", "127.0.0.1", "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().decode().strip()
-        assert url.startswith("http://127.0.0.1:")
+    with mock_process(*getattr(request, "param", ["--latency", "zero"])) as url:
         yield url
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def jobs_file(tmp: Path, n: int, bad: bool = False) -> Path:
@@ -52,12 +38,6 @@ def jobs_file(tmp: Path, n: int, bad: bool = False) -> Path:
         if bad:
             fh.write(b'{"id": "broken", "query": 5}\n')
     return path
-
-
-def runner(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "runner", *args], capture_output=True, text=True, timeout=120, **kw
-    )
 
 
 def run_args(url: str, jobs: Path, *extra: str) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import runner
 
 PY = sys.executable
 
@@ -46,12 +47,6 @@ def mock_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield url
     finally:
         stop(proc)
-
-
-def runner(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "runner", *args], capture_output=True, text=True, timeout=120, **kw
-    )
 
 
 def run_args(url: str, jobs: Path, *extra: str) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from helpers import mock_config
 
 from runner.api import run
 from runner.config import RunConfig
@@ -44,19 +45,7 @@ def results(path: Path) -> list[dict[str, Any]]:
 
 
 def config(tmp: Path, url: str, **kw: Any) -> RunConfig:
-    base: dict[str, Any] = {
-        "provider": "openai",
-        "base_url": url,
-        "model": "mock-1",
-        "concurrency": 32,
-        "progress": "off",
-        "output": tmp / "r.jsonl",
-        "latency": tmp / "l.jsonl",
-        "summary": tmp / "s.json",
-        "contexts": tmp / "contexts.jsonl",
-    }
-    base.update(kw)
-    return RunConfig(**base)
+    return mock_config(tmp, url, **{"concurrency": 32, "contexts": tmp / "contexts.jsonl", **kw})
 
 
 async def stats(url: str) -> dict[str, Any]:

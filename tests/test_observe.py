@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.server
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import mock_config, mock_process
 from prometheus_client.parser import text_string_to_metric_families
 
 from runner.api import run
@@ -45,20 +45,7 @@ def write_jobs(tmp: Path, n: int) -> Path:
 
 
 def config(tmp: Path, url: str, **kw: Any) -> RunConfig:
-    base: dict[str, Any] = {
-        "provider": "openai",
-        "base_url": url,
-        "model": "mock-1",
-        "concurrency": 16,
-        "progress": "off",
-        "output": tmp / "r.jsonl",
-        "latency": tmp / "l.jsonl",
-        "summary": tmp / "s.json",
-        "prices": PRICE,
-        "resume": False,
-    }
-    base.update(kw)
-    return RunConfig(**base)
+    return mock_config(tmp, url, **{"concurrency": 16, "prices": PRICE, "resume": False, **kw})
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -252,21 +239,8 @@ async def test_progress_retries_and_pause_events_reach_host_logging(tmp_path: Pa
 
 @pytest.fixture
 def mock_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    flags: list[str] = getattr(request, "param", ["--latency", "zero"])
-    proc = subprocess.Popen(
-        [PY, "-m", "runner.mock", "--host", "127.0.0.1", "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().decode().strip()
-        assert url.startswith("http://127.0.0.1:")
+    with mock_process(*getattr(request, "param", ["--latency", "zero"])) as url:
         yield url
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def cli(url: str, jobs: Path, *extra: str) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import assert_each_job_once, make_inputs
+from helpers import mock_process
 
 from runner.sinks import read_meta_section
 
@@ -27,20 +28,8 @@ N_CTX, N_Q = 3, 4
 @pytest.fixture(scope="module")
 def mock_url() -> Iterator[str]:
     batch = orjson.dumps({"duration_s": 0.4}).decode()
-    proc = subprocess.Popen(
-        [PY, "-m", "runner.mock", "--port", "0", "--latency", "zero", "--batch", batch],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().decode().strip()
-        assert url.startswith("http://127.0.0.1:")
+    with mock_process("--latency", "zero", "--batch", batch) as url:
         yield url
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def mock_batch_stats(url: str) -> dict[str, Any]:
