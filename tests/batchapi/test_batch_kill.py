@@ -25,8 +25,10 @@ PY = sys.executable
 N_CTX, N_Q = 3, 4
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def mock_url() -> Iterator[str]:
+    # One server per test: an Anthropic batch carries no metadata, so a crashed create is found
+    # again by its time and request count, and an earlier test's batch must not be there to match.
     batch = orjson.dumps({"duration_s": 0.4}).decode()
     with mock_process("--latency", "zero", "--batch", batch) as url:
         yield url
