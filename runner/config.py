@@ -308,6 +308,11 @@ _RESERVED_LABELS = {"job_name", "outcome", "error_code", "type", "kind", "state"
 
 
 def _check_operations(c: RunConfig) -> None:
+    # An empty name would label every series job_name="" or merge budgets under scope "".
+    for name in ("metrics_job", "limit_scope"):
+        value = getattr(c, name)
+        if value is not None and not str(value).strip():
+            raise ConfigError(f"{name} must not be empty")
     if c.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be 'text' or 'json', got {c.log_format!r}")
     if c.metrics_port is not None and not 0 <= c.metrics_port <= 65535:

@@ -87,6 +87,16 @@ def test_numbers_that_are_not_numbers_or_out_of_range_are_exit_2_before_any_file
     assert _no_outputs(tmp_path)
 
 
+@pytest.mark.parametrize("flag", ["--metrics-job", "--limit-scope"])
+def test_an_empty_name_is_exit_2_before_any_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    jobs = write_jobs(tmp_path, 2)
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)), flag, "")
+    assert code == 2 and "must not be empty" in err, err
+    assert _no_outputs(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "hint"),
     [
