@@ -460,11 +460,7 @@ class Observer:
         pauses: int = getattr(engine.limiter, "pauses", 0)
         if outcome is None:
             pending = (st.total - st.done - st.skipped) if st.total else (st.read - st.done)
-            cost = None
-            if sb.price is not None:
-                from .stats import cost_of
-
-                cost = cost_of(sb.prompt, sb.cached, sb.cache_write, sb.completion, sb.price)
+            cost = sb.billed_uncached()  # each model at its own price, as in the summary
             return Figures(
                 ok=sb.ok,
                 by_error=sb.by_error,

@@ -150,7 +150,6 @@ class Engine:
         self.sink = sink
         self.limiter = limiter
         self.stats = LiveStats()
-        self.price: Price | None = config.price()
         # One pricing path: every job is priced by the model it is sent with.
         self.summary = SummaryBuilder(None, price_of=config.price)
         caps = self.capabilities = backend.capabilities

@@ -577,18 +577,22 @@ class SummaryBuilder:
             uncached += u
         return billed, uncached
 
-    def _cost(self) -> dict[str, Any] | None:
+    def billed_uncached(self) -> tuple[float, float] | None:
+        """(billed, uncached) so far, by the same rule as the summary's cost; None unpriced."""
         if self._price_of is not None:
             priced = self._priced()
             if priced is None or (self._price_of(None) is None and not priced[0]):
                 return None
-            billed, uncached = priced
-        elif self.price is None:
+            return priced
+        if self.price is None:
             return None
-        else:
-            billed, uncached = cost_of(
-                self.prompt, self.cached, self.cache_write, self.completion, self.price
-            )
+        return cost_of(self.prompt, self.cached, self.cache_write, self.completion, self.price)
+
+    def _cost(self) -> dict[str, Any] | None:
+        priced = self.billed_uncached()
+        if priced is None:
+            return None
+        billed, uncached = priced
         return {
             "currency": "USD",
             "billed": round(billed, 8),

@@ -384,3 +384,26 @@ def test_metrics_port_in_use_is_a_clear_error(tmp_path: Path, mock_url: str) -> 
         )  # fmt: skip
     assert r.returncode == 2 and f"127.0.0.1:{port}" in r.stderr
     assert not (tmp_path / "jobs.results.jsonl").exists()  # refused before any output
+
+
+def test_live_figures_price_each_model_as_the_summary_does() -> None:
+    """The cost exported while a run lasts (metrics, progress) is the summary's, not None."""
+    from types import SimpleNamespace
+
+    from runner.config import Price
+    from runner.observe import Observer
+    from runner.pipeline import LiveStats
+    from runner.stats import SummaryBuilder
+
+    config = RunConfig(
+        prices={"m1": Price(input=1.0, output=2.0), "m2": Price(input=10.0, output=0.0)}
+    )
+    sb = SummaryBuilder(None, price_of=config.price)
+    for model, prompt in (("m1", 1_000_000), ("m2", 100_000)):
+        rec = {"custom_id": model, "outcome": "ok", "model": model, "prompt_tokens": prompt}
+        sb.add({**rec, "cached_tokens": 0, "completion_tokens": 0, "cache_role": "none"})
+    obs = Observer(config, jobs_path=None)
+    obs._engine = SimpleNamespace(summary=sb, stats=LiveStats(), limiter=None)  # type: ignore[assignment]
+    cost = obs._figures(None).cost
+    assert cost is not None and cost == pytest.approx((2.0, 2.0))
+    assert cost[0] == pytest.approx(sb.summary(wall_s=1.0)["cost"]["billed"])
