@@ -562,14 +562,13 @@ class SummaryBuilder:
         m[3] += cache_write
         m[4] += completion
 
-    def _priced(self) -> tuple[float, float] | None:
+    def _priced(self, price_of: Callable[[str | None], Price | None]) -> tuple[float, float] | None:
         """(billed, uncached) with each model's tokens at its price; None if any lacks one."""
-        assert self._price_of is not None
         billed = uncached = 0.0
         for model, (_, prompt, cached, write, completion) in self._models.items():
             if not (prompt or completion):
                 continue
-            price = self._price_of(model)
+            price = price_of(model)
             if price is None:
                 return None
             b, u = cost_of(prompt, cached, write, completion, price)
@@ -577,11 +576,18 @@ class SummaryBuilder:
             uncached += u
         return billed, uncached
 
-    def billed_uncached(self) -> tuple[float, float] | None:
-        """(billed, uncached) so far, by the same rule as the summary's cost; None unpriced."""
-        if self._price_of is not None:
-            priced = self._priced()
-            if priced is None or (self._price_of(None) is None and not priced[0]):
+    def billed_uncached(
+        self, price_of: Callable[[str | None], Price | None] | None = None
+    ) -> tuple[float, float] | None:
+        """(billed, uncached) so far, by the same rule as the summary's cost; None unpriced.
+
+        :param price_of: price each model by this instead of the builder's own (a batch run's
+            cost at the list price next to its cost at the batch price).
+        """
+        price_of = price_of or self._price_of
+        if price_of is not None:
+            priced = self._priced(price_of)
+            if priced is None or (price_of(None) is None and not priced[0]):
                 return None
             return priced
         if self.price is None:

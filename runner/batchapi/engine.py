@@ -37,7 +37,7 @@ from ..pipeline import RunOutcome
 from ..providers._http import make_session
 from ..runtime import endpoint, mock_config
 from ..sinks import Outputs, default_paths, open_outputs
-from ..stats import SummaryBuilder, cost_of
+from ..stats import SummaryBuilder
 from .journal import Chunk, Journal
 from .wire import RETRY_ROW_CODES, BatchAPI, BatchView, Row, control_headers, open_batch_api
 
@@ -173,8 +173,8 @@ class BatchRun:
         self.outputs = outputs
         self.log = log
         self.list_price = config.price()
-        self.price = batch_price(self.list_price)
-        self.summary = SummaryBuilder(self.price)
+        # Each job at its own model's batch price (a batch may mix models: one per chunk).
+        self.summary = SummaryBuilder(None, price_of=lambda m: batch_price(config.price(m)))
         self.max_requests = min(config.batch_max_requests or api.max_requests, api.max_requests)
         self.max_bytes = min(config.batch_max_bytes or api.max_bytes, api.max_bytes)
         self.jobs: dict[str, Job] = {}
@@ -511,6 +511,7 @@ class BatchRun:
             submitted_at=submitted,
             completed_at=ended if chunk is not None else None,
             batch_id=chunk.batch_id if chunk is not None else None,
+            model=(job.model or self.config.model) if job is not None else None,
         )
         if usage_row is not None:
             rec.request_id = usage_row.request_id
@@ -584,10 +585,9 @@ class BatchRun:
         summary["stopped"] = stopped
         summary["not_sent"] = 0 if stopped is None else len(self.jobs)
         list_cost: dict[str, float] | None = None
-        if self.list_price is not None:
-            billed, uncached = cost_of(
-                s.prompt, s.cached, s.cache_write, s.completion, self.list_price
-            )
+        at_list = s.billed_uncached(self.config.price)
+        if at_list is not None:
+            billed, uncached = at_list
             list_cost = {"billed_usd": round(billed, 6), "uncached_usd": round(uncached, 6)}
         discount = (
             None

@@ -384,3 +384,60 @@ async def test_control_requests_still_failing_after_retries_exit_75(
     outcome = await run(jobs, batch_config(url, "openai", ctx, poll_interval=0.001))
     assert outcome.exit_code == 0
     assert_each_job_once(jobs)
+
+
+async def test_a_multi_model_batch_prices_each_job_by_its_own_model(
+    tmp_path: Path, mock: MockFactory
+) -> None:
+    # Found in review: the engine priced every row at the run's model price; the summary cost
+    # must equal the sum, per model, of that model's tokens at its own batch price.
+    from runner.batchapi.engine import batch_price
+    from runner.stats import cost_of
+
+    _, url = await mock(models=("mock-1", "mock-2"))
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": f"mock-{1 + i % 2}",
+                "max_tokens": 3 + i,
+                "messages": [{"role": "user", "content": "hi " * (5 + i)}],
+            },
+        }
+        for i in range(6)
+    ]
+    jobs.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    prices = {
+        "mock-1": Price(input=1.0, output=4.0),
+        "mock-2": Price(input=30.0, output=90.0, batch_discount=0.25),
+    }
+    cfg = RunConfig(
+        provider="openai",
+        base_url=url,
+        via="batch",
+        poll_interval=0.02,
+        progress="off",
+        prices=prices,
+    )
+    outcome = await run(jobs, cfg)
+    assert outcome.exit_code == 0
+    billed = uncached = list_billed = 0.0
+    for r in read_jsonl(tmp_path / "jobs.results.jsonl"):
+        model = f"mock-{1 + int(r['custom_id'][1:]) % 2}"
+        u = r["response"]["body"]["usage"]
+        cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        toks = (u["prompt_tokens"], cached, 0, u["completion_tokens"])
+        bp = batch_price(prices[model])
+        assert bp is not None
+        b, un = cost_of(*toks, bp)
+        billed += b
+        uncached += un
+        list_billed += cost_of(*toks, prices[model])[0]
+    s = outcome.summary
+    assert s["models"] == {"mock-1": 3, "mock-2": 3}
+    assert s["cost"]["billed"] == pytest.approx(billed, rel=1e-6)
+    assert s["cost"]["uncached"] == pytest.approx(uncached, rel=1e-6)
+    assert s["batch"]["at_list_price"]["billed_usd"] == pytest.approx(list_billed, rel=1e-4)
