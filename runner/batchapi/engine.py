@@ -39,7 +39,15 @@ from ..runtime import endpoint, mock_config
 from ..sinks import Outputs, default_paths, open_outputs
 from ..stats import SummaryBuilder
 from .journal import Chunk, Journal
-from .wire import RETRY_ROW_CODES, BatchAPI, BatchView, Row, control_headers, open_batch_api
+from .wire import (
+    RETRY_ROW_CODES,
+    BatchAPI,
+    BatchRejected,
+    BatchView,
+    Row,
+    control_headers,
+    open_batch_api,
+)
 
 __all__ = [
     "DEFAULT_BATCH_DISCOUNT",
@@ -380,7 +388,13 @@ class BatchRun:
                 j.save()
             chunk.state, chunk.creating_at = "creating", time.time()
             j.save()
-            view = await api.create(file_id=chunk.file_id, path=path, metadata=metadata)
+            try:
+                view = await api.create(file_id=chunk.file_id, path=path, metadata=metadata)
+            except BatchRejected:
+                # Refused: no batch exists, so the next run must not look for one.
+                chunk.state = "uploaded" if chunk.file_id else "planned"
+                j.save()
+                raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)

@@ -40,6 +40,7 @@ __all__ = [
     "AnthropicBatchAPI",
     "BatchAPI",
     "BatchAPIError",
+    "BatchRejected",
     "BatchView",
     "OpenAIBatchAPI",
     "Row",
@@ -70,6 +71,14 @@ class BatchAPIError(RunnerError):
     """A batch control request failed permanently (not a row: the upload, create, ...)."""
 
     exit_code = 1
+
+
+class BatchRejected(BatchAPIError):
+    """The provider refused a batch upload or create with a 4xx (other than auth, quota and
+    rate limits): a wrong URL, model or request, which re-sending cannot fix. Misuse, like a
+    wrong endpoint before any success in a direct run: exit 2."""
+
+    exit_code = 2
 
 
 @dataclass(slots=True)
@@ -181,13 +190,16 @@ class BatchAPI:
         json: Any = None,
         data: Any = None,
         sink: BinaryIO | None = None,
+        submit: bool = False,
     ) -> Any:
         """One control request with retries for transient failures; the parsed JSON.
 
         With ``sink`` the body is streamed into it instead (rewound for each attempt), so a
         results file of any size is never held in memory and a cut download is retried whole.
+        With ``submit`` (an upload or create) a permanent 4xx raises :class:`BatchRejected`.
         """
         last = ""
+        status = 0
         for attempt in range(1, _CONTROL_ATTEMPTS + 1):
             body_data = data() if callable(data) else data
             try:
@@ -206,7 +218,8 @@ class BatchAPI:
                         parsed: Any = orjson.loads(payload)
                     except orjson.JSONDecodeError:
                         parsed = payload[:2000].decode("utf-8", "replace")
-                    err = self._backend.classify(resp.status, parsed, resp.headers)
+                    status = resp.status
+                    err = self._backend.classify(status, parsed, resp.headers)
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
                 err = ErrorInfo("connection", f"{type(exc).__name__}: {exc}", retriable=True)
             last = scrub(f"{method} {url.split('?')[0]}: {err.message}", self._api_key)
@@ -219,6 +232,11 @@ class BatchAPI:
                 raise Unavailable(f"{last} (after {attempt} attempts); run again later")
             delay = err.retry_after_s or self._retry_base * 2 ** (attempt - 1)
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        if submit and 400 <= status < 500:
+            raise BatchRejected(
+                f"{last}: the provider refused the batch; check the base URL, "
+                "the model and the request (re-sending would not help)"
+            )
         raise BatchAPIError(last)
 
     async def _download_rows(self, url: str) -> AsyncIterator[bytes]:
@@ -286,7 +304,7 @@ class OpenAIBatchAPI(BatchAPI):
             f.add_field("file", fh, filename=name, content_type="application/jsonl")
             return f
 
-        doc = await self._call("POST", self._base + "/files", data=form)
+        doc = await self._call("POST", self._base + "/files", data=form, submit=True)
         return str(doc["id"])
 
     async def create(
@@ -298,7 +316,8 @@ class OpenAIBatchAPI(BatchAPI):
             "completion_window": "24h",
             "metadata": dict(metadata),
         }
-        return self._view(await self._call("POST", self._base + "/batches", json=doc))
+        url = self._base + "/batches"
+        return self._view(await self._call("POST", url, json=doc, submit=True))
 
     async def get(self, batch_id: str) -> BatchView:
         return self._view(await self._call("GET", f"{self._base}/batches/{batch_id}"))
@@ -416,7 +435,8 @@ class AnthropicBatchAPI(BatchAPI):
     ) -> BatchView:
         url = self._base + "/messages/batches"
         # Streamed from the file (a batch body can be hundreds of MB), reopened per attempt.
-        return self._view(await self._call("POST", url, data=lambda: open(path, "rb")))
+        doc = await self._call("POST", url, data=lambda: open(path, "rb"), submit=True)
+        return self._view(doc)
 
     async def get(self, batch_id: str) -> BatchView:
         return self._view(await self._call("GET", f"{self._base}/messages/batches/{batch_id}"))

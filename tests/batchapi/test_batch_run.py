@@ -441,3 +441,41 @@ async def test_a_multi_model_batch_prices_each_job_by_its_own_model(
     assert s["cost"]["billed"] == pytest.approx(billed, rel=1e-6)
     assert s["cost"]["uncached"] == pytest.approx(uncached, rel=1e-6)
     assert s["batch"]["at_list_price"]["billed_usd"] == pytest.approx(list_billed, rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("fault", ["refused", "wrong_url"])
+async def test_a_refused_upload_or_create_is_misuse_exit_2(
+    tmp_path: Path, mock: MockFactory, shape: str, fault: str
+) -> None:
+    # Found in review: a permanent 4xx on upload/create was exit 1 ("jobs failed"); like a wrong
+    # endpoint before any success in a direct run, it is misuse: exit 2, do not retry.
+    from runner.batchapi.wire import BatchRejected
+
+    server, url = await mock(batch={"max_requests": 2})
+    jobs, ctx = make_inputs(tmp_path, 1, 4)  # one group of 4 requests: over the mock's 2
+    if fault == "wrong_url":
+        url += "/nope"  # 404 from the upload (OpenAI) or the create (Anthropic)
+    with pytest.raises(BatchRejected) as exc:
+        await run(jobs, batch_config(url, shape, ctx, cache="none"))
+    assert exc.value.exit_code == 2
+    assert ("404" if fault == "wrong_url" else "400") in str(exc.value)
+    assert server.stats()["batch"]["creates"][shape] == 0
+    # Nothing was created, so no chunk waits in `creating` for a lookup by the next run.
+    assert {c["state"] for c in journal(jobs)["chunks"]} <= {"planned", "uploading", "uploaded"}
+
+
+def test_a_refused_create_exits_2_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helpers import mock_process
+
+    from runner.cli import main
+
+    jobs, ctx = make_inputs(tmp_path, 1, 4)
+    with mock_process("--latency", "zero", "--batch", '{"max_requests": 2}') as url:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'provider = "openai"\nbase_url = "{url}"\npoll_interval = 0.02\n')
+        args = ["run", str(jobs), "--contexts", str(ctx), "-c", str(cfg), "--via", "batch"]
+        assert main([*args, "--progress", "off", "--cache", "none"]) == 2
+    assert "refused the batch" in capsys.readouterr().err
