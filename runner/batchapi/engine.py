@@ -61,6 +61,7 @@ DEFAULT_BATCH_DISCOUNT = 0.5  # OpenAI and Anthropic both bill batches at half t
 MAX_POLL_INTERVAL_S = 120.0
 BUILTIN_MOCK_POLL_S = 0.25
 POLL_GROWTH = 1.5
+_MAPPED_ID_BYTES = 32  # bound on the growth of an id mapped to "<chunk key>-<position>"
 EXIT_OK, EXIT_FAILED = 0, 1
 # Tests kill the process with SIGKILL at a named point to prove reattach (tests/batchapi/).
 _KILL_AT = os.environ.get("RUNNER_BATCH_KILL_AT")
@@ -289,14 +290,17 @@ class BatchRun:
                 sent = [self.api.sent_id(c, i) for i, c in enumerate(ids)]
                 if sent != ids:
                     # Some ids are not allowed on the wire: send every one by position, so a
-                    # mapped id can never collide with a job's own id.
-                    sent = [f"r{i}" for i in range(len(ids))]
+                    # mapped id can never collide with a job's own id, under the chunk's key, so
+                    # that no other chunk's (or run's) batch carries the same ids.
+                    sent = [f"{key}-{i}" for i in range(len(ids))]
                 chunk.sent = None if sent == ids else sent
                 out.append(chunk)
             ids, size = [], 0
 
+        # A mapped id ("<chunk key>-<position>") may be longer than the id it replaces.
+        slack = _MAPPED_ID_BYTES if self.api.maps_ids else 0
         for members in groups:
-            sizes = [len(self._item(j, 0)) + 1 for j in members]
+            sizes = [len(self._item(j, 0)) + 1 + slack for j in members]
             # Keep a group in one batch when it fits in an empty one (the cache is per batch).
             if ids and (
                 len(ids) + len(members) > self.max_requests or size + sum(sizes) > self.max_bytes
@@ -340,6 +344,7 @@ class BatchRun:
         j, api = self.journal, self.api
         metadata = {"runner_run": j.run_id, "runner_chunk": chunk.key}
         known = {c.batch_id for c in j.chunks if c.batch_id}
+        known.update(b for c in j.chunks for b in c.foreign)
         if chunk.state == "creating":
             assert chunk.creating_at is not None
             found = await api.find(
@@ -351,6 +356,8 @@ class BatchRun:
             if found is not None:
                 self._note(f"reattached {chunk.key} to {found}, created before a crash")
                 chunk.batch_id, chunk.state = found, "submitted"
+                # Found by time and size only: its rows are checked before any is used.
+                chunk.verify = not api.find_is_exact
                 chunk.submitted_at = chunk.creating_at
                 j.save()
                 return
@@ -388,6 +395,7 @@ class BatchRun:
                 j.save()
             chunk.state, chunk.creating_at = "creating", time.time()
             j.save()
+            _kill_point("creating")  # journaled as creating, never created: nothing to adopt
             try:
                 view = await api.create(file_id=chunk.file_id, path=path, metadata=metadata)
             except BatchRejected:
@@ -426,6 +434,8 @@ class BatchRun:
 
     async def _collect(self, chunk: Chunk, view: BatchView) -> None:
         """Write every row of an ended batch; plan its fixable rows; mark it done (one save)."""
+        if chunk.verify and not await self._ours(chunk, view):
+            return
         by_sent = dict(zip(chunk.sent_ids(), chunk.ids, strict=True))
         seen: set[str] = set()
         again: list[Job] = []
@@ -470,6 +480,26 @@ class BatchRun:
             f"{chunk.key} {view.status}: {self.ok + self.failed - written} written"
             + (f", {len(again)} to resubmit" if again else "")
         )
+
+    async def _ours(self, chunk: Chunk, view: BatchView) -> bool:
+        """Whether a batch adopted by time and size is the chunk's: its rows' ids are exactly
+        the ids the chunk sent. If not, it is set aside and the chunk looked up again."""
+        got: set[str] = set()
+        async for row in self.api.rows(view):
+            got.add(row.sent_id)
+        if got == set(chunk.sent_ids()):
+            chunk.verify = False
+            return True
+        assert chunk.batch_id is not None
+        self._note(
+            f"{chunk.batch_id} is not {chunk.key}'s batch (other requests): left alone, "
+            "looking again"
+        )
+        chunk.foreign.append(chunk.batch_id)
+        chunk.batch_id, chunk.status, chunk.counts = None, None, {}
+        chunk.state, chunk.verify = "creating", False
+        self.journal.save()
+        return False
 
     def _write_row(
         self, job: Job, row: Row, chunk: Chunk, submitted: float | None, ended: float
@@ -561,7 +591,8 @@ class BatchRun:
             self._note("stopped: batches keep running; run the same command again to reattach")
             return
         for chunk in self.journal.active():
-            if chunk.state == "submitted" and chunk.batch_id:
+            if chunk.state == "submitted" and chunk.batch_id and not chunk.verify:
+                # (a batch adopted but not yet verified may be another run's: never cancelled)
                 with contextlib.suppress(Exception):
                     view = await self.api.cancel(chunk.batch_id)
                     chunk.status = view.status

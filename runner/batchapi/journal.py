@@ -11,7 +11,11 @@ announces when the action may be repeated safely, *after* it when it may not:
 * A chunk found in ``creating`` may have been created by a process that died before it could
   journal the id: the next run looks the batch up (OpenAI: by the metadata it carries;
   Anthropic: the batch created since, of the same size) and submits only when none exists.
-  One chunk at a time is ever in ``creating``, so the lookup is unambiguous.
+  One chunk at a time is ever in ``creating``, so the lookup is unambiguous for OpenAI. An
+  Anthropic batch carries no metadata, so another run's batch of the same size can match: it
+  is adopted only tentatively (``verify``) and, once ended, used only if its rows' custom ids
+  are exactly the ones the chunk sent; otherwise it goes to ``foreign`` (never cancelled, never
+  read again) and the lookup is repeated.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ class Chunk:
     submitted_at: float | None = None
     ended_at: float | None = None
     note: str | None = None
+    # Adopted after a crash by time and size alone (Anthropic: no metadata): its rows' ids
+    # must equal ``sent_ids()`` before any is used; batches found not to be ours.
+    verify: bool = False
+    foreign: list[str] = field(default_factory=list)
 
     def sent_ids(self) -> list[str]:
         return self.sent if self.sent is not None else self.ids

@@ -120,6 +120,11 @@ class BatchAPI:
     max_bytes: ClassVar[int]
     one_model_per_batch: ClassVar[bool]
     needs_upload: ClassVar[bool]
+    #: Whether :meth:`find` identifies a batch exactly (by metadata); if not, the engine checks
+    #: the rows of the batch it found before using them.
+    find_is_exact: ClassVar[bool]
+    #: Whether :meth:`sent_id` may replace a job's id (then a chunk's ids are all replaced).
+    maps_ids: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -279,6 +284,7 @@ class OpenAIBatchAPI(BatchAPI):
     max_bytes = 200 * 1000 * 1000
     one_model_per_batch = True
     needs_upload = True
+    find_is_exact = True
     _ENDED: ClassVar[frozenset[str]] = frozenset({"completed", "failed", "expired", "cancelled"})
 
     def item(self, job: Job, sent_id: str, cache_key: str | None) -> bytes:
@@ -413,6 +419,8 @@ class AnthropicBatchAPI(BatchAPI):
     max_bytes = 256 * 1000 * 1000
     one_model_per_batch = False
     needs_upload = False
+    find_is_exact = False
+    maps_ids = True
 
     def sent_id(self, custom_id: str, index: int) -> str:
         # custom_id must match ^[a-zA-Z0-9_-]{1,64}$; others travel under their position.
@@ -448,8 +456,9 @@ class AnthropicBatchAPI(BatchAPI):
     async def find(
         self, *, metadata: Mapping[str, str], created_after: float, total: int, known: set[str]
     ) -> str | None:
-        # Message batches carry no metadata: adopt the oldest unknown batch created since the
-        # create was journaled with exactly this many requests (docs/BATCH.md, assumptions).
+        # Message batches carry no metadata: the oldest unknown batch created since the create
+        # was journaled with exactly this many requests, a candidate only: the engine checks its
+        # rows' custom ids once it has ended (docs/BATCH.md, "Journal and reattach").
         after: str | None = None
         found: str | None = None
         while True:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import assert_each_job_once, make_inputs
+from conftest import assert_each_job_once, make_inputs, read_jsonl
 from helpers import mock_process
 
 from runner.sinks import read_meta_section
@@ -126,3 +126,64 @@ def test_kill_9_at_random_moments_then_rerun(tmp_path: Path, mock_url: str, shap
         assert proc.wait(60) == 0
     assert kills >= 1
     check(tmp_path, mock_url, shape, before)
+
+
+def create_foreign_anthropic_batch(url: str, n: int) -> str:
+    """Another run's batch of ``n`` requests, created through the same account."""
+    body = {
+        "requests": [
+            {
+                "custom_id": f"foreign-{i}",
+                "params": {
+                    "model": "mock-1",
+                    "max_tokens": 5,
+                    "messages": [{"role": "user", "content": f"someone else's question {i}"}],
+                },
+            }
+            for i in range(n)
+        ]
+    }
+    req = urllib.request.Request(
+        url + "/messages/batches",
+        data=orjson.dumps(body),
+        headers={"content-type": "application/json", "anthropic-version": "2023-06-01"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return str(orjson.loads(resp.read())["id"])
+
+
+def test_a_foreign_batch_of_the_same_size_is_not_adopted(tmp_path: Path, mock_url: str) -> None:
+    # Found in review: after a crash between journaling `creating` and the create itself, the
+    # next run adopted any batch created since with the same request count (Anthropic batches
+    # carry no metadata), e.g. another run's. Now such a batch is checked against the ids the
+    # chunk sent once it ends, set aside when they differ, and the chunk is submitted anew.
+    args = setup(tmp_path, mock_url, "anthropic")
+    before = mock_batch_stats(mock_url)
+    proc = cli(args, {"RUNNER_BATCH_KILL_AT": "creating"})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    results = tmp_path / "jobs.results.jsonl"
+    (creating,) = [
+        c
+        for c in read_meta_section(results, "batch")["chunks"]
+        if c["batch_id"] is None and c["state"] == "creating"
+    ]
+    assert mock_batch_stats(mock_url)["creates"]["anthropic"] == before["creates"]["anthropic"]
+    foreign = create_foreign_anthropic_batch(mock_url, len(creating["ids"]))
+    proc = cli(args)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert_each_job_once(tmp_path / "jobs.jsonl")
+    chunks = read_meta_section(results, "batch")["chunks"]
+    assert foreign not in {c["batch_id"] for c in chunks}
+    mine = next(c for c in chunks if c["key"] == creating["key"])
+    assert mine["foreign"] == [foreign] and mine["attempt"] == 1 and mine["state"] == "done"
+    assert all(
+        r["custom_id"] and not r["custom_id"].startswith("foreign") for r in read_jsonl(results)
+    )
+    # The chunk was submitted once, after the foreign batch was set aside; nothing twice.
+    after = mock_batch_stats(mock_url)
+    assert after["requests"] - before["requests"] == N_CTX * N_Q + len(creating["ids"])
+    created = after["creates"]["anthropic"] - before["creates"]["anthropic"] - 1
+    assert created == len({c["batch_id"] for c in chunks if c["batch_id"]}) == len(chunks)
