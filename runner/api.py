@@ -30,7 +30,7 @@ from .errors import (
     Unavailable,
 )
 from .explicit_cache import CacheStore, ExplicitCaches, run_tag
-from .jobs import load_contexts, read_jobs
+from .jobs import contexts_for, read_jobs
 from .limits import RateController
 from .models import BadLine, Job, LatencyRecord
 from .observe import Observer, write_summary_to
@@ -122,7 +122,7 @@ async def _run_direct(
     jobs_path: Path | None = None
     items: Iterable[Job | BadLine]
     shard: ShardSpec | None = None
-    also_stdout = config.summary is not None and str(config.summary) == "-"
+    also_stdout = config.summary_to_stdout
     if isinstance(jobs, str | Path):
         jobs_path = Path(jobs)
         config, shard = _shard_setup(config, jobs_path)
@@ -133,11 +133,7 @@ async def _run_direct(
     if jobs_path is not None:
         if jobs_path.is_dir():
             raise InputError(f"{jobs_path}: is a directory, not a jobs file")
-        contexts = (
-            load_contexts(config.contexts, max_line_bytes=config.max_line_bytes)
-            if config.contexts
-            else {}
-        )
+        contexts = contexts_for(config)
         items = read_jobs(jobs_path, contexts=contexts, max_line_bytes=config.max_line_bytes)
         items = _only_shard(items, shard)
         check_prices(config, jobs_path)
@@ -346,7 +342,7 @@ def _summary_path(
     config: RunConfig, jobs_path: Path | None, *, own_sink: bool, config_path: Path | None
 ) -> Path | None:
     """:func:`_check_paths`, where ``--summary -`` (standard output) is no file to check."""
-    if config.summary is not None and str(config.summary) == "-":
+    if config.summary_to_stdout:
         plain = replace(config, summary=None)
         _check_paths(plain, jobs_path, own_sink=own_sink, config_path=config_path)
         return Path("-")
@@ -492,11 +488,7 @@ async def batch(
     """
     from .jobs import parse_job
 
-    contexts = (
-        load_contexts(config.contexts, max_line_bytes=config.max_line_bytes)
-        if config.contexts
-        else {}
-    )
+    contexts = contexts_for(config)
 
     def items() -> Iterable[Job | BadLine]:
         for pos, item in enumerate(jobs, 1):

@@ -740,12 +740,10 @@ def _job_source(
     ns: argparse.Namespace, config: RunConfig
 ) -> Callable[[int | None, str], Iterator[Job]]:
     if ns.jobs is not None:
-        from .jobs import load_contexts, read_jobs
+        from .jobs import contexts_for, read_jobs
         from .models import BadLine
 
-        contexts = (
-            load_contexts(ns.contexts, max_line_bytes=config.max_line_bytes) if ns.contexts else {}
-        )
+        contexts = contexts_for(dataclasses.replace(config, contexts=ns.contexts))
         loaded: list[Job] = []
         bad = 0
         for item in read_jobs(ns.jobs, contexts=contexts, max_line_bytes=config.max_line_bytes):

@@ -326,16 +326,11 @@ def _results_path(jobs: Path, config: RunConfig) -> Path:
 
 
 def _validate(jobs: Path, config: RunConfig) -> int:
-    from .jobs import load_contexts
+    from .jobs import contexts_for
     from .validate import render_validation, validate_file
 
     _check_jobs_file(jobs)
-    contexts = (
-        load_contexts(config.contexts, max_line_bytes=config.max_line_bytes)
-        if config.contexts
-        else {}
-    )
-    report = validate_file(jobs, contexts=contexts, config=config)
+    report = validate_file(jobs, contexts=contexts_for(config), config=config)
     print(render_validation(report, jobs), end="")
     if config.via == "batch":
         from .batchapi.estimate import render_batch_estimate

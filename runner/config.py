@@ -280,6 +280,11 @@ class RunConfig:
     def price(self, model: str | None = None) -> Price | None:
         return self.prices.get(model or self.model)
 
+    @property
+    def summary_to_stdout(self) -> bool:
+        """``--summary -``: the summary JSON goes to standard output (no summary file named)."""
+        return self.summary is not None and str(self.summary) == "-"
+
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the given fields replaced; ``None`` values mean 'not given'."""
         given: dict[str, Any] = {

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import orjson
 
-from .config import DEFAULT_MAX_LINE_BYTES
+from .config import DEFAULT_MAX_LINE_BYTES, RunConfig
 from .errors import InputError
 from .idset import IdSet
 from .models import BadLine, Context, Job, Message
@@ -32,6 +32,7 @@ __all__ = [
     "BATCH_URLS",
     "DEFAULT_MAX_LINE_BYTES",
     "ROLES",
+    "contexts_for",
     "load_contexts",
     "parse_job",
     "prefix_digest",
@@ -65,6 +66,13 @@ def prefix_digest(messages: Sequence[Message]) -> str:
     """16 hex characters identifying a static prefix: key order does not matter."""
     canonical = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
     return blake2b(canonical, digest_size=8).hexdigest()
+
+
+def contexts_for(config: RunConfig) -> dict[str, Context]:
+    """The contexts of ``config.contexts`` (read with its line limit), or none without one."""
+    if not config.contexts:
+        return {}
+    return load_contexts(config.contexts, max_line_bytes=config.max_line_bytes)
 
 
 def load_contexts(

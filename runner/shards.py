@@ -228,7 +228,7 @@ def apply_shard(config: RunConfig, jobs_path: Path, spec: ShardSpec) -> RunConfi
 
     ``--summary -`` still gets a shard summary file (the merge reads it to know the shard
     finished); :func:`runner.run` prints the summary to standard output as well."""
-    if config.summary is not None and str(config.summary) == "-":
+    if config.summary_to_stdout:
         config = replace(config, summary=None)
     results, latency, summary = default_paths(jobs_path, config)
     return replace(

@@ -71,3 +71,11 @@ def test_api_key_comes_only_from_the_named_variable(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("RUNNER_TEST_KEY_VAR", "sk-abc")
     assert cfg.api_key() == "sk-abc"
     assert RunConfig().api_key() is None
+
+
+def test_summary_to_stdout_is_only_a_summary_of_dash() -> None:
+    # The one test of `--summary -` (was written out in api.py, shards.py and workers.py).
+    assert RunConfig(summary=Path("-")).summary_to_stdout
+    assert not RunConfig(summary=Path("run.summary.json")).summary_to_stdout
+    assert not RunConfig(summary=Path("./-x")).summary_to_stdout
+    assert not RunConfig().summary_to_stdout

@@ -631,3 +631,15 @@ def test_demo_inputs_are_valid_and_reproducible(tmp_path: Path) -> None:
     batch = read(EXAMPLES / "batch.jsonl")
     assert len(batch) == 20 and all(isinstance(j, Job) for j in batch)
     assert sum(os.path.getsize(EXAMPLES / n) for n in ("contexts.jsonl", "jobs.jsonl")) < 1 << 20
+
+
+def test_contexts_for_reads_the_configs_contexts_with_its_line_limit(tmp_path: Path) -> None:
+    # The one way a run, validate, a batch and bench load contexts from a config.
+    from runner.config import RunConfig
+    from runner.jobs import contexts_for
+
+    path = write(tmp_path / "contexts.jsonl", {"cache_id": "c", "system": "x" * 200})
+    assert contexts_for(RunConfig()) == {}
+    assert sorted(contexts_for(RunConfig(contexts=path))) == ["c"]
+    with pytest.raises(InputError):
+        contexts_for(RunConfig(contexts=path, max_line_bytes=100))

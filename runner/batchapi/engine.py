@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from ..budget import RequestBudget
 from ..config import DEFAULT_POLL_INTERVAL_S, RunConfig
 from ..errors import ConfigError
-from ..jobs import load_contexts, read_jobs
+from ..jobs import contexts_for, read_jobs
 from ..models import BadLine, ErrorInfo, Job, LatencyRecord, Price, estimate_tokens
 from ..pipeline import RunOutcome
 from ..providers._http import make_session
@@ -118,11 +118,7 @@ async def run_batch(
     if config.base_url is None and config.poll_interval == DEFAULT_POLL_INTERVAL_S:
         # The built-in mock ends a batch within seconds: a 10 s first poll would only wait.
         config = replace(config, poll_interval=BUILTIN_MOCK_POLL_S)
-    contexts = (
-        load_contexts(config.contexts, max_line_bytes=config.max_line_bytes)
-        if config.contexts
-        else {}
-    )
+    contexts = contexts_for(config)
     api_key = config.api_key()
     # The built-in mock's config is checked before any file is opened.
     mock = None if config.base_url else mock_config(config)
