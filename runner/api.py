@@ -30,7 +30,7 @@ from .errors import (
     Unavailable,
 )
 from .explicit_cache import CacheStore, ExplicitCaches, run_tag
-from .jobs import contexts_for, read_jobs
+from .jobs import contexts_for, count_lines, read_jobs
 from .limits import RateController
 from .models import BadLine, Job, LatencyRecord
 from .observe import Observer, write_summary_to
@@ -46,17 +46,6 @@ from .sinks import MetaCacheJournal, Outputs, open_outputs
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
 
 __all__ = ["BatchResult", "batch", "count_lines", "run"]
-
-
-def count_lines(path: Path) -> int:
-    """Non-blank-ish line count for the progress total (a fast newline count, no parsing)."""
-    n = 0
-    last = b"\n"
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    return n + (last != b"\n")
 
 
 async def run(

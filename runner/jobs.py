@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "ROLES",
     "contexts_for",
+    "count_lines",
     "load_contexts",
     "parse_job",
     "prefix_digest",
@@ -66,6 +67,21 @@ def prefix_digest(messages: Sequence[Message]) -> str:
     """16 hex characters identifying a static prefix: key order does not matter."""
     canonical = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
     return blake2b(canonical, digest_size=8).hexdigest()
+
+
+def count_lines(path: Path) -> int:
+    """Lines of a file, a last one without its newline included: a fast newline count, no
+    parsing (the progress total of a jobs file, the result lines ``runner status`` shows).
+
+    :raises OSError: the file cannot be read.
+    """
+    n = 0
+    last = b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
 
 
 def contexts_for(config: RunConfig) -> dict[str, Context]:

@@ -643,3 +643,19 @@ def test_contexts_for_reads_the_configs_contexts_with_its_line_limit(tmp_path: P
     assert sorted(contexts_for(RunConfig(contexts=path))) == ["c"]
     with pytest.raises(InputError):
         contexts_for(RunConfig(contexts=path, max_line_bytes=100))
+
+
+def test_count_lines_counts_a_last_line_without_its_newline(tmp_path: Path) -> None:
+    # The one newline counter (the progress total, `runner status`); chunk-boundary safe.
+    from runner.jobs import count_lines
+
+    path = tmp_path / "f.jsonl"
+    for data, want in [
+        (b"", 0),
+        (b"a\n", 1),
+        (b"a\nb", 2),
+        (b"a\n" * 300_000 + b"z", 300_001),  # spans the 1 MiB reads
+        (b"x" * (1 << 20) + b"\n", 1),  # the newline alone in the second read
+    ]:
+        path.write_bytes(data)
+        assert count_lines(path) == want, data[:10]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..jobs import count_lines
 from ..providers._http import make_session
 from ..sinks import meta_path_of, read_meta_section
 from .journal import SECTION, Chunk
@@ -17,8 +18,7 @@ __all__ = ["fetch_live", "journaled_batches", "render_status"]
 
 def _count_lines(path: Path) -> int:
     try:
-        with open(path, "rb") as fh:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        return count_lines(path)
     except FileNotFoundError:
         return 0
 
