@@ -34,7 +34,7 @@ from .jobs import contexts_for, count_lines, read_jobs
 from .limits import RateController
 from .models import BadLine, Job, LatencyRecord
 from .observe import Observer, write_summary_to
-from .outputs import check_outputs, plan_outputs
+from .outputs import OutputPlan, check_outputs, run_plan
 from .pipeline import Engine, Limiter, LiveStats, RunOutcome, Sink
 from .preflight import check_prices
 from .progress import make_progress
@@ -117,8 +117,11 @@ async def _run_direct(
         config, shard = _shard_setup(config, jobs_path)
     also_stdout = also_stdout and shard is not None  # a shard's summary file plus stdout
     # Every output path is decided and checked before anything is opened for writing.
-    summary_path = _summary_path(config, jobs_path, own_sink=sink is None, config_path=config_path)
-    _refuse_while_batches_run(jobs, config)
+    plan = run_plan(config, jobs_path, own_sink=sink is None)  # the one plan of this run
+    summary_path = _summary_path(
+        config, jobs_path, own_sink=sink is None, config_path=config_path, plan=plan
+    )
+    _refuse_while_batches_run(jobs, config, plan)
     if jobs_path is not None:
         if jobs_path.is_dir():
             raise InputError(f"{jobs_path}: is a directory, not a jobs file")
@@ -147,11 +150,11 @@ async def _run_direct(
         outputs = None
         if sink is None:
             # Only now, with every pre-flight check passed, may an output be truncated.
-            outputs = open_outputs(config, jobs_path=jobs_path, model=config.model)
+            outputs = open_outputs(config, jobs_path=jobs_path, model=config.model, plan=plan)
             stack.callback(outputs.close)
             sink = outputs
             _shard_manifest(shard, outputs, jobs_path, summary_path, config.model)
-        explicit = await _explicit_caches(config, backend, jobs_path)
+        explicit = await _explicit_caches(config, backend, plan)
         sink = observer.wrap_sink(sink)
         limiter = await _limiter(stack, config, base_url=base_url, api_key=api_key)
         engine = Engine(
@@ -259,17 +262,13 @@ def _scaling_summary(summary: dict[str, Any], shard: ShardSpec | None, limiter: 
 
 
 async def _explicit_caches(
-    config: RunConfig, backend: object, jobs_path: Path | None
+    config: RunConfig, backend: object, plan: OutputPlan | None
 ) -> ExplicitCaches | None:
     """Explicit caches per group when the provider has them and caching is on; what an
     interrupted run left behind is adopted or deleted first."""
     if config.cache != "warm" or not isinstance(backend, CacheStore):
         return None
-    results: Path | None = None
-    if jobs_path is not None or config.output is not None:
-        results = plan_outputs(
-            config, jobs_path if jobs_path is not None else config.output
-        ).results
+    results = plan.results if plan is not None else None
     explicit = ExplicitCaches(
         backend,
         tag=run_tag(results if results is not None else "in-memory"),
@@ -328,14 +327,21 @@ async def _preflight(backend: HTTPBackend, base_url: str) -> None:
 
 
 def _summary_path(
-    config: RunConfig, jobs_path: Path | None, *, own_sink: bool, config_path: Path | None
+    config: RunConfig,
+    jobs_path: Path | None,
+    *,
+    own_sink: bool,
+    config_path: Path | None,
+    plan: OutputPlan | None = None,
 ) -> Path | None:
     """:func:`_check_paths`, where ``--summary -`` (standard output) is no file to check."""
+    if plan is None:
+        plan = run_plan(config, jobs_path, own_sink=own_sink)
     if config.summary_to_stdout:
         plain = replace(config, summary=None)
-        _check_paths(plain, jobs_path, own_sink=own_sink, config_path=config_path)
+        _check_paths(plain, jobs_path, plan, own_sink=own_sink, config_path=config_path)
         return Path("-")
-    return _check_paths(config, jobs_path, own_sink=own_sink, config_path=config_path)
+    return _check_paths(config, jobs_path, plan, own_sink=own_sink, config_path=config_path)
 
 
 async def _run_batch(
@@ -347,25 +353,31 @@ async def _run_batch(
 ) -> RunOutcome:
     if not isinstance(jobs, str | Path) or sink is not None:
         raise ConfigError("--via batch reads a jobs file and writes the default sinks")
-    _summary_path(config, Path(jobs), own_sink=True, config_path=config_path)
+    plan = run_plan(config, Path(jobs))
+    _summary_path(config, Path(jobs), own_sink=True, config_path=config_path, plan=plan)
     from .batchapi.engine import run_batch
 
-    return await run_batch(Path(jobs), config, handle_signals=handle_signals)
+    return await run_batch(Path(jobs), config, handle_signals=handle_signals, plan=plan)
 
 
 def _refuse_while_batches_run(
-    jobs: Iterable[Job | BadLine] | Path | str, config: RunConfig
+    jobs: Iterable[Job | BadLine] | Path | str, config: RunConfig, plan: OutputPlan | None
 ) -> None:
     """A direct run onto outputs whose provider batches are not collected would send their jobs
     a second time (docs/BATCH.md)."""
-    if isinstance(jobs, str | Path) and config.resume:
+    if isinstance(jobs, str | Path) and config.resume and plan is not None:
         from .batchapi.journal import refuse_direct_while_in_flight
 
-        refuse_direct_while_in_flight(plan_outputs(config, Path(jobs)).results)
+        refuse_direct_while_in_flight(plan.results)
 
 
 def _check_paths(
-    config: RunConfig, jobs_path: Path | None, *, own_sink: bool, config_path: Path | None
+    config: RunConfig,
+    jobs_path: Path | None,
+    plan: OutputPlan | None,
+    *,
+    own_sink: bool,
+    config_path: Path | None,
 ) -> Path | None:
     """Check every path the run writes (see :mod:`runner.outputs`); the summary's, if any."""
     inputs = [
@@ -374,7 +386,7 @@ def _check_paths(
         ("the config file", config_path),
     ]
     if own_sink or jobs_path is not None:
-        plan = plan_outputs(config, jobs_path if jobs_path is not None else config.output)
+        assert plan is not None  # run_plan makes one whenever the run owns its outputs
         summary = ("the summary (--summary)", plan.summary)
         check_outputs(plan.labelled() if own_sink else [summary], inputs)
         return plan.summary

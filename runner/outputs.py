@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import RunConfig
 from .errors import ConfigError
 
-__all__ = ["OutputPlan", "check_outputs", "plan_outputs", "sibling"]
+__all__ = ["OutputPlan", "check_outputs", "plan_outputs", "run_plan", "sibling"]
 
 _RESULTS_SUFFIX = ".results.jsonl"
 
@@ -91,6 +91,25 @@ def plan_outputs(config: RunConfig, jobs_path: Path | None) -> OutputPlan:
         latency=config.latency or sibling(results, "latency.jsonl"),
         summary=config.summary or sibling(results, "summary.json"),
     )
+
+
+def run_plan(
+    config: RunConfig, jobs_path: Path | None, *, own_sink: bool = True
+) -> OutputPlan | None:
+    """The output plan of one run, computed once and passed to every step that needs it
+    (checks, the batch-journal guard, explicit caches, :func:`runner.sinks.open_outputs`).
+
+    With ``--summary -`` the plan's summary is the default file beside the results: checked
+    and locked like the other outputs, though only standard output is written. ``None`` when
+    the run writes no files of its own (a sink given, jobs in memory, no ``output``).
+
+    :raises ConfigError: the run owns its outputs but no path can be derived.
+    """
+    if not (own_sink or jobs_path is not None or config.output is not None):
+        return None
+    if config.summary_to_stdout:
+        config = replace(config, summary=None)
+    return plan_outputs(config, jobs_path if jobs_path is not None else config.output)
 
 
 def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:

@@ -55,7 +55,7 @@ from .config import RunConfig
 from .errors import ResumeError, SinkError
 from .fingerprint import Fingerprint, fingerprint
 from .models import LatencyRecord
-from .outputs import plan_outputs
+from .outputs import OutputPlan, plan_outputs, run_plan
 
 __all__ = [
     "DEFAULT_FLUSH_EVERY",
@@ -114,6 +114,7 @@ def open_outputs(
     model: str,
     flush_every: int = DEFAULT_FLUSH_EVERY,
     fsync: bool = True,
+    plan: OutputPlan | None = None,
 ) -> Outputs:
     """Lock the outputs, check they belong to this input and model, repair and load them.
 
@@ -128,13 +129,17 @@ def open_outputs(
     :param model: the run's model; resuming with another model is refused.
     :param flush_every: hand the buffered lines to the OS after this many jobs.
     :param fsync: fsync both files on :meth:`Outputs.close`.
+    :param plan: the run's output plan (:func:`runner.outputs.run_plan`), if already made.
     :raises ResumeError: the outputs are locked by a live runner or belong to another input/model.
     :raises InputError: the jobs file cannot be read.
     :raises SinkError: an output file cannot be created, read or written.
     """
     if flush_every < 1:
         raise ValueError(f"flush_every must be >= 1, got {flush_every}")
-    plan = plan_outputs(config, jobs_path if jobs_path is not None else config.output)
+    if plan is None:
+        # (with ``--summary -`` the lock goes beside the default summary, not on ./-.lock)
+        plan = run_plan(config, jobs_path)
+        assert plan is not None
     results, latency = plan.results, plan.latency
     for parent in {results.parent, latency.parent, plan.summary.parent}:
         try:

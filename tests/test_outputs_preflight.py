@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from promise_helpers import cli_run, fast_config, lines, load, write_jobs
@@ -252,3 +253,54 @@ def test_a_directory_the_run_may_not_write_is_exit_2_before_any_request(
     )
     assert code == 2 and f"cannot create files in {ro}" in err
     assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+async def test_the_output_plan_is_made_once_per_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in review: a run derived its output paths 3-4 times (checks, the batch-journal
+    # guard, explicit caches, opening the outputs); now once, passed to each step.
+    import runner.api
+    import runner.outputs
+    import runner.sinks
+    from runner import run
+
+    calls: list[object] = []
+    real = runner.outputs.plan_outputs
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls.append(args)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(runner.outputs, "plan_outputs", counted)
+    monkeypatch.setattr(runner.sinks, "plan_outputs", counted)
+    monkeypatch.setattr(runner.api, "plan_outputs", counted, raising=False)  # where it was
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"id": "a", "query": "hi"}\n{"id": "b", "query": "ho"}\n')
+    for via in ("direct", "batch"):
+        calls.clear()
+        cfg = RunConfig(via=via, progress="off", output=tmp_path / via, poll_interval=0.01)
+        assert (await run(jobs, cfg)).exit_code == 0
+        assert len(calls) == 1, via
+
+
+async def test_two_runs_with_summary_to_stdout_share_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found while fixing the above: with `--summary -` the summary lock was ./-.lock, so a
+    # second run with `--summary -` from the same directory was refused as "being written by
+    # another runner" although its outputs were its own.
+    from runner import run
+
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for p in (a, b):
+        p.write_text('{"id": "x", "query": "hi"}\n')
+    cfg = RunConfig(summary=Path("-"), progress="off")
+    held = open_outputs(cfg, jobs_path=a, model=cfg.model)  # run A, still going
+    try:
+        assert (await run(b, cfg)).exit_code == 0
+        assert not (tmp_path / "-.lock").exists()
+    finally:
+        held.close()
+    assert '"jobs"' in capsys.readouterr().out

@@ -33,10 +33,11 @@ from ..config import DEFAULT_POLL_INTERVAL_S, RunConfig
 from ..errors import ConfigError
 from ..jobs import contexts_for, read_jobs
 from ..models import BadLine, ErrorInfo, Job, LatencyRecord, Price, estimate_tokens
+from ..outputs import OutputPlan, run_plan
 from ..pipeline import RunOutcome
 from ..providers._http import make_session
 from ..runtime import endpoint, mock_config
-from ..sinks import Outputs, default_paths, open_outputs
+from ..sinks import Outputs, open_outputs
 from ..stats import SummaryBuilder
 from .journal import Chunk, Journal
 from .wire import (
@@ -105,11 +106,13 @@ async def run_batch(
     *,
     handle_signals: bool = False,
     log: TextIO | None = None,
+    plan: OutputPlan | None = None,
 ) -> RunOutcome:
     """Run ``jobs_path`` through the provider's batch API; returns like :func:`runner.run`.
 
     :param handle_signals: SIGINT/SIGTERM detach (or cancel, with ``cancel_on_stop``) and return.
     :param log: where the per-poll progress lines go (stderr unless ``progress`` is ``off``).
+    :param plan: the output plan (:func:`runner.outputs.run_plan`), if already made.
     """
     if config.cache == "warm" and config.provider == "anthropic":
         # A batch can take far longer than 5 minutes: only the hour-long cache can carry a
@@ -128,7 +131,10 @@ async def run_batch(
     wants = config.progress in ("bar", "log") or (config.progress == "auto" and handle_signals)
     if log is None and wants and not config.quiet and config.log_format != "json":
         log = sys.stderr
-    outputs = open_outputs(config, jobs_path=jobs_path, model=config.model)
+    if plan is None:
+        plan = run_plan(config, jobs_path)
+        assert plan is not None
+    outputs = open_outputs(config, jobs_path=jobs_path, model=config.model, plan=plan)
     try:
         async with contextlib.AsyncExitStack() as stack:
             base_url = await stack.enter_async_context(endpoint(config, mock))
@@ -144,7 +150,7 @@ async def run_batch(
         outputs.close()
     from ..observe import write_summary_to  # the summary file, or stdout for ``--summary -``
 
-    write_summary_to(config.summary or default_paths(jobs_path, config)[2], outcome.summary)
+    write_summary_to(config.summary or plan.summary, outcome.summary)
     if config.log_format == "json":
         # No observer runs here (no per-request events), but a JSON log still gets its end.
         from ..logs import EventLog
