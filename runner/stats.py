@@ -337,11 +337,7 @@ class SummaryBuilder:
     ) -> None:
         """Tokens billed by a request that is not a job (a cache pre-warm): cost, not latency."""
         self.overhead_requests += 1
-        self._by_model(model, prompt, cached, cache_write, completion, jobs=0)
-        self.prompt += prompt
-        self.cached += cached
-        self.cache_write += cache_write
-        self.completion += completion
+        self._tokens(model, prompt, cached, cache_write, completion, jobs=0)
 
     def add(self, rec: LatencyRecord | Mapping[str, Any]) -> None:
         """Count one job's record: a :class:`LatencyRecord` or a dict read from a latency file."""
@@ -404,14 +400,6 @@ class SummaryBuilder:
         itl: list[float] | None,
         model: str | None = None,
     ) -> None:
-        m = self._models.get(model)
-        if m is None:
-            m = self._models[model] = [0, 0, 0, 0, 0]
-        m[0] += 1
-        m[1] += prompt
-        m[2] += cached or 0
-        m[3] += cache_write
-        m[4] += completion
         if attempts > 1:
             self._retries += attempts - 1
         self._limiter_ms += limiter_ms
@@ -422,10 +410,7 @@ class SummaryBuilder:
         if cached is None:
             self.cached_unreported += 1
             cached = 0
-        self.prompt += prompt
-        self.cached += cached
-        self.cache_write += cache_write
-        self.completion += completion
+        self._tokens(model, prompt, cached, cache_write, completion, jobs=1)
         r = self._roles.get(role)
         if r is None:
             r = self._roles[role] = _Role()
@@ -543,7 +528,7 @@ class SummaryBuilder:
             out["models"] = dict(sorted(models.items()))  # jobs sent to each model
         return out
 
-    def _by_model(
+    def _tokens(
         self,
         model: str | None,
         prompt: int,
@@ -551,8 +536,9 @@ class SummaryBuilder:
         cache_write: int,
         completion: int,
         *,
-        jobs: int = 1,
+        jobs: int,
     ) -> None:
+        """The one place billed tokens are counted: per model (for pricing) and in total."""
         m = self._models.get(model)
         if m is None:
             m = self._models[model] = [0, 0, 0, 0, 0]
@@ -561,6 +547,10 @@ class SummaryBuilder:
         m[2] += cached
         m[3] += cache_write
         m[4] += completion
+        self.prompt += prompt
+        self.cached += cached
+        self.cache_write += cache_write
+        self.completion += completion
 
     def _priced(self, price_of: Callable[[str | None], Price | None]) -> tuple[float, float] | None:
         """(billed, uncached) with each model's tokens at its price; None if any lacks one."""

@@ -379,3 +379,33 @@ def test_render_summary_shows_the_headline_figures() -> None:
     ):
         assert needle in text, needle
     assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_jobs_and_pre_warms_are_counted_on_one_path_per_model_and_in_total() -> None:
+    # Jobs (add) and pre-warms (add_usage) count tokens through one path: the per-model sums
+    # that price the run and the totals the summary shows always agree.
+    cheap = Price(input=1.0, output=2.0)
+    dear = Price(input=10.0, output=20.0, cached_input=1.0, cache_write=12.5)
+    prices = {"a": cheap, "b": dear}
+    b = SummaryBuilder(None, price_of=lambda m: prices.get(m or "a"))
+    b.add(
+        LatencyRecord(
+            custom_id="1", prompt_tokens=100, cached_tokens=None, completion_tokens=5, model="a"
+        )
+    )
+    b.add(
+        {
+            "custom_id": "2",
+            "prompt_tokens": 200,
+            "cached_tokens": 50,
+            "completion_tokens": 7,
+            "model": "b",
+        }
+    )
+    b.add_usage(300, 0, 300, 0, model="b")
+    s = b.summary()
+    assert s["tokens"] == {"prompt": 600, "cached": 50, "cache_write": 300, "completion": 12}
+    assert s["models"] == {"a": 1, "b": 1} and s["overhead_requests"] == 1
+    assert s["cache"]["cached_unreported"] == 1
+    want = cost_of(100, 0, 0, 5, cheap)[0] + cost_of(500, 50, 300, 7, dear)[0]
+    assert s["cost"]["billed"] == pytest.approx(want, rel=1e-9)
