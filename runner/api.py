@@ -39,6 +39,7 @@ from .pipeline import Engine, Limiter, LiveStats, RunOutcome, Sink
 from .preflight import check_prices
 from .progress import make_progress
 from .providers import HTTPBackend, open_backend
+from .results import ResultLine
 from .retry import RetryPolicy
 from .runtime import endpoint
 from .shards import ShardSpec, apply_shard, filter_items, resolve_shard, write_manifest
@@ -152,7 +153,7 @@ async def _run_direct(
             # Only now, with every pre-flight check passed, may an output be truncated.
             outputs = open_outputs(config, jobs_path=jobs_path, model=config.model, plan=plan)
             stack.callback(outputs.close)
-            sink = outputs
+            sink = outputs.sink  # the files, or the --order input wrapper over them
             _shard_manifest(shard, outputs, jobs_path, summary_path, config.model)
         explicit = await _explicit_caches(config, backend, plan)
         sink = observer.wrap_sink(sink)
@@ -457,13 +458,10 @@ class _MemorySink:
     def done(self, custom_id: str | int) -> bool:
         return False
 
-    def expect(self, line: int) -> None:
-        pass
-
-    def write(self, result: dict[str, Any], record: LatencyRecord, line: int) -> None:
+    def write(self, result: ResultLine, record: LatencyRecord) -> None:
         # Raw bodies travel as orjson fragments; a caller wants plain objects.
-        parsed = orjson.loads(orjson.dumps(result))
-        self.results.append((line, BatchResult(result.get("custom_id"), parsed, record)))
+        parsed = orjson.loads(result.to_json())
+        self.results.append((result.line, BatchResult(result.custom_id, parsed, record)))
 
     def flush(self) -> None:
         pass

@@ -66,6 +66,8 @@ class RequestBudget:
 
     def context_problem(self, job: Job, where: str) -> str | None:
         """Why ``job`` would only waste a paid call (it cannot fit the context window)."""
+        if self.context_window is None:
+            return None
         prompt = estimate_tokens(job.prompt_chars)
         if not self.over_window(prompt, self.completion(job)):
             return None

@@ -40,6 +40,7 @@ class Dispatch:
     epoch: int = 0  # the cache controller's epoch at release (see runner.cachectl)
     active: int = 0  # groups active at release
     batch: int = 0  # the post-primer release it was part of (0: released on its own)
+    admitted: float = 0.0  # when the pipeline admitted the job (its clock): queue time starts
 
 
 class _Group:
@@ -61,7 +62,7 @@ class _Group:
     def __init__(self, key: str, fixed_key: str | None = None, root: _Group | None = None) -> None:
         self.key = key
         self.fixed_key = fixed_key  # a per-key sub-group: every job goes with this cache key
-        self.held: deque[Job] = deque()
+        self.held: deque[tuple[Job, float]] = deque()  # (job, admitted at)
         self.in_flight = 0
         # A group and its per-key sub-groups share one prefix, so the per-group cap counts
         # their requests together (``family``, kept on the root).
@@ -137,8 +138,11 @@ class Scheduler:
 
     # -- admission -------------------------------------------------------------------------
 
-    def add(self, job: Job) -> None:
-        """Admit a job: ready at once, or held behind its group's primer."""
+    def add(self, job: Job, admitted: float = 0.0) -> None:
+        """Admit a job: ready at once, or held behind its group's primer.
+
+        ``admitted`` (the pipeline's clock) travels with the job into its :class:`Dispatch`.
+        """
         gkey = job.group
         if (
             self._strategy == "none"
@@ -146,12 +150,12 @@ class Scheduler:
             or estimate_tokens(job.prefix_chars) < self._min_tokens
         ):
             # Nothing to gain from priming: the prefix will never be cached.
-            self._ready.append(Dispatch(job, "none", None))
+            self._ready.append(Dispatch(job, "none", None, admitted=admitted))
             return
         g = self._groups.get(gkey)
         if g is None:
             g = self._groups[gkey] = _Group(gkey)
-        g.held.append(job)
+        g.held.append((job, admitted))
         if gkey not in self._active:
             self._waiting[gkey] = None
             return
@@ -221,7 +225,7 @@ class Scheduler:
             if g is not None and g.root.family > cap:
                 g.root.family -= 1
                 g.in_flight -= 1
-                g.held.appendleft(d.job)
+                g.held.appendleft((d.job, d.admitted))
                 back.append(d)
             else:
                 keep.append(d)
@@ -351,12 +355,14 @@ class Scheduler:
         root = g.root
         if g.primer is not None or not g.held or (g is not root and root.family >= self._ctl.cap):
             return False
-        job = self._shortest(g.held)
+        job, admitted = self._shortest(g.held)
         g.primer = job
         g.state = "priming"
         g.in_flight += 1
         key = g.fixed_key if g.fixed_key is not None else self._base_key(g)
-        self._ready.append(Dispatch(job, "primer", key, g.key, root.family, self._ctl.epoch, 0))
+        self._ready.append(
+            Dispatch(job, "primer", key, g.key, root.family, self._ctl.epoch, 0, 0, admitted)
+        )
         root.family += 1
         return True
 
@@ -372,8 +378,9 @@ class Scheduler:
         n_sent = 0
         if g.fixed_key is not None or not self._use_keys:
             while held and root.family < cap:
+                job, admitted = held.popleft()
                 d = Dispatch(
-                    held.popleft(),
+                    job,
                     "follower",
                     g.fixed_key,
                     g.key,
@@ -381,6 +388,7 @@ class Scheduler:
                     epoch,
                     active,
                     batch,
+                    admitted,
                 )
                 g.in_flight += 1
                 root.family += 1
@@ -388,7 +396,7 @@ class Scheduler:
                 ready.append(d)
         else:
             while held and root.family < cap:
-                job = held.popleft()
+                job, admitted = held.popleft()
                 n = self._next_key_index(g)
                 if n == 0:
                     ready.append(
@@ -401,17 +409,18 @@ class Scheduler:
                             epoch,
                             active,
                             batch,
+                            admitted,
                         )
                     )
                     g.in_flight += 1
                     root.family += 1
                     n_sent += 1
-                elif not self._to_subgroup(g, n, job):
+                elif not self._to_subgroup(g, n, job, admitted):
                     break  # the sub-group waits for a place under the cap
         if batch:
             ctl.open_batch(batch, n_sent)
 
-    def _to_subgroup(self, g: _Group, n: int, job: Job) -> bool:
+    def _to_subgroup(self, g: _Group, n: int, job: Job, admitted: float) -> bool:
         """Past ``key_rpm`` a group moves to suffixed keys, which the provider may route to
         another machine with a cold cache: each key is primed like a group of its own.
         False when the cap keeps it back (nothing sent, no primer out to wait behind)."""
@@ -421,7 +430,7 @@ class Scheduler:
         if sub is None:
             sub = self._groups[sk] = _Group(sk, fixed_key=f"{self._base_key(g)}-{n}", root=root)
             root.subs.append(sub)
-        sub.held.append(job)
+        sub.held.append((job, admitted))
         before = root.family
         self._serve(sub)
         return root.family > before or sub.primer is not None
@@ -440,20 +449,20 @@ class Scheduler:
             self._key_rpm = math.inf
 
     @staticmethod
-    def _shortest(held: deque[Job]) -> Job:
+    def _shortest(held: deque[tuple[Job, float]]) -> tuple[Job, float]:
         """Take the primer: of the next few held jobs, the one asking for the fewest tokens.
 
         Followers wait until the primer has answered, so a primer with a long reply would hold
         the whole group back for its decode time.
         """
-        best_i, best = 0, held[0].max_tokens
+        best_i, best = 0, held[0][0].max_tokens
         for i in range(1, min(len(held), PRIMER_CANDIDATES)):
-            m = held[i].max_tokens
+            m = held[i][0].max_tokens
             if m is not None and (best is None or m < best):
                 best_i, best = i, m
-        job = held[best_i]
+        pair = held[best_i]
         del held[best_i]
-        return job
+        return pair
 
     def _base_key(self, g: _Group) -> str | None:
         if not self._use_keys:

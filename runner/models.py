@@ -140,7 +140,9 @@ class Attempt:
 
     status: int | None  # None when no HTTP response arrived
     body: Any = None  # parsed response JSON (assembled from the stream when streaming)
-    raw: bytes | None = None  # the response body as received, when not streaming
+    # The body's JSON for the result line: as received (not streaming), or the encoding the
+    # key check made of an assembled stream (so it is not encoded twice); None: encode body.
+    raw: bytes | None = None
     usage: Usage | None = None
     request_id: str | None = None
     error: ErrorInfo | None = None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError
 from .models import LatencyRecord
 from .providers.capabilities import capabilities_of
+from .results import ResultLine
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -132,21 +133,20 @@ class GenAIMetrics:
 class RecordTap:
     """A sink wrapper that also queues each written latency record for :meth:`drain`.
 
-    ``done``, ``expect`` and ``flush`` are the wrapped sink's own bound methods, so only
-    ``write`` gains a call and a list append.
+    ``done`` and ``flush`` are the wrapped sink's own bound methods, so only ``write`` gains a
+    call and a list append.
     """
 
-    __slots__ = ("_inner", "_queue", "done", "expect", "flush")
+    __slots__ = ("_inner", "_queue", "done", "flush")
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self._queue: list[LatencyRecord] = []
         self.done = inner.done
-        self.expect = inner.expect
         self.flush = inner.flush
 
-    def write(self, result: dict[str, Any], record: LatencyRecord, line: int) -> None:
-        self._inner.write(result, record, line)
+    def write(self, result: ResultLine, record: LatencyRecord) -> None:
+        self._inner.write(result, record)
         self._queue.append(record)
 
     def drain(self) -> list[LatencyRecord]:

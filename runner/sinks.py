@@ -56,11 +56,13 @@ from .errors import ResumeError, SinkError
 from .fingerprint import Fingerprint, fingerprint
 from .models import LatencyRecord
 from .outputs import OutputPlan, plan_outputs, run_plan
+from .results import RETRIABLE_ERROR_CODES, ResultLine, parse_result, rerun_code, result_key
 
 __all__ = [
     "DEFAULT_FLUSH_EVERY",
     "META_VERSION",
     "RETRIABLE_ERROR_CODES",
+    "InputOrder",
     "MetaCacheJournal",
     "Outputs",
     "default_paths",
@@ -73,21 +75,6 @@ __all__ = [
 
 DEFAULT_FLUSH_EVERY = 64
 META_VERSION = 2
-
-#: Error codes of results that ``--retry-failed`` sends again (the failure was transient).
-RETRIABLE_ERROR_CODES: Final = frozenset(
-    {
-        "rate_limited",
-        "overloaded",
-        "timeout",
-        "connection",
-        "http_5xx",
-        "http_408",
-        "http_409",
-        "bad_response",
-        "stream_error",
-    }
-)
 
 _NO_ITL: Final = b',"itl_ms":null}'
 _APPEND_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
@@ -223,13 +210,14 @@ def open_outputs(
         lock_path=lock_path,
         fds=(res_fd, lat_fd, lock_fd),
         done=done,
-        order_input=order_input,
         flush_every=flush_every,
         fsync=fsync,
         extra_locks=extra,
     )
     outputs.pending_path = pending_path
-    outputs.hold_recovered(pend_fd, recovered)
+    outputs._journal(pend_fd, len(recovered))
+    if order_input:
+        outputs.order = InputOrder(outputs, recovered)
     return outputs
 
 
@@ -260,35 +248,29 @@ class Outputs:
 
     Lines are serialised on :meth:`write` and handed to the OS every ``flush_every`` jobs or on
     :meth:`flush`, latency before results, whole lines only. Not thread-safe: one event loop
-    writes.
-
-    With ``order="input"`` results are released in the order of the line numbers announced by
-    :meth:`expect`. The reorder buffer holds at most the jobs between the oldest unfinished one
-    and the newest read, which the pipeline bounds by its read-ahead window (it never has more
-    than ``read_ahead`` jobs outstanding). Every held result is also flushed to ``R.pending``
-    at once, so holding it risks no paid answer.
+    writes. This is the sink for ``--order completion``; under ``--order input`` the engine
+    writes through :attr:`sink`, an :class:`InputOrder` wrapper that holds results back and
+    journals them here (:meth:`hold`, :meth:`release`) in ``R.pending``.
     """
 
     __slots__ = (
         "_broken",
         "_closed",
         "_done",
-        "_expected",
         "_extra_locks",
         "_fds",
         "_flush_every",
         "_fsync",
-        "_held",
+        "_holds",
         "_lat_buf",
-        "_order_input",
         "_pend_buf",
         "_pend_dirty",
         "_pend_fd",
         "_pending",
-        "_recovered",
         "_res_buf",
         "latency_path",
         "lock_path",
+        "order",
         "pending_path",
         "results_path",
         "skipped",
@@ -302,7 +284,6 @@ class Outputs:
         lock_path: Path,
         fds: tuple[int, int, int],
         done: set[str | int],
-        order_input: bool,
         flush_every: int,
         fsync: bool,
         extra_locks: list[tuple[Path, int]] | None = None,
@@ -313,83 +294,69 @@ class Outputs:
         self.latency_path = latency_path
         self.lock_path = lock_path
         self.skipped = len(done)  # ids already written by an earlier run
+        self.order: InputOrder | None = None  # set by open_outputs under --order input
         self._fds = fds  # results, latency, lock
         self._done = done
-        self._order_input = order_input
         self._flush_every = flush_every
         self._fsync = fsync
         self._res_buf = bytearray()
         self._lat_buf = bytearray()
         self._pending = 0  # jobs in the buffers
-        self._expected: deque[int] = deque()
-        self._held: dict[int, bytes] = {}
+        self._holds = 0  # results in R.pending that are not yet in R
         self._pend_buf = bytearray()
         self._pend_fd = -1
         self._pend_dirty = False  # R.pending holds lines not yet released into R
-        self._recovered: dict[str | int, int] = {}
         self._broken: SinkError | None = None
         self._closed = False
 
-    def hold_recovered(
-        self, pending_fd: int, recovered: dict[str | int, tuple[int, bytes]]
-    ) -> None:
-        """Take the ``R.pending`` descriptor and the results a crashed run left held there.
-
-        Each waits in the reorder buffer until :meth:`done` meets its job in input order.
-        """
-        self._pend_fd = pending_fd
-        for key, (line, res) in recovered.items():
-            self._held[line] = res
-            self._recovered[key] = line
-        self._pend_dirty = bool(recovered)
+    @property
+    def sink(self) -> Outputs | InputOrder:
+        """What the engine writes to: these files, or the input-order wrapper over them."""
+        return self if self.order is None else self.order
 
     def done(self, custom_id: str | int) -> bool:
         """Whether an earlier run already wrote this job's result (skip it).
 
         ``custom_id`` is a job's id, or the line number of a bad line without an id of its own.
         """
-        if custom_id not in self._done:
-            return False
-        if self._recovered:
-            line = self._recovered.pop(custom_id, None)
-            if line is not None:  # a held result of a crashed run takes its place in the order
-                self._expected.append(line)
-                self._release()
-        return True
+        return custom_id in self._done
 
-    def expect(self, line: int) -> None:
-        """Announce, in input order, the line of a job (or bad line) to be written (order input)."""
-        if self._order_input:
-            self._expected.append(line)
-            self._release()
+    def write(self, result: ResultLine, record: LatencyRecord) -> None:
+        """Buffer one job's result and latency record (results in completion order).
 
-    def write(self, result: dict[str, Any], record: LatencyRecord, line: int) -> None:
-        """Buffer one job's result and latency record; ``line`` is its line in the input.
-
-        ``result`` may hold ``orjson.Fragment`` values (raw provider bodies written verbatim).
+        ``result.body`` may be an ``orjson.Fragment`` (a raw provider body written verbatim).
 
         :raises SinkError: a flush this write triggered failed.
         """
-        res = orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE)
-        lat = orjson.dumps(record)
-        if lat.endswith(_NO_ITL):
-            lat = lat[: -len(_NO_ITL)] + b"}\n"
-        else:
-            lat += b"\n"
-        if record.custom_id is None:  # a line-keyed bad line: the latency line says which
-            lat = lat[:-2] + b',"line":%d}\n' % line
-        if self._order_input:
-            # Latency and pending lines go out with the next flush; R waits for the order.
-            self._lat_buf += lat
-            self._pend_buf += b"%d " % line
-            self._pend_buf += res
-            self._held[line] = res
-            self._pending += 1
-            self._release()
-            if self._pending >= self._flush_every:
-                self.flush()
-        else:
-            self._append(res, lat)
+        self._res_buf += result.to_json()
+        self._lat_buf += _latency_line(record, result.line)
+        self._pending += 1
+        if self._pending >= self._flush_every:
+            self.flush()
+
+    def hold(self, result: ResultLine, record: LatencyRecord) -> bytes:
+        """Buffer a result held back from ``R`` (and its latency record) for ``R.pending``.
+
+        The caller (:class:`InputOrder`) :meth:`release` s the returned line into ``R`` once
+        its place in the order comes, then calls :meth:`due`.
+        """
+        res = result.to_json()
+        self._lat_buf += _latency_line(record, result.line)
+        self._pend_buf += b"%d " % result.line
+        self._pend_buf += res
+        self._holds += 1
+        self._pending += 1
+        return res
+
+    def release(self, res: bytes) -> None:
+        """Move a held result line into ``R`` (with the next flush)."""
+        self._res_buf += res
+        self._holds -= 1
+
+    def due(self) -> None:
+        """Flush when ``flush_every`` jobs are buffered."""
+        if self._pending >= self._flush_every:
+            self.flush()
 
     def flush(self) -> None:
         """Hand the buffered lines to the OS: one ``os.write`` per file, latency first.
@@ -407,7 +374,7 @@ class Outputs:
                 _write_all(self._pend_fd, self._pend_buf, self._pending_file())
                 self._pend_dirty = True
             _write_all(self._fds[0], self._res_buf, self.results_path)
-            if self._pend_dirty and not self._held:
+            if self._pend_dirty and not self._holds:
                 # Everything pending is now in R: start the journal afresh.
                 _io(self._pending_file(), lambda: os.ftruncate(self._pend_fd, 0))
                 self._pend_dirty = False
@@ -431,13 +398,13 @@ class Outputs:
         res_fd, lat_fd, lock_fd = self._fds
         try:
             if self._broken is None:
-                for line in sorted(self._held):
-                    self._release_one(self._held.pop(line))
+                if self.order is not None:
+                    self.order.release_all()
                 self.flush()
                 if self._fsync:
                     _io(self.latency_path, lambda: os.fsync(lat_fd))
                     _io(self.results_path, lambda: os.fsync(res_fd))
-                if self._pend_fd >= 0 and self.pending_path is not None:
+                if self._pend_fd >= 0 and self.pending_path is not None and not self._holds:
                     _remove(self.pending_path)
         finally:
             os.close(res_fd)
@@ -460,23 +427,73 @@ class Outputs:
         # Flush even when the run is failing: every finished job written is one not re-sent.
         self.close()
 
-    def _release(self) -> None:
-        expected, held = self._expected, self._held
-        while expected and expected[0] in held:
-            self._release_one(held.pop(expected.popleft()))
-
-    def _release_one(self, res: bytes) -> None:
-        self._res_buf += res
+    def _journal(self, pending_fd: int, held: int) -> None:
+        """Take the ``R.pending`` descriptor; ``held`` results a crashed run left there."""
+        self._pend_fd = pending_fd
+        self._holds = held
+        self._pend_dirty = bool(held)
 
     def _pending_file(self) -> Path:
         return self.pending_path or _sidecar(self.results_path, ".pending")
 
-    def _append(self, res: bytes, lat: bytes) -> None:
-        self._res_buf += res
-        self._lat_buf += lat
-        self._pending += 1
-        if self._pending >= self._flush_every:
-            self.flush()
+
+def _latency_line(record: LatencyRecord, line: int) -> bytes:
+    lat = orjson.dumps(record)
+    if lat.endswith(_NO_ITL):
+        lat = lat[: -len(_NO_ITL)] + b"}\n"
+    else:
+        lat += b"\n"
+    if record.custom_id is None:  # a line-keyed bad line: the latency line says which
+        lat = lat[:-2] + b',"line":%d}\n' % line
+    return lat
+
+
+class InputOrder:
+    """The ``--order input`` sink: writes ``R`` in input order over :class:`Outputs`.
+
+    The engine asks :meth:`done` once per input item, in input order, before it sends the item;
+    each key answered "not done" is the next one ``R`` waits for. A finished result is held
+    until every key before it is written, and journalled to ``R.pending`` at once (the same
+    flush as its latency record), so holding it risks no paid answer. The buffer holds at most
+    the jobs between the oldest unfinished one and the newest read, which the engine bounds by
+    its read-ahead window. Results a crashed run left in ``R.pending`` count as done and take
+    their place when :meth:`done` meets their key.
+    """
+
+    __slots__ = ("_expected", "_held", "_out", "_recovered", "flush")
+
+    def __init__(self, out: Outputs, recovered: dict[str | int, tuple[int, bytes]]) -> None:
+        self._out = out
+        self._expected: deque[str | int] = deque()
+        self._held: dict[str | int, tuple[int, bytes]] = dict(recovered)
+        self._recovered = set(recovered)
+        self.flush = out.flush
+
+    def done(self, key: str | int) -> bool:
+        if not self._out.done(key):
+            self._expected.append(key)
+            return False
+        if key in self._recovered:  # a held result of a crashed run takes its place
+            self._recovered.discard(key)
+            self._expected.append(key)
+            self._release()
+        return True
+
+    def write(self, result: ResultLine, record: LatencyRecord) -> None:
+        self._held[result.key] = (result.line, self._out.hold(result, record))
+        self._release()
+        self._out.due()
+
+    def release_all(self) -> None:
+        """Release every held result, in line order (the run ends: its predecessors never will)."""
+        held, self._held = self._held, {}
+        for _, res in sorted(held.values(), key=lambda pair: pair[0]):
+            self._out.release(res)
+
+    def _release(self) -> None:
+        expected, held, out = self._expected, self._held, self._out
+        while expected and expected[0] in held:
+            out.release(held.pop(expected.popleft())[1])
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -604,31 +621,14 @@ def _rewrite(path: Path, keep: Callable[[bytes], bool]) -> None:
 # -- resume ---------------------------------------------------------------------------------
 
 
-def _parse(raw: bytes) -> dict[str, Any] | None:
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _key(obj: dict[str, Any]) -> str | int | None:
-    """A result's or latency line's key: its custom_id, else the line of a line-keyed bad line."""
-    cid = obj.get("custom_id")
-    if isinstance(cid, str):
-        return cid
-    line = obj.get("line")
-    return line if cid is None and type(line) is int else None
+_parse = parse_result  # meta files are JSON objects too
 
 
 def _judge(obj: dict[str, Any] | None, retry_failed: bool) -> tuple[bool, str | int | None]:
     """(keep the result, its key)."""
     if obj is None:
         return False, None  # belongs to no job: garbage left by a crash of the machine
-    err = obj.get("error")
-    code = err.get("code") if isinstance(err, dict) else None
-    rerun = retry_failed and code in RETRIABLE_ERROR_CODES
-    return not rerun, _key(obj)
+    return not (retry_failed and rerun_code(obj) is not None), result_key(obj)
 
 
 def _load_results(path: Path, *, retry_failed: bool) -> set[str | int]:
@@ -718,7 +718,7 @@ def _drop_orphans(path: Path, done: set[str | int]) -> None:
 
     def keep(raw: bytes) -> bool:
         obj = _parse(raw)
-        key = _key(obj) if obj is not None else None
+        key = result_key(obj) if obj is not None else None
         return key is not None and key in done
 
     def any_orphan() -> bool:

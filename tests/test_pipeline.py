@@ -12,6 +12,7 @@ from runner.config import RunConfig
 from runner.models import Attempt, BadLine, ErrorInfo, Job, LatencyRecord, Price, Usage
 from runner.pipeline import Engine
 from runner.providers.capabilities import OPENAI
+from runner.results import ResultLine
 from runner.retry import RetryPolicy
 
 
@@ -40,11 +41,8 @@ class MemorySink:
     def done(self, custom_id: str) -> bool:
         return custom_id in self._done
 
-    def expect(self, line: int) -> None:
-        pass
-
-    def write(self, result: dict[str, Any], record: LatencyRecord, line: int) -> None:
-        self.results.append(result)
+    def write(self, result: ResultLine, record: LatencyRecord) -> None:
+        self.results.append(result.to_dict())
         self.records.append(record)
 
     def flush(self) -> None:

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from runner.config import RunConfig
 from runner.models import LatencyRecord
+from runner.results import ResultLine
 from runner.sinks import RETRIABLE_ERROR_CODES, Outputs, open_outputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,13 +37,14 @@ job_ids = st.lists(
 codes = st.sampled_from([None, None, "http_4xx", "timeout"])
 
 
-def result(cid: str, code: str | None) -> dict[str, Any]:
-    error = None if code is None else {"code": code, "message": "failed"}
-    return {"custom_id": cid, "response": None if code else {"body": "é" * 3}, "error": error}
+def result(cid: str, code: str | None, line: int) -> ResultLine:
+    if code is not None:
+        return ResultLine("x", cid, line, error_code=code, error_message="failed")
+    return ResultLine("x", cid, line, 200, None, "é" * 3)
 
 
 def write(out: Outputs, cid: str, line: int, code: str | None = None) -> None:
-    out.write(result(cid, code), LatencyRecord(custom_id=cid, error_code=code), line)
+    out.sink.write(result(cid, code, line), LatencyRecord(custom_id=cid, error_code=code))
 
 
 def complete_lines(path: Path) -> list[dict[str, Any]]:
@@ -153,7 +155,7 @@ def test_order_input_writes_input_order_whatever_the_completion_order(
             for line in order:
                 # The reader announces lines ahead of the completions that need them.
                 for ahead in expected:
-                    out.expect(ahead)
+                    assert not out.sink.done(f"j{ahead}")
                     if ahead == line:
                         break
                 write(out, f"j{line}", line)
@@ -169,6 +171,7 @@ import sys
 from pathlib import Path
 from runner.config import RunConfig
 from runner.models import LatencyRecord
+from runner.results import ResultLine
 from runner.sinks import open_outputs
 
 root, n = Path(sys.argv[1]), int(sys.argv[2])
@@ -182,8 +185,7 @@ for i in range(n):
     if i % 5 == 0:
         sys.stdin.readline()  # one token per five jobs: the test sets how far this run may get
         print(i, flush=True)
-    out.write({"custom_id": cid, "response": {"body": body}, "error": None},
-              LatencyRecord(custom_id=cid), i + 1)
+    out.write(ResultLine("x", cid, i + 1, 200, None, body), LatencyRecord(custom_id=cid))
 out.close()
 """
 

@@ -36,6 +36,8 @@ from ..models import BadLine, ErrorInfo, Job, LatencyRecord, Price, estimate_tok
 from ..outputs import OutputPlan, run_plan
 from ..pipeline import RunOutcome
 from ..providers._http import make_session
+from ..providers.capabilities import batch_cache_config, capabilities_for
+from ..results import ResultLine
 from ..runtime import endpoint, mock_config
 from ..sinks import Outputs, open_outputs
 from ..stats import SummaryBuilder
@@ -114,10 +116,11 @@ async def run_batch(
     :param log: where the per-poll progress lines go (stderr unless ``progress`` is ``off``).
     :param plan: the output plan (:func:`runner.outputs.run_plan`), if already made.
     """
-    if config.cache == "warm" and config.provider == "anthropic":
-        # A batch can take far longer than 5 minutes: only the hour-long cache can carry a
-        # prefix from one request of it to the next (docs/BATCH.md).
-        config = replace(config, anthropic_cache_ttl="1h")
+    if config.cache == "warm":
+        # A batch can take far longer than a short cache TTL: where the provider has a longer
+        # one (Anthropic's hour), only it can carry a prefix from one request to the next
+        # (docs/BATCH.md).
+        config = batch_cache_config(config)
     if config.base_url is None and config.poll_interval == DEFAULT_POLL_INTERVAL_S:
         # The built-in mock ends a batch within seconds: a 10 s first poll would only wait.
         config = replace(config, poll_interval=BUILTIN_MOCK_POLL_S)
@@ -231,7 +234,7 @@ class BatchRun:
         for item in items:
             # A bad line's result is keyed by its id when it has one, else by its line.
             cid = item.custom_id
-            if self.outputs.done(item.line if cid is None else cid):
+            if self.outputs.sink.done(item.line if cid is None else cid):
                 self.skipped += 1
                 continue
             if isinstance(item, BadLine):
@@ -269,9 +272,9 @@ class BatchRun:
         return chunks
 
     def _primes(self) -> bool:
-        # Anthropic: a prefix cached by a normal call was seen not to be read by batches, so
-        # each group's first request goes ahead in a batch of primers (one per group).
-        return self.config.cache == "warm" and self.api.shape == "anthropic"
+        # Where a prefix cached by a normal call is not read by batches (Anthropic), each
+        # group's first request goes ahead in a batch of primers (one per group).
+        return self.config.cache == "warm" and capabilities_for(self.config).batch_primes_groups
 
     def _cacheable(self, job: Job) -> bool:
         return RequestBudget.for_run(self.config).cacheable(estimate_tokens(job.prefix_chars))
@@ -568,16 +571,18 @@ class BatchRun:
                 rec.cache_write_tokens = u.cache_write_tokens
                 rec.completion_tokens = u.completion_tokens
         self._seq += 1
-        result: dict[str, Any] = {
-            "id": (usage_row.row_id if usage_row is not None else None)
+        result = ResultLine(
+            (usage_row.row_id if usage_row is not None else None)
             or f"batch_req_{self._run_tag}{self._seq:08x}",
-            "custom_id": cid,
-            "response": response,
-            "error": None if code is None else {"code": code, "message": message},
-        }
-        if cid is None:
-            result["line"] = line  # the marker of a line-keyed result (docs/FORMATS.md)
-        self.outputs.write(result, rec, line)
+            cid,
+            line,
+            None if response is None else response["status_code"],
+            None if response is None else response["request_id"],
+            None if response is None else response["body"],
+            code,
+            message,
+        )
+        self.outputs.sink.write(result, rec)
         self.summary.add(rec)
         if cid is not None:
             self.jobs.pop(cid, None)
@@ -610,12 +615,7 @@ class BatchRun:
         active = [c for c in self.journal.active() if c.state == "submitted"]
         waiting = len(self.journal.active()) - len(active)
         parts = [
-            f"{c.batch_id} {c.status} {sum(c.counts.values()) - c.counts.get('processing', 0)}"
-            f"/{len(c.ids)}"
-            if self.api.shape == "anthropic"
-            else f"{c.batch_id} {c.status} "
-            f"{c.counts.get('completed', 0) + c.counts.get('failed', 0)}/{len(c.ids)}"
-            for c in active[:4]
+            f"{c.batch_id} {c.status} {self.api.settled(c.counts)}/{len(c.ids)}" for c in active[:4]
         ]
         more = f" (+{len(active) - 4} more)" if len(active) > 4 else ""
         self._note(

@@ -126,6 +126,11 @@ class BatchAPI:
     #: Whether :meth:`sent_id` may replace a job's id (then a chunk's ids are all replaced).
     maps_ids: ClassVar[bool] = False
 
+    @staticmethod
+    def settled(counts: dict[str, int]) -> int:
+        """Rows finished so far (any outcome), from a view's (or journalled chunk's) counts."""
+        raise NotImplementedError
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -280,6 +285,11 @@ class OpenAIBatchAPI(BatchAPI):
     """``POST /files`` + ``POST /batches``; results in ``output_file_id`` and ``error_file_id``."""
 
     shape = "openai"
+
+    @staticmethod
+    def settled(counts: dict[str, int]) -> int:
+        return int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
+
     max_requests = 50_000
     max_bytes = 200 * 1000 * 1000
     one_model_per_batch = True
@@ -354,7 +364,7 @@ class OpenAIBatchAPI(BatchAPI):
         counts = doc.get("request_counts") or {}
         status = str(doc.get("status"))
         total = int(counts.get("total") or 0)
-        done = int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
+        done = self.settled(counts)
         errors = (doc.get("errors") or {}).get("data") or []
         ended_at = next(
             (
@@ -415,6 +425,11 @@ class AnthropicBatchAPI(BatchAPI):
     """``POST /messages/batches`` with inline requests; results streamed from ``results_url``."""
 
     shape = "anthropic"
+
+    @staticmethod
+    def settled(counts: dict[str, int]) -> int:
+        return sum(counts.values()) - counts.get("processing", 0)
+
     max_requests = 100_000
     max_bytes = 256 * 1000 * 1000
     one_model_per_batch = False
@@ -486,7 +501,7 @@ class AnthropicBatchAPI(BatchAPI):
             status=status,
             ended=status == "ended",
             total=total,
-            done=total - counts.get("processing", 0),
+            done=self.settled(counts),
             counts=counts,
             results_url=doc.get("results_url"),
             created_at=_parse_iso(doc.get("created_at")),

@@ -607,10 +607,11 @@ class HTTPBackend:
                 rate=rate,
             )
         body, usage = parser.result()
-        body, _ = self._guard.scrub_body(body)
+        body, raw = self._guard.scrub_body(body)
         return Attempt(
             status=status,
             body=body,
+            raw=raw,
             usage=usage,
             request_id=self._request_id(headers, body),
             latency_ms=latency,

@@ -122,10 +122,17 @@ class KeyGuard:
             return orjson.dumps(body), body
         return raw, body
 
-    def scrub_body(self, body: Any) -> tuple[Any, bool]:
-        """A parsed body (an assembled stream) without the key; True when it had to change."""
+    def scrub_body(self, body: Any) -> tuple[Any, bytes | None]:
+        """A parsed body (an assembled stream) without the key, and its JSON when the check
+        had to encode it (pass it on as ``Attempt.raw``: the result line then reuses it
+        instead of encoding the body a second time); None when there is no key to look for.
+        """
         kb = self._key_bytes
-        if kb is None or kb not in orjson.dumps(body):
-            return body, False
+        if kb is None:
+            return body, None
+        data = orjson.dumps(body)
+        if kb not in data:
+            return body, data
         assert self._key is not None
-        return _scrub_json(body, self._key), True
+        body = _scrub_json(body, self._key)
+        return body, orjson.dumps(body)

@@ -11,7 +11,7 @@ This module imports nothing heavy (no aiohttp): ``validate`` and start-up read i
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -22,6 +22,7 @@ __all__ = [
     "GENERIC",
     "OPENAI",
     "Capabilities",
+    "batch_cache_config",
     "capabilities_for",
     "capabilities_of",
 ]
@@ -50,6 +51,12 @@ class Capabilities:
     requires_max_tokens: bool = False
     #: OpenTelemetry's well-known ``gen_ai.provider.name``, where it differs from runner's name.
     telemetry_name: str | None = None
+    #: In a provider batch, a prefix cached by a normal call is not read, so each cache group's
+    #: first request goes ahead in a batch of primers (Anthropic, see docs/BATCH.md).
+    batch_primes_groups: bool = False
+    #: The cache TTL a warm provider batch needs to carry a prefix from one of its requests to
+    #: the next (a batch takes far longer than the default TTL); None: no longer TTL exists.
+    batch_cache_ttl: Literal["5m", "1h"] | None = None
 
 
 GENERIC = Capabilities()
@@ -60,6 +67,8 @@ ANTHROPIC = Capabilities(
     min_cacheable_tokens=1024,
     default_max_tokens=1024,
     requires_max_tokens=True,
+    batch_primes_groups=True,
+    batch_cache_ttl="1h",
 )
 # Implicit caching needs no routing key; explicit ``cachedContents`` are the backend's
 # ``CacheStore`` side (runner.explicit_cache), found by protocol, not by this table.
@@ -87,3 +96,11 @@ def capabilities_for(config: RunConfig) -> Capabilities:
     if caps.supports_prewarm and config.anthropic_prewarm:
         caps = replace(caps, prewarm=True)
     return caps
+
+
+def batch_cache_config(config: RunConfig) -> RunConfig:
+    """``config`` with the cache TTL a warm provider batch needs (``batch_cache_ttl``)."""
+    ttl = capabilities_for(config).batch_cache_ttl
+    if ttl is None:
+        return config
+    return replace(config, anthropic_cache_ttl=ttl)

@@ -142,6 +142,18 @@ async def test_echo_in_a_streamed_answer_is_scrubbed(fake: Fake) -> None:
     att = await send(fake, handle, stream=True)
     assert att.error is None
     assert KEY not in orjson.dumps(att.body).decode() and att.request_id == "[redacted]"
+    # the encoding made for the key check is the one the result line writes
+    assert att.raw == orjson.dumps(att.body)
+
+
+def test_a_streamed_body_is_encoded_once_for_the_key_check_and_the_result() -> None:
+    body = {"choices": [{"message": {"content": "nothing secret"}}]}
+    out, raw = KeyGuard(KEY).scrub_body(body)
+    assert out is body and raw == orjson.dumps(body)
+    out, raw = KeyGuard(None).scrub_body(body)  # no key: nothing encoded here at all
+    assert out is body and raw is None
+    out, raw = KeyGuard(KEY).scrub_body({"content": f"echo {KEY}"})
+    assert raw == orjson.dumps(out) and KEY.encode() not in raw and b"[redacted]" in raw
 
 
 async def test_200_carrying_an_error_body_is_not_ok(fake: Fake) -> None:
