@@ -49,7 +49,15 @@ class LiveStats:
 class Accounts:
     """Live counters, summary and ``--max-cost`` of one run (see the module doc)."""
 
-    __slots__ = ("_budget", "_inflight_cost", "_price_of", "max_cost", "stats", "summary")
+    __slots__ = (
+        "_budget",
+        "_inflight_cost",
+        "_model",
+        "_price_of",
+        "max_cost",
+        "stats",
+        "summary",
+    )
 
     def __init__(self, config: RunConfig, budget: RequestBudget) -> None:
         self.stats = LiveStats()
@@ -57,6 +65,7 @@ class Accounts:
         self.summary = SummaryBuilder(None, price_of=config.price)
         self.max_cost = config.max_cost
         self._price_of = config.price
+        self._model = config.model
         self._budget = budget
         self._inflight_cost = 0.0
 
@@ -101,7 +110,7 @@ class Accounts:
 
     # -- --max-cost ----------------------------------------------------------------------------
 
-    def reserve(self, job: Job, model: str, in_flight: int) -> float:
+    def reserve(self, job: Job, in_flight: int) -> float:
         """The request's worst-case cost, reserved until :meth:`settle`; :data:`HOLD` when it
         must wait for the requests in flight.
 
@@ -119,6 +128,7 @@ class Accounts:
         # Sums of float additions and subtractions can end a hair below zero: never show -0.0000.
         billed, inflight = self.stats.billed, max(self._inflight_cost, 0.0)
         if price is None:
+            model = job.model or self._model
             raise BudgetExceeded(f"no price for model {model!r}: --max-cost cannot be kept")
         tokens = estimate_tokens(job.prompt_chars)
         est = cost_of(tokens, 0, 0, self._budget.completion(job), price)[0]

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .accounting import HOLD, Accounts, LiveStats
-from .breaker import Breaker
 from .budget import RequestBudget
 from .cache import Dispatch, Scheduler
 from .config import RunConfig
-from .errors import AuthError, BudgetExceeded, EndpointError, GuardTripped, QuotaError
+from .errors import BudgetExceeded, GuardTripped
+from .guards import EXIT_FAILED, EXIT_GUARD, Breaker, Stop, fatal
 from .models import Attempt, BadLine, ErrorInfo, Job
 from .priming import Priming, scheduler_for
 from .providers.capabilities import Capabilities
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["Backend", "Engine", "LiveStats", "RunOutcome", "Sink"]
 
 FLUSH_INTERVAL_S = 0.2
-EXIT_OK, EXIT_FAILED, EXIT_GUARD = 0, 1, 3
 
 
 class Backend(Protocol):
@@ -76,10 +75,6 @@ class _Abandon(Exception):
 
 
 _CANCELLED = ErrorInfo("cancelled", "request cancelled", retriable=True)
-_FATAL: dict[str, type[GuardTripped]] = {
-    "insufficient_quota": QuotaError,
-    "endpoint": EndpointError,
-}
 
 
 class Engine:
@@ -131,11 +126,7 @@ class Engine:
         self._space = asyncio.Event()
         self._all_done = asyncio.Event()
         self._reading = True
-        self._stopping = False
-        self._stop_reason: str | None = None
-        self._exit_override: int | None = None
-        self._guard: GuardTripped | None = None
-        self._bug: BaseException | None = None
+        self.stop = Stop()
         self._held: Dispatch | None = None  # waits for in-flight requests to settle (budget)
 
     # -- public ------------------------------------------------------------------------------
@@ -152,27 +143,20 @@ class Engine:
             await self._all_done.wait()
         finally:
             ticker.cancel()
-            for t in list(self._tasks):
-                t.cancel()
+            self._cancel_inflight()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             self.sink.flush()
-        if self._bug is not None:
-            raise self._bug
+        stop = self.stop
+        if stop.bug is not None:
+            raise stop.bug
         control = self.scheduler.control.summary() if self.config.cache == "warm" else None
-        summary = self.accounts.final(self._clock() - t0, self._stop_reason, self._guard, control)
-        code = self._exit_override
-        if code is None:
-            code = EXIT_FAILED if self.stats.failed else EXIT_OK
-        return RunOutcome(summary, code, self._stop_reason)
+        summary = self.accounts.final(self._clock() - t0, stop.reason, stop.guard, control)
+        return RunOutcome(summary, stop.exit_code(self.stats.failed > 0), stop.reason)
 
     def request_stop(self, reason: str, exit_code: int, *, hard: bool = False) -> None:
         """Stop reading and drain (``hard``: cancel in-flight requests at once)."""
-        first = not self._stopping
-        self._stopping = True
-        self._stop_reason = self._stop_reason or reason
-        if self._exit_override is None:
-            self._exit_override = exit_code
+        first = self.stop.begin(reason, exit_code)
         self._space.set()
         if hard:
             self._cancel_inflight()
@@ -187,20 +171,14 @@ class Engine:
     # -- reading -----------------------------------------------------------------------------
 
     async def _feed(self, it: Iterator[Job | BadLine]) -> None:
-        sink, stats, sched, clock, record = (
-            self.sink,
-            self.stats,
-            self.scheduler,
-            self._clock,
-            self.recorder,
-        )
+        sink, stats, record = self.sink, self.stats, self.recorder
         n = 0
         # Under `warm`, see the whole read-ahead window before choosing which groups to prime
         # first: priming groups in arrival order while the window fills would open many small
         # groups at once and thrash a bounded provider cache.
         filling = self.config.cache == "warm"
         for item in it:
-            if self._stopping:
+            if self.stop.active:
                 break
             # A bad line's result is keyed by its id when it has one, else by its line. The
             # sink is asked once per item, in input order (an ordering sink relies on it).
@@ -218,7 +196,7 @@ class Engine:
                 record.invalid(item.custom_id, item.line, problem, item.cache_id)
                 continue
             self._admitted += 1
-            sched.add(item, clock())
+            self.scheduler.add(item, self._clock())
             n += 1
             if self._admitted >= self._read_ahead:
                 filling = False
@@ -235,7 +213,7 @@ class Engine:
     # -- dispatch ----------------------------------------------------------------------------
 
     def _pump(self) -> None:
-        if self._stopping:
+        if self.stop.active:
             return
         sched = self.scheduler
         loop = asyncio.get_running_loop()
@@ -246,9 +224,7 @@ class Engine:
             est = 0.0
             if self.accounts.max_cost is not None:
                 try:
-                    est = self.accounts.reserve(
-                        d.job, d.job.model or self.config.model, self._inflight
-                    )
+                    est = self.accounts.reserve(d.job, self._inflight)
                 except BudgetExceeded as exc:
                     self._trip(exc)
                     return
@@ -286,7 +262,7 @@ class Engine:
                     limiter_s += await limiter.acquire(est)
                 finally:
                     parked.discard(me)
-                if self._stopping:  # stopped while parked: leave it unsent for a resume
+                if self.stop.active:  # stopped while parked: leave it unsent for a resume
                     limiter.release(est, Attempt(status=None, error=_CANCELLED))
                     raise _Abandon
                 try:
@@ -303,14 +279,14 @@ class Engine:
                 if explicit is not None and await priming.lost(d, explicit, key, err):
                     continue  # the group's cache is back (or gone): this is not a failure
                 if err.fatal:
-                    self._trip(_FATAL.get(err.code, AuthError)(err.message))
+                    self._trip(fatal(err))
                     raise _Abandon
                 if primer and attempts == 1:
                     self.scheduler.answered(d, False)  # promote a follower meanwhile
                     self._pump()
                 if not self.policy.should_retry(err, attempts):
                     break
-                if self._stopping:
+                if self.stop.active:
                     raise _Abandon  # a resume retries it; don't sleep through a drain
                 self.stats.retries += 1
                 parked.add(me)
@@ -324,7 +300,7 @@ class Engine:
                 d, a, attempts=attempts, t_start=t_start, now=self._clock(), limiter_s=limiter_s
             )
             tripped = self.breaker.add(a.error is not None)
-            if tripped is not None and not self._stopping:
+            if tripped is not None and not self.stop.active:
                 self._trip(tripped)
             return True
         except _Abandon:
@@ -337,9 +313,9 @@ class Engine:
             exc = task.exception()
             if exc is None:
                 written = task.result()
-            elif self._bug is None:
+            elif self.stop.bug is None:
                 # A defect, not a failed request: stop cleanly and re-raise it from run().
-                self._bug = exc
+                self.stop.bug = exc
                 self.request_stop("error", EXIT_FAILED)
         self._inflight -= 1
         self._admitted -= 1
@@ -357,16 +333,16 @@ class Engine:
     # -- guards and shutdown -----------------------------------------------------------------
 
     def _trip(self, exc: GuardTripped) -> None:
-        if self._guard is None:
-            self._guard = exc
-        self.request_stop(exc.code, EXIT_GUARD, hard=isinstance(exc, AuthError | QuotaError))
+        self.request_stop(exc.code, EXIT_GUARD, hard=self.stop.trip(exc))
 
     def _cancel_inflight(self) -> None:
         for t in list(self._tasks):
             t.cancel()
 
     def _check_done(self) -> None:
-        if self._inflight == 0 and (self._stopping or (not self._reading and self._admitted == 0)):
+        if self._inflight == 0 and (
+            self.stop.active or (not self._reading and self._admitted == 0)
+        ):
             self._all_done.set()
 
     async def _tick(self) -> None:

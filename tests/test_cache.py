@@ -219,3 +219,35 @@ def test_primer_is_the_job_with_the_shortest_reply() -> None:
     assert (p.job.custom_id, p.role) == ("j3", "primer")
     s.answered(p, ok=True)
     assert [d.job.custom_id for d in drain(s)] == ["j0", "j1", "j2", "j4"]
+
+
+def test_admission_time_travels_with_the_job_to_its_dispatch() -> None:
+    """The pipeline's admission time comes back on the Dispatch, whichever way the job goes
+    out: on its own, as a primer, as a follower, or through a per-key sub-group."""
+    s = sched()
+    s.add(job(0, group=None), 1.0)  # no prefix to warm: ready at once
+    for i in range(1, 5):
+        s.add(job(i), 10.0 + i)
+    first = drain(s)
+    assert {d.job.custom_id: (d.role, d.admitted) for d in first} == {
+        "j0": ("none", 1.0),
+        "j1": ("primer", 11.0),
+    }
+    s.answered(first[1], ok=True)
+    assert [(d.job.custom_id, d.admitted) for d in drain(s)] == [
+        ("j2", 12.0),
+        ("j3", 13.0),
+        ("j4", 14.0),
+    ]
+    keyed = sched(key_rpm=1)
+    for i in range(4):
+        keyed.add(job(i), 20.0 + i)
+    out, keys = drain(keyed), set()
+    while out:
+        for d in out:
+            keys.add(d.cache_key)
+            assert d.admitted == 20.0 + int(d.job.custom_id[1:])
+            keyed.answered(d, ok=True)
+            keyed.finished(d)
+        out = drain(keyed)
+    assert len(keys) > 1  # the per-key sub-groups were used

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from runner.config import RunConfig
@@ -290,3 +292,38 @@ async def test_engine_waits_the_policys_backoff_between_attempts() -> None:
     assert len(slept) == 3
     for n, s in enumerate(slept, start=1):  # never earlier than asked, at most 10% later
         assert 0.5 * n <= s <= 0.55 * n
+
+
+class _SlowFirst(FakeBackend):
+    """Answers later jobs first: job i waits (n - i) loop turns."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    async def send(self, job: Job, **kw: Any) -> Attempt:
+        for _ in range(2 * (self.n - int(job.custom_id[1:]))):
+            await asyncio.sleep(0)
+        return await super().send(job, **kw)
+
+
+async def test_input_order_is_the_sinks_business_not_the_engines(tmp_path: Path) -> None:
+    """The engine knows no line numbers for ordering: the InputOrder wrapper over the real
+    outputs turns completions in reverse into a results file in input order (the order the
+    engine asked done(), whatever the line numbers say)."""
+    from runner.sinks import open_outputs
+
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text("x\n")
+    config = RunConfig(order="input", output=tmp_path / "r.jsonl", concurrency=8)
+    outputs = open_outputs(config, jobs_path=jobs_file, model=config.model, fsync=False)
+    items: list[Job | BadLine] = [job(i) for i in range(8)]
+    items.insert(3, BadLine(100, None, None, "jobs:100: not JSON"))
+    with outputs:
+        eng = Engine(config, backend=_SlowFirst(8), sink=outputs.sink, limiter=NoLimits())
+        await eng.run(items)
+    got = [orjson.loads(x) for x in outputs.results_path.read_bytes().splitlines()]
+    assert [r["custom_id"] or r["line"] for r in got] == ["j0", "j1", "j2", 100, "j3", "j4",
+                                                          "j5", "j6", "j7"]  # fmt: skip
+    latency = [orjson.loads(x)["custom_id"] for x in outputs.latency_path.read_bytes().splitlines()]
+    assert latency[1:] != sorted(latency[1:])  # the answers really came back out of order
