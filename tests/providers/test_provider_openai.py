@@ -297,7 +297,7 @@ async def test_stream_assembled(fake: Fake) -> None:
     )
     assert calls == [1]
     assert att.error is None and att.status == 200
-    assert att.raw is None
+    assert att.raw == orjson.dumps(att.body)  # the key check's encoding, reused by the result
     assert att.request_id == "req_stream"
     assert att.usage == Usage(prompt_tokens=1100, cached_tokens=1024, completion_tokens=3)
     assert att.body["object"] == "chat.completion"
