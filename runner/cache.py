@@ -266,6 +266,8 @@ class Scheduler:
         g.in_flight -= 1
         root = g.root
         root.family -= 1
+        if d.batch:
+            self._ctl.finished(d.batch)
         if g.state == "warm":
             g.warm_at = self._clock()  # a hit refreshes the provider's TTL
         if root.held and len(self._active) > self._ctl.groups and root.key in self._active:
@@ -372,7 +374,8 @@ class Scheduler:
         ctl = self._ctl
         epoch, active = ctl.epoch, len(self._active)
         # Followers a primer's answer releases together: the controller compares their answers.
-        batch = ctl.new_batch() if after_primer and held else 0
+        # (While the shape is unknown every release may be the probe.)
+        batch = ctl.new_batch() if after_primer or ctl.probing else 0
         cap = ctl.release_cap(batch)
         root = g.root
         n_sent = 0

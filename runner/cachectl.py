@@ -10,29 +10,29 @@ route by key to machines of their own. Nobody should have to know which one they
 The controller learns the server's shape first, then behaves like the fixed scheduler tuned
 for it. The scheduler reports every follower's answer: how many prompt tokens the server says it
 cached against how many the group's prefix holds; a follower is a *miss* when it got less than
-half. The followers a primer's answer releases together form a *batch*, sent when the prefix was
-known to be on the server. Until the shape is known, groups send one request at a time (safe on
-every cache) and one group at a time *probes*: its primer releases two followers together.
+half. The followers a primer's answer releases together form a *batch*.
 
-- a *split*: some of a batch hit the whole prefix and others missed. On a shared cache (a global
-  LRU, one machine behind a key) the siblings of a batch all hit, or an eviction makes them all
-  miss; only a cache that keeps a prefix in one place of several (a slot) splits them. The
-  per-group cap drops to the batch's hits (the places that held the prefix). Once a split has
-  shown a per-slot cache, a later miss sent beside a sibling is a split too;
-- an *eviction*: every follower of a batch missed, or a follower sent alone after its group was
-  known warm missed: other groups pushed its prefix out, so the active groups drop to three
-  quarters of those that were active.
+- The *probe*: at the start one group is served alone (nothing else on the server to evict its
+  prefix or take its slot), and its primer's answer releases two followers together. Both hit:
+  a *shared* cache (a global LRU, one machine behind a key). One hit and one missed: a
+  *per-slot* cache, the per-group cap drops to one. Both missed with nothing else sent: the
+  server keeps *no cache* for these prompts. A group too small to release two followers, or
+  followers that answer without usage, leave the shape *unknown*: the fixed scheduler's
+  behaviour (full fan-out), which is also where a shared cache starts. Until the verdict the
+  pipeline waits: one primer and one follower's time.
+- On a shared cache the groups start where the fixed scheduler does (8, opening more whenever
+  slots would sit idle) and every follower fans out. A follower of a warm group that misses
+  there means the working set of prefixes outgrew the cache (an LRU evicted it, or the router's
+  machine for its key holds too few prefixes): the active groups drop to three quarters of
+  those active when it was sent, and they never grow back to that count until
+  ``RELAX_HITS`` follower hits in a row (hysteresis: no sawtooth into the same evictions).
+- On a per-slot cache a follower sent alone after its group was known warm that misses is an
+  eviction (more groups than slots); a miss beside siblings is a split and cuts the cap.
 
-Misses of requests sent before the last cut carry no news (one cut per round). Hits grow the groups
-only while it is what holds the run back (the pipeline has idle slots the knob kept empty): the
-groups by one a round, the cap by one a round until the shape is known (never on a per-slot
-cache: a second request of a group in flight there recomputes its prefix in another slot). Two
-batches that all hit show a
-shared cache: the cap goes to its ceiling at once (full fan-out, as the fixed scheduler). A
-server without a cache never hits: after four batches (or lone followers) missed with no hit
-ever, or one group alone missed, the controller concludes there is nothing to protect and
-restores the ceilings. Both knobs stay within ``[1, ceiling]``, so every active
-group keeps making progress.
+Misses of requests sent before the last cut carry no news (one cut per round). Hits grow the
+groups by about one a round only while that is what holds the run back (the pipeline has idle
+slots the limit kept empty). Both knobs stay within ``[1, ceiling]``, so every active group keeps
+making progress.
 """
 
 from __future__ import annotations
@@ -45,15 +45,17 @@ INITIAL_ACTIVE_GROUPS = 8  # where the active-group limit starts (the fixed defa
 MISS_FRACTION = 0.5  # a follower with less than this share of its prefix cached missed
 GROUPS_DECREASE = 0.75  # an eviction keeps this share of the groups that were active
 CAP_DECREASE = 0.5  # a later split keeps this share of the group's requests that were in flight
-# Until the server has shown its shape, groups send one request at a time, except one *probe*
-# at a time: a primer whose answer releases two followers together (the primer counts while it
+# The probe: a primer whose answer releases two followers together (the primer counts while it
 # is answered), enough to see them split or not, so that a per-slot cache pays one recomputed
-# prefix for the lesson instead of a whole fan-out in every group.
+# prefix for the lesson.
 PROBE_CAP = 3
-PROBE_PATIENCE = 64  # follower answers after which a probe that never reported is given up
-SHARED_EVIDENCE = 2  # batches of two or more that all hit: a shared cache, fan out in full
-COLD_EVIDENCE = 4  # batches (or lone followers) that all missed, no hit ever: no server cache
+# Follower hits in a row after which the groups may grow again past the count an eviction
+# showed too many (a server's cache may free up; a lone miss must not pin the limit for good).
+RELAX_HITS = 256
+PROBE_TRIES = 4  # releases too small to probe (fewer than two followers) before giving up
 MAX_BATCHES = 4096  # batches remembered (a follower that fails never reports)
+
+UNKNOWN, SHARED, PER_SLOT, NO_CACHE = "unknown", "shared", "per-slot", "none"
 
 
 class CacheControl:
@@ -61,33 +63,32 @@ class CacheControl:
 
     ``adapt=False`` fixes both at their ceilings (for sweeps and for users who know their
     server). The scheduler registers each post-primer release with :meth:`open_batch`, calls
-    :meth:`observe` for every follower answer and sets :attr:`cap_starved` /
-    :attr:`groups_starved` when a knob leaves slots idle.
+    :meth:`observe` for every follower answer and :meth:`finished` for every follower done,
+    and sets :attr:`cap_starved` / :attr:`groups_starved` when a knob leaves slots idle.
     """
 
     __slots__ = (
         "_batches",
         "_cap",
         "_groups",
+        "_groups_max",
         "_next_batch",
         "adapt",
         "cap_ceiling",
         "cap_shrinks",
         "cap_starved",
-        "cold",
         "epoch",
         "groups_ceiling",
         "groups_shrinks",
         "groups_slow_start",
         "groups_starved",
+        "hit_run",
         "hits",
         "misses",
-        "no_cache",
-        "per_slot",
         "probe",
-        "probe_age",
-        "seen_hit",
-        "shared",
+        "probe_tries",
+        "probing",
+        "shape",
     )
 
     def __init__(self, *, max_groups: int, max_per_group: int, adapt: bool = True) -> None:
@@ -97,8 +98,13 @@ class CacheControl:
         self.groups_ceiling = max_groups
         self.cap_ceiling = max_per_group
         self._groups = float(min(INITIAL_ACTIVE_GROUPS, max_groups) if adapt else max_groups)
-        # One at a time until a probe shows the shape; a shared cache then fans out in full.
-        self._cap = 1.0 if adapt else float(max_per_group)
+        self._groups_max = float(max_groups)  # lowered by evictions (hysteresis)
+        # A probe needs two followers in flight together; with a lower ceiling the shape does
+        # not matter for the cap and the groups learn from evictions alone.
+        self.probing = adapt and max_per_group >= PROBE_CAP
+        self.shape = UNKNOWN
+        # One at a time until the probe shows the shape; a shared cache then fans out in full.
+        self._cap = 1.0 if self.probing else float(max_per_group)
         # Until the first eviction, groups open beyond the limit whenever slots would sit idle.
         self.groups_slow_start = True
         self.cap_starved = False  # set by the scheduler: idle slots while the cap held jobs back
@@ -108,26 +114,30 @@ class CacheControl:
         self.cap_shrinks = 0
         self.hits = 0
         self.misses = 0
-        self.seen_hit = False
-        self.no_cache = False
-        self.per_slot = False  # a split was seen: the cache keeps a prefix in one place of many
-        self.cold = 0  # all-miss evidence before any hit
-        self.shared = 0  # batches that all hit, before any split
-        self.probe = 0  # the probe batch out now (0: none)
-        self.probe_age = 0  # follower answers since it went out
+        self.hit_run = 0  # follower hits since the last miss
+        self.probe = 0  # the probe batch (0: none yet)
+        self.probe_tries = 0
         self._next_batch = 0
-        # batch id -> [size, hits, misses, decided]
+        # batch id -> [size, hits, misses, decided, finished]
         self._batches: dict[int, list[int]] = {}
 
     @property
     def groups(self) -> int:
-        """Groups that may be active at once."""
-        return max(1, int(self._groups))
+        """Groups that may be active at once (one while the probe runs alone)."""
+        return 1 if self.probing else max(1, int(self._groups))
 
     @property
     def cap(self) -> int:
         """A group's requests that may be in flight at once."""
         return max(1, int(self._cap))
+
+    @property
+    def per_slot(self) -> bool:
+        return self.shape == PER_SLOT
+
+    @property
+    def no_cache(self) -> bool:
+        return self.shape == NO_CACHE
 
     def new_batch(self) -> int:
         """An id for the followers a primer's answer is about to release (register its size
@@ -135,29 +145,30 @@ class CacheControl:
         self._next_batch += 1
         return self._next_batch
 
-    @property
-    def probing(self) -> bool:
-        """Whether the server's shape is still unknown (the cap held at one)."""
-        return self.adapt and not self.per_slot and self.shared < SHARED_EVIDENCE
-
     def release_cap(self, batch: int) -> int:
-        """The cap for a release: :attr:`cap`, or the probe's when ``batch`` may be the probe."""
+        """The cap for a release: :attr:`cap`, or the probe's when ``batch`` is the probe."""
         if batch and self.probing and not self.probe:
             self.probe = batch
-            self.probe_age = 0
-            return max(self.cap, min(PROBE_CAP, self.cap_ceiling))
+            return min(PROBE_CAP, self.cap_ceiling)
         return self.cap
 
     def open_batch(self, batch: int, size: int) -> None:
         """``size`` followers were released together as ``batch``."""
-        if size <= 0 or not self.adapt:
-            if batch == self.probe:
-                self.probe = 0
+        if not self.adapt:
+            return
+        if batch and batch == self.probe and size < 2:
+            # Too few followers to tell: the next release probes, and after a few such the
+            # shape stays unknown (the fixed scheduler's behaviour).
+            self.probe = 0
+            self.probe_tries += 1
+            if self.probe_tries >= PROBE_TRIES:
+                self._decide(UNKNOWN)
+        if size <= 0:
             return
         batches = self._batches
         if len(batches) >= MAX_BATCHES:
             del batches[next(iter(batches))]  # the oldest: its stragglers failed
-        batches[batch] = [size, 0, 0, 0]
+        batches[batch] = [size, 0, 0, 0, 0]
 
     def unsend(self, batch: int) -> None:
         """A follower of ``batch`` was taken back before it was sent."""
@@ -166,8 +177,18 @@ class CacheControl:
             b[0] -= 1
             if b[0] <= b[1] + b[2]:
                 del self._batches[batch]
-                if batch == self.probe:
-                    self.probe = 0
+
+    def finished(self, batch: int) -> None:
+        """A follower of ``batch`` is done (after :meth:`observe`, if it reported)."""
+        b = self._batches.get(batch) if batch else None
+        if b is None:
+            return
+        b[4] += 1
+        if b[4] > b[1] + b[2]:
+            # It answered without usage (or failed): the batch will never be complete.
+            del self._batches[batch]
+            if batch == self.probe and self.probing:
+                self._decide(UNKNOWN)
 
     def observe(
         self,
@@ -189,32 +210,32 @@ class CacheControl:
         hit = cached >= MISS_FRACTION * expected
         if hit:
             self.hits += 1
-            self.seen_hit = True
+            self.hit_run += 1
         else:
             self.misses += 1
+            self.hit_run = 0
         if not self.adapt:
             return hit
-        if self.probe:
-            self.probe_age += 1
-            if self.probe_age > PROBE_PATIENCE:
-                self.probe = 0  # its followers failed: let another group probe
         b = self._batches.get(batch) if batch else None
         if b is not None:
             b[1 + (not hit)] += 1
             if b[1] + b[2] >= b[0]:
                 del self._batches[batch]
-                if batch == self.probe:
-                    self.probe = 0
-                if b[1] >= b[0] >= 2 and not self.per_slot and self.shared < SHARED_EVIDENCE:
-                    self.shared += 1
-                    if self.shared >= SHARED_EVIDENCE:
-                        # Siblings sent together all found the prefix: one cache for all.
-                        self._cap = float(self.cap_ceiling)
+                if batch == self.probe and self.probing:
+                    self._verdict(b[0], b[1], active)
+                    return hit
+        if self.probing:
+            return hit  # the probe's verdict decides; nothing else is out
         if hit:
-            self._grow(siblings)
+            self._grow()
             return True
         if epoch != self.epoch:
             return False  # sent before the last cut: old news
+        if self.shape != PER_SLOT:
+            # A shared cache fans a group out: a warm group's follower that missed found its
+            # prefix evicted (or its key's machine full): too many prefixes at once.
+            self._evicted(active)
+            return False
         if b is not None and b[0] > 1:
             if b[1] and not b[3]:
                 # Split: some of the batch found the prefix, this one did not.
@@ -225,55 +246,58 @@ class CacheControl:
             return False
         if siblings == 0 or b is not None:
             self._evicted(active)  # alone (or a batch of one), known warm, still missed
-        elif self.per_slot:
+        else:
             self._cut_cap(math.floor((siblings + 1) * CAP_DECREASE))
-        # Else a miss beside siblings on a cache not known to split: no evidence either way.
         return False
 
+    def _verdict(self, size: int, hits: int, active: int) -> None:
+        """The probe's batch is complete: what the server's cache looks like."""
+        if hits >= size:
+            self._decide(SHARED)
+        elif hits:
+            self._decide(PER_SLOT)
+            self._cut_cap(hits)  # the places that held the prefix
+        else:
+            # Its primer answered, nothing else was sent, both followers missed.
+            self._decide(NO_CACHE)
+
+    def _decide(self, shape: str) -> None:
+        self.probing = False
+        self.probe = 0
+        self.shape = shape
+        if shape == NO_CACHE:
+            # Nothing to protect: the fixed scheduler's limits.
+            self.adapt = False
+            self._groups = float(self.groups_ceiling)
+            self._batches.clear()
+        if shape != PER_SLOT:
+            self._cap = float(self.cap_ceiling)
+
     def _cut_cap(self, keep: int) -> None:
-        self.per_slot = True
         self.epoch += 1
         self._cap = float(max(1, min(keep, self.cap)))
         self.cap_shrinks += 1
 
     def _evicted(self, active: int) -> None:
-        if not self.seen_hit:
-            self.cold += 1
-            if self.cold >= COLD_EVIDENCE or active <= 1:
-                # Never a hit, every follower cold: nothing to protect.
-                self.no_cache = True
-                self.adapt = False
-                self._groups = float(self.groups_ceiling)
-                self._cap = float(self.cap_ceiling)
-                self._batches.clear()
-                return
         self.epoch += 1
         self._groups = max(1.0, math.floor(active * GROUPS_DECREASE))
+        self._groups_max = float(max(1, min(int(self._groups_max), active - 1)))
         self.groups_slow_start = False
         self.groups_shrinks += 1
 
-    def _grow(self, siblings: int) -> None:
-        if (
-            self.cap_starved
-            and not self.per_slot
-            and siblings + 1 >= self.cap
-            and self._cap < self.cap_ceiling
-        ):
-            # The cap was used in full and slots sat idle while the shape is not known yet: one
-            # more per round. Never on a per-slot cache: there a second request of a group in
-            # flight recomputes its prefix in another slot (measured on the mock per-slot test:
-            # 6-9 follower misses of 88 with tail probes, 3-6 without).
-            step = 1.0 / (self._cap * self._groups)
-            self._cap = min(float(self.cap_ceiling), self._cap + step)
-        if self.groups_starved and self._groups < self.groups_ceiling:
+    def _grow(self) -> None:
+        if self.hit_run >= RELAX_HITS and self._groups_max < self.groups_ceiling:
+            self._groups_max += 1.0
+            self.hit_run = 0
+        if self.groups_starved and self._groups < self._groups_max:
             # About one more group per round: a round brings about groups x cap answers.
             step = 1.0 / (self._groups * self._cap)
-            self._groups = min(float(self.groups_ceiling), self._groups + step)
+            self._groups = min(self._groups_max, self._groups + step)
 
     @property
     def may_exceed(self) -> bool:
         """Whether groups may open beyond the limit when slots would otherwise sit idle."""
-        return not self.adapt or self.groups_slow_start
+        return not self.adapt or (self.groups_slow_start and not self.probing)
 
     def summary(self) -> dict[str, object]:
         done = self.hits + self.misses
@@ -287,4 +311,5 @@ class CacheControl:
             "follower_misses": self.misses,
             "follower_hit_ratio": self.hits / done if done else None,
             "server_cache": not self.no_cache,
+            "cache_shape": self.shape if self.adapt or self.no_cache else None,
         }

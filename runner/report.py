@@ -738,7 +738,8 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
             (
                 "cache ctl",
                 f"{ctl['active_groups']} groups x {ctl['group_concurrency']} in flight each"
-                f"{' (learned)' if ctl['adaptive'] else ''}, shrinks {ctl['group_shrinks']} "
+                f" (learned, {ctl.get('cache_shape') or 'unknown'} cache), "
+                f"shrinks {ctl['group_shrinks']} "
                 f"groups / {ctl['cap_shrinks']} cap, follower hits "
                 + ("-" if ratio is None else f"{ratio * 100:.1f}%"),
             )
