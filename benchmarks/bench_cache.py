@@ -12,7 +12,9 @@ Shapes (each run gets a fresh, cold server):
 - ``llama``: llama.cpp's own ``llama-server`` (8 slots, ``make realserver``), 8 contexts of about
   900 words x 16 questions, concurrency 8 (skipped when the server is not built).
 
-Workloads are shuffled so groups interleave. The sweep fixes the limits (``--no-cache-adapt``)
+Every shape runs ``none``, default ``warm`` (learned limits), ``fixed warm`` (``--no-cache-adapt``,
+the default before the controller) and ``warm g64`` (a ceiling of 64 groups). Workloads are
+shuffled so groups interleave. The sweep fixes the limits (``--no-cache-adapt``)
 at ``--max-active-groups`` in {1, 2, 4, 8, 16} and, where a per-group cap applies,
 ``--group-concurrency`` in {1, unlimited}; the best swept hit ratio is the reference.
 
@@ -230,9 +232,9 @@ def bench_shape(shape: Shape, runs: int, seed: int, only: set[str]) -> dict[str,
     ctx, jobs = make_files(shape, seed)
     plan: list[tuple[str, list[str]]] = [
         ("none", ["--cache", "none"]),
-        ("warm", ["--cache", "warm"]),
-        ("adapt", ["--cache", "warm", "--cache-adapt", "--max-active-groups", "64"]),
-        ("adapt g8", ["--cache", "warm", "--cache-adapt"]),
+        ("warm", ["--cache", "warm"]),  # the default: limits learned, ceiling 8 groups
+        ("fixed warm", ["--cache", "warm", "--no-cache-adapt"]),  # the old default
+        ("warm g64", ["--cache", "warm", "--max-active-groups", "64"]),  # a higher ceiling
     ]
     for g in GROUPS_SWEEP:
         for c in shape.caps:
@@ -294,7 +296,7 @@ def main() -> int:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated run labels to run (e.g. none,warm,adapt); default: all",
+        help="comma-separated run labels to run (e.g. none,warm,fixed warm); default: all",
     )
     args = ap.parse_args()
     results = {}

@@ -21,11 +21,12 @@ half. The followers a primer's answer releases together form a *batch*.
   behaviour (full fan-out), which is also where a shared cache starts. Until the verdict the
   pipeline waits: one primer and one follower's time.
 - On a shared cache every follower fans out (as the fixed scheduler does) and the groups start
-  at ``SHARED_GROUPS``, opening more whenever slots would sit idle until the first eviction. A follower of a warm group that misses
-  there means the working set of prefixes outgrew the cache (an LRU evicted it, or the router's
-  machine for its key holds too few prefixes): the active groups drop to three quarters of
-  those active when it was sent, and they never grow back to that count until
-  ``RELAX_HITS`` follower hits in a row (hysteresis: no sawtooth into the same evictions).
+  at ``SHARED_GROUPS``, opening more whenever slots would sit idle until the first eviction.
+  A follower of a warm group that misses there means the working set of prefixes outgrew the
+  cache (an LRU evicted it, or the router's machine for its key holds too few prefixes): the
+  active groups drop to three quarters of those active when it was sent, and they never grow
+  back to that count until ``RELAX_HITS`` follower hits in a row (hysteresis: no sawtooth into
+  the same evictions).
 - On a per-slot cache a follower sent alone after its group was known warm that misses is an
   eviction (more groups than slots); a miss beside siblings is a split and cuts the cap.
 

@@ -37,7 +37,6 @@ def config(tmp: Path, url: str, **kw: Any) -> RunConfig:
     learning: dict[str, Any] = {
         "resume": False,
         "min_cacheable_tokens": 256,
-        "cache_adapt": True,  # the learning is opt-in (README "How caching is scheduled")
         "max_active_groups": 64,  # its ceiling
         "contexts": tmp / "contexts.jsonl",
     }

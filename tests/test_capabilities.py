@@ -170,7 +170,9 @@ async def test_followers_go_at_the_primers_first_byte_only_when_declared(first_b
     msgs = ({"role": "system", "content": "x" * 8000}, {"role": "user", "content": "q"})
     jobs = [Job(f"j{i}", i + 1, msgs, 1, "g", "g", None, {}, 8001, 8000) for i in range(4)]
     backend = _FirstByteBackend(Capabilities(release_on_first_byte=first_byte))
-    engine = Engine(RunConfig(concurrency=8), backend=backend, sink=_Sink(), limiter=_NoLimits())
+    # Fixed limits: the whole group fans out at once (the learned ones would probe with two).
+    config = RunConfig(concurrency=8, cache_adapt=False)
+    engine = Engine(config, backend=backend, sink=_Sink(), limiter=_NoLimits())
     task = asyncio.create_task(engine.run(jobs))
     for _ in range(20):
         await asyncio.sleep(0)

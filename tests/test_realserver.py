@@ -111,7 +111,6 @@ def config(tmp: Path, url: str, **kw: object) -> RunConfig:
         "concurrency": SLOTS,
         "progress": "off",
         "min_cacheable_tokens": 256,
-        "cache_adapt": True,  # the learning is opt-in (README "How caching is scheduled")
         "output": tmp / "r.jsonl",
         "latency": tmp / "l.jsonl",
         "summary": tmp / "s.json",

@@ -33,7 +33,9 @@ def _write_input(d: Path, groups: int = 6, per: int = 8, loose: int = 10) -> tup
     jobs = d / "jobs.jsonl"
     with open(ctx, "wb") as fh:
         for g in range(groups):
-            fh.write(orjson.dumps({"cache_id": f"c{g}", "system": "words " * 1300 + str(g)}))
+            # A distinct head per context: groups share no prefix, so how many primers overlap
+            # (it depends on how the cache controller opens groups) does not move the ratio.
+            fh.write(orjson.dumps({"cache_id": f"c{g}", "system": f"{g} " + "words " * 1300}))
             fh.write(b"\n")
     with open(jobs, "wb") as fh:
         for q in range(per):
