@@ -376,8 +376,8 @@ class Scheduler:
         # Followers a primer's answer releases together: the controller compares their answers.
         # (While the shape is unknown every release may be the probe.)
         batch = ctl.new_batch() if after_primer or ctl.probing else 0
-        cap = ctl.release_cap(batch)
         root = g.root
+        cap = ctl.release_cap(batch, root.family)
         n_sent = 0
         if g.fixed_key is not None or not self._use_keys:
             while held and root.family < cap:
