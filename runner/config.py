@@ -85,9 +85,7 @@ class RunConfig:
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S
     max_active_groups: int = DEFAULT_MAX_ACTIVE_GROUPS
     group_concurrency: int | None = None  # ceiling on one group's requests in flight
-    cache_adapt: bool = (
-        True  # learn both limits from cached_tokens (--no-cache-adapt: fixed); README
-    )
+    cache_adapt: bool = True  # learn both limits from cached_tokens (--no-cache-adapt)
     key_rpm: float = DEFAULT_KEY_RPM  # spread a group over suffixed prompt_cache_keys above this
     prompt_cache_retention: str | None = None
     min_cacheable_tokens: int | None = None  # None: the provider's (providers/capabilities.py)
