@@ -24,10 +24,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Final
 
-import aiohttp
 import orjson
 from yarl import URL
 
+from .._aiohttp import aiohttp
 from ..config import RunConfig
 from ..errors import AuthError, QuotaError, RunnerError, Unavailable
 from ..models import ErrorInfo, Job, Usage

@@ -23,10 +23,10 @@ from dataclasses import replace
 from time import perf_counter
 from typing import Any, ClassVar, Final
 
-import aiohttp
 import orjson
 from yarl import URL
 
+from .._aiohttp import aiohttp
 from ..config import RunConfig
 from ..models import Attempt, ErrorInfo, Job, RateInfo, Usage
 from ._wire import BodyTooLarge, KeyGuard, read_capped, too_large

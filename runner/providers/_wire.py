@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import aiohttp
 import orjson
 
+from .._aiohttp import aiohttp
 from ..config import DEFAULT_MAX_RESPONSE_BYTES
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "BodyTooLarge", "KeyGuard", "read_capped"]

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import orjson
 from yarl import URL
 
+from .._aiohttp import aiohttp
 from ..config import RunConfig
 from ..explicit_cache import CacheAPIError, CacheInfo
 from ..models import ErrorInfo, Job, Usage
