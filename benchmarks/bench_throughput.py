@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, PY, ROOT, ChildRun, make_jobs, mock_server, run_child
+from _common import OUT, PY, ROOT, ChildRun, make_jobs, mock_server, precompile, run_child
 
 ZERO = ("--latency", "zero")
 FIXED_50MS = (
@@ -87,6 +87,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.pairs < 1:
         ap.error("--pairs must be >= 1")
+    precompile()
     jobs = make_jobs(OUT / f"jobs-{args.jobs}.jsonl", args.jobs)
     n = args.jobs
     report: dict[str, object] = {"jobs": n, "pairs": args.pairs, "cases": {}}

@@ -3,7 +3,7 @@
 aiohttp (3.10 and later) builds its two default SSL contexts when ``aiohttp.connector`` is
 imported, and each one loads the system CA bundle (``SSLContext.set_default_verify_paths``):
 about 40 ms of CPU, a quarter of a one-job run's start-up, paid even when the endpoint is plain
-``http://`` (docs/PERFORMANCE.md, "Start-up"). Runner modules import aiohttp through this
+``http://`` (README, "Performance"). Runner modules import aiohttp through this
 module, which imports it with that one call deferred: while aiohttp loads, a plain
 ``ssl.SSLContext`` that asks for the default verify paths becomes a :class:`DeferredCAContext`,
 which loads them (with the real call, so ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` are honoured as

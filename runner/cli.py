@@ -259,7 +259,6 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
 def _cmd_run(ns: argparse.Namespace) -> int:
     from .api import run
     from .pipeline import RunOutcome
-    from .report import render_summary
 
     config = config_from_args(ns)
     ns.log_format = config.log_format  # errors from here on use the configured format
@@ -288,6 +287,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             _note(config, f"the summary could not be written: {summary_error}", error=True)
         return outcome.exit_code
     if not config.quiet:
+        from .report import render_summary  # after the run: not on the way to its first request
+
         print(render_summary(outcome.summary), file=sys.stderr)
         if outcome.summary["jobs"]["total"] == 0:
             print(f"runner: warning: {ns.jobs} holds no jobs", file=sys.stderr)

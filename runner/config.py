@@ -6,11 +6,9 @@ here: the config names the environment variable that holds the key (``api_key_en
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -402,6 +400,8 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def did_you_mean(word: str, choices: Any) -> str:
     """``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
+    import difflib  # only on a mistake: start-up does not pay for it
+
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -476,6 +476,8 @@ def load_config(path: Path | None) -> RunConfig:
     """Load a TOML config file; ``None`` gives the defaults (the built-in simulated provider)."""
     if path is None:
         return RunConfig()
+    import tomllib  # only with a config file: start-up without one does not pay for it
+
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
