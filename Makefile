@@ -42,12 +42,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 # Mutation testing of the core modules (slow: minutes per module; not part of `make test`).
-# `make mutate MUTANTS='runner.retry*'` narrows it; survivors are listed by `mutmut results`.
+# `make mutate MUTANTS='runner.retry*'` narrows it to one module; after a first run,
+# MUTANTS="$$(python tools/mutmut/mutants.py sample sinks 250)" runs a random sample. Survivors
+# are listed by `mutmut results`, the per-module table by `tools/mutmut/mutants.py summary`.
 MUTANTS ?=
 mutate: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[mutate]'
-	$(BIN)/mutmut run $(MUTANTS)
+	nice -n 19 $(BIN)/mutmut run $(MUTANTS)
 	$(BIN)/mutmut results
+	$(BIN)/python tools/mutmut/mutants.py summary
 
 clean:
 	rm -rf mutants $(VENV) .venv-bench out bench-out .pytest_cache .mypy_cache .ruff_cache

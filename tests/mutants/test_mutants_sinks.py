@@ -102,3 +102,40 @@ def test_resume_refuses_results_whose_latency_file_is_missing(jobs: Path, tmp_pa
     output.write_bytes(b'{"custom_id": "j0", "resp')  # only a torn first line: no result yet
     with open_(jobs, output=output, latency=latency) as out:
         assert not out.done("j0")
+
+
+def test_resume_keeps_results_of_the_same_contexts_and_names_a_new_one(
+    jobs: Path, tmp_path: Path
+) -> None:
+    ctx = tmp_path / "c.jsonl"
+    ctx.write_text('{"cache_id": "c", "system": "S"}\n')
+    output = tmp_path / "r.jsonl"
+    with open_(jobs, output=output, contexts=ctx) as out:
+        put(out, "j0")
+    with open_(jobs, output=output, contexts=ctx) as out:
+        assert out.done("j0")  # unchanged contexts: the answer stands
+    plain = tmp_path / "p.jsonl"
+    with open_(jobs, output=plain) as out:
+        put(out, "j0")
+    with pytest.raises(ResumeError, match="had no contexts file and this one has;"):
+        open_(jobs, output=plain, contexts=ctx)
+
+
+@pytest.mark.parametrize(
+    ("meta", "problem"),
+    [
+        (b"{torn", "is not readable"),
+        (b'{"version": 1}', "written by an older runner"),
+        (b'{"version": 99}', "is not readable"),
+    ],
+)
+def test_resume_refuses_a_meta_file_it_cannot_trust(
+    jobs: Path, tmp_path: Path, meta: bytes, problem: str
+) -> None:
+    output = tmp_path / "r.jsonl"
+    with open_(jobs, output=output) as out:
+        put(out, "j0")
+    meta_path_of(output).write_bytes(meta)
+    with pytest.raises(ResumeError, match=problem):
+        open_(jobs, output=output)
+    assert output.read_bytes().count(b"\n") == 1  # the results are left as they were
