@@ -194,7 +194,8 @@ def test_a_cut_takes_back_only_the_excess_and_keeps_other_groups_work() -> None:
     from test_cachectl import job as cjob
 
     s = reclaim_scheduler()
-    shared(s.control)
+    shared(s.control)  # a shared cache so far: full fan-out
+    s.control.shape = "per-slot"  # then a split shows slots after all (as in test_cachectl)
     for i in range(10):
         s.add(cjob(i, 0))
     (primer,) = drain(s, slots=1)
