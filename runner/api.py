@@ -42,7 +42,7 @@ from .providers import HTTPBackend, open_backend
 from .results import ResultLine
 from .retry import RetryPolicy
 from .runtime import endpoint
-from .shards import ShardSpec, apply_shard, filter_items, resolve_shard, write_manifest
+from .shards import ShardPicker, ShardSpec, apply_shard, resolve_shard, write_manifest
 from .sinks import MetaCacheJournal, Outputs, open_outputs
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
 
@@ -127,8 +127,14 @@ async def _run_direct(
         if jobs_path.is_dir():
             raise InputError(f"{jobs_path}: is a directory, not a jobs file")
         contexts = contexts_for(config)
-        items = read_jobs(jobs_path, contexts=contexts, max_line_bytes=config.max_line_bytes)
-        items = _only_shard(items, shard)
+        pick = None if shard is None else ShardPicker(shard, contexts)
+        items = read_jobs(
+            jobs_path,
+            contexts=contexts,
+            max_line_bytes=config.max_line_bytes,
+            keep=None if pick is None else pick.maybe,  # another shard's jobs are never built
+        )
+        items = items if pick is None else pick.filter(items)
         check_prices(config, jobs_path)
     else:
         assert not isinstance(jobs, str | Path)
@@ -216,10 +222,6 @@ def _shard_setup(config: RunConfig, jobs_path: Path) -> tuple[RunConfig, ShardSp
     if shard is None:
         return config, None
     return apply_shard(config, jobs_path, shard), shard
-
-
-def _only_shard(items: Iterable[Job | BadLine], shard: ShardSpec | None) -> Iterable[Job | BadLine]:
-    return items if shard is None else filter_items(items, shard)
 
 
 def _shard_manifest(

@@ -15,7 +15,7 @@ prefix, so an edited context is always a new group.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from hashlib import blake2b
 from pathlib import Path
 from types import MappingProxyType
@@ -169,6 +169,7 @@ def read_jobs(
     *,
     contexts: Mapping[str, Context],
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    keep: Callable[[dict[str, Any], str, bool], bool] | None = None,
 ) -> Iterator[Job | BadLine]:
     """Read the jobs file lazily: one Job or BadLine per non-blank line, in file order.
 
@@ -183,14 +184,20 @@ def read_jobs(
     :param path: the jobs JSONL file.
     :param contexts: contexts by ``cache_id``, from :func:`load_contexts`.
     :param max_line_bytes: longer lines become a BadLine (field ``"line"``), read in chunks.
+    :param keep: ``keep(obj, custom_id, batch_shape)`` is asked once a line's id is claimed;
+        False drops the line unbuilt (a shard skipping another shard's jobs, see
+        :mod:`runner.shards`). Every line's id is still claimed, so duplicates are found alike.
     :raises InputError: only when the file cannot be opened.
     """
     _open(path).close()  # fail now, at the call, not at the first next()
-    return _read_jobs(path, contexts, max_line_bytes)
+    return _read_jobs(path, contexts, max_line_bytes, keep)
 
 
 def _read_jobs(
-    path: Path, contexts: Mapping[str, Context], max_line_bytes: int
+    path: Path,
+    contexts: Mapping[str, Context],
+    max_line_bytes: int,
+    keep: Callable[[dict[str, Any], str, bool], bool] | None = None,
 ) -> Iterator[Job | BadLine]:
     where = str(path)
     # hash() of each id rather than the id itself, in sorted shards: 8 bytes an id
@@ -218,6 +225,8 @@ def _read_jobs(
             custom_id: str | None = None
             try:
                 custom_id = _claim_id(obj, id_field, seen)
+                if keep is not None and not keep(obj, custom_id, batch):
+                    continue
                 if batch:
                     yield _batch_job(obj, custom_id, lineno)
                 else:

@@ -7,10 +7,10 @@ digest of the text, not Python's ``hash()``, so every process and host agrees on
 
 Shard indices are **0-based**: ``--shard 0/4`` .. ``--shard 3/4``, matching Kubernetes'
 ``JOB_COMPLETION_INDEX``. Each shard reads the whole input (duplicate ids are found the same
-way in every shard) but sends only its own jobs, and writes its own outputs
-``R.shard-K-of-N.results.jsonl`` (latency, summary, lock and meta likewise), so it resumes on its
-own. A small manifest ``R.shard-K-of-N.results.jsonl.shard.json`` records the input, model and
-``K/N`` for :mod:`runner.merge`, which combines the parts.
+way in every shard) but builds and sends only its own jobs (:class:`ShardPicker`), and writes
+its own outputs ``R.shard-K-of-N.results.jsonl`` (latency, summary, lock and meta likewise), so
+it resumes on its own. A small manifest ``R.shard-K-of-N.results.jsonl.shard.json`` records the
+input, model and ``K/N`` for :mod:`runner.merge`, which combines the parts.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ import orjson
 
 from .config import RunConfig
 from .errors import ConfigError
-from .models import BadLine, Job
+from .models import BadLine, Context, Job
 from .sinks import default_paths
 
 __all__ = [
     "MANIFEST_SUFFIX",
+    "ShardPicker",
     "ShardSpec",
     "apply_shard",
     "filter_items",
@@ -119,24 +120,73 @@ def shard_of(item: Job | BadLine, count: int) -> int:
     """The shard a job or bad line belongs to: by cache group, else by id (else by line)."""
     key = item.group if isinstance(item, Job) and item.group is not None else None
     text = "g:" + key if key is not None else "i:" + (item.custom_id or f"line-{item.line}")
+    return _hash_shard(text, count)
+
+
+def _hash_shard(text: str, count: int) -> int:
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % count
 
 
-def filter_items(items: Iterable[Job | BadLine], spec: ShardSpec) -> Iterator[Job | BadLine]:
-    """Only the items of shard ``spec``; a group's shard is hashed once and remembered."""
-    count, index = spec.count, spec.index
-    groups: dict[str, bool] = {}
-    for item in items:
+class ShardPicker:
+    """Chooses the items of shard ``spec``, as early as a line allows.
+
+    :meth:`maybe` is :func:`runner.jobs.read_jobs`' ``keep``: it sees a line's parsed object
+    once its id is claimed and says False only when the line belongs to another shard whatever
+    it turns out to be, so that line is never built into a :class:`Job`. A line's key is its id
+    unless it becomes a job with a cache group (then the group); a line whose id and possible
+    group both hash elsewhere is therefore another shard's, valid or not. Only a line that may
+    have an automatic group (``messages``, or the OpenAI Batch shape), whose group needs its
+    messages checked and digested, is built first; :meth:`mine` then decides exactly, as
+    :func:`shard_of` does, so the assignment is the same either way.
+    """
+
+    __slots__ = ("_contexts", "_groups", "count", "index")
+
+    def __init__(self, spec: ShardSpec, contexts: Mapping[str, Context] | None = None) -> None:
+        self.count = spec.count
+        self.index = spec.index
+        self._contexts: Mapping[str, Context] = contexts or {}
+        self._groups: dict[str, bool] = {}  # a group's shard is hashed once and remembered
+
+    def _group_mine(self, group: str) -> bool:
+        mine = self._groups.get(group)
+        if mine is None:
+            mine = self._groups[group] = _hash_shard("g:" + group, self.count) == self.index
+        return mine
+
+    def mine(self, item: Job | BadLine) -> bool:
+        """Whether ``item`` is this shard's (exactly :func:`shard_of`)."""
         group = item.group if isinstance(item, Job) else None
         if group is not None:
-            mine = groups.get(group)
-            if mine is None:
-                mine = groups[group] = shard_of(item, count) == index
-        else:
-            mine = shard_of(item, count) == index
-        if mine:
-            yield item
+            return self._group_mine(group)
+        return _hash_shard("i:" + (item.custom_id or f"line-{item.line}"), self.count) == self.index
+
+    def maybe(self, obj: dict[str, Any], custom_id: str, batch: bool) -> bool:
+        """False when the line with this object and claimed id is surely another shard's."""
+        if _hash_shard("i:" + custom_id, self.count) == self.index:
+            return True
+        if batch:
+            return True  # its group (if any) comes from its messages: decided once built
+        cache_id = obj.get("cache_id")
+        if cache_id is None:
+            # without a context only messages can make a group; a query job is keyed by its id
+            return obj.get("messages") is not None
+        context = self._contexts.get(cache_id) if type(cache_id) is str else None
+        if context is None:
+            return False  # an unknown or malformed cache_id: a bad line, keyed by its id
+        return self._group_mine(f"{cache_id}:{context.digest}")  # as runner.jobs names it
+
+    def filter(self, items: Iterable[Job | BadLine]) -> Iterator[Job | BadLine]:
+        mine = self.mine
+        for item in items:
+            if mine(item):
+                yield item
+
+
+def filter_items(items: Iterable[Job | BadLine], spec: ShardSpec) -> Iterator[Job | BadLine]:
+    """Only the items of shard ``spec``; a group's shard is hashed once and remembered."""
+    return ShardPicker(spec).filter(items)
 
 
 def shard_path(path: Path, spec: ShardSpec) -> Path:
