@@ -315,6 +315,17 @@ def bench_shards(args: argparse.Namespace) -> None:
 
 
 def bench_workers(args: argparse.Namespace) -> None:
+    """``--workers 2`` against ``--workers 1``, alternately, with where the CPU went.
+
+    Per run: wall time and requests/s of the whole ``runner run`` process (tree), its CPU
+    (``wait4`` of the command: the parent and every worker), the mock's CPU (from /proc), and
+    for ``--workers 2`` the split the merged summary's ``workers`` section records: the parent
+    (start-up, config, supervision), each worker, the merge. ``ceiling`` is the ratio the CPU
+    figures allow when the two cores are this benchmark's alone: one process cannot go faster
+    than its own CPU time, while two workers and the mock share two cores, the merge after them
+    on one: ``w1_runner_cpu / max(w1_runner_cpu, ...)`` against
+    ``(parent + workers + mock) / 2 + merge``.
+    """
     jobs = make_jobs(SCALE / "workers" / "jobs.jsonl", args.worker_jobs)
     rows = []
     with mock_server("--latency", "zero") as (url, mock_pid):
@@ -323,27 +334,51 @@ def bench_workers(args: argparse.Namespace) -> None:
                 out = SCALE / "workers" / f"w{w}.results.jsonl"
                 for p in out.parent.glob(f"w{w}.*"):
                     p.unlink()
+                load = os.getloadavg()[0]
                 c0 = cpu_seconds(mock_pid)
+                summary_path = out.with_name(f"w{w}.summary.json")
                 r = run_child([PY, "-m", "runner", "run", str(jobs), "--provider", "openai",
                                "--base-url", url, "--progress", "off", "--no-resume",
                                "--concurrency", "128", "--workers", str(w), "-o", str(out),
-                               "--summary", str(out.with_name(f"w{w}.summary.json")),
+                               "--summary", str(summary_path),
                                "--latency", str(out.with_name(f"w{w}.latency.jsonl"))])  # fmt: skip
                 mock_cpu = cpu_seconds(mock_pid) - c0
                 if r.returncode != 0:
                     raise SystemExit(r.stderr[-2000:])
-                row = {
+                summary = orjson.loads(summary_path.read_bytes())
+                row: dict[str, Any] = {
                     "round": rnd,
                     "workers": w,
+                    "load1": round(load, 2),
                     "wall_s": round(r.wall_s, 3),
                     "req_per_s": round(args.worker_jobs / r.wall_s, 1),
                     "runner_cpu_s": round(r.cpu_s, 2),
                     "mock_cpu_s": round(mock_cpu, 2),
                 }
+                if w > 1:
+                    row["split_cpu_s"] = summary["workers"]["cpu_s"]
+                    row["forked"] = summary["workers"]["forked"]
                 rows.append(row)
                 print(f"workers: {row}", flush=True)
-    by = {w: [r["req_per_s"] for r in rows if r["workers"] == w] for w in (1, 2)}
-    ratios = [b / a for a, b in zip(by[1], by[2], strict=True)]
+    ratios = []
+    for rnd in range(args.rounds):
+        one, two = (r for r in rows if r["round"] == rnd)
+        split = two["split_cpu_s"]
+        w1_bound = max(one["runner_cpu_s"], (one["runner_cpu_s"] + one["mock_cpu_s"]) / 2)
+        w2_bound = (split["parent"] + sum(split["workers"]) + two["mock_cpu_s"]) / 2
+        w2_bound += split["merge"]
+        ratio = two["req_per_s"] / one["req_per_s"]
+        ratios.append(ratio)
+        print(
+            f"workers round {rnd}: --workers 2 / --workers 1 = {ratio:.3f}"
+            f" ({two['req_per_s']} vs {one['req_per_s']} req/s, load {one['load1']}/"
+            f"{two['load1']}); CPU s: --workers 1 runner {one['runner_cpu_s']}, mock"
+            f" {one['mock_cpu_s']}; --workers 2 parent {split['parent']} + workers"
+            f" {' + '.join(str(x) for x in split['workers'])} + merge {split['merge']}"
+            f" = {two['runner_cpu_s']} ({two['runner_cpu_s'] / one['runner_cpu_s'] - 1:+.1%}),"
+            f" mock {two['mock_cpu_s']}; ceiling on 2 free cores {w1_bound / w2_bound:.3f}",
+            flush=True,
+        )
     print(f"workers: --workers 2 / --workers 1 req/s per round: {[round(x, 3) for x in ratios]}")
     (OUT / "scaleout-workers.json").write_text(json.dumps({"rows": rows, "ratios": ratios}))
 

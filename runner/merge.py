@@ -23,7 +23,7 @@ import argparse
 import glob
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import orjson
 
 from .errors import ConfigError, InputError
 from .idset import IdSet
+from .models import Price
 from .report import render_summary
 from .shards import read_manifest
 from .stats import SummaryBuilder
@@ -39,6 +40,7 @@ from .stats import SummaryBuilder
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths"]
 
 MERGED_SUFFIX = ".merged.json"
+_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,28 +169,81 @@ def _add_parts_cache_cost(summary: dict[str, Any], loaded: Sequence[_Part]) -> N
     cost["saving_net"] = round(1.0 - total / cost["uncached"], 6) if cost["uncached"] else 0.0
 
 
-def _lines(path: Path) -> Iterator[bytes]:
+def _blocks(path: Path) -> Iterator[bytes]:
+    """The file in blocks of whole lines (about 1 MiB each, every line ending in a newline);
+    a partial last line is a crashed write, not a record, and is left out."""
     try:
         fh = open(path, "rb")
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     with fh:
-        for raw in fh:
-            if raw.endswith(b"\n"):  # a partial last line is a crashed write, not a record
-                yield raw
+        rest = b""
+        while chunk := fh.read(_BLOCK):
+            data = rest + chunk if rest else chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                yield data[:cut]
+
+
+def _result_key(raw: bytes, path: Path, line: int) -> object:
+    """A result line's key for the duplicate check: its id, or ("line", N) for a line-keyed bad
+    line. Result lines start ``{"id":"batch_req_…","custom_id":"…"``: an id without escapes is
+    read from the bytes (a JSON string without a backslash is its UTF-8 text); anything else
+    is parsed."""
+    if raw.startswith(b'{"id":"'):
+        end = raw.find(b'"', 7)
+        if raw.startswith(b',"custom_id":"', end + 1):
+            start = end + 15
+            stop = raw.find(b'"', start)
+            cid = raw[start:stop]
+            if stop > 0 and b"\\" not in cid:
+                return cid.decode()
+    try:
+        obj = orjson.loads(raw)
+        cid = obj.get("custom_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        raise InputError(f"{path}:{line}: not a result line (not a JSON object)") from None
+    # A bad or duplicate line has no id of its own: its input line names it (docs/FORMATS.md),
+    # so two of them in different parts are not a clash.
+    return cid if cid is not None else ("line", obj.get("line"))
+
+
+def _records(block: bytes, path: Path, line: int) -> list[dict[str, Any]]:
+    """The latency records of a block of lines (the first is line ``line`` of ``path``), parsed
+    in one call as one JSON array."""
+    try:
+        out: list[dict[str, Any]] = orjson.loads(b"[" + block[:-1].replace(b"\n", b",") + b"]")
+        if all(type(rec) is dict for rec in out):
+            return out
+    except orjson.JSONDecodeError:
+        pass
+    for i, raw in enumerate(block.split(b"\n")[:-1]):  # find the bad line to name it
+        try:
+            ok = type(orjson.loads(raw)) is dict
+        except orjson.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise InputError(f"{path}:{line + i}: not a latency record (not a JSON object)")
+    raise InputError(f"{path}: unreadable latency records")  # pragma: no cover
 
 
 def merge(
     out: Path,
     parts: Sequence[Path],
     *,
-    price: Any = None,
+    price_of: Callable[[str | None], Price | None] | None = None,
     partial: bool = False,
     force: bool = False,
     paths: tuple[Path, Path] | None = None,
 ) -> MergeReport:
     """Merge the shard outputs ``parts`` into ``out`` (see the module docstring).
 
+    :param price_of: the price of a model (``None``: the run's model), such as
+        :meth:`RunConfig.price <runner.config.RunConfig.price>`: each latency record is priced
+        by its own model, as the run itself prices it, so a multi-model run's merged cost is the
+        single run's. Without one (or with a model it cannot price) the cost is the sum of the
+        parts' own.
     :param paths: the merged latency and summary files (default: beside ``out``, as
         :func:`merged_paths` names them); ``--workers`` passes the run's own ``--latency`` and
         ``--summary``.
@@ -228,35 +283,42 @@ def merge(
                 f"{out}: exists and is not an earlier merge of this input; not overwriting"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    builder = SummaryBuilder(price)
+    builder = SummaryBuilder(None, price_of=price_of)
     ids = IdSet()
     tmp_res = results.with_name(results.name + ".tmp")
     tmp_lat = latency.with_name(latency.name + ".tmp")
     n_results = 0
     try:
         with open(tmp_res, "wb") as rf, open(tmp_lat, "wb") as lf:
+            # Whole blocks of lines are copied; per line only the id (results) and the summary
+            # (latency) are looked at.
             for p in loaded:
-                for raw in _lines(p.results):
-                    obj = orjson.loads(raw)
-                    cid = obj.get("custom_id")
-                    # A bad or duplicate line has no id of its own: its input line names it
-                    # (docs/FORMATS.md), so two of them in different parts are not a clash.
-                    key: object = cid if cid is not None else ("line", obj.get("line"))
-                    if not ids.add(hash(key)):
-                        what = f"id {cid!r}" if cid is not None else f"input line {obj.get('line')}"
-                        raise ConfigError(f"merge: {what} appears twice ({p.results})")
-                    rf.write(raw)
-                    n_results += 1
-                for raw in _lines(p.latency):
-                    builder.add(orjson.loads(raw))
-                    lf.write(raw)
+                line = 0
+                for block in _blocks(p.results):
+                    for raw in block.split(b"\n")[:-1]:
+                        line += 1
+                        key = _result_key(raw, p.results, line)
+                        if not ids.add(hash(key)):
+                            what = (
+                                f"input line {key[1]}" if isinstance(key, tuple) else f"id {key!r}"
+                            )
+                            raise ConfigError(f"merge: {what} appears twice ({p.results})")
+                        n_results += 1
+                    rf.write(block)
+                line = 1
+                for block in _blocks(p.latency):
+                    add = builder.add
+                    for rec in _records(block, p.latency, line):
+                        add(rec)
+                        line += 1
+                    lf.write(block)
             rf.flush()
             lf.flush()
             os.fsync(rf.fileno())
             os.fsync(lf.fileno())
         summary = builder.summary()
-        if summary.get("cost") is None and price is None:
-            summary["cost"] = _parts_cost(loaded)  # `runner merge` without -c: the parts' own
+        if summary.get("cost") is None:
+            summary["cost"] = _parts_cost(loaded)  # no price here (no -c): the parts' own
         _add_parts_cache_cost(summary, loaded)
         summary["shards"] = {
             "count": count,
@@ -317,7 +379,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="merged results JSONL (X.results.jsonl)")
     parser.add_argument("parts", nargs="+", help="the shards' results files (or a glob)")
     parser.add_argument("-c", "--config", type=Path, help="TOML config (for prices)")
-    parser.add_argument("--model", help="model whose price the cost uses (default: the parts')")
+    parser.add_argument(
+        "--model", help="model of the records that name none, for prices (default: the parts')"
+    )
     parser.add_argument("--partial", action="store_true", help="merge with shards missing")
     parser.add_argument("--force", action="store_true", help="overwrite an existing OUT")
 
@@ -328,7 +392,11 @@ def main(ns: argparse.Namespace) -> int:
     config = load_config(ns.config)
     paths = expand_parts(ns.parts)
     model = ns.model or read_manifest(paths[0]).get("model") if paths else None
-    rep = merge(ns.out, paths, price=config.price(model), partial=ns.partial, force=ns.force)
+
+    def price_of(m: str | None) -> Price | None:
+        return config.price(m or model)  # a record without a model is the parts' model's
+
+    rep = merge(ns.out, paths, price_of=price_of, partial=ns.partial, force=ns.force)
     print(render_summary(rep.summary, title="merged summary"), file=sys.stderr)
     if rep.missing or rep.unfinished:
         print(

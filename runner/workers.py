@@ -13,15 +13,25 @@ the configured and learned RPM/TPM, and any 429 pause, stay global to the host.
 
 Signals: SIGINT/SIGTERM are passed on to every child (each drains and writes its summary); the
 parent then exits with the children's worst code and does not merge.
+
+**Cheap children.** On Linux a worker is a ``fork`` of the parent, which has already imported
+the run's modules (aiohttp, the providers, the engine: about 0.4 s of CPU per interpreter here),
+so N workers cost one start-up, not N + 1; the child runs the same command line through
+:func:`runner.cli.main` and leaves with ``os._exit``. Elsewhere (or if the parent has threads)
+a worker is a new ``python -m runner`` process. The merged summary's ``workers`` section gives
+the CPU seconds of the parent, of each worker and of the merge, where a run's time went.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import resource
 import signal
-import subprocess
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -33,11 +43,72 @@ from .pipeline import LiveStats
 from .progress import make_progress
 from .report import render_summary
 from .shards import ShardSpec, shard_path
-from .sinks import default_paths
+from .sinks import default_paths, write_summary
 
 __all__ = ["run_workers"]
 
 POLL_S = 0.2
+_FORK = sys.platform == "linux"  # fork without exec is only safe where it is the norm
+
+
+class _Child:
+    """One worker process: its pid, and once reaped its exit code and CPU seconds."""
+
+    __slots__ = ("code", "cpu_s", "forked", "pid")
+
+    def __init__(self, pid: int, *, forked: bool) -> None:
+        self.pid = pid
+        self.forked = forked
+        self.code: int | None = None
+        self.cpu_s = 0.0
+
+    def poll(self) -> int | None:
+        if self.code is None:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            if pid:
+                self.code = os.waitstatus_to_exitcode(status)
+                self.cpu_s = usage.ru_utime + usage.ru_stime
+        return self.code
+
+
+def _start(args: list[str]) -> _Child:
+    """A worker running ``runner ARGS``: forked where that is safe, else a new interpreter."""
+    if _FORK and threading.active_count() == 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        gc.freeze()  # the parent's objects stay out of the child's collector (and shared)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child leaves through os._exit
+            _child(args)
+        return _Child(pid, forked=True)
+    argv = [sys.executable, "-m", "runner", *args]
+    return _Child(os.posix_spawn(sys.executable, argv, os.environ), forked=False)
+
+
+def _child(args: list[str]) -> None:  # pragma: no cover - runs in the forked worker
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        from .cli import main
+
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:  # noqa: BLE001 - the worker must reach os._exit whatever happened
+        traceback.print_exc()  # as an uncaught exception of `python -m runner` would
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def _cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class _Tail:
@@ -94,11 +165,10 @@ def run_workers(
     if not config.redis_url:
         extra += ["--limit-file", str(results.with_name(results.name + ".limits.json"))]
     specs = [ShardSpec(k, n) for k in range(n)]
-    procs: list[subprocess.Popen[bytes]] = []
-    for spec in specs:
-        cmd = [sys.executable, "-m", "runner", *argv, "--workers", "1", "--shard", str(spec)]
-        cmd += ["--progress", "off", *extra]
-        procs.append(subprocess.Popen(cmd))
+    procs = [
+        _start([*argv, "--workers", "1", "--shard", str(spec), "--progress", "off", *extra])
+        for spec in specs
+    ]
     tails = [_Tail(shard_path(results, s)) for s in specs]
     code = _supervise(procs, tails, jobs, config)
     if code not in (0, 1):
@@ -106,12 +176,23 @@ def run_workers(
         if code in (130, 143):
             print("runner: run the same command again to resume", file=sys.stderr)
         return code
+    cpu_parent = _cpu_self()
     rep = merge(
         results,
         [shard_path(results, s) for s in specs],
-        price=config.price(),
+        price_of=config.price,  # each job at its own model's price, as a single run does
         paths=(latency, summary_path),
     )
+    rep.summary["workers"] = {
+        "processes": n,
+        "forked": all(p.forked for p in procs),
+        "cpu_s": {
+            "parent": round(cpu_parent, 3),  # start-up, config, supervision
+            "workers": [round(p.cpu_s, 3) for p in procs],
+            "merge": round(_cpu_self() - cpu_parent, 3),
+        },
+    }
+    write_summary(summary_path, rep.summary)
     if to_stdout:
         from .observe import write_summary_to
 
@@ -130,9 +211,7 @@ def run_workers(
     return 1 if rep.summary["jobs"]["failed"] else code
 
 
-def _supervise(
-    procs: list[subprocess.Popen[bytes]], tails: list[_Tail], jobs: Path, config: RunConfig
-) -> int:
+def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunConfig) -> int:
     stop = {"n": 0}
 
     def forward(signum: int, _frame: object) -> None:
@@ -162,7 +241,7 @@ def _supervise(
         if display is not None:
             stats.done = sum(t.poll() for t in tails)
             display.close(stats)
-    codes = [p.returncode for p in procs]
+    codes = [1 if p.code is None else p.code for p in procs]  # all reaped by the loop
     if stop["n"] and any(c not in (0, 1) for c in codes):
         return next(c for c in codes if c not in (0, 1))
     bad = [c for c in codes if c not in (0, 1)]

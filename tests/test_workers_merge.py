@@ -1,0 +1,110 @@
+"""`--workers` and `runner merge`: per-model prices, malformed parts, forked or spawned workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+import runner.workers
+from runner.cli import main
+from runner.errors import InputError
+from runner.merge import merge
+
+ROOT = Path(__file__).resolve().parent.parent
+PRICES = {"cheap-1": (1.0, 2.0), "dear-1": (30.0, 60.0)}  # USD per million in, out
+
+
+def _inputs(d: Path) -> tuple[Path, Path]:
+    jobs = d / "jobs.jsonl"
+    with open(jobs, "wb") as fh:
+        for i in range(40):
+            model = "dear-1" if i % 3 == 0 else "cheap-1"
+            fh.write(orjson.dumps({"id": f"q{i}", "model": model, "query": f"q {i}?"}) + b"\n")
+    cfg = d / "prices.toml"
+    cfg.write_text(
+        'model = "cheap-1"\n'
+        + "".join(f'[prices."{m}"]\ninput = {i}\noutput = {o}\n' for m, (i, o) in PRICES.items())
+    )
+    return jobs, cfg
+
+
+def _cost_of_records(latency: Path) -> float:
+    """What the records cost, each at its own model's price (computed here, independently)."""
+    total = 0.0
+    for raw in latency.read_bytes().splitlines():
+        rec = orjson.loads(raw)
+        inp, out = PRICES[rec["model"]]
+        total += (rec["prompt_tokens"] * inp + rec["completion_tokens"] * out) / 1e6
+    return total
+
+
+def test_workers_merge_prices_each_job_by_its_model(tmp_path: Path) -> None:
+    jobs, cfg = _inputs(tmp_path)
+    single = tmp_path / "single.results.jsonl"
+    args = ["run", str(jobs), "-c", str(cfg), "--progress", "off"]
+    assert main([*args, "-o", str(single)]) == 0
+    one = orjson.loads((tmp_path / "single.summary.json").read_bytes())["cost"]
+    cmd = [sys.executable, "-m", "runner", *args, "--workers", "2"]
+    cmd += ["-o", str(tmp_path / "w.results.jsonl")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=120, env=os.environ.copy())
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    merged = orjson.loads((tmp_path / "w.summary.json").read_bytes())
+    expect = _cost_of_records(tmp_path / "w.latency.jsonl")
+    assert merged["cost"]["billed"] == pytest.approx(expect, rel=1e-6)
+    assert one["billed"] == pytest.approx(_cost_of_records(tmp_path / "single.latency.jsonl"))
+    # the old merge priced every token at the run's model's price: far below this
+    cheap = sum(
+        (rec["prompt_tokens"] * 1.0 + rec["completion_tokens"] * 2.0) / 1e6
+        for rec in map(orjson.loads, (tmp_path / "w.latency.jsonl").read_bytes().splitlines())
+    )
+    assert merged["cost"]["billed"] > 5 * cheap
+    assert merged["workers"]["processes"] == 2 and merged["workers"]["forked"]
+    cpu = merged["workers"]["cpu_s"]
+    assert len(cpu["workers"]) == 2 and all(x > 0 for x in cpu["workers"])
+
+    # runner merge -c prices the same way
+    parts = str(tmp_path / "w.shard-*-of-2.results.jsonl")
+    out = tmp_path / "m.results.jsonl"
+    assert main(["merge", str(out), parts, "-c", str(cfg)]) == 0
+    again = orjson.loads((tmp_path / "m.summary.json").read_bytes())["cost"]
+    assert again["billed"] == pytest.approx(expect, rel=1e-6)
+
+
+def test_merge_names_a_malformed_line(tmp_path: Path) -> None:
+    jobs, cfg = _inputs(tmp_path)
+    for k in range(2):
+        args = ["run", str(jobs), "-c", str(cfg), "--progress", "off", "--shard", f"{k}/2"]
+        assert main(args) == 0
+    parts = [tmp_path / f"jobs.shard-{k}-of-2.results.jsonl" for k in range(2)]
+    lat = tmp_path / "jobs.shard-1-of-2.latency.jsonl"
+    lines = lat.read_bytes().splitlines(keepends=True)
+    lat.write_bytes(b"".join([*lines[:2], b"[1]\n", *lines[3:]]))
+    with pytest.raises(InputError, match=r"shard-1-of-2\.latency\.jsonl:3: not a latency record"):
+        merge(tmp_path / "m.results.jsonl", parts)
+    lat.write_bytes(b"".join(lines))
+    res = parts[0].read_bytes().splitlines(keepends=True)
+    parts[0].write_bytes(b"".join([res[0], b"{oops\n", *res[2:]]))
+    with pytest.raises(InputError, match=r"shard-0-of-2\.results\.jsonl:2: not a result line"):
+        merge(tmp_path / "m.results.jsonl", parts, partial=True)  # the edit made it "newer"
+    assert not (tmp_path / "m.results.jsonl").exists()
+
+
+def test_workers_spawn_interpreters_where_they_do_not_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner.workers, "_FORK", False)
+    jobs, cfg = _inputs(tmp_path)
+    args = ["run", str(jobs), "-c", str(cfg), "--progress", "off", "--workers", "2", "--quiet"]
+    assert main(args) == 0
+    merged = orjson.loads((tmp_path / "jobs.summary.json").read_bytes())
+    assert merged["workers"]["forked"] is False and merged["jobs"]["ok"] == 40
+    ids = [
+        orjson.loads(x)["custom_id"]
+        for x in (tmp_path / "jobs.results.jsonl").read_bytes().splitlines()
+    ]
+    assert sorted(ids) == sorted(f"q{i}" for i in range(40))
