@@ -320,11 +320,11 @@ def bench_workers(args: argparse.Namespace) -> None:
     Per run: wall time and requests/s of the whole ``runner run`` process (tree), its CPU
     (``wait4`` of the command: the parent and every worker), the mock's CPU (from /proc), and
     for ``--workers 2`` the split the merged summary's ``workers`` section records: the parent
-    (start-up, config, supervision), each worker, the merge. ``ceiling`` is the ratio the CPU
-    figures allow when the two cores are this benchmark's alone: one process cannot go faster
-    than its own CPU time, while two workers and the mock share two cores, the merge after them
-    on one: ``w1_runner_cpu / max(w1_runner_cpu, ...)`` against
-    ``(parent + workers + mock) / 2 + merge``.
+    (start-up, config, supervision), each worker, the merge. ``ceiling`` is the ratio these CPU
+    figures allow when the two cores are this benchmark's alone: one process takes at least its
+    own CPU time (``max(runner, (runner + mock) / 2)``); with two workers the parent starts up
+    alone, the workers and the mock share the two cores, and the merge runs alone after them:
+    ``parent + (workers + mock) / 2 + merge``.
     """
     jobs = make_jobs(SCALE / "workers" / "jobs.jsonl", args.worker_jobs)
     rows = []
@@ -365,7 +365,7 @@ def bench_workers(args: argparse.Namespace) -> None:
         one, two = (r for r in rows if r["round"] == rnd)
         split = two["split_cpu_s"]
         w1_bound = max(one["runner_cpu_s"], (one["runner_cpu_s"] + one["mock_cpu_s"]) / 2)
-        w2_bound = (split["parent"] + sum(split["workers"]) + two["mock_cpu_s"]) / 2
+        w2_bound = split["parent"] + (sum(split["workers"]) + two["mock_cpu_s"]) / 2
         w2_bound += split["merge"]
         ratio = two["req_per_s"] / one["req_per_s"]
         ratios.append(ratio)
