@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
 import pytest
+from helpers import mock_process
 
 import runner.workers
 from runner.cli import main
@@ -108,3 +111,39 @@ def test_workers_spawn_interpreters_where_they_do_not_fork(
         for x in (tmp_path / "jobs.results.jsonl").read_bytes().splitlines()
     ]
     assert sorted(ids) == sorted(f"q{i}" for i in range(40))
+
+
+def test_sigterm_reaches_the_forked_workers_and_a_rerun_completes_once(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(
+        b"".join(orjson.dumps({"id": f"q{i}", "query": f"q {i}"}) + b"\n" for i in range(200))
+    )
+    with mock_process("--base-ms", "30", "--decode-ms-per-token", "1", "--jitter", "0") as url:
+        cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--provider", "openai"]
+        cmd += ["--base-url", url, "--concurrency", "2", "--progress", "off", "--workers", "2"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
+        part = tmp_path / "jobs.shard-1-of-2.results.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            not part.exists() or part.read_bytes().count(b"\n") < 10
+        ):
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode not in (0, 1), err.decode()[-2000:]
+        assert b"not merging" in err and b"resume" in err
+        assert not (tmp_path / "jobs.results.jsonl").exists()  # nothing merged
+        done = sum(
+            (tmp_path / f"jobs.shard-{k}-of-2.results.jsonl").read_bytes().count(b"\n")
+            for k in range(2)
+        )
+        assert 0 < done < 200  # both workers stopped early
+        again = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=120)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    ids = [
+        orjson.loads(x)["custom_id"]
+        for x in (tmp_path / "jobs.results.jsonl").read_bytes().splitlines()
+    ]
+    assert sorted(ids) == sorted(f"q{i}" for i in range(200))  # each exactly once
+    summary = orjson.loads((tmp_path / "jobs.summary.json").read_bytes())
+    assert summary["jobs"]["ok"] + summary["jobs"]["skipped_resumed"] == 200
