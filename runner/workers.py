@@ -88,8 +88,8 @@ def _start(args: list[str]) -> _Child:
 def _child(args: list[str]) -> None:  # pragma: no cover - runs in the forked worker
     code = 1
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # The signal handlers are the interpreter's own: the parent forwards signals only
+        # after every worker is started.
         from .cli import main
 
         code = main(args)
