@@ -62,13 +62,16 @@ class _Child:
         self.code: int | None = None
         self.cpu_s = 0.0
 
-    def poll(self) -> int | None:
+    def poll(self, flags: int = os.WNOHANG) -> int | None:
         if self.code is None:
-            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(self.pid, flags)
             if pid:
                 self.code = os.waitstatus_to_exitcode(status)
                 self.cpu_s = usage.ru_utime + usage.ru_stime
         return self.code
+
+    def wait(self) -> int | None:
+        return self.poll(0)
 
 
 def _start(args: list[str]) -> _Child:
@@ -229,6 +232,9 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
         stats.total = count_lines(jobs)
         stats.started = time.perf_counter()
     try:
+        if display is None:  # nothing to show: wake when a worker ends, not on a timer
+            for p in procs:
+                p.wait()  # a signal runs forward() and the wait goes on (PEP 475)
         while any(p.poll() is None for p in procs):
             time.sleep(POLL_S)
             if display is not None:
