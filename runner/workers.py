@@ -150,7 +150,7 @@ def run_workers(
 
     # The merge writes these paths: none may be an input, before any worker starts.
     _summary_path(config, jobs, own_sink=True, config_path=config_path)
-    to_stdout = config.summary is not None and str(config.summary) == "-"
+    to_stdout = config.summary_to_stdout
     # With --summary -, each worker still writes its summary file (the merge reads it to know
     # the shard finished); the merged summary goes to a file and to standard output.
     results, latency, summary_path = default_paths(
