@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check runner tests benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy runner
+	$(BIN)/mypy runner tests benchmarks
 
 test: lint typecheck
 	$(BIN)/pytest -q --cov --cov-report=term:skip-covered

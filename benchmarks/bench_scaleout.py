@@ -52,7 +52,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def _sent(rec: dict[str, Any]) -> float:
-    return float(rec["started_at"]) + rec["limiter_ms"] / 1000.0
+    return float(rec["started_at"]) + float(rec["limiter_ms"]) / 1000.0
 
 
 def _stats(prefix: list[str], url: str) -> dict[str, Any]:
@@ -251,8 +251,8 @@ def bench_shards(args: argparse.Namespace) -> None:
         reset()
         procs = [subprocess.Popen([*base, "--shard", f"{k}/4"], cwd=ROOT,
                                   stderr=subprocess.DEVNULL) for k in range(4)]  # fmt: skip
-        for p in procs:
-            p.wait()
+        for child in procs:
+            child.wait()
         parts = [str(d / f"jobs.shard-{k}-of-4.results.jsonl") for k in range(4)]
         m = run_child([PY, "-m", "runner", "merge", str(d / "merged.results.jsonl"), *parts])
         s4 = orjson.loads((d / "merged.summary.json").read_bytes())
@@ -288,8 +288,8 @@ def bench_shards(args: argparse.Namespace) -> None:
         ):
             time.sleep(0.02)
         os.kill(victim.pid, signal.SIGKILL)
-        for p in procs:
-            p.wait()
+        for child in procs:
+            child.wait()
         done_before = len(res_file.read_bytes().splitlines())
         first = run_child([PY, "-m", "runner", "merge", str(d / "m2.results.jsonl"), *parts])
         rerun = run_child([*base, "--shard", "2/4"])

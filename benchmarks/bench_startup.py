@@ -75,6 +75,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._reply(200, _REPLY)
 
 
+def _first_request_cpu(srv: _Server) -> float | None:
+    # Set by the handler thread, so not the None assigned before the child ran.
+    return srv.cpu_at_first_request
+
+
 def one_job_run(srv: _Server, url: str, jobs: Path) -> tuple[float, float]:
     """(CPU before the first request, CPU to exit) of a one-job `runner run`."""
     srv.cpu_at_first_request = None
@@ -91,9 +96,10 @@ def one_job_run(srv: _Server, url: str, jobs: Path) -> tuple[float, float]:
     err = proc.stderr.read().decode(errors="replace")
     proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0 or srv.cpu_at_first_request is None:
+    first = _first_request_cpu(srv)
+    if proc.returncode != 0 or first is None:
         raise SystemExit(f"one-job run failed ({proc.returncode}): {err[-2000:]}")
-    return srv.cpu_at_first_request, ru.ru_utime + ru.ru_stime
+    return first, ru.ru_utime + ru.ru_stime
 
 
 def main() -> int:

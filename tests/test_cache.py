@@ -47,7 +47,7 @@ def sched(strategy: str = "warm", clock: Clock | None = None, **kw: object) -> S
 
 def drain(s: Scheduler, slots: int = 1000) -> list[Dispatch]:
     """Take every dispatchable job, each using up one of ``slots`` free pipeline slots."""
-    out = []
+    out: list[Dispatch] = []
     while len(out) < slots and (d := s.next(slots - len(out))) is not None:
         out.append(d)
     return out

@@ -147,7 +147,7 @@ class _FirstByteBackend:
 
 
 class _Sink:
-    def done(self, custom_id: str) -> bool:
+    def done(self, custom_id: str | int) -> bool:
         return False
 
     def write(self, result: object, record: object) -> None:

@@ -12,7 +12,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -26,7 +26,12 @@ from runner.sinks import MetaCacheJournal
 
 PREFIX = "Clause {c}: the supplier shall indemnify the customer against all losses. " * 80
 PRICE = Price(input=0.30, cached_input=0.03, output=2.50, cache_storage=1.0)
-FAST = {"latency": "model", "base_ms": 5.0, "decode_ms_per_token": 0.5, "jitter": 0.0}
+FAST: dict[str, Any] = {
+    "latency": "model",
+    "base_ms": 5.0,
+    "decode_ms_per_token": 0.5,
+    "jitter": 0.0,
+}
 
 
 def write_jobs(
@@ -44,7 +49,11 @@ def write_jobs(
     random.Random(seed).shuffle(lines)
     with jobs.open("wb") as fh:
         for cid, q in lines:
-            line = {"id": f"{cid}-q{q}", "cache_id": cid, "query": f"question {q} on {cid}?"}
+            line: dict[str, Any] = {
+                "id": f"{cid}-q{q}",
+                "cache_id": cid,
+                "query": f"question {q} on {cid}?",
+            }
             line["params"] = {"max_tokens": 4}
             fh.write(orjson.dumps(line) + b"\n")
     return jobs, ctx
@@ -158,7 +167,8 @@ async def test_resume_reuses_live_leftovers_and_deletes_the_rest(tmp_path: Path)
 
     jobs, ctx = write_jobs(tmp_path, groups=3, per_group=5)
     contexts = load_contexts(ctx, max_line_bytes=1 << 20)
-    groups = sorted({j.group for j in read_jobs(jobs, contexts=contexts, max_line_bytes=1 << 20)})  # type: ignore[union-attr]
+    read = read_jobs(jobs, contexts=contexts, max_line_bytes=1 << 20)
+    groups: list[str] = sorted(cast("set[str]", {j.group for j in read}))  # type: ignore[union-attr]
     tag = run_tag(tmp_path / "r.jsonl")
     mock = MockConfig(gemini_implicit_cache=False, **FAST)
     async with serve(mock) as url:

@@ -193,7 +193,7 @@ async def test_rate_limit_pause_past_max_pause_exits_75(tmp_path: Path) -> None:
     mock = MockConfig(latency="zero", fault_http_429=1.0, fault_429_retry_ms=3000)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
     logging.getLogger(LOGGER_NAME).addHandler(handler)
     try:
         async with serve(mock) as url:
@@ -215,7 +215,7 @@ async def test_progress_retries_and_pause_events_reach_host_logging(tmp_path: Pa
     mock = MockConfig(base_ms=20, decode_ms_per_token=0, fault_http_500=0.2, seed=1)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
     logging.getLogger(LOGGER_NAME).addHandler(handler)
     try:
         async with serve(mock) as url:
@@ -390,7 +390,7 @@ def test_live_figures_price_each_model_as_the_summary_does() -> None:
     """The cost exported while a run lasts (metrics, progress) is the summary's, not None."""
     from types import SimpleNamespace
 
-    from runner.config import Price
+    from runner.models import Price
     from runner.observe import Observer
     from runner.pipeline import LiveStats
     from runner.stats import SummaryBuilder

@@ -92,4 +92,4 @@ def test_otel_endpoint_builds_an_otlp_exporter() -> None:
     try:
         assert isinstance(provider, Sdk)
     finally:
-        provider.shutdown(timeout_millis=100)
+        provider.shutdown(timeout_millis=100)  # type: ignore[attr-defined]

@@ -226,7 +226,7 @@ def test_a_summary_that_cannot_be_written_keeps_the_figures_and_no_tmp(
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(sinks.os, "replace", failing_replace)
+    monkeypatch.setattr(sinks.os, "replace", failing_replace)  # type: ignore[attr-defined]
     code, err = cli_run(capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)))
     assert code == 1
     assert "6 ok, 0 failed" in err  # the table is printed anyway

@@ -40,7 +40,7 @@ class MemorySink:
         self._done = done or set()
         self.flushes = 0
 
-    def done(self, custom_id: str) -> bool:
+    def done(self, custom_id: str | int) -> bool:
         return custom_id in self._done
 
     def write(self, result: ResultLine, record: LatencyRecord) -> None:

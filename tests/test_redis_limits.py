@@ -266,7 +266,7 @@ def test_a_bad_policy_is_a_config_error() -> None:
 
 def _sent_at(rec: dict[str, Any]) -> float:
     # started_at is when the job's task began, before the limiter let it through
-    return float(rec["started_at"]) + rec["limiter_ms"] / 1000.0
+    return float(rec["started_at"]) + float(rec["limiter_ms"]) / 1000.0
 
 
 def _started(paths: list[Path]) -> list[list[float]]:

@@ -24,7 +24,7 @@ from test_pipeline import FakeBackend, MemorySink, job
 
 import runner
 from runner.cli import main
-from runner.config import RunConfig
+from runner.config import Provider, RunConfig
 from runner.errors import InputError
 from runner.models import Attempt, Job
 from runner.pipeline import Engine, LiveStats
@@ -137,7 +137,7 @@ def test_ctrl_c_while_the_parser_is_built_exits_130_quietly(
     ("provider", "var"), [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")]
 )
 def test_provider_reads_the_sdk_key_variable_by_default(
-    monkeypatch: pytest.MonkeyPatch, provider: str, var: str
+    monkeypatch: pytest.MonkeyPatch, provider: Provider, var: str
 ) -> None:
     config = RunConfig(provider=provider, base_url="http://h/v1")
     monkeypatch.delenv(var, raising=False)

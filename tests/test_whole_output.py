@@ -82,7 +82,7 @@ def test_the_summary_says_who_when_why_and_never_the_key(
 
 
 def test_a_409_is_retried_by_retry_failed() -> None:
-    info = status_error(409, "Conflict", {})  # type: ignore[arg-type]
+    info = status_error(409, "Conflict", {})
     assert info.retriable and info.code in RETRIABLE_ERROR_CODES
 
 

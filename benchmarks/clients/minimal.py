@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import Any
 
 import aiohttp
 import orjson
@@ -29,7 +30,7 @@ async def main(jobs_path: str, base_url: str, out_path: str, concurrency: int) -
     with open(out_path, "wb") as out:
         async with aiohttp.ClientSession(connector=connector) as session:
 
-            async def one(job: dict) -> None:
+            async def one(job: dict[str, Any]) -> None:
                 nonlocal ok
                 body = {
                     "model": "mock-1",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import Any
 
 import orjson
 from openai import AsyncOpenAI
@@ -21,7 +22,7 @@ async def main(jobs_path: str, base_url: str, out_path: str, concurrency: int) -
     ok = 0
     with open(out_path, "w") as out:
 
-        async def one(job: dict) -> None:
+        async def one(job: dict[str, Any]) -> None:
             nonlocal ok
             async with sem:
                 r = await client.chat.completions.create(

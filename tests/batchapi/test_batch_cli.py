@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import MockFactory, batch_config, make_inputs
+from batchapi.conftest import MockFactory, batch_config, make_inputs
 
 from runner import run
 from runner.batchapi.engine import run_batch

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import assert_each_job_once, make_inputs, read_jsonl
+from batchapi.conftest import assert_each_job_once, make_inputs, read_jsonl
 from helpers import mock_process
 
 from runner.sinks import read_meta_section

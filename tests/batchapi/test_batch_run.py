@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import (
+from batchapi.conftest import (
     PRICE,
     MockFactory,
     assert_each_job_once,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from fake_provider import Fake, serve_fake
+from providers.fake_provider import Fake, serve_fake
 
 
 @pytest.fixture

@@ -183,6 +183,7 @@ async def test_implicit_caching_switchable() -> None:
             async with open_backend(cfg, base_url=cfg.base_url or "", api_key=KEY) as be:
                 await be.send(job(), cache_key=None)
                 a = await be.send(job(), cache_key=None)
+        assert a.usage is not None
         assert bool(a.usage.cached_tokens) is expect_hit
 
 
@@ -194,14 +195,16 @@ async def test_cache_store_lifecycle_with_real_expiry() -> None:
             info = await be.create_cache(job(), ttl_s=0.3, display_name="runner:t:g")
             assert info.name.startswith("cachedContents/") and info.tokens > 1024
             a = await be.send(job(), cache_key=info.name)
-            assert a.error is None and a.usage.cached_tokens == info.tokens
+            assert a.error is None and a.usage is not None
+            assert a.usage.cached_tokens == info.tokens
             assert a.usage.prompt_tokens > info.tokens
             await be.extend_cache(info.name, ttl_s=0.3)
             listed = await be.list_caches()
             assert [c.display_name for c in listed] == ["runner:t:g"]
             await asyncio.sleep(0.4)  # past the TTL: the server drops it on its own clock
             a = await be.send(job(), cache_key=info.name)
-            assert a.status == 403 and a.error.code == "cache_missing"
+            assert a.status == 403 and a.error is not None
+            assert a.error.code == "cache_missing"
             assert await be.list_caches() == []
             with pytest.raises(CacheAPIError) as exc:
                 await be.extend_cache(info.name, ttl_s=10)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from runner.config import RunConfig
+from runner.config import Provider, RunConfig
 from runner.models import ErrorInfo, Job
 from runner.providers import AnthropicBackend, OpenAIBackend, open_backend
 from runner.providers._http import error_from_exception, scrub
@@ -71,7 +71,7 @@ def test_transport_failures_are_retriable(exc: BaseException, code: str) -> None
     ("provider", "cls"),
     [("openai", OpenAIBackend), ("mock", OpenAIBackend), ("anthropic", AnthropicBackend)],
 )
-async def test_open_backend_picks_protocol_and_sizes_pool(provider: str, cls: type) -> None:
+async def test_open_backend_picks_protocol_and_sizes_pool(provider: Provider, cls: type) -> None:
     cfg = RunConfig(provider=provider, base_url="http://h/v1", concurrency=512, timeout=30.0)
     async with open_backend(cfg, base_url="http://h/v1", api_key=None) as backend:
         assert isinstance(backend, OpenAIBackend | AnthropicBackend) and type(backend) is cls

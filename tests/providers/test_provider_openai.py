@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from fake_provider import Fake, Handler
 from multidict import CIMultiDict
+from providers.fake_provider import Fake, Handler
 
 from runner.config import RunConfig
 from runner.models import Attempt, ErrorInfo, Job, RateInfo, Usage

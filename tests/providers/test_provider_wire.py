@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from fake_provider import Fake, Handler, serve_fake
+from providers.fake_provider import Fake, Handler, serve_fake
 
-from runner.config import RunConfig
+from runner.config import Provider, RunConfig
 from runner.models import Attempt, Job
 from runner.providers import open_backend
 from runner.providers._wire import KeyGuard
@@ -38,11 +38,13 @@ def job() -> Job:
     return Job("j1", 1, msgs, 0, None, None, None, {}, 2, 0)
 
 
-def config(provider: str = "openai", **kw: Any) -> RunConfig:
+def config(provider: Provider = "openai", **kw: Any) -> RunConfig:
     return RunConfig(provider=provider, base_url="http://x", model="m", **kw)
 
 
-async def send(fake: Fake, handler: Handler, *, provider: str = "openai", **kw: Any) -> Attempt:
+async def send(
+    fake: Fake, handler: Handler, *, provider: Provider = "openai", **kw: Any
+) -> Attempt:
     fake.handler = handler
     async with open_backend(config(provider, **kw), base_url=fake.url, api_key=KEY) as backend:
         return await asyncio.wait_for(backend.send(job(), cache_key=None), 30)
@@ -171,7 +173,7 @@ async def other_origin() -> AsyncIterator[Fake]:
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 async def test_redirect_to_another_origin_is_not_followed(
-    fake: Fake, other_origin: Fake, provider: str
+    fake: Fake, other_origin: Fake, provider: Provider
 ) -> None:
     other_origin.handler = raw_reply(orjson.dumps(ANSWER))
 
