@@ -30,8 +30,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy runner tests benchmarks
 
+# Worker processes for pytest (pytest-xdist): most tests wait on sockets, child processes and
+# timers rather than on the CPU, so more workers than the two cores pay off. Every test uses its
+# own tmp_path and free ports. `make test TEST_WORKERS=0` runs the suite in one process.
+TEST_WORKERS ?= 4
+
 test: lint typecheck
-	$(BIN)/pytest -q --cov --cov-report=term:skip-covered
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term:skip-covered
 
 # llama.cpp's llama-server and a tiny random-weight model for tests/test_realserver.py, built once
 # into ~/.cache/runner-realserver (about 10 minutes on 2 cores; docs/REALSERVER.md).
