@@ -5,16 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from runner import runtime
 from runner.cli import main
 from runner.config import RunConfig
 from runner.errors import ConfigError
 from runner.jobs import load_contexts, read_jobs
 from runner.merge import merge
+from runner.mock import MockConfig
 from runner.models import Job
 from runner.shards import (
     ShardSpec,
@@ -26,6 +30,29 @@ from runner.shards import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# The built-in mock's latency model at a tenth of its default times (a request in about 80 ms,
+# not 800): the same shape, so cache hits come out as with the default.
+FAST_MOCK = {
+    "base_ms": 15.0,
+    "prefill_ms_per_token": 0.005,
+    "cached_prefill_ms_per_token": 0.0005,
+    "decode_ms_per_token": 1.0,
+}
+
+
+@pytest.fixture(autouse=True)
+def _fast_mock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs get the faster mock unless a config says otherwise: these tests are about
+    partitions and merges, and the default made each run wait about 3.7 s (the --workers runs
+    in child processes are given it by _fast_mock_config)."""
+    real = runtime.mock_config
+
+    def fast(config: RunConfig, defaults: Mapping[str, Any] | None = None) -> MockConfig:
+        return real(config, {**FAST_MOCK, **(defaults or {})})
+
+    monkeypatch.setattr(runtime, "mock_config", fast)
 
 
 def _write_input(d: Path, groups: int = 6, per: int = 8, loose: int = 10) -> tuple[Path, Path]:
@@ -242,8 +269,16 @@ def test_a_shard_resumes_on_its_own(tmp_path: Path) -> None:
     assert sorted(_ids(res)) == sorted(_key(x) for x in lines)
 
 
+def _fast_mock_config(d: Path) -> Path:
+    """A config whose [mock] table is FAST_MOCK, for the runs in child processes."""
+    path = d / "fast-mock.toml"
+    path.write_text("[mock]\n" + "".join(f"{k} = {v}\n" for k, v in FAST_MOCK.items()))
+    return path
+
+
 def _workers(jobs: Path, ctx: Path, n: int, *extra: str) -> subprocess.CompletedProcess[bytes]:
     cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--contexts", str(ctx)]
+    cmd += ["-c", str(_fast_mock_config(jobs.parent))]
     cmd += ["--progress", "off", "--workers", str(n), *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=120, env=os.environ.copy())
 
@@ -290,6 +325,7 @@ def test_workers_honour_summary_stdout_custom_paths_and_json_logs(tmp_path: Path
     # merged text table among them; every worker printed a table of its own.
     jobs, ctx = _write_input(tmp_path)
     cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--contexts", str(ctx)]
+    cmd += ["-c", str(_fast_mock_config(tmp_path))]
     cmd += ["--progress", "off", "--workers", "2", "-o", str(tmp_path / "out/r.results.jsonl")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run(
