@@ -336,6 +336,11 @@ def test_four_processes_on_four_hosts_hold_one_shared_limit(tmp_path: Path) -> N
     """4 runners told 24,000 RPM each against a mock allowing 6,000 (100/s): the aggregate
     stays near 100/s. (Without Redis each would learn 100/s for itself: about 400/s.)"""
     got = _run_fleet(tmp_path, shared=True)
+    if got["window_s"] <= 2.0:
+        # Start-up on a loaded machine (the suite runs in parallel workers) staggered the four
+        # processes past any overlap, so nothing was measured: once more, the same assertions.
+        (tmp_path / "again").mkdir()
+        got = _run_fleet(tmp_path / "again", shared=True)
     assert len(got["ids"]) == 1200 and len(set(got["ids"])) == 1200  # 0 lost, 0 duplicated
     assert all(s["jobs"]["failed"] == 0 for s in got["summaries"])
     assert all(s["shared_limit"]["store"] == "redis" for s in got["summaries"])
