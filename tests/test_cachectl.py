@@ -483,6 +483,6 @@ def test_probe_followers_answering_without_usage_let_the_other_groups_open() -> 
         s.finished(d)
     assert s.control.shape == "unknown"
     roles = []
-    while (d := s.next(32)) is not None:
-        roles.append(d.role)
+    while (nxt := s.next(32)) is not None:
+        roles.append(nxt.role)
     assert roles.count("primer") == 2 and roles.count("follower") == 2
