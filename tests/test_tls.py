@@ -203,3 +203,26 @@ def test_runner_run_over_https(certs: Path, tmp_path: Path) -> None:
         bad = runner(*args, "--base-url", url, "--timeout", "5", env=env)
     assert bad.returncode != 0
     assert "certificate" in bad.stderr.lower(), bad.stderr[-2000:]
+
+
+def test_an_untrusted_certificate_is_a_config_error_not_a_transient_one(
+    certs: Path, tmp_path: Path
+) -> None:
+    # Found by QA: a self-signed server made the pre-flight retry for 2 s and exit 75 ("run
+    # again later"), so a scheduler retrying 75 would retry a misconfiguration forever. A
+    # certificate the machine does not trust will not become trusted by waiting: exit 2,
+    # naming the certificate and SSL_CERT_FILE; nothing is written.
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"id": "q-0", "query": "what is 2 plus 2?"}\n')
+    env = dict(os.environ)
+    env.pop("SSL_CERT_DIR", None)
+    env.pop("SSL_CERT_FILE", None)
+    out = tmp_path / "out"
+    args = ["run", str(jobs), "--provider", "openai", "--model", "m", "--progress", "off",
+            "-o", f"{out}/"]  # fmt: skip
+    with https_server(certs / "self.pem", certs / "self.key") as url:
+        r = runner(*args, "--base-url", url, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "certificate" in r.stderr and "SSL_CERT_FILE" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()

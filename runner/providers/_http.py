@@ -639,6 +639,18 @@ class HTTPBackend:
                 raw = await resp.read()
                 headers = resp.headers
                 ctype = resp.content_type
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Not transient: an untrusted or mismatched certificate does not fix itself, so
+            # this is a setup error (exit 2), not "unreachable, run again later" (exit 75).
+            return ErrorInfo(
+                "endpoint",
+                _short(
+                    f"the TLS certificate of {self._models_url} was not accepted "
+                    f"({exc.certificate_error}); if the server's CA is not a public one, "
+                    "point SSL_CERT_FILE at its CA bundle"
+                ),
+                retriable=False,
+            )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return self._scrubbed(error_from_exception(exc))
         if status not in (401, 403):
