@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import io
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -209,6 +210,95 @@ def _result_key(raw: bytes, path: Path, line: int) -> object:
     return cid if cid is not None else ("line", obj.get("line"))
 
 
+def _twice(key: object, path: Path) -> ConfigError:
+    what = f"input line {key[1]}" if isinstance(key, tuple) else f"id {key!r}"
+    return ConfigError(f"merge: {what} appears twice ({path})")
+
+
+def _copy_results(out: io.BufferedWriter, loaded: Sequence[_Part], ids: IdSet) -> int:
+    """The parts' results, part after part, in whole blocks; per line only the id is read."""
+    n = 0
+    for p in loaded:
+        line = 0
+        for block in _blocks(p.results):
+            for raw in block.split(b"\n")[:-1]:
+                line += 1
+                key = _result_key(raw, p.results, line)
+                if not ids.add(hash(key)):
+                    raise _twice(key, p.results)
+                n += 1
+            out.write(block)
+    return n
+
+
+def _keyed_lines(path: Path, ids: IdSet) -> Iterator[tuple[object, bytes]]:
+    """Each result line of ``path`` (newline included) with its key, checked for duplicates."""
+    line = 0
+    for block in _blocks(path):
+        for raw in block.split(b"\n")[:-1]:
+            line += 1
+            key = _result_key(raw, path, line)
+            if not ids.add(hash(key)):
+                raise _twice(key, path)
+            yield key, raw + b"\n"
+
+
+def _input_keys(jobs: Path) -> Iterator[tuple[str | None, int]]:
+    """(id, line number) of every line of the jobs file: the id as the reader claims it (the
+    Batch shape's ``custom_id``, else ``id``; None when unreadable)."""
+    try:
+        fh = open(jobs, "rb")
+    except OSError as exc:
+        raise InputError(f"{jobs}: cannot read: {exc.strerror}") from exc
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                yield None, lineno
+                continue
+            cid = None
+            if type(obj) is dict:
+                cid = obj.get("custom_id" if "custom_id" in obj or "body" in obj else "id")
+            yield (cid if type(cid) is str else None), lineno
+
+
+def _write_in_input_order(
+    out: io.BufferedWriter, loaded: Sequence[_Part], jobs: Path, ids: IdSet
+) -> int:
+    """Interleave the parts' results (each in input order) into the order of the jobs file.
+
+    A result's key is its id, or ("line", N) for a line-keyed bad line, so the next input line
+    is answered by the one part whose next result has that key. A result the walk could not
+    place (a part not in input order) is never dropped: it follows, in part order."""
+    streams = [_keyed_lines(p.results, ids) for p in loaded]
+    heads: dict[object, tuple[int, bytes]] = {}
+
+    def pull(i: int) -> None:
+        item = next(streams[i], None)
+        if item is not None:
+            heads[item[0]] = (i, item[1])
+
+    for i in range(len(streams)):
+        pull(i)
+    n = 0
+    for cid, lineno in _input_keys(jobs):
+        hit = heads.pop(("line", lineno), None)
+        if hit is None and cid is not None:
+            hit = heads.pop(cid, None)
+        if hit is not None:
+            out.write(hit[1])
+            n += 1
+            pull(hit[0])
+    for i, raw in sorted(heads.values()):
+        out.write(raw)
+        n += 1
+        for _key, raw in streams[i]:
+            out.write(raw)
+            n += 1
+    return n
+
+
 def _records(block: bytes, path: Path, line: int) -> list[dict[str, Any]]:
     """The latency records of a block of lines (the first is line ``line`` of ``path``), parsed
     in one call as one JSON array."""
@@ -236,6 +326,7 @@ def merge(
     partial: bool = False,
     force: bool = False,
     paths: tuple[Path, Path] | None = None,
+    order_by: Path | None = None,
 ) -> MergeReport:
     """Merge the shard outputs ``parts`` into ``out`` (see the module docstring).
 
@@ -247,6 +338,9 @@ def merge(
     :param paths: the merged latency and summary files (default: beside ``out``, as
         :func:`merged_paths` names them); ``--workers`` passes the run's own ``--latency`` and
         ``--summary``.
+    :param order_by: the jobs file, for ``--workers`` with ``--order input``: the results are
+        written in the order of its lines (each part is in that order; the parts are
+        interleaved by reading each line's id), not part after part.
     """
     loaded, count, first = _load_parts(parts)
     present = {p.index for p in loaded}
@@ -287,24 +381,15 @@ def merge(
     ids = IdSet()
     tmp_res = results.with_name(results.name + ".tmp")
     tmp_lat = latency.with_name(latency.name + ".tmp")
-    n_results = 0
     try:
         with open(tmp_res, "wb") as rf, open(tmp_lat, "wb") as lf:
             # Whole blocks of lines are copied; per line only the id (results) and the summary
             # (latency) are looked at.
+            if order_by is None:
+                n_results = _copy_results(rf, loaded, ids)
+            else:
+                n_results = _write_in_input_order(rf, loaded, order_by, ids)
             for p in loaded:
-                line = 0
-                for block in _blocks(p.results):
-                    for raw in block.split(b"\n")[:-1]:
-                        line += 1
-                        key = _result_key(raw, p.results, line)
-                        if not ids.add(hash(key)):
-                            what = (
-                                f"input line {key[1]}" if isinstance(key, tuple) else f"id {key!r}"
-                            )
-                            raise ConfigError(f"merge: {what} appears twice ({p.results})")
-                        n_results += 1
-                    rf.write(block)
                 line = 1
                 for block in _blocks(p.latency):
                     add = builder.add

@@ -185,6 +185,7 @@ def run_workers(
         [shard_path(results, s) for s in specs],
         price_of=config.price,  # each job at its own model's price, as a single run does
         paths=(latency, summary_path),
+        order_by=jobs if config.order == "input" else None,
     )
     rep.summary["workers"] = {
         "processes": n,
