@@ -734,16 +734,20 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
     ctl = summary.get("cache_control")
     if ctl and ctl["adaptive"]:  # fixed limits are what the user set: nothing to report
         ratio = ctl["follower_hit_ratio"]
-        head.append(
-            (
-                "cache ctl",
+        shape = ctl.get("cache_shape") or "unknown"
+        # Only a known shape was learned; an unknown one keeps the fixed limits (README), and
+        # without any follower answer the probe's starting limits were never used at all.
+        how = f"learned, {shape} cache" if shape != "unknown" else "no verdict, fixed limits"
+        if shape == "unknown" and not ctl["follower_hits"] + ctl["follower_misses"]:
+            text = "nothing learned (no follower answer to learn from)"
+        else:
+            text = (
                 f"{ctl['active_groups']} groups x {ctl['group_concurrency']} in flight each"
-                f" (learned, {ctl.get('cache_shape') or 'unknown'} cache), "
-                f"shrinks {ctl['group_shrinks']} "
+                f" ({how}), shrinks {ctl['group_shrinks']} "
                 f"groups / {ctl['cap_shrinks']} cap, follower hits "
-                + ("-" if ratio is None else f"{ratio * 100:.1f}%"),
+                + ("-" if ratio is None else f"{ratio * 100:.1f}%")
             )
-        )
+        head.append(("cache ctl", text))
     width = max(len(k) for k, _ in head)
     indent = " " * (width + 2)
     lines = [title]

@@ -7,6 +7,9 @@ from pathlib import Path
 import orjson
 from test_shards import _ids, _workers, _write_input
 
+ROOT = Path(__file__).resolve().parent.parent
+CONTEXTS = ROOT / "examples" / "contexts.jsonl"
+
 
 def test_workers_with_order_input_write_the_results_in_input_order(tmp_path: Path) -> None:
     # Found by QA: `--workers 3 --order input` wrote the merged results shard after shard (each
@@ -30,3 +33,43 @@ def test_workers_with_order_input_write_the_results_in_input_order(tmp_path: Pat
     r = _workers(jobs, ctx, 3, "--order", "input")
     assert r.returncode == 1, r.stderr.decode()[-2000:]
     assert _ids(tmp_path / "jobs.results.jsonl") == keys
+
+
+def _table(tmp_path: Path, lines: list[dict[str, str]]) -> str:
+    import asyncio
+
+    import runner
+    from runner.config import load_config
+    from runner.report import render_summary
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    config = load_config(ROOT / "configs" / "mock.toml").with_overrides(
+        mock={"latency": "zero"}, progress="off", contexts=ROOT / "examples" / "contexts.jsonl"
+    )
+    outcome = asyncio.run(runner.run(jobs, config))
+    assert outcome.exit_code == 0
+    return " ".join(render_summary(outcome.summary).split())
+
+
+def test_cache_ctl_line_claims_no_learned_limits_without_groups(tmp_path: Path) -> None:
+    # Found by QA: 20 jobs without a cache_id ran 20 at a time, yet the table said
+    # "cache ctl 1 groups x 1 in flight each (learned, unknown cache)": the probe's starting
+    # limits, which nothing ever used, shown as learned.
+    table = _table(tmp_path, [{"id": f"n{i}", "query": f"question {i}"} for i in range(20)])
+    assert "cache ctl nothing learned (no follower answer to learn from)" in table, table
+    assert "learned, unknown" not in table
+
+
+def test_cache_ctl_line_says_no_verdict_when_groups_are_too_small(tmp_path: Path) -> None:
+    # Found by QA: groups of one or two jobs never release two followers together, so the
+    # shape stays unknown and the scheduler keeps the fixed limits, shown as "learned".
+    ids = [orjson.loads(raw)["cache_id"] for raw in (CONTEXTS).read_bytes().splitlines()]
+    lines = [
+        {"id": f"s{i}-{j}", "cache_id": cid, "query": f"q {j}"}
+        for i, cid in enumerate(ids)
+        for j in range(1 + i % 2)
+    ]
+    table = _table(tmp_path, lines)
+    assert "in flight each (no verdict, fixed limits)" in table, table
+    assert "learned, unknown" not in table
