@@ -170,6 +170,24 @@ def _add_parts_cache_cost(summary: dict[str, Any], loaded: Sequence[_Part]) -> N
     cost["saving_net"] = round(1.0 - total / cost["uncached"], 6) if cost["uncached"] else 0.0
 
 
+def _add_parts_identity(summary: dict[str, Any], loaded: Sequence[_Part]) -> None:
+    """When, who and why, as a run's summary says them (README, "Output"): the parts' provider,
+    model, host and version, the first start and the last end, and the first stop reason."""
+    for part in loaded:
+        try:
+            ps = orjson.loads(part.summary.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        for key in ("provider", "model", "base_url_host", "runner_version"):
+            if key in ps:
+                summary.setdefault(key, ps[key])
+        for key, pick in (("started_at", min), ("ended_at", max)):
+            if ps.get(key):
+                summary[key] = pick(summary[key], ps[key]) if summary.get(key) else ps[key]
+        if summary.get("stopped") is None:
+            summary["stopped"] = ps.get("stopped")
+
+
 def _blocks(path: Path) -> Iterator[bytes]:
     """The file in blocks of whole lines (about 1 MiB each, every line ending in a newline);
     a partial last line is a crashed write, not a record, and is left out."""
@@ -405,6 +423,7 @@ def merge(
         if summary.get("cost") is None:
             summary["cost"] = _parts_cost(loaded)  # no price here (no -c): the parts' own
         _add_parts_cache_cost(summary, loaded)
+        _add_parts_identity(summary, loaded)
         summary["shards"] = {
             "count": count,
             "merged": sorted(present),

@@ -196,6 +196,8 @@ def run_workers(
             "merge": round(_cpu_self() - cpu_parent, 3),
         },
     }
+    code = 1 if rep.summary["jobs"]["failed"] else code
+    rep.summary["exit_code"] = code
     write_summary(summary_path, rep.summary)
     if to_stdout:
         from .observe import write_summary_to
@@ -212,7 +214,7 @@ def run_workers(
         print(
             f"runner: merged {n} worker shards into {results} and {summary_path}", file=sys.stderr
         )
-    return 1 if rep.summary["jobs"]["failed"] else code
+    return code
 
 
 def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunConfig) -> int:

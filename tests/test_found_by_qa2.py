@@ -73,3 +73,19 @@ def test_cache_ctl_line_says_no_verdict_when_groups_are_too_small(tmp_path: Path
     table = _table(tmp_path, lines)
     assert "in flight each (no verdict, fixed limits)" in table, table
     assert "learned, unknown" not in table
+
+
+def test_workers_summary_says_when_who_and_how_it_ended(tmp_path: Path) -> None:
+    # Found by QA: the merged summary of a --workers run (the run's own summary, also what
+    # `--summary -` prints) had no provider, model, base_url_host, runner_version,
+    # started_at/ended_at, stopped or exit_code, which README promises of every summary.
+    jobs, ctx = _write_input(tmp_path)
+    r = _workers(jobs, ctx, 2)
+    assert r.returncode == 1, r.stderr.decode()[-2000:]  # the one bad line
+    s = orjson.loads((tmp_path / "jobs.summary.json").read_bytes())
+    part = orjson.loads((tmp_path / "jobs.shard-0-of-2.summary.json").read_bytes())
+    for key in ("provider", "model", "base_url_host", "runner_version"):
+        assert s[key] == part[key], key
+    assert s["provider"] == "mock" and s["runner_version"]
+    assert s["started_at"] <= part["started_at"] <= part["ended_at"] <= s["ended_at"]
+    assert s["stopped"] is None and s["exit_code"] == 1
