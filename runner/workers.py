@@ -80,12 +80,28 @@ def _start(args: list[str]) -> _Child:
         sys.stdout.flush()
         sys.stderr.flush()
         gc.freeze()  # the parent's objects stay out of the child's collector (and shared)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child leaves through os._exit
+            _die_with(parent)
             _child(args)
         return _Child(pid, forked=True)
     argv = [sys.executable, "-m", "runner", *args]
     return _Child(os.posix_spawn(sys.executable, argv, os.environ), forked=False)
+
+
+def _die_with(parent: int) -> None:  # pragma: no cover - runs in the forked worker
+    """SIGTERM this worker when the parent dies (even by SIGKILL): it drains and stops like a
+    forwarded SIGTERM, so no worker runs on unsupervised and a re-run resumes every shard."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _child(args: list[str]) -> None:  # pragma: no cover - runs in the forked worker

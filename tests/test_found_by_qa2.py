@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-from test_shards import _ids, _workers, _write_input
+from test_shards import _fast_mock_config, _ids, _workers, _write_input
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXTS = ROOT / "examples" / "contexts.jsonl"
@@ -89,3 +89,52 @@ def test_workers_summary_says_when_who_and_how_it_ended(tmp_path: Path) -> None:
     assert s["provider"] == "mock" and s["runner_version"]
     assert s["started_at"] <= part["started_at"] <= part["ended_at"] <= s["ended_at"]
     assert s["stopped"] is None and s["exit_code"] == 1
+
+
+def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
+    # Found by QA: after `kill -9` of a --workers parent its workers ran on unsupervised (and
+    # kept spending), and re-running the command was refused while they held their locks. Each
+    # worker now gets SIGTERM when its parent dies: it drains, and a re-run resumes and merges.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    jobs, ctx = _write_input(tmp_path, groups=4, per=40)
+    slow = tmp_path / "slow.toml"
+    slow.write_text("concurrency = 2\n[mock]\nbase_ms = 200.0\n")
+    cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--contexts", str(ctx)]
+    cmd += ["-c", str(slow), "--progress", "off", "--workers", "2", "-q"]
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    # Orphans come to this process (PR_SET_CHILD_SUBREAPER), so it can reap them: whether the
+    # container's init reaps zombies does not matter.
+    assert libc.prctl(36, 1, 0, 0, 0) == 0
+    try:
+        parent = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
+        locks = [tmp_path / f"jobs.shard-{k}-of-2.results.jsonl.lock" for k in range(2)]
+        deadline = time.monotonic() + 30
+        while not all(lock.exists() and lock.read_text().strip() for lock in locks):
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        pids = [int(lock.read_text().split()[0]) for lock in locks]
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        left = set(pids)
+        deadline = time.monotonic() + 15
+        while left and time.monotonic() < deadline:
+            left = {pid for pid in left if os.waitpid(pid, os.WNOHANG)[0] == 0}
+            time.sleep(0.05)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    finally:
+        libc.prctl(36, 0, 0, 0, 0)
+    assert not left, "workers outlived their parent"
+    fast = [*cmd, "-c", str(_fast_mock_config(tmp_path)), "--concurrency", "64"]
+    r = subprocess.run(fast, cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode == 1, r.stderr.decode()[-2000:]  # the one bad line
+    ids = _ids(tmp_path / "jobs.results.jsonl")
+    assert len(ids) == len(set(ids)) == 4 * 40 + 10 + 1
