@@ -25,7 +25,9 @@ the CPU seconds of the parent, of each worker and of the merge, where a run's ti
 from __future__ import annotations
 
 import gc
+import glob
 import os
+import re
 import resource
 import signal
 import sys
@@ -178,6 +180,8 @@ def run_workers(
             f"{results}: holds the results of a run without --workers; --workers merges its "
             "shards into that file: write elsewhere with -o, or run without --workers to resume"
         )
+    if config.resume:
+        _refuse_other_counts(results, n)
     extra: list[str] = ["--summary", str(summary_path)] if to_stdout else []
     if config.log_format == "text":
         extra.append("--quiet")  # one summary table (the merged one), not one per worker
@@ -231,6 +235,25 @@ def run_workers(
             f"runner: merged {n} worker shards into {results} and {summary_path}", file=sys.stderr
         )
     return code
+
+
+def _refuse_other_counts(results: Path, n: int) -> None:
+    """Shards of the same output with another N hold paid answers this run could not resume
+    from (a job's shard depends on N): starting N new shards would send every job again."""
+    probe = shard_path(results, ShardSpec(0, 1)).name
+    head, _, tail = probe.partition(ShardSpec(0, 1).tag)
+    found = re.compile(re.escape(head) + r"shard-\d+-of-(\d+)" + re.escape(tail) + "$")
+    counts = set()
+    for p in results.parent.glob(glob.escape(head) + "shard-*-of-*" + glob.escape(tail)):
+        m = found.match(p.name)
+        if m and int(m.group(1)) != n and p.stat().st_size:
+            counts.add(int(m.group(1)))
+    if counts:
+        other = min(counts)
+        raise ConfigError(
+            f"{results}: its shards were written by --workers {other}; run with --workers "
+            f"{other} to resume them, or start afresh with --no-resume (every job is sent again)"
+        )
 
 
 def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunConfig) -> int:

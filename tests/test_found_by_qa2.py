@@ -138,3 +138,17 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr.decode()[-2000:]  # the one bad line
     ids = _ids(tmp_path / "jobs.results.jsonl")
     assert len(ids) == len(set(ids)) == 4 * 40 + 10 + 1
+
+
+def test_workers_refuse_to_start_over_shards_of_another_count(tmp_path: Path) -> None:
+    # Found by QA: `--workers 3` after a finished `--workers 2` on the same output sent every
+    # job again (a new set of shards, nothing to resume from) and merged over the paid results.
+    jobs, ctx = _write_input(tmp_path)
+    r = _workers(jobs, ctx, 2)
+    assert r.returncode == 1, r.stderr.decode()[-2000:]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    r = _workers(jobs, ctx, 3)
+    assert r.returncode == 2, r.stderr.decode()[-2000:]
+    assert b"--workers 2" in r.stderr, r.stderr
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # nothing touched
