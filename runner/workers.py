@@ -182,6 +182,9 @@ def run_workers(
         )
     if config.resume:
         _refuse_other_counts(results, n)
+    from .jobs import contexts_for
+
+    contexts_for(config)  # a bad contexts file is one error before any worker, not one each
     extra: list[str] = ["--summary", str(summary_path)] if to_stdout else []
     if config.log_format == "text":
         extra.append("--quiet")  # one summary table (the merged one), not one per worker

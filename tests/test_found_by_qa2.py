@@ -152,3 +152,15 @@ def test_workers_refuse_to_start_over_shards_of_another_count(tmp_path: Path) ->
     assert b"--workers 2" in r.stderr, r.stderr
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert after == before  # nothing touched
+
+
+def test_workers_name_a_bad_contexts_file_once(tmp_path: Path) -> None:
+    # Found by QA: each of N workers read the contexts file and printed the same error, then
+    # the parent added "a worker stopped with exit code 2": N + 1 lines for one bad line.
+    jobs, ctx = _write_input(tmp_path)
+    ctx.write_text("{not json\n")
+    r = _workers(jobs, ctx, 3)
+    assert r.returncode == 2
+    err = r.stderr.decode()
+    assert err.count("ctx.jsonl:1: invalid JSON") == 1 and "a worker stopped" not in err, err
+    assert not list(tmp_path.glob("jobs.shard-*"))
