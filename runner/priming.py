@@ -121,7 +121,9 @@ class Priming:
         if a.usage is not None:
             self._accounts.overhead(a.usage, job.model)
         if a.error is None:
+            # The prefix is written: the followers go now, not at the primer's first byte.
             self._scheduler.answered(d, True)
+            self._pump()
 
     def group_left(self, d: Dispatch) -> int:
         """Jobs of ``d``'s group still to answer (at least 1)."""
