@@ -99,6 +99,18 @@ async def test_the_cost_budget_counts_what_is_in_flight() -> None:
     assert "budget $10" in out.summary["guard"]["message"]
 
 
+async def test_a_budget_that_exactly_covers_the_requests_lets_them_all_go() -> None:
+    sink = MemorySink()
+    out = await Engine(
+        config(concurrency=1, max_cost=9.0, prices={"mock-1": DOLLAR_A_TOKEN}),
+        backend=FakeBackend(lambda j, n: answer(3)),
+        sink=sink,
+        limiter=NoLimits(),
+    ).run([job(i) for i in range(3)])
+    assert out.stopped is None and out.exit_code == 0
+    assert len(sink.results) == 3 and out.summary["cost"]["billed"] == pytest.approx(9.0)
+
+
 async def test_the_cost_budget_assumes_the_average_request_when_estimates_run_low() -> None:
     """Each request really costs $5 where its length says $3: after the first answers, the
     budget check assumes $5, so a $13.5 budget stops after two ($10), not three ($15)."""
@@ -113,6 +125,12 @@ async def test_the_cost_budget_assumes_the_average_request_when_estimates_run_lo
     assert out.stopped == "max_cost"
     assert len(sink.results) == 2
     assert out.summary["cost"]["billed"] == pytest.approx(10.0)
+    # One at a time, nothing is in flight when it stops: each settled request gave back its
+    # reservation.
+    assert out.summary["guard"]["message"] == (
+        "stopped at $10.0000 billed, $0.0000 in flight, budget $13.5: "
+        "the next request could cost up to $5.0000"
+    )
 
 
 async def test_a_model_without_a_price_cannot_keep_a_budget() -> None:
@@ -160,9 +178,9 @@ async def test_result_lines_carry_the_jobs_line_metadata_and_a_fresh_id() -> Non
 
 
 async def test_latency_records_time_the_queue_and_the_request_on_the_engines_clock() -> None:
-    """With a fake clock: admitted at t=0, sent at t=1 (one job ahead of it), answered 2 s
+    """With a fake clock: admitted at t=100, sent at t=101 (one job ahead of it), answered 2 s
     after its send: queue 1000 ms, total 2000 ms, and unix times 1 s and 2 s apart."""
-    now = [0.0]
+    now = [100.0]
     gate = asyncio.Event()
 
     class Timed(FakeBackend):
@@ -234,6 +252,21 @@ async def test_a_quota_error_cancels_requests_in_flight_an_endpoint_error_drains
     assert written == ([] if hard else ["j1", "j2"])
     assert be.started == ["j0", "j1", "j2"]  # nothing more was sent after the trip
     assert out.summary["not_sent"] == 10 - len(written)
+
+
+async def test_the_first_guard_stays_the_runs_guard() -> None:
+    """An endpoint trip drains; a request answered during the drain trips auth: the run still
+    reports (and stopped for) the endpoint guard that came first."""
+    be = _AllButJ0Gated(lambda j, n: fail("endpoint" if j.custom_id == "j0" else "auth", False,
+                                          401, fatal=True))  # fmt: skip
+    eng = Engine(
+        config(concurrency=3, drain_s=60.0), backend=be, sink=MemorySink(), limiter=NoLimits()
+    )
+    task = asyncio.create_task(eng.run([job(i) for i in range(10)]))
+    await spin()
+    be.j_gate.set()
+    out = await task
+    assert out.stopped == "endpoint" and out.summary["guard"]["code"] == "endpoint"
 
 
 async def test_a_defect_stops_the_run_and_is_raised_from_run() -> None:
@@ -427,14 +460,38 @@ async def test_a_failed_prewarm_leaves_the_group_waiting_for_its_primer() -> Non
     assert eng.stats.prompt_tokens == 4 * 2010  # a failed pre-warm without usage bills nothing
 
 
-async def test_ungrouped_jobs_are_never_prewarmed() -> None:
+async def test_only_opted_in_primers_are_prewarmed() -> None:
+    """Ungrouped jobs and followers never get a pre-warm; without the opt-in (plain
+    ANTHROPIC) no primer does either."""
     warm = Attempt(status=200, usage=Usage(2000, None, 2000, 0), latency_ms=1.0)
     be = _Anthropic(lambda j, n: ok(), warm)
     be.primer_gate.set()
     await Engine(config(), backend=be, sink=MemorySink(), limiter=NoLimits()).run(
         [job(i) for i in range(3)]
+        + [job(i, group="ctx:abc", prefix_chars=8000) for i in range(3, 6)]
+    )
+    assert [cid for cid, pw in be.log if pw] == ["j3"]
+    be = _Anthropic(lambda j, n: ok(), warm)
+    be.capabilities = ANTHROPIC
+    be.primer_gate.set()
+    await Engine(config(), backend=be, sink=MemorySink(), limiter=NoLimits()).run(
+        [job(i, group="ctx:abc", prefix_chars=8000) for i in range(3)]
     )
     assert all(not pw for _, pw in be.log)
+
+
+async def test_every_prewarm_counts_its_limiter_wait_and_its_request() -> None:
+    warm = Attempt(status=200, usage=Usage(2000, None, 2000, 0), latency_ms=1.0)
+    be = _Anthropic(lambda j, n: answer(2010, 2000), warm)
+    be.primer_gate.set()
+    jobs = [job(i, group=f"ctx:{i % 2}", prefix_chars=8000) for i in range(8)]
+    eng = Engine(config(concurrency=8, cache_adapt=False), backend=be, sink=MemorySink(),
+                 limiter=_Recording())  # fmt: skip
+    out = await eng.run(jobs)
+    assert sum(pw for _, pw in be.log) == 2
+    assert out.summary["overhead_requests"] == 2
+    assert out.summary["limiter_wait_s"] == pytest.approx((2 + 8) * 0.25)
+    assert eng.stats.prompt_tokens == 2 * 2000 + 8 * 2010
 
 
 async def test_an_explicit_cache_is_opened_before_the_group_goes_and_closed_after() -> None:
@@ -442,7 +499,7 @@ async def test_an_explicit_cache_is_opened_before_the_group_goes_and_closed_afte
     group is sent with its name (ungrouped jobs with none), and the group's last answer
     deletes it."""
     store = Store()
-    caches = ExplicitCaches(store, tag="t", concurrency=4, min_ttl_s=60.0)
+    caches = ExplicitCaches(store, tag="t", concurrency=4, min_ttl_s=1.0)
     be = FakeBackend(lambda j, n: ok(2000, 1900))
     sink = MemorySink()
     eng = Engine(config(), backend=be, sink=sink, limiter=NoLimits(), explicit=caches)
@@ -455,8 +512,9 @@ async def test_an_explicit_cache_is_opened_before_the_group_goes_and_closed_afte
     keys = dict(be.sent)
     assert {keys[f"j{i}"] for i in range(5)} == {name}
     assert keys["j9"] is None
-    # The create's TTL covers the whole group (5 jobs), not just one.
-    assert store.ops[0][2] == caches._ttl(5)
+    # The create's TTL covers the whole group: 5 jobs at 4 in parallel at the assumed 5 s
+    # each, times the margin of 2 (one job would ask for 2.5 s).
+    assert store.ops[0][2] == pytest.approx(12.5)
     roles = {r.custom_id: r.cache_role for r in sink.records}
     assert roles["j0"] == "primer"
 
