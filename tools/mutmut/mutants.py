@@ -3,7 +3,9 @@
 ``python tools/mutmut/mutants.py summary`` prints mutants / killed / survived / timeout /
 no tests / not checked per module (the table in docs/TESTING.md);
 ``python tools/mutmut/mutants.py sample sinks 250`` prints a reproducible random sample of one
-module's mutant names (seed 10), for ``mutmut run $(...)`` when a whole module takes too long.
+module's mutant names (seed 10), for ``mutmut run $(...)`` when a whole module takes too long;
+``sample recorder,guards 50`` samples several modules together, ``sample engine 120`` the
+engine's five (pipeline, recorder, accounting, guards, priming).
 Both read the files a ``mutmut run`` (``make mutate``) leaves behind.
 """
 
@@ -16,6 +18,8 @@ from collections import Counter
 from pathlib import Path
 
 MODULES = ("retry", "cache", "limits", "jobs", "sinks", "pipeline")
+# The engine's parts (issue-10 refactor): ``sample engine N`` samples these five together.
+ENGINE = ("pipeline", "recorder", "accounting", "guards", "priming")
 # mutmut 3's exit codes (mutmut.stats.status_by_exit_code), folded to what the table shows.
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
 STATUS.update({c: "timeout" for c in (36, -24, 24, 152, 255)})
@@ -30,7 +34,7 @@ def results(module: str) -> dict[str, int | None]:
 
 def summary() -> None:
     print(f"{'module':10}{'mutants':>8}" + "".join(f"{c:>12}" for c in COLUMNS))
-    for module in MODULES:
+    for module in dict.fromkeys(MODULES + ENGINE):
         try:
             codes = results(module)
         except FileNotFoundError:
@@ -46,7 +50,8 @@ def main(argv: list[str]) -> int:
         summary()
         return 0
     if len(argv) == 3 and argv[0] == "sample":
-        names = sorted(results(argv[1]))
+        modules = ENGINE if argv[1] == "engine" else argv[1].split(",")
+        names = sorted(name for m in modules for name in results(m))
         n = int(argv[2])
         print("\n".join(names if n >= len(names) else sorted(random.Random(10).sample(names, n))))
         return 0
