@@ -340,6 +340,140 @@ async def test_the_breaker_trips_at_its_rate_over_the_last_window_only() -> None
     assert await run({0, 1, 2}) == (20, None)
 
 
+# -- reading and draining --------------------------------------------------------------------
+
+
+async def test_the_reader_stays_read_ahead_jobs_ahead_and_counts_in_flight() -> None:
+    """With every request stuck, the reader takes exactly ``read_ahead`` jobs from the input
+    and the live counters show ``concurrency`` in flight; then it reads on to the end."""
+    taken: list[int] = []
+
+    def items() -> Any:
+        for i in range(20):
+            taken.append(i)
+            yield job(i)
+
+    be = FakeBackend()
+    be.gate = asyncio.Event()
+    sink = MemorySink()
+    eng = Engine(config(concurrency=2, read_ahead=5), backend=be, sink=sink, limiter=NoLimits())
+    task = asyncio.create_task(eng.run(items()))
+    await spin()
+    assert len(taken) == 5
+    assert eng.stats.in_flight == 2 and eng.stats.read == 5
+    be.gate.set()
+    out = await task
+    assert len(taken) == 20 and len(sink.results) == 20 and out.exit_code == 0
+    assert eng.stats.in_flight == 0
+
+
+async def test_a_drain_ends_after_drain_s_even_if_requests_never_answer() -> None:
+    be = FakeBackend()
+    be.gate = asyncio.Event()  # never opened
+    sink = MemorySink()
+    eng = Engine(config(concurrency=2, drain_s=0.01), backend=be, sink=sink, limiter=NoLimits())
+    task = asyncio.create_task(eng.run([job(i) for i in range(5)]))
+    await spin()
+    eng.request_stop("signal", 130)
+    out = await asyncio.wait_for(task, 5.0)
+    assert out.exit_code == 130 and sink.results == []
+    assert out.summary["not_sent"] == 5
+
+
+class _Stuck(NoLimits):
+    """Lets ``free`` requests through, then keeps every later one waiting for a permit."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    async def acquire(self, est_tokens: int) -> float:
+        if self.free <= 0:
+            await asyncio.Event().wait()
+        self.free -= 1
+        return 0.0
+
+
+async def test_a_soft_stop_drops_jobs_still_waiting_for_the_limiter_at_once() -> None:
+    """A drain waits for requests on the wire, not for jobs that have not been sent: those
+    waiting for a limiter permit are dropped at once (a resume sends them)."""
+    be = FakeBackend()
+    be.gate = asyncio.Event()
+    sink = MemorySink()
+    eng = Engine(config(concurrency=3, drain_s=60.0), backend=be, sink=sink, limiter=_Stuck(1))
+    task = asyncio.create_task(eng.run([job(i) for i in range(6)]))
+    await spin()
+    assert be.in_flight == 1
+    eng.request_stop("signal", 130)
+    be.gate.set()
+    out = await asyncio.wait_for(task, 5.0)
+    assert [r["custom_id"] for r in sink.results] == ["j0"]
+    assert out.summary["not_sent"] == 5
+
+
+async def test_a_job_whose_permit_comes_as_the_run_stops_is_not_sent() -> None:
+    """The limiter lets the third job go in the same step as a stop begins: the job is left
+    unsent (and its permit given back), not sent into a stopping run."""
+    eng: Engine | None = None
+    released: list[str | None] = []
+
+    class StopOnThird(NoLimits):
+        n = 0
+
+        async def acquire(self, est_tokens: int) -> float:
+            self.n += 1
+            if self.n == 3:
+                assert eng is not None
+                eng.request_stop("signal", 130)
+            return 0.0
+
+        def release(self, est_tokens: int, attempt: Attempt) -> None:
+            released.append(None if attempt.error is None else attempt.error.code)
+
+    be = FakeBackend()
+    sink = MemorySink()
+    eng = Engine(config(concurrency=1), backend=be, sink=sink, limiter=StopOnThird())
+    out = await eng.run([job(i) for i in range(6)])
+    assert [cid for cid, _ in be.sent] == ["j0", "j1"]
+    assert released == [None, None, "cancelled"]
+    assert out.exit_code == 130 and len(sink.results) == 2
+
+
+async def test_a_failure_during_a_drain_is_not_retried() -> None:
+    """A retriable failure answered while the run drains leaves the job unsent (no result
+    line, so a resume sends it again) instead of sleeping through the drain."""
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    be = FakeBackend(lambda j, n: fail("http_5xx", True))
+    be.gate = asyncio.Event()
+    sink = MemorySink()
+    eng = Engine(config(concurrency=2, drain_s=60.0), backend=be, sink=sink, limiter=NoLimits(),
+                 sleep=sleep)  # fmt: skip
+    task = asyncio.create_task(eng.run([job(i) for i in range(4)]))
+    await spin()
+    eng.request_stop("signal", 130)
+    be.gate.set()
+    out = await asyncio.wait_for(task, 5.0)
+    assert slept == [] and len(be.sent) == 2
+    assert sink.results == [] and out.summary["retries"] == 0
+
+
+async def test_outputs_are_flushed_and_progress_fed_while_the_run_goes() -> None:
+    ticks: list[int] = []
+    be = FakeBackend()
+    be.gate = asyncio.Event()
+    sink = MemorySink()
+    eng = Engine(config(), backend=be, sink=sink, limiter=NoLimits(),
+                 on_tick=lambda s: ticks.append(s.in_flight))  # fmt: skip
+    task = asyncio.create_task(eng.run([job(i) for i in range(4)]))
+    await asyncio.sleep(0.45)  # two flush intervals of 0.2 s
+    assert sink.flushes >= 2 and ticks[:2] == [4, 4]
+    be.gate.set()
+    await task
+
+
 # -- priming ---------------------------------------------------------------------------------
 
 
