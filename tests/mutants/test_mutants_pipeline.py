@@ -37,6 +37,11 @@ def answer(prompt: int, cached: int | None = 0, write: int = 0) -> Attempt:
     return replace(a, usage=Usage(prompt, cached, write, 8))
 
 
+def res_message(sink: MemorySink, cid: str) -> str:
+    msg: str = next(r for r in sink.results if r["custom_id"] == cid)["error"]["message"]
+    return msg
+
+
 class LineSink(MemorySink):
     """Also keeps the ResultLine objects (their ``line`` is what an ordering sink reads)."""
 
@@ -75,6 +80,15 @@ async def test_unreported_cached_tokens_count_as_none_cached() -> None:
     assert out.summary["tokens"]["cached"] == 0
 
 
+async def test_each_job_is_billed_at_its_own_models_price() -> None:
+    prices = {"mock-1": DOLLAR_A_TOKEN, "big": Price(input=10_000_000.0, output=0.0)}
+    jobs = [job(0), replace(job(1), model="big")]
+    eng = Engine(config(prices=prices), backend=FakeBackend(lambda j, n: answer(3)),
+                 sink=MemorySink(), limiter=NoLimits())  # fmt: skip
+    await eng.run(jobs)
+    assert eng.stats.billed == pytest.approx(3.0 + 30.0)
+
+
 async def test_the_cost_budget_counts_what_is_in_flight() -> None:
     """Three $3 requests fit a $10 budget side by side, a fourth does not: it waits for the
     three to settle (and then the budget stops the run), so the bill never crosses $10."""
@@ -96,7 +110,9 @@ async def test_the_cost_budget_counts_what_is_in_flight() -> None:
     assert len(sink.results) == 3
     assert out.summary["cost"]["billed"] == pytest.approx(9.0)
     assert out.summary["guard"]["code"] == "max_cost"
-    assert "budget $10" in out.summary["guard"]["message"]
+    assert out.summary["guard"]["message"].endswith(
+        "budget $10: the next request could cost up to $3.0000"
+    )
 
 
 async def test_a_budget_that_exactly_covers_the_requests_lets_them_all_go() -> None:
@@ -158,6 +174,7 @@ async def test_an_unsendable_job_keeps_its_cache_id_and_line() -> None:
     assert be.sent == [("j1", None)]
     rec = next(r for r in sink.records if r.custom_id == "j4")
     assert rec.cache_id == "ctx" and rec.error_code == "invalid_input"
+    assert res_message(sink, "j4").startswith("jobs:5: messages: prompt of about")
     res = next(r for r in sink.lines if r.custom_id == "j4")
     assert res.line == 5 and res.error_code == "invalid_input"
     assert out.summary["jobs"]["failed"] == 1 and out.summary["jobs"]["ok"] == 1
@@ -211,6 +228,49 @@ async def test_latency_records_time_the_queue_and_the_request_on_the_engines_clo
     assert rec.started_at - rec.queued_at == pytest.approx(1.0)
     assert rec.ended_at - rec.started_at == pytest.approx(2.0)
     assert rec.attempts == 1 and rec.outcome == "ok"
+
+
+async def test_the_limiter_wait_of_every_attempt_is_counted_and_each_permit_given_back() -> None:
+    class Counting(NoLimits):
+        def __init__(self) -> None:
+            self.acquired: list[int] = []
+            self.released: list[int] = []
+
+        async def acquire(self, est_tokens: int) -> float:
+            self.acquired.append(est_tokens)
+            return 0.25
+
+        def release(self, est_tokens: int, attempt: Attempt) -> None:
+            self.released.append(est_tokens)
+
+    limiter = Counting()
+    sink = MemorySink()
+    be = FakeBackend(lambda j, n: fail("http_5xx", True) if n < 3 else ok())
+    out = await Engine(config(), backend=be, sink=sink, limiter=limiter).run([job(0)])
+    assert sink.records[0].attempts == 3
+    assert sink.records[0].limiter_ms == pytest.approx(750.0)
+    assert out.summary["limiter_wait_s"] == pytest.approx(0.75)
+    assert limiter.released == limiter.acquired == [11, 11, 11]  # prompt + max_tokens
+
+
+async def test_queue_time_starts_when_the_job_is_admitted_not_when_the_run_started() -> None:
+    """read_ahead 1: j1 is admitted only once j0 has answered (1 s after the start) and sent
+    at once, so it queued 0 ms, not the 1000 ms since the run started."""
+    now = [100.0]
+
+    class Slow(FakeBackend):
+        async def send(self, job: Job, **kw: Any) -> Attempt:
+            now[0] += 1.0
+            return await super().send(job, **kw)
+
+    sink = MemorySink()
+    eng = Engine(config(concurrency=1, read_ahead=1), backend=Slow(), sink=sink,
+                 limiter=NoLimits(), clock=lambda: now[0])  # fmt: skip
+    await eng.run([job(0), job(1)])
+    rec = {r.custom_id: r for r in sink.records}
+    assert rec["j0"].queue_ms == pytest.approx(0.0)
+    assert rec["j1"].queue_ms == pytest.approx(0.0)
+    assert rec["j1"].total_ms == pytest.approx(1000.0)
 
 
 # -- guards and stops ------------------------------------------------------------------------
@@ -299,15 +359,18 @@ async def test_the_first_stop_wins_and_sets_the_exit_code() -> None:
     be.gate.set()  # the requests in flight now trip the auth guard
     out = await task
     assert out.stopped == "signal" and out.exit_code == 130
+    assert out.summary["stopped"] == "signal"
     assert out.summary["guard"]["code"] == "auth"  # the guard is still reported
 
 
 async def test_failed_jobs_without_a_stop_exit_1_and_a_clean_run_exits_0() -> None:
     script: Script = lambda j, n: fail("http_4xx", False, 400) if j.custom_id == "j1" else ok()  # noqa: E731
-    out = await Engine(
-        config(), backend=FakeBackend(script), sink=MemorySink(), limiter=NoLimits()
-    ).run([job(i) for i in range(3)])
+    sink = MemorySink()
+    eng = Engine(config(), backend=FakeBackend(script), sink=sink, limiter=NoLimits())
+    out = await eng.run([job(i) for i in range(3)])
     assert out.exit_code == 1 and out.stopped is None and "guard" not in out.summary
+    assert res_message(sink, "j1") == "http_4xx happened"
+    assert (eng.stats.done, eng.stats.ok, eng.stats.failed) == (3, 2, 1)
     out = await Engine(config(), backend=FakeBackend(), sink=MemorySink(), limiter=NoLimits()).run(
         [job(i) for i in range(3)]
     )
@@ -330,6 +393,10 @@ async def test_the_breaker_trips_at_its_rate_over_the_last_window_only() -> None
             limiter=NoLimits(),
         )
         out = await eng.run([job(i) for i in range(20)])
+        if out.stopped:
+            assert out.summary["guard"]["message"] == (
+                "2 of the last 4 jobs failed: stopping before the rest fail the same way"
+            )
         return len(sink.results), out.stopped
 
     # Two early failures, then one in every four: never two in the last four once it is full.
@@ -438,6 +505,22 @@ async def test_a_job_whose_permit_comes_as_the_run_stops_is_not_sent() -> None:
     assert out.exit_code == 130 and len(sink.results) == 2
 
 
+async def test_a_soft_stop_drops_a_job_waiting_out_its_backoff_at_once() -> None:
+    async def never(s: float) -> None:
+        await asyncio.Event().wait()
+
+    be = FakeBackend(lambda j, n: fail("http_5xx", True))
+    sink = MemorySink()
+    eng = Engine(config(concurrency=1, drain_s=60.0), backend=be, sink=sink, limiter=NoLimits(),
+                 sleep=never)  # fmt: skip
+    task = asyncio.create_task(eng.run([job(0)]))
+    await spin()
+    assert len(be.sent) == 1  # failed once, now sleeping before its retry
+    eng.request_stop("signal", 130)
+    out = await asyncio.wait_for(task, 5.0)
+    assert out.exit_code == 130 and sink.results == []
+
+
 async def test_a_failure_during_a_drain_is_not_retried() -> None:
     """A retriable failure answered while the run drains leaves the job unsent (no result
     line, so a resume sends it again) instead of sleeping through the drain."""
@@ -507,6 +590,7 @@ async def test_a_failed_primer_promotes_a_follower_while_it_waits_to_retry() -> 
     assert out.exit_code == 0 and len(sink.results) == 6
     roles = {r.custom_id: r.cache_role for r in sink.records}
     assert roles["j0"] == "primer" and roles[sent[1]] == "primer"
+    assert "cache_control" in out.summary  # the learned limits of a warm run
 
 
 class _Anthropic(FakeBackend):
