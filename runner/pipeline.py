@@ -233,14 +233,15 @@ class Engine:
                     return
             self._inflight += 1
             self.stats.in_flight = self._inflight
-            t = loop.create_task(self._work(d))
+            t = loop.create_task(self._work(d, est))
             self._tasks.add(t)
             # Bookkeeping runs in a done-callback, not a finally: a task cancelled before its
             # first step never runs its body, yet must still free its slot.
             t.add_done_callback(functools.partial(self._done, d, est))
 
-    async def _work(self, d: Dispatch) -> bool:
-        """Send one job through its retries; True when its result was written."""
+    async def _work(self, d: Dispatch, est_cost: float = 0.0) -> bool:
+        """Send one job through its retries; True when its result was written (and its cost
+        reservation ``est_cost`` given back, as the cost is billed in the same step)."""
         job, limiter, priming = d.job, self.limiter, self.priming
         t_start = self._clock()
         est = self.budget.tokens(job)
@@ -299,6 +300,7 @@ class Engine:
             self.recorder.job(
                 d, a, attempts=attempts, t_start=t_start, now=self._clock(), limiter_s=limiter_s
             )
+            self.accounts.settle(est_cost)  # billed just now: no longer in flight
             tripped = self.breaker.add(a.error is not None)
             if tripped is not None and not self.stop.active:
                 self._trip(tripped)
@@ -320,7 +322,8 @@ class Engine:
         self._inflight -= 1
         self._admitted -= 1
         self.stats.in_flight = self._inflight
-        self.accounts.settle(est_cost)
+        if not written:
+            self.accounts.settle(est_cost)  # a written job settled when it was billed
         if not written and d.role == "primer":
             self.scheduler.answered(d, False)
         self.scheduler.finished(d)

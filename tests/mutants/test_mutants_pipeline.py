@@ -756,3 +756,21 @@ async def test_a_job_that_finds_its_explicit_cache_gone_recreates_it_and_goes_ag
     sent = [k for cid, k in be.sent if cid == "j2"]
     assert sent == ["cachedContents/c1", "cachedContents/c2"]  # again, on the new cache
     assert all(r["error"] is None for r in sink.results)
+
+
+async def test_the_cost_stop_message_counts_answered_requests_as_billed_not_in_flight() -> None:
+    """Three $3 requests answer in one loop turn; the fourth, held for them, then cannot fit a
+    $10 budget. Nothing is on the wire when it stops: the message must say $9 billed and $0 in
+    flight, not count the answered requests twice (billed, and still reserved until their
+    done-callbacks run)."""
+    out = await Engine(
+        config(concurrency=3, max_cost=10.0, prices={"mock-1": DOLLAR_A_TOKEN}),
+        backend=FakeBackend(lambda j, n: answer(3)),
+        sink=MemorySink(),
+        limiter=NoLimits(),
+    ).run([job(i) for i in range(6)])
+    assert out.stopped == "max_cost"
+    assert out.summary["cost"]["billed"] == pytest.approx(9.0)
+    assert out.summary["guard"]["message"].startswith(
+        "stopped at $9.0000 billed, $0.0000 in flight, budget $10:"
+    ), out.summary["guard"]["message"]
