@@ -379,47 +379,23 @@ class Scheduler:
         root = g.root
         cap = ctl.release_cap(batch, root.family)
         n_sent = 0
-        if g.fixed_key is not None or not self._use_keys:
-            while held and root.family < cap:
-                job, admitted = held.popleft()
-                d = Dispatch(
-                    job,
-                    "follower",
-                    g.fixed_key,
-                    g.key,
-                    root.family,
-                    epoch,
-                    active,
-                    batch,
-                    admitted,
-                )
-                g.in_flight += 1
-                root.family += 1
-                n_sent += 1
-                ready.append(d)
-        else:
-            while held and root.family < cap:
-                job, admitted = held.popleft()
+        keyed = g.fixed_key is None and self._use_keys
+        key = g.fixed_key
+        while held and root.family < cap:
+            job, admitted = held.popleft()
+            if keyed:
                 n = self._next_key_index(g)
-                if n == 0:
-                    ready.append(
-                        Dispatch(
-                            job,
-                            "follower",
-                            self._base_key(g),
-                            g.key,
-                            root.family,
-                            epoch,
-                            active,
-                            batch,
-                            admitted,
-                        )
-                    )
-                    g.in_flight += 1
-                    root.family += 1
-                    n_sent += 1
-                elif not self._to_subgroup(g, n, job, admitted):
-                    break  # the sub-group waits for a place under the cap
+                if n:
+                    if not self._to_subgroup(g, n, job, admitted):
+                        break  # the sub-group waits for a place under the cap
+                    continue
+                key = self._base_key(g)
+            ready.append(
+                Dispatch(job, "follower", key, g.key, root.family, epoch, active, batch, admitted)
+            )
+            g.in_flight += 1
+            root.family += 1
+            n_sent += 1
         if batch:
             ctl.open_batch(batch, n_sent)
 
