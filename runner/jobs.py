@@ -34,6 +34,7 @@ __all__ = [
     "ROLES",
     "contexts_for",
     "count_lines",
+    "id_field",
     "load_contexts",
     "parse_job",
     "prefix_digest",
@@ -220,11 +221,10 @@ def _read_jobs(
                 problem = f"expected a JSON object, got {_json_type(obj)}"
                 yield BadLine(lineno, None, None, f"{where}:{lineno}: {problem}")
                 continue
-            batch = "custom_id" in obj or "body" in obj
-            id_field = "custom_id" if batch else "id"
+            batch = "custom_id" in obj or "body" in obj  # id_field(), inlined: once per line
             custom_id: str | None = None
             try:
-                custom_id = _claim_id(obj, id_field, seen)
+                custom_id = _claim_id(obj, "custom_id" if batch else "id", seen)
                 if keep is not None and not keep(obj, custom_id, batch):
                     continue
                 if batch:
@@ -235,6 +235,12 @@ def _read_jobs(
                 # A duplicate (or unreadable) id is not this line's: its result is keyed by line.
                 message = f"{where}:{lineno}: {bad.field}: {bad.problem}"
                 yield BadLine(lineno, custom_id, bad.field, message)
+
+
+def id_field(obj: Mapping[str, Any]) -> str:
+    """The field that holds a job line's id: ``custom_id`` in the OpenAI Batch shape (a line
+    with ``custom_id`` or ``body``), else ``id`` (docs/FORMATS.md)."""
+    return "custom_id" if "custom_id" in obj or "body" in obj else "id"
 
 
 def _claim_id(obj: dict[str, Any], field: str, seen: IdSet) -> str:
@@ -266,11 +272,10 @@ def parse_job(
     """
     if not isinstance(obj, dict):
         raise InputError(f"{where}:{line}: line: expected a JSON object, got {_json_type(obj)}")
-    batch = "custom_id" in obj or "body" in obj
-    id_field = "custom_id" if batch else "id"
+    field = id_field(obj)
     try:
-        custom_id = _claim_id(obj, id_field, IdSet())
-        if batch:
+        custom_id = _claim_id(obj, field, IdSet())
+        if field == "custom_id":
             return _batch_job(obj, custom_id, line)
         return _compact_job(obj, custom_id, line, contexts or {})
     except _Bad as bad:

@@ -33,6 +33,7 @@ import orjson
 
 from .errors import ConfigError, InputError
 from .idset import IdSet
+from .jobs import id_field
 from .models import Price
 from .report import render_summary
 from .shards import read_manifest
@@ -277,7 +278,7 @@ def _input_keys(jobs: Path) -> Iterator[tuple[str | None, int]]:
                 continue
             cid = None
             if type(obj) is dict:
-                cid = obj.get("custom_id" if "custom_id" in obj or "body" in obj else "id")
+                cid = obj.get(id_field(obj))
             yield (cid if type(cid) is str else None), lineno
 
 
