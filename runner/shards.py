@@ -160,7 +160,7 @@ class ShardPicker:
         group = item.group if isinstance(item, Job) else None
         if group is not None:
             return self._group_mine(group)
-        return _hash_shard("i:" + (item.custom_id or f"line-{item.line}"), self.count) == self.index
+        return shard_of(item, self.count) == self.index
 
     def maybe(self, obj: dict[str, Any], custom_id: str, batch: bool) -> bool:
         """False when the line with this object and claimed id is surely another shard's."""
