@@ -195,7 +195,7 @@ async def _run_direct(
         _add_cache_cost(outcome.summary, explicit, config)
         summary = outcome.summary
         if outputs is not None and outputs.skipped:
-            outputs.flush()
+            outputs.finish()  # under --order input a resume also sorts R here, before the summary
             summary = whole_output_summary(outputs.latency_path, config, summary)
             # Only this invocation's caches are known: earlier ones' storage is not added.
             _add_cache_cost(summary, explicit, config)

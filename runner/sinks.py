@@ -21,6 +21,16 @@ A run owns three files next to the results file ``R``:
   ordered view; a crash loses no paid answer, because the next run moves the pending results
   back (into their place in the order, or appended under ``--order completion``). The file is
   emptied whenever nothing is held, and removed on close.
+* ``R.tmp``: a rewrite of ``R`` in progress (a resume dropping the lines ``--retry-failed``
+  sends again, or putting ``R`` back in input order): written whole, fsynced, then renamed over
+  ``R``, so a crash leaves the old ``R`` or the new one, never a mix. A stale one is removed on
+  open.
+
+A resume writes the jobs that had no result after the lines already in ``R``. Under ``--order
+input`` the run then sorts ``R`` into input order when it ends (:meth:`Outputs.finish`), by that
+atomic rewrite; the latency file is not touched (it is in completion order), so the two still
+hold the same jobs once each at every instant. A crash before the rename leaves ``R`` complete
+but unsorted, and the next run sorts it.
 
 Within a flush the latency lines are written *before* the result lines: the result line (in
 ``R`` or ``R.pending``) is the commit record of a job. A crash between the two writes leaves
@@ -45,6 +55,7 @@ import socket
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Final, TypeVar
@@ -147,7 +158,9 @@ def open_outputs(
         pending_path = _sidecar(results, ".pending")
         done: set[str | int] = set()
         recovered: dict[str | int, tuple[int, bytes]] = {}
+        placed: list[str | int | None] | None = [] if order_input else None
         keep = False
+        _remove(_sidecar(results, ".tmp"))  # a rewrite a crash cut short: R itself is whole
         resuming = config.resume and (_size(results) > 0 or _size(pending_path) > 0)
         if resuming:
             meta = _read_meta(meta_path, results)
@@ -166,7 +179,7 @@ def open_outputs(
                     meta_path, jobs_file=jobs_file, inputs=inputs, model=model, keep_sections=True
                 )
             done, recovered = _recover(
-                results, latency, pending_path, config.retry_failed, order_input
+                results, latency, pending_path, config.retry_failed, order_input, placed
             )
         else:
             inputs = _fingerprint_inputs(jobs_path, contexts)
@@ -217,7 +230,7 @@ def open_outputs(
     outputs.pending_path = pending_path
     outputs._journal(pend_fd, len(recovered))
     if order_input:
-        outputs.order = InputOrder(outputs, recovered)
+        outputs.order = InputOrder(outputs, recovered, placed)
     return outputs
 
 
@@ -386,6 +399,21 @@ class Outputs:
         self._pend_buf.clear()
         self._pending = 0
 
+    def finish(self) -> None:
+        """The engine is done: release what is held, flush, and (``--order input``) put ``R``
+        in input order (:meth:`InputOrder.sort`). :meth:`close` does it too; a caller that
+        writes a summary calls it first, so the summary is newer than the results file.
+
+        :raises SinkError: a file cannot be written.
+        """
+        if self._broken is not None:
+            raise self._broken
+        if self.order is not None:
+            self.order.release_all()
+        self.flush()
+        if self.order is not None:
+            self.order.sort()
+
     def close(self) -> None:
         """Write everything still buffered, fsync, close the files and release the lock.
 
@@ -395,18 +423,18 @@ class Outputs:
         if self._closed:
             return
         self._closed = True
-        res_fd, lat_fd, lock_fd = self._fds
         try:
             if self._broken is None:
-                if self.order is not None:
-                    self.order.release_all()
-                self.flush()
-                if self._fsync:
-                    _io(self.latency_path, lambda: os.fsync(lat_fd))
-                    _io(self.results_path, lambda: os.fsync(res_fd))
+                try:
+                    self.finish()  # may swap in a sorted R, and its descriptor in _fds
+                finally:
+                    if self._fsync and self._broken is None:  # even if the sort failed
+                        _io(self.latency_path, lambda: os.fsync(self._fds[1]))
+                        _io(self.results_path, lambda: os.fsync(self._fds[0]))
                 if self._pend_fd >= 0 and self.pending_path is not None and not self._holds:
                     _remove(self.pending_path)
         finally:
+            res_fd, lat_fd, lock_fd = self._fds
             os.close(res_fd)
             os.close(lat_fd)
             for lpath, fd in reversed(self._extra_locks):
@@ -436,6 +464,28 @@ class Outputs:
     def _pending_file(self) -> Path:
         return self.pending_path or _sidecar(self.results_path, ".pending")
 
+    def _sort_results(self, rank: dict[str | int, int]) -> None:
+        """Rewrite ``R`` with its lines ordered by ``rank`` of their keys (unranked ones last, in
+        file order), atomically, then append to the new file. Nothing may be buffered.
+
+        :raises SinkError: the rewrite failed; ``R`` is then the old file or the new one, whole,
+            and the outputs stay usable unless the new one cannot be opened.
+        """
+        assert not self._res_buf, "flush before sorting"
+        try:
+            _sort_lines(self.results_path, rank)
+        finally:
+            # Once renamed (even if a later step failed), the old descriptor names a file that
+            # is gone from the directory: a write there would be lost.
+            if not _io(self.results_path, lambda: _same_file(self.results_path, self._fds[0])):
+                try:
+                    fd = _open_append(self.results_path, truncate=False)
+                except SinkError as exc:
+                    self._broken = exc
+                    raise
+                os.close(self._fds[0])
+                self._fds = (fd, self._fds[1], self._fds[2])
+
 
 def _latency_line(record: LatencyRecord, line: int) -> bytes:
     lat = orjson.dumps(record)
@@ -458,18 +508,34 @@ class InputOrder:
     the jobs between the oldest unfinished one and the newest read, which the engine bounds by
     its read-ahead window. Results a crashed run left in ``R.pending`` count as done and take
     their place when :meth:`done` meets their key.
+
+    A resume appends after the lines ``R`` already holds (``placed``: their keys, in file
+    order). Then every key :meth:`done` is asked gets its rank in the input, and every key
+    released is added to ``placed``, so that :meth:`sort` knows, without reading ``R``, whether
+    ``R`` is in input order, and can rewrite it when it is not. A fresh run (``R`` empty) writes
+    in input order by construction and keeps no ranks.
     """
 
-    __slots__ = ("_expected", "_held", "_out", "_recovered", "flush")
+    __slots__ = ("_expected", "_held", "_out", "_placed", "_rank", "_recovered", "flush")
 
-    def __init__(self, out: Outputs, recovered: dict[str | int, tuple[int, bytes]]) -> None:
+    def __init__(
+        self,
+        out: Outputs,
+        recovered: dict[str | int, tuple[int, bytes]],
+        placed: list[str | int | None] | None = None,
+    ) -> None:
         self._out = out
         self._expected: deque[str | int] = deque()
         self._held: dict[str | int, tuple[int, bytes]] = dict(recovered)
         self._recovered = set(recovered)
+        self._placed = placed or None  # keys in R's file order, on a resume onto lines
+        self._rank: dict[str | int, int] | None = {} if self._placed else None
         self.flush = out.flush
 
     def done(self, key: str | int) -> bool:
+        rank = self._rank
+        if rank is not None:
+            rank.setdefault(key, len(rank))
         if not self._out.done(key):
             self._expected.append(key)
             return False
@@ -487,13 +553,42 @@ class InputOrder:
     def release_all(self) -> None:
         """Release every held result, in line order (the run ends: its predecessors never will)."""
         held, self._held = self._held, {}
-        for _, res in sorted(held.values(), key=lambda pair: pair[0]):
+        for key, (_, res) in sorted(held.items(), key=lambda kv: kv[1][0]):
             self._out.release(res)
+            if self._placed is not None:
+                self._placed.append(key)
+
+    def sort(self) -> None:
+        """Put ``R`` in input order if a resume left it out of it (an atomic rewrite).
+
+        Call it once nothing is held or buffered (:meth:`Outputs.finish`). Lines whose key was
+        never asked (the run stopped before reading them) follow, in their order: the reader
+        reads in input order, so each of them comes after every key it did read.
+        """
+        placed, rank = self._placed, self._rank
+        if placed is None or rank is None:
+            return
+        last = len(rank)
+
+        def at(key: str | int | None) -> int:
+            return last if key is None else rank.get(key, last)
+
+        if all(at(a) <= at(b) for a, b in pairwise(placed)):
+            return
+        try:
+            self._out._sort_results(rank)
+        except BaseException:
+            self._placed = self._rank = None  # tried once: R is whole; the next run sorts it
+            raise
+        placed.sort(key=at)  # as R now is (sort is stable, like the rewrite)
 
     def _release(self) -> None:
-        expected, held, out = self._expected, self._held, self._out
+        expected, held, out, placed = self._expected, self._held, self._out, self._placed
         while expected and expected[0] in held:
-            out.release(held.pop(expected.popleft())[1])
+            key = expected.popleft()
+            out.release(held.pop(key)[1])
+            if placed is not None:
+                placed.append(key)
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -569,6 +664,51 @@ def _replace(path: Path, fill: Callable[[BinaryIO], object]) -> None:
     _io(path, replace)
 
 
+def _sort_lines(path: Path, rank: dict[str | int, int]) -> None:
+    """Rewrite a results file with its lines in the order ``rank`` gives their keys.
+
+    Lines with an unranked key (or none) follow, in file order; lines with one key keep their
+    file order. Only (rank, offset, length) per line is held; the lines are copied from the
+    file, whole runs of adjacent lines at once, into a temporary file swapped in by
+    :func:`_replace` (fsync, rename, fsync of the directory).
+    """
+    last = len(rank)
+    index: list[tuple[int, int, int]] = []  # (rank, offset, length); offsets are unique
+
+    def scan() -> None:
+        offset = 0
+        for raw in _lines(path):
+            obj = _parse(raw)
+            key = result_key(obj) if obj is not None else None
+            index.append((last if key is None else rank.get(key, last), offset, len(raw)))
+            offset += len(raw)
+
+    _io(path, scan)
+    index.sort()
+
+    def fill(out: BinaryIO) -> None:
+        with open(path, "rb") as src:
+            fd = src.fileno()
+
+            def copy(start: int, end: int) -> None:
+                while start < end:
+                    data = os.pread(fd, min(_CHUNK, end - start), start)
+                    if not data:
+                        raise OSError(errno.EIO, f"{path} shrank while it was sorted")
+                    out.write(data)
+                    start += len(data)
+
+            start = end = 0
+            for _, offset, length in index:
+                if offset != end:
+                    copy(start, end)
+                    start = offset
+                end = offset + length
+            copy(start, end)
+
+    _replace(path, fill)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     _replace(path, lambda out: out.write(data))
 
@@ -631,8 +771,14 @@ def _judge(obj: dict[str, Any] | None, retry_failed: bool) -> tuple[bool, str | 
     return not (retry_failed and rerun_code(obj) is not None), result_key(obj)
 
 
-def _load_results(path: Path, *, retry_failed: bool) -> set[str | int]:
-    """The keys already done; lines to run again (or unreadable) are removed from the file."""
+def _load_results(
+    path: Path, *, retry_failed: bool, placed: list[str | int | None] | None = None
+) -> set[str | int]:
+    """The keys already done; lines to run again (or unreadable) are removed from the file.
+
+    :param placed: if given, gets the key of every line kept, in file order (None for a line
+        that has none).
+    """
 
     def judge(raw: bytes) -> tuple[bool, str | int | None]:
         return _judge(_parse(raw), retry_failed)
@@ -645,8 +791,11 @@ def _load_results(path: Path, *, retry_failed: bool) -> set[str | int]:
             keep, key = judge(raw)
             if not keep:
                 dropped = True
-            elif key is not None:
+                continue
+            if key is not None:
                 done.add(key)
+            if placed is not None:
+                placed.append(key)
         return dropped
 
     if _io(path, scan):
@@ -655,17 +804,23 @@ def _load_results(path: Path, *, retry_failed: bool) -> set[str | int]:
 
 
 def _recover(
-    results: Path, latency: Path, pending: Path, retry_failed: bool, order_input: bool
+    results: Path,
+    latency: Path,
+    pending: Path,
+    retry_failed: bool,
+    order_input: bool,
+    placed: list[str | int | None] | None = None,
 ) -> tuple[set[str | int], dict[str | int, tuple[int, bytes]]]:
     """Repair and load the outputs of an earlier run: (keys done, results still held).
 
     Results a crashed ``--order input`` run left in ``R.pending`` count as done; without an
     order to keep they are appended to ``R`` at once, else they wait for their place.
+    ``placed`` (if given) gets the keys of the lines left in ``R``, in file order.
     """
     _repair_tail(results)
     _repair_tail(latency)
     _repair_tail(pending)
-    done = _load_results(results, retry_failed=retry_failed)
+    done = _load_results(results, retry_failed=retry_failed, placed=placed)
     recovered = _load_pending(pending, done, retry_failed=retry_failed)
     done.update(recovered)
     _drop_orphans(latency, done)
