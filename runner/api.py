@@ -160,7 +160,7 @@ async def _run_direct(
             outputs = open_outputs(config, jobs_path=jobs_path, model=config.model, plan=plan)
             stack.callback(outputs.close)
             sink = outputs.sink  # the files, or the --order input wrapper over them
-            _shard_manifest(shard, outputs, jobs_path, summary_path, config.model)
+            _shard_manifest(shard, outputs, jobs_path, summary_path, config)
         explicit = await _explicit_caches(config, backend, plan)
         sink = observer.wrap_sink(sink)
         limiter = await _limiter(stack, config, base_url=base_url, api_key=api_key)
@@ -229,7 +229,7 @@ def _shard_manifest(
     outputs: Outputs,
     jobs_path: Path | None,
     summary_path: Path | None,
-    model: str,
+    config: RunConfig,
 ) -> None:
     if shard is None or jobs_path is None or summary_path is None:
         return
@@ -239,7 +239,8 @@ def _shard_manifest(
         jobs_path=jobs_path,
         latency=outputs.latency_path,
         summary=summary_path,
-        model=model,
+        model=config.model,
+        order=config.order,
     )
 
 

@@ -9,7 +9,9 @@ Checks before anything is written (exit 2 with the reason otherwise):
   with jobs unsent); ``--partial`` merges what is there and still lists what is missing;
 - no id appears twice across the parts.
 
-OUT gets the results and latency lines of the parts in shard order, and a summary computed
+OUT gets the results and latency lines of the parts in shard order (in the order of the jobs
+file when every part's manifest says it ran with ``--order input`` and that file is unchanged),
+and a summary computed
 from the latency records themselves (exact percentiles, counts, tokens and cost: the same
 :class:`~runner.stats.SummaryBuilder` a run uses). The three files are written to temporary
 names and renamed into place, so a failed merge leaves no half output. An existing OUT is
@@ -36,7 +38,7 @@ from .idset import IdSet
 from .jobs import id_field
 from .models import Price
 from .report import render_summary
-from .shards import read_manifest
+from .shards import read_manifest, unchanged_input
 from .stats import SummaryBuilder
 
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths"]
@@ -480,6 +482,22 @@ def _atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _input_order(paths: Sequence[Path]) -> Path | None:
+    """The jobs file to order the merge by: when every part ran with ``--order input`` (its
+    manifest says so) and that file still holds what the shards read; else shard order."""
+    manifests = [read_manifest(p) for p in paths]
+    if not manifests or any(m.get("order") != "input" for m in manifests):
+        return None
+    jobs = unchanged_input(manifests[0])
+    if jobs is None:
+        print(
+            f"runner: the parts ran with --order input, but {manifests[0].get('jobs_file')} is "
+            "gone or changed since: merged in shard order",
+            file=sys.stderr,
+        )
+    return jobs
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="merged results JSONL (X.results.jsonl)")
     parser.add_argument("parts", nargs="+", help="the shards' results files (or a glob)")
@@ -501,7 +519,10 @@ def main(ns: argparse.Namespace) -> int:
     def price_of(m: str | None) -> Price | None:
         return config.price(m or model)  # a record without a model is the parts' model's
 
-    rep = merge(ns.out, paths, price_of=price_of, partial=ns.partial, force=ns.force)
+    order_by = _input_order(paths)
+    rep = merge(
+        ns.out, paths, price_of=price_of, partial=ns.partial, force=ns.force, order_by=order_by
+    )
     print(render_summary(rep.summary, title="merged summary"), file=sys.stderr)
     if rep.missing or rep.unfinished:
         print(

@@ -43,6 +43,7 @@ __all__ = [
     "shard_from_env",
     "shard_of",
     "shard_path",
+    "unchanged_input",
     "write_manifest",
 ]
 
@@ -214,8 +215,10 @@ def write_manifest(
     latency: Path,
     summary: Path,
     model: str,
+    order: str = "completion",
 ) -> None:
-    """Record which input, model and shard wrote ``results`` (atomic: temp file + rename)."""
+    """Record which input, model and shard wrote ``results`` (atomic: temp file + rename), and
+    its ``--order``, so that ``runner merge`` can keep input order."""
     data = {
         "shard": spec.index,
         "count": spec.count,
@@ -225,6 +228,7 @@ def write_manifest(
         "results": results.name,
         "latency": os.path.relpath(latency, results.parent),
         "summary": os.path.relpath(summary, results.parent),
+        "order": order,
     }
     path = manifest_path(results)
     tmp = path.with_name(path.name + ".tmp")
@@ -243,6 +247,16 @@ def read_manifest(results: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not {"shard", "count", "fingerprint"} <= data.keys():
         raise ConfigError(f"{path}: not a shard manifest")
     return data
+
+
+def unchanged_input(manifest: Mapping[str, Any]) -> Path | None:
+    """The jobs file a manifest names, when it still holds the bytes the shard read."""
+    jobs = manifest.get("jobs_file")
+    try:
+        ok = isinstance(jobs, str) and _fingerprint(Path(jobs)) == manifest.get("fingerprint")
+    except OSError:
+        return None
+    return Path(jobs) if ok and isinstance(jobs, str) else None
 
 
 def _fingerprint(path: Path) -> str:

@@ -382,3 +382,37 @@ def test_kill_9_during_the_sort_loses_and_duplicates_nothing(tmp_path: Path, poi
     assert ids(res) == want
     assert sorted(ids(lat)) == sorted(want)
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.pending"))
+
+
+# -- runner merge by hand -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["input", "completion", "input, jobs file edited"])
+def test_merge_by_hand_keeps_the_order_the_shards_ran_with(
+    tmp_path: Path, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner.cli import main
+
+    n = 40
+    jobs = write_jobs(tmp_path, n)
+    order = how.split(",")[0]
+    with mock_process("--latency", "zero") as url:
+        for k in range(2):
+            args = ["run", str(jobs), "--provider", "openai", "--base-url", url]
+            args += ["--model", "mock-1", "--progress", "off", "--order", order]
+            assert main([*args, "--shard", f"{k}/2"]) == 0
+    parts = [tmp_path / f"jobs.shard-{k}-of-2.results.jsonl" for k in range(2)]
+    by_part = ids(parts[0]) + ids(parts[1])
+    assert by_part != [f"q{i}" for i in range(n)]  # the shards interleave in the input
+    if how.endswith("edited"):
+        with jobs.open("ab") as fh:  # not the input the shards read any more
+            fh.write(b'{"id": "late", "query": "q"}\n')
+    out = tmp_path / "all.results.jsonl"
+    capsys.readouterr()
+    assert main(["merge", str(out), *map(str, parts)]) == 0
+    err = capsys.readouterr().err
+    if how == "input":
+        assert ids(out) == [f"q{i}" for i in range(n)]
+    else:
+        assert ids(out) == by_part  # shard order
+    assert ("--order input" in err) == how.endswith("edited"), err
