@@ -416,3 +416,28 @@ def test_merge_by_hand_keeps_the_order_the_shards_ran_with(
     else:
         assert ids(out) == by_part  # shard order
     assert ("--order input" in err) == how.endswith("edited"), err
+
+
+def test_workers_retry_failed_keeps_input_order(tmp_path: Path) -> None:
+    """Each worker's shard is sorted when it ends, so the merge can interleave the shards."""
+    n = 60
+    jobs = write_jobs(tmp_path, n)
+    want = [f"q{i}" for i in range(n)]
+    res = tmp_path / "jobs.results.jsonl"
+
+    def args(url: str, *extra: str) -> list[str]:
+        return [
+            "run", str(jobs), "--provider", "openai", "--base-url", url, "--model", "mock-1",
+            "--progress", "off", "--order", "input", "--workers", "2", *extra,
+        ]  # fmt: skip
+
+    with mock_process("--latency", "zero", "--fault-http-503", "0.3", "--seed", "4") as url:
+        first = runner(*args(url, "--max-attempts", "1"))
+    assert first.returncode == 1, first.stderr
+    assert ids(res) == want
+    with mock_process("--latency", "zero") as url:
+        again = runner(*args(url, "--retry-failed"))
+    assert again.returncode == 0, again.stderr
+    assert ids(res) == want
+    assert all(r["error"] is None for r in rows(res))
+    assert sorted(ids(tmp_path / "jobs.latency.jsonl")) == sorted(want)
