@@ -823,6 +823,10 @@ def _recover(
     done = _load_results(results, retry_failed=retry_failed, placed=placed)
     recovered = _load_pending(pending, done, retry_failed=retry_failed)
     done.update(recovered)
+    if recovered and order_input:
+        # The journal keeps only what it still holds for R, before any latency record is
+        # dropped: a result dropped here (to run again) must not come back on a later run.
+        _replace(pending, lambda out: out.writelines(b"%d %s" % p for p in recovered.values()))
     _drop_orphans(latency, done)
     if recovered and not order_input:
         _append_durably(results, [res for _, res in recovered.values()])

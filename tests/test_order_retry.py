@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 import orjson
 import pytest
 from helpers import mock_config, mock_process, runner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runner.api import run
 from runner.config import RunConfig
@@ -48,8 +51,12 @@ def rows(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(x) for x in path.read_bytes().splitlines()]
 
 
+def key(row: dict[str, Any]) -> Any:
+    return row["custom_id"] if row["custom_id"] is not None else row["line"]
+
+
 def ids(path: Path) -> list[Any]:
-    return [r["custom_id"] if r["custom_id"] is not None else r["line"] for r in rows(path)]
+    return [key(r) for r in rows(path)]
 
 
 def config(tmp: Path, url: str, **kw: Any) -> RunConfig:
@@ -170,6 +177,22 @@ def test_a_retried_result_held_behind_a_stalled_one_is_put_in_place(jobs: Path) 
     with open_(jobs, retry_failed=True) as again:  # j2 never ends: j4 waits for it till close
         assert feed(again, range(1, 11), bad=BAD, stall=frozenset({2})) == [2, 4]
     assert ids(again.results_path) == [x for x in ALL if x != "j2"]
+
+
+def test_a_held_failure_dropped_by_retry_failed_does_not_come_back(jobs: Path) -> None:
+    """A transient failure held in R.pending is dropped by --retry-failed (and its latency
+    record with it): it must leave the journal too, or a later plain resume takes it back as
+    a result without a latency record."""
+    out = open_(jobs)
+    feed(out, range(1, 4), fail=frozenset({3}), stall=frozenset({1}))  # j2, j3 held behind j1
+    crash(out)
+    again = open_(jobs, retry_failed=True)  # drops j3 (to run again), keeps j2; reads nothing
+    crash(again)
+    with open_(jobs) as third:
+        assert feed(third, range(1, 11), bad=BAD) == [1, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert ids(third.results_path) == ALL
+    assert sorted(ids(third.latency_path), key=str) == sorted(ALL, key=str)
+    assert all(r["error"] is None for r in rows(third.results_path) if r["custom_id"])
 
 
 def test_a_resume_cut_before_the_sort_is_sorted_by_the_next_run(jobs: Path) -> None:
@@ -441,3 +464,54 @@ def test_workers_retry_failed_keeps_input_order(tmp_path: Path) -> None:
     assert ids(res) == want
     assert all(r["error"] is None for r in rows(res))
     assert sorted(ids(tmp_path / "jobs.latency.jsonl")) == sorted(want)
+
+
+# -- any sequence of runs -------------------------------------------------------------------
+
+run_plans = st.lists(
+    st.tuples(
+        st.integers(0, 10),  # lines read before the run stops
+        st.randoms(use_true_random=False),  # which jobs fail, stall, and the order they end in
+        st.booleans(),  # --retry-failed
+        st.booleans(),  # the run is killed (after its last flush) instead of closing
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(plans=run_plans)
+def test_any_sequence_of_runs_ends_in_input_order_with_every_id_once(plans: list[Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = Path(tmp) / "jobs.jsonl"
+        jobs.write_text("".join(f'{{"id": "j{i}", "query": "q"}}\n' for i in range(1, 11)))
+        for stop, rnd, retry, kill in plans:
+            out = open_(jobs, retry_failed=retry)
+            sent = [i for i in range(1, stop + 1) if not out.sink.done(i if i in BAD else f"j{i}")]
+            rnd.shuffle(sent)
+            for line in sent:
+                if rnd.random() < 0.2:
+                    continue  # never ends: the run stops with it in flight
+                code = rnd.choice([None, None, "timeout", "http_4xx"])
+                put(out, None if line in BAD else f"j{line}", line, code)
+            if kill:
+                out.flush()
+                crash(out)
+            else:
+                out.close()
+            got = ids(out.results_path)
+            pending = out.results_path.with_name(out.results_path.name + ".pending")
+            held = [] if not pending.exists() else pending.read_bytes().splitlines()
+            assert len(got) == len(set(got))  # never a result twice
+            # R.pending may repeat lines already released into R: the next run skips those
+            journal = {key(orjson.loads(raw.partition(b" ")[2])) for raw in held}
+            on_disk = got + sorted(journal - set(got), key=str)
+            assert sorted(ids(out.latency_path), key=str) == sorted(on_disk, key=str)
+            if not kill:
+                order = [x if isinstance(x, int) else int(x[1:]) for x in got]
+                assert order == sorted(order)
+        with open_(jobs, retry_failed=True) as last:
+            feed(last, range(1, 11), bad=BAD)
+        assert ids(last.results_path) == ALL
+        assert sorted(ids(last.latency_path), key=str) == sorted(ALL, key=str)
