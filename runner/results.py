@@ -21,6 +21,7 @@ import orjson
 __all__ = [
     "RETRIABLE_ERROR_CODES",
     "ResultLine",
+    "line_key",
     "parse_result",
     "rerun_code",
     "result_key",
@@ -108,6 +109,23 @@ def result_key(obj: dict[str, Any]) -> str | int | None:
         return cid
     line = obj.get("line")
     return line if cid is None and type(line) is int else None
+
+
+def line_key(raw: bytes) -> str | int | None:
+    """:func:`result_key` of a raw result line. A line as :meth:`ResultLine.to_json` writes it
+    starts ``{"id":"…","custom_id":"…"``: an id without escapes is read from the bytes (a JSON
+    string without a backslash is its UTF-8 text; inside a string every quote is escaped, so
+    ``","custom_id":"`` cannot occur there); anything else is parsed. Meant for whole lines
+    (a torn one may still yield the id it starts with)."""
+    if raw.startswith(b'{"id":"'):
+        end = raw.find(b'"', 7)
+        if end > 0 and raw.startswith(b',"custom_id":"', end + 1):
+            start = end + 15
+            stop = raw.find(b'"', start)
+            if stop > 0 and b"\\" not in raw[start:stop]:
+                return raw[start:stop].decode()
+    obj = parse_result(raw)
+    return None if obj is None else result_key(obj)
 
 
 def rerun_code(obj: dict[str, Any]) -> str | None:

@@ -67,7 +67,14 @@ from .errors import ResumeError, SinkError
 from .fingerprint import Fingerprint, fingerprint
 from .models import LatencyRecord
 from .outputs import OutputPlan, plan_outputs, run_plan
-from .results import RETRIABLE_ERROR_CODES, ResultLine, parse_result, rerun_code, result_key
+from .results import (
+    RETRIABLE_ERROR_CODES,
+    ResultLine,
+    line_key,
+    parse_result,
+    rerun_code,
+    result_key,
+)
 
 __all__ = [
     "DEFAULT_FLUSH_EVERY",
@@ -678,8 +685,7 @@ def _sort_lines(path: Path, rank: dict[str | int, int]) -> None:
     def scan() -> None:
         offset = 0
         for raw in _lines(path):
-            obj = _parse(raw)
-            key = result_key(obj) if obj is not None else None
+            key = line_key(raw)
             index.append((last if key is None else rank.get(key, last), offset, len(raw)))
             offset += len(raw)
 

@@ -515,3 +515,21 @@ def test_any_sequence_of_runs_ends_in_input_order_with_every_id_once(plans: list
             feed(last, range(1, 11), bad=BAD)
         assert ids(last.results_path) == ALL
         assert sorted(ids(last.latency_path), key=str) == sorted(ALL, key=str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rid=st.text(max_size=8) | st.sampled_from(['x","custom_id":"y', "a\\", 'q"']),
+    cid=st.none() | st.text(max_size=8) | st.sampled_from(['y"', "b\\", '","line":1']),
+    line=st.integers(1, 10**6),
+)
+def test_line_key_reads_what_parsing_reads(rid: str, cid: str | None, line: int) -> None:
+    """The sort reads each line's key from its bytes when it can: the same key as a parse,
+    whatever the ids hold (quotes, backslashes, the text of the next field)."""
+    from runner.results import line_key
+
+    raw = ResultLine(rid, cid, line, 200, None, {"x": cid}).to_json()
+    assert line_key(raw) == (cid if cid is not None else line)
+    other = orjson.dumps({"custom_id": cid, "id": rid, "line": line})  # another writer's order
+    assert line_key(other) == (cid if cid is not None else line)
+    assert line_key(b"{not json}\n") is None and line_key(b"[1]\n") is None
