@@ -509,8 +509,12 @@ def test_any_sequence_of_runs_ends_in_input_order_with_every_id_once(plans: list
             on_disk = got + sorted(journal - set(got), key=str)
             assert sorted(ids(out.latency_path), key=str) == sorted(on_disk, key=str)
             if not kill:
+                # The lines the run read come first, in input order; those it did not read
+                # (it stopped) follow as they were, for the next run that reads them to sort.
                 order = [x if isinstance(x, int) else int(x[1:]) for x in got]
-                assert order == sorted(order)
+                read = sorted(x for x in order if x <= stop)
+                assert order[: len(read)] == read
+                assert stop < 10 or order == read
         with open_(jobs, retry_failed=True) as last:
             feed(last, range(1, 11), bad=BAD)
         assert ids(last.results_path) == ALL
