@@ -142,13 +142,16 @@ class ShardPicker:
     :func:`shard_of` does, so the assignment is the same either way.
     """
 
-    __slots__ = ("_contexts", "_groups", "count", "index")
+    __slots__ = ("_contexts", "_groups", "_id_mine", "count", "index")
 
     def __init__(self, spec: ShardSpec, contexts: Mapping[str, Context] | None = None) -> None:
         self.count = spec.count
         self.index = spec.index
         self._contexts: Mapping[str, Context] = contexts or {}
         self._groups: dict[str, bool] = {}  # a group's shard is hashed once and remembered
+        # The id :meth:`maybe` last found hashing here: the item built from that line (read
+        # next, before any other line) is not hashed a second time when its key is that id.
+        self._id_mine: str | None = None
 
     def _group_mine(self, group: str) -> bool:
         mine = self._groups.get(group)
@@ -161,11 +164,15 @@ class ShardPicker:
         group = item.group if isinstance(item, Job) else None
         if group is not None:
             return self._group_mine(group)
+        cid = item.custom_id
+        if cid is not None and cid == self._id_mine:
+            return True  # keyed by this id, which maybe() just hashed to this shard
         return shard_of(item, self.count) == self.index
 
     def maybe(self, obj: dict[str, Any], custom_id: str, batch: bool) -> bool:
         """False when the line with this object and claimed id is surely another shard's."""
         if _hash_shard("i:" + custom_id, self.count) == self.index:
+            self._id_mine = custom_id
             return True
         if batch:
             return True  # its group (if any) comes from its messages: decided once built

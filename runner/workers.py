@@ -37,6 +37,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .config import RunConfig
 from .errors import ConfigError
@@ -45,7 +46,7 @@ from .pipeline import LiveStats
 from .progress import make_progress
 from .report import render_summary
 from .shards import ShardSpec, shard_path
-from .sinks import default_paths, write_summary
+from .sinks import default_paths
 
 __all__ = ["run_workers"]
 
@@ -164,6 +165,7 @@ def run_workers(
     n = config.workers
     if config.shard is not None or config.shard_count is not None:
         raise ConfigError("--workers starts its own shards: drop --shard/--shard-count")
+    shares = concurrency_shares(config.concurrency, n)
     from .api import _summary_path
 
     # The merge writes these paths: none may be an input, before any worker starts.
@@ -191,9 +193,10 @@ def run_workers(
     if not config.redis_url:
         extra += ["--limit-file", str(results.with_name(results.name + ".limits.json"))]
     specs = [ShardSpec(k, n) for k in range(n)]
-    procs = [
-        _start([*argv, "--workers", "1", "--shard", str(spec), "--progress", "off", *extra])
-        for spec in specs
+    common = ["--workers", "1", "--progress", "off", *extra]
+    procs = [  # the last --concurrency on the command line wins: the worker's share
+        _start([*argv, *common, "--shard", str(spec), "--concurrency", str(share)])
+        for spec, share in zip(specs, shares, strict=True)
     ]
     tails = [_Tail(shard_path(results, s)) for s in specs]
     code = _supervise(procs, tails, jobs, config)
@@ -203,25 +206,28 @@ def run_workers(
             print("runner: run the same command again to resume", file=sys.stderr)
         return code
     cpu_parent = _cpu_self()
+
+    def finish(summary: dict[str, Any]) -> None:
+        summary["workers"] = {
+            "processes": n,
+            "forked": all(p.forked for p in procs),
+            "cpu_s": {
+                "parent": round(cpu_parent, 3),  # start-up, config, supervision
+                "workers": [round(p.cpu_s, 3) for p in procs],
+                "merge": round(_cpu_self() - cpu_parent, 3),
+            },
+        }
+        summary["exit_code"] = 1 if summary["jobs"]["failed"] else code
+
     rep = merge(
         results,
         [shard_path(results, s) for s in specs],
         price_of=config.price,  # each job at its own model's price, as a single run does
         paths=(latency, summary_path),
         order_by=jobs if config.order == "input" else None,
+        finish=finish,  # the merged summary is written once, with the workers section
     )
-    rep.summary["workers"] = {
-        "processes": n,
-        "forked": all(p.forked for p in procs),
-        "cpu_s": {
-            "parent": round(cpu_parent, 3),  # start-up, config, supervision
-            "workers": [round(p.cpu_s, 3) for p in procs],
-            "merge": round(_cpu_self() - cpu_parent, 3),
-        },
-    }
-    code = 1 if rep.summary["jobs"]["failed"] else code
-    rep.summary["exit_code"] = code
-    write_summary(summary_path, rep.summary)
+    code = int(rep.summary["exit_code"])
     if to_stdout:
         from .observe import write_summary_to
 
@@ -238,6 +244,19 @@ def run_workers(
             f"runner: merged {n} worker shards into {results} and {summary_path}", file=sys.stderr
         )
     return code
+
+
+def concurrency_shares(concurrency: int, n: int) -> list[int]:
+    """Each worker's share of ``--concurrency``: the run's requests in flight stay at most the
+    configured number in total, as in one process (a provider or server that allows C
+    concurrent requests is not sent N x C). A remainder goes one each to the first workers."""
+    if concurrency < n:
+        raise ConfigError(
+            f"--workers {n} with --concurrency {concurrency}: the workers share the "
+            f"concurrency and each needs at least one request in flight: use --concurrency "
+            f">= {n} or --workers <= {concurrency}"
+        )
+    return [concurrency // n + (k < concurrency % n) for k in range(n)]
 
 
 def _refuse_other_counts(results: Path, n: int) -> None:

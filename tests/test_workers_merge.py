@@ -15,7 +15,7 @@ from helpers import mock_process
 
 import runner.workers
 from runner.cli import main
-from runner.errors import InputError
+from runner.errors import ConfigError, InputError
 from runner.merge import merge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,3 +147,69 @@ def test_sigterm_reaches_the_forked_workers_and_a_rerun_completes_once(tmp_path:
     assert sorted(ids) == sorted(f"q{i}" for i in range(200))  # each exactly once
     summary = orjson.loads((tmp_path / "jobs.summary.json").read_bytes())
     assert summary["jobs"]["ok"] + summary["jobs"]["skipped_resumed"] == 200
+
+
+def _most_in_flight(latency: Path) -> int:
+    """The most requests on the wire at once, from the records' send and end times (a slot is
+    taken before a request is sent and given back after its answer ends)."""
+    events = []
+    for raw in latency.read_bytes().splitlines():
+        rec = orjson.loads(raw)
+        events += [(rec["started_at"], 1), (rec["ended_at"], -1)]
+    most = now = 0
+    for _, step in sorted(events):  # at a tie an end (-1) sorts before a start
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_workers_share_the_concurrency_so_the_run_never_exceeds_it(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(
+        b"".join(orjson.dumps({"id": f"q{i}", "query": f"q {i}"}) + b"\n" for i in range(80))
+    )
+    with mock_process("--base-ms", "40", "--decode-ms-per-token", "0", "--jitter", "0") as url:
+        cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--provider", "openai"]
+        cmd += ["--base-url", url, "--progress", "off", "--workers", "2"]
+        r = subprocess.run([*cmd, "--concurrency", "5"], cwd=ROOT, capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+        # 5 in flight over both workers (3 + 2), not 5 each: the requests overlap at most 5
+        assert _most_in_flight(tmp_path / "jobs.latency.jsonl") <= 5
+        shares = [
+            orjson.loads((tmp_path / f"jobs.shard-{k}-of-2.summary.json").read_bytes())
+            for k in range(2)
+        ]
+        assert all(s["jobs"]["ok"] for s in shares)
+        # fewer slots than workers cannot be shared: refused before anything is written
+        r = subprocess.run([*cmd, "--concurrency", "1", "-o", str(tmp_path / "x.results.jsonl")],
+                           cwd=ROOT, capture_output=True, timeout=60)  # fmt: skip
+        assert r.returncode == 2 and b"--concurrency >= 2" in r.stderr, r.stderr.decode()
+        assert not list(tmp_path.glob("x.*"))
+
+
+def test_merge_finds_an_id_twice_whether_its_lines_are_read_fast_or_parsed(
+    tmp_path: Path,
+) -> None:
+    # Result lines as the runner writes them are keyed from their bytes, a block at a time;
+    # any other line is parsed. Both ways must give the same key, or a job paid twice slips by.
+    jobs, cfg = _inputs(tmp_path)
+    for k in range(2):
+        args = ["run", str(jobs), "-c", str(cfg), "--progress", "off", "--shard", f"{k}/2"]
+        assert main(args) == 0
+    parts = [tmp_path / f"jobs.shard-{k}-of-2.results.jsonl" for k in range(2)]
+    clean = [p.read_bytes() for p in parts]
+    first = clean[0].splitlines(keepends=True)[0]
+    cid = orjson.loads(first)["custom_id"]
+    assert first.startswith(b'{"id":"') and f',"custom_id":"{cid}",'.encode() in first
+    out = tmp_path / "m.results.jsonl"
+    # the same line in both parts: every block of both is read from the bytes
+    parts[1].write_bytes(clean[1] + first)
+    with pytest.raises(ConfigError, match=f"id '{cid}' appears twice"):
+        merge(out, parts, partial=True)  # the edits made the parts "newer"
+    # the copy spells its id with an escape: that block is parsed, the key is the same
+    escaped = "".join(f"\\u{ord(c):04x}" for c in cid).encode()
+    parts[1].write_bytes(clean[1] + first.replace(f'"{cid}"'.encode(), b'"' + escaped + b'"', 1))
+    with pytest.raises(ConfigError, match=f"id '{cid}' appears twice"):
+        merge(out, parts, partial=True)  # the edits made the parts "newer"
+    parts[1].write_bytes(clean[1])
+    assert merge(out, parts, partial=True).summary["jobs"]["ok"] == 40
