@@ -232,8 +232,10 @@ def _result_key(raw: bytes, path: Path, line: int) -> object:
     return cid if cid is not None else ("line", obj.get("line"))
 
 
-# The result lines the runner writes: ``{"id":"…","custom_id":"…",`` (see _result_key).
-_FAST_KEYS = re.compile(rb'^\{"id":"[^"\n]*","custom_id":"([^"\\\n]*)"', re.MULTILINE)
+# The start of a result line as the runner writes it, ``{"id":"…","custom_id":"…"`` (see
+# _result_key), after the newline that ends the line before: found with a fast search for the
+# literal prefix (an anchored ``^`` under MULTILINE tries every byte, ten times slower here).
+_FAST_KEYS = re.compile(rb'\n\{"id":"[^"\n]*","custom_id":"([^"\\\n]*)"')
 
 
 def _twice(key: object, path: Path) -> ConfigError:
@@ -249,7 +251,7 @@ def _copy_results(out: io.BufferedWriter, loaded: Sequence[_Part], ids: IdSet) -
         line = 0
         for block in _blocks(p.results):
             lines = block.count(b"\n")
-            fast = _FAST_KEYS.findall(block)  # every id in one C-level pass, when all match
+            fast = _FAST_KEYS.findall(b"\n" + block)  # every id in one pass, if all match
             if len(fast) == lines:
                 for cid in fast:
                     line += 1
