@@ -10,10 +10,16 @@ Measures, as whole child processes (CPU = user + system from ``os.wait4`` rusage
   any aiohttp client pays, the CA store read twice included) and the same with aiohttp imported
   through ``runner._aiohttp`` (CA store deferred to the first TLS handshake): runner's floor.
 
+Those run the development checkout (``python -m runner`` in the repository, the editable
+install's finder loaded at interpreter start). Then the same is measured as a user gets it: a
+regular ``pip install`` of this checkout into ``bench-out/startup-venv`` (made on the first run,
+runner re-installed on each), run through its ``runner`` script from outside the repository;
+``--no-install`` skips that part.
+
 Target: ``--help`` and the one-job run's CPU before its first request at most 0.15 s. The median
 of ``--repeat`` runs is the figure; every run is printed.
 
-    .venv/bin/python benchmarks/bench_startup.py [--repeat 7]
+    .venv/bin/python benchmarks/bench_startup.py [--repeat 7] [--no-install]
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -80,16 +88,22 @@ def _first_request_cpu(srv: _Server) -> float | None:
     return srv.cpu_at_first_request
 
 
-def one_job_run(srv: _Server, url: str, jobs: Path) -> tuple[float, float]:
+def one_job_run(
+    srv: _Server,
+    url: str,
+    jobs: Path,
+    runner: Sequence[str] = (PY, "-m", "runner"),
+    cwd: Path = ROOT,
+) -> tuple[float, float]:
     """(CPU before the first request, CPU to exit) of a one-job `runner run`."""
     srv.cpu_at_first_request = None
     out = OUT / "startup"
     cmd = [
-        PY, "-m", "runner", "run", str(jobs), "--provider", "openai", "--base-url", url,
+        *runner, "run", str(jobs), "--provider", "openai", "--base-url", url,
         "--model", "m", "--no-resume", "--cache", "none", "-o", f"{out}.results.jsonl",
         "--latency", f"{out}.latency.jsonl", "--summary", f"{out}.summary.json",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     srv.child_pid = proc.pid
     _, status, ru = os.wait4(proc.pid, 0)
     assert proc.stderr is not None
@@ -102,12 +116,41 @@ def one_job_run(srv: _Server, url: str, jobs: Path) -> tuple[float, float]:
     return first, ru.ru_utime + ru.ru_stime
 
 
+def installed_copy() -> Path | None:
+    """The ``bin`` folder of a venv with this checkout installed as a user installs it (a
+    regular ``pip install``, not editable); None, with a note, when it cannot be built."""
+    venv = OUT / "startup-venv"
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    # Built from a copy of what a wheel holds: pip builds in the source tree, and the checkout
+    # must get no build/ (whose stale files a later wheel would ship) or egg-info from a bench.
+    src = OUT / "startup-src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(ROOT / "runner", src / "runner", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    try:
+        if not (venv / "bin" / "runner").exists():
+            subprocess.run([PY, "-m", "venv", str(venv)], check=True, capture_output=True)
+            subprocess.run([*pip, str(src)], check=True, capture_output=True)
+        else:  # the dependencies are there: only runner, rebuilt from the checkout as it is now
+            subprocess.run([*pip, "--no-deps", "--force-reinstall", str(src)], check=True,
+                           capture_output=True)  # fmt: skip
+    except subprocess.CalledProcessError as exc:
+        print(f"note: no regular install measured ({exc.stderr.decode()[-500:]})")
+        return None
+    return venv / "bin"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--no-install", action="store_true", help="skip the regular-install runs")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     precompile()
+    user = None if args.no_install else installed_copy()
+    away = OUT / "startup-cwd"  # not the checkout: its runner/ must not shadow the installed one
+    away.mkdir(exist_ok=True)
     jobs = OUT / "startup-jobs.jsonl"
     jobs.write_bytes(b'{"id": "q-0", "query": "what is 2 plus 2?"}\n')
     srv = _Server(("127.0.0.1", 0), _Handler)
@@ -121,6 +164,15 @@ def main() -> int:
         "runner run, 1 job: before first request": [],
         "runner run, 1 job: whole process": [],
     }
+    if user is not None:
+        for name in (
+            "python -c pass",
+            "import runner._aiohttp, orjson, uvloop",
+            "runner --help",
+            "runner run, 1 job: before first request",
+            "runner run, 1 job: whole process",
+        ):
+            rows[f"installed: {name}"] = []
     try:
         for _ in range(args.repeat):
             rows["python -c pass"].append(run_child([PY, "-c", "pass"]).cpu_s)
@@ -135,12 +187,23 @@ def main() -> int:
             before, total = one_job_run(srv, url, jobs)
             rows["runner run, 1 job: before first request"].append(before)
             rows["runner run, 1 job: whole process"].append(total)
+            if user is not None:
+                upy = str(user / "python")
+                r = run_child([upy, "-c", "pass"], cwd=away)
+                rows["installed: python -c pass"].append(r.cpu_s)
+                r = run_child([upy, "-c", "import runner._aiohttp, orjson, uvloop"], cwd=away)
+                rows["installed: import runner._aiohttp, orjson, uvloop"].append(r.cpu_s)
+                r = run_child([str(user / "runner"), "--help"], cwd=away)
+                rows["installed: runner --help"].append(r.cpu_s)
+                before, total = one_job_run(srv, url, jobs, [str(user / "runner")], away)
+                rows["installed: runner run, 1 job: before first request"].append(before)
+                rows["installed: runner run, 1 job: whole process"].append(total)
             time.sleep(0.05)
     finally:
         srv.shutdown()
-    print(f"{'CPU seconds':<42}{'median':>8}  every run")
+    print(f"{'CPU seconds':<53}{'median':>8}  every run")
     for name, vals in rows.items():
-        print(f"{name:<42}{statistics.median(vals):>8.3f}  " + " ".join(f"{v:.3f}" for v in vals))
+        print(f"{name:<53}{statistics.median(vals):>8.3f}  " + " ".join(f"{v:.3f}" for v in vals))
     med = {k: statistics.median(v) for k, v in rows.items()}
     first = med["runner run, 1 job: before first request"]
     floor = med["import runner._aiohttp, orjson, uvloop"]
@@ -151,6 +214,12 @@ def main() -> int:
     print(f"1-job run before its first request: {first:.3f} s (target <= {TARGET_S} s) "
           f"{'met' if first <= TARGET_S else 'MISSED'}; the runner._aiohttp+orjson+uvloop import "
           f"floor is {floor:.3f} s, runner's own share {first - floor:+.3f} s")  # fmt: skip
+    if user is not None:
+        first = med["installed: runner run, 1 job: before first request"]
+        floor = med["installed: import runner._aiohttp, orjson, uvloop"]
+        print(f"regular install, 1-job run before its first request: {first:.3f} s (target <= "
+              f"{TARGET_S} s) {'met' if first <= TARGET_S else 'MISSED'}; import floor {floor:.3f} "
+              f"s, runner's own share {first - floor:+.3f} s")  # fmt: skip
     (OUT / "startup.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
     return 0
 
