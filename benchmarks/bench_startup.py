@@ -16,10 +16,15 @@ regular ``pip install`` of this checkout into ``bench-out/startup-venv`` (made o
 runner re-installed on each), run through its ``runner`` script from outside the repository;
 ``--no-install`` skips that part.
 
+CPU seconds on a shared machine move by tens of milliseconds with its load. ``--callgrind``
+adds a figure that does not: the instructions (valgrind's ``Ir``) of the one-job run up to the
+moment the server sees its first request (the server asks callgrind to dump then), for the
+checkout and the regular install. It needs valgrind, and each run takes some seconds.
+
 Target: ``--help`` and the one-job run's CPU before its first request at most 0.15 s. The median
 of ``--repeat`` runs is the figure; every run is printed.
 
-    .venv/bin/python benchmarks/bench_startup.py [--repeat 7] [--no-install]
+    .venv/bin/python benchmarks/bench_startup.py [--repeat 7] [--no-install] [--callgrind]
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ _REPLY = orjson.dumps(
 class _Server(http.server.ThreadingHTTPServer):
     child_pid = 0
     cpu_at_first_request: float | None = None
+    dump_at_first_request = False  # the child runs under callgrind: dump its counts now
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -79,6 +85,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         srv = self.server
         if srv.cpu_at_first_request is None and srv.child_pid:
             srv.cpu_at_first_request = cpu_seconds(srv.child_pid)
+            if srv.dump_at_first_request:
+                subprocess.run(["callgrind_control", "--dump=first", str(srv.child_pid)],
+                               capture_output=True, check=False)  # fmt: skip
         self.rfile.read(int(self.headers.get("content-length", 0)))
         self._reply(200, _REPLY)
 
@@ -116,6 +125,26 @@ def one_job_run(
     return first, ru.ru_utime + ru.ru_stime
 
 
+def instructions_before_first_request(
+    srv: _Server, url: str, jobs: Path, runner: Sequence[str], cwd: Path
+) -> float | None:
+    """Millions of instructions (callgrind ``Ir``) of a one-job run before its first request."""
+    dumps = OUT / "callgrind"
+    shutil.rmtree(dumps, ignore_errors=True)
+    dumps.mkdir()
+    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dumps}/out.%p"]
+    srv.dump_at_first_request = True
+    try:
+        one_job_run(srv, url, jobs, [*grind, *runner], cwd)
+    finally:
+        srv.dump_at_first_request = False
+    for path in dumps.glob("out.*.1"):  # the dump taken at the first request
+        for line in path.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1]) / 1e6
+    return None
+
+
 def installed_copy() -> Path | None:
     """The ``bin`` folder of a venv with this checkout installed as a user installs it (a
     regular ``pip install``, not editable); None, with a note, when it cannot be built."""
@@ -145,12 +174,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--no-install", action="store_true", help="skip the regular-install runs")
+    ap.add_argument("--callgrind", action="store_true", help="also count instructions (valgrind)")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     precompile()
     user = None if args.no_install else installed_copy()
     away = OUT / "startup-cwd"  # not the checkout: its runner/ must not shadow the installed one
     away.mkdir(exist_ok=True)
+    runner_m = [PY, "-m", "runner"]
+    ir: dict[str, float | None] = {}
     jobs = OUT / "startup-jobs.jsonl"
     jobs.write_bytes(b'{"id": "q-0", "query": "what is 2 plus 2?"}\n')
     srv = _Server(("127.0.0.1", 0), _Handler)
@@ -199,6 +231,15 @@ def main() -> int:
                 rows["installed: runner run, 1 job: before first request"].append(before)
                 rows["installed: runner run, 1 job: whole process"].append(total)
             time.sleep(0.05)
+        if args.callgrind and shutil.which("valgrind") is None:
+            print("note: --callgrind needs valgrind (and its callgrind_control); not counted")
+        elif args.callgrind:
+            ir = {"checkout": instructions_before_first_request(srv, url, jobs, runner_m, ROOT)}
+            if user is not None:
+                installed = [str(user / "runner")]
+                ir["regular install"] = instructions_before_first_request(
+                    srv, url, jobs, installed, away
+                )
     finally:
         srv.shutdown()
     print(f"{'CPU seconds':<53}{'median':>8}  every run")
@@ -220,6 +261,9 @@ def main() -> int:
         print(f"regular install, 1-job run before its first request: {first:.3f} s (target <= "
               f"{TARGET_S} s) {'met' if first <= TARGET_S else 'MISSED'}; import floor {floor:.3f} "
               f"s, runner's own share {first - floor:+.3f} s")  # fmt: skip
+    for name, mir in ir.items():
+        got = "no count" if mir is None else f"{mir:,.1f} M instructions"
+        print(f"1-job run before its first request, {name}: {got} (callgrind)")
     (OUT / "startup.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
     return 0
 
