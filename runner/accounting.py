@@ -28,7 +28,12 @@ HOLD = -1.0
 
 @dataclass(slots=True)
 class LiveStats:
-    """Counters the progress display reads; updated in place, never copied on the hot path."""
+    """Counters the progress display reads; updated in place, never copied on the hot path.
+
+    The token totals are read from the run's :class:`~runner.stats.SummaryBuilder`
+    (``tokens_from``), which counts them once; without one (a ``--workers`` parent's display)
+    they are 0.
+    """
 
     total: int | None = None
     read: int = 0
@@ -38,12 +43,22 @@ class LiveStats:
     skipped: int = 0
     retries: int = 0
     in_flight: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
     billed: float = 0.0
     limiter_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    tokens_from: SummaryBuilder | None = field(default=None, repr=False)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return 0 if self.tokens_from is None else self.tokens_from.prompt
+
+    @property
+    def cached_tokens(self) -> int:
+        return 0 if self.tokens_from is None else self.tokens_from.cached
+
+    @property
+    def completion_tokens(self) -> int:
+        return 0 if self.tokens_from is None else self.tokens_from.completion
 
 
 class Accounts:
@@ -60,9 +75,9 @@ class Accounts:
     )
 
     def __init__(self, config: RunConfig, budget: RequestBudget) -> None:
-        self.stats = LiveStats()
         # One pricing path: every job is priced by the model it is sent with.
         self.summary = SummaryBuilder(None, price_of=config.price)
+        self.stats = LiveStats(tokens_from=self.summary)  # one count of the tokens: the summary's
         self.max_cost = config.max_cost
         self._price_of = config.price
         self._model = config.model
@@ -100,13 +115,10 @@ class Accounts:
         )
 
     def _bill(self, model: str | None, prompt: int, cached: int, write: int, out: int) -> None:
-        s = self.stats
-        s.prompt_tokens += prompt
-        s.cached_tokens += cached
-        s.completion_tokens += out
+        """The live cost (progress, ``--max-cost``); the tokens are the summary's count."""
         price = self._price_of(model)
         if price is not None:
-            s.billed += cost_of(prompt, cached, write, out, price)[0]
+            self.stats.billed += cost_of(prompt, cached, write, out, price)[0]
 
     # -- --max-cost ----------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from .idset import IdSet
 from .jobs import id_field
 from .models import Price
 from .report import render_summary
+from .results import line_key, parse_result
 from .shards import read_manifest, unchanged_input
 from .stats import SummaryBuilder
 
@@ -211,25 +212,14 @@ def _blocks(path: Path) -> Iterator[bytes]:
 
 def _result_key(raw: bytes, path: Path, line: int) -> object:
     """A result line's key for the duplicate check: its id, or ("line", N) for a line-keyed bad
-    line. Result lines start ``{"id":"batch_req_…","custom_id":"…"``: an id without escapes is
-    read from the bytes (a JSON string without a backslash is its UTF-8 text); anything else
-    is parsed."""
-    if raw.startswith(b'{"id":"'):
-        end = raw.find(b'"', 7)
-        if raw.startswith(b',"custom_id":"', end + 1):
-            start = end + 15
-            stop = raw.find(b'"', start)
-            cid = raw[start:stop]
-            if stop > 0 and b"\\" not in cid:
-                return cid.decode()
-    try:
-        obj = orjson.loads(raw)
-        cid = obj.get("custom_id")
-    except (orjson.JSONDecodeError, AttributeError):
-        raise InputError(f"{path}:{line}: not a result line (not a JSON object)") from None
+    line (:func:`runner.results.line_key` reads it)."""
+    key = line_key(raw)
+    if key is None:
+        why = "not a JSON object" if parse_result(raw) is None else "no custom_id, no line"
+        raise InputError(f"{path}:{line}: not a result line ({why})")
     # A bad or duplicate line has no id of its own: its input line names it (docs/FORMATS.md),
     # so two of them in different parts are not a clash.
-    return cid if cid is not None else ("line", obj.get("line"))
+    return ("line", key) if type(key) is int else key
 
 
 # The start of a result line as the runner writes it, ``{"id":"…","custom_id":"…"`` (see

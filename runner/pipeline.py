@@ -2,15 +2,18 @@
 
 The engine owns the protocols it needs (:class:`Backend`, :class:`Limiter`; :class:`Sink` lives
 with :mod:`runner.recorder`) and never imports aiohttp or a provider: the CLI and
-:mod:`runner.api` wire concrete parts in. It keeps only the flow of jobs; its parts live in
-their own modules: :mod:`runner.recorder` (result lines and latency records),
-:mod:`runner.accounting` (live counters, summary, ``--max-cost``), :mod:`runner.breaker`,
-:mod:`runner.priming` (pre-warm, first-byte release, explicit caches). Input order is a sink's
-business (:class:`runner.sinks.InputOrder`): line numbers never steer the engine.
+:mod:`runner.api` wire concrete parts in. It keeps only the flow of jobs (read-ahead,
+dispatch, stop); its parts live in their own modules: :mod:`runner.sender` (one job's attempts,
+retries and result), :mod:`runner.recorder` (result lines and latency records),
+:mod:`runner.accounting` (live counters, summary, ``--max-cost``), :mod:`runner.guards` (circuit
+breaker, why a run stops), :mod:`runner.priming` (pre-warm, first-byte release, explicit
+caches). Input order is a sink's business (:class:`runner.sinks.InputOrder`): line numbers never
+steer the engine.
 
 Flow control has no polling. The reader admits jobs into the :class:`~runner.cache.Scheduler`
 until ``read_ahead`` jobs are outstanding, then waits for space. ``_pump`` starts one task per
-dispatchable job while fewer than ``concurrency`` are in flight; every finished job pumps again.
+dispatchable job while fewer than ``concurrency`` are in flight (the task runs
+:meth:`Sender.work <runner.sender.Sender.work>`); every finished job pumps again.
 A failed job is a result, never an exception: only guards and signals stop a run early, and jobs
 they leave unsent have no result line, so re-running the same command sends them.
 """
@@ -29,12 +32,13 @@ from .budget import RequestBudget
 from .cache import Dispatch, Scheduler
 from .config import RunConfig
 from .errors import BudgetExceeded, GuardTripped
-from .guards import EXIT_FAILED, EXIT_GUARD, Breaker, Stop, fatal
-from .models import Attempt, BadLine, ErrorInfo, Job
+from .guards import EXIT_FAILED, EXIT_GUARD, Breaker, Stop
+from .models import Attempt, BadLine, Job
 from .priming import Priming, scheduler_for
 from .providers.capabilities import Capabilities
 from .recorder import Recorder, Sink
 from .retry import RetryPolicy
+from .sender import Sender
 
 if TYPE_CHECKING:
     from .explicit_cache import ExplicitCaches
@@ -70,13 +74,6 @@ class RunOutcome:
     stopped: str | None  # why the run ended early: a guard code, "signal", or None
 
 
-class _Abandon(Exception):
-    """A job left unsent because the run is stopping; it gets no result line."""
-
-
-_CANCELLED = ErrorInfo("cancelled", "request cancelled", retriable=True)
-
-
 class Engine:
     """Runs an iterable of jobs to completion through one backend and one sink."""
 
@@ -107,26 +104,37 @@ class Engine:
         self.accounts = Accounts(config, self.budget)
         self.stats, self.summary = self.accounts.stats, self.accounts.summary
         self.recorder = Recorder(sink, self.accounts, model=config.model)
-        self.policy = policy or RetryPolicy(max_attempts=config.max_attempts)
         self.scheduler = scheduler or scheduler_for(config, self.budget, caps)
         self.priming = Priming(
             self.scheduler, backend, limiter, self.accounts, explicit, self._pump, caps
         )
-        self.breaker = Breaker(config.breaker_min_requests, config.breaker_error_rate)
-        self._clock, self._sleep = clock, sleep
+        self.stop = Stop()
+        self._clock = clock
+        self.sender = Sender(
+            backend=backend,
+            limiter=limiter,
+            policy=policy or RetryPolicy(max_attempts=config.max_attempts),
+            budget=self.budget,
+            scheduler=self.scheduler,
+            priming=self.priming,
+            recorder=self.recorder,
+            accounts=self.accounts,
+            breaker=Breaker(config.breaker_min_requests, config.breaker_error_rate),
+            stop=self.stop,
+            trip=self._trip,
+            pump=self._pump,
+            clock=clock,
+            sleep=sleep,
+        )
         self._jobs_name = jobs_name
         self._on_tick = on_tick
         self._concurrency = config.concurrency
         self._read_ahead = max(config.read_ahead, config.concurrency)
         self._inflight = self._admitted = 0
         self._tasks: set[asyncio.Task[bool]] = set()
-        # Tasks with nothing on the wire (waiting for the limiter or a retry delay): a stop
-        # cancels them at once instead of letting them wait out the drain.
-        self._parked: set[asyncio.Task[Any] | None] = set()
         self._space = asyncio.Event()
         self._all_done = asyncio.Event()
         self._reading = True
-        self.stop = Stop()
         self._held: Dispatch | None = None  # waits for in-flight requests to settle (budget)
 
     # -- public ------------------------------------------------------------------------------
@@ -161,9 +169,7 @@ class Engine:
         if hard:
             self._cancel_inflight()
         else:
-            for t in list(self._parked):
-                if t is not None:
-                    t.cancel()
+            self.sender.cancel_parked()
         if not hard and first:
             asyncio.get_running_loop().call_later(self.config.drain_s, self._cancel_inflight)
         self._check_done()
@@ -233,80 +239,11 @@ class Engine:
                     return
             self._inflight += 1
             self.stats.in_flight = self._inflight
-            t = loop.create_task(self._work(d, est))
+            t = loop.create_task(self.sender.work(d, est))
             self._tasks.add(t)
             # Bookkeeping runs in a done-callback, not a finally: a task cancelled before its
             # first step never runs its body, yet must still free its slot.
             t.add_done_callback(functools.partial(self._done, d, est))
-
-    async def _work(self, d: Dispatch, est_cost: float = 0.0) -> bool:
-        """Send one job through its retries; True when its result was written (and its cost
-        reservation ``est_cost`` given back, as the cost is billed in the same step)."""
-        job, limiter, priming = d.job, self.limiter, self.priming
-        t_start = self._clock()
-        est = self.budget.tokens(job)
-        primer = d.role == "primer"
-        explicit = priming.explicit if d.group is not None else None
-        cb = priming.on_first_byte(d) if primer else None
-        attempts, limiter_s = 0, 0.0
-        a: Attempt | None = None
-        try:
-            if primer or explicit is not None:
-                await priming.before(d, explicit)
-            me = asyncio.current_task()
-            parked = self._parked
-            while True:
-                attempts += 1
-                key = d.cache_key if explicit is None else explicit.key(d.group)
-                parked.add(me)  # inline, not a wrapper coroutine: this runs per request
-                try:
-                    limiter_s += await limiter.acquire(est)
-                finally:
-                    parked.discard(me)
-                if self.stop.active:  # stopped while parked: leave it unsent for a resume
-                    limiter.release(est, Attempt(status=None, error=_CANCELLED))
-                    raise _Abandon
-                try:
-                    a = await self.backend.send(job, cache_key=key, on_first_byte=cb)
-                except BaseException:
-                    limiter.release(est, Attempt(status=None, error=_CANCELLED))
-                    raise
-                limiter.release(est, a)
-                err = a.error
-                if err is None:
-                    if primer or explicit is not None:
-                        priming.answered(d, explicit, a)
-                    break
-                if explicit is not None and await priming.lost(d, explicit, key, err):
-                    continue  # the group's cache is back (or gone): this is not a failure
-                if err.fatal:
-                    self._trip(fatal(err))
-                    raise _Abandon
-                if primer and attempts == 1:
-                    self.scheduler.answered(d, False)  # promote a follower meanwhile
-                    self._pump()
-                if not self.policy.should_retry(err, attempts):
-                    break
-                if self.stop.active:
-                    raise _Abandon  # a resume retries it; don't sleep through a drain
-                self.stats.retries += 1
-                parked.add(me)
-                try:
-                    await self._sleep(self.policy.delay(err, attempts))
-                finally:
-                    parked.discard(me)
-            if a.usage is not None and a.error is None:
-                self.scheduler.observe(d, a.usage.prompt_tokens, a.usage.cached_tokens)
-            self.recorder.job(
-                d, a, attempts=attempts, t_start=t_start, now=self._clock(), limiter_s=limiter_s
-            )
-            self.accounts.settle(est_cost)  # billed just now: no longer in flight
-            tripped = self.breaker.add(a.error is not None)
-            if tripped is not None and not self.stop.active:
-                self._trip(tripped)
-            return True
-        except _Abandon:
-            return False  # no result line: the job stays unsent for a resume
 
     def _done(self, d: Dispatch, est_cost: float, task: asyncio.Task[bool]) -> None:
         self._tasks.discard(task)

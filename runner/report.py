@@ -24,6 +24,7 @@ import orjson
 from .config import load_config
 from .errors import ConfigError
 from .models import Price
+from .results import result_key
 from .stats import Distribution, SummaryBuilder, Timeline
 
 __all__ = [
@@ -117,11 +118,8 @@ def read_records(path: Path, *, warn: Warn | None = None) -> Iterator[tuple[int,
             except orjson.JSONDecodeError as exc:
                 warn(path, lineno, f"not JSON ({exc.msg})")
                 continue
-            if not isinstance(rec, dict) or not (
-                isinstance(rec.get("custom_id"), str)
-                # a bad line without an id of its own is keyed by its line (docs/FORMATS.md)
-                or (rec.get("custom_id", 0) is None and type(rec.get("line")) is int)
-            ):
+            # a bad line without an id of its own is keyed by its line (docs/FORMATS.md)
+            if not isinstance(rec, dict) or result_key(rec) is None:
                 warn(path, lineno, "not a latency record (object with custom_id)")
                 continue
             bad = _bad_field(rec)

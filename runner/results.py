@@ -6,9 +6,10 @@ The on-disk shape is the OpenAI Batch output (docs/FORMATS.md, "Results")::
      "error": {"code", "message"} | null [, "metadata": ...] [, "line": N]}
 
 :class:`ResultLine` builds it (:meth:`ResultLine.to_json`), and :func:`parse_result`,
-:func:`result_key` and :func:`rerun_code` read it back for resume and ``--retry-failed``, so the
-schema lives here only. Building a line is one slotted object and one dict per job: no
-validation on the hot path (the engines fill the fields from typed values).
+:func:`result_key`, :func:`line_key` and :func:`rerun_code` read it back for resume,
+``--retry-failed``, ``merge`` and ``report``, so the schema lives here only. Building a line is
+one slotted object and one dict per job: no validation on the hot path (the engines fill the
+fields from typed values).
 """
 
 from __future__ import annotations

@@ -193,3 +193,20 @@ def test_html_stays_small_for_long_runs(tmp_path: Path) -> None:
     assert len(run_.series["t_s"]) <= 300
     page = report.render_html([run_])
     assert len(page) < 200_000
+
+
+def test_read_records_keeps_keyed_records_and_warns_about_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "lat.jsonl"
+    path.write_bytes(
+        b'{"custom_id": "a", "attempts": 1}\n'
+        b'{"custom_id": null, "line": 2}\n'  # a bad line keyed by its input line
+        b'{"attempts": 1}\n'
+        b'{"custom_id": null, "line": "4"}\n'
+        b"[1]\n"
+        b'{"custom_id": 5}\n'
+    )
+    warned: list[tuple[int, str]] = []
+    got = list(report.read_records(path, warn=lambda _p, n, msg: warned.append((n, msg))))
+    assert [n for n, _rec in got] == [1, 2]
+    assert [n for n, _msg in warned] == [3, 4, 5, 6]
+    assert all("not a latency record" in msg for _n, msg in warned)

@@ -13,7 +13,7 @@ from runner.cache import Dispatch
 from runner.config import RunConfig
 from runner.models import Attempt, ErrorInfo, Job, LatencyRecord
 from runner.recorder import Recorder
-from runner.results import ResultLine, parse_result, rerun_code, result_key
+from runner.results import ResultLine, line_key, parse_result, rerun_code, result_key
 
 
 def old_shape(result: dict[str, Any]) -> bytes:
@@ -69,6 +69,7 @@ def test_result_lines_are_byte_compatible_and_read_back(line: ResultLine, old: A
     assert raw == old_shape(old)
     obj = parse_result(raw)
     assert obj is not None and result_key(obj) == line.key
+    assert line_key(raw) == line_key(raw.rstrip(b"\n")) == line.key  # merge's byte-level read
     retried = line.error_code in ("timeout", "http_5xx")  # transient: --retry-failed sends again
     assert rerun_code(obj) == (line.error_code if retried else None)
 
@@ -80,6 +81,18 @@ def test_a_line_keyed_result_never_stands_for_a_job() -> None:
     assert result_key({"custom_id": None, "line": "7"}) is None
     assert parse_result(b'{"custom_id": "j", "resp') is None
     assert parse_result(b"[1]") is None
+
+
+def test_line_key_reads_the_id_from_the_bytes_or_parses_what_it_cannot() -> None:
+    # the byte read: the id between the quotes, as UTF-8 text
+    assert line_key(b'{"id":"b1","custom_id":"caf\xc3\xa9","response":null}') == "caf\u00e9"
+    # an escape in the id (or another layout) is parsed, never sliced
+    assert line_key(b'{"id":"b1","custom_id":"a\\"b","error":null}') == 'a"b'
+    assert line_key(b'{"custom_id": "j", "id": "b1"}') == "j"
+    assert line_key(b'{"id":"b1","custom_id":null,"line":4}') == 4
+    assert line_key(b'{"id":"b1","custom_id":null}') is None  # keyless: the caller rejects it
+    for bad in (b"{oops", b"[1]"):
+        assert line_key(bad) is None
 
 
 class _Sink:

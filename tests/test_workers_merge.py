@@ -94,6 +94,9 @@ def test_merge_names_a_malformed_line(tmp_path: Path) -> None:
     parts[0].write_bytes(b"".join([res[0], b"{oops\n", *res[2:]]))
     with pytest.raises(InputError, match=r"shard-0-of-2\.results\.jsonl:2: not a result line"):
         merge(tmp_path / "m.results.jsonl", parts, partial=True)  # the edit made it "newer"
+    parts[0].write_bytes(b"".join([res[0], b'{"id":"b","custom_id":null}\n', *res[2:]]))
+    with pytest.raises(InputError, match=r"results\.jsonl:2: not a result line \(no custom_id"):
+        merge(tmp_path / "m.results.jsonl", parts, partial=True)
     assert not (tmp_path / "m.results.jsonl").exists()
 
 

@@ -5,7 +5,7 @@ no tests / not checked per module (the table in docs/TESTING.md);
 ``python tools/mutmut/mutants.py sample sinks 250`` prints a reproducible random sample of one
 module's mutant names (seed 10), for ``mutmut run $(...)`` when a whole module takes too long;
 ``sample recorder,guards 50`` samples several modules together, ``sample engine 120`` the
-engine's five (pipeline, recorder, accounting, guards, priming).
+engine's six (pipeline, sender, recorder, accounting, guards, priming).
 Both read the files a ``mutmut run`` (``make mutate``) leaves behind.
 """
 
@@ -18,8 +18,8 @@ from collections import Counter
 from pathlib import Path
 
 MODULES = ("retry", "cache", "limits", "jobs", "sinks", "pipeline")
-# The engine's parts (issue-10 refactor): ``sample engine N`` samples these five together.
-ENGINE = ("pipeline", "recorder", "accounting", "guards", "priming")
+# The engine's parts (issue-10 refactor): ``sample engine N`` samples these six together.
+ENGINE = ("pipeline", "sender", "recorder", "accounting", "guards", "priming")
 # mutmut 3's exit codes (mutmut.stats.status_by_exit_code), folded to what the table shows.
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
 STATUS.update({c: "timeout" for c in (36, -24, 24, 152, 255)})
