@@ -33,7 +33,8 @@ from ..errors import AuthError, QuotaError, RunnerError, Unavailable
 from ..models import ErrorInfo, Job, Usage
 from ..providers import anthropic as anthropic_wire
 from ..providers import openai as openai_wire
-from ..providers._http import HTTPBackend, scrub
+from ..providers._http import HTTPBackend, _secret, scrub
+from ..providers._wire import KeyGuard
 
 __all__ = [
     "RETRY_ROW_CODES",
@@ -144,6 +145,7 @@ class BatchAPI:
         self._backend = backend
         self._base = base_url.rstrip("/")
         self._api_key = api_key
+        self._guard = KeyGuard(_secret(api_key))
         self._retry_base = retry_base_s
 
     # -- requests ------------------------------------------------------------------------------
@@ -248,6 +250,16 @@ class BatchAPI:
                 "the model and the request (re-sending would not help)"
             )
         raise BatchAPIError(last)
+
+    def _doc(self, line: bytes) -> dict[str, Any] | None:
+        """A result row's object (:func:`_row_doc`) with the key removed wherever the provider
+        echoed it (text, request id, error message), as a direct run's bodies are (README,
+        "Reliability"); a row without it is returned as parsed."""
+        doc = _row_doc(line)
+        if doc is not None and self._guard.leaks(line, doc):
+            cleaned, _ = self._guard.scrub_body(doc)
+            doc = cleaned if isinstance(cleaned, dict) else None
+        return doc
 
     async def _download_rows(self, url: str) -> AsyncIterator[bytes]:
         """The non-empty lines of a JSONL download, spooled through a temporary file."""
@@ -398,7 +410,7 @@ class OpenAIBatchAPI(BatchAPI):
                 yield self._row(line)
 
     def _row(self, line: bytes) -> Row:
-        doc = _row_doc(line)
+        doc = self._doc(line)
         if doc is None:
             return Row("", None, None, None, None, None, None)
         resp = doc.get("response")
@@ -519,7 +531,7 @@ class AnthropicBatchAPI(BatchAPI):
             yield self._row(line)
 
     def _row(self, line: bytes) -> Row:
-        doc = _row_doc(line)
+        doc = self._doc(line)
         if doc is None:
             return Row("", None, None, None, None, None, None)
         cid = doc["custom_id"]
