@@ -378,6 +378,7 @@ class OpenAIBatchAPI(BatchAPI):
         total = int(counts.get("total") or 0)
         done = self.settled(counts)
         errors = (doc.get("errors") or {}).get("data") or []
+        errors, _ = self._guard.scrub_body(errors)  # their messages become rows' errors
         ended_at = next(
             (
                 _num(doc.get(k))

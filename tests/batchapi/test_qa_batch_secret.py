@@ -59,3 +59,26 @@ async def test_a_key_echoed_in_batch_rows_never_reaches_an_output(
         assert KEY.replace("/", "\\/").encode() not in data, path.name
     for line in results.splitlines():  # still one valid JSON object per line
         orjson.loads(line)
+
+
+async def test_a_key_echoed_in_a_failed_batchs_errors_never_reaches_an_output(
+    tmp_path: Path, mock: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed batch's ``errors.data`` message becomes the error of every row it left out."""
+    view = mock_batch.BatchService._openai_view
+
+    def echoing(self: Any, b: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = view(self, b)
+        return dict(_echo(doc))
+
+    monkeypatch.setattr(mock_batch.BatchService, "_openai_view", echoing)
+    monkeypatch.setenv("QA_BATCH_KEY", KEY)
+    _, url = await mock(batch={"token_limit": [1]})
+    jobs, ctx = make_inputs(tmp_path, 1, 3)
+    cfg = batch_config(url, "openai", ctx, api_key_env="QA_BATCH_KEY", batch_max_attempts=1)
+    outcome = await run(jobs, cfg)
+    assert outcome.summary["jobs"]["failed"] == 3
+    results = jobs.with_name("jobs.results.jsonl").read_bytes()
+    assert b"token_limit_exceeded" in results and b"[redacted]" in results
+    for path in [tmp_path / name for name in os.listdir(tmp_path)]:
+        assert KEY.encode() not in path.read_bytes(), path.name
