@@ -109,6 +109,17 @@ class Usage:
     completion_tokens: int = 0
 
 
+def usage_of(prompt: int, cached: int | None, write: int, completion: int) -> Usage:
+    """A :class:`Usage` whose parts add up (``cached + write <= prompt``): a cached count above
+    the prompt cannot be true and is unknown (None), as a negative one is; a write count is cut
+    to what the prompt leaves. Otherwise a server's slip turns into a hit ratio above 100% and
+    a negative cost. Counts are non-negative already (each provider's parser)."""
+    if cached is not None and cached > prompt:
+        cached = None
+    rest = prompt - (cached or 0)
+    return Usage(prompt, cached, write if write <= rest else rest, completion)
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """Why an attempt failed, already classified by the provider that saw the wire."""

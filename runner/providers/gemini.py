@@ -24,7 +24,7 @@ from yarl import URL
 from .._aiohttp import aiohttp
 from ..config import RunConfig
 from ..explicit_cache import CacheAPIError, CacheInfo
-from ..models import ErrorInfo, Job, Usage
+from ..models import ErrorInfo, Job, Usage, usage_of
 from ._http import (
     Headers,
     HTTPBackend,
@@ -79,7 +79,8 @@ def build_headers(config: RunConfig, api_key: str | None) -> dict[str, str]:
 
 
 def _int(value: Any) -> int:
-    return value if type(value) is int else 0
+    # A negative count is no count (README, "Reliability"): it would turn into a negative cost.
+    return value if type(value) is int and value >= 0 else 0
 
 
 def parse_usage(meta: Any) -> Usage | None:
@@ -89,12 +90,11 @@ def parse_usage(meta: Any) -> Usage | None:
     """
     if not isinstance(meta, dict):
         return None
-    return Usage(
-        prompt_tokens=_int(meta.get("promptTokenCount")),
-        cached_tokens=_int(meta.get("cachedContentTokenCount")),
-        cache_write_tokens=0,
-        completion_tokens=_int(meta.get("candidatesTokenCount"))
-        + _int(meta.get("thoughtsTokenCount")),
+    return usage_of(
+        _int(meta.get("promptTokenCount")),
+        _int(meta.get("cachedContentTokenCount")),
+        0,
+        _int(meta.get("candidatesTokenCount")) + _int(meta.get("thoughtsTokenCount")),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from ..config import RunConfig
-from ..models import ErrorInfo, Job, Usage
+from ..models import ErrorInfo, Job, Usage, usage_of
 from ._http import (
     Headers,
     HTTPBackend,
@@ -60,12 +60,7 @@ def parse_usage(usage: Any) -> Usage | None:
         cached = hit
         if prompt is None:
             prompt = hit + (_int(usage.get("prompt_cache_miss_tokens")) or 0)
-    return Usage(
-        prompt_tokens=prompt or 0,
-        cached_tokens=cached,
-        cache_write_tokens=write,
-        completion_tokens=_int(usage.get("completion_tokens")) or 0,
-    )
+    return usage_of(prompt or 0, cached, write, _int(usage.get("completion_tokens")) or 0)
 
 
 def _classify(status: int, body: Any, headers: Headers) -> ErrorInfo:
