@@ -29,7 +29,7 @@ from yarl import URL
 from .._aiohttp import aiohttp
 from ..config import RunConfig
 from ..models import Attempt, ErrorInfo, Job, RateInfo, Usage
-from ._wire import BodyTooLarge, KeyGuard, read_capped, too_large
+from ._wire import BodyTooLarge, KeyGuard, key_forms, read_capped, redact, too_large
 from .capabilities import Capabilities, capabilities_for
 from .headers import parse_go_duration, parse_rate_headers, parse_retry_after
 
@@ -112,8 +112,8 @@ def _secret(api_key: str | None) -> str | None:
 def scrub(text: str, api_key: str | None) -> str:
     """``text`` with the API key, and anything that looks like a credential, redacted."""
     key = _secret(api_key)
-    if key is not None and key in text:
-        text = text.replace(key, "[redacted]")
+    if key is not None:
+        text = redact(text, key_forms(key))
     return _SECRET_PATTERNS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
 
 

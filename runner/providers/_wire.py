@@ -9,8 +9,10 @@ record or a message:
   (Go's ``json.Encoder`` and Flask's ``jsonify`` end theirs with one; pretty-printed or CRLF
   bodies hold several) is re-encoded compactly; compact bodies keep the zero-copy path
   (:meth:`KeyGuard.clean`).
-* **Key-free**: the API key is searched for as sent and in its JSON-escaped forms (``\\/``,
-  ``\\uXXXX``), and removed from every string of a body that carries it (:class:`KeyGuard`).
+* **Key-free**: the API key is searched for as sent, base64-encoded (standard and URL-safe, at
+  each alignment, so ``base64("Bearer " + key)`` is found too) and hex-encoded
+  (:func:`key_forms`), each also in its JSON-escaped forms (``\\/``, ``\\uXXXX``), and removed
+  from every string of a body that carries it (:class:`KeyGuard`).
 
 The common case costs a handful of ``bytes in bytes`` scans (memchr/memmem speed): the key, a
 backslash escape that could hide it, and a raw line break.
@@ -18,6 +20,7 @@ backslash escape that could hide it, and a raw line break.
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Final
 
 import orjson
@@ -25,7 +28,7 @@ import orjson
 from .._aiohttp import aiohttp
 from ..config import DEFAULT_MAX_RESPONSE_BYTES
 
-__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "BodyTooLarge", "KeyGuard", "read_capped"]
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "BodyTooLarge", "KeyGuard", "key_forms", "read_capped"]
 
 _REDACTED: Final = "[redacted]"
 
@@ -64,14 +67,39 @@ def too_large(cap: int, declared: int | None = None) -> str:
     )
 
 
-def _scrub_json(value: Any, key: str) -> Any:
+_URLSAFE: Final = str.maketrans("+/", "-_")
+
+
+def key_forms(key: str) -> tuple[str, ...]:
+    """The spellings of ``key`` to hunt for: as sent, its base64 (standard and URL-safe) at each
+    of the three byte alignments it can take inside a longer encoded text (only the characters
+    made of the key's own bits: the ones at either end also carry the neighbours'), and hex."""
+    raw = key.encode()
+    forms = [key]
+    for r in range(3):
+        enc = base64.b64encode(b"\0" * r + raw).decode()
+        core = enc[-(-8 * r // 6) : 8 * (r + len(raw)) // 6]
+        forms += [core, core.translate(_URLSAFE)]
+    forms += [raw.hex(), raw.hex().upper()]
+    return tuple(dict.fromkeys(f for f in forms if len(f) >= min(8, len(key))))
+
+
+def redact(text: str, forms: tuple[str, ...]) -> str:
+    """``text`` with every form of the key replaced."""
+    for f in forms:
+        if f in text:
+            text = text.replace(f, _REDACTED)
+    return text
+
+
+def _scrub_json(value: Any, forms: tuple[str, ...]) -> Any:
     """A copy of parsed JSON with the key removed from every string (object keys included)."""
     if isinstance(value, str):
-        return value.replace(key, _REDACTED)
+        return redact(value, forms)
     if isinstance(value, dict):
-        return {_scrub_json(k, key): _scrub_json(v, key) for k, v in value.items()}
+        return {_scrub_json(k, forms): _scrub_json(v, forms) for k, v in value.items()}
     if isinstance(value, list):
-        return [_scrub_json(v, key) for v in value]
+        return [_scrub_json(v, forms) for v in value]
     return value
 
 
@@ -82,31 +110,35 @@ class KeyGuard:
     only the one-line rule applies.
     """
 
-    __slots__ = ("_key", "_key_bytes", "_slash")
+    __slots__ = ("_forms", "_forms_bytes", "_slash")
 
     def __init__(self, key: str | None) -> None:
-        self._key = key
-        self._key_bytes = key.encode() if key else None
-        self._slash = key is not None and "/" in key  # only then can \/ hide it
+        self._forms = key_forms(key) if key else ()
+        self._forms_bytes = tuple(f.encode() for f in self._forms)
+        self._slash = any("/" in f for f in self._forms)  # only then can \/ hide one
 
     def text(self, value: str | None) -> str | None:
         """A header value (``x-request-id``) or message with the key redacted."""
-        key = self._key
-        if value is None or key is None or key not in value:
+        if value is None or not self._forms:
             return value
-        return value.replace(key, _REDACTED)
+        return redact(value, self._forms)
+
+    def _found(self, data: bytes) -> bool:
+        for f in self._forms_bytes:
+            if f in data:
+                return True
+        return False
 
     def leaks(self, raw: bytes, body: Any) -> bool:
         """Whether ``raw`` (which parsed to ``body``) carries the key in any JSON spelling."""
-        kb = self._key_bytes
-        if kb is None:
+        if not self._forms_bytes:
             return False
-        if kb in raw:
+        if self._found(raw):
             return True
         # An escape (\/ or \uXXXX) inside the key hides it from the byte search; orjson's
         # output has neither, so re-encoding gives the one canonical spelling to search.
         if b"\\u" in raw or (self._slash and b"\\/" in raw):
-            return kb in orjson.dumps(body)
+            return self._found(orjson.dumps(body))
         return False
 
     def clean(self, raw: bytes, body: Any) -> tuple[bytes, Any]:
@@ -115,8 +147,7 @@ class KeyGuard:
         Returns the very same objects when nothing needs changing (the zero-copy path).
         """
         if self.leaks(raw, body):
-            assert self._key is not None
-            body = _scrub_json(body, self._key)
+            body = _scrub_json(body, self._forms)
             return orjson.dumps(body), body
         if b"\n" in raw or b"\r" in raw:
             return orjson.dumps(body), body
@@ -127,12 +158,10 @@ class KeyGuard:
         had to encode it (pass it on as ``Attempt.raw``: the result line then reuses it
         instead of encoding the body a second time); None when there is no key to look for.
         """
-        kb = self._key_bytes
-        if kb is None:
+        if not self._forms_bytes:
             return body, None
         data = orjson.dumps(body)
-        if kb not in data:
+        if not self._found(data):
             return body, data
-        assert self._key is not None
-        body = _scrub_json(body, self._key)
+        body = _scrub_json(body, self._forms)
         return body, orjson.dumps(body)
