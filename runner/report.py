@@ -12,6 +12,7 @@ import argparse
 import html
 import io
 import math
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -255,6 +256,14 @@ def render_compare(a: Run, b: Run) -> str:
 
 def main(ns: argparse.Namespace) -> int:
     """Run ``runner report``; 0 on success, 2 when an input file or the config cannot be used."""
+    clash = _input_named(ns.html, (ns.latency, ns.compare, ns.config))
+    if clash is not None:
+        print(
+            f"error: --html {ns.html} is the input {clash}: refusing to overwrite an input; "
+            "choose another path",
+            file=sys.stderr,
+        )
+        return 2
     try:
         price = _price(ns)
     except ConfigError as exc:
@@ -294,6 +303,19 @@ def main(ns: argparse.Namespace) -> int:
         if len(runs) == 2:
             sys.stdout.write(render_compare(runs[0], runs[1]))
     return 0
+
+
+def _input_named(out: Path | None, inputs: Sequence[Path | None]) -> Path | None:
+    """The input that ``out`` would overwrite (the same file, also through a symlink), if any."""
+    for path in inputs:
+        if out is None or path is None:
+            continue
+        try:
+            if os.path.samefile(out, path):
+                return path
+        except OSError:
+            continue  # one of them does not exist: not the same file
+    return None
 
 
 # --- HTML -----------------------------------------------------------------------------------
