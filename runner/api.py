@@ -389,13 +389,18 @@ def _check_paths(
         ("the contexts file", config.contexts),
         ("the config file", config_path),
     ]
+    # The metrics textfile is written at the end, over whatever it names: checked like the rest.
+    textfile = config.metrics_textfile
+    extra = [] if textfile is None else [("the metrics textfile (--metrics-textfile)", textfile)]
     if own_sink or jobs_path is not None:
         assert plan is not None  # run_plan makes one whenever the run owns its outputs
         summary = ("the summary (--summary)", plan.summary)
-        check_outputs(plan.labelled() if own_sink else [summary], inputs)
+        check_outputs([*(plan.labelled() if own_sink else [summary]), *extra], inputs)
         return plan.summary
     if config.summary is not None:
-        check_outputs([("the summary (--summary)", config.summary)], inputs)
+        check_outputs([("the summary (--summary)", config.summary), *extra], inputs)
+    elif extra:
+        check_outputs(extra, inputs)
     return config.summary
 
 
