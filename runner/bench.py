@@ -755,7 +755,11 @@ def _job_source(
             print(f"bench: skipped {bad} bad line(s) of {ns.jobs}", file=sys.stderr)
         if not loaded:
             raise InputError(f"{ns.jobs}: no usable jobs")
-        return lambda count, prefix: replay_jobs(loaded, count, id_prefix=prefix)
+        # No count: once through the file (docs/BENCH.md), or cycled until --duration ends.
+        once = None if ns.duration is not None else len(loaded)
+        return lambda count, prefix: replay_jobs(
+            loaded, once if count is None else count, id_prefix=prefix
+        )
 
     for name in ("prompt_tokens", "output_tokens", "groups"):
         _positive("--" + name.replace("_", "-"), getattr(ns, name))
