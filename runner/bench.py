@@ -782,6 +782,27 @@ def _job_source(
     return make
 
 
+def _check_paths(ns: argparse.Namespace, phases: Sequence[Phase]) -> None:
+    """No output may be an input (the jobs, contexts or config file) or another output: the
+    same rule and check as ``runner run`` (:func:`runner.outputs.check_outputs`, exit 2)."""
+    from .outputs import check_outputs
+
+    many = len(phases) > 1
+    outputs = [
+        ("the latency file (--latency)", path)
+        for path in dict.fromkeys(_latency_path(ns.latency, p, many) for p in phases)
+        if path is not None
+    ]
+    if ns.summary is not None:
+        outputs.append(("the summary (--summary)", ns.summary))
+    inputs = [
+        ("the jobs file", ns.jobs),
+        ("the contexts file", ns.contexts),
+        ("the config file", ns.config),
+    ]
+    check_outputs(outputs, inputs)
+
+
 def build_spec(ns: argparse.Namespace) -> BenchSpec:
     """Config file + flags -> a validated spec (raises ``ConfigError`` / ``InputError``)."""
     config = load_config(ns.config)
@@ -806,9 +827,11 @@ def build_spec(ns: argparse.Namespace) -> BenchSpec:
     requests = ns.requests
     if requests is None and ns.duration is None:
         requests = DEFAULT_REQUESTS if ns.jobs is None else None
+    phases = _phases(ns, config)
+    _check_paths(ns, phases)
     return BenchSpec(
         config=config,
-        phases=_phases(ns, config),
+        phases=phases,
         make_jobs=_job_source(ns, config),
         requests=requests,
         warmup=ns.warmup,
