@@ -276,7 +276,7 @@ def error_from_exception(exc: BaseException) -> ErrorInfo:
 class StreamParser:
     """Consumes SSE lines; subclasses assemble the provider's body. Timing lives here."""
 
-    __slots__ = ("_last", "_t0", "done", "error", "itl_ms", "ttft_ms")
+    __slots__ = ("_held", "_last", "_t0", "done", "error", "itl_ms", "ttft_ms")
 
     #: the message for a stream that ended without its terminator
     unfinished = "stream ended before it was complete"
@@ -284,10 +284,44 @@ class StreamParser:
     def __init__(self, t0: float) -> None:
         self._t0 = t0
         self._last: float | None = None
+        self._held: bytes | None = None
         self.ttft_ms: float | None = None
         self.itl_ms: list[float] = []
         self.done = False
         self.error: ErrorInfo | None = None
+
+    def finished(self) -> bool:
+        """Whether the stream said it was complete (its terminator, or what stands for it)."""
+        return self.done
+
+    def event(self, data: bytes) -> Any:
+        """The JSON of an event's data, or :data:`HELD` while it is incomplete.
+
+        SSE lets one event carry its data over several ``data:`` lines, joined with newlines.
+        Servers send one line per event, so each line is parsed alone first; a line that does
+        not parse is held and joined to the next, until the event's blank line
+        (:meth:`end_event`) says it is whole. An event that never parses is a ``bad_response``.
+        """
+        held = self._held
+        if held is not None:
+            data = held + b"\n" + data
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if len(data) > MAX_HELD_EVENT:
+                return None
+            self._held = data
+            return HELD
+        self._held = None
+        return value
+
+    def end_event(self) -> bool:
+        """A blank line ended an event: True (an error) when its data never parsed."""
+        if self._held is None:
+            return False
+        self._held = None
+        self.error = ErrorInfo("bad_response", "invalid JSON in a stream event", True)
+        return True
 
     def _content_at(self, now: float) -> None:
         """Record a chunk that carried generated content (only those count for TTFT/ITL)."""
@@ -305,6 +339,12 @@ class StreamParser:
     def result(self) -> tuple[dict[str, Any], Usage | None]:
         """The assembled body and the normalised usage."""
         raise NotImplementedError
+
+
+#: what :meth:`StreamParser.event` returns for data that the next ``data:`` line may complete
+HELD: Any = object()
+#: the most an event's held data may grow to (one event, not the whole stream)
+MAX_HELD_EVENT = 1 << 20
 
 
 def sse_data(line: bytes) -> bytes | None:
@@ -341,10 +381,28 @@ async def read_sse(content: aiohttp.StreamReader, parser: StreamParser, cap: int
         if rest:
             parts.append(rest)
         for line in lines:
-            if line and parser.feed(line, now):
+            if not line:  # an event's end: only held data makes it more than a separator
+                if parser._held is not None and parser.end_event():
+                    return
+            elif b"\r" in line:
+                if _feed_cr(parser, line, now):
+                    return
+            elif parser.feed(line, now):
                 return
-    if parts:
-        parser.feed(b"".join(parts), perf_counter())
+    if parts and _feed_cr(parser, b"".join(parts), perf_counter()):
+        return
+    parser.end_event()
+
+
+def _feed_cr(parser: StreamParser, text: bytes, now: float) -> bool:
+    """Lines that may end in CRLF or a bare CR, which SSE allows beside LF. True: stop."""
+    if text.endswith(b"\r"):
+        text = text[:-1]
+    for line in text.split(b"\r"):
+        stop = parser.feed(line, now) if line else parser.end_event()
+        if stop:
+            return True
+    return False
 
 
 # -- the backend -------------------------------------------------------------------------------
@@ -594,7 +652,7 @@ class HTTPBackend:
         latency: float,
     ) -> Attempt:
         error = parser.error
-        if error is None and not parser.done:
+        if error is None and not parser.finished():
             error = ErrorInfo("connection", parser.unfinished, retriable=True)
         if error is not None:
             return Attempt(

@@ -20,6 +20,7 @@ from ..budget import RequestBudget
 from ..config import RunConfig
 from ..models import ErrorInfo, Job, Message, Usage
 from ._http import (
+    HELD,
     Headers,
     HTTPBackend,
     StreamParser,
@@ -171,10 +172,9 @@ class AnthropicStream(StreamParser):
         data = sse_data(line)  # the data's own "type" repeats the "event:" line
         if data is None:
             return False
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            event = None
+        event = self.event(data)
+        if event is HELD:
+            return False
         if not isinstance(event, dict):
             self.error = ErrorInfo("bad_response", "invalid JSON in a stream event", True)
             return True

@@ -26,6 +26,7 @@ from ..config import RunConfig
 from ..explicit_cache import CacheAPIError, CacheInfo
 from ..models import ErrorInfo, Job, Usage, usage_of
 from ._http import (
+    HELD,
     Headers,
     HTTPBackend,
     StreamParser,
@@ -218,10 +219,9 @@ class GeminiStream(StreamParser):
         data = sse_data(line)
         if data is None:
             return False
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            chunk = None
+        chunk = self.event(data)
+        if chunk is HELD:
+            return False
         if not isinstance(chunk, dict):
             self.error = ErrorInfo("bad_response", "invalid JSON in a stream event", True)
             return True

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ..config import RunConfig
 from ..models import ErrorInfo, Job, Usage, usage_of
 from ._http import (
+    HELD,
     Headers,
     HTTPBackend,
     StreamParser,
@@ -127,13 +126,22 @@ class OpenAIStream(StreamParser):
 
     __slots__ = ("_choices", "_meta", "_usage")
 
-    unfinished = "stream ended before [DONE]"
+    unfinished = "stream ended before [DONE] or a finish_reason on every choice"
 
     def __init__(self, t0: float) -> None:
         super().__init__(t0)
         self._meta: dict[str, Any] | None = None
         self._choices: dict[int, _Choice] = {}
         self._usage: Any = None
+
+    def finished(self) -> bool:
+        """``[DONE]``, or a body that ended cleanly after every choice had its finish_reason
+        (some servers and proxies never send ``[DONE]``; a cut connection is an error before
+        this is asked)."""
+        if self.done:
+            return True
+        choices = self._choices.values()
+        return bool(choices) and all(c.finish_reason for c in choices)
 
     def feed(self, line: bytes, now: float) -> bool:
         data = sse_data(line)
@@ -142,10 +150,9 @@ class OpenAIStream(StreamParser):
         if data == b"[DONE]":
             self.done = True
             return False
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            chunk = None
+        chunk = self.event(data)
+        if chunk is HELD:
+            return False
         if not isinstance(chunk, dict):
             self.error = ErrorInfo("bad_response", "invalid JSON in a stream event", True)
             return True

@@ -376,11 +376,55 @@ async def test_error_inside_stream(fake: Fake, error: dict[str, Any], retriable:
     assert att.status == 200 and att.ttft_ms is not None
 
 
-async def test_stream_without_done_is_a_connection_error(fake: Fake) -> None:
-    att = await send(fake, sse(STREAM[:-1]), cfg=config(stream=True))
+async def test_stream_ending_before_its_finish_reason_is_a_connection_error(fake: Fake) -> None:
+    att = await send(fake, sse(STREAM[:4]), cfg=config(stream=True))  # clean end, no finish
     assert att.error is not None
     assert (att.error.code, att.error.retriable) == ("connection", True)
     assert "[DONE]" in att.error.message
+
+
+async def test_stream_without_done_after_every_finish_reason_is_whole(fake: Fake) -> None:
+    """Some servers and proxies end the body after the usage chunk and never send [DONE]."""
+    att = await send(fake, sse(STREAM[:-1]), cfg=config(stream=True))
+    assert att.error is None
+    assert att.body["choices"][0]["message"]["content"] == "Hello!"
+    assert att.usage == Usage(prompt_tokens=1100, cached_tokens=1024, completion_tokens=3)
+
+
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\r"])
+@pytest.mark.parametrize("size", [7, 1 << 16])  # a CR or CRLF split across reads, or not
+async def test_stream_with_crlf_or_cr_line_ends(fake: Fake, end: bytes, size: int) -> None:
+    """SSE allows CRLF and bare CR line ends beside LF; each must give the same body."""
+    want = await send(fake, sse(STREAM), cfg=config(stream=True))
+    data = b"".join(STREAM).replace(b"\n", end)
+    att = await send(fake, sse(_pieces(data, size)), cfg=config(stream=True))
+    assert att.error is None and want.error is None
+    assert att.body == want.body and att.usage == want.usage
+
+
+@pytest.mark.parametrize("size", [5, 1 << 16])
+async def test_stream_event_data_over_several_lines(fake: Fake, size: int) -> None:
+    """One event's data may span several ``data:`` lines, joined with newlines."""
+    pretty = orjson.dumps(orjson.loads(STREAM[1][6:]), option=orjson.OPT_INDENT_2)
+    multi = b"".join(b"data: " + line + b"\n" for line in pretty.split(b"\n")) + b"\n"
+    events = [STREAM[0], multi, *STREAM[2:]]
+    att = await send(fake, sse(_pieces(b"".join(events), size)), cfg=config(stream=True))
+    assert att.error is None
+    assert att.body["choices"][0]["message"]["content"] == "Hello!"
+
+
+@pytest.mark.parametrize("tail", [b"\n", b""])  # ended by its blank line, or by the body's end
+async def test_stream_event_that_never_parses_is_bad_response(fake: Fake, tail: bytes) -> None:
+    events = [STREAM[0], b"data: {not json\ndata: still not}\n" + tail, *STREAM[1:]]
+    if not tail:
+        events = events[:2]
+    att = await send(fake, sse(events), cfg=config(stream=True))
+    assert att.error is not None
+    assert (att.error.code, att.error.message) == ("bad_response", "invalid JSON in a stream event")
 
 
 async def test_stream_cut_midway(fake: Fake) -> None:
