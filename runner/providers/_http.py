@@ -341,6 +341,8 @@ class StreamParser:
         raise NotImplementedError
 
 
+#: a UTF-8 byte order mark, which some servers put before a JSON body
+BOM: Final = b"\xef\xbb\xbf"
 #: what :meth:`StreamParser.event` returns for data that the next ``data:`` line may complete
 HELD: Any = object()
 #: the most an event's held data may grow to (one event, not the whole stream)
@@ -596,6 +598,12 @@ class HTTPBackend:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
+            if raw.startswith(BOM):  # JSON parsers may ignore one (RFC 8259 section 8.1)
+                raw = raw[len(BOM) :]
+                try:
+                    body = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    pass
         if body is not None:
             # What reaches the results file: one line, no key (the same objects when clean).
             raw, body = self._guard.clean(raw, body)

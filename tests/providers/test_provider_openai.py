@@ -433,6 +433,13 @@ async def test_stream_cut_midway(fake: Fake) -> None:
     assert (att.error.code, att.error.retriable) == ("connection", True)
 
 
+async def test_json_body_after_a_byte_order_mark(fake: Fake) -> None:
+    """RFC 8259 lets a parser ignore a UTF-8 BOM; the result line must not carry it."""
+    att = await send(fake, reply(b"\xef\xbb\xbf" + orjson.dumps(COMPLETION)))
+    assert att.error is None and att.body == COMPLETION
+    assert att.raw == orjson.dumps(COMPLETION)  # the line written, without the BOM
+
+
 async def test_truncated_json_is_bad_response(fake: Fake) -> None:
     att = await send(fake, reply(orjson.dumps(COMPLETION)[:50]))
     assert att.status == 200 and att.error is not None
