@@ -67,6 +67,13 @@ class SinkError(RunnerError, OSError):
     exit_code = 1
 
 
+class OutputPathError(SinkError):
+    """An output cannot be made where it was asked for (its directory, lock or file cannot be
+    created or opened) while the outputs are opened: nothing was sent, so it is a usage error."""
+
+    exit_code = 2
+
+
 class GuardTripped(RunnerError):
     """A guard stopped the run; jobs not yet sent stay unsent so a resume picks them up."""
 

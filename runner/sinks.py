@@ -63,7 +63,7 @@ from typing import Any, BinaryIO, Final, TypeVar
 import orjson
 
 from .config import RunConfig
-from .errors import ResumeError, SinkError
+from .errors import OutputPathError, ResumeError, SinkError
 from .fingerprint import Fingerprint, fingerprint
 from .models import LatencyRecord
 from .outputs import OutputPlan, plan_outputs, run_plan
@@ -150,7 +150,7 @@ def open_outputs(
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SinkError(f"{parent}: cannot create the directory: {exc.strerror}") from exc
+            raise OutputPathError(f"{parent}: cannot create the directory: {exc.strerror}") from exc
     lock_path = plan.lock
     lock_fd = _acquire_lock(lock_path, results)
     extra: list[tuple[Path, int]] = []
@@ -486,7 +486,7 @@ class Outputs:
             # is gone from the directory: a write there would be lost.
             if not _io(self.results_path, lambda: _same_file(self.results_path, self._fds[0])):
                 try:
-                    fd = _open_append(self.results_path, truncate=False)
+                    fd = _open_append(self.results_path, truncate=False, opening=False)
                 except SinkError as exc:
                     self._broken = exc
                     raise
@@ -622,12 +622,15 @@ def _size(path: Path) -> int:
         raise SinkError(f"{path}: {exc.strerror}") from exc
 
 
-def _open_append(path: Path, *, truncate: bool) -> int:
+def _open_append(path: Path, *, truncate: bool, opening: bool = True) -> int:
+    """``opening``: the run's outputs are being opened (nothing sent), so a failure is a usage
+    error (exit 2); a reopen later in the run is an output error (exit 1)."""
     flags = _APPEND_FLAGS | os.O_TRUNC if truncate else _APPEND_FLAGS
     try:
         return os.open(path, flags, 0o644)
     except OSError as exc:
-        raise SinkError(f"{path}: cannot open: {exc.strerror}") from exc
+        error = OutputPathError if opening else SinkError
+        raise error(f"{path}: cannot open: {exc.strerror}") from exc
 
 
 def _write_all(fd: int, buf: bytearray, path: Path) -> None:
@@ -1113,9 +1116,9 @@ def _acquire_lock(lock_path: Path, results: Path) -> int:
             except FileNotFoundError:
                 continue  # released between our two opens: try to create it again
             except OSError as exc:
-                raise SinkError(f"{lock_path}: {exc.strerror}") from exc
+                raise OutputPathError(f"{lock_path}: {exc.strerror}") from exc
         except OSError as exc:
-            raise SinkError(f"{lock_path}: {exc.strerror}") from exc
+            raise OutputPathError(f"{lock_path}: {exc.strerror}") from exc
         try:
             _flock(fd, results, lock_path)
             if _same_file(lock_path, fd):

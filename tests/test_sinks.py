@@ -456,6 +456,22 @@ def test_an_output_that_cannot_be_opened_is_a_sink_error_and_frees_the_lock(
         open_(jobs, output=jobs / "sub" / "r.jsonl")
 
 
+@pytest.mark.parametrize("where", ["file-as-dir", "proc"])
+def test_an_output_path_that_cannot_be_made_is_exit_2_before_any_job(
+    jobs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """A directory or lock that cannot be created is the user's path, found before anything is
+    sent: a usage error (exit 2) naming the path, like every other bad argument."""
+    from runner import cli
+
+    output = jobs / "r.jsonl" if where == "file-as-dir" else Path("/proc/runner-test.jsonl")
+    code = cli.main(["run", str(jobs), "--provider", "mock", "-o", str(output), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(output.parent) in err
+    assert not (tmp_path / "r.latency.jsonl").exists()
+
+
 def test_jobs_given_in_memory_check_only_the_model(jobs: Path, tmp_path: Path) -> None:
     output = tmp_path / "mem.jsonl"
     config = RunConfig(output=output)
