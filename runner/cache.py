@@ -177,14 +177,10 @@ class Scheduler:
 
     def next(self, free_slots: int) -> Dispatch | None:
         """The next job to send, or None. ``free_slots`` lets an idle pipeline open more groups."""
-        ctl = self._ctl
-        if ctl.settle_at is not None and ctl.settled(self._clock()):
-            # The probe's followers have had time to start: the probe's group sends the rest
-            # of what it holds and the other groups open (below), its verdict still to come.
-            for k in list(self._active):
-                g = self._groups[k]
-                if g.held and g.primer is None:
-                    self._serve(g)
+        if self._ctl.settle_at is not None:
+            # Once the probe's followers have had time to start, the other groups open (below),
+            # its verdict still to come.
+            self._ctl.settled(self._clock())
         if self._waiting and len(self._ready) < self._lookahead:
             self._open_groups(free_slots)
         if self._ready:

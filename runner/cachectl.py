@@ -26,9 +26,11 @@ half. The followers a primer's answer releases together form a *batch*.
   scheduler gives the probe ``SETTLE_FACTOR`` times its primer's latency (a cold prefill and a
   short reply) from the followers' release (:meth:`CacheControl.settle_by`); past that, with a
   follower still out (a long reply), the isolation ends (:meth:`CacheControl.end_isolation`):
-  other groups open under the unknown shape's limits (full fan-out), and the verdict applies
-  when it lands (a per-slot one cuts the cap and takes back followers not yet sent). A probe
-  that all hit after the isolation ended cannot be repeated alone: the shape stays unknown.
+  the other groups open, each still one request at a time (right on a per-slot cache, and what
+  cannot split a prefix over slots while the verdict is out; measured on llama-server, where a
+  full fan-out there cost 6 misses in 114 followers), and the verdict applies when it lands. A
+  probe that all hit after the isolation ended cannot be repeated alone: the shape stays
+  unknown.
 - On a shared cache every follower fans out (as the fixed scheduler does) and the groups start
   at ``SHARED_GROUPS``, opening more whenever slots would sit idle until the first eviction.
   A follower of a warm group that misses there means the working set of prefixes outgrew the
@@ -318,11 +320,9 @@ class CacheControl:
 
     def end_isolation(self) -> None:
         """The probe's followers have had time to start: whatever else is sent now cannot change
-        what they report. Until their verdict the unknown shape's limits apply (full fan-out)."""
+        what they report. Until their verdict the groups open, one request each at a time."""
         self.isolated = False
         self.settle_at = None
-        if self.probing:
-            self._cap = float(self.cap_ceiling)
 
     def _decide(self, shape: str) -> None:
         self.probing = self.isolated = False
