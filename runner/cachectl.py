@@ -21,8 +21,9 @@ half. The followers a primer's answer releases together form a *batch*.
   behaviour (full fan-out), which is also where a shared cache starts. A shared cache must show
   itself in two probes in a row (the group's next release, nothing else in flight, probes again).
 - The pipeline waits for a verdict only while the probe's followers may still be waiting for
-  their place on the server: the server reads a request's cached prefix when it starts it, so
-  once both followers have started, later traffic cannot change what they report. The
+  their place on the server: the server reads a request's cached prefix when it starts it and
+  starts requests in arrival order, so once both followers have arrived, later traffic cannot
+  change what they report. The
   scheduler gives the probe ``SETTLE_FACTOR`` times its primer's latency (a cold prefill and a
   short reply) from the followers' release (:meth:`CacheControl.settle_by`); past that, with a
   follower still out (a long reply), the isolation ends (:meth:`CacheControl.end_isolation`):
@@ -74,9 +75,9 @@ RELAX_HITS = 256
 # in the same slot (seen once in five runs of tests/test_realserver.py).
 SHARED_PROBES = 2
 # How long the pipeline holds everything else for a probe's followers, in multiples of the probe
-# primer's latency: time enough for both to start on the server (a cold prefill takes no longer
-# than the primer did), far less than a long reply.
-SETTLE_FACTOR = 2.0
+# primer's latency (a cold prefill and a reply): time enough for both to reach the server, which
+# starts requests in arrival order, so later traffic cannot take their place.
+SETTLE_FACTOR = 1.0
 PROBE_TRIES = 4  # releases too small to probe (fewer than two followers) before giving up
 MAX_BATCHES = 4096  # batches remembered (a follower that fails never reports)
 
