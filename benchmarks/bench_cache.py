@@ -10,7 +10,11 @@ Shapes (each run gets a fresh, cold server):
 - ``replicas``: 16 contexts of about 2,000 tokens x 50 questions, concurrency 32, 4 simulated
   replicas routed by ``prompt_cache_key``, each with an LRU holding about 4 contexts;
 - ``llama``: llama.cpp's own ``llama-server`` (8 slots, ``make realserver``), 8 contexts of about
-  900 words x 16 questions, concurrency 8 (skipped when the server is not built).
+  900 words x 16 questions, concurrency 8 (skipped when the server is not built);
+- ``demo``: ``make demo``'s own shape (examples/, configs/mock.toml's limits and latency model:
+  a long tail of 1,024-token answers, p99 about 6 s) on a separate mock, one mock seed per
+  round (``--seeds``), alternating default warm, ``--no-cache-adapt`` and ``--cache none``; wall
+  time only (no sweep: the global LRU holds every context).
 
 Every shape runs ``none``, default ``warm`` (learned limits), ``fixed warm`` (``--no-cache-adapt``,
 the default before the controller) and ``warm g64`` (a ceiling of 64 groups). Workloads are
@@ -288,11 +292,80 @@ def bench_shape(shape: Shape, runs: int, seed: int, only: set[str]) -> dict[str,
     return {"best_possible": best, "best_swept": swept, "runs": rows}
 
 
+DEMO_MOCK = [
+    "--base-ms",
+    "80",
+    "--prefill-ms-per-token",
+    "0.05",
+    "--cached-prefill-ms-per-token",
+    "0.005",
+    "--decode-ms-per-token",
+    "6",
+    "--cache-min-prefix-tokens",
+    "1024",
+]  # fmt: skip  (configs/mock.toml's [mock])
+DEMO_CONFIG = """max_attempts = 6
+timeout = 30
+[params]
+max_tokens = 48
+[cache]
+strategy = "warm"
+ttl_s = 300
+max_active_groups = 8
+min_cacheable_tokens = 1024
+[prices."mock-1"]
+input = 1.00
+cached_input = 0.10
+output = 4.00
+"""
+
+
+def bench_demo(seeds: list[int], runs: int) -> dict[str, Any]:
+    """``make demo``'s shape: default warm, fixed warm and none alternately, per mock seed."""
+    root = Path(__file__).resolve().parent.parent
+    jobs, ctx = root / "examples" / "jobs.jsonl", root / "examples" / "contexts.jsonl"
+    OUT.mkdir(exist_ok=True)
+    cfg = OUT / "cache-demo.toml"
+    cfg.write_text(DEMO_CONFIG)
+    plan = [("warm", []), ("fixed warm", ["--no-cache-adapt"]), ("none", ["--cache", "none"])]
+    walls: dict[str, list[float]] = defaultdict(list)
+    rows = []
+    for i in range(runs):
+        for seed in seeds:
+            for label, flags in plan:
+                tag = f"cache-demo-{label.replace(' ', '_')}-s{seed}-{i}"
+                with mock_server(*DEMO_MOCK, "--seed", str(seed)) as (url, _pid):
+                    _, s = runner_run(
+                        jobs, url, tag, "--contexts", str(ctx), "-c", str(cfg), *flags,
+                        concurrency=64,
+                    )  # fmt: skip
+                t = s["tokens"]
+                r = Run(label, s, tag)
+                walls[label].append(r.wall)
+                ctl = s.get("cache_control") or {}
+                rows.append({"label": label, "seed": seed, "wall_s": r.wall, "cached": r.ratio,
+                             "shape": ctl.get("cache_shape"), "ok": s["jobs"]["ok"],
+                             "prompt": t["prompt"]})  # fmt: skip
+                print(
+                    f"  demo seed {seed} {i + 1}: {label:<11} wall {r.wall:6.2f} s "
+                    f"cached {r.ratio:.4f} shape {ctl.get('cache_shape')}"
+                )
+    print("\ndemo: wall s per run (seeds in order), and the mean against none's")
+    none = sum(walls["none"]) / len(walls["none"])
+    for label, _ in plan:
+        w = walls[label]
+        mean = sum(w) / len(w)
+        runs_s = " ".join(f"{x:.2f}" for x in w)
+        print(f"{label:<11} mean {mean:6.2f} s  {mean / none:.3f}x none   [{runs_s}]")
+    return {"runs": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="lru,slots,replicas,llama")
     ap.add_argument("--runs", type=int, default=1, help="repeat every run this many times")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seeds", default="1,2,3,4,5", help="demo: mock seeds, one round each")
     ap.add_argument(
         "--only",
         default="",
@@ -301,6 +374,9 @@ def main() -> int:
     args = ap.parse_args()
     results = {}
     for name in args.shapes.split(","):
+        if name == "demo":
+            results[name] = bench_demo([int(x) for x in args.seeds.split(",")], args.runs)
+            continue
         if name == "llama" and not built():
             print("llama: skipped, llama-server is not built (make realserver)")
             continue

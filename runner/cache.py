@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .cachectl import MISS_FRACTION, CacheControl
+from .cachectl import MISS_FRACTION, SETTLE_FACTOR, CacheControl
 from .models import CacheRole, Job, estimate_tokens
 
 __all__ = ["Dispatch", "Scheduler"]
@@ -54,9 +54,11 @@ class _Group:
         "key_window",
         "primer",
         "root",
+        "sent_at",
         "state",
         "subs",
         "warm_at",
+        "work",
     )
 
     def __init__(self, key: str, fixed_key: str | None = None, root: _Group | None = None) -> None:
@@ -72,6 +74,8 @@ class _Group:
         self.state = "cold"  # cold -> priming -> warm (-> cold again when the TTL lapses)
         self.primer: Job | None = None
         self.warm_at = 0.0  # when the prefix was last known to be cached
+        self.sent_at = 0.0  # when its primer was handed to the pipeline
+        self.work = 0  # reply tokens held while it waits to open (see Scheduler._pick_waiting)
         self.key_window = 0.0  # start of the current one-minute window for key spreading
         self.key_count = 0  # dispatches in that window
 
@@ -88,6 +92,7 @@ class Scheduler:
         "_active",
         "_clock",
         "_ctl",
+        "_default_tokens",
         "_groups",
         "_idle_floor",
         "_key_hits",
@@ -96,6 +101,7 @@ class Scheduler:
         "_lookahead",
         "_max_active",
         "_min_tokens",
+        "_probe_settle",
         "_ready",
         "_strategy",
         "_ttl",
@@ -115,6 +121,7 @@ class Scheduler:
         max_per_group: int = 1 << 30,
         adapt: bool = True,
         concurrency: int = 0,
+        default_max_tokens: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._strategy = strategy
@@ -130,6 +137,10 @@ class Scheduler:
         self._use_keys = key_rpm is not None
         self._key_hits = self._key_misses = 0  # primers of new keys sent alone: warm or cold
         self._clock = clock
+        # A job's reply budget when it sets none (the config's, else the provider's): primers
+        # and probes are the shortest replies, other releases go longest first.
+        self._default_tokens = default_max_tokens
+        self._probe_settle = 0.0  # SETTLE_FACTOR x the probe primer's latency
         self._ready: deque[Dispatch] = deque()
         self._groups: dict[str, _Group] = {}
         self._active: set[str] = set()
@@ -158,6 +169,7 @@ class Scheduler:
         g.held.append((job, admitted))
         if gkey not in self._active:
             self._waiting[gkey] = None
+            g.work += job.max_tokens or self._default_tokens or 1
             return
         self._serve(g)
 
@@ -165,6 +177,10 @@ class Scheduler:
 
     def next(self, free_slots: int) -> Dispatch | None:
         """The next job to send, or None. ``free_slots`` lets an idle pipeline open more groups."""
+        if self._ctl.settle_at is not None:
+            # Once the probe's followers have had time to start, the other groups open (below),
+            # its verdict still to come.
+            self._ctl.settled(self._clock())
         if self._waiting and len(self._ready) < self._lookahead:
             self._open_groups(free_slots)
         if self._ready:
@@ -180,6 +196,12 @@ class Scheduler:
                 for k in self._active
             )
         return None
+
+    def wake_in(self) -> float | None:
+        """Seconds until :meth:`next` may have something new with no answer arriving (the
+        probe's isolation ends), or None: the pipeline calls it when :meth:`next` gave None."""
+        when = self._ctl.settle_at
+        return None if when is None else max(0.0, when - self._clock())
 
     def pending(self, key: str) -> int | None:
         """Jobs of group ``key`` held or in flight; None once the group has closed."""
@@ -248,6 +270,9 @@ class Scheduler:
         if ok:
             g.state = "warm"
             g.warm_at = self._clock()
+            if self._ctl.isolated and not self._probe_settle:
+                # The probe's primer: a cold prefill and the shortest reply of its group.
+                self._probe_settle = SETTLE_FACTOR * max(0.0, g.warm_at - g.sent_at)
             self._release(g, after_primer=True)
         else:
             # The primer failed (its retries continue as a plain request): promote a follower.
@@ -282,6 +307,8 @@ class Scheduler:
                 root.subs.clear()
                 self._active.discard(root.key)
                 self._waiting[root.key] = None
+                default = self._default_tokens or 1
+                root.work = sum(j.max_tokens or default for j, _ in root.held)
                 root.state = "cold"  # its prefix may be gone when it reopens: prime it again
             return
         # The per-group cap freed a place: the group, or one of its per-key sub-groups, goes on.
@@ -341,9 +368,13 @@ class Scheduler:
             self._serve(self._groups[key])
 
     def _pick_waiting(self) -> str:
-        # Most-populated group first: it amortises its primer over the most followers.
-        best = max(self._waiting, key=lambda k: len(self._groups[k].held))
+        # The group with the most reply tokens held first: it amortises its primer over the
+        # most work (with one reply budget for every job: the most-populated group), and its
+        # long replies, which decide when the run ends, start early.
+        groups = self._groups
+        best = max(self._waiting, key=lambda k: groups[k].work)
         del self._waiting[best]
+        groups[best].work = 0
         return best
 
     def _serve(self, g: _Group) -> None:
@@ -357,8 +388,10 @@ class Scheduler:
         root = g.root
         if g.primer is not None or not g.held or (g is not root and root.family >= self._ctl.cap):
             return False
-        job, admitted = self._shortest(g.held)
+        job, admitted = self._shortest(g.held, self._default_tokens)
         g.primer = job
+        if self._ctl.isolated:
+            g.sent_at = self._clock()
         g.state = "priming"
         g.in_flight += 1
         key = g.fixed_key if g.fixed_key is not None else self._base_key(g)
@@ -378,11 +411,16 @@ class Scheduler:
         batch = ctl.new_batch() if after_primer or ctl.probing else 0
         root = g.root
         cap = ctl.release_cap(batch, root.family)
+        probe = batch != 0 and batch == ctl.probe
+        if after_primer and not probe and len(held) > 1:
+            # Longest replies first: the run ends when its last long reply does.
+            self._longest_first(held)
         n_sent = 0
         keyed = g.fixed_key is None and self._use_keys
         key = g.fixed_key
         while held and root.family < cap:
-            job, admitted = held.popleft()
+            # The probe's followers are the shortest replies: its verdict comes sooner.
+            job, admitted = self._shortest(held, self._default_tokens) if probe else held.popleft()
             if keyed:
                 n = self._next_key_index(g)
                 if n:
@@ -398,6 +436,8 @@ class Scheduler:
             n_sent += 1
         if batch:
             ctl.open_batch(batch, n_sent)
+            if probe and n_sent > 1 and self._probe_settle > 0:
+                ctl.settle_by(self._clock() + self._probe_settle)
 
     def _to_subgroup(self, g: _Group, n: int, job: Job, admitted: float) -> bool:
         """Past ``key_rpm`` a group moves to suffixed keys, which the provider may route to
@@ -428,20 +468,31 @@ class Scheduler:
             self._key_rpm = math.inf
 
     @staticmethod
-    def _shortest(held: deque[tuple[Job, float]]) -> tuple[Job, float]:
-        """Take the primer: of the next few held jobs, the one asking for the fewest tokens.
+    def _shortest(held: deque[tuple[Job, float]], default: int | None) -> tuple[Job, float]:
+        """Take the primer: of the next few held jobs, the one asking for the fewest tokens
+        (``default`` for a job that sets none; unknown counts as the longest).
 
         Followers wait until the primer has answered, so a primer with a long reply would hold
         the whole group back for its decode time.
         """
-        best_i, best = 0, held[0][0].max_tokens
+        best_i, best = 0, held[0][0].max_tokens or default
         for i in range(1, min(len(held), PRIMER_CANDIDATES)):
-            m = held[i][0].max_tokens
+            m = held[i][0].max_tokens or default
             if m is not None and (best is None or m < best):
                 best_i, best = i, m
         pair = held[best_i]
         del held[best_i]
         return pair
+
+    def _longest_first(self, held: deque[tuple[Job, float]]) -> None:
+        """Order a group's held jobs by reply budget, longest first (stable; unknown first)."""
+        default = self._default_tokens
+        first = held[0][0].max_tokens or default
+        if all((p[0].max_tokens or default) == first for p in held):
+            return  # nothing to reorder (the common case: one budget for every job)
+        pairs = sorted(held, key=lambda p: -(p[0].max_tokens or default or 1 << 62))
+        held.clear()
+        held.extend(pairs)
 
     def _base_key(self, g: _Group) -> str | None:
         if not self._use_keys:

@@ -18,9 +18,20 @@ half. The followers a primer's answer releases together form a *batch*.
   *per-slot* cache, the per-group cap drops to one. Both missed with nothing else sent: the
   server keeps *no cache* for these prompts. A group too small to release two followers, or
   followers that answer without usage, leave the shape *unknown*: the fixed scheduler's
-  behaviour (full fan-out), which is also where a shared cache starts. Until the verdict the
-  pipeline waits: one primer and one follower's time. A shared cache must show itself in two
-  probes in a row (the group's next release, nothing else in flight, probes again).
+  behaviour (full fan-out), which is also where a shared cache starts. A shared cache must show
+  itself in two probes in a row (the group's next release, nothing else in flight, probes again).
+- The pipeline waits for a verdict only while the probe's followers may still be waiting for
+  their place on the server: the server reads a request's cached prefix when it starts it and
+  starts requests in arrival order, so once both followers have arrived, later traffic cannot
+  change what they report. The
+  scheduler gives the probe ``SETTLE_FACTOR`` times its primer's latency (a cold prefill and a
+  short reply) from the followers' release (:meth:`CacheControl.settle_by`); past that, with a
+  follower still out (a long reply), the isolation ends (:meth:`CacheControl.end_isolation`):
+  the other groups open, each still one request at a time (right on a per-slot cache, and what
+  cannot split a prefix over slots while the verdict is out; measured on llama-server, where a
+  full fan-out there cost 6 misses in 114 followers), and the verdict applies when it lands. A
+  probe that all hit after the isolation ended cannot be repeated alone: the shape stays
+  unknown.
 - On a shared cache every follower fans out (as the fixed scheduler does) and the groups start
   at ``SHARED_GROUPS``, opening more whenever slots would sit idle until the first eviction.
   A follower of a warm group that misses there means the working set of prefixes outgrew the
@@ -41,7 +52,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["INITIAL_ACTIVE_GROUPS", "MISS_FRACTION", "CacheControl"]
+__all__ = ["INITIAL_ACTIVE_GROUPS", "MISS_FRACTION", "SETTLE_FACTOR", "CacheControl"]
 
 INITIAL_ACTIVE_GROUPS = 8  # where the active-group limit starts (the fixed default)
 # Where it starts on a shared cache: a global LRU sized for a few long prompts overflows with 8
@@ -63,6 +74,10 @@ RELAX_HITS = 256
 # follower may finish before its sibling is given a slot, and the sibling then finds the prefix
 # in the same slot (seen once in five runs of tests/test_realserver.py).
 SHARED_PROBES = 2
+# How long the pipeline holds everything else for a probe's followers, in multiples of the probe
+# primer's latency (a cold prefill and a reply): time enough for both to reach the server, which
+# starts requests in arrival order, so later traffic cannot take their place.
+SETTLE_FACTOR = 1.0
 PROBE_TRIES = 4  # releases too small to probe (fewer than two followers) before giving up
 MAX_BATCHES = 4096  # batches remembered (a follower that fails never reports)
 
@@ -95,10 +110,12 @@ class CacheControl:
         "groups_starved",
         "hit_run",
         "hits",
+        "isolated",
         "misses",
         "probe",
         "probe_tries",
         "probing",
+        "settle_at",
         "shape",
         "shared_probes",
     )
@@ -114,6 +131,8 @@ class CacheControl:
         # A probe needs two followers in flight together; with a lower ceiling the shape does
         # not matter for the cap and the groups learn from evictions alone.
         self.probing = adapt and max_per_group >= PROBE_CAP
+        self.isolated = self.probing  # the probe's group is served alone
+        self.settle_at: float | None = None  # when the isolation ends with a probe still out
         self.shape = UNKNOWN
         # One at a time until the probe shows the shape; a shared cache then fans out in full.
         self._cap = 1.0 if self.probing else float(max_per_group)
@@ -137,7 +156,7 @@ class CacheControl:
     @property
     def groups(self) -> int:
         """Groups that may be active at once (one while the probe runs alone)."""
-        return 1 if self.probing else max(1, int(self._groups))
+        return 1 if self.isolated else max(1, int(self._groups))
 
     @property
     def cap(self) -> int:
@@ -239,7 +258,7 @@ class CacheControl:
                     self._verdict(b[0], b[1], active)
                     return hit
         if self.probing:
-            return hit  # the probe's verdict decides; nothing else is out
+            return hit  # the probe's verdict decides (other traffic, if any, waits for it)
         if hit:
             self._grow()
             return True
@@ -270,8 +289,13 @@ class CacheControl:
             self.shared_probes += 1
             if self.shared_probes >= SHARED_PROBES:
                 self._decide(SHARED)
+            elif not self.isolated:
+                # Other traffic is out by now: a second probe could not be read alone, and one
+                # probe that all hit may be a per-slot cache's race (see SHARED_PROBES).
+                self._decide(UNKNOWN)
             else:
                 self.probe = 0  # the group's next release (nothing else in flight) probes again
+                self.settle_at = None
         elif hits:
             self._decide(PER_SLOT)
             self._cut_cap(hits)  # the places that held the prefix
@@ -281,8 +305,29 @@ class CacheControl:
             # Its primer answered, nothing else was sent, both followers missed.
             self._decide(NO_CACHE)
 
+    def settle_by(self, when: float) -> None:
+        """The probe's followers were released: past ``when`` (the caller's clock) the pipeline
+        need not hold everything else for them (see :meth:`end_isolation`)."""
+        if self.probing and self.isolated:
+            self.settle_at = when
+
+    def settled(self, now: float) -> bool:
+        """Whether the isolation ends now: True (once) when ``now`` is past :attr:`settle_at`."""
+        when = self.settle_at
+        if when is None or now < when or not self.isolated:
+            return False
+        self.end_isolation()
+        return True
+
+    def end_isolation(self) -> None:
+        """The probe's followers have had time to start: whatever else is sent now cannot change
+        what they report. Until their verdict the groups open, one request each at a time."""
+        self.isolated = False
+        self.settle_at = None
+
     def _decide(self, shape: str) -> None:
-        self.probing = False
+        self.probing = self.isolated = False
+        self.settle_at = None
         self.probe = 0
         self.shape = shape
         if shape == NO_CACHE:
@@ -319,7 +364,7 @@ class CacheControl:
     @property
     def may_exceed(self) -> bool:
         """Whether groups may open beyond the limit when slots would otherwise sit idle."""
-        return not self.adapt or (self.groups_slow_start and not self.probing)
+        return not self.adapt or (self.groups_slow_start and not self.isolated)
 
     def summary(self) -> dict[str, object]:
         done = self.hits + self.misses

@@ -136,6 +136,7 @@ class Engine:
         self._all_done = asyncio.Event()
         self._reading = True
         self._held: Dispatch | None = None  # waits for in-flight requests to settle (budget)
+        self._wake: asyncio.TimerHandle | None = None  # pumps when the scheduler asked to be
 
     # -- public ------------------------------------------------------------------------------
 
@@ -151,6 +152,8 @@ class Engine:
             await self._all_done.wait()
         finally:
             ticker.cancel()
+            if self._wake is not None:
+                self._wake.cancel()
             self._cancel_inflight()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -226,6 +229,9 @@ class Engine:
         while self._inflight < self._concurrency:
             d, self._held = self._held or sched.next(self._concurrency - self._inflight), None
             if d is None:
+                if self._wake is None and (w := sched.wake_in()) is not None:
+                    # Nothing to send until a deadline (the cache probe's isolation): pump then.
+                    self._wake = loop.call_later(w, self._woken)
                 return
             est = 0.0
             if self.accounts.max_cost is not None:
@@ -244,6 +250,10 @@ class Engine:
             # Bookkeeping runs in a done-callback, not a finally: a task cancelled before its
             # first step never runs its body, yet must still free its slot.
             t.add_done_callback(functools.partial(self._done, d, est))
+
+    def _woken(self) -> None:
+        self._wake = None
+        self._pump()
 
     def _done(self, d: Dispatch, est_cost: float, task: asyncio.Task[bool]) -> None:
         self._tasks.discard(task)

@@ -37,6 +37,7 @@ def scheduler_for(config: RunConfig, budget: RequestBudget, caps: Capabilities) 
         max_per_group=config.group_concurrency or config.concurrency,
         adapt=config.cache_adapt,
         concurrency=config.concurrency,
+        default_max_tokens=budget.default_completion,
         key_rpm=config.key_rpm if config.cache == "warm" and caps.spreads_cache_keys else None,
     )
 

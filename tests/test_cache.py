@@ -209,16 +209,39 @@ def test_groups_are_primed_just_in_time() -> None:
     ]
 
 
-def test_primer_is_the_job_with_the_shortest_reply() -> None:
+def with_budget(j: Job, m: int | None) -> Job:
+    return Job(**{**{f: getattr(j, f) for f in j.__slots__}, "params": {"max_tokens": m}})
+
+
+def test_primer_is_the_job_with_the_shortest_reply_and_its_followers_go_longest_first() -> None:
+    """The run ends when its last long reply does: a long follower queued behind a whole group
+    of short ones (made demo: 1,024-token replies among 48-token ones) pushed the wall out."""
     s = sched()
     lengths = [512, 64, 1024, 16, 256]
     for i, m in enumerate(lengths):
-        j = job(i)
-        s.add(Job(**{**{f: getattr(j, f) for f in j.__slots__}, "params": {"max_tokens": m}}))
+        s.add(with_budget(job(i), m))
     (p,) = drain(s)
     assert (p.job.custom_id, p.role) == ("j3", "primer")
     s.answered(p, ok=True)
-    assert [d.job.custom_id for d in drain(s)] == ["j0", "j1", "j2", "j4"]
+    assert [d.job.custom_id for d in drain(s)] == ["j2", "j0", "j4", "j1"]
+
+
+def test_a_job_without_a_reply_budget_counts_with_the_runs_default() -> None:
+    """A job that sets no max_tokens gets the config's (or the provider's) default: with a
+    default of 48 it is the shortest reply, not an unknown one that loses to any explicit 128."""
+    s = sched(default_max_tokens=48)
+    for i, m in enumerate([128, None, 1024, None]):
+        s.add(with_budget(job(i), m))
+    (p,) = drain(s)
+    assert (p.job.custom_id, p.role) == ("j1", "primer")
+    s.answered(p, ok=True)
+    assert [d.job.custom_id for d in drain(s)] == ["j2", "j0", "j3"]
+    # Without a known default, a job without a budget may be long: never the primer.
+    s = sched()
+    for i, m in enumerate([128, None, 1024, None]):
+        s.add(with_budget(job(i), m))
+    (p,) = drain(s)
+    assert p.job.custom_id == "j0"
 
 
 def test_admission_time_travels_with_the_job_to_its_dispatch() -> None:
@@ -251,3 +274,16 @@ def test_admission_time_travels_with_the_job_to_its_dispatch() -> None:
             keyed.finished(d)
         out = drain(keyed)
     assert len(keys) > 1  # the per-key sub-groups were used
+
+
+def test_the_group_with_the_most_reply_tokens_held_opens_first() -> None:
+    """Equal counts, unequal work: the group holding the long replies opens first (its long
+    replies decide when the run ends); with one budget for every job, the most-populated."""
+    for long_budget, first in ((1024, "long:b"), (16, "short:a")):
+        s = sched(max_active_groups=1, default_max_tokens=48)
+        for i in range(3):
+            s.add(with_budget(job(i, group="short:a"), None))  # 3 x 48 tokens
+        s.add(with_budget(job(3, group="long:b"), long_budget))
+        s.add(with_budget(job(4, group="long:b"), None))
+        p = s.next(1)
+        assert p is not None and p.job.group == first, long_budget

@@ -111,3 +111,46 @@ async def test_lru_server_learns_a_working_set_that_fits(tmp_path: Path) -> None
     # (measured 0.70-0.75 vs 0.70-0.78 over three runs), not better; see bench_cache.py.
     learned, old = out.summary["cache_hit_ratio"], fixed.summary["cache_hit_ratio"]
     assert learned >= 0.6 and learned >= old - 0.15, (learned, old, ctl)
+
+
+async def test_a_slow_probe_follower_does_not_hold_the_other_groups(tmp_path: Path) -> None:
+    """The probe's primer answers fast and its followers take long (long replies): once they
+    have had time to start on the server, the pipeline stops waiting for their verdict. No
+    answer arrives to wake it then: the scheduler's deadline must (Scheduler.wake_in)."""
+    rng = random.Random(3)
+    with (tmp_path / "contexts.jsonl").open("wb") as fh:
+        for c in range(3):
+            text = " ".join([f"Contract {c}.", *(rng.choice(WORDS) for _ in range(800))])
+            fh.write(orjson.dumps({"cache_id": f"doc{c}", "system": text}) + b"\n")
+    jobs = tmp_path / "jobs.jsonl"
+    with jobs.open("wb") as fh:
+        for c in range(3):
+            for q in range(4):  # one short reply (the primer), three long ones
+                line = {"id": f"c{c}-q{q}", "cache_id": f"doc{c}", "query": f"question {q}?"}
+                line["params"] = {"max_tokens": 1 if q == 0 else 200}  # type: ignore[assignment]
+                fh.write(orjson.dumps(line) + b"\n")
+    mock = MockConfig(
+        base_ms=5,
+        prefill_ms_per_token=0.02,
+        cached_prefill_ms_per_token=0.0,
+        decode_ms_per_token=5,  # a long reply: about 1 s
+        jitter=0.0,
+        cache_block_tokens=16,
+        cache_min_prefix_tokens=256,
+        seed=4,
+    )
+    async with serve(mock) as url:
+        out = await run(jobs, config(tmp_path, url, concurrency=8))
+    assert out.exit_code == 0
+    recs = [orjson.loads(line) for line in (tmp_path / "l.jsonl").read_bytes().splitlines()]
+    first = min(recs, key=lambda r: r["started_at"])
+    probe = [
+        r for r in recs if r["cache_id"] == first["cache_id"] and r["cache_role"] == "follower"
+    ]
+    probe.sort(key=lambda r: r["started_at"])
+    probe_end = min(r["ended_at"] for r in probe[:2])
+    others = [r["started_at"] for r in recs if r["cache_id"] != first["cache_id"]]
+    # The other groups went while the probe's followers were still out...
+    assert min(others) < probe_end, (min(others), probe_end)
+    # ...and its verdict, read after other traffic had gone, is not taken for a shared cache.
+    assert out.summary["cache_control"]["cache_shape"] == "unknown"

@@ -486,3 +486,136 @@ def test_probe_followers_answering_without_usage_let_the_other_groups_open() -> 
     while (nxt := s.next(32)) is not None:
         roles.append(nxt.role)
     assert roles.count("primer") == 2 and roles.count("follower") == 2
+
+
+# -- a probe that waits for a long reply must not idle the pipeline ----------------------------
+
+
+def test_a_slow_probe_ends_the_isolation_at_its_settle_time_and_its_verdict_applies() -> None:
+    """The server reads a request's cached prefix when it starts it: once both probe followers
+    have had time to start, the other groups may go, and the readings still count."""
+    c = ctl()
+    b = c.new_batch()
+    assert c.release_cap(b) == 3
+    c.open_batch(b, 2)
+    c.settle_by(10.0)
+    assert not c.settled(9.99) and (c.groups, c.cap, c.may_exceed) == (1, 1, False)
+    assert c.settled(10.0)
+    # The groups open (more on idle slots), each one request at a time: a per-slot cache is
+    # not ruled out, and a fan-out there would split prefixes over slots.
+    assert (c.groups, c.cap, c.may_exceed, c.probing) == (8, 1, True, True)
+    assert not c.settled(11.0)  # once
+    # Its followers, sent while nothing else was out, split: a per-slot cache after all.
+    c.observe(**MISS, siblings=1, epoch=c.epoch, active=1, batch=b)
+    c.observe(**HIT, siblings=2, epoch=c.epoch, active=1, batch=b)
+    assert (c.shape, c.cap, c.probing) == ("per-slot", 1, False)
+
+
+def test_a_probe_that_all_hit_after_the_isolation_ended_is_not_taken_for_shared() -> None:
+    """The per-slot misread guard: one probe that all hit may be a per-slot cache's race (a
+    follower given the primer's slot after its sibling finished), so a shared cache needs two
+    probes read alone. With other traffic out a second one cannot be read: unknown, not shared."""
+    c = ctl()
+    b = c.new_batch()
+    assert c.release_cap(b) == 3
+    c.open_batch(b, 2)
+    c.settle_by(1.0)
+    assert c.settled(2.0)
+    for _ in range(2):
+        c.observe(**HIT, siblings=1, epoch=c.epoch, active=1, batch=b)
+    assert (c.shape, c.probing, c.shared_probes) == ("unknown", False, 1)
+    # Answered within the settle time, the same probe asks for a second one, read alone.
+    c = ctl()
+    b = c.new_batch()
+    c.release_cap(b)
+    c.open_batch(b, 2)
+    c.settle_by(1.0)
+    for _ in range(2):
+        c.observe(**HIT, siblings=1, epoch=c.epoch, active=1, batch=b)
+    assert (c.shape, c.probing, c.groups, c.settle_at) == ("unknown", True, 1, None)
+    b = c.new_batch()
+    assert c.release_cap(b) == 3
+    c.open_batch(b, 2)
+    for _ in range(2):
+        c.observe(**HIT, siblings=1, epoch=c.epoch, active=1, batch=b)
+    assert c.shape == "shared"
+
+
+def test_the_scheduler_lets_the_other_groups_go_when_a_probe_follower_is_slow() -> None:
+    """Fake clock: the probe's primer answers in 0.5 s; its followers are released at once;
+    0.5 s later, with neither answered, the pipeline stops waiting for them."""
+    t = [0.0]
+    s = Scheduler(
+        strategy="warm",
+        ttl_s=300.0,
+        max_active_groups=8,
+        min_cacheable_tokens=256,
+        max_per_group=64,
+        clock=lambda: t[0],
+    )
+    for g in range(3):
+        for i in range(6):
+            s.add(job(i, g))
+    primer = s.next(32)
+    assert primer is not None and primer.role == "primer" and s.wake_in() is None
+    t[0] = 0.5
+    s.answered(primer, True)
+    s.finished(primer)
+    a, b = s.next(32), s.next(32)
+    assert a is not None and b is not None and a.batch == b.batch and s.next(32) is None
+    assert s.wake_in() == pytest.approx(0.5)  # the pipeline pumps again then
+    t[0] = 0.99
+    assert s.next(32) is None and s.wake_in() == pytest.approx(0.01)
+    t[0] = 1.0
+    sent = []
+    while (d := s.next(32)) is not None:
+        sent.append(d)
+    # The two other groups send their primers; the probe's group, two out, waits (cap 1).
+    assert sorted((d.job.group, d.role) for d in sent) == [("g1:h1", "primer"), ("g2:h2", "primer")]
+    assert s.wake_in() is None and s.control.probing
+    # The slow followers land: a split. The cap drops to one for what is still to come.
+    s.observe(a, TOKENS, 0)
+    s.observe(b, TOKENS, 1000)
+    assert (s.control.shape, s.control.cap) == ("per-slot", 1)
+
+
+def test_without_a_known_primer_latency_the_probe_waits_for_its_verdict() -> None:
+    """A clock that does not move (no latency measured): no settle time, the old wait."""
+    s = Scheduler(
+        strategy="warm",
+        ttl_s=300.0,
+        max_active_groups=8,
+        min_cacheable_tokens=256,
+        max_per_group=64,
+        clock=lambda: 0.0,
+    )
+    for g in range(2):
+        for i in range(5):
+            s.add(job(i, g))
+    primer = s.next(32)
+    assert primer is not None
+    s.answered(primer, True)
+    s.finished(primer)
+    assert s.next(32) is not None and s.next(32) is not None
+    assert s.wake_in() is None and s.next(32) is None
+
+
+def test_the_probe_followers_are_the_shortest_replies() -> None:
+    """The probe's verdict waits for both followers: it takes the two shortest reply budgets."""
+    s = Scheduler(
+        strategy="warm",
+        ttl_s=300.0,
+        max_active_groups=8,
+        min_cacheable_tokens=256,
+        max_per_group=64,
+        clock=lambda: 0.0,
+    )
+    for i, m in enumerate([1024, 512, 8, 256, 4, 16]):
+        j = job(i, 0)
+        s.add(Job(**{**{f: getattr(j, f) for f in j.__slots__}, "params": {"max_tokens": m}}))
+    primer = s.next(32)
+    assert primer is not None and primer.job.custom_id == "g0-4"
+    s.answered(primer, True)
+    a, b = s.next(32), s.next(32)
+    assert a is not None and b is not None and s.next(32) is None
+    assert {a.job.custom_id, b.job.custom_id} == {"g0-2", "g0-5"}
