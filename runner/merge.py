@@ -88,7 +88,7 @@ def expand_parts(parts: Sequence[str]) -> list[Path]:
             found = sorted(glob.glob(p))
             if not found:
                 raise ConfigError(f"{p}: no file matches")
-            out.extend(Path(f) for f in found if not f.endswith((".json", ".lock")))
+            out.extend(Path(f) for f in found if not f.endswith((".json", ".lock", ".state")))
         else:
             out.append(Path(p))
     return out

@@ -46,7 +46,9 @@ def _stamp(latency: Path) -> list[int] | None:
 
 def remove_state(summary: Path) -> None:
     """A run is starting: no earlier state may describe its outputs."""
-    state_path(summary).unlink(missing_ok=True)
+    path = state_path(summary)
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # a write a crash cut short
 
 
 def write_state(summary: Path, builder: SummaryBuilder, latency: Path) -> bool:

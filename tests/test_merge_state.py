@@ -4,8 +4,13 @@ longer describes its latency file is not used."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,7 @@ FAST_MOCK = {
     "cached_prefill_ms_per_token": 0.0001,
     "decode_ms_per_token": 0.2,
 }
+ROOT = Path(__file__).resolve().parent.parent
 PRICES = {"cheap-1": Price(1.0, 2.0, 0.5), "dear-1": Price(30.0, 60.0, 15.0)}
 
 
@@ -240,3 +246,33 @@ def test_read_state_checks_its_stamp_and_shape(tmp_path: Path) -> None:
     assert read_state(summary, latency) is None
     b.add_usage(10, 0, 0, 5)  # a pre-warm is billed but has no latency record: no state
     assert not write_state(summary, b, latency)
+
+
+def test_a_shard_killed_mid_run_leaves_no_state_of_its_earlier_run(tmp_path: Path) -> None:
+    parts, cfg = _shards(tmp_path, 2)
+    summary0 = tmp_path / "jobs.shard-0-of-2.summary.json"
+    assert state_path(summary0).exists()
+    slow = tmp_path / "slow.toml"
+    slow.write_text(cfg.read_text() + "[mock]\nbase_ms = 300.0\n")
+    jobs, ctx = tmp_path / "jobs.jsonl", tmp_path / "ctx.jsonl"
+    cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--contexts", str(ctx), "-c"]
+    cmd += [str(slow), "--progress", "off", "--no-resume", "--shard", "0/2", "--concurrency", "2"]
+    before = parts[0].read_bytes().count(b"\n")
+
+    def lines() -> int:
+        return parts[0].read_bytes().count(b"\n")
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not 2 <= lines() < before:  # the new run's
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert 2 <= lines() < before
+    assert not state_path(summary0).exists()  # removed when the killed run started
+    rep = merge(tmp_path / "m.results.jsonl", parts, price_of=_price_of, partial=True)
+    assert rep.unfinished == (0,) and rep.from_state == (1,)
+    lines = (tmp_path / "m.latency.jsonl").read_bytes().count(b"\n")
+    assert rep.summary["jobs"]["ok"] + rep.summary["jobs"]["failed"] == lines
