@@ -35,6 +35,7 @@ from .limits import RateController
 from .models import BadLine, Job, LatencyRecord
 from .observe import Observer, write_summary_to
 from .outputs import OutputPlan, check_outputs, run_plan
+from .partstate import remove_state, write_state
 from .pipeline import Engine, Limiter, LiveStats, RunOutcome, Sink
 from .preflight import check_prices
 from .progress import make_progress
@@ -155,12 +156,14 @@ async def _run_direct(
         if config.base_url:
             await _preflight(backend, base_url)
         outputs = None
+        fresh_state = False  # write S.state for the merge (runner/partstate.py)
         if sink is None:
             # Only now, with every pre-flight check passed, may an output be truncated.
             outputs = open_outputs(config, jobs_path=jobs_path, model=config.model, plan=plan)
             stack.callback(outputs.close)
             sink = outputs.sink  # the files, or the --order input wrapper over them
             _shard_manifest(shard, outputs, jobs_path, summary_path, config)
+            fresh_state = _fresh_state(shard, outputs, summary_path)
         explicit = await _explicit_caches(config, backend, plan)
         sink = observer.wrap_sink(sink)
         limiter = await _limiter(stack, config, base_url=base_url, api_key=api_key)
@@ -207,6 +210,8 @@ async def _run_direct(
         if summary_path is not None:
             try:
                 write_summary_to(summary_path, outcome.summary)
+                if outputs is not None and fresh_state:
+                    write_state(summary_path, engine.accounts.summary, outputs.latency_path)
                 if also_stdout:
                     write_summary_to(Path("-"), outcome.summary)
             except SinkError as exc:
@@ -242,6 +247,18 @@ def _shard_manifest(
         model=config.model,
         order=config.order,
     )
+
+
+def _fresh_state(shard: ShardSpec | None, outputs: Outputs, summary_path: Path | None) -> bool:
+    """A shard's earlier ``S.state`` is void now; whether this run may write one at its end:
+    only when its latency file starts empty, so that its builder covers every record."""
+    if shard is None or summary_path is None or str(summary_path) == "-":
+        return False
+    remove_state(summary_path)
+    try:
+        return outputs.latency_path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 async def _limiter(

@@ -13,7 +13,9 @@ OUT gets the results and latency lines of the parts in shard order (in the order
 file when every part's manifest says it ran with ``--order input`` and that file is unchanged),
 and a summary computed
 from the latency records themselves (exact percentiles, counts, tokens and cost: the same
-:class:`~runner.stats.SummaryBuilder` a run uses). The three files are written to temporary
+:class:`~runner.stats.SummaryBuilder` a run uses; one per part, combined in part order, taken
+from the part's ``S.state`` when that still describes its latency file,
+:mod:`runner.partstate`). The three files are written to temporary
 names and renamed into place, so a failed merge leaves no half output. An existing OUT is
 refused unless it was written by an earlier merge of the same input (``OUT.merged.json``), so
 a merge never overwrites a run's own results.
@@ -38,6 +40,7 @@ from .errors import ConfigError, InputError
 from .idset import IdSet
 from .jobs import id_field
 from .models import Price
+from .partstate import read_state
 from .report import render_summary
 from .results import line_key, parse_result
 from .shards import read_manifest, unchanged_input
@@ -58,6 +61,7 @@ class MergeReport:
     merged: tuple[int, ...]  # shard indices merged
     missing: tuple[int, ...]  # absent from the parts
     unfinished: tuple[int, ...]  # present without a finished summary
+    from_state: tuple[int, ...] = ()  # summed from the shard's S.state, not its records
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +88,7 @@ def expand_parts(parts: Sequence[str]) -> list[Path]:
             found = sorted(glob.glob(p))
             if not found:
                 raise ConfigError(f"{p}: no file matches")
-            out.extend(Path(f) for f in found if not f.endswith((".json", ".lock")))
+            out.extend(Path(f) for f in found if not f.endswith((".json", ".lock", ".state")))
         else:
             out.append(Path(p))
     return out
@@ -346,6 +350,24 @@ def _records(block: bytes, path: Path, line: int) -> list[dict[str, Any]]:
     raise InputError(f"{path}: unreadable latency records")  # pragma: no cover
 
 
+def _copy_latency(out: io.BufferedWriter, p: _Part) -> tuple[SummaryBuilder, bool]:
+    """Copy the part's latency lines; its builder, and whether it came from its ``S.state``."""
+    part = read_state(p.summary, p.latency)
+    if part is not None:
+        for block in _blocks(p.latency):
+            out.write(block)
+        return part, True
+    part = SummaryBuilder(None)
+    add = part.add
+    line = 1
+    for block in _blocks(p.latency):
+        for rec in _records(block, p.latency, line):
+            add(rec)
+            line += 1
+        out.write(block)
+    return part, False
+
+
 def merge(
     out: Path,
     parts: Sequence[Path],
@@ -409,6 +431,7 @@ def merge(
             )
     out.parent.mkdir(parents=True, exist_ok=True)
     builder = SummaryBuilder(None, price_of=price_of)
+    from_state: list[int] = []
     ids = IdSet()
     tmp_res = results.with_name(results.name + ".tmp")
     tmp_lat = latency.with_name(latency.name + ".tmp")
@@ -420,14 +443,14 @@ def merge(
                 n_results = _copy_results(rf, loaded, ids)
             else:
                 n_results = _write_in_input_order(rf, loaded, order_by, ids)
+            # Each part's summary state (its own builder, combined in part order): the one its
+            # run left (S.state, runner/partstate.py) when that still matches its latency file,
+            # else its records parsed. Either way the same builder, so the same summary.
             for p in loaded:
-                line = 1
-                for block in _blocks(p.latency):
-                    add = builder.add
-                    for rec in _records(block, p.latency, line):
-                        add(rec)
-                        line += 1
-                    lf.write(block)
+                part, trusted = _copy_latency(lf, p)
+                if trusted:
+                    from_state.append(p.index)
+                builder.absorb(part)
             rf.flush()
             lf.flush()
             os.fsync(rf.fileno())
@@ -442,6 +465,7 @@ def merge(
             "merged": sorted(present),
             "missing": list(missing),
             "unfinished": list(unfinished),
+            "from_state": list(from_state),  # summed from S.state, not re-read (partstate.py)
         }
         if summary["jobs"]["ok"] + summary["jobs"]["failed"] != n_results:
             raise ConfigError(
@@ -469,7 +493,14 @@ def merge(
         ),
     )
     return MergeReport(
-        results, latency, summary, count, tuple(sorted(present)), missing, unfinished
+        results,
+        latency,
+        summary,
+        count,
+        tuple(sorted(present)),
+        missing,
+        unfinished,
+        tuple(from_state),
     )
 
 

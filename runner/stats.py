@@ -97,6 +97,58 @@ class Distribution:
         for v in values:
             self.add(v)
 
+    def absorb(self, other: Distribution) -> None:
+        """Add ``other``'s samples, as if each had been :meth:`add` ed here (the ``total`` is
+        this one's plus ``other``'s: a sum per part, then over the parts)."""
+        self.count += other.count
+        self.total += other.total
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        mine, theirs = self._exact, other._exact
+        if mine is not None and theirs is not None:
+            mine.extend(theirs)
+            if len(mine) > self._limit:
+                self._fold()
+            return
+        if mine is not None:
+            self._fold()
+        b = self._buckets
+        if theirs is not None:
+            for v in theirs:
+                key = _floor(_log(v) * _K) if v > 0.0 else _ZERO_KEY
+                b[key] = b.get(key, 0) + 1
+        else:
+            for key, c in other._buckets.items():
+                b[key] = b.get(key, 0) + c
+
+    def state(self) -> tuple[dict[str, Any], list[float]]:
+        """(scalars and buckets as JSON, the exact samples): what :meth:`from_state` takes."""
+        head: dict[str, Any] = {"count": self.count, "total": self.total}
+        if self.count:
+            head["min"], head["max"] = self.min, self.max
+        if self._exact is None:
+            head["buckets"] = [[k, c] for k, c in self._buckets.items()]
+        else:
+            head["exact"] = len(self._exact)
+        return head, self._exact or []
+
+    @classmethod
+    def from_state(
+        cls, head: Mapping[str, Any], samples: Sequence[float], exact_limit: int
+    ) -> Distribution:
+        d = cls(exact_limit)
+        d.count, d.total = int(head["count"]), float(head["total"])
+        if d.count:
+            d.min, d.max = float(head["min"]), float(head["max"])
+        if "buckets" in head:
+            d._exact = None
+            d._buckets = {int(k): int(c) for k, c in head["buckets"]}
+        else:
+            d._exact = list(samples)
+            if len(d._exact) != d.count:
+                raise ValueError("sample count mismatch")
+        return d
+
     def _fold(self) -> None:
         exact, self._exact = self._exact, None
         assert exact is not None
@@ -527,6 +579,110 @@ class SummaryBuilder:
         if models:
             out["models"] = dict(sorted(models.items()))  # jobs sent to each model
         return out
+
+    _DISTS = ("latency", "ttft", "total", "tpot", "itl")
+
+    def absorb(self, other: SummaryBuilder) -> None:
+        """Add ``other``'s records (and overhead tokens) to this builder, as if each had been
+        :meth:`add` ed here; float sums are summed per builder, then added."""
+        self.ok += other.ok
+        self.failed += other.failed
+        for code, n in other._by_error.items():
+            self._by_error[code] = self._by_error.get(code, 0) + n
+        for role, r in other._roles.items():
+            mine = self._roles.get(role)
+            if mine is None:
+                mine = self._roles[role] = _Role()
+            mine.requests += r.requests
+            mine.ok += r.ok
+            mine.prompt += r.prompt
+            mine.cached += r.cached
+        for model, counts in other._models.items():
+            m = self._models.get(model)
+            if m is None:
+                m = self._models[model] = [0, 0, 0, 0, 0]
+            for i, c in enumerate(counts):
+                m[i] += c
+        self.prompt += other.prompt
+        self.cached += other.cached
+        self.cached_unreported += other.cached_unreported
+        self.cache_write += other.cache_write
+        self.completion += other.completion
+        self.overhead_requests += other.overhead_requests
+        self._good += other._good
+        self._retries += other._retries
+        self._limiter_ms += other._limiter_ms
+        self._first_queued = min(self._first_queued, other._first_queued)
+        self._last_ended = max(self._last_ended, other._last_ended)
+        for name in self._DISTS:
+            getattr(self, name).absorb(getattr(other, name))
+
+    def state(self) -> tuple[dict[str, Any], list[float]]:
+        """The builder's whole state: JSON-able scalars, and every exact sample in one list
+        (the header's ``dists`` say how many belong to each distribution). Without an SLO."""
+        if self._slo is not None:
+            raise ValueError("a builder with an SLO has no state dump")
+        done = self.ok + self.failed
+        head: dict[str, Any] = {
+            "ok": self.ok,
+            "failed": self.failed,
+            "by_error": self._by_error,
+            "roles": {k: [r.requests, r.ok, r.prompt, r.cached] for k, r in self._roles.items()},
+            "models": [[m, v] for m, v in self._models.items()],
+            "tokens": [self.prompt, self.cached, self.cached_unreported, self.cache_write,
+                       self.completion],
+            "overhead_requests": self.overhead_requests,
+            "retries": self._retries,
+            "limiter_ms": self._limiter_ms,
+            "span": [self._first_queued, self._last_ended] if done else None,
+        }  # fmt: skip
+        dists: dict[str, Any] = {}
+        samples: list[float] = []
+        for name in self._DISTS:
+            dh, ds = getattr(self, name).state()
+            dists[name] = dh
+            samples += ds
+        head["dists"] = dists
+        return head, samples
+
+    @classmethod
+    def from_state(
+        cls,
+        head: Mapping[str, Any],
+        samples: Sequence[float],
+        *,
+        exact_limit: int = DEFAULT_EXACT_LIMIT,
+    ) -> SummaryBuilder:
+        """A builder from :meth:`state` (unpriced: :meth:`absorb` it into a priced one).
+
+        :raises ValueError: (or KeyError/TypeError) the state is not one :meth:`state` wrote.
+        """
+        b = cls(None, exact_limit=exact_limit)
+        b.ok, b.failed = int(head["ok"]), int(head["failed"])
+        b._by_error = {str(k): int(v) for k, v in head["by_error"].items()}
+        for role, (req, ok, prompt, cached) in head["roles"].items():
+            b._roles[str(role)] = _Role(int(req), int(ok), int(prompt), int(cached))
+        for model, counts in head["models"]:
+            if len(counts) != 5:
+                raise ValueError("bad model counts")
+            b._models[model] = [int(c) for c in counts]
+        (b.prompt, b.cached, b.cached_unreported, b.cache_write, b.completion) = (
+            int(v) for v in head["tokens"]
+        )
+        b.overhead_requests = int(head["overhead_requests"])
+        b._retries = int(head["retries"])
+        b._limiter_ms = float(head["limiter_ms"])
+        if head["span"] is not None:
+            b._first_queued, b._last_ended = (float(v) for v in head["span"])
+        at = 0
+        for name in cls._DISTS:
+            dh = head["dists"][name]
+            n = 0 if "buckets" in dh else int(dh["exact"])
+            setattr(b, name, Distribution.from_state(dh, samples[at : at + n], exact_limit))
+            at += n
+        if at != len(samples):
+            raise ValueError("sample count mismatch")
+        return b
 
     def _tokens(
         self,

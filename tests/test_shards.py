@@ -184,7 +184,13 @@ def test_shards_merge_to_the_single_run(tmp_path: Path) -> None:
     assert summary["jobs"]["failed"] == one["jobs"]["failed"] == 1
     assert summary["tokens"]["prompt"] == one["tokens"]["prompt"]
     assert abs(summary["cache_hit_ratio"] - one["cache_hit_ratio"]) <= 0.01
-    assert summary["shards"] == {"count": 3, "merged": [0, 1, 2], "missing": [], "unfinished": []}
+    assert summary["shards"] == {
+        "count": 3,
+        "merged": [0, 1, 2],
+        "missing": [],
+        "unfinished": [],
+        "from_state": [0, 1, 2],
+    }
     assert len((tmp_path / "all.latency.jsonl").read_bytes().splitlines()) == len(merged_ids)
 
     # a merge again onto its own earlier output is allowed; onto a run's results it is not

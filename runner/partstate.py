@@ -1,0 +1,96 @@
+"""A shard's summary state, ``S.state`` beside its summary ``S`` (docs/FORMATS.md).
+
+At its end a shard run that started with an empty latency file writes the exact state of its
+:class:`~runner.stats.SummaryBuilder` (every count and token sum, and each distribution's
+samples) stamped with the size, inode and modification time of the latency file it describes.
+:func:`runner.merge.merge` then combines these states instead of parsing every latency record
+again (``--workers`` spends that time serially, after the workers). A state whose stamp does
+not match its latency file (the file grew, was rewritten or replaced since), one written by a
+resumed shard (its builder does not cover the earlier records), one that is missing or
+unreadable: the merge parses that part's records, as it always could. Either way each part's
+builder is the same, so the merged summary is too.
+
+Layout: one JSON line (``version``, ``latency`` stamp, the builder's scalars) then the exact
+samples as native-endian float64 (``array('d')`` bytes; the header names the byte order).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from array import array
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .stats import SummaryBuilder
+
+__all__ = ["read_state", "remove_state", "state_path", "write_state"]
+
+VERSION = 1
+
+
+def state_path(summary: Path) -> Path:
+    """``S`` -> ``S.state``."""
+    return summary.with_name(summary.name + ".state")
+
+
+def _stamp(latency: Path) -> list[int] | None:
+    try:
+        st = latency.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_ino, st.st_mtime_ns]
+
+
+def remove_state(summary: Path) -> None:
+    """A run is starting: no earlier state may describe its outputs."""
+    path = state_path(summary)
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # a write a crash cut short
+
+
+def write_state(summary: Path, builder: SummaryBuilder, latency: Path) -> bool:
+    """Write ``S.state`` for ``builder``, whose records are exactly those of ``latency`` (as it
+    is now, every line flushed). False (nothing written) when the builder counts requests that
+    are not in the file (cache pre-warms) or the file cannot be stat'ed."""
+    stamp = _stamp(latency)
+    if stamp is None or builder.overhead_requests:
+        return False
+    head, samples = builder.state()
+    head = {"version": VERSION, "byteorder": sys.byteorder, "latency": stamp, **head}
+    data = orjson.dumps(head) + b"\n" + array("d", samples).tobytes()
+    path = state_path(summary)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def read_state(summary: Path, latency: Path) -> SummaryBuilder | None:
+    """The builder ``S.state`` holds, when its stamp matches ``latency`` as it is now; None
+    otherwise (the caller parses the latency records instead)."""
+    try:
+        data = state_path(summary).read_bytes()
+    except OSError:
+        return None
+    cut = data.find(b"\n")
+    try:
+        head: dict[str, Any] = orjson.loads(data[:cut])
+        if (
+            cut < 0
+            or head.get("version") != VERSION
+            or head.get("byteorder") != sys.byteorder
+            or head.get("latency") != _stamp(latency)
+        ):
+            return None
+        samples = array("d")
+        samples.frombytes(data[cut + 1 :])
+        return SummaryBuilder.from_state(head, samples)
+    except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return None
