@@ -274,5 +274,5 @@ def test_a_shard_killed_mid_run_leaves_no_state_of_its_earlier_run(tmp_path: Pat
     assert not state_path(summary0).exists()  # removed when the killed run started
     rep = merge(tmp_path / "m.results.jsonl", parts, price_of=_price_of, partial=True)
     assert rep.unfinished == (0,) and rep.from_state == (1,)
-    lines = (tmp_path / "m.latency.jsonl").read_bytes().count(b"\n")
-    assert rep.summary["jobs"]["ok"] + rep.summary["jobs"]["failed"] == lines
+    merged = (tmp_path / "m.latency.jsonl").read_bytes().count(b"\n")
+    assert rep.summary["jobs"]["ok"] + rep.summary["jobs"]["failed"] == merged
