@@ -45,3 +45,32 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 def load(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
+
+
+def refused_outputs(
+    tmp: Path, capsys: pytest.CaptureFixture[str], command: str, flags: list[str]
+) -> str:
+    """Run ``command`` (``run`` or ``bench``) over a jobs file, a config and a contexts file in
+    ``tmp`` with ``flags`` (``{jobs}``, ``{config}``, ``{contexts}``, ``{link}``: a symlink to the
+    jobs file, ``{tmp}``), assert it is refused (exit 2, an output naming an input or two outputs
+    on one file) with every file in ``tmp`` untouched and none created; return stderr."""
+    jobs = write_jobs(tmp, 5)
+    config = fast_config(tmp)
+    contexts = tmp / "contexts.jsonl"
+    contexts.write_text('{"cache_id": "c", "system": "s"}\n')
+    link = tmp / "link.jsonl"
+    link.symlink_to(jobs)
+
+    def snapshot() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file()}
+
+    before = snapshot()
+    args = [
+        f.format(jobs=jobs, config=config, contexts=contexts, link=link, tmp=tmp) for f in flags
+    ]
+    head = ["run", str(jobs)] if command == "run" else ["bench", "--jobs", str(jobs)]
+    code, err = cli_run(capsys, *head, "-c", str(config), "--contexts", str(contexts), *args)
+    assert code == 2, err
+    assert "refusing to overwrite an input" in err or "are the same file" in err
+    assert snapshot() == before  # no input changed, no output created
+    return err

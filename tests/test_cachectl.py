@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import pytest
 
@@ -26,6 +27,18 @@ def job(i: int, group: int) -> Job:
         params={},
         prompt_chars=PREFIX + 40,
         prefix_chars=PREFIX,
+    )
+
+
+def warm_scheduler(clock: Callable[[], float]) -> Scheduler:
+    """The adaptive warm scheduler these tests drive: 8 groups, 64 per group, on ``clock``."""
+    return Scheduler(
+        strategy="warm",
+        ttl_s=300.0,
+        max_active_groups=8,
+        min_cacheable_tokens=256,
+        max_per_group=64,
+        clock=clock,
     )
 
 
@@ -227,14 +240,7 @@ def test_limits_stay_within_floor_and_ceiling() -> None:
 
 
 def test_a_cut_takes_back_followers_released_but_not_yet_sent() -> None:
-    s = Scheduler(
-        strategy="warm",
-        ttl_s=300.0,
-        max_active_groups=8,
-        min_cacheable_tokens=256,
-        max_per_group=64,
-        clock=lambda: 0.0,
-    )
+    s = warm_scheduler(lambda: 0.0)
     shared(s.control)  # a shared cache so far: full fan-out
     s.control.shape = "per-slot"  # then a split showed slots after all
     for i in range(10):
@@ -258,14 +264,7 @@ def test_a_cut_takes_back_followers_released_but_not_yet_sent() -> None:
 
 
 def test_the_scheduler_serves_one_group_alone_until_the_probe_reports() -> None:
-    s = Scheduler(
-        strategy="warm",
-        ttl_s=300.0,
-        max_active_groups=8,
-        min_cacheable_tokens=256,
-        max_per_group=64,
-        clock=lambda: 0.0,
-    )
+    s = warm_scheduler(lambda: 0.0)
     for g in range(4):
         for i in range(7):
             s.add(job(i, g))
@@ -461,14 +460,7 @@ def test_the_summary_table_says_where_the_controller_ended() -> None:
 def test_probe_followers_answering_without_usage_let_the_other_groups_open() -> None:
     """A server that reports no cached tokens never gives the probe a verdict: the scheduler
     must not keep serving one group alone."""
-    s = Scheduler(
-        strategy="warm",
-        ttl_s=300.0,
-        max_active_groups=8,
-        min_cacheable_tokens=256,
-        max_per_group=64,
-        clock=lambda: 0.0,
-    )
+    s = warm_scheduler(lambda: 0.0)
     for g in range(3):
         for i in range(5):
             s.add(job(i, g))
@@ -545,14 +537,7 @@ def test_the_scheduler_lets_the_other_groups_go_when_a_probe_follower_is_slow() 
     """Fake clock: the probe's primer answers in 0.5 s; its followers are released at once;
     0.5 s later, with neither answered, the pipeline stops waiting for them."""
     t = [0.0]
-    s = Scheduler(
-        strategy="warm",
-        ttl_s=300.0,
-        max_active_groups=8,
-        min_cacheable_tokens=256,
-        max_per_group=64,
-        clock=lambda: t[0],
-    )
+    s = warm_scheduler(lambda: t[0])
     for g in range(3):
         for i in range(6):
             s.add(job(i, g))
@@ -581,14 +566,7 @@ def test_the_scheduler_lets_the_other_groups_go_when_a_probe_follower_is_slow() 
 
 def test_without_a_known_primer_latency_the_probe_waits_for_its_verdict() -> None:
     """A clock that does not move (no latency measured): no settle time, the old wait."""
-    s = Scheduler(
-        strategy="warm",
-        ttl_s=300.0,
-        max_active_groups=8,
-        min_cacheable_tokens=256,
-        max_per_group=64,
-        clock=lambda: 0.0,
-    )
+    s = warm_scheduler(lambda: 0.0)
     for g in range(2):
         for i in range(5):
             s.add(job(i, g))
@@ -602,14 +580,7 @@ def test_without_a_known_primer_latency_the_probe_waits_for_its_verdict() -> Non
 
 def test_the_probe_followers_are_the_shortest_replies() -> None:
     """The probe's verdict waits for both followers: it takes the two shortest reply budgets."""
-    s = Scheduler(
-        strategy="warm",
-        ttl_s=300.0,
-        max_active_groups=8,
-        min_cacheable_tokens=256,
-        max_per_group=64,
-        clock=lambda: 0.0,
-    )
+    s = warm_scheduler(lambda: 0.0)
     for i, m in enumerate([1024, 512, 8, 256, 4, 16]):
         j = job(i, 0)
         s.add(Job(**{**{f: getattr(j, f) for f in j.__slots__}, "params": {"max_tokens": m}}))

@@ -13,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from promise_helpers import cli_run, fast_config, lines, load, write_jobs
+from promise_helpers import cli_run, fast_config, lines, load, refused_outputs, write_jobs
 
 from runner import sinks
 from runner.config import RunConfig
 from runner.sinks import open_outputs
-
-
-def _snapshot(tmp: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file()}
 
 
 @pytest.mark.parametrize(
@@ -39,24 +35,7 @@ def _snapshot(tmp: Path) -> dict[str, bytes]:
 def test_an_output_naming_an_input_is_refused_and_nothing_is_touched(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
 ) -> None:
-    jobs = write_jobs(tmp_path, 5)
-    config = fast_config(tmp_path)
-    contexts = tmp_path / "contexts.jsonl"
-    contexts.write_text('{"cache_id": "c", "system": "s"}\n')
-    (tmp_path / "link.jsonl").symlink_to(jobs)
-    before = _snapshot(tmp_path)
-    args = [
-        f.format(
-            jobs=jobs, config=config, contexts=contexts, link=tmp_path / "link.jsonl", tmp=tmp_path
-        )
-        for f in flags
-    ]
-    code, err = cli_run(
-        capsys, "run", str(jobs), "-c", str(config), "--contexts", str(contexts), *args
-    )
-    assert code == 2, err
-    assert "refusing to overwrite an input" in err or "are the same file" in err
-    assert _snapshot(tmp_path) == before  # no input changed, no output created
+    refused_outputs(tmp_path, capsys, "run", flags)
 
 
 def test_two_outputs_on_one_file_are_refused(
