@@ -39,6 +39,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .config import RunConfig
 from .errors import ConfigError
 from .merge import MERGED_SUFFIX, merge
@@ -192,13 +194,70 @@ def run_workers(
         extra.append("--quiet")  # one summary table (the merged one), not one per worker
     if not config.redis_url:
         extra += ["--limit-file", str(results.with_name(results.name + ".limits.json"))]
+    if config.max_cost is not None:
+        # One budget over the run: each worker guards its share (its worst case never crosses
+        # it), so the workers together never spend more than --max-cost.
+        extra += ["--max-cost", repr(config.max_cost / n)]
     specs = [ShardSpec(k, n) for k in range(n)]
+    parts = [shard_path(results, s) for s in specs]
+    # The run's own output lock, as a plain run on the same output takes it: either is refused
+    # (exit 2) while the other writes. The workers lock their shards' outputs themselves.
+    from .sinks import _acquire_lock, _release_lock
+
+    results.parent.mkdir(parents=True, exist_ok=True)
+    lock = results.with_name(results.name + ".lock")
+    lock_fd = _acquire_lock(lock, results)
+    try:
+        return _run_locked(
+            jobs,
+            config,
+            argv,
+            results,
+            specs,
+            parts,
+            shares,
+            extra,
+            summary_path,
+            latency,
+            to_stdout,
+        )
+    finally:
+        _release_lock(lock, lock_fd)
+
+
+def _own_earlier_merge(marker: Path, parts: Sequence[Path]) -> bool:
+    """Whether ``marker`` says its results are a merge of exactly these shard files: the
+    shards have just resumed from those files (an input that only grew, jobs appended), so
+    that merge is this run's own earlier output and the new merge replaces it."""
+    try:
+        was = orjson.loads(marker.read_bytes()).get("parts")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return False
+    if not isinstance(was, list) or not all(isinstance(p, str) for p in was):
+        return False
+    return sorted(Path(p).resolve() for p in was) == sorted(p.resolve() for p in parts)
+
+
+def _run_locked(
+    jobs: Path,
+    config: RunConfig,
+    argv: Sequence[str],
+    results: Path,
+    specs: list[ShardSpec],
+    parts: list[Path],
+    shares: list[int],
+    extra: list[str],
+    summary_path: Path,
+    latency: Path,
+    to_stdout: bool,
+) -> int:
+    n = config.workers
     common = ["--workers", "1", "--progress", "off", *extra]
     procs = [  # the last --concurrency on the command line wins: the worker's share
         _start([*argv, *common, "--shard", str(spec), "--concurrency", str(share)])
         for spec, share in zip(specs, shares, strict=True)
     ]
-    tails = [_Tail(shard_path(results, s)) for s in specs]
+    tails = [_Tail(p) for p in parts]
     code = _supervise(procs, tails, jobs, config)
     if code not in (0, 1):
         print(f"runner: a worker stopped with exit code {code}; not merging", file=sys.stderr)
@@ -219,9 +278,11 @@ def run_workers(
         }
         summary["exit_code"] = 1 if summary["jobs"]["failed"] else code
 
+    marker = results.with_name(results.name + MERGED_SUFFIX)
     rep = merge(
         results,
-        [shard_path(results, s) for s in specs],
+        parts,
+        force=_own_earlier_merge(marker, parts),  # an earlier merge of these same shards
         price_of=config.price,  # each job at its own model's price, as a single run does
         paths=(latency, summary_path),
         order_by=jobs if config.order == "input" else None,
