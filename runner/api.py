@@ -246,6 +246,7 @@ def _shard_manifest(
         summary=summary_path,
         model=config.model,
         order=config.order,
+        contexts=config.contexts,
     )
 
 

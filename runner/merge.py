@@ -378,6 +378,7 @@ def merge(
     paths: tuple[Path, Path] | None = None,
     order_by: Path | None = None,
     finish: Callable[[dict[str, Any]], None] | None = None,
+    inputs: Sequence[Path] = (),
 ) -> MergeReport:
     """Merge the shard outputs ``parts`` into ``out`` (see the module docstring).
 
@@ -394,6 +395,8 @@ def merge(
         interleaved by reading each line's id), not part after part.
     :param finish: called with the merged summary just before it is written, to add to it
         (``--workers`` adds its ``workers`` section and exit code: one write, not two).
+    :param inputs: more files no output may name (the config, the contexts), besides the
+        parts, their jobs file and the contexts their manifests name.
     """
     loaded, count, first = _load_parts(parts)
     present = {p.index for p in loaded}
@@ -416,6 +419,7 @@ def merge(
         loaded,
         first,
         [("OUT", results), ("the merged latency", latency), ("the summary", summary_path)],
+        inputs,
     )
     marker = out.with_name(out.name + MERGED_SUFFIX)
     if out.exists() and out.stat().st_size > 0 and not force:
@@ -505,12 +509,19 @@ def merge(
 
 
 def _refuse_inputs(
-    loaded: Sequence[_Part], first: dict[str, Any], outputs: list[tuple[str, Path]]
+    loaded: Sequence[_Part],
+    first: dict[str, Any],
+    outputs: list[tuple[str, Path]],
+    inputs: Sequence[Path] = (),
 ) -> None:
-    """Even with --force, never write over the parts or the input they read (exit 2)."""
-    taken: dict[Path, str] = {}
+    """Even with --force, never write over the parts or the inputs they read (exit 2); paths
+    are compared resolved, so a symlink to an input is refused too."""
+    taken: dict[Path, str] = {p.resolve(): "an input of the merge" for p in inputs}
     if first.get("jobs_file"):
         taken[Path(first["jobs_file"]).resolve()] = "the jobs file the shards read"
+    for p in loaded:
+        if p.manifest.get("contexts_file"):
+            taken[Path(p.manifest["contexts_file"]).resolve()] = "the contexts the shards read"
     for p in loaded:
         for kind, path in (("results", p.results), ("latency", p.latency), ("summary", p.summary)):
             taken[path.resolve()] = f"the {kind} of shard {p.index}"
@@ -565,8 +576,24 @@ def main(ns: argparse.Namespace) -> int:
         return config.price(m or model)  # a record without a model is the parts' model's
 
     order_by = _input_order(paths)
+
+    def finish(summary: dict[str, Any]) -> None:
+        # The run's exit-code contract (README, exit codes): failed jobs, or shards left out
+        # (--partial), exit 1; the summary records the code, as a run's does.
+        shards = summary["shards"]
+        incomplete = shards["missing"] or shards["unfinished"]
+        summary["exit_code"] = 1 if summary["jobs"]["failed"] or incomplete else 0
+
+    extra = [Path(p) for p in (ns.config, config.contexts) if p is not None]
     rep = merge(
-        ns.out, paths, price_of=price_of, partial=ns.partial, force=ns.force, order_by=order_by
+        ns.out,
+        paths,
+        price_of=price_of,
+        partial=ns.partial,
+        force=ns.force,
+        order_by=order_by,
+        finish=finish,
+        inputs=extra,
     )
     print(render_summary(rep.summary, title="merged summary"), file=sys.stderr)
     if rep.missing or rep.unfinished:
@@ -577,4 +604,4 @@ def main(ns: argparse.Namespace) -> int:
         )
         return 1
     print(f"runner: merged {rep.count} shards into {rep.results}", file=sys.stderr)
-    return 0
+    return int(rep.summary["exit_code"])

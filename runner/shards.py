@@ -223,6 +223,7 @@ def write_manifest(
     summary: Path,
     model: str,
     order: str = "completion",
+    contexts: Path | None = None,
 ) -> None:
     """Record which input, model and shard wrote ``results`` (atomic: temp file + rename), and
     its ``--order``, so that ``runner merge`` can keep input order."""
@@ -237,6 +238,8 @@ def write_manifest(
         "summary": os.path.relpath(summary, results.parent),
         "order": order,
     }
+    if contexts is not None:  # an input too: runner merge never writes over it
+        data["contexts_file"] = str(contexts.resolve())
     path = manifest_path(results)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))

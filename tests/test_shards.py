@@ -174,7 +174,7 @@ def test_shards_merge_to_the_single_run(tmp_path: Path) -> None:
         assert _run_shard(jobs, ctx, k, 3) in (0, 1)
     out = tmp_path / "all.results.jsonl"
     parts = [str(tmp_path / f"jobs.shard-{k}-of-3.results.jsonl") for k in range(3)]
-    assert main(["merge", str(out), *parts]) == 0
+    assert main(["merge", str(out), *parts]) == 1  # as the single run: the bad line failed
     merged_ids = _ids(out)
     assert len(merged_ids) == len(set(merged_ids))
     assert set(merged_ids) == set(_ids(single / "s.results.jsonl"))
@@ -194,7 +194,7 @@ def test_shards_merge_to_the_single_run(tmp_path: Path) -> None:
     assert len((tmp_path / "all.latency.jsonl").read_bytes().splitlines()) == len(merged_ids)
 
     # a merge again onto its own earlier output is allowed; onto a run's results it is not
-    assert main(["merge", str(out), *parts]) == 0
+    assert main(["merge", str(out), *parts]) == 1
     assert main(["merge", str(single / "s.results.jsonl"), *parts]) == 2
     assert len(_ids(single / "s.results.jsonl")) == len(merged_ids)  # untouched
 
@@ -401,7 +401,9 @@ def test_merge_without_a_config_keeps_the_parts_cost(tmp_path: Path) -> None:
         part = orjson.loads((tmp_path / f"jobs.shard-{k}-of-2.summary.json").read_bytes())
         costs.append(part["cost"])
     out = tmp_path / "m.results.jsonl"
-    assert main(["merge", str(out), str(tmp_path / "jobs.shard-*-of-2.results.jsonl")]) == 0
+    assert (
+        main(["merge", str(out), str(tmp_path / "jobs.shard-*-of-2.results.jsonl")]) == 1
+    )  # the bad line failed
     cost = orjson.loads((tmp_path / "m.summary.json").read_bytes())["cost"]
     assert cost["billed"] == pytest.approx(sum(c["billed"] for c in costs)) and cost["billed"] > 0
     assert cost["uncached"] == pytest.approx(sum(c["uncached"] for c in costs))
@@ -437,7 +439,7 @@ def test_merge_keeps_the_parts_explicit_cache_cost(tmp_path: Path) -> None:
         path.write_bytes(orjson.dumps(part))
     out = tmp_path / "m.results.jsonl"
     parts = str(tmp_path / "jobs.shard-*-of-2.results.jsonl")
-    assert main(["merge", str(out), parts, "-c", str(cfg)]) == 0
+    assert main(["merge", str(out), parts, "-c", str(cfg)]) == 1  # the bad line failed
     cost = orjson.loads((tmp_path / "m.summary.json").read_bytes())["cost"]
     assert cost["cache_create"] == pytest.approx(0.75) and cost["storage"] == pytest.approx(0.002)
     assert cost["billed_total"] == pytest.approx(cost["billed"] + 0.752)
