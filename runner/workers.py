@@ -277,6 +277,7 @@ def _run_locked(
             },
         }
         summary["exit_code"] = 1 if summary["jobs"]["failed"] else code
+        _this_run(summary, parts)
 
     marker = results.with_name(results.name + MERGED_SUFFIX)
     rep = merge(
@@ -305,6 +306,65 @@ def _run_locked(
             f"runner: merged {n} worker shards into {results} and {summary_path}", file=sys.stderr
         )
     return code
+
+
+def _this_run(summary: dict[str, Any], parts: Sequence[Path]) -> None:
+    """This invocation beside the whole output's totals, as a single-process resume reports
+    it (:func:`runner.totals.whole_output_summary`): ``this_run`` sums the workers' own
+    ``this_run``; ``jobs.skipped_resumed``, ``wall_s`` and the per-second rates describe this
+    invocation (the workers ran side by side: the longest one's wall), not the span from the
+    first run's earliest job to the last answer."""
+    from .shards import read_manifest
+    from .totals import this_run_of
+
+    runs = []
+    for part in parts:
+        try:
+            ps = orjson.loads((part.parent / read_manifest(part)["summary"]).read_bytes())
+        except (OSError, ConfigError, orjson.JSONDecodeError, KeyError):
+            return
+        if not isinstance(ps, dict) or not isinstance(ps.get("this_run"), dict):
+            return
+        runs.append(ps["this_run"])
+    tr = this_run_of(summary)  # the same keys, summed over the workers below
+    tr["wall_s"] = wall = max(float(r.get("wall_s") or 0.0) for r in runs)
+    by_error: dict[str, int] = {}
+    for key in ("ok", "failed", "skipped_resumed"):
+        tr[key] = sum(int(r.get(key) or 0) for r in runs)
+    for r in runs:
+        for err, k in (r.get("by_error") or {}).items():
+            by_error[err] = by_error.get(err, 0) + k
+    tr["by_error"] = dict(sorted(by_error.items()))
+    tr["tokens"] = {
+        k: sum(int((r.get("tokens") or {}).get(k) or 0) for r in runs) for k in summary["tokens"]
+    }
+    costs = [r.get("cost") for r in runs]
+    if all(isinstance(c, dict) and "billed" in c and "uncached" in c for c in costs):
+        billed = sum(float(c["billed"]) for c in costs if c)
+        uncached = sum(float(c["uncached"]) for c in costs if c)
+        tr["cost"] = {
+            "currency": "USD",
+            "billed": round(billed, 8),
+            "uncached": round(uncached, 8),
+            "saving": round(1 - billed / uncached, 6) if uncached else 0.0,
+        }
+    else:
+        tr["cost"] = None
+    summary["this_run"] = tr
+    summary["jobs"]["skipped_resumed"] = tr["skipped_resumed"]
+
+    def per_s(n: float) -> float:
+        return round(n / wall, 3) if wall > 0 else 0.0
+
+    tokens = tr["tokens"]
+    summary["wall_s"] = round(wall, 3)
+    summary["requests_per_s"] = per_s(tr["ok"] + tr["failed"])
+    summary["throughput"] = {
+        **summary.get("throughput", {}),
+        "requests_ok_per_s": per_s(tr["ok"]),
+        "output_tokens_per_s": per_s(tokens.get("completion", 0)),
+        "total_tokens_per_s": per_s(tokens.get("prompt", 0) + tokens.get("completion", 0)),
+    }
 
 
 def concurrency_shares(concurrency: int, n: int) -> list[int]:

@@ -127,13 +127,33 @@ def test_appended_jobs_resume_with_workers_and_merge_again(tmp_path: Path) -> No
     jobs, cfg = _jobs(tmp_path, 6), _config(tmp_path)
     r = _run(str(jobs), "-c", str(cfg), "--workers", "2")
     assert r.returncode == 0, r.stderr.decode()[-2000:]
+    single = tmp_path / "one.results.jsonl"
+    r = _run(str(jobs), "-c", str(cfg), "-o", str(single))
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    gap = 2.0
+    time.sleep(gap)  # idle between the runs: not part of the resume's wall time
     with open(jobs, "ab") as fh:
         fh.write(b'{"id":"new","query":"z"}\n')
-    for _ in range(2):
+    one = _run(str(jobs), "-c", str(cfg), "-o", str(single))
+    assert one.returncode == 0, one.stderr.decode()[-2000:]
+    want = orjson.loads((tmp_path / "one.summary.json").read_bytes())
+    for sent in (1, 0):
         r = _run(str(jobs), "-c", str(cfg), "--workers", "2")
         assert r.returncode == 0, r.stderr.decode()[-2000:]
         ids = _ids(tmp_path / "jobs.results.jsonl")
         assert sorted(ids) == sorted([*(f"j{i}" for i in range(6)), "new"])
+        # the merged summary reports the resume as a single-process resume does
+        got = orjson.loads((tmp_path / "jobs.summary.json").read_bytes())
+        assert got["jobs"]["ok"] == want["jobs"]["ok"] == 7
+        assert got["jobs"]["skipped_resumed"] == 7 - sent and want["jobs"]["skipped_resumed"] == 6
+        assert set(got["this_run"]) == set(want["this_run"])
+        assert got["this_run"]["ok"] == sent and got["this_run"]["skipped_resumed"] == 7 - sent
+        assert got["this_run"]["tokens"]["completion"] == (
+            want["this_run"]["tokens"]["completion"] if sent else 0
+        )
+        assert got["wall_s"] < gap and got["wall_s"] == got["this_run"]["wall_s"]
+        if not sent:
+            assert got["requests_per_s"] == 0
 
 
 def test_workers_never_replace_a_foreign_file_with_a_merge(tmp_path: Path) -> None:
