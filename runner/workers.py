@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import glob
+import logging
 import os
 import re
 import resource
@@ -299,6 +300,21 @@ def _run_locked(
 
         log = EventLog(sys.stderr, quiet=config.quiet)
         log.emit("merged", workers=n, results=str(results), summary=str(summary_path))
+        sm = rep.summary  # the run's end, over all the workers (each worker logs its own)
+        log.emit(
+            "run_end",
+            logging.INFO if code == 0 else logging.ERROR,
+            exit_code=code,
+            workers=n,
+            stopped=sm.get("stopped"),
+            jobs=sm.get("jobs"),
+            wall_s=sm.get("wall_s"),
+            requests_per_s=sm.get("requests_per_s"),
+            tokens=sm.get("tokens"),
+            cache_hit_ratio=sm.get("cache_hit_ratio"),
+            cost=sm.get("cost"),
+            retries=sm.get("retries"),
+        )
         log.close()
     elif not config.quiet:
         print(render_summary(rep.summary, title=f"run summary ({n} workers)"), file=sys.stderr)
@@ -409,7 +425,9 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
                 os.kill(p.pid, signum)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    display = make_progress(config.progress)
+    # As a plain run: no text progress under -q or among JSON events (Observer.text_display).
+    text = config.log_format == "text" and not config.quiet
+    display = make_progress(config.progress) if text else None
     stats = LiveStats()
     if display is not None:
         from .api import count_lines

@@ -217,3 +217,35 @@ def test_merge_refuses_an_output_naming_an_input_even_with_force(
         assert main(["merge", str(out), parts, "-c", str(cfg), *force]) == 2
         assert "choose another output" in capsys.readouterr().err
         assert {p: p.read_bytes() for p in (ctx, cfg, jobs)} == before
+
+
+def test_workers_honour_quiet_and_json_logs(tmp_path: Path) -> None:
+    # Found by QA: -q still printed the parent's progress lines, and --log-format json put a
+    # plain-text progress line among the JSON events and had no run_end for the whole run.
+    jobs, cfg = _jobs(tmp_path, 6), _config(tmp_path, base_ms=400.0)
+    cmd = [sys.executable, "-m", "runner", "run", str(jobs), "-c", str(cfg), "--workers", "2"]
+    env = os.environ.copy()
+    r = subprocess.run([*cmd, "-q", "--progress", "log"], cwd=ROOT, capture_output=True, env=env)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr.decode()[-2000:]
+    # (the progress log writes a line every LOG_INTERVAL_S: see the in-process test below)
+    json_cmd = [*cmd, "--log-format", "json", "--progress", "log", "--no-resume"]
+    r = subprocess.run(json_cmd, cwd=ROOT, capture_output=True, env=env)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    events = [orjson.loads(line) for line in r.stderr.splitlines()]  # every line is JSON
+    ends = [e for e in events if e.get("event") == "run_end" and e.get("workers") == 2]
+    assert len(ends) == 1 and ends[0]["exit_code"] == 0 and ends[0]["jobs"]["ok"] == 6
+
+
+@pytest.mark.parametrize("flags", [["-q"], ["--log-format", "json"]])
+def test_the_parents_progress_log_follows_quiet_and_json(
+    tmp_path: Path,
+    flags: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr("runner.progress.LOG_INTERVAL_S", 0.0)  # a line on every poll
+    jobs, cfg = _jobs(tmp_path, 4), _config(tmp_path, base_ms=600.0)
+    args = ["run", str(jobs), "-c", str(cfg), "--workers", "2", "--progress", "log", *flags]
+    assert main(args) == 0
+    err = capfd.readouterr().err
+    assert "[runner]" not in err and " done, " not in err, err[-2000:]
