@@ -136,6 +136,46 @@ def _cpu_self() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class _Records:
+    """Feeds the records a worker appends to its latency file (found through its manifest) to
+    ``builder``, so the parent's progress shows the run's tokens, cache hits and errors."""
+
+    __slots__ = ("builder", "offset", "path", "rest", "results")
+
+    def __init__(self, results: Path, builder: Any) -> None:
+        self.results = results
+        self.builder = builder
+        self.path: Path | None = None
+        self.offset = 0
+        self.rest = b""
+
+    def poll(self) -> None:
+        if self.path is None:
+            from .shards import read_manifest
+
+            try:
+                self.path = self.results.parent / read_manifest(self.results)["latency"]
+            except (ConfigError, KeyError):
+                return
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        self.offset += len(data)
+        data = self.rest + data
+        cut = data.rfind(b"\n") + 1
+        self.rest = data[cut:]
+        for raw in data[:cut].splitlines():
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                self.builder.add(rec)
+
+
 class _Tail:
     """Counts the lines a child has appended to its results file (one read per poll)."""
 
@@ -429,11 +469,15 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
     text = config.log_format == "text" and not config.quiet
     display = make_progress(config.progress) if text else None
     stats = LiveStats()
+    records: list[_Records] = []
     if display is not None:
         from .api import count_lines
+        from .stats import SummaryBuilder
 
         stats.total = count_lines(jobs)
         stats.started = time.perf_counter()
+        stats.tokens_from = builder = SummaryBuilder(None)
+        records = [_Records(t.path, builder) for t in tails]
     try:
         if display is None:  # nothing to show: wake when a worker ends, not on a timer
             for p in procs:
@@ -442,13 +486,23 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
             time.sleep(POLL_S)
             if display is not None:
                 stats.done = sum(t.poll() for t in tails)
-                stats.in_flight = sum(p.poll() is None for p in procs)
+                for r in records:
+                    r.poll()
+                if stats.tokens_from is not None:
+                    stats.failed = stats.tokens_from.failed
+                stats.in_flight = sum(p.poll() is None for p in procs)  # workers, not requests
                 display.tick(stats)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         if display is not None:
             stats.done = sum(t.poll() for t in tails)
+            for r in records:
+                r.poll()
+            if stats.tokens_from is not None:
+                stats.failed = stats.tokens_from.failed
+            stats.in_flight = 0
+            display.tick(stats)  # the last figures (a log line only when one is due)
             display.close(stats)
     codes = [1 if p.code is None else p.code for p in procs]  # all reaped by the loop
     if stop["n"] and any(c not in (0, 1) for c in codes):

@@ -249,3 +249,16 @@ def test_the_parents_progress_log_follows_quiet_and_json(
     assert main(args) == 0
     err = capfd.readouterr().err
     assert "[runner]" not in err and " done, " not in err, err[-2000:]
+
+
+def test_the_parents_progress_shows_tokens_and_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Found by QA: the parent's progress line said "0 tok/s, cache hit 0.0%, 0 errors" always.
+    monkeypatch.setattr("runner.progress.LOG_INTERVAL_S", 0.0)
+    jobs, cfg = _jobs(tmp_path, 4, bad=True), _config(tmp_path, base_ms=600.0)
+    args = ["run", str(jobs), "-c", str(cfg), "--workers", "2", "--progress", "log"]
+    assert main(args) == 1
+    lines = [x for x in capfd.readouterr().err.splitlines() if "[runner]" in x]
+    assert any(" 1 errors" in x for x in lines), lines[-3:]
+    assert any(" 0 tok/s" not in x for x in lines), lines[-3:]
