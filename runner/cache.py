@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .cachectl import MISS_FRACTION, SETTLE_FACTOR, CacheControl
+from .cachectl import MISS_FRACTION, SETTLE_FACTOR, SETTLE_MIN_S, CacheControl
 from .models import CacheRole, Job, estimate_tokens
 
 __all__ = ["Dispatch", "Scheduler"]
@@ -140,7 +140,7 @@ class Scheduler:
         # A job's reply budget when it sets none (the config's, else the provider's): primers
         # and probes are the shortest replies, other releases go longest first.
         self._default_tokens = default_max_tokens
-        self._probe_settle = 0.0  # SETTLE_FACTOR x the probe primer's latency
+        self._probe_settle = 0.0  # SETTLE_FACTOR x the probe primer's latency, >= SETTLE_MIN_S
         self._ready: deque[Dispatch] = deque()
         self._groups: dict[str, _Group] = {}
         self._active: set[str] = set()
@@ -272,7 +272,9 @@ class Scheduler:
             g.warm_at = self._clock()
             if self._ctl.isolated and not self._probe_settle:
                 # The probe's primer: a cold prefill and the shortest reply of its group.
-                self._probe_settle = SETTLE_FACTOR * max(0.0, g.warm_at - g.sent_at)
+                took = g.warm_at - g.sent_at
+                if took > 0:  # (a clock that did not move measured nothing: no settle)
+                    self._probe_settle = max(SETTLE_FACTOR * took, SETTLE_MIN_S)
             self._release(g, after_primer=True)
         else:
             # The primer failed (its retries continue as a plain request): promote a follower.

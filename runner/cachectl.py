@@ -20,18 +20,17 @@ half. The followers a primer's answer releases together form a *batch*.
   followers that answer without usage, leave the shape *unknown*: the fixed scheduler's
   behaviour (full fan-out), which is also where a shared cache starts. A shared cache must show
   itself in two probes in a row (the group's next release, nothing else in flight, probes again).
-- The pipeline waits for a verdict only while the probe's followers may still be waiting for
-  their place on the server: the server reads a request's cached prefix when it starts it and
-  starts requests in arrival order, so once both followers have arrived, later traffic cannot
-  change what they report. The
-  scheduler gives the probe ``SETTLE_FACTOR`` times its primer's latency (a cold prefill and a
-  short reply) from the followers' release (:meth:`CacheControl.settle_by`); past that, with a
-  follower still out (a long reply), the isolation ends (:meth:`CacheControl.end_isolation`):
-  the other groups open, each still one request at a time (right on a per-slot cache, and what
-  cannot split a prefix over slots while the verdict is out; measured on llama-server, where a
-  full fan-out there cost 6 misses in 114 followers), and the verdict applies when it lands. A
-  probe that all hit after the isolation ended cannot be repeated alone: the shape stays
-  unknown.
+- The pipeline waits for a verdict only while the probe's followers may still be waiting for their
+  place on the server: the server reads a request's cached prefix when it starts it and starts
+  requests in arrival order, so once both followers have arrived, later traffic cannot change what
+  they report. The scheduler gives the probe ``SETTLE_FACTOR`` times its primer's latency (a cold
+  prefill and a short reply; at least ``SETTLE_MIN_S``) from the followers' release
+  (:meth:`CacheControl.settle_by`); past that, with a follower still out (a long reply), the
+  isolation ends (:meth:`CacheControl.end_isolation`): the other groups open, each still one
+  request at a time (right on a per-slot cache, and what cannot split a prefix over slots while
+  the verdict is out; measured on llama-server, where a full fan-out there cost 6 misses in 114
+  followers), and the verdict applies when it lands. A probe that all hit after the isolation
+  ended cannot be repeated alone: the shape stays unknown.
 - On a shared cache every follower fans out (as the fixed scheduler does) and the groups start
   at ``SHARED_GROUPS``, opening more whenever slots would sit idle until the first eviction.
   A follower of a warm group that misses there means the working set of prefixes outgrew the
@@ -52,7 +51,13 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["INITIAL_ACTIVE_GROUPS", "MISS_FRACTION", "SETTLE_FACTOR", "CacheControl"]
+__all__ = [
+    "INITIAL_ACTIVE_GROUPS",
+    "MISS_FRACTION",
+    "SETTLE_FACTOR",
+    "SETTLE_MIN_S",
+    "CacheControl",
+]
 
 INITIAL_ACTIVE_GROUPS = 8  # where the active-group limit starts (the fixed default)
 # Where it starts on a shared cache: a global LRU sized for a few long prompts overflows with 8
@@ -78,6 +83,10 @@ SHARED_PROBES = 2
 # primer's latency (a cold prefill and a reply): time enough for both to reach the server, which
 # starts requests in arrival order, so later traffic cannot take their place.
 SETTLE_FACTOR = 1.0
+# ... and never less than this: on a fast server a primer answers in milliseconds, less than the
+# client's own scheduling jitter, and followers that reached the server after other traffic
+# leave the shape unknown (fixed limits). A quarter second, at most twice a run, costs nothing.
+SETTLE_MIN_S = 0.25
 PROBE_TRIES = 4  # releases too small to probe (fewer than two followers) before giving up
 MAX_BATCHES = 4096  # batches remembered (a follower that fails never reports)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from runner.cache import Dispatch, Scheduler
-from runner.cachectl import RELAX_HITS, CacheControl
+from runner.cachectl import RELAX_HITS, SETTLE_MIN_S, CacheControl
 from runner.models import Job
 
 PREFIX = 4000  # characters of shared context: about 1,000 tokens
@@ -562,6 +562,25 @@ def test_the_scheduler_lets_the_other_groups_go_when_a_probe_follower_is_slow() 
     s.observe(a, TOKENS, 0)
     s.observe(b, TOKENS, 1000)
     assert (s.control.shape, s.control.cap) == ("per-slot", 1)
+
+
+def test_a_fast_primer_still_gives_its_followers_the_minimum_settle_time() -> None:
+    """A primer answered in 10 ms (a fast server) would give its followers 10 ms, less than the
+    client's own jitter: they get SETTLE_MIN_S from their release instead."""
+    t = [0.0]
+    s = warm_scheduler(lambda: t[0])
+    for g in range(3):
+        for i in range(6):
+            s.add(job(i, g))
+    primer = s.next(32)
+    assert primer is not None
+    t[0] = 0.01
+    s.answered(primer, True)
+    s.finished(primer)
+    assert s.next(32) is not None and s.next(32) is not None
+    assert s.wake_in() == pytest.approx(SETTLE_MIN_S)
+    t[0] = 0.01 + SETTLE_MIN_S / 2
+    assert s.next(32) is None  # still isolated: 10 ms would have opened the other groups
 
 
 def test_without_a_known_primer_latency_the_probe_waits_for_its_verdict() -> None:
