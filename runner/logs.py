@@ -80,6 +80,32 @@ class EventLog:
             self._handler = None
             self._log.propagate = True
 
+    def run_end(
+        self, exit_code: int, stopped: str | None, summary: dict[str, Any], **extra: Any
+    ) -> None:
+        """The ``run_end`` event, one shape for every kind of run: its figures come from the
+        summary; ``extra`` says what kind (``workers=N``, ``via="batch"``)."""
+        lat = summary.get("latency_ms") or {}
+        ttft = summary.get("ttft_ms") or {}
+        self.emit(
+            "run_end",
+            logging.INFO if exit_code == 0 else logging.ERROR,
+            **extra,
+            exit_code=exit_code,
+            stopped=stopped,
+            jobs=summary.get("jobs"),
+            not_sent=summary.get("not_sent"),
+            wall_s=summary.get("wall_s"),
+            requests_per_s=summary.get("requests_per_s"),
+            tokens=summary.get("tokens"),
+            cache_hit_ratio=summary.get("cache_hit_ratio"),
+            cost=summary.get("cost"),
+            retries=summary.get("retries"),
+            limiter_wait_s=summary.get("limiter_wait_s"),
+            latency_ms={k: lat.get(k) for k in ("p50", "p99")} if lat else None,
+            ttft_ms={k: ttft.get(k) for k in ("p50", "p99")} if ttft else None,
+        )
+
 
 def error_line(
     message: str, exit_code: int, stream: TextIO | None = None, *, exc: BaseException | None = None

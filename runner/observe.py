@@ -429,26 +429,7 @@ class Observer:
                 logging.WARNING,
                 message="interrupted; run the same command again to resume",
             )
-        cost = sm.get("cost")
-        lat = sm.get("latency_ms") or {}
-        ttft = sm.get("ttft_ms") or {}
-        self.log.emit(
-            "run_end",
-            logging.INFO if outcome.exit_code == 0 else logging.ERROR,
-            exit_code=outcome.exit_code,
-            stopped=outcome.stopped,
-            jobs=sm.get("jobs"),
-            not_sent=sm.get("not_sent"),
-            wall_s=sm.get("wall_s"),
-            requests_per_s=sm.get("requests_per_s"),
-            tokens=sm.get("tokens"),
-            cache_hit_ratio=sm.get("cache_hit_ratio"),
-            cost=cost,
-            retries=sm.get("retries"),
-            limiter_wait_s=sm.get("limiter_wait_s"),
-            latency_ms={k: lat.get(k) for k in ("p50", "p99")} if lat else None,
-            ttft_ms={k: ttft.get(k) for k in ("p50", "p99")} if ttft else None,
-        )
+        self.log.run_end(outcome.exit_code, outcome.stopped, sm)
 
     def _figures(self, outcome: RunOutcome | None) -> Figures:
         from .metrics import Figures, hist_of

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gc
 import glob
-import logging
 import os
 import re
 import resource
@@ -340,21 +339,8 @@ def _run_locked(
 
         log = EventLog(sys.stderr, quiet=config.quiet)
         log.emit("merged", workers=n, results=str(results), summary=str(summary_path))
-        sm = rep.summary  # the run's end, over all the workers (each worker logs its own)
-        log.emit(
-            "run_end",
-            logging.INFO if code == 0 else logging.ERROR,
-            exit_code=code,
-            workers=n,
-            stopped=sm.get("stopped"),
-            jobs=sm.get("jobs"),
-            wall_s=sm.get("wall_s"),
-            requests_per_s=sm.get("requests_per_s"),
-            tokens=sm.get("tokens"),
-            cache_hit_ratio=sm.get("cache_hit_ratio"),
-            cost=sm.get("cost"),
-            retries=sm.get("retries"),
-        )
+        # the run's end, over all the workers (each worker logs its own)
+        log.run_end(code, rep.summary.get("stopped"), rep.summary, workers=n)
         log.close()
     elif not config.quiet:
         print(render_summary(rep.summary, title=f"run summary ({n} workers)"), file=sys.stderr)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -160,18 +159,7 @@ async def run_batch(
 
         sm = outcome.summary
         events = EventLog(sys.stderr, quiet=config.quiet)
-        events.emit(
-            "run_end",
-            logging.INFO if outcome.exit_code == 0 else logging.ERROR,
-            via="batch",
-            exit_code=outcome.exit_code,
-            stopped=outcome.stopped,
-            jobs=sm.get("jobs"),
-            not_sent=sm.get("not_sent"),
-            wall_s=sm.get("wall_s"),
-            tokens=sm.get("tokens"),
-            cost=sm.get("cost"),
-        )
+        events.run_end(outcome.exit_code, outcome.stopped, sm, via="batch")
         events.close()
     return outcome
 
