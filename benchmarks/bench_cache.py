@@ -15,6 +15,9 @@ Shapes (each run gets a fresh, cold server):
   a long tail of 1,024-token answers, p99 about 6 s) on a separate mock, one mock seed per
   round (``--seeds``), alternating default warm, ``--no-cache-adapt`` and ``--cache none``; wall
   time only (no sweep: the global LRU holds every context).
+- ``demo-open``: the same with replies of unknown length (``max_tokens = 512`` on every job, the
+  mock stopping 90% of replies early at a random length); ``--demo-copies K`` runs the demo's
+  jobs K times over (new ids, the same contexts), since the cache probe's cost is per run.
 
 Every shape runs ``none``, default ``warm`` (learned limits), ``fixed warm`` (``--no-cache-adapt``,
 the default before the controller) and ``warm g64`` (a ceiling of 64 groups). Workloads are
@@ -33,6 +36,7 @@ at 0.1x); on ``llama`` >= 0.85 of prompt tokens cached.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 from collections import defaultdict
@@ -320,13 +324,33 @@ output = 4.00
 """
 
 
-def bench_demo(seeds: list[int], runs: int) -> dict[str, Any]:
-    """``make demo``'s shape: default warm, fixed warm and none alternately, per mock seed."""
+def bench_demo(
+    seeds: list[int], runs: int, *, open_lengths: bool = False, copies: int = 1
+) -> dict[str, Any]:
+    """``make demo``'s shape: default warm, fixed warm and none alternately, per mock seed.
+
+    ``open_lengths``: replies of unknown length (every job ``max_tokens = 512``, the mock
+    stopping 90% of replies early at a random length). ``copies``: the demo's jobs that many
+    times over (new ids, the same six contexts): the probe's cost is per run, not per job.
+    """
     root = Path(__file__).resolve().parent.parent
     jobs, ctx = root / "examples" / "jobs.jsonl", root / "examples" / "contexts.jsonl"
     OUT.mkdir(exist_ok=True)
+    if copies > 1:
+        lines = [json.loads(line) for line in jobs.read_text().splitlines() if line.strip()]
+        jobs = OUT / f"cache-demo-x{copies}.jsonl"
+        with jobs.open("w") as fh:
+            for k in range(copies):
+                for job in lines:
+                    fh.write(json.dumps({**job, "id": f"{job['id']}-{k}"}) + "\n")
+    mock = [*DEMO_MOCK, "--stop-rate", "0.9"] if open_lengths else DEMO_MOCK
+    config = (
+        DEMO_CONFIG.replace("max_tokens = 48", "max_tokens = 512")
+        if open_lengths
+        else (DEMO_CONFIG)
+    )
     cfg = OUT / "cache-demo.toml"
-    cfg.write_text(DEMO_CONFIG)
+    cfg.write_text(config)
     plan = [("warm", []), ("fixed warm", ["--no-cache-adapt"]), ("none", ["--cache", "none"])]
     walls: dict[str, list[float]] = defaultdict(list)
     rows = []
@@ -334,7 +358,7 @@ def bench_demo(seeds: list[int], runs: int) -> dict[str, Any]:
         for seed in seeds:
             for label, flags in plan:
                 tag = f"cache-demo-{label.replace(' ', '_')}-s{seed}-{i}"
-                with mock_server(*DEMO_MOCK, "--seed", str(seed)) as (url, _pid):
+                with mock_server(*mock, "--seed", str(seed)) as (url, _pid):
                     _, s = runner_run(
                         jobs, url, tag, "--contexts", str(ctx), "-c", str(cfg), *flags,
                         concurrency=64,
@@ -367,6 +391,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--seeds", default="1,2,3,4,5", help="demo: mock seeds, one round each")
     ap.add_argument(
+        "--demo-copies", type=int, default=1, help="demo-open: the demo's jobs this many times over"
+    )
+    ap.add_argument(
         "--only",
         default="",
         help="comma-separated run labels to run (e.g. none,warm,fixed warm); default: all",
@@ -374,8 +401,11 @@ def main() -> int:
     args = ap.parse_args()
     results = {}
     for name in args.shapes.split(","):
-        if name == "demo":
-            results[name] = bench_demo([int(x) for x in args.seeds.split(",")], args.runs)
+        if name in ("demo", "demo-open"):  # demo-open: replies of unknown length
+            seeds = [int(x) for x in args.seeds.split(",")]
+            open_lengths = name == "demo-open"
+            copies = args.demo_copies if open_lengths else 1
+            results[name] = bench_demo(seeds, args.runs, open_lengths=open_lengths, copies=copies)
             continue
         if name == "llama" and not built():
             print("llama: skipped, llama-server is not built (make realserver)")
