@@ -127,7 +127,14 @@ def read_records(path: Path, *, warn: Warn | None = None) -> Iterator[tuple[int,
             if bad is not None:
                 warn(path, lineno, f"{bad} is not a number")
                 continue
+            if rec.get("outcome") not in _OUTCOMES:
+                # counted as neither ok nor failed: a record without one would pass as ok
+                warn(path, lineno, 'outcome is not "ok" or "error"')
+                continue
             yield lineno, rec
+
+
+_OUTCOMES = ("ok", "error")
 
 
 _NUMERIC = (

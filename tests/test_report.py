@@ -129,6 +129,23 @@ def test_malformed_lines_are_skipped_and_named(
     assert "latency_ms is not a number" in err
 
 
+def test_a_record_without_an_outcome_is_malformed_not_ok(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record that says neither ok nor error must not be counted as a success."""
+    lines = FIXTURE.read_bytes().splitlines()
+    rec = orjson.loads(lines[0])
+    rec.pop("outcome")
+    path = tmp_path / "no-outcome.jsonl"
+    path.write_bytes(b"\n".join([orjson.dumps(rec), lines[1]]) + b"\n")
+    assert run(path, "--json") == 0
+    captured = capsys.readouterr()
+    s = orjson.loads(captured.out)
+    assert s["source"]["malformed_lines"] == 1 and s["jobs"]["total"] == 1
+    assert f"{path}:1: skipped malformed line" in captured.err
+    assert 'outcome is not "ok" or "error"' in captured.err
+
+
 def test_many_malformed_lines_are_summarised(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -198,8 +215,8 @@ def test_html_stays_small_for_long_runs(tmp_path: Path) -> None:
 def test_read_records_keeps_keyed_records_and_warns_about_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "lat.jsonl"
     path.write_bytes(
-        b'{"custom_id": "a", "attempts": 1}\n'
-        b'{"custom_id": null, "line": 2}\n'  # a bad line keyed by its input line
+        b'{"custom_id": "a", "attempts": 1, "outcome": "ok"}\n'
+        b'{"custom_id": null, "line": 2, "outcome": "error"}\n'  # a bad line keyed by its line
         b'{"attempts": 1}\n'
         b'{"custom_id": null, "line": "4"}\n'
         b"[1]\n"
