@@ -24,6 +24,7 @@ import pytest
 from helpers import mock_config, mock_process, runner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sink_helpers import crash, ten_jobs
 
 from runner.api import run
 from runner.config import RunConfig
@@ -94,24 +95,12 @@ async def test_retry_failed_keeps_input_order(tmp_path: Path) -> None:
 
 @pytest.fixture
 def jobs(tmp_path: Path) -> Path:
-    path = tmp_path / "jobs.jsonl"
-    path.write_text("".join(f'{{"id": "j{i}", "query": "q"}}\n' for i in range(1, 11)))
-    return path
+    return ten_jobs(tmp_path)
 
 
 def open_(jobs: Path, **config: Any) -> Outputs:
     cfg = RunConfig(**{"order": "input", **config})
     return open_outputs(cfg, jobs_path=jobs, model="m", flush_every=1, fsync=False)
-
-
-def crash(out: Outputs) -> None:
-    """What kill -9 does to an open run: the descriptors close, nothing else happens."""
-    for fd in out._fds:
-        os.close(fd)
-    for _, fd in out._extra_locks:
-        os.close(fd)
-    if out._pend_fd >= 0:
-        os.close(out._pend_fd)
 
 
 def put(out: Outputs, cid: str | None, line: int, code: str | None = None) -> None:

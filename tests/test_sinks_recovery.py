@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from sink_helpers import crash, ten_jobs
 
 from runner.config import RunConfig
 from runner.models import LatencyRecord
@@ -23,9 +23,7 @@ from runner.sinks import Outputs, open_outputs
 
 @pytest.fixture
 def jobs(tmp_path: Path) -> Path:
-    path = tmp_path / "jobs.jsonl"
-    path.write_text("".join(f'{{"id": "j{i}", "query": "q"}}\n' for i in range(1, 11)))
-    return path
+    return ten_jobs(tmp_path)
 
 
 def open_(jobs: Path, **config: Any) -> Outputs:
@@ -35,16 +33,6 @@ def open_(jobs: Path, **config: Any) -> Outputs:
 def put(out: Outputs, cid: str | None, line: int, code: str | None = None) -> None:
     res = ResultLine("x", cid, line, error_code=code, error_message=None if code is None else "m")
     out.sink.write(res, LatencyRecord(custom_id=cid, error_code=code))
-
-
-def crash(out: Outputs) -> None:
-    """What kill -9 does to an open run: the descriptors close, nothing else happens."""
-    for fd in out._fds:
-        os.close(fd)
-    for _, fd in out._extra_locks:
-        os.close(fd)
-    if out._pend_fd >= 0:
-        os.close(out._pend_fd)
 
 
 def rows(path: Path) -> list[dict[str, Any]]:
