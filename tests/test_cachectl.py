@@ -42,6 +42,14 @@ def warm_scheduler(clock: Callable[[], float]) -> Scheduler:
     )
 
 
+def fill(s: Scheduler, groups: int, per_group: int) -> Scheduler:
+    """Add ``per_group`` jobs to each of ``groups`` groups; return ``s``."""
+    for g in range(groups):
+        for i in range(per_group):
+            s.add(job(i, g))
+    return s
+
+
 def ctl(**kw: object) -> CacheControl:
     args: dict[str, object] = {"max_groups": 16, "max_per_group": 64}
     args.update(kw)
@@ -264,10 +272,7 @@ def test_a_cut_takes_back_followers_released_but_not_yet_sent() -> None:
 
 
 def test_the_scheduler_serves_one_group_alone_until_the_probe_reports() -> None:
-    s = warm_scheduler(lambda: 0.0)
-    for g in range(4):
-        for i in range(7):
-            s.add(job(i, g))
+    s = fill(warm_scheduler(lambda: 0.0), 4, 7)
     primer = s.next(32)
     assert primer is not None and primer.role == "primer"
     assert s.next(32) is None  # 31 free slots, yet no other group opens
@@ -460,10 +465,7 @@ def test_the_summary_table_says_where_the_controller_ended() -> None:
 def test_probe_followers_answering_without_usage_let_the_other_groups_open() -> None:
     """A server that reports no cached tokens never gives the probe a verdict: the scheduler
     must not keep serving one group alone."""
-    s = warm_scheduler(lambda: 0.0)
-    for g in range(3):
-        for i in range(5):
-            s.add(job(i, g))
+    s = fill(warm_scheduler(lambda: 0.0), 3, 5)
     primer = s.next(32)
     assert primer is not None
     s.answered(primer, True)
@@ -537,10 +539,7 @@ def test_the_scheduler_lets_the_other_groups_go_when_a_probe_follower_is_slow() 
     """Fake clock: the probe's primer answers in 0.5 s; its followers are released at once;
     0.5 s later, with neither answered, the pipeline stops waiting for them."""
     t = [0.0]
-    s = warm_scheduler(lambda: t[0])
-    for g in range(3):
-        for i in range(6):
-            s.add(job(i, g))
+    s = fill(warm_scheduler(lambda: t[0]), 3, 6)
     primer = s.next(32)
     assert primer is not None and primer.role == "primer" and s.wake_in() is None
     t[0] = 0.5
@@ -568,10 +567,7 @@ def test_a_fast_primer_still_gives_its_followers_the_minimum_settle_time() -> No
     """A primer answered in 10 ms (a fast server) would give its followers 10 ms, less than the
     client's own jitter: they get SETTLE_MIN_S from their release instead."""
     t = [0.0]
-    s = warm_scheduler(lambda: t[0])
-    for g in range(3):
-        for i in range(6):
-            s.add(job(i, g))
+    s = fill(warm_scheduler(lambda: t[0]), 3, 6)
     primer = s.next(32)
     assert primer is not None
     t[0] = 0.01
@@ -585,10 +581,7 @@ def test_a_fast_primer_still_gives_its_followers_the_minimum_settle_time() -> No
 
 def test_without_a_known_primer_latency_the_probe_waits_for_its_verdict() -> None:
     """A clock that does not move (no latency measured): no settle time, the old wait."""
-    s = warm_scheduler(lambda: 0.0)
-    for g in range(2):
-        for i in range(5):
-            s.add(job(i, g))
+    s = fill(warm_scheduler(lambda: 0.0), 2, 5)
     primer = s.next(32)
     assert primer is not None
     s.answered(primer, True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from test_cache import Clock, drain, job, sched
+from test_cachectl import warm_scheduler
 
 from runner.cache import Dispatch, Scheduler
 
@@ -178,22 +179,11 @@ def test_a_reprimed_group_still_counts_the_followers_in_flight() -> None:
     assert drain(s) == []  # held behind the new primer, not primed a second time
 
 
-def reclaim_scheduler() -> Scheduler:
-    return Scheduler(
-        strategy="warm",
-        ttl_s=300.0,
-        max_active_groups=8,
-        min_cacheable_tokens=256,
-        max_per_group=64,
-        clock=lambda: 0.0,
-    )
-
-
 def test_a_cut_takes_back_only_the_excess_and_keeps_other_groups_work() -> None:
     from test_cachectl import TOKENS, shared
     from test_cachectl import job as cjob
 
-    s = reclaim_scheduler()
+    s = warm_scheduler(lambda: 0.0)
     shared(s.control)  # a shared cache so far: full fan-out
     s.control.shape = "per-slot"  # then a split shows slots after all (as in test_cachectl)
     for i in range(10):
