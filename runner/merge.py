@@ -44,7 +44,7 @@ from .partstate import read_state
 from .report import render_summary
 from .results import line_key, parse_result
 from .shards import read_manifest, unchanged_input
-from .stats import SummaryBuilder
+from .stats import SummaryBuilder, summed_cost
 
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths"]
 
@@ -134,23 +134,13 @@ def _finished(part: _Part) -> bool:
 def _parts_cost(loaded: Sequence[_Part]) -> dict[str, Any] | None:
     """The sum of the parts' billed and uncached cost (cost is additive), when every part's
     summary has one; each shard priced its jobs by their own model."""
-    billed = uncached = 0.0
+    costs = []
     for part in loaded:
         try:
-            cost = orjson.loads(part.summary.read_bytes()).get("cost")
+            costs.append(orjson.loads(part.summary.read_bytes()).get("cost"))
         except (OSError, orjson.JSONDecodeError):
             return None
-        if not isinstance(cost, dict) or "billed" not in cost or "uncached" not in cost:
-            return None
-        billed += cost["billed"]
-        uncached += cost["uncached"]
-    saving = round(1 - billed / uncached, 6) if uncached else 0.0
-    return {
-        "currency": "USD",
-        "billed": round(billed, 8),
-        "uncached": round(uncached, 8),
-        "saving": saving,
-    }
+    return summed_cost(costs)
 
 
 def _add_parts_cache_cost(summary: dict[str, Any], loaded: Sequence[_Part]) -> None:

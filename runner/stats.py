@@ -38,6 +38,8 @@ __all__ = [
     "SummaryBuilder",
     "Timeline",
     "cost_of",
+    "cost_summary",
+    "summed_cost",
 ]
 
 DEFAULT_EXACT_LIMIT = 100_000
@@ -253,6 +255,28 @@ def _interp(h: float, at: Any) -> float:
     if frac:
         v += frac * (float(at(lo + 1)) - v)
     return v
+
+
+def cost_summary(billed: float, uncached: float) -> dict[str, Any]:
+    """The summary's ``cost`` section for ``billed`` and ``uncached`` USD."""
+    return {
+        "currency": "USD",
+        "billed": round(billed, 8),
+        "uncached": round(uncached, 8),
+        "saving": round(1.0 - billed / uncached, 6) if uncached else 0.0,
+    }
+
+
+def summed_cost(costs: Iterable[Any]) -> dict[str, Any] | None:
+    """The ``cost`` section of several runs' summaries added up (cost is additive); None when
+    any of them has none."""
+    billed = uncached = 0.0
+    for cost in costs:
+        if not isinstance(cost, dict) or "billed" not in cost or "uncached" not in cost:
+            return None
+        billed += float(cost["billed"])
+        uncached += float(cost["uncached"])
+    return cost_summary(billed, uncached)
 
 
 def cost_of(
@@ -744,13 +768,7 @@ class SummaryBuilder:
         priced = self.billed_uncached()
         if priced is None:
             return None
-        billed, uncached = priced
-        return {
-            "currency": "USD",
-            "billed": round(billed, 8),
-            "uncached": round(uncached, 8),
-            "saving": round(1.0 - billed / uncached, 6) if uncached else 0.0,
-        }
+        return cost_summary(*priced)
 
 
 def _slo_dict(slo: _Slo) -> dict[str, float | None]:

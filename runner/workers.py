@@ -357,6 +357,7 @@ def _this_run(summary: dict[str, Any], parts: Sequence[Path]) -> None:
     invocation (the workers ran side by side: the longest one's wall), not the span from the
     first run's earliest job to the last answer."""
     from .shards import read_manifest
+    from .stats import summed_cost
     from .totals import this_run_of
 
     runs = []
@@ -380,18 +381,7 @@ def _this_run(summary: dict[str, Any], parts: Sequence[Path]) -> None:
     tr["tokens"] = {
         k: sum(int((r.get("tokens") or {}).get(k) or 0) for r in runs) for k in summary["tokens"]
     }
-    costs = [r.get("cost") for r in runs]
-    if all(isinstance(c, dict) and "billed" in c and "uncached" in c for c in costs):
-        billed = sum(float(c["billed"]) for c in costs if c)
-        uncached = sum(float(c["uncached"]) for c in costs if c)
-        tr["cost"] = {
-            "currency": "USD",
-            "billed": round(billed, 8),
-            "uncached": round(uncached, 8),
-            "saving": round(1 - billed / uncached, 6) if uncached else 0.0,
-        }
-    else:
-        tr["cost"] = None
+    tr["cost"] = summed_cost(r.get("cost") for r in runs)
     summary["this_run"] = tr
     summary["jobs"]["skipped_resumed"] = tr["skipped_resumed"]
 
