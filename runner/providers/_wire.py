@@ -21,6 +21,7 @@ backslash escape that could hide it, and a raw line break.
 from __future__ import annotations
 
 import base64
+from functools import lru_cache
 from typing import Any, Final
 
 import orjson
@@ -70,6 +71,7 @@ def too_large(cap: int, declared: int | None = None) -> str:
 _URLSAFE: Final = str.maketrans("+/", "-_")
 
 
+@lru_cache(maxsize=16)  # scrub() asks for the same key's forms on every error message
 def key_forms(key: str) -> tuple[str, ...]:
     """The spellings of ``key`` to hunt for: as sent, its base64 (standard and URL-safe) at each
     of the three byte alignments it can take inside a longer encoded text (only the characters
