@@ -83,10 +83,12 @@ __all__ = [
     "InputOrder",
     "MetaCacheJournal",
     "Outputs",
+    "acquire_lock",
     "default_paths",
     "meta_path_of",
     "open_outputs",
     "read_meta_section",
+    "release_lock",
     "write_meta_section",
     "write_summary",
 ]
@@ -152,12 +154,12 @@ def open_outputs(
         except OSError as exc:
             raise OutputPathError(f"{parent}: cannot create the directory: {exc.strerror}") from exc
     lock_path = plan.lock
-    lock_fd = _acquire_lock(lock_path, results)
+    lock_fd = acquire_lock(lock_path, results)
     extra: list[tuple[Path, int]] = []
     try:
         for path in (latency, plan.summary):
             lpath = _sidecar(path, ".lock")
-            extra.append((lpath, _acquire_lock(lpath, path)))
+            extra.append((lpath, acquire_lock(lpath, path)))
         meta_path = plan.meta
         jobs_file = str(jobs_path.resolve()) if jobs_path is not None else None
         contexts = config.contexts if jobs_path is not None else None
@@ -221,8 +223,8 @@ def open_outputs(
             raise
     except BaseException:
         for lpath, fd in reversed(extra):
-            _release_lock(lpath, fd)
-        _release_lock(lock_path, lock_fd)
+            release_lock(lpath, fd)
+        release_lock(lock_path, lock_fd)
         raise
     outputs = Outputs(
         results_path=results,
@@ -445,10 +447,10 @@ class Outputs:
             os.close(res_fd)
             os.close(lat_fd)
             for lpath, fd in reversed(self._extra_locks):
-                _release_lock(lpath, fd)
+                release_lock(lpath, fd)
             if self._pend_fd >= 0:
                 os.close(self._pend_fd)
-            _release_lock(self.lock_path, lock_fd)
+            release_lock(self.lock_path, lock_fd)
 
     def __enter__(self) -> Outputs:
         return self
@@ -1105,7 +1107,7 @@ def _same_file(path: Path, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
-def _acquire_lock(lock_path: Path, results: Path) -> int:
+def acquire_lock(lock_path: Path, results: Path) -> int:
     """Create or take over ``lock_path`` and hold ``flock`` on it; return its descriptor."""
     for _ in range(16):
         try:
@@ -1158,7 +1160,7 @@ def _flock(fd: int, results: Path, lock_path: Path) -> None:
         # This file system has no flock: the pid check is all the protection there is.
 
 
-def _release_lock(lock_path: Path, fd: int) -> None:
+def release_lock(lock_path: Path, fd: int) -> None:
     # Unlink while still holding flock, and only our own file (someone may have removed it and
     # started another run); waiters check that the path still names the file they locked.
     with contextlib.suppress(OSError):

@@ -542,9 +542,7 @@ class SummaryBuilder:
         if limiter_wait_s is None:
             limiter_wait_s = self._limiter_ms / 1000.0
 
-        def per_s(n: float) -> float:
-            return round(n / wall_s, 3) if wall_s > 0 else 0.0
-
+        rate = rates(wall_s, self.ok, self.failed, self.prompt, self.completion)
         out: dict[str, Any] = {
             "jobs": {
                 "total": done + skipped_resumed,
@@ -553,8 +551,8 @@ class SummaryBuilder:
                 "skipped_resumed": skipped_resumed,
                 "by_error": dict(sorted(self._by_error.items())),
             },
-            "wall_s": round(wall_s, 3),
-            "requests_per_s": per_s(done),
+            "wall_s": rate["wall_s"],
+            "requests_per_s": rate["requests_per_s"],
             "retries": retries,
             "limiter_wait_s": round(limiter_wait_s, 3),
             "tokens": {
@@ -570,11 +568,7 @@ class SummaryBuilder:
             "total_ms": self.total.summary(),
             "tpot_ms": self.tpot.summary(),
             "itl_ms": self.itl.summary(),
-            "throughput": {
-                "requests_ok_per_s": per_s(self.ok),
-                "output_tokens_per_s": per_s(self.completion),
-                "total_tokens_per_s": per_s(self.prompt + self.completion),
-            },
+            "throughput": rate["throughput"],
             "cache": {
                 "cached_unreported": self.cached_unreported,
                 "by_role": {
@@ -594,7 +588,7 @@ class SummaryBuilder:
             out["goodput"] = {
                 "slo_ms": slo,
                 "requests": self._good,
-                "requests_per_s": per_s(self._good),
+                "requests_per_s": round(self._good / wall_s, 3) if wall_s > 0 else 0.0,
                 "ratio": _ratio(self._good, done),
             }
         if self.overhead_requests:
@@ -782,6 +776,24 @@ def _meets(slo: _Slo, ttft: float | None, tpot: float | None, latency: float | N
         if bound is not None and (v is None or v > bound):
             return False
     return True
+
+
+def rates(wall_s: float, ok: int, failed: int, prompt: int, completion: int) -> dict[str, Any]:
+    """A summary's ``wall_s``, ``requests_per_s`` (ok or failed) and ``throughput`` section,
+    for jobs finished in ``wall_s`` seconds (0 when no time passed)."""
+
+    def per_s(n: float) -> float:
+        return round(n / wall_s, 3) if wall_s > 0 else 0.0
+
+    return {
+        "wall_s": round(wall_s, 3),
+        "requests_per_s": per_s(ok + failed),
+        "throughput": {
+            "requests_ok_per_s": per_s(ok),
+            "output_tokens_per_s": per_s(completion),
+            "total_tokens_per_s": per_s(prompt + completion),
+        },
+    }
 
 
 def _ratio(num: float, den: float) -> float:

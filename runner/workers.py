@@ -242,11 +242,11 @@ def run_workers(
     parts = [shard_path(results, s) for s in specs]
     # The run's own output lock, as a plain run on the same output takes it: either is refused
     # (exit 2) while the other writes. The workers lock their shards' outputs themselves.
-    from .sinks import _acquire_lock, _release_lock
+    from .sinks import acquire_lock, release_lock
 
     results.parent.mkdir(parents=True, exist_ok=True)
     lock = results.with_name(results.name + ".lock")
-    lock_fd = _acquire_lock(lock, results)
+    lock_fd = acquire_lock(lock, results)
     try:
         return _run_locked(
             jobs,
@@ -262,7 +262,7 @@ def run_workers(
             to_stdout,
         )
     finally:
-        _release_lock(lock, lock_fd)
+        release_lock(lock, lock_fd)
 
 
 def _own_earlier_merge(marker: Path, parts: Sequence[Path]) -> bool:
@@ -357,7 +357,7 @@ def _this_run(summary: dict[str, Any], parts: Sequence[Path]) -> None:
     invocation (the workers ran side by side: the longest one's wall), not the span from the
     first run's earliest job to the last answer."""
     from .shards import read_manifest
-    from .stats import summed_cost
+    from .stats import rates, summed_cost
     from .totals import this_run_of
 
     runs = []
@@ -385,18 +385,11 @@ def _this_run(summary: dict[str, Any], parts: Sequence[Path]) -> None:
     summary["this_run"] = tr
     summary["jobs"]["skipped_resumed"] = tr["skipped_resumed"]
 
-    def per_s(n: float) -> float:
-        return round(n / wall, 3) if wall > 0 else 0.0
-
     tokens = tr["tokens"]
-    summary["wall_s"] = round(wall, 3)
-    summary["requests_per_s"] = per_s(tr["ok"] + tr["failed"])
-    summary["throughput"] = {
-        **summary.get("throughput", {}),
-        "requests_ok_per_s": per_s(tr["ok"]),
-        "output_tokens_per_s": per_s(tokens.get("completion", 0)),
-        "total_tokens_per_s": per_s(tokens.get("prompt", 0) + tokens.get("completion", 0)),
-    }
+    rate = rates(wall, tr["ok"], tr["failed"], tokens.get("prompt", 0), tokens.get("completion", 0))
+    summary["wall_s"] = rate["wall_s"]
+    summary["requests_per_s"] = rate["requests_per_s"]
+    summary["throughput"] = {**summary.get("throughput", {}), **rate["throughput"]}
 
 
 def concurrency_shares(concurrency: int, n: int) -> list[int]:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from runner.cli import main
-from runner.sinks import _acquire_lock, _release_lock
+from runner.sinks import acquire_lock, release_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"base_ms": 15.0, "prefill_ms_per_token": 0.005, "decode_ms_per_token": 1.0}
@@ -85,11 +85,11 @@ def test_workers_refused_while_a_plain_run_holds_the_output(tmp_path: Path) -> N
     jobs, cfg = _jobs(tmp_path, 4), _config(tmp_path)
     results = tmp_path / "jobs.results.jsonl"
     lock = results.with_name(results.name + ".lock")
-    fd = _acquire_lock(lock, results)  # as a plain run on this output holds it
+    fd = acquire_lock(lock, results)  # as a plain run on this output holds it
     try:
         r = _run(str(jobs), "-c", str(cfg), "--workers", "2")
     finally:
-        _release_lock(lock, fd)
+        release_lock(lock, fd)
     assert r.returncode == 2, r.stderr.decode()[-2000:]
     assert b"another runner" in r.stderr or b"locked" in r.stderr, r.stderr
     assert not list(tmp_path.glob("jobs.shard-*")), "no worker may start"
@@ -154,6 +154,9 @@ def test_appended_jobs_resume_with_workers_and_merge_again(tmp_path: Path) -> No
         assert got["wall_s"] < gap and got["wall_s"] == got["this_run"]["wall_s"]
         if not sent:
             assert got["requests_per_s"] == 0
+        else:  # this invocation's one job over its own wall time, not the whole output's span
+            rate = round(1 / got["this_run"]["wall_s"], 3)
+            assert got["requests_per_s"] == got["throughput"]["requests_ok_per_s"] == rate
 
 
 def test_workers_never_replace_a_foreign_file_with_a_merge(tmp_path: Path) -> None:
