@@ -175,8 +175,15 @@ class Scheduler:
 
     # -- dispatch --------------------------------------------------------------------------
 
-    def next(self, free_slots: int) -> Dispatch | None:
-        """The next job to send, or None. ``free_slots`` lets an idle pipeline open more groups."""
+    def has_ready(self) -> bool:
+        """Whether a job can go out without opening a group (primers, followers, ungrouped)."""
+        return bool(self._ready)
+
+    def next(self, free_slots: int, open_groups: bool = True) -> Dispatch | None:
+        """The next job to send, or None. ``free_slots`` lets an idle pipeline open more groups;
+        ``open_groups`` False (the reader still filling its window) opens none."""
+        if not open_groups:
+            return self._ready.popleft() if self._ready else None
         if self._ctl.settle_at is not None:
             # Once the probe's followers have had time to start, the other groups open (below),
             # its verdict still to come.

@@ -180,7 +180,7 @@ class Engine:
     # -- reading -----------------------------------------------------------------------------
 
     async def _feed(self, it: Iterator[Job | BadLine]) -> None:
-        sink, stats, record = self.sink, self.stats, self.recorder
+        sink, stats, record, sched = self.sink, self.stats, self.recorder, self.scheduler
         n = 0
         # Under `warm`, see the whole read-ahead window before choosing which groups to prime
         # first: priming groups in arrival order while the window fills would open many small
@@ -205,7 +205,7 @@ class Engine:
                 record.invalid(item.custom_id, item.line, problem, item.cache_id)
                 continue
             self._admitted += 1
-            self.scheduler.add(item, self._clock())
+            sched.add(item, self._clock())
             n += 1
             if self._admitted >= self._read_ahead:
                 filling = False
@@ -213,21 +213,24 @@ class Engine:
                 if self._admitted >= self._read_ahead:
                     self._space.clear()
                     await self._space.wait()
-            elif not filling:
-                self._pump()
+            elif not filling or sched.has_ready():
+                # While the window fills, a job that needs no primer (no group, or a prefix too
+                # short to cache) goes out at once: only the groups wait to be seen whole.
+                self._pump(open_groups=not filling)
                 if not n & 255:
                     await asyncio.sleep(0)  # let started requests make progress while reading
         self._pump()
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    def _pump(self) -> None:
+    def _pump(self, open_groups: bool = True) -> None:
         if self.stop.active:
             return
         sched = self.scheduler
         loop = asyncio.get_running_loop()
         while self._inflight < self._concurrency:
-            d, self._held = self._held or sched.next(self._concurrency - self._inflight), None
+            d = self._held or sched.next(self._concurrency - self._inflight, open_groups)
+            self._held = None
             if d is None:
                 if self._wake is None and (w := sched.wake_in()) is not None:
                     # Nothing to send until a deadline (the cache probe's isolation): pump then.

@@ -198,6 +198,30 @@ async def test_warm_strategy_holds_followers_behind_the_primer() -> None:
     assert be.max_in_flight == 5  # the followers fanned out together afterwards
 
 
+async def test_jobs_without_a_group_go_out_while_the_warm_window_fills() -> None:
+    """The reader sees the whole read-ahead window before it opens any group, but a job that
+    needs no primer is dispatched as soon as it is read: the first request of an ungrouped file
+    does not wait for thousands of lines to be parsed."""
+    in_flight_when_read: list[int] = []
+    sink = MemorySink()
+    be = FakeBackend()
+    eng = engine(be, sink, concurrency=8, read_ahead=8, cache_adapt=False)
+
+    def items() -> Any:
+        for i in range(8):
+            in_flight_when_read.append(eng.stats.in_flight)
+            # j0 and j4 have no group; the others share one, behind its primer
+            yield job(i) if i in (0, 4) else job(i, group="ctx:abc", prefix_chars=8000)
+
+    await eng.run(items())
+    assert sorted(r["custom_id"] for r in sink.results) == [f"j{i}" for i in range(8)]
+    # j0 was in flight while j1..j4 were read, j0 and j4 while the rest were: no grouped job
+    # (not even the primer) went out before the window was whole.
+    assert in_flight_when_read == [0, 1, 1, 1, 1, 2, 2, 2]
+    roles = {r.custom_id: r.cache_role for r in sink.records}
+    assert roles["j0"] == roles["j4"] == "none" and roles["j1"] == "primer"
+
+
 async def test_cache_none_sends_everything_at_once() -> None:
     sink = MemorySink()
     be = FakeBackend()
