@@ -293,10 +293,12 @@ def _run_locked(
 ) -> int:
     n = config.workers
     common = ["--workers", "1", "--progress", "off", *extra]
-    procs = [  # the last --concurrency on the command line wins: the worker's share
-        _start([*argv, *common, "--shard", str(spec), "--concurrency", str(share)])
-        for spec, share in zip(specs, shares, strict=True)
-    ]
+    groups = group_shares(config.max_active_groups, n)
+    procs = []
+    for spec, c, g in zip(specs, shares, groups, strict=True):
+        # The last --concurrency / --max-active-groups on the command line wins: this share.
+        own = ["--shard", str(spec), "--concurrency", str(c), "--max-active-groups", str(g)]
+        procs.append(_start([*argv, *common, *own]))
     tails = [_Tail(p) for p in parts]
     code = _supervise(procs, tails, jobs, config)
     if code not in (0, 1):
@@ -403,6 +405,14 @@ def concurrency_shares(concurrency: int, n: int) -> list[int]:
             f">= {n} or --workers <= {concurrency}"
         )
     return [concurrency // n + (k < concurrency % n) for k in range(n)]
+
+
+def group_shares(groups: int, n: int) -> list[int]:
+    """Each worker's share of ``max_active_groups``: the shards hold different groups, so the
+    groups open at the provider at once stay at most the configured number over all workers,
+    as in one process (a bounded provider cache is not asked to hold N x G prefixes). Each
+    worker opens at least one, so with fewer groups than workers the run may open N."""
+    return [max(1, groups // n + (k < groups % n)) for k in range(n)]
 
 
 def _refuse_other_counts(results: Path, n: int) -> None:

@@ -194,6 +194,32 @@ def test_workers_share_the_concurrency_so_the_run_never_exceeds_it(tmp_path: Pat
         assert not list(tmp_path.glob("x.*"))
 
 
+def test_workers_share_max_active_groups_so_the_provider_cache_holds_no_more(
+    tmp_path: Path,
+) -> None:
+    jobs, ctx = tmp_path / "jobs.jsonl", tmp_path / "contexts.jsonl"
+    with open(ctx, "wb") as fh:
+        for g in range(8):
+            fh.write(orjson.dumps({"cache_id": f"c{g}", "system": f"Document {g}. " * 800}) + b"\n")
+    with open(jobs, "wb") as fh:
+        for i in range(48):
+            fh.write(orjson.dumps({"id": f"q{i}", "cache_id": f"c{i % 8}", "query": f"q {i}?"}))
+            fh.write(b"\n")
+    with mock_process("--base-ms", "5", "--decode-ms-per-token", "0", "--jitter", "0") as url:
+        cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--contexts", str(ctx)]
+        cmd += ["--provider", "openai", "--base-url", url, "--progress", "off", "--workers", "2"]
+        cmd += ["--concurrency", "8", "--no-cache-adapt", "--max-active-groups", "2"]
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert len((tmp_path / "jobs.latency.jsonl").read_bytes().splitlines()) == 48
+    # 2 groups open at once over both workers (1 + 1), not 2 each
+    for k in range(2):
+        part = orjson.loads((tmp_path / f"jobs.shard-{k}-of-2.summary.json").read_bytes())
+        assert part["cache_control"]["active_groups"] == 1
+    assert runner.workers.group_shares(8, 3) == [3, 3, 2]
+    assert runner.workers.group_shares(1, 2) == [1, 1]  # each worker opens at least one
+
+
 def test_merge_finds_an_id_twice_whether_its_lines_are_read_fast_or_parsed(
     tmp_path: Path,
 ) -> None:
