@@ -314,6 +314,12 @@ def bench_shards(args: argparse.Namespace) -> None:
 # -- workers -----------------------------------------------------------------------------
 
 
+def _busy(row: dict[str, Any]) -> float:
+    """Cores the run and the mock kept busy on average: with two free cores and a perfect
+    split, --workers 2 would show 2.0; what is missing is time a core sat idle."""
+    return float(row["runner_cpu_s"] + row["mock_cpu_s"]) / float(row["wall_s"])
+
+
 def bench_workers(args: argparse.Namespace) -> None:
     """``--workers 2`` against ``--workers 1``, alternately, with where the CPU went.
 
@@ -324,7 +330,8 @@ def bench_workers(args: argparse.Namespace) -> None:
     figures allow when the two cores are this benchmark's alone: one process takes at least its
     own CPU time (``max(runner, (runner + mock) / 2)``); with two workers the parent starts up
     alone, the workers and the mock share the two cores, and the merge runs alone after them:
-    ``parent + (workers + mock) / 2 + merge``.
+    ``parent + (workers + mock) / 2 + merge``. ``cores busy`` is the CPU of the run and the
+    mock over the wall time: how much of the two cores each run kept working.
     """
     jobs = make_jobs(SCALE / "workers" / "jobs.jsonl", args.worker_jobs)
     rows = []
@@ -376,7 +383,8 @@ def bench_workers(args: argparse.Namespace) -> None:
             f" {one['mock_cpu_s']}; --workers 2 parent {split['parent']} + workers"
             f" {' + '.join(str(x) for x in split['workers'])} + merge {split['merge']}"
             f" = {two['runner_cpu_s']} ({two['runner_cpu_s'] / one['runner_cpu_s'] - 1:+.1%}),"
-            f" mock {two['mock_cpu_s']}; ceiling on 2 free cores {w1_bound / w2_bound:.3f}",
+            f" mock {two['mock_cpu_s']}; ceiling on 2 free cores {w1_bound / w2_bound:.3f};"
+            f" cores busy (runner + mock CPU / wall) {_busy(one):.2f} / {_busy(two):.2f}",
             flush=True,
         )
     print(f"workers: --workers 2 / --workers 1 req/s per round: {[round(x, 3) for x in ratios]}")
