@@ -179,10 +179,12 @@ def test_all_names_every_public_function_and_class() -> None:
         "InputOrder",
         "MetaCacheJournal",
         "Outputs",
+        "acquire_lock",
         "default_paths",
         "meta_path_of",
         "open_outputs",
         "read_meta_section",
+        "release_lock",
         "write_meta_section",
         "write_summary",
     }
