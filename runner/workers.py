@@ -457,6 +457,17 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
         stats.started = time.perf_counter()
         stats.tokens_from = builder = SummaryBuilder(None)
         records = [_Records(t.path, builder) for t in tails]
+
+    def show() -> None:  # only with a display
+        assert display is not None
+        stats.done = sum(t.poll() for t in tails)
+        for r in records:
+            r.poll()
+        if stats.tokens_from is not None:
+            stats.failed = stats.tokens_from.failed
+        stats.in_flight = sum(p.poll() is None for p in procs)  # workers, not requests
+        display.tick(stats)  # after the last worker: the last figures, a log line if one is due
+
     try:
         if display is None:  # nothing to show: wake when a worker ends, not on a timer
             for p in procs:
@@ -464,24 +475,12 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
         while any(p.poll() is None for p in procs):
             time.sleep(POLL_S)
             if display is not None:
-                stats.done = sum(t.poll() for t in tails)
-                for r in records:
-                    r.poll()
-                if stats.tokens_from is not None:
-                    stats.failed = stats.tokens_from.failed
-                stats.in_flight = sum(p.poll() is None for p in procs)  # workers, not requests
-                display.tick(stats)
+                show()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         if display is not None:
-            stats.done = sum(t.poll() for t in tails)
-            for r in records:
-                r.poll()
-            if stats.tokens_from is not None:
-                stats.failed = stats.tokens_from.failed
-            stats.in_flight = 0
-            display.tick(stats)  # the last figures (a log line only when one is due)
+            show()
             display.close(stats)
     codes = [1 if p.code is None else p.code for p in procs]  # all reaped by the loop
     if stop["n"] and any(c not in (0, 1) for c in codes):
