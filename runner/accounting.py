@@ -47,6 +47,7 @@ class LiveStats:
     limiter_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
     tokens_from: SummaryBuilder | None = field(default=None, repr=False)
+    workers: int | None = None  # a --workers parent: worker processes running, not requests
 
     @property
     def prompt_tokens(self) -> int:

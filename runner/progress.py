@@ -30,10 +30,10 @@ def _line(s: LiveStats, elapsed: float) -> str:
     if s.total and rate > 0:
         eta = f" eta {max(0.0, (s.total - s.done - s.skipped) / rate):.0f}s"
     cost = f" ${s.billed:.4f}" if s.billed else ""
+    busy = f"{s.in_flight} in flight" if s.workers is None else f"{s.workers} workers running"
     return (
         f"{s.done + s.skipped}{total} done, {rate:.0f} req/s, {tok:.0f} tok/s, "
-        f"cache hit {hit:.1%}, {s.failed} errors, {s.retries} retries, "
-        f"{s.in_flight} in flight{cost}{eta}"
+        f"cache hit {hit:.1%}, {s.failed} errors, {s.retries} retries, {busy}{cost}{eta}"
     )
 
 

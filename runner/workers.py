@@ -465,7 +465,7 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
             r.poll()
         if stats.tokens_from is not None:
             stats.failed = stats.tokens_from.failed
-        stats.in_flight = sum(p.poll() is None for p in procs)  # workers, not requests
+        stats.workers = sum(p.poll() is None for p in procs)
         display.tick(stats)  # after the last worker: the last figures, a log line if one is due
 
     try:

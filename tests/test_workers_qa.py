@@ -265,3 +265,6 @@ def test_the_parents_progress_shows_tokens_and_errors(
     lines = [x for x in capfd.readouterr().err.splitlines() if "[runner]" in x]
     assert any(" 1 errors" in x for x in lines), lines[-3:]
     assert any(" 0 tok/s" not in x for x in lines), lines[-3:]
+    # the parent counts worker processes, not requests: it does not call them "in flight"
+    assert any("2 workers running" in x for x in lines) and not any("in flight" in x for x in lines)
+    assert "0 workers running" in lines[-1], lines[-1]  # the last line: all have ended
