@@ -637,8 +637,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("target")
     g.add_argument("-c", "--config", type=Path, help="RunConfig TOML (flags win over it)")
     g.add_argument("--base-url", help="server base URL (default: start the built-in mock here)")
-    g.add_argument("--provider", choices=PROVIDERS)
-    g.add_argument("--model")
+    g.add_argument(
+        "--provider",
+        choices=PROVIDERS,
+        help="wire protocol (default: the config's, else the mock's)",
+    )
+    g.add_argument("--model", help="model name sent in each request (default: the config's)")
     g.add_argument("--api-key-env", help="environment variable holding the API key")
     g.add_argument("--timeout", type=float, help="per-request timeout, seconds")
     g.add_argument(
@@ -657,7 +661,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     x = g.add_mutually_exclusive_group()
     x.add_argument("--concurrency", type=int, help="closed loop: N requests always in flight")
     x.add_argument("--rate", type=float, help="open loop: mean arrivals per second")
-    g.add_argument("--arrival", choices=("poisson", "gamma", "constant"), default="poisson")
+    g.add_argument(
+        "--arrival",
+        choices=("poisson", "gamma", "constant"),
+        default="poisson",
+        help="open loop: inter-arrival distribution (default: poisson)",
+    )
     g.add_argument(
         "--burstiness",
         type=float,
@@ -677,11 +686,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     y.add_argument("--duration", type=float, help="issue requests for this many seconds per run")
     g.add_argument("--warmup", type=int, default=0, help="requests sent first and not measured")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed for arrivals and prompts (default: 0)")
 
     g = parser.add_argument_group("workload")
-    g.add_argument("--prompt-tokens", type=int, default=256)
-    g.add_argument("--output-tokens", type=int, default=64)
+    g.add_argument(
+        "--prompt-tokens", type=int, default=256, help="synthetic prompt length (default: 256)"
+    )
+    g.add_argument(
+        "--output-tokens", type=int, default=64, help="max_tokens of each request (default: 64)"
+    )
     g.add_argument(
         "--ignore-eos",
         action="store_true",

@@ -21,7 +21,7 @@ __all__ = ["add_arguments", "main"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", type=Path, help="the results file of the run (-o/--output)")
     parser.add_argument("-c", "--config", type=Path, help="TOML config file of the run")
-    parser.add_argument("--provider", choices=PROVIDERS)
+    parser.add_argument("--provider", choices=PROVIDERS, help="the run's provider (config's)")
     parser.add_argument("--base-url", help="API base URL (default: the config's)")
     parser.add_argument("--api-key-env", help="environment variable holding the key")
     parser.add_argument("--delete", action="store_true", help="delete the caches found")

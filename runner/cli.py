@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from .config import (
     BATCH_PROVIDERS,
@@ -30,6 +30,9 @@ from .config import (
 )
 from .errors import ConfigError, RunnerError
 from .runtime import event_loop_run
+
+if TYPE_CHECKING:
+    from .pipeline import RunOutcome
 
 __all__ = ["build_parser", "main"]
 
@@ -260,7 +263,6 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
 
 def _cmd_run(ns: argparse.Namespace) -> int:
     from .api import run
-    from .pipeline import RunOutcome
 
     _tune_gc()  # the last of start-up's imports is done
     config = config_from_args(ns)
@@ -283,7 +285,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     )
     summary_error = outcome.summary.get("summary_error")
     if config.log_format == "json":  # the run_end event carried the summary
-        if outcome.summary["jobs"]["total"] == 0:
+        if _holds_no_jobs(outcome):
             _note(config, f"{ns.jobs} holds no jobs")
         if summary_error:
             _note(config, f"the summary could not be written: {summary_error}", error=True)
@@ -292,7 +294,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         from .report import render_summary  # after the run: not on the way to its first request
 
         print(render_summary(outcome.summary), file=sys.stderr)
-        if outcome.summary["jobs"]["total"] == 0:
+        if _holds_no_jobs(outcome):
             print(f"runner: warning: {ns.jobs} holds no jobs", file=sys.stderr)
     if summary_error:
         print(f"runner: error: the summary could not be written: {summary_error}", file=sys.stderr)
@@ -310,6 +312,13 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         if config.via == "batch":
             print(f"runner: `runner status {_results_path(ns.jobs, config)}` shows the batches")
     return outcome.exit_code
+
+
+def _holds_no_jobs(outcome: RunOutcome) -> bool:
+    """The run read its whole input and found nothing: not a run stopped before its first
+    result (a wrong endpoint, a guard, a signal), whose unsent jobs are still in the file."""
+    s = outcome.summary
+    return s["jobs"]["total"] == 0 and not s.get("not_sent") and outcome.stopped is None
 
 
 def _note(config: RunConfig, message: str, *, error: bool = False) -> None:
@@ -355,6 +364,11 @@ def _provider_named(ns: argparse.Namespace) -> bool:
 
 
 def _check_jobs_file(jobs: Path) -> None:
+    if str(jobs) == "-" and not jobs.exists():  # "-: no such file" told a piping user nothing
+        raise ConfigError(
+            "-: jobs cannot be read from standard input (a run records the jobs file's digest "
+            "and resumes from it); write them to a file and name it"
+        )
     if jobs.is_dir():
         raise ConfigError(f"{jobs}: is a directory, not a jobs file")
     if not jobs.exists():
@@ -425,9 +439,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--live", action="store_true", help="also ask the provider (GET only) for each batch"
     )
     p_status.add_argument("-c", "--config", type=Path, help="TOML config (provider, key)")
-    p_status.add_argument("--provider", choices=BATCH_PROVIDERS)
-    p_status.add_argument("--base-url")
-    p_status.add_argument("--api-key-env")
+    p_status.add_argument(
+        "--provider", choices=BATCH_PROVIDERS, help="with --live: the provider (default: config's)"
+    )
+    p_status.add_argument("--base-url", help="with --live: API base URL (default: config's)")
+    p_status.add_argument("--api-key-env", help="with --live: environment variable holding the key")
     p_status.set_defaults(func=_cmd_status)
 
     for name, help_text, module_name in _LAZY_COMMANDS:

@@ -148,6 +148,7 @@ class RunConfig:
             _check_choice(name, getattr(self, name), choices)
         if needs_base_url(self.provider) and not self.base_url:
             raise ConfigError(f"provider {self.provider!r} needs base_url")
+        _check_misused_paths(self)
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.max_attempts < 1:
@@ -308,6 +309,30 @@ _PATH_FIELDS = {"output", "latency", "summary", "contexts", "metrics_textfile", 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 # Labels the metrics set themselves; a user label of the same name would clash.
 _RESERVED_LABELS = {"job_name", "outcome", "error_code", "type", "kind", "state", "le", "job"}
+
+
+def _check_misused_paths(c: RunConfig) -> None:
+    """Misuse a new user makes that would otherwise cost a retry loop or a stray file."""
+    url = c.base_url
+    if url is not None and not url.lower().startswith(("http://", "https://")):
+        # Without it the pre-flight probe fails as "unreachable" (exit 75, "run again later"),
+        # and a scheduler retries forever. The URL is not echoed: it may carry credentials.
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        raise ConfigError(
+            "base_url must start with http:// or https://, e.g. http://127.0.0.1:8000/v1 "
+            f"(this one has {f'the scheme {scheme!r}' if scheme else 'no scheme'})"
+        )
+    for name, flag, what in (
+        ("output", "-o/--output", "results"),
+        ("latency", "--latency", "latency"),
+    ):
+        if str(getattr(c, name)) == "-":
+            # The results and latency files are what a resume reads back: a file named "-"
+            # would be written instead of standard output.
+            raise ConfigError(
+                f"{flag} -: the {what} file cannot be standard output (a re-run resumes from "
+                "it); name a file (--summary - prints the summary on standard output)"
+            )
 
 
 def _check_operations(c: RunConfig) -> None:

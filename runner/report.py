@@ -68,8 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, help="TOML config to take prices from")
     parser.add_argument("--model", help="model whose config price applies (default: config's)")
     parser.add_argument("--price-input", type=float, metavar="USD", help="per 1M input tokens")
-    parser.add_argument("--price-cached-input", type=float, metavar="USD")
-    parser.add_argument("--price-cache-write", type=float, metavar="USD")
+    parser.add_argument(
+        "--price-cached-input", type=float, metavar="USD", help="per 1M cached input tokens"
+    )
+    parser.add_argument(
+        "--price-cache-write", type=float, metavar="USD", help="per 1M cache-write tokens"
+    )
     parser.add_argument("--price-output", type=float, metavar="USD", help="per 1M output tokens")
     add_slo_arguments(parser)
 
@@ -266,15 +270,15 @@ def main(ns: argparse.Namespace) -> int:
     clash = _input_named(ns.html, (ns.latency, ns.compare, ns.config))
     if clash is not None:
         print(
-            f"error: --html {ns.html} is the input {clash}: refusing to overwrite an input; "
-            "choose another path",
+            f"runner report: error: --html {ns.html} is the input {clash}: refusing to overwrite "
+            "an input; choose another path",
             file=sys.stderr,
         )
         return 2
     try:
         price = _price(ns)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"runner report: error: {exc}", file=sys.stderr)
         return 2
     slo = slo_from_args(ns)
     runs: list[Run] = []
@@ -284,13 +288,19 @@ def main(ns: argparse.Namespace) -> int:
         try:
             runs.append(load_run(path, price, slo_ms=slo or None))
         except OSError as exc:
-            print(f"error: {path}: cannot read latency file: {exc.strerror}", file=sys.stderr)
+            print(
+                f"runner report: error: {path}: cannot read latency file: {exc.strerror}",
+                file=sys.stderr,
+            )
             return 2
     if ns.html is not None:
         try:
             ns.html.write_text(render_html(runs), encoding="utf-8")
         except OSError as exc:
-            print(f"error: {ns.html}: cannot write report: {exc.strerror}", file=sys.stderr)
+            print(
+                f"runner report: error: {ns.html}: cannot write report: {exc.strerror}",
+                file=sys.stderr,
+            )
             return 2
     if ns.json:
         if len(runs) == 1:
@@ -685,7 +695,9 @@ def _fmt_ms(d: Mapping[str, float] | None, key: str) -> str:
     if not d:
         return "-"
     v = d[key]
-    return f"{v / 1000:.2f} s" if v >= 10_000 else f"{v:.1f}"
+    # Every cell in milliseconds, as the table's "ms" header says (a cell in seconds sat
+    # beside a mean in milliseconds); past 10 s the decimals go and thousands are grouped.
+    return f"{v:,.0f}" if v >= 10_000 else f"{v:.1f}"
 
 
 def _this_run(summary: Mapping[str, Any]) -> str:
@@ -714,7 +726,9 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
             "jobs",
             f"{jobs['ok']} ok, {jobs['failed']} failed"
             + (f" ({errors})" if errors else "")
-            + _this_run(summary),
+            + _this_run(summary)
+            # A run stopped early (guard, endpoint, signal): the jobs it never sent.
+            + (f", {summary['not_sent']:,} not sent" if summary.get("not_sent") else ""),
         ),
         ("wall", f"{summary['wall_s']:.2f} s, {summary['requests_per_s']:.1f} req/s"),
         (

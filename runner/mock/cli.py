@@ -70,7 +70,9 @@ def _json_table(text: str) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--host``, ``--port`` and one flag per ``MockConfig`` field to ``parser``."""
-    parser.add_argument("--host", dest=_DEST + "host", default="127.0.0.1")
+    parser.add_argument(
+        "--host", dest=_DEST + "host", default="127.0.0.1", help="address to bind (loopback)"
+    )
     parser.add_argument("--port", dest=_DEST + "port", type=int, default=0, help="0: any free")
     for f in fields(MockConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -1,0 +1,191 @@
+"""What a new user following the README ran into that no test covered (found by QA).
+
+Each test names the everyday mistake or message: a base URL without ``/v1`` (the summary said the
+jobs file held no jobs), a base URL without ``http://`` (exit 75, "run again later", forever),
+``-o -`` / ``--latency -`` (a file named ``-``), ``runner run -`` ("-: no such file"), and a
+latency table that mixed seconds into its millisecond columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import mock_process
+from promise_helpers import cli_run, fast_config, load, write_jobs
+
+from runner.report import render_summary
+
+
+def test_a_run_stopped_before_its_first_result_does_not_call_the_jobs_file_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README's classic mistake: the base URL without /v1. The run stops at the first 404
+    # (exit 2) with every job unsent; it used to end with "warning: jobs.jsonl holds no jobs"
+    # under a table of "0 ok, 0 failed", sending the user to check a file that was fine.
+    jobs = write_jobs(tmp_path, 30)
+    with mock_process("--latency", "zero") as url:
+        code, err = cli_run(
+            capsys,
+            "run",
+            str(jobs),
+            "-c",
+            str(fast_config(tmp_path)),
+            "--provider",
+            "openai",
+            "--base-url",
+            url.removesuffix("/v1"),
+        )
+    assert code == 2, err
+    assert "does it end in /v1?" in err
+    assert "holds no jobs" not in err
+    summary = load(tmp_path / "jobs.summary.json")
+    assert summary["not_sent"] == 30
+    # The table says what the summary file says: the jobs were never sent.
+    assert "0 ok, 0 failed, 30 not sent" in err
+
+
+def test_an_empty_jobs_file_still_warns_with_nothing_unsent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = tmp_path / "empty.jsonl"
+    jobs.write_bytes(b"")
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)))
+    assert code == 0 and "holds no jobs" in err and "not sent" not in err
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("127.0.0.1:8000/v1", "no scheme"),
+        ("localhost:8000/v1", "no scheme"),
+        ("ftp://user:s3cret@example.com/v1", "the scheme 'ftp'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "bench", "config file"])
+def test_a_base_url_without_http_is_misuse_not_a_transient_failure(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    url: str,
+    said: str,
+) -> None:
+    # It was exit 75 after three probes ("unreachable ... run again later"): a scheduler that
+    # retries 75 would retry a typo forever.
+    monkeypatch.chdir(tmp_path)
+    jobs = write_jobs(tmp_path, 3)
+    args = ["--provider", "openai", "--base-url", url]
+    if command == "bench":
+        code, err = cli_run(capsys, "bench", *args, "--requests", "1")
+    elif command == "run":
+        code, err = cli_run(capsys, "run", str(jobs), *args)
+    else:
+        config = tmp_path / "c.toml"
+        config.write_text(f'provider = "openai"\nbase_url = "{url}"\n')
+        code, err = cli_run(capsys, "validate", str(jobs), "-c", str(config))
+        config.unlink()
+    assert code == 2, err
+    assert "base_url must start with http:// or https://" in err and said in err
+    assert "s3cret" not in err  # the URL is not echoed: it may carry credentials
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.jsonl"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [(["-o", "-"], "-o/--output -: the results file"), (["--latency", "-"], "--latency -")],
+)
+def test_dash_as_the_results_or_latency_file_is_refused(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    said: str,
+) -> None:
+    # `--summary -` prints the summary; `-o -` wrote a file named "-" (and "-.latency.jsonl").
+    monkeypatch.chdir(tmp_path)
+    jobs = write_jobs(tmp_path, 3)
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)), *flags)
+    assert code == 2, err
+    assert said in err and "cannot be standard output" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml", "jobs.jsonl"]
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_dash_as_the_jobs_file_says_standard_input_is_not_read(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = cli_run(capsys, command, "-", "-c", str(fast_config(tmp_path)))
+    assert code == 2, err
+    assert "standard input" in err and "no such file" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml"]
+
+
+def test_a_file_named_dash_is_still_a_jobs_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_jobs(tmp_path, 2).rename(tmp_path / "-")
+    code, err = cli_run(capsys, "run", "-", "-c", str(fast_config(tmp_path)), "-o", "r.jsonl")
+    assert code == 0, err
+    assert len((tmp_path / "r.jsonl").read_bytes().splitlines()) == 2
+
+
+def _summary_with_latency(ms: dict[str, float]) -> dict[str, object]:
+    return {
+        "jobs": {"total": 3, "ok": 3, "failed": 0, "skipped_resumed": 0, "by_error": {}},
+        "wall_s": 12.0,
+        "requests_per_s": 0.25,
+        "tokens": {"prompt": 10, "cached": 0, "cache_write": 0, "completion": 3},
+        "cache_hit_ratio": 0.0,
+        "retries": 0,
+        "limiter_wait_s": 0.0,
+        "latency_ms": ms,
+        "ttft_ms": None,
+    }
+
+
+def test_the_latency_table_is_all_milliseconds_as_its_header_says() -> None:
+    # A slow server (llama-server, Anthropic) gave "9606.0 10.31 s 11.23 s" under "ms": the
+    # mean in milliseconds, the percentiles beside it in seconds.
+    ms = {
+        "mean": 9606.0,
+        "p50": 10_310.4,
+        "p90": 11_230.0,
+        "p95": 11_330.0,
+        "p99": 11_420.0,
+        "p999": 11_430.0,
+        "max": 123_440.0,
+    }
+    text = render_summary(_summary_with_latency(ms))
+    header, latency = (ln.split() for ln in text.splitlines() if ln.startswith(("ms ", "latency")))
+    assert header[0] == "ms"
+    assert latency == [
+        "latency",
+        "9606.0",
+        "10,310",
+        "11,230",
+        "11,330",
+        "11,420",
+        "11,430",
+        "123,440",
+    ]
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    # `runner status --help` listed --provider, --base-url and --api-key-env with no word of what
+    # they do (so did report's cache prices, bench's workload sizes, mock's --host).
+    import argparse
+
+    from runner import cli
+
+    parser = cli.build_parser(None)  # every subcommand's options filled in
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bare = {
+        name: [a.dest for a in sub._actions if not a.help] for name, sub in subs.choices.items()
+    }
+    assert bare == {name: [] for name in subs.choices}
