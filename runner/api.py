@@ -184,7 +184,7 @@ async def _run_direct(
                 raise InputError(f"{jobs_path}: cannot read: {exc.strerror}") from exc
         observer.start(engine)
         if handle_signals:
-            _install_signals(engine)
+            _install_signals(engine, display.note if display is not None else None)
         try:
             outcome = await engine.run(items)
         finally:
@@ -532,13 +532,21 @@ async def batch(
     return [r for _, r in sink.results]
 
 
-def _install_signals(engine: Engine) -> None:
+def _install_signals(engine: Engine, say: Callable[[str], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     seen = 0
 
     def on_signal(signum: int) -> None:
         nonlocal seen
         seen += 1
+        if seen == 1 and say is not None and engine.stats.in_flight:
+            # The drain can take as long as the slowest reply: say why nothing seems to happen,
+            # before a second Ctrl-C throws the in-flight (paid) answers away.
+            say(
+                f"stopping: waiting for {engine.stats.in_flight} requests in flight (at most "
+                f"{engine.config.drain_s:g} s); Ctrl-C again stops at once, re-sending them on "
+                "the next run"
+            )
         # The second signal stops at once; files stay consistent since writes are whole lines.
         engine.request_stop("signal", 128 + signum, hard=seen > 1)
 

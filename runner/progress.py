@@ -87,6 +87,14 @@ class ProgressDisplay:
                 stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 print(f"{stamp} [runner] {_line(s, elapsed)}", file=self._out, flush=True)
 
+    def note(self, message: str) -> None:
+        """A line said at once, above the bar or between the log lines (a stop in progress)."""
+        if self._bar is not None:
+            self._bar.console.print(f"runner: {message}", markup=False, highlight=False)
+        else:
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            print(f"{stamp} [runner] {message}", file=self._out, flush=True)
+
     def close(self, s: LiveStats | None = None) -> None:
         if self._bar is not None:
             if s is not None:
