@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from .config import load_config
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .models import Price
 from .results import result_key
 from .stats import Distribution, SummaryBuilder, Timeline
@@ -179,27 +179,57 @@ def load_run(path: Path, price: Price | None, *, slo_ms: Mapping[str, float] | N
     """Stream a latency file into a :class:`Run`.
 
     :raises OSError: when the file cannot be read.
+    :raises InputError: when it has lines but not one latency record (another file).
     """
     builder = SummaryBuilder(price, slo_ms=slo_ms)
     timeline = Timeline()
     malformed = 0
+    held: list[tuple[Path, int, str]] = []  # said once a record shows this is a latency file
 
     def warn(p: Path, lineno: int, why: str) -> None:
         nonlocal malformed
         malformed += 1
         if malformed <= MAX_WARNINGS:
-            _stderr(p, lineno, why)
+            if n:
+                _stderr(p, lineno, why)
+            else:
+                held.append((p, lineno, why))
 
     n = 0
     for _, rec in read_records(path, warn=warn):
+        if not n:
+            for w in held:
+                _stderr(*w)
         builder.add(rec)
         timeline.add(rec)
         n += 1
+    if not n and held:
+        # `runner report R.results.jsonl` (or the summary, or the jobs file) gave a table of
+        # zeros and exit 0 under twenty warnings: say which file it reads instead.
+        _, lineno, why = held[0]
+        raise InputError(
+            f"{path}: not a latency file: none of its {malformed:,} lines is a latency record "
+            f"(line {lineno}: {why}); runner report reads the latency records a run writes "
+            f"({_latency_hint(path)})"
+        )
     if malformed > MAX_WARNINGS:
         print(f"warning: {path}: {malformed} malformed lines skipped in all", file=sys.stderr)
     summary = builder.summary()
     summary["source"] = {"file": str(path), "records": n, "malformed_lines": malformed}
     return Run(path, summary, builder.latency, builder.ttft, timeline.series(), n, malformed)
+
+
+def _latency_hint(path: Path) -> str:
+    """Where the latency file of a run is, named after the file given when it is a results or
+    summary file that has one beside it."""
+    name = path.name
+    for suffix in (".results.jsonl", ".summary.json", ".jsonl", ".json"):
+        if name.endswith(suffix):
+            beside = path.with_name(name.removesuffix(suffix) + ".latency.jsonl")
+            if beside != path and beside.is_file():
+                return f"here: {beside}"
+            break
+    return "X.latency.jsonl beside the results file X.results.jsonl"
 
 
 def _price(ns: argparse.Namespace) -> Price | None:
@@ -292,6 +322,9 @@ def main(ns: argparse.Namespace) -> int:
                 f"runner report: error: {path}: cannot read latency file: {exc.strerror}",
                 file=sys.stderr,
             )
+            return 2
+        except InputError as exc:
+            print(f"runner report: error: {exc}", file=sys.stderr)
             return 2
     if ns.html is not None:
         try:

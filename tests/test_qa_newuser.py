@@ -224,3 +224,32 @@ def test_ctrl_c_says_at_once_that_it_waits_for_the_requests_in_flight(tmp_path: 
     assert "Ctrl-C again stops at once" in said[0]
     # said when the signal came, not with the summary at the end
     assert err.index(said[0]) < err.index("run summary")
+
+
+@pytest.mark.parametrize("given", ["results", "summary", "jobs"])
+def test_report_on_a_file_that_is_not_latency_records_names_the_file_it_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    # `runner report out/demo.results.jsonl` (the results, not the latency records) printed
+    # twenty "skipped malformed line" warnings and a table of zeros, exit 0.
+    jobs = write_jobs(tmp_path, 3)
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)))
+    assert code == 0, err
+    path = {
+        "results": tmp_path / "jobs.results.jsonl",
+        "summary": tmp_path / "jobs.summary.json",
+        "jobs": jobs,
+    }[given]
+    code, err = cli_run(capsys, "report", str(path))
+    assert code == 2, err
+    assert f"{path}: not a latency file" in err and "skipped malformed line" not in err
+    if given != "jobs":  # a run's own file: the latency file beside it is named
+        assert f"here: {tmp_path / 'jobs.latency.jsonl'}" in err
+    code, err = cli_run(
+        capsys, "report", str(tmp_path / "jobs.latency.jsonl"), "--compare", str(path)
+    )
+    assert code == 2 and f"{path}: not a latency file" in err
+    # the latency file itself still reports, and an empty one is an empty run, not an error
+    assert cli_run(capsys, "report", str(tmp_path / "jobs.latency.jsonl"))[0] == 0
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert cli_run(capsys, "report", str(tmp_path / "empty.jsonl"))[0] == 0

@@ -150,7 +150,9 @@ def test_many_malformed_lines_are_summarised(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(b"oops\n" * (report.MAX_WARNINGS + 5))
+    # one record, last: the warnings held until it shows this is a latency file are all said
+    record = FIXTURE.read_bytes().splitlines()[0]
+    bad.write_bytes(b"oops\n" * (report.MAX_WARNINGS + 5) + record + b"\n")
     assert run(bad) == 0
     err = capsys.readouterr().err
     assert err.count("skipped malformed line") == report.MAX_WARNINGS
@@ -202,11 +204,14 @@ def test_html_stays_small_for_long_runs(tmp_path: Path) -> None:
     recs = [
         {"custom_id": str(i), "queued_at": base, "started_at": base + i * 0.01,
          "ended_at": base + i * 0.01 + 0.3, "latency_ms": 300.0 + i % 97, "ttft_ms": 50.0 + i % 13,
-         "prompt_tokens": 100, "cached_tokens": 50, "completion_tokens": 10}
+         "prompt_tokens": 100, "cached_tokens": 50, "completion_tokens": 10, "outcome": "ok"}
         for i in range(20_000)
     ]  # fmt: skip
     path = write(tmp_path / "long.jsonl", recs)
     run_ = report.load_run(path, None)
+    # Without "outcome" every record was skipped as malformed and the page was small because
+    # it was empty (found when a file of no latency records became an error).
+    assert run_.records == 20_000 and run_.malformed == 0
     assert len(run_.series["t_s"]) <= 300
     page = report.render_html([run_])
     assert len(page) < 200_000
