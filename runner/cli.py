@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from .config import (
     BATCH_PROVIDERS,
+    DEFAULT_KEY_ENV,
     FIELD_NAMES,
     PROVIDERS,
     CacheStrategy,
@@ -28,7 +29,7 @@ from .config import (
     load_config,
     needs_base_url,
 )
-from .errors import ConfigError, RunnerError
+from .errors import AuthError, ConfigError, RunnerError
 from .runtime import event_loop_run
 
 if TYPE_CHECKING:
@@ -280,9 +281,21 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             config,
             "no provider configured: using the built-in simulated provider; replies are synthetic",
         )
-    outcome: RunOutcome = event_loop_run(
-        run(ns.jobs, config, handle_signals=True, config_path=ns.config)
-    )
+    try:
+        outcome: RunOutcome = event_loop_run(
+            run(ns.jobs, config, handle_signals=True, config_path=ns.config)
+        )
+    except AuthError as exc:
+        if config.api_key() is not None:
+            raise
+        # A 401 from a run that sent no key: the server's text says nothing about where
+        # runner looks for one.
+        name = DEFAULT_KEY_ENV.get(config.provider)
+        where = f"{name} is not set; export it, or " if name else ""
+        raise AuthError(
+            f"{exc} (no API key was sent: {where}name the variable that holds it with "
+            "--api-key-env)"
+        ) from exc
     summary_error = outcome.summary.get("summary_error")
     if config.log_format == "json":  # the run_end event carried the summary
         if _holds_no_jobs(outcome):

@@ -253,3 +253,22 @@ def test_report_on_a_file_that_is_not_latency_records_names_the_file_it_reads(
     assert cli_run(capsys, "report", str(tmp_path / "jobs.latency.jsonl"))[0] == 0
     (tmp_path / "empty.jsonl").write_bytes(b"")
     assert cli_run(capsys, "report", str(tmp_path / "empty.jsonl"))[0] == 0
+
+
+def test_a_401_to_a_run_that_sent_no_key_says_where_the_key_is_read_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `export OPENAI_API_KEY` forgotten: the run stopped with the server's 401 text only.
+    jobs = write_jobs(tmp_path, 2)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("MY_KEY", "wrong-key")
+    with mock_process("--api-key", "right-key", "--latency", "zero") as url:
+        args = ["run", str(jobs), "--provider", "openai", "--base-url", url, "--progress", "off"]
+        code, err = cli_run(capsys, *args)
+        assert code == 3, err
+        assert "HTTP 401" in err
+        assert "no API key was sent: OPENAI_API_KEY is not set" in err and "--api-key-env" in err
+        # a key that was sent and refused is another matter: no word about a missing key
+        code, err = cli_run(capsys, *args, "--api-key-env", "MY_KEY")
+        assert code == 3 and "HTTP 401" in err and "no API key was sent" not in err
+        assert "wrong-key" not in err
