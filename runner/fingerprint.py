@@ -48,6 +48,9 @@ class PrefixCheck:
 
     now: Fingerprint
     starts_with_old: bool  # the first old.size bytes hash to old.sha256
+    # The old bytes did not end a line and the new ones carry on that line (`echo ... >>` onto
+    # a file without a final newline): the old last line, a job already run, was changed.
+    continues_last_line: bool = False
 
 
 def fingerprint(path: Path, old: Fingerprint | None = None) -> PrefixCheck:
@@ -59,6 +62,7 @@ def fingerprint(path: Path, old: Fingerprint | None = None) -> PrefixCheck:
     size = 0
     at_old: str | None = None
     want = old.size if old is not None else -1
+    old_end = after = -1  # the old part's last byte and the byte after it
     try:
         with open(path, "rb") as fh:
             while True:
@@ -66,13 +70,17 @@ def fingerprint(path: Path, old: Fingerprint | None = None) -> PrefixCheck:
                 chunk = fh.read(n)
                 if not chunk:
                     break
+                if size == want:
+                    after = chunk[0]
                 h.update(chunk)
                 size += len(chunk)
                 if size == want:
                     at_old = h.copy().hexdigest()
+                    old_end = chunk[-1]
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if want == 0:
         at_old = hashlib.sha256().hexdigest()
     now = Fingerprint(size, h.hexdigest())
-    return PrefixCheck(now, old is not None and at_old == old.sha256)
+    joined = old_end not in (-1, 0x0A) and after not in (-1, 0x0A, 0x0D)
+    return PrefixCheck(now, old is not None and at_old == old.sha256, joined)

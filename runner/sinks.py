@@ -958,6 +958,12 @@ def _check_inputs(
             f"{jobs_path} differs from it within its first {old.size} bytes: lines were edited, "
             f"not only appended, so a kept answer could be stale; {_AFRESH}"
         )
+    if check.continues_last_line:
+        raise ResumeError(
+            f"cannot resume {results}: the jobs file {jobs_path} had no newline after its last "
+            f"line ({old.size} bytes) and the text appended since continues that line, a job "
+            "already run: put a newline between them and run again"
+        )
     out["jobs"] = check.now.to_json()
     old_ctx = Fingerprint.from_json(meta.get("contexts"))
     if contexts is None and old_ctx is None:

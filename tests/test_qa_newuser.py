@@ -272,3 +272,62 @@ def test_a_401_to_a_run_that_sent_no_key_says_where_the_key_is_read_from(
         code, err = cli_run(capsys, *args, "--api-key-env", "MY_KEY")
         assert code == 3 and "HTTP 401" in err and "no API key was sent" not in err
         assert "wrong-key" not in err
+
+
+@pytest.mark.parametrize(
+    ("before", "appended", "joined"),
+    [
+        (b'{"id":"a"}', b'{"id":"b"}\n', True),  # `echo >>` onto a file without a final newline
+        (b'{"id":"a"}', b' {"id":"b"}\n', True),
+        (b'{"id":"a"}', b'\n{"id":"b"}\n', False),  # the newline put between them
+        (b'{"id":"a"}', b'\r\n{"id":"b"}\r\n', False),
+        (b'{"id":"a"}\n', b'{"id":"b"}\n', False),  # an ordinary append
+        (b'{"id":"a"}', b"", False),  # unchanged
+        (b"", b'{"id":"b"}', False),  # an empty file that got jobs
+    ],
+)
+def test_the_fingerprint_sees_an_append_that_continues_the_last_line(
+    tmp_path: Path, before: bytes, appended: bytes, joined: bool
+) -> None:
+    from runner.fingerprint import fingerprint
+
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(before)
+    old = fingerprint(path).now
+    path.write_bytes(before + appended)
+    check = fingerprint(path, old)
+    assert check.starts_with_old
+    assert check.continues_last_line is joined
+
+
+def test_jobs_echoed_onto_a_last_line_without_newline_are_refused_then_resume_once_fixed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A one-line file without a trailing newline, then `echo '{"id": "two", ...}' >> jobs.jsonl`:
+    # the byte-prefix check passed, line 1 became invalid JSON and ended in the results as a
+    # line-keyed invalid_input (exit 1), job "two" was never sent, and fixing the file by hand
+    # then read as an edit.
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id": "one", "query": "hello?", "params": {"max_tokens": 4}}')
+    config = str(fast_config(tmp_path))
+    assert cli_run(capsys, "run", str(jobs), "-c", config)[0] == 0
+    results = tmp_path / "jobs.results.jsonl"
+    first = results.read_bytes()
+    two = b'{"id": "two", "query": "again?", "params": {"max_tokens": 4}}\n'
+    jobs.write_bytes(jobs.read_bytes() + two)
+    code, err = cli_run(capsys, "run", str(jobs), "-c", config)
+    assert code == 2, err
+    assert "had no newline after its last line" in err and "put a newline between" in err
+    assert results.read_bytes() == first  # nothing touched
+    jobs.write_bytes(jobs.read_bytes().replace(b"}{", b"}\n{"))  # what the message says to do
+    code, err = cli_run(capsys, "run", str(jobs), "-c", config)
+    assert code == 0, err
+    ids = [line["custom_id"] for line in map(orjson_loads, results.read_bytes().splitlines())]
+    assert ids == ["one", "two"]
+
+
+def orjson_loads(raw: bytes) -> dict[str, object]:
+    import orjson
+
+    value: dict[str, object] = orjson.loads(raw)
+    return value
