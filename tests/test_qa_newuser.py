@@ -331,3 +331,20 @@ def orjson_loads(raw: bytes) -> dict[str, object]:
 
     value: dict[str, object] = orjson.loads(raw)
     return value
+
+
+def test_a_gemini_base_url_ending_in_v1_gets_the_gemini_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Gemini's API lives under /v1beta; the wrong-endpoint hint asked "does it end in /v1?" of a
+    # base URL that did.
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    jobs = write_jobs(tmp_path, 2)
+    with mock_process("--latency", "zero") as url:
+        code, err = cli_run(
+            capsys,
+            *("run", str(jobs), "--provider", "gemini", "--base-url", url),
+            *("--model", "gemini-2.5-flash", "--progress", "off"),
+        )
+    assert code == 2, err
+    assert "Gemini's ends in /v1beta" in err and "does it end in /v1?" not in err

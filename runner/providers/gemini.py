@@ -16,6 +16,7 @@ cache must not repeat. The backend also implements the cache store the engine's
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -261,6 +262,9 @@ class GeminiStream(StreamParser):
         return body, parse_usage(self._meta) if self._meta else None
 
 
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+
+
 class GeminiBackend(HTTPBackend):
     """``POST {base}/models/{model}:generateContent`` and the ``cachedContents`` store."""
 
@@ -278,6 +282,12 @@ class GeminiBackend(HTTPBackend):
         self._base = base
         self._caches_url = URL(base + "/cachedContents")
         self._urls: dict[tuple[str, bool], URL] = {}
+
+    def _endpoint_error(self, status: int, message: str) -> ErrorInfo:
+        # The shared hint asks whether the base URL ends in /v1, which Gemini's does not.
+        info = super()._endpoint_error(status, message)
+        hint = f"(Gemini's ends in /v1beta, e.g. {GEMINI_BASE_URL})"
+        return replace(info, message=info.message.replace("(does it end in /v1?)", hint))
 
     def request_url(self, job: Job, stream: bool) -> URL:
         model = job.model or self._model
