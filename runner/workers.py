@@ -222,7 +222,8 @@ def run_workers(
     if config.resume and results.exists() and results.stat().st_size and not marker.exists():
         raise ConfigError(
             f"{results}: holds the results of a run without --workers; --workers merges its "
-            "shards into that file: write elsewhere with -o, or run without --workers to resume"
+            "shards into that file: write elsewhere with -o, run without --workers to resume, "
+            "or replace it with --no-resume"
         )
     if config.resume:
         _refuse_other_counts(results, n)
@@ -325,7 +326,9 @@ def _run_locked(
     rep = merge(
         results,
         parts,
-        force=_own_earlier_merge(marker, parts),  # an earlier merge of these same shards
+        # An earlier merge of these same shards; or --no-resume, which starts the output afresh
+        # as a plain run's does (the workers had sent every job, then the merge refused, exit 2).
+        force=not config.resume or _own_earlier_merge(marker, parts),
         price_of=config.price,  # each job at its own model's price, as a single run does
         paths=(latency, summary_path),
         order_by=jobs if config.order == "input" else None,

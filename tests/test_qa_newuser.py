@@ -348,3 +348,28 @@ def test_a_gemini_base_url_ending_in_v1_gets_the_gemini_hint(
         )
     assert code == 2, err
     assert "Gemini's ends in /v1beta" in err and "does it end in /v1?" not in err
+
+
+def test_workers_with_no_resume_replace_a_plain_runs_output_instead_of_refusing_at_the_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--workers 2` on a plain run's output is refused up front, and the message offered no way
+    # to replace it; with --no-resume the workers then sent every job and the merge refused
+    # ("exists and is not an earlier merge of this input"), exit 2 after the spend, each time.
+    from helpers import runner
+
+    jobs = write_jobs(tmp_path, 6)
+    config = str(fast_config(tmp_path))
+    assert cli_run(capsys, "run", str(jobs), "-c", config)[0] == 0
+    results = tmp_path / "jobs.results.jsonl"
+    before = results.read_bytes()
+    r = runner("run", str(jobs), "-c", config, "--workers", "2")
+    assert r.returncode == 2 and "replace it with --no-resume" in r.stderr, r.stderr
+    assert results.read_bytes() == before
+    r = runner("run", str(jobs), "-c", config, "--workers", "2", "--no-resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = sorted(str(orjson_loads(raw)["custom_id"]) for raw in results.read_bytes().splitlines())
+    assert after == sorted(f"q{i}" for i in range(6))
+    assert (tmp_path / "jobs.results.jsonl.merged.json").exists()  # now the workers' merge
+    r = runner("run", str(jobs), "-c", config, "--workers", "2")  # and it resumes as one
+    assert r.returncode == 0, r.stderr[-2000:]
