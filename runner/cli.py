@@ -100,11 +100,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--latency", type=Path, help="latency JSONL (default: R.latency.jsonl beside results R)"
     )
     p.add_argument(
-        "--summary", type=Path, help="summary JSON (default: R.summary.json beside results R)"
+        "--summary",
+        type=Path,
+        help="summary JSON, - for standard output (default: R.summary.json beside results R)",
     )
     p.add_argument(
         "--base-url",
-        help="API base URL ending in /v1, e.g. https://api.openai.com/v1 "
+        help="API base URL ending in /v1 (Gemini: /v1beta), e.g. https://api.openai.com/v1 "
         "(default: the built-in simulated provider)",
     )
     p.add_argument(
