@@ -373,3 +373,28 @@ def test_workers_with_no_resume_replace_a_plain_runs_output_instead_of_refusing_
     assert (tmp_path / "jobs.results.jsonl.merged.json").exists()  # now the workers' merge
     r = runner("run", str(jobs), "-c", config, "--workers", "2")  # and it resumes as one
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("port", ["busy", "99999", "-5"])
+def test_runner_mock_on_a_bad_or_busy_port_is_one_line_and_exit_2(port: str) -> None:
+    # docs/MOCK.md: exit 2 on an invalid option. --port 99999 served on port 34463 (99999 wrapped
+    # to 16 bits), --port -5 and a port in use were tracebacks with exit 1.
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        if port == "busy":
+            port = str(held.getsockname()[1])
+        r = subprocess.run(
+            [sys.executable, "-m", "runner", "mock", "--host", "127.0.0.1", "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout == ""  # no URL: nothing is served
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("runner mock: ") and port in r.stderr

@@ -113,9 +113,16 @@ def config_from_namespace(ns: argparse.Namespace) -> MockConfig:
     return MockConfig(**given)
 
 
+class _CannotListen(Exception):
+    """The address could not be bound: a busy port, an unknown host (exit 2, one line)."""
+
+
 async def _serve_until_signal(config: MockConfig, host: str, port: int) -> None:
     server = MockServer(config)
-    url = await server.start(host, port)
+    try:
+        url = await server.start(host, port)
+    except OSError as exc:
+        raise _CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -136,10 +143,20 @@ def main(ns: argparse.Namespace) -> int:
         return 2
     host = getattr(ns, _DEST + "host", "127.0.0.1")
     port = getattr(ns, _DEST + "port", 0)
+    if not 0 <= port <= 65535:  # 99999 bound port 34463 (the value wrapped), -5 a traceback
+        print(
+            f"runner mock: --port must be 0-65535 (0: any free port), got {port}", file=sys.stderr
+        )
+        return 2
     try:
         import uvloop
     except ImportError:  # uvloop is not available on Windows
-        asyncio.run(_serve_until_signal(config, host, port))
+        run = asyncio.run
     else:
-        uvloop.run(_serve_until_signal(config, host, port))
+        run = uvloop.run
+    try:
+        run(_serve_until_signal(config, host, port))
+    except _CannotListen as exc:  # a busy port was a traceback and exit 1
+        print(f"runner mock: {exc}", file=sys.stderr)
+        return 2
     return 0
