@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -29,10 +29,9 @@ from .errors import (
     SinkError,
     Unavailable,
 )
-from .explicit_cache import CacheStore, ExplicitCaches, run_tag
 from .jobs import contexts_for, count_lines, read_jobs
 from .limits import RateController
-from .models import BadLine, Job, LatencyRecord
+from .models import BadLine, Context, Job, LatencyRecord
 from .observe import Observer, write_summary_to
 from .outputs import OutputPlan, check_outputs, run_plan
 from .partstate import remove_state, write_state
@@ -43,9 +42,12 @@ from .providers import HTTPBackend, open_backend
 from .results import ResultLine
 from .retry import RetryPolicy
 from .runtime import endpoint
-from .shards import ShardPicker, ShardSpec, apply_shard, resolve_shard, write_manifest
 from .sinks import MetaCacheJournal, Outputs, open_outputs
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
+
+if TYPE_CHECKING:  # imported where used: a plain run needs neither before its first request
+    from .explicit_cache import ExplicitCaches
+    from .shards import ShardPicker, ShardSpec
 
 __all__ = ["BatchResult", "batch", "count_lines", "run"]
 
@@ -128,7 +130,7 @@ async def _run_direct(
         if jobs_path.is_dir():
             raise InputError(f"{jobs_path}: is a directory, not a jobs file")
         contexts = contexts_for(config)
-        pick = None if shard is None else ShardPicker(shard, contexts)
+        pick = None if shard is None else _picker(shard, contexts)
         items = read_jobs(
             jobs_path,
             contexts=contexts,
@@ -223,10 +225,20 @@ async def _run_direct(
 
 def _shard_setup(config: RunConfig, jobs_path: Path) -> tuple[RunConfig, ShardSpec | None]:
     """The shard this run is (runner/shards.py), with its own tagged output paths."""
+    if config.shard is None and config.shard_count is None:
+        return config, None  # resolve_shard's answer, without importing runner.shards
+    from .shards import apply_shard, resolve_shard
+
     shard = resolve_shard(config, os.environ)
     if shard is None:
         return config, None
     return apply_shard(config, jobs_path, shard), shard
+
+
+def _picker(shard: ShardSpec, contexts: Mapping[str, Context]) -> ShardPicker:
+    from .shards import ShardPicker
+
+    return ShardPicker(shard, contexts)
 
 
 def _shard_manifest(
@@ -238,6 +250,8 @@ def _shard_manifest(
 ) -> None:
     if shard is None or jobs_path is None or summary_path is None:
         return
+    from .shards import write_manifest
+
     write_manifest(
         outputs.results_path,
         spec=shard,
@@ -288,7 +302,12 @@ async def _explicit_caches(
 ) -> ExplicitCaches | None:
     """Explicit caches per group when the provider has them and caching is on; what an
     interrupted run left behind is adopted or deleted first."""
-    if config.cache != "warm" or not isinstance(backend, CacheStore):
+    # A store has create_cache: the plain check keeps runner.explicit_cache out of other runs.
+    if config.cache != "warm" or not hasattr(backend, "create_cache"):
+        return None
+    from .explicit_cache import CacheStore, ExplicitCaches, run_tag
+
+    if not isinstance(backend, CacheStore):
         return None
     results = plan.results if plan is not None else None
     explicit = ExplicitCaches(

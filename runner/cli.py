@@ -392,14 +392,14 @@ def _check_jobs_file(jobs: Path) -> None:
         raise ConfigError(f"{jobs}: not a regular file")
 
 
-_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+_INVALID_CHOICE = r"invalid choice: '([^']*)' \(choose from (.*)\)"  # compiled on an error only
 
 
 class _Parser(argparse.ArgumentParser):
     """Adds a did-you-mean to argparse's "invalid choice" errors (exit 2 as before)."""
 
     def error(self, message: str) -> Any:
-        m = _INVALID_CHOICE.search(message)
+        m = re.search(_INVALID_CHOICE, message)
         if m:
             choices = re.findall(r"'([^']*)'", m.group(2))
             message += did_you_mean(m.group(1), choices)
@@ -434,8 +434,12 @@ _LAZY_COMMANDS = (
 )
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The whole parser; with ``command``, only that subcommand's options are filled in."""
+def build_parser(command: str | None = None, *, alone: bool = False) -> argparse.ArgumentParser:
+    """The whole parser; with ``command``, only that subcommand's options are filled in.
+
+    ``alone``: the command line starts with ``run``, so no other subcommand is made (each costs
+    start-up time; the others matter only to ``runner --help`` and to an unknown command).
+    """
     from . import __version__
 
     parser = _Parser(prog="runner", description="High-throughput batch runner for LLM chat APIs")
@@ -445,6 +449,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if command is None or command == "run":  # its options import the engine
         _add_run_options(p_run)
     p_run.set_defaults(func=_cmd_run)
+    if alone and command == "run":
+        # argparse's usage line (of an "unrecognized arguments" error) still names every one
+        names = ("run", "validate", "status", *(name for name, _, _ in _LAZY_COMMANDS))
+        sub.metavar = f"{{{','.join(names)}}}"
+        return parser
     p_val = sub.add_parser("validate", help="check a jobs file and estimate tokens and cost")
     _add_validate_options(p_val)
     p_val.set_defaults(func=_cmd_validate)
@@ -482,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = sys.argv[1:] if argv is None else list(argv)
         command = next((a for a in args if not a.startswith("-")), None)
         # only the chosen subcommand's module is imported ("" when none is given: --help)
-        ns = build_parser(command or "").parse_args(args)
+        ns = build_parser(command or "", alone=args[:1] == ["run"]).parse_args(args)
         ns.argv = None if argv is None else list(argv)
         if gc_was_on and ns.func is not _cmd_run:
             gc.enable()  # a run loads the engine and aiohttp first, then calls _tune_gc

@@ -306,7 +306,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "anthropic_cache_ttl": get_args(CacheTTL),
 }
 _PATH_FIELDS = {"output", "latency", "summary", "contexts", "metrics_textfile", "limit_file"}
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*\Z"  # compiled (by re) only when labels are given
 # Labels the metrics set themselves; a user label of the same name would clash.
 _RESERVED_LABELS = {"job_name", "outcome", "error_code", "type", "kind", "state", "le", "job"}
 
@@ -352,7 +352,7 @@ def _check_operations(c: RunConfig) -> None:
     if not isinstance(c.metrics_labels, Mapping):
         raise ConfigError("metrics_labels must be a table of name = value")
     for k, v in c.metrics_labels.items():
-        if not isinstance(k, str) or not _LABEL_NAME.match(k) or k.startswith("__"):
+        if not isinstance(k, str) or not re.match(_LABEL_NAME, k) or k.startswith("__"):
             raise ConfigError(f"metrics label name {k!r} is not a valid Prometheus label name")
         if k in _RESERVED_LABELS:
             raise ConfigError(f"metrics label {k!r} is set by runner itself; choose another name")

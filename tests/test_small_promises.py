@@ -122,7 +122,7 @@ def test_ctrl_c_while_the_command_loads_exits_130_quietly(tmp_path: Path) -> Non
 def test_ctrl_c_while_the_parser_is_built_exits_130_quietly(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def interrupted(*_: object) -> None:
+    def interrupted(*_: object, **__: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr("runner.cli.build_parser", interrupted)

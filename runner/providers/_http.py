@@ -95,7 +95,9 @@ def make_session(config: RunConfig, *, headers: Mapping[str, str]) -> aiohttp.Cl
 
 # -- messages and classification -------------------------------------------------------------
 
-_SECRET_PATTERNS = re.compile(
+# Patterns used only on error paths stay strings: ``re`` compiles them on first use (and
+# caches them), so a run that meets no error does not pay for compiling them at start-up.
+_SECRET_PATTERNS = (
     r"(?i)(bearer\s+|x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}]+|\bsk-[A-Za-z0-9_\-]{8,}"
 )
 
@@ -114,7 +116,7 @@ def scrub(text: str, api_key: str | None) -> str:
     key = _secret(api_key)
     if key is not None:
         text = redact(text, key_forms(key))
-    return _SECRET_PATTERNS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+    return re.sub(_SECRET_PATTERNS, lambda m: (m.group(1) or "") + "[redacted]", text)
 
 
 def _short(text: str) -> str:
@@ -148,14 +150,12 @@ def http_message(status: int, provider_message: str) -> str:
     return _short(f"HTTP {status}: {provider_message}" if provider_message else f"HTTP {status}")
 
 
-_HINT = re.compile(
-    r"(?i)try again in\s+(?:(\d+(?:\.\d+)?)\s*seconds?\b|((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)\b)"
-)
+_HINT = r"(?i)try again in\s+(?:(\d+(?:\.\d+)?)\s*seconds?\b|((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)\b)"
 
 
 def _hinted_delay(message: str) -> float | None:
     """The delay in a message such as "Please try again in 644ms." (OpenAI 429 bodies)."""
-    m = _HINT.search(message)
+    m = re.search(_HINT, message)
     if m is None:
         return None
     if m.group(1) is not None:
