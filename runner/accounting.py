@@ -26,7 +26,7 @@ __all__ = ["HOLD", "Accounts", "LiveStats"]
 HOLD = -1.0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # live counters: equality would mean nothing
 class LiveStats:
     """Counters the progress display reads; updated in place, never copied on the hot path.
 

@@ -30,7 +30,7 @@ def config_max_tokens(params: Mapping[str, Any]) -> int | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class RequestBudget:
     """Token arithmetic for one run; cheap enough to call once per job on the hot path."""
 

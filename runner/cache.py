@@ -28,7 +28,7 @@ MAX_KEYS_PER_GROUP = 16
 PRIMER_CANDIDATES = 32  # held jobs looked at when choosing a primer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class Dispatch:
     """A job the pipeline may send now, with its role and provider cache key."""
 

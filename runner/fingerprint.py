@@ -24,8 +24,10 @@ __all__ = ["Fingerprint", "PrefixCheck", "fingerprint"]
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)  # compared on resume, never shown
 class Fingerprint:
+    """A file's size and SHA-256, as the meta file records them."""
+
     size: int
     sha256: str
 
@@ -42,7 +44,7 @@ class Fingerprint:
         return cls(size, digest)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class PrefixCheck:
     """The fingerprint of a file now, and whether it starts with an earlier version of itself."""
 

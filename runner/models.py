@@ -133,7 +133,7 @@ class ErrorInfo:
     fatal: bool = False  # trips a guard: auth failure, exhausted quota
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)  # never shown
 class RateInfo:
     """Rate-limit state read from response headers (None where a header was absent)."""
 
@@ -145,7 +145,7 @@ class RateInfo:
     reset_tokens_s: float | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # never compared
 class Attempt:
     """The outcome of one HTTP attempt."""
 

@@ -45,7 +45,7 @@ def _results_in(directory: Path, jobs_path: Path | None) -> Path:
     return directory / (stem + _RESULTS_SUFFIX)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class OutputPlan:
     """The paths one run writes."""
 

@@ -46,7 +46,7 @@ RETRIABLE_ERROR_CODES: Final = frozenset(
 _NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # never compared or shown
 class ResultLine:
     """One job's result.
 

@@ -1066,7 +1066,7 @@ def write_meta_section(results: Path, name: str, value: Any) -> None:
 # -- lock -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class _Holder:
     pid: int | None
     host: str | None

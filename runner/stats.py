@@ -299,7 +299,7 @@ def cost_of(
     return billed, uncached
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # never compared or shown
 class _Role:
     """Per cache-role counters (primer, follower, none)."""
 
@@ -309,7 +309,7 @@ class _Role:
     cached: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # never compared or shown
 class _Slo:
     """Service-level objectives in ms for goodput; None means no bound on that metric."""
 
@@ -800,8 +800,10 @@ def _ratio(num: float, den: float) -> float:
     return round(num / den, 6) if den else 0.0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # never compared or shown
 class _Bin:
+    """One time bin's counts (see :class:`Timeline`)."""
+
     started: int = 0
     start_sum: float = 0.0  # sum of start times relative to the timeline's anchor
     ended: int = 0
@@ -822,7 +824,7 @@ class _Bin:
         self.cached += o.cached
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)  # never compared or shown
 class Timeline:
     """Per-time-bin counts in bounded memory, for throughput, in-flight and cache charts.
 
