@@ -17,7 +17,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Final
 
 from .cachectl import MISS_FRACTION, SETTLE_FACTOR, SETTLE_MIN_S, CacheControl
 from .models import CacheRole, Job, estimate_tokens
@@ -28,19 +28,48 @@ MAX_KEYS_PER_GROUP = 16
 PRIMER_CANDIDATES = 32  # held jobs looked at when choosing a primer
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class Dispatch:
-    """A job the pipeline may send now, with its role and provider cache key."""
+    """A job the pipeline may send now, with its role and provider cache key.
 
-    job: Job
-    role: CacheRole
-    cache_key: str | None
-    group: str | None = None  # the scheduler's group (or per-key sub-group) this belongs to
-    siblings: int = 0  # the group's other requests in flight when this one was released
-    epoch: int = 0  # the cache controller's epoch at release (see runner.cachectl)
-    active: int = 0  # groups active at release
-    batch: int = 0  # the post-primer release it was part of (0: released on its own)
-    admitted: float = 0.0  # when the pipeline admitted the job (its clock): queue time starts
+    One is made per job, so it is a plain slotted class rather than a frozen dataclass (whose
+    generated methods Python 3.11 compiles at every start-up, and whose ``__init__`` sets each
+    field through ``object.__setattr__``); the fields are ``Final``, so mypy still refuses an
+    assignment. Never compared or shown.
+    """
+
+    __slots__ = (
+        "active",
+        "admitted",
+        "batch",
+        "cache_key",
+        "epoch",
+        "group",
+        "job",
+        "role",
+        "siblings",
+    )
+
+    def __init__(
+        self,
+        job: Job,
+        role: CacheRole,
+        cache_key: str | None,
+        group: str | None = None,
+        siblings: int = 0,
+        epoch: int = 0,
+        active: int = 0,
+        batch: int = 0,
+        admitted: float = 0.0,
+    ) -> None:
+        self.job: Final = job
+        self.role: Final = role
+        self.cache_key: Final = cache_key
+        self.group: Final = group  # the scheduler's group (or per-key sub-group) of the job
+        self.siblings: Final = siblings  # the group's other requests in flight at release
+        self.epoch: Final = epoch  # the cache controller's epoch at release (runner.cachectl)
+        self.active: Final = active  # groups active at release
+        self.batch: Final = batch  # the post-primer release it was in (0: released on its own)
+        self.admitted: Final = admitted  # when the pipeline admitted the job: queue time starts
 
 
 class _Group:

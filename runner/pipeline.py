@@ -69,6 +69,8 @@ class Limiter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
+    """How a run ended: its summary, its exit code, and why it stopped early (if it did)."""
+
     summary: dict[str, Any]
     exit_code: int
     stopped: str | None  # why the run ended early: a guard code, "signal", or None

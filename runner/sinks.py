@@ -1068,6 +1068,8 @@ def write_meta_section(results: Path, name: str, value: Any) -> None:
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class _Holder:
+    """Who holds an output's lock: the pid and host written into the lock file."""
+
     pid: int | None
     host: str | None
 

@@ -299,23 +299,34 @@ def cost_of(
     return billed, uncached
 
 
-@dataclass(slots=True, eq=False, repr=False)  # never compared or shown
+# The small private records below are plain slotted classes, not dataclasses: Python 3.11
+# compiles a dataclass's generated methods from source at every start-up, and these are never
+# compared or shown.
+
+
 class _Role:
     """Per cache-role counters (primer, follower, none)."""
 
-    requests: int = 0
-    ok: int = 0
-    prompt: int = 0
-    cached: int = 0
+    __slots__ = ("cached", "ok", "prompt", "requests")
+
+    def __init__(self, requests: int = 0, ok: int = 0, prompt: int = 0, cached: int = 0) -> None:
+        self.requests = requests
+        self.ok = ok
+        self.prompt = prompt
+        self.cached = cached
 
 
-@dataclass(slots=True, eq=False, repr=False)  # never compared or shown
 class _Slo:
     """Service-level objectives in ms for goodput; None means no bound on that metric."""
 
-    ttft: float | None = None
-    tpot: float | None = None
-    latency: float | None = None
+    __slots__ = ("latency", "tpot", "ttft")
+
+    def __init__(
+        self, ttft: float | None = None, tpot: float | None = None, latency: float | None = None
+    ) -> None:
+        self.ttft = ttft
+        self.tpot = tpot
+        self.latency = latency
 
 
 class SummaryBuilder:
@@ -800,18 +811,20 @@ def _ratio(num: float, den: float) -> float:
     return round(num / den, 6) if den else 0.0
 
 
-@dataclass(slots=True, eq=False, repr=False)  # never compared or shown
 class _Bin:
-    """One time bin's counts (see :class:`Timeline`)."""
+    """One time bin's counts (see :class:`Timeline`); a plain slotted class like :class:`_Role`."""
 
-    started: int = 0
-    start_sum: float = 0.0  # sum of start times relative to the timeline's anchor
-    ended: int = 0
-    end_sum: float = 0.0
-    ok: int = 0
-    failed: int = 0
-    prompt: int = 0
-    cached: int = 0
+    __slots__ = ("cached", "end_sum", "ended", "failed", "ok", "prompt", "start_sum", "started")
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.start_sum = 0.0  # sum of start times relative to the timeline's anchor
+        self.ended = 0
+        self.end_sum = 0.0
+        self.ok = 0
+        self.failed = 0
+        self.prompt = 0
+        self.cached = 0
 
     def merge(self, o: _Bin) -> None:
         self.started += o.started
