@@ -9,8 +9,7 @@ else the config's ``params``, else the provider's default (``Capabilities.defaul
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .config import RunConfig
 from .models import Job, estimate_tokens
@@ -30,13 +29,21 @@ def config_max_tokens(params: Mapping[str, Any]) -> int | None:
     return None
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class RequestBudget:
-    """Token arithmetic for one run; cheap enough to call once per job on the hot path."""
+    """Token arithmetic for one run; cheap enough to call once per job on the hot path.
 
-    default_completion: int
-    context_window: int | None
-    min_cacheable_tokens: int
+    Never compared or shown: a plain slotted class with Final fields, like
+    :class:`runner.cache.Dispatch` (start-up cost).
+    """
+
+    __slots__ = ("context_window", "default_completion", "min_cacheable_tokens")
+
+    def __init__(
+        self, default_completion: int, context_window: int | None, min_cacheable_tokens: int
+    ) -> None:
+        self.default_completion: Final = default_completion
+        self.context_window: Final = context_window
+        self.min_cacheable_tokens: Final = min_cacheable_tokens
 
     @classmethod
     def for_run(cls, config: RunConfig, caps: Capabilities | None = None) -> RequestBudget:

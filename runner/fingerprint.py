@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from .errors import InputError
 
@@ -44,15 +44,23 @@ class Fingerprint:
         return cls(size, digest)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class PrefixCheck:
-    """The fingerprint of a file now, and whether it starts with an earlier version of itself."""
+    """The fingerprint of a file now, and whether it starts with an earlier version of itself.
 
-    now: Fingerprint
-    starts_with_old: bool  # the first old.size bytes hash to old.sha256
-    # The old bytes did not end a line and the new ones carry on that line (`echo ... >>` onto
-    # a file without a final newline): the old last line, a job already run, was changed.
-    continues_last_line: bool = False
+    Never compared or shown: a plain slotted class with Final fields, like
+    :class:`runner.cache.Dispatch` (start-up cost).
+    """
+
+    __slots__ = ("continues_last_line", "now", "starts_with_old")
+
+    def __init__(
+        self, now: Fingerprint, starts_with_old: bool, continues_last_line: bool = False
+    ) -> None:
+        self.now: Final = now
+        self.starts_with_old: Final = starts_with_old  # the first old.size bytes hash to old.sha256
+        # The old bytes did not end a line and the new ones carry on that line (`echo ... >>`
+        # onto a file without a final newline): the old last line, a job already run, was changed.
+        self.continues_last_line: Final = continues_last_line
 
 
 def fingerprint(path: Path, old: Fingerprint | None = None) -> PrefixCheck:

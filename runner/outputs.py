@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import Final
 
 from .config import RunConfig
 from .errors import ConfigError
@@ -45,13 +46,19 @@ def _results_in(directory: Path, jobs_path: Path | None) -> Path:
     return directory / (stem + _RESULTS_SUFFIX)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class OutputPlan:
-    """The paths one run writes."""
+    """The paths one run writes.
 
-    results: Path
-    latency: Path
-    summary: Path
+    Never compared or shown: a plain slotted class with Final fields, like
+    :class:`runner.cache.Dispatch` (start-up cost).
+    """
+
+    __slots__ = ("latency", "results", "summary")
+
+    def __init__(self, results: Path, latency: Path, summary: Path) -> None:
+        self.results: Final = results
+        self.latency: Final = latency
+        self.summary: Final = summary
 
     @property
     def meta(self) -> Path:

@@ -54,7 +54,6 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
@@ -1066,12 +1065,18 @@ def write_meta_section(results: Path, name: str, value: Any) -> None:
 # -- lock -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)  # never compared or shown
 class _Holder:
-    """Who holds an output's lock: the pid and host written into the lock file."""
+    """Who holds an output's lock: the pid and host written into the lock file.
 
-    pid: int | None
-    host: str | None
+    Never compared or shown: a plain slotted class with Final fields, like
+    :class:`runner.cache.Dispatch` (start-up cost).
+    """
+
+    __slots__ = ("host", "pid")
+
+    def __init__(self, pid: int | None, host: str | None) -> None:
+        self.pid: Final = pid
+        self.host: Final = host
 
     @classmethod
     def read(cls, fd: int) -> _Holder:
