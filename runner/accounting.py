@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._records import MutableRecord
 from .errors import BudgetExceeded, GuardTripped
 from .models import Job, LatencyRecord, Usage, estimate_tokens
 from .stats import SummaryBuilder, cost_of
@@ -26,8 +27,8 @@ __all__ = ["HOLD", "Accounts", "LiveStats"]
 HOLD = -1.0
 
 
-@dataclass(slots=True, eq=False)  # live counters: equality would mean nothing
-class LiveStats:
+@dataclass(slots=True, eq=False, repr=False)
+class LiveStats(MutableRecord):
     """Counters the progress display reads; updated in place, never copied on the hot path.
 
     The token totals are read from the run's :class:`~runner.stats.SummaryBuilder`

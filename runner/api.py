@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._records import Record
 from .config import RunConfig
 from .errors import (
     TRANSIENT_ERROR_CODES,
@@ -473,8 +474,8 @@ def _finish_outcome(
     return replace(outcome, summary=out, exit_code=code)
 
 
-@dataclass(frozen=True, slots=True)
-class BatchResult:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class BatchResult(Record):
     """One job's outcome from :func:`batch`: its result line (parsed) and its latency record."""
 
     custom_id: str | None

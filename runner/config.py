@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from ._records import Record
 from .errors import ConfigError
 from .models import Price
 
@@ -61,8 +62,10 @@ def needs_base_url(provider: str) -> bool:
     return provider != "mock"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunConfig:
+@dataclass(
+    frozen=True, slots=True, kw_only=True, eq=False, repr=False
+)  # eq, hash, repr: Record (start-up cost)
+class RunConfig(Record):
     """Everything a run needs to know, validated on construction."""
 
     provider: Provider = "mock"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ._records import Record
 from .errors import InputError
 
 __all__ = ["Fingerprint", "PrefixCheck", "fingerprint"]
@@ -24,8 +25,8 @@ __all__ = ["Fingerprint", "PrefixCheck", "fingerprint"]
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True, slots=True, repr=False)  # compared on resume, never shown
-class Fingerprint:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Fingerprint(Record):
     """A file's size and SHA-256, as the meta file records them."""
 
     size: int

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._records import MutableRecord, Record
+
 __all__ = [
     "Attempt",
     "BadLine",
@@ -38,8 +40,8 @@ def estimate_tokens(chars: int) -> int:
     return (chars + 3) >> 2
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Context(Record):
     """A static prefix stored once in the contexts file and shared by a cache group."""
 
     cache_id: str
@@ -48,8 +50,8 @@ class Context:
     chars: int  # characters of content, for the token estimate
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Job(Record):
     """One request to send. ``messages[:prefix_len]`` is the static, cacheable prefix."""
 
     custom_id: str
@@ -89,8 +91,8 @@ class Job:
         return v if isinstance(v, int) else None
 
 
-@dataclass(frozen=True, slots=True)
-class BadLine:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class BadLine(Record):
     """A line of the jobs file that cannot become a job; it still gets exactly one result."""
 
     line: int
@@ -99,8 +101,8 @@ class BadLine:
     message: str  # "FILE:LINE: field: problem"
 
 
-@dataclass(slots=True)
-class Usage:
+@dataclass(slots=True, eq=False, repr=False)
+class Usage(MutableRecord):
     """Token usage normalised across providers. ``prompt_tokens`` includes cached and written."""
 
     prompt_tokens: int = 0
@@ -120,8 +122,8 @@ def usage_of(prompt: int, cached: int | None, write: int, completion: int) -> Us
     return Usage(prompt, cached, write if write <= rest else rest, completion)
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorInfo:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class ErrorInfo(Record):
     """Why an attempt failed, already classified by the provider that saw the wire."""
 
     # rate_limited, overloaded, timeout, connection, http_4xx, http_5xx, auth, insufficient_quota,
@@ -133,8 +135,8 @@ class ErrorInfo:
     fatal: bool = False  # trips a guard: auth failure, exhausted quota
 
 
-@dataclass(frozen=True, slots=True, repr=False)  # never shown
-class RateInfo:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class RateInfo(Record):
     """Rate-limit state read from response headers (None where a header was absent)."""
 
     limit_requests: float | None = None
@@ -145,8 +147,8 @@ class RateInfo:
     reset_tokens_s: float | None = None
 
 
-@dataclass(slots=True, eq=False)  # never compared
-class Attempt:
+@dataclass(slots=True, eq=False, repr=False)
+class Attempt(MutableRecord):
     """The outcome of one HTTP attempt."""
 
     status: int | None  # None when no HTTP response arrived
@@ -163,8 +165,8 @@ class Attempt:
     rate: RateInfo | None = None
 
 
-@dataclass(slots=True)
-class LatencyRecord:
+@dataclass(slots=True, eq=False, repr=False)
+class LatencyRecord(MutableRecord):
     """One line of the latency file (docs/FORMATS.md, "Latency records"); field order is the file's.
 
     ``custom_id`` is ``None`` only for a bad line without an id of its own (the sink then adds
@@ -243,8 +245,8 @@ class LatencyRecord:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Price(Record):
     """USD per million tokens."""
 
     input: float

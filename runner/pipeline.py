@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._records import Record
 from .accounting import HOLD, Accounts, LiveStats
 from .budget import RequestBudget
 from .cache import Dispatch, Scheduler
@@ -67,8 +68,8 @@ class Limiter(Protocol):
     def release(self, est_tokens: int, attempt: Attempt) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class RunOutcome:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class RunOutcome(Record):
     """How a run ended: its summary, its exit code, and why it stopped early (if it did)."""
 
     summary: dict[str, Any]

@@ -19,6 +19,8 @@ from typing import Any, Final
 
 import orjson
 
+from ._records import MutableRecord
+
 __all__ = [
     "RETRIABLE_ERROR_CODES",
     "ResultLine",
@@ -46,8 +48,8 @@ RETRIABLE_ERROR_CODES: Final = frozenset(
 _NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 
 
-@dataclass(slots=True, eq=False, repr=False)  # never compared or shown
-class ResultLine:
+@dataclass(slots=True, eq=False, repr=False)
+class ResultLine(MutableRecord):
     """One job's result.
 
     ``line`` is the job's line in the input: it is written only for a line-keyed result (a bad

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ._records import Record
 from .models import ErrorInfo
 
 __all__ = ["SERVER_DELAY_JITTER", "RetryPolicy"]
@@ -25,8 +26,10 @@ _MAX_EXPONENT = 62
 _default_rng = random.Random()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
+@dataclass(
+    frozen=True, slots=True, kw_only=True, eq=False, repr=False
+)  # eq, hash, repr: Record (start-up cost)
+class RetryPolicy(Record):
     """When to retry a failed attempt and how long to back off before it.
 
     :param max_attempts: attempts per job in total, the first one included.

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._records import MutableRecord
 from .models import LatencyRecord, Price
 
 __all__ = [
@@ -837,8 +838,8 @@ class _Bin:
         self.cached += o.cached
 
 
-@dataclass(slots=True, eq=False, repr=False)  # never compared or shown
-class Timeline:
+@dataclass(slots=True, eq=False, repr=False)
+class Timeline(MutableRecord):
     """Per-time-bin counts in bounded memory, for throughput, in-flight and cache charts.
 
     Records arrive in completion order and the time span is unknown until the end, so bins start

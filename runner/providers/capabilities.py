@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from .._records import Record
+
 if TYPE_CHECKING:
     from ..config import RunConfig
 
@@ -28,8 +30,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False)  # never shown
-class Capabilities:
+@dataclass(
+    frozen=True, slots=True, kw_only=True, eq=False, repr=False
+)  # eq, hash, repr: Record (start-up cost)
+class Capabilities(Record):
     """Provider behaviour the scheduler and engine plan around."""
 
     #: A cache entry is usable as soon as the primer's response starts (Anthropic writes the
