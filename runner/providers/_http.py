@@ -240,11 +240,21 @@ def apply_should_retry(info: ErrorInfo, headers: Headers) -> ErrorInfo:
 _TRANSIENT_WORDS = ("overload", "rate_limit", "api_error", "server", "timeout", "unavailable")
 
 
+def _transient(kind: str | None, code: str | None) -> bool:
+    """Whether an in-body error is worth another try: no kind at all, a transient word, or an
+    HTTP status code that would be retried (OpenRouter's mid-stream ``{"code": 502}``)."""
+    if kind is None or any(w in kind for w in _TRANSIENT_WORDS):
+        return True
+    if code is None or not code.isdigit() or len(code) != 3:
+        return False
+    return code in ("408", "409", "429") or code.startswith("5")
+
+
 def stream_error(err: Any) -> ErrorInfo:
     """An error event inside a 200 stream: retriable unless it says the request itself is bad."""
     etype, code, msg = error_fields({"error": err})
     kind = etype or code
-    retriable = kind is None or any(w in kind for w in _TRANSIENT_WORDS)
+    retriable = _transient(kind, code)
     text = f"error in stream: {kind}: {msg}" if kind else f"error in stream: {msg}"
     return ErrorInfo("stream_error", _short(text), retriable)
 
@@ -253,7 +263,7 @@ def body_error(err: Any, status: int) -> ErrorInfo:
     """An ``error`` object in a 2xx body: retriable unless it says the request itself is bad."""
     etype, code, msg = error_fields({"error": err})
     kind = etype or code
-    retriable = kind is None or any(w in kind for w in _TRANSIENT_WORDS)
+    retriable = _transient(kind, code)
     where = f"error in a {status} body"
     text = f"{where}: {kind}: {msg}" if kind else f"{where}: {msg}"
     return ErrorInfo("bad_response", _short(text), retriable)
@@ -341,6 +351,8 @@ class StreamParser:
         raise NotImplementedError
 
 
+#: what a stream parser may raise on an event of an unexpected shape (a server's fault)
+_MALFORMED: Final = (AttributeError, TypeError, KeyError, IndexError, ValueError)
 #: a UTF-8 byte order mark, which some servers put before a JSON body
 BOM: Final = b"\xef\xbb\xbf"
 #: what :meth:`StreamParser.event` returns for data that the next ``data:`` line may complete
@@ -522,9 +534,23 @@ class HTTPBackend:
                         # A server may ignore "stream": fall through to the JSON path then.
                         if stream and resp.content_type == "text/event-stream":
                             parser = self.stream_parser(t0)
-                            await read_sse(resp.content, parser, self._cap)
-                            latency = (perf_counter() - t0) * 1000.0
-                            return self._stream_attempt(parser, status, headers, rate, latency)
+                            try:
+                                await read_sse(resp.content, parser, self._cap)
+                                latency = (perf_counter() - t0) * 1000.0
+                                return self._stream_attempt(parser, status, headers, rate, latency)
+                            except _MALFORMED as exc:
+                                # An event of a shape the parser did not expect: this attempt
+                                # fails; the run goes on.
+                                error = ErrorInfo(
+                                    "bad_response",
+                                    self._guard.text(_short(f"malformed stream event: {exc!r}"))
+                                    or "",
+                                    retriable=True,
+                                )
+                                latency = (perf_counter() - t0) * 1000.0
+                                return Attempt(
+                                    status=status, error=error, latency_ms=latency, rate=rate
+                                )
                     raw = await read_capped(resp, self._cap)
                     latency = (perf_counter() - t0) * 1000.0
                     break
@@ -612,9 +638,11 @@ class HTTPBackend:
                 error = ErrorInfo("bad_response", _short(f"invalid JSON in a {status} body"), True)
                 return Attempt(status=status, error=error, latency_ms=latency, rate=rate)
             err = body.get("error")
-            if err and "choices" not in body and "content" not in body:
-                # A 200 that carries only an error (some gateways, vLLM's {"object": "error"}):
-                # a failed attempt, never an answer.
+            if not err and body.get("object") == "error":
+                err = body  # vLLM's and FastChat's ErrorResponse, sent by some with a 200
+            if err and not body.get("choices") and not body.get("content"):
+                # A 200 that carries an error and no answer (some gateways send it beside an
+                # empty "choices"): a failed attempt, never an answer.
                 return Attempt(
                     status=status,
                     body=body,

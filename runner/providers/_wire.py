@@ -10,7 +10,7 @@ record or a message:
   bodies hold several) is re-encoded compactly; compact bodies keep the zero-copy path
   (:meth:`KeyGuard.clean`).
 * **Key-free**: the API key is searched for as sent, base64-encoded (standard and URL-safe, at
-  each alignment, so ``base64("Bearer " + key)`` is found too) and hex-encoded
+  each alignment, so ``base64("Bearer " + key)`` is found too), hex- and URL-encoded
   (:func:`key_forms`), each also in its JSON-escaped forms (``\\/``, ``\\uXXXX``), and removed
   from every string of a body that carries it (:class:`KeyGuard`).
 
@@ -21,8 +21,10 @@ backslash escape that could hide it, and a raw line break.
 from __future__ import annotations
 
 import base64
+import re
 from functools import lru_cache
 from typing import Any, Final
+from urllib.parse import quote
 
 import orjson
 
@@ -75,7 +77,8 @@ _URLSAFE: Final = str.maketrans("+/", "-_")
 def key_forms(key: str) -> tuple[str, ...]:
     """The spellings of ``key`` to hunt for: as sent, its base64 (standard and URL-safe) at each
     of the three byte alignments it can take inside a longer encoded text (only the characters
-    made of the key's own bits: the ones at either end also carry the neighbours'), and hex."""
+    made of the key's own bits: the ones at either end also carry the neighbours'), hex and
+    URL-encoded."""
     raw = key.encode()
     forms = [key]
     for r in range(3):
@@ -83,6 +86,10 @@ def key_forms(key: str) -> tuple[str, ...]:
         core = enc[-(-8 * r // 6) : 8 * (r + len(raw)) // 6]
         forms += [core, core.translate(_URLSAFE)]
     forms += [raw.hex(), raw.hex().upper()]
+    # URL-encoded (a proxy echoing the request's URL or a form field): a key with a "/", "+"
+    # or "=" (base64-like gateway keys) changes spelling, in upper- or lower-case escapes.
+    quoted = quote(key, safe="")
+    forms += [quoted, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quoted)]
     return tuple(dict.fromkeys(f for f in forms if len(f) >= min(8, len(key))))
 
 

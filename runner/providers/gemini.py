@@ -205,13 +205,13 @@ def to_contents(messages: Any) -> tuple[dict[str, Any] | None, list[dict[str, An
 class GeminiStream(StreamParser):
     """Assembles ``streamGenerateContent`` chunks into one ``GenerateContentResponse``."""
 
-    __slots__ = ("_chunk", "_finish", "_meta", "_texts")
+    __slots__ = ("_chunk", "_finish", "_meta", "_parts")
 
     unfinished = "stream ended before a chunk carried finishReason"
 
     def __init__(self, t0: float) -> None:
         super().__init__(t0)
-        self._texts: list[str] = []
+        self._parts: list[dict[str, Any]] = []
         self._meta: dict[str, Any] = {}
         self._chunk: dict[str, Any] = {}
         self._finish: str | None = None
@@ -238,22 +238,48 @@ class GeminiStream(StreamParser):
             cand = cands[0]
             content = cand.get("content")
             parts = content.get("parts") if isinstance(content, dict) else None
-            if isinstance(parts, list):
-                texts = [p["text"] for p in parts if isinstance(p, dict) and "text" in p]
-                if any(texts):
-                    self._content_at(now)
-                    self._texts.extend(t for t in texts if isinstance(t, str))
+            if isinstance(parts, list) and self._add_parts(parts):
+                self._content_at(now)
             finish = cand.get("finishReason")
             if isinstance(finish, str):
                 self._finish = finish
                 self.done = True
         return False
 
+    def _add_parts(self, parts: list[Any]) -> bool:
+        """Merge a chunk's parts: text continues the last text part of the same kind (answer
+        or ``thought``); any other part (``functionCall``, ...) is kept whole. True when any
+        carried generated content."""
+        assembled = self._parts
+        carried = False
+        for p in parts:
+            if not isinstance(p, dict):
+                continue
+            text = p.get("text")
+            if not isinstance(text, str):
+                if p:
+                    assembled.append(dict(p))
+                    carried = True
+                continue
+            carried = carried or bool(text)
+            last = assembled[-1] if assembled else None
+            if (
+                last is not None
+                and isinstance(last.get("text"), str)
+                and bool(last.get("thought")) == bool(p.get("thought"))
+            ):
+                last["text"] += text
+                for k, v in p.items():  # a thoughtSignature on a later piece
+                    last.setdefault(k, v)
+            else:
+                assembled.append(dict(p))
+        return carried
+
     def result(self) -> tuple[dict[str, Any], Usage | None]:
         body = {k: v for k, v in self._chunk.items() if k not in ("candidates", "usageMetadata")}
         body["candidates"] = [
             {
-                "content": {"role": "model", "parts": [{"text": "".join(self._texts)}]},
+                "content": {"role": "model", "parts": self._parts or [{"text": ""}]},
                 "finishReason": self._finish,
                 "index": 0,
             }

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..config import RunConfig
 from ..models import ErrorInfo, Job, Usage, usage_of
 from ._http import (
@@ -88,36 +90,59 @@ def classify_error(status: int, body: Any, headers: Headers) -> ErrorInfo:
 class _Choice:
     """One choice being assembled from stream deltas."""
 
-    __slots__ = ("content", "finish_reason", "reasoning", "tool_calls")
+    __slots__ = ("content", "finish_reason", "logprobs", "reasoning", "refusal", "tool_calls")
 
     def __init__(self) -> None:
         self.content: list[str] = []
         self.reasoning: list[str] = []
-        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.refusal: list[str] = []
+        self.logprobs: dict[str, list[Any]] | None = None
+        self.tool_calls: dict[Any, dict[str, Any]] = {}
         self.finish_reason: str | None = None
 
     def add_tool_calls(self, deltas: list[Any]) -> None:
         for d in deltas:
             if not isinstance(d, dict):
                 continue
-            call = self.tool_calls.get(d.get("index", 0))
-            fn = d.get("function") or {}
+            index = d.get("index", 0)
+            if not isinstance(index, int | str):
+                index = 0
+            call = self.tool_calls.get(index)
+            fn = d.get("function")
+            if not isinstance(fn, dict):
+                fn = {}
             if call is None:
                 call = {"id": d.get("id"), "type": d.get("type", "function")}
-                call["function"] = {"name": fn.get("name") or "", "arguments": ""}
-                self.tool_calls[d.get("index", 0)] = call
+                name = fn.get("name")
+                call["function"] = {"name": name if isinstance(name, str) else "", "arguments": ""}
+                self.tool_calls[index] = call
             elif d.get("id"):
                 call["id"] = d["id"]
             args = fn.get("arguments")
             if args:
-                call["function"]["arguments"] += args
+                # Some servers send the arguments as a JSON object, not a string: keep them.
+                call["function"]["arguments"] += (
+                    args if isinstance(args, str) else orjson.dumps(args).decode()
+                )
+
+    def add_logprobs(self, logprobs: dict[str, Any]) -> None:
+        """Each chunk's ``logprobs.content`` / ``.refusal`` lists, concatenated."""
+        merged = self.logprobs
+        if merged is None:
+            merged = self.logprobs = {}
+        for field in ("content", "refusal"):
+            items = logprobs.get(field)
+            if isinstance(items, list):
+                merged.setdefault(field, []).extend(items)
 
     def message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": "".join(self.content)}
+        if self.refusal:
+            msg["refusal"] = "".join(self.refusal)
         if self.reasoning:
             msg["reasoning_content"] = "".join(self.reasoning)
         if self.tool_calls:
-            msg["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+            msg["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls, key=str)]
         return msg
 
 
@@ -159,9 +184,12 @@ class OpenAIStream(StreamParser):
         if chunk.get("error") is not None:
             self.error = stream_error(chunk["error"])
             return True
-        if self._meta is None:
-            self._meta = chunk
         choices = chunk.get("choices")
+        meta = self._meta
+        # The id, model and created of the first chunk with choices: Azure's first chunk
+        # carries only prompt_filter_results, with an empty id and model.
+        if meta is None or (choices and not meta.get("choices")):
+            self._meta = chunk
         if choices and self._add_choices(choices):
             self._content_at(now)
         usage = chunk.get("usage")
@@ -169,30 +197,48 @@ class OpenAIStream(StreamParser):
             self._usage = usage
         return False
 
-    def _add_choices(self, choices: list[Any]) -> bool:
-        """Merge deltas; True when any carried generated content (not just a role)."""
+    def _add_choices(self, choices: Any) -> bool:
+        """Merge deltas; True when any carried generated content (not just a role).
+
+        Anything of the wrong type (a null choice, a string delta) is skipped: a server's
+        malformed chunk must not stop the run.
+        """
         carried = False
+        if not isinstance(choices, list):
+            return False
         for ch in choices:
+            if not isinstance(ch, dict):
+                continue
             index = ch.get("index", 0)
+            if not isinstance(index, int):
+                index = 0
             state = self._choices.get(index)
             if state is None:
                 state = self._choices[index] = _Choice()
             delta = ch.get("delta")
-            if delta:
+            if delta and isinstance(delta, dict):
                 text = delta.get("content")
-                if text:
+                if text and isinstance(text, str):
                     state.content.append(text)
                     carried = True
                 thought = delta.get("reasoning_content") or delta.get("reasoning")
-                if thought:
+                if thought and isinstance(thought, str):
                     state.reasoning.append(thought)
                     carried = True
+                refusal = delta.get("refusal")
+                if refusal and isinstance(refusal, str):
+                    state.refusal.append(refusal)
+                    carried = True
                 calls = delta.get("tool_calls")
-                if calls:
+                if calls and isinstance(calls, list):
                     state.add_tool_calls(calls)
                     carried = True
-            if ch.get("finish_reason"):
-                state.finish_reason = ch["finish_reason"]
+            logprobs = ch.get("logprobs")
+            if logprobs and isinstance(logprobs, dict):
+                state.add_logprobs(logprobs)
+            finish = ch.get("finish_reason")
+            if finish and isinstance(finish, str):
+                state.finish_reason = finish
         return carried
 
     def result(self) -> tuple[dict[str, Any], Usage | None]:
@@ -202,15 +248,20 @@ class OpenAIStream(StreamParser):
             "object": "chat.completion",
             "created": meta.get("created"),
             "model": meta.get("model"),
-            "choices": [
-                {"index": i, "message": c.message(), "finish_reason": c.finish_reason}
-                for i, c in sorted(self._choices.items())
-            ],
+            "choices": [_choice(i, c) for i, c in sorted(self._choices.items())],
             "usage": self._usage,
         }
         if meta.get("system_fingerprint") is not None:
             body["system_fingerprint"] = meta["system_fingerprint"]
         return body, parse_usage(self._usage)
+
+
+def _choice(index: int, c: _Choice) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": index, "message": c.message()}
+    if c.logprobs is not None:
+        choice["logprobs"] = c.logprobs
+    choice["finish_reason"] = c.finish_reason
+    return choice
 
 
 class OpenAIBackend(HTTPBackend):

@@ -1,0 +1,243 @@
+"""Legal but awkward answers from real servers (found by the red team).
+
+Each case is a loopback server sending what some real server or gateway sends: Azure's
+prompt-filter first chunk, OpenAI's streamed ``refusal`` and ``logprobs``, tool-call arguments
+sent as an object, a null or string where a chunk's object belongs, OpenRouter's numeric
+mid-stream error code, vLLM's ``{"object": "error"}`` with a 200, an error beside an empty
+``choices``, Gemini's thought and function-call parts, and a key echoed URL-encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from providers.fake_provider import Fake, Handler
+
+from runner.config import Provider, RunConfig
+from runner.models import Attempt, Job
+from runner.providers import open_backend
+from runner.providers._wire import key_forms
+
+KEY = "gw-0123456789/abcdef+SECRET=="  # a base64-like gateway key: "/", "+" and "="
+
+
+def job() -> Job:
+    return Job("j1", 1, ({"role": "user", "content": "Hi"},), 0, None, None, None, {}, 2, 0)
+
+
+async def send(
+    fake: Fake, handler: Handler, *, provider: Provider = "openai", stream: bool = False
+) -> Attempt:
+    fake.handler = handler
+    config = RunConfig(provider=provider, base_url="http://x", model="m", stream=stream)
+    async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
+        return await asyncio.wait_for(backend.send(job(), cache_key=None), 30)
+
+
+def sse(events: Sequence[Any]) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "text/event-stream"
+        await resp.prepare(request)
+        for e in events:
+            data = e if isinstance(e, bytes) else orjson.dumps(e)
+            await resp.write(b"data: " + data + b"\n\n")
+        await resp.write_eof()
+        return resp
+
+    return handle
+
+
+def reply(body: Any, status: int = 200) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        return web.Response(body=data, status=status, content_type="application/json")
+
+    return handle
+
+
+def chunk(delta: Any, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    c = {"id": "c1", "model": "gpt-x", "choices": [{"index": 0, "delta": delta}], **extra}
+    c["choices"][0]["finish_reason"] = finish
+    return c
+
+
+USAGE = {"id": "c1", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+LAST = [chunk({"content": "ok"}, "stop"), USAGE, b"[DONE]"]
+
+
+def message(att: Attempt) -> dict[str, Any]:
+    assert att.error is None, att.error
+    assert isinstance(att.body, dict)
+    msg: dict[str, Any] = att.body["choices"][0]["message"]
+    return msg
+
+
+# A chunk of the wrong shape used to raise out of Backend.send and stop the whole run with a
+# traceback (exit 1, no summary): every other job lost its turn over one server's odd byte.
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"id": "c1", "choices": [None]},
+        {"id": "c1", "choices": {"index": 0}},
+        {"id": "c1", "choices": [{"index": 0, "delta": "oops"}]},
+        {"id": "c1", "choices": [{"index": 0, "delta": {"content": 7}}]},
+        {"id": "c1", "choices": [{"index": [0], "delta": {"content": "x"}}]},
+        {"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [{"function": "f"}]}}]},
+    ],
+)
+async def test_a_malformed_stream_chunk_is_skipped_not_raised(
+    fake: Fake, odd: dict[str, Any]
+) -> None:
+    att = await send(fake, sse([odd, *LAST]), stream=True)
+    assert message(att)["content"].endswith("ok")
+    assert att.usage is not None and att.usage.completion_tokens == 2
+
+
+async def test_tool_call_arguments_sent_as_an_object_are_kept(fake: Fake) -> None:
+    call = {"index": 0, "id": "t1", "function": {"name": "f", "arguments": {"a": 1}}}
+    events = [chunk({"tool_calls": [call]}), chunk({}, "tool_calls"), b"[DONE]"]
+    calls = message(await send(fake, sse(events), stream=True))["tool_calls"]
+    assert calls == [
+        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+    ]
+
+
+async def test_an_anthropic_event_of_the_wrong_shape_fails_the_attempt_not_the_run(
+    fake: Fake,
+) -> None:
+    events = [
+        {"type": "message_start", "message": {"id": "m1", "usage": {"input_tokens": 3}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+        {"type": "content_block_delta", "index": 0, "delta": "not an object"},
+        {"type": "message_stop"},
+    ]
+    att = await send(fake, sse(events), provider="anthropic", stream=True)
+    assert att.error is not None and att.error.code == "bad_response" and att.error.retriable
+    assert "malformed stream event" in att.error.message
+
+
+# OpenAI streams a refusal in delta.refusal and, with logprobs: true, each chunk's logprobs:
+# both were dropped from the assembled body (the refusal text lost, content "").
+async def test_a_streamed_refusal_and_logprobs_are_kept(fake: Fake) -> None:
+    lp = [{"token": "I", "logprob": -0.1}, {"token": " can't", "logprob": -0.2}]
+
+    def piece(text: str, logprobs: list[Any]) -> dict[str, Any]:
+        choice = {"index": 0, "delta": {"refusal": text}, "logprobs": {"refusal": logprobs}}
+        return {"id": "c1", "choices": [choice]}
+
+    events = [
+        {"id": "c1", "choices": [{"index": 0, "delta": {"role": "assistant", "refusal": ""}}]},
+        piece("I", lp[:1]),
+        piece(" can't", lp[1:]),
+        chunk({}, "stop"),
+        USAGE,
+        b"[DONE]",
+    ]
+    att = await send(fake, sse(events), stream=True)
+    assert message(att)["refusal"] == "I can't"
+    assert att.body["choices"][0]["logprobs"] == {"refusal": lp}
+    assert att.ttft_ms is not None  # a refusal is generated content
+
+
+async def test_content_logprobs_of_every_chunk_are_concatenated(fake: Fake) -> None:
+    events: list[Any] = [chunk({"content": "a"}), chunk({"content": "b"}, "stop"), b"[DONE]"]
+    events[0]["choices"][0]["logprobs"] = {"content": [{"token": "a", "logprob": -1.0}]}
+    events[1]["choices"][0]["logprobs"] = {"content": [{"token": "b", "logprob": -2.0}]}
+    att = await send(fake, sse(events), stream=True)
+    assert message(att)["content"] == "ab"
+    assert [t["token"] for t in att.body["choices"][0]["logprobs"]["content"]] == ["a", "b"]
+
+
+async def test_azure_prompt_filter_first_chunk_does_not_blank_the_id_and_model(fake: Fake) -> None:
+    first = {"choices": [], "created": 0, "id": "", "model": "", "prompt_filter_results": []}
+    att = await send(fake, sse([first, chunk({"content": "hi"}), *LAST]), stream=True)
+    assert att.body["id"] == "c1" and att.body["model"] == "gpt-x"
+    assert message(att)["content"] == "hiok"
+
+
+# OpenRouter reports a provider failure mid-stream as {"error": {"code": 502, ...}}: a transient
+# status, so the attempt is retried at once rather than failed until --retry-failed.
+@pytest.mark.parametrize(("code", "retriable"), [(502, True), (429, True), (400, False)])
+async def test_a_numeric_status_code_in_a_stream_error_decides_the_retry(
+    fake: Fake, code: int, retriable: bool
+) -> None:
+    err = {"id": "c1", "error": {"code": code, "message": "Provider disconnected"}}
+    att = await send(fake, sse([chunk({"content": "a"}), err]), stream=True)
+    assert att.error is not None and att.error.code == "stream_error"
+    assert att.error.retriable is retriable
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"choices": [], "error": {"message": "upstream failed", "type": "server_error"}},
+        {"object": "error", "message": "model not loaded", "type": "server_error", "code": 503},
+    ],
+)
+async def test_a_200_with_an_error_and_no_answer_is_a_failure(
+    fake: Fake, body: dict[str, Any]
+) -> None:
+    att = await send(fake, reply(body))
+    assert att.error is not None and att.error.code == "bad_response" and att.error.retriable
+
+
+async def test_a_200_error_response_of_a_bad_request_is_not_retried(fake: Fake) -> None:
+    body = {"object": "error", "message": "bad", "type": "BadRequestError", "code": 400}
+    att = await send(fake, reply(body))
+    assert att.error is not None and att.error.code == "bad_response" and not att.error.retriable
+
+
+async def test_gemini_streamed_thoughts_and_function_calls_stay_apart(fake: Fake) -> None:
+    def part_chunk(*parts: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        cand: dict[str, Any] = {"content": {"role": "model", "parts": list(parts)}}
+        if finish:
+            cand["finishReason"] = finish
+        return {"candidates": [cand], "usageMetadata": {"promptTokenCount": 3}}
+
+    call = {"functionCall": {"name": "lookup", "args": {"q": "x"}}}
+    events = [
+        part_chunk({"text": "Let me ", "thought": True}),
+        part_chunk({"text": "think.", "thought": True}),
+        part_chunk({"text": "The answer "}),
+        part_chunk({"text": "is"}, call, finish="STOP"),
+    ]
+    att = await send(fake, sse(events), provider="gemini", stream=True)
+    assert att.error is None, att.error
+    parts = att.body["candidates"][0]["content"]["parts"]
+    assert parts == [
+        {"text": "Let me think.", "thought": True},
+        {"text": "The answer is"},
+        call,
+    ]
+
+
+# A base64-like gateway key changes spelling when a proxy echoes it URL-encoded.
+@pytest.mark.parametrize("lower", [False, True])
+async def test_a_url_encoded_key_is_redacted_everywhere(fake: Fake, lower: bool) -> None:
+    from urllib.parse import quote
+
+    enc = quote(KEY, safe="")
+    if lower:
+        enc = enc.replace("%2F", "%2f").replace("%2B", "%2b").replace("%3D", "%3d")
+    assert enc != KEY
+    ok = {"id": "c1", "choices": [{"index": 0, "message": {"content": f"url ?k={enc}"}}]}
+    att = await send(fake, reply(ok))
+    assert enc.encode() not in (att.raw or b"") and b"[redacted]" in (att.raw or b"")
+    att = await send(fake, reply({"error": {"message": f"bad key {enc}"}}, status=400))
+    assert att.error is not None and enc not in att.error.message
+    assert not any(p in att.error.message for p in enc.split("%") if len(p) > 4)
+    half = len(enc) // 2
+    events = [chunk({"content": enc[:half]}), chunk({"content": enc[half:]}, "stop"), b"[DONE]"]
+    att = await send(fake, sse(events), stream=True)
+    assert message(att)["content"] == "[redacted]"
+
+
+def test_key_forms_skip_the_url_encoding_of_a_url_safe_key() -> None:
+    plain = "sk-proj-abc_DEF-0123456789"  # what OpenAI, Anthropic and Gemini keys look like
+    assert key_forms(plain).count(plain) == 1 and not any("%" in f for f in key_forms(plain))
