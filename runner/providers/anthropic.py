@@ -157,7 +157,7 @@ def _marked(content: Any, cache_control: dict[str, str]) -> Any:
 class AnthropicStream(StreamParser):
     """Assembles Messages stream events into a ``message`` body."""
 
-    __slots__ = ("_blocks", "_message", "_parts", "_usage")
+    __slots__ = ("_blocks", "_citations", "_message", "_parts", "_usage")
 
     unfinished = "stream ended before message_stop"
 
@@ -167,6 +167,7 @@ class AnthropicStream(StreamParser):
         self._usage: dict[str, Any] = {}
         self._blocks: dict[int, dict[str, Any]] = {}
         self._parts: dict[int, dict[str, list[str]]] = {}
+        self._citations: dict[int, list[Any]] = {}
 
     def feed(self, line: bytes, now: float) -> bool:
         data = sse_data(line)  # the data's own "type" repeats the "event:" line
@@ -209,6 +210,9 @@ class AnthropicStream(StreamParser):
 
     def _delta(self, index: int, delta: dict[str, Any]) -> None:
         kind = delta.get("type")
+        if kind == "citations_delta":  # one citation of a text block (search results, documents)
+            self._citations.setdefault(index, []).append(delta.get("citation"))
+            return
         field, piece = (
             {
                 "text_delta": ("text", "text"),
@@ -238,6 +242,10 @@ class AnthropicStream(StreamParser):
                         block["input"] = joined  # keep what arrived rather than lose it
                 else:
                     block[field] = block.get(field, "") + joined
+            cited = self._citations.get(index)
+            if cited:
+                before = block.get("citations")
+                block["citations"] = [*before, *cited] if isinstance(before, list) else cited
             content.append(block)
         return content
 

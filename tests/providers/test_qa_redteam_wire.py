@@ -241,3 +241,25 @@ async def test_a_url_encoded_key_is_redacted_everywhere(fake: Fake, lower: bool)
 def test_key_forms_skip_the_url_encoding_of_a_url_safe_key() -> None:
     plain = "sk-proj-abc_DEF-0123456789"  # what OpenAI, Anthropic and Gemini keys look like
     assert key_forms(plain).count(plain) == 1 and not any("%" in f for f in key_forms(plain))
+
+
+# Anthropic streams each citation of a text block as a citations_delta: they were dropped,
+# so a streamed answer lost the sources a non-streamed one carries.
+async def test_anthropic_streamed_citations_are_kept(fake: Fake) -> None:
+    cite = {"type": "char_location", "cited_text": "the sky is blue", "document_index": 0}
+
+    def delta(d: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "content_block_delta", "index": 0, "delta": d}
+
+    block = {"type": "text", "text": "", "citations": []}
+    events = [
+        {"type": "message_start", "message": {"id": "m1", "usage": {"input_tokens": 3}}},
+        {"type": "content_block_start", "index": 0, "content_block": block},
+        delta({"type": "citations_delta", "citation": cite}),
+        delta({"type": "text_delta", "text": "Blue."}),
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}},
+        {"type": "message_stop"},
+    ]
+    att = await send(fake, sse(events), provider="anthropic", stream=True)
+    assert att.error is None, att.error
+    assert att.body["content"] == [{"type": "text", "text": "Blue.", "citations": [cite]}]
