@@ -372,10 +372,9 @@ def _provider_named(ns: argparse.Namespace) -> bool:
         return True
     if ns.config is None:
         return False
-    import tomllib
+    from .config import read_toml
 
-    with open(ns.config, "rb") as fh:  # already read and parsed once by load_config
-        return "provider" in tomllib.load(fh)
+    return "provider" in read_toml(ns.config)  # already read and parsed once by load_config
 
 
 def _check_jobs_file(jobs: Path) -> None:

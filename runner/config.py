@@ -504,13 +504,25 @@ def load_config(path: Path | None) -> RunConfig:
     """Load a TOML config file; ``None`` gives the defaults (the built-in simulated provider)."""
     if path is None:
         return RunConfig()
+    data = read_toml(path)
+    return config_from_mapping(data, str(path))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's tables; :class:`ConfigError` (exit 2) naming the file when it cannot be
+    read, is not UTF-8 or is not TOML."""
     import tomllib  # only with a config file: start-up without one does not pay for it
 
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read()
+        # A byte order mark (Windows editors save one) would read as "Invalid statement".
+        return tomllib.loads(raw.removeprefix(b"\xef\xbb\xbf").decode())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        byte = exc.object[exc.start]
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {byte:#x})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    return config_from_mapping(data, str(path))

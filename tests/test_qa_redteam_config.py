@@ -1,0 +1,39 @@
+"""Config files as editors really save them (found by the red team)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from promise_helpers import FAST, cli_run, lines, write_jobs
+
+
+# Notepad and other Windows editors save UTF-8 with a byte order mark: tomllib read it as
+# "Invalid statement (at line 1, column 1)", and the second read in _provider_named let the
+# TOMLDecodeError escape as a traceback. JSONL inputs already accept a BOM.
+def test_a_config_with_a_byte_order_mark_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = write_jobs(tmp_path, 2)
+    config = tmp_path / "bom.toml"
+    config.write_bytes(
+        b"\xef\xbb\xbf" + ('progress = "off"\r\nprovider = "mock"\r\n' + FAST).encode()
+    )
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 0, err
+    assert len(lines(tmp_path / "jobs.results.jsonl")) == 2
+
+
+# A Latin-1 config raised UnicodeDecodeError out of tomllib: a traceback and exit 1.
+@pytest.mark.parametrize("cmd", ["run", "validate"])
+def test_a_config_that_is_not_utf8_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cmd: str
+) -> None:
+    jobs = write_jobs(tmp_path, 2)
+    config = tmp_path / "latin1.toml"
+    config.write_bytes(b'progress = "off"\nmodel = "caf\xe9"\n')
+    code, err = cli_run(capsys, cmd, str(jobs), "-c", str(config))
+    assert code == 2, err
+    assert f"{config}:2: not UTF-8" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "jobs.results.jsonl").exists()
