@@ -260,15 +260,19 @@ class RunConfig(Record):
         Without ``api_key_env``, ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` are read when set
         (as the providers' SDKs do); unset, no key is sent (local servers need none).
         """
-        if not self.api_key_env:
-            default = DEFAULT_KEY_ENV.get(self.provider)
-            key = (os.environ.get(default) or None) if default else None
-        else:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise ConfigError(
-                    f"environment variable {self.api_key_env} (api_key_env) is not set"
-                )
+        # A key read from a file keeps its newline (a Kubernetes secret, a CRLF .env file):
+        # sent as is it crashed aiohttp's header writer; with a space the server echoed it
+        # trimmed, a spelling the key guard did not hunt for. Surrounding whitespace is never
+        # part of a key.
+        name = self.api_key_env or DEFAULT_KEY_ENV.get(self.provider)
+        key = (os.environ.get(name, "").strip() or None) if name else None
+        if self.api_key_env and not key:
+            raise ConfigError(f"environment variable {self.api_key_env} (api_key_env) is not set")
+        if key and any(c < " " or c == "\x7f" for c in key):
+            raise ConfigError(
+                f"environment variable {name} holds a control character (a line break?) "
+                "inside the key; it cannot be sent in a header"
+            )
         if key and self.provider in ("openai", "mock") and self.base_url:
             if "@" in self.base_url.split("://", 1)[-1].split("/", 1)[0]:
                 # The key goes in the Authorization header, which aiohttp refuses next to
