@@ -714,6 +714,24 @@ class HTTPBackend:
             rate=rate,
         )
 
+    async def _chat_endpoint_answers(self, limits: aiohttp.ClientTimeout) -> bool:
+        """Whether the completion URL exists, asked with an empty (invalid, unbilled) request:
+        a chat endpoint refuses ``{}`` with a 4xx of its own; a wrong URL gives 404, 405 or
+        501, or the web page the ``/models`` miss gave."""
+        if not self.path:  # the protocol names the model in the URL (Gemini): nothing to ask
+            return False
+        try:
+            async with self._session.post(
+                self._url, data=b"{}", timeout=limits, allow_redirects=False
+            ) as resp:
+                return (
+                    resp.status not in WRONG_ENDPOINT
+                    and resp.status not in _REDIRECTS
+                    and resp.content_type != "text/html"
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+
     async def probe(self) -> ErrorInfo | None:
         """A cheap pre-flight: ``GET /models`` catches a wrong key or an unreachable URL.
 
@@ -758,6 +776,8 @@ class HTTPBackend:
                     what = "a body that is not JSON"
             if what is None:
                 return None
+            if status == 404 and await self._chat_endpoint_answers(timeout):
+                return None  # a server without /models (an Express or Go shim) that chats
             return ErrorInfo(
                 "endpoint",
                 f"GET {self._models_url} answered HTTP {status} with {what}: this looks like "
