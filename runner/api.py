@@ -45,6 +45,7 @@ from .retry import RetryPolicy
 from .runtime import endpoint
 from .sinks import MetaCacheJournal, Outputs, open_outputs
 from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
+from .urls import public_url
 
 if TYPE_CHECKING:  # imported where used: a plain run needs neither before its first request
     from .explicit_cache import ExplicitCaches
@@ -358,6 +359,7 @@ async def _preflight(backend: HTTPBackend, base_url: str) -> None:
         tries += 1
     if problem is None:
         return
+    base_url = public_url(base_url)
     if problem.code in TRANSIENT_ERROR_CODES:
         raise Unavailable(
             f"pre-flight check of {base_url} failed: the provider is unreachable after "

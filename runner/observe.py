@@ -256,7 +256,10 @@ class Observer:
                 input=str(self.jobs_path) if self.jobs_path else None,
                 output=str(c.output) if c.output else None,
                 provider=c.provider,
-                base_url_host=urlsplit(c.base_url).netloc if c.base_url else None,
+                # the host and port, never a user:password@ of the URL
+                base_url_host=urlsplit(c.base_url).netloc.rpartition("@")[2]
+                if c.base_url
+                else None,
                 model=c.model,
                 jobs_total=engine.stats.total,
                 limits={

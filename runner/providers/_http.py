@@ -29,6 +29,7 @@ from yarl import URL
 from .._aiohttp import aiohttp
 from ..config import RunConfig
 from ..models import Attempt, ErrorInfo, Job, RateInfo, Usage
+from ..urls import public_url
 from ._wire import BodyTooLarge, KeyGuard, key_forms, read_capped, redact, too_large
 from .capabilities import Capabilities, capabilities_for
 from .headers import parse_go_duration, parse_rate_headers, parse_retry_after
@@ -577,8 +578,8 @@ class HTTPBackend:
         """404/405/501 from the completion endpoint: the URL (or model) is wrong for every job."""
         return ErrorInfo(
             "endpoint",
-            f"POST {self._url} answered {message}: this is not a chat endpoint for this "
-            "provider; check the base URL (does it end in /v1?) and the model name",
+            f"POST {public_url(self._url)} answered {message}: this is not a chat endpoint for "
+            "this provider; check the base URL (does it end in /v1?) and the model name",
             retriable=False,
             fatal=True,
         )
@@ -757,7 +758,7 @@ class HTTPBackend:
             return ErrorInfo(
                 "endpoint",
                 _short(
-                    f"the TLS certificate of {self._models_url} was not accepted "
+                    f"the TLS certificate of {public_url(self._models_url)} was not accepted "
                     f"({exc.certificate_error}); if the server's CA is not a public one, "
                     "point SSL_CERT_FILE at its CA bundle"
                 ),
@@ -780,8 +781,9 @@ class HTTPBackend:
                 return None  # a server without /models (an Express or Go shim) that chats
             return ErrorInfo(
                 "endpoint",
-                f"GET {self._models_url} answered HTTP {status} with {what}: this looks like "
-                "a web server, not the provider's API; check the base URL (does it end in /v1?)",
+                f"GET {public_url(self._models_url)} answered HTTP {status} with {what}: this "
+                "looks like a web server, not the provider's API; check the base URL (does it end "
+                "in /v1?)",
                 retriable=False,
             )
         try:
