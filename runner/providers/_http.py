@@ -363,9 +363,10 @@ MAX_HELD_EVENT = 1 << 20
 
 
 def sse_data(line: bytes) -> bytes | None:
-    """The data of an SSE ``data:`` line; None for comments, ``event:`` lines and blanks."""
+    """The data of an SSE ``data:`` line; None for comments, ``event:`` lines, blanks and an
+    empty ``data:`` (a keep-alive some proxies send: SSE dispatches no event for it)."""
     if line.startswith(b"data:"):
-        return line[5:].strip()
+        return line[5:].strip() or None
     return None
 
 
@@ -381,6 +382,8 @@ async def read_sse(content: aiohttp.StreamReader, parser: StreamParser, cap: int
     total = 0
     async for data in content.iter_any():
         now = perf_counter()
+        if not total and data.startswith(BOM):  # SSE strips one; unstripped, it hid event 1
+            data = data[len(BOM) :]
         total += len(data)
         if total > cap:
             parser.error = ErrorInfo("response_too_large", too_large(cap), retriable=False)

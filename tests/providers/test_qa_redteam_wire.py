@@ -263,3 +263,46 @@ async def test_anthropic_streamed_citations_are_kept(fake: Fake) -> None:
     att = await send(fake, sse(events), provider="anthropic", stream=True)
     assert att.error is None, att.error
     assert att.body["content"] == [{"type": "text", "text": "Blue.", "citations": [cite]}]
+
+
+# SSE dispatches no event for an empty data buffer: a proxy's "data: " keep-alive failed the
+# attempt as invalid JSON (re-sent, re-billed), on every provider.
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+async def test_an_empty_data_keep_alive_is_no_event(fake: Fake, provider: Provider) -> None:
+    text_ab = {"type": "text_delta", "text": "ab"}
+    events: dict[str, list[Any]] = {
+        "openai": [chunk({"content": "a"}), b"", chunk({"content": "b"}, "stop"), b"[DONE]"],
+        "anthropic": [
+            {"type": "message_start", "message": {"id": "m1"}},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+            b"",
+            {"type": "content_block_delta", "index": 0, "delta": text_ab},
+            {"type": "message_stop"},
+        ],
+        "gemini": [
+            {"candidates": [{"content": {"parts": [{"text": "a"}]}}]},
+            b"",
+            {"candidates": [{"content": {"parts": [{"text": "b"}]}, "finishReason": "STOP"}]},
+        ],
+    }  # fmt: skip
+    att = await send(fake, sse(events[provider]), provider=provider, stream=True)
+    assert att.error is None, att.error
+    assert b'"ab"' in orjson.dumps(att.body)
+
+
+# The SSE decoder strips one leading byte order mark; unstripped, the first event's line did not
+# start with "data:" and was dropped without a word: the answer lost its first words.
+async def test_a_byte_order_mark_before_the_stream_loses_no_event(fake: Fake) -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "text/event-stream"
+        await resp.prepare(request)
+        body = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in LAST[:2])
+        await resp.write(
+            b"\xef\xbb\xbfdata: " + orjson.dumps(chunk({"content": "First "})) + b"\n\n"
+        )
+        await resp.write(body + b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    assert message(await send(fake, handle, stream=True))["content"] == "First ok"
