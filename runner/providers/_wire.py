@@ -44,11 +44,14 @@ async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     """The whole body, or :class:`BodyTooLarge` as soon as it is known to exceed ``cap`` bytes.
 
     A declared ``Content-Length`` within the cap takes aiohttp's own single read (the fast path);
-    a larger one fails before anything is read; an unknown length is read in chunks and
-    abandoned at the cap, so memory stays bounded whatever the server sends.
+    a larger one fails before anything is read; an unknown length, or a compressed body (whose
+    declared length is not its decoded size), is read in chunks and abandoned at the cap, so
+    memory stays bounded whatever the server sends.
     """
     declared = resp.content_length
-    if declared is not None:
+    # A declared length counts the bytes on the wire: with a Content-Encoding it is the
+    # compressed size, and a 200 KB gzip inflates to 200 MB (read whole, over the cap).
+    if declared is not None and "Content-Encoding" not in resp.headers:
         if declared > cap:
             raise BodyTooLarge(too_large(cap, declared))
         return await resp.read()

@@ -31,10 +31,10 @@ def job() -> Job:
 
 
 async def send(
-    fake: Fake, handler: Handler, *, provider: Provider = "openai", stream: bool = False
+    fake: Fake, handler: Handler, *, provider: Provider = "openai", stream: bool = False, **kw: Any
 ) -> Attempt:
     fake.handler = handler
-    config = RunConfig(provider=provider, base_url="http://x", model="m", stream=stream)
+    config = RunConfig(provider=provider, base_url="http://x", model="m", stream=stream, **kw)
     async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
         return await asyncio.wait_for(backend.send(job(), cache_key=None), 30)
 
@@ -306,3 +306,27 @@ async def test_a_byte_order_mark_before_the_stream_loses_no_event(fake: Fake) ->
         return resp
 
     assert message(await send(fake, handle, stream=True))["content"] == "First ok"
+
+
+# A compressed body declares its size on the wire: 64 KB of gzip declared 64 KB and inflated to
+# 64 MB, read whole past max_response_bytes (a real bomb exhausts memory) and kept as an answer.
+async def test_a_compressed_body_is_capped_by_its_decoded_size(fake: Fake) -> None:
+    import gzip
+
+    inflated = b'{"choices": [{"message": {"content": "' + b"0" * (64 << 20) + b'"}}]}'
+    bomb = gzip.compress(inflated, compresslevel=9)
+    assert len(bomb) < 1 << 20
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Encoding": "gzip"}
+        return web.Response(body=bomb, headers=headers, content_type="application/json")
+
+    att = await send(fake, handle, max_response_bytes=1 << 20)
+    assert att.error is not None and att.error.code == "response_too_large"
+    ok = gzip.compress(orjson.dumps({"choices": [{"message": {"content": "fine"}}]}))
+
+    async def small(request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Encoding": "gzip"}
+        return web.Response(body=ok, headers=headers, content_type="application/json")
+
+    assert message(await send(fake, small, max_response_bytes=1 << 20))["content"] == "fine"
