@@ -535,8 +535,9 @@ class HTTPBackend:
                     if 200 <= status < 300:
                         if on_first_byte is not None:
                             on_first_byte()
-                        # A server may ignore "stream": fall through to the JSON path then.
-                        if stream and resp.content_type == "text/event-stream":
+                        # A server may ignore "stream" (the JSON path then), or stream when
+                        # not asked (some proxies always do): the content type decides.
+                        if resp.content_type == "text/event-stream":
                             parser = self.stream_parser(t0)
                             try:
                                 await read_sse(resp.content, parser, self._cap)

@@ -330,3 +330,11 @@ async def test_a_compressed_body_is_capped_by_its_decoded_size(fake: Fake) -> No
         return web.Response(body=ok, headers=headers, content_type="application/json")
 
     assert message(await send(fake, small, max_response_bytes=1 << 20))["content"] == "fine"
+
+
+# Some proxies always stream: an SSE answer to a request that did not ask for one failed every
+# attempt as "invalid JSON in a 200 body" (each attempt billed).
+async def test_a_stream_nobody_asked_for_is_still_read(fake: Fake) -> None:
+    att = await send(fake, sse([chunk({"content": "unasked "}), *LAST]), stream=False)
+    assert message(att)["content"] == "unasked ok"
+    assert att.usage is not None and att.usage.completion_tokens == 2
