@@ -319,10 +319,12 @@ class StreamParser:
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:
-            if len(data) > MAX_HELD_EVENT:
-                return None
-            self._held = data
-            return HELD
+            value = lossy_json(data)
+            if value is NOT_JSON:
+                if len(data) > MAX_HELD_EVENT:
+                    return None
+                self._held = data
+                return HELD
         self._held = None
         return value
 
@@ -354,6 +356,28 @@ class StreamParser:
 
 #: what a stream parser may raise on an event of an unexpected shape (a server's fault)
 _MALFORMED: Final = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+#: what :func:`lossy_json` returns for data that is not JSON whatever its encoding
+NOT_JSON: Any = object()
+
+
+def lossy_json(data: bytes) -> Any:
+    """JSON whose only fault is invalid UTF-8, with U+FFFD for the bad bytes; else
+    :data:`NOT_JSON`. Servers that detokenise byte by byte split a multi-byte character (an
+    emoji, CJK) across two answers or events; rejecting the JSON threw the whole (billed)
+    answer away, and a retry meets the same bytes."""
+    if data.isascii():
+        return NOT_JSON
+    try:
+        data.decode()
+        return NOT_JSON  # valid UTF-8: the JSON itself is broken
+    except UnicodeDecodeError:
+        pass
+    try:
+        return orjson.loads(data.decode("utf-8", "replace"))
+    except orjson.JSONDecodeError:
+        return NOT_JSON
+
+
 #: a UTF-8 byte order mark, which some servers put before a JSON body
 BOM: Final = b"\xef\xbb\xbf"
 #: what :meth:`StreamParser.event` returns for data that the next ``data:`` line may complete
@@ -635,6 +659,8 @@ class HTTPBackend:
                     body = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     pass
+            if body is None and (lossy := lossy_json(raw)) is not NOT_JSON:
+                body, raw = lossy, orjson.dumps(lossy)  # the results file stays valid UTF-8
         if body is not None:
             # What reaches the results file: one line, no key (the same objects when clean).
             raw, body = self._guard.clean(raw, body)

@@ -10,6 +10,7 @@ mid-stream error code, vLLM's ``{"object": "error"}`` with a 200, an error besid
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -338,3 +339,26 @@ async def test_a_stream_nobody_asked_for_is_still_read(fake: Fake) -> None:
     att = await send(fake, sse([chunk({"content": "unasked "}), *LAST]), stream=False)
     assert message(att)["content"] == "unasked ok"
     assert att.usage is not None and att.usage.completion_tokens == 2
+
+
+# Servers that detokenise byte by byte (llama.cpp and friends) may split a multi-byte character
+# across two events, each then invalid UTF-8: orjson refused them and the whole answer failed as
+# bad_response, then again on every retry (each billed). The answer is kept, U+FFFD for the bytes.
+async def test_invalid_utf8_from_a_split_character_keeps_the_answer(fake: Fake) -> None:
+    emoji = "\N{THUMBS UP SIGN}".encode()
+    first = orjson.dumps(chunk({"content": "ok XX"})).replace(b"XX", emoji[:2])
+    second = orjson.dumps(chunk({"content": "YY!"}, "stop")).replace(b"YY", emoji[2:])
+    att = await send(fake, sse([first, second, b"[DONE]"]), stream=True)
+    assert re.fullmatch("ok \ufffd+!", message(att)["content"])
+    assert att.raw is not None and att.raw.decode()  # what the results file gets is UTF-8
+
+    body = orjson.dumps({"choices": [{"message": {"content": "caf\u00e9"}}]})
+    latin1 = body.replace("\u00e9".encode(), b"\xe9")  # a Latin-1 server
+    att = await send(fake, reply(latin1))
+    assert message(att)["content"] == "caf\ufffd"
+    assert att.raw is not None and att.raw.decode()
+
+
+async def test_json_that_is_broken_beyond_its_encoding_is_still_refused(fake: Fake) -> None:
+    att = await send(fake, reply(b'{"choices": [\xe9'))
+    assert att.error is not None and att.error.code == "bad_response"
