@@ -244,9 +244,10 @@ def _output_path(raw: str | None, jobs: Path) -> Path | None:
     """``-o DIR/`` (or an existing directory) puts the results in DIR, named after the jobs."""
     if raw is None:
         return None
-    if raw.endswith(("/", "\\")) or Path(raw).is_dir():
-        return Path(raw) / (jobs.with_suffix("").name + ".results.jsonl")
-    return Path(raw)
+    path = Path(raw).expanduser()  # "--output=~/x" and systemd's ExecStart expand no "~"
+    if raw.endswith(("/", "\\")) or path.is_dir():
+        return path / (jobs.with_suffix("").name + ".results.jsonl")
+    return path
 
 
 def config_from_args(ns: argparse.Namespace) -> RunConfig:

@@ -294,7 +294,7 @@ class RunConfig(Record):
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the given fields replaced; ``None`` values mean 'not given'."""
         given: dict[str, Any] = {
-            k: Path(v) if k in _PATH_FIELDS and isinstance(v, str) else v
+            k: Path(v).expanduser() if k in _PATH_FIELDS and isinstance(v, str) else v
             for k, v in overrides.items()
             if v is not None
         }
@@ -494,7 +494,12 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
             flat["prices"] = _parse_prices(value, where)
         elif key.replace("-", "_") in _FIELD_NAMES:
             name = key.replace("-", "_")
-            flat[name] = Path(value) if name in _PATH_FIELDS and value is not None else value
+            if name in _PATH_FIELDS:
+                if not isinstance(value, str):
+                    raise ConfigError(f"{where}: {name} must be a path (a string), got {value!r}")
+                # TOML is not a shell: "~/out" made a directory named "~" in the working one
+                value = Path(value).expanduser()
+            flat[name] = value
         else:
             known = sorted(_FIELD_NAMES | {"prices"})
             raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}")

@@ -37,3 +37,35 @@ def test_a_config_that_is_not_utf8_is_one_clear_line(
     assert f"{config}:2: not UTF-8" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+# TOML is not a shell, and neither is systemd's ExecStart: "~/out.jsonl" wrote into a new
+# directory named "~" in the working directory (one `rm -rf ~` away from a lost home).
+@pytest.mark.parametrize("where", ["config", "flag"])
+def test_a_tilde_in_an_output_path_means_home(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    jobs = write_jobs(tmp_path, 2)
+    config = tmp_path / "c.toml"
+    line = 'output = "~/out.jsonl"\n' if where == "config" else ""
+    config.write_text(line + 'progress = "off"\n' + FAST)
+    flag = ["--output=~/out.jsonl"] if where == "flag" else []
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), *flag)
+    assert code == 0, err
+    assert len(lines(home / "out.jsonl")) == 2 and not (tmp_path / "~").exists()
+
+
+def test_a_path_that_is_not_a_string_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("output = 5\n")
+    code, err = cli_run(capsys, "run", str(write_jobs(tmp_path, 1)), "-c", str(config))
+    assert code == 2 and "output must be a path" in err and "Traceback" not in err, err
