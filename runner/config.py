@@ -367,8 +367,23 @@ def _check_operations(c: RunConfig) -> None:
             raise ConfigError(f"metrics label {k} must be a string, got {v!r}")
     if c.pushgateway is not None and not c.pushgateway.startswith(("http://", "https://")):
         raise ConfigError(f"pushgateway must be an http(s) URL, got {c.pushgateway!r}")
+    for k, v in c.headers.items():
+        if not isinstance(v, str):
+            raise ConfigError(f"header {k} must be a string, got {v!r}")
+    # TOML puts every key after "[params]" (or "[headers]") into that table: a runner option
+    # written below it would be sent to the provider instead, and its setting silently lost.
+    for table, keys, allowed in (("params", c.params, _BODY_FIELDS), ("headers", c.headers, ())):
+        for k in keys:
+            if k in _FIELD_NAMES and k not in allowed:
+                raise ConfigError(
+                    f"{table}.{k} is a runner option, not a request "
+                    f"{'field' if table == 'params' else 'header'}: in the TOML file, "
+                    "top-level keys must come before the first [table]"
+                )
 
 
+#: Runner options that are also request body fields (OpenRouter's ``provider`` routing).
+_BODY_FIELDS = ("model", "prompt_cache_retention", "provider", "stream")
 #: Keys of the [limits] table; the rest of the config is flat.
 _LIMITS_KEYS = ("lease_s", "limit_scope", "redis_policy", "redis_url", "rpm", "tpm")
 _FIELD_NAMES = {f.name for f in fields(RunConfig)}

@@ -69,3 +69,32 @@ def test_a_path_that_is_not_a_string_is_one_clear_line(
     config.write_text("output = 5\n")
     code, err = cli_run(capsys, "run", str(write_jobs(tmp_path, 1)), "-c", str(config))
     assert code == 2 and "output must be a path" in err and "Traceback" not in err, err
+
+
+# Every key below a "[params]" header belongs to that table: a runner option written there was
+# sent to the provider as a request field (or a header) and its own setting silently lost.
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[params]\nmax_tokens = 5\nconcurrency = 4\n", "params.concurrency is a runner option"),
+        ('[headers]\nX-Team = "a"\nmodel = "m"\n', "headers.model is a runner option"),
+        ("[headers]\nX-Retries = 3\n", "header X-Retries must be a string, got 3"),
+    ],
+)
+def test_a_runner_option_below_a_table_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    code, err = cli_run(capsys, "run", str(write_jobs(tmp_path, 1)), "-c", str(config))
+    assert code == 2 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+def test_request_fields_that_share_a_runner_option_name_are_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"  # OpenRouter's provider routing, a body's own stream flag
+    config.write_text('progress = "off"\n' + FAST + '[params]\nprovider = {order = ["a"]}\n')
+    code, err = cli_run(capsys, "run", str(write_jobs(tmp_path, 1)), "-c", str(config))
+    assert code == 0, err
