@@ -71,6 +71,7 @@ class Accounts:
         "_inflight_cost",
         "_model",
         "_price_of",
+        "_unmetered",
         "max_cost",
         "stats",
         "summary",
@@ -85,6 +86,7 @@ class Accounts:
         self._model = config.model
         self._budget = budget
         self._inflight_cost = 0.0
+        self._unmetered = 0  # answers without usage, billed at their reserved worst case
 
     def job(self, rec: LatencyRecord, limiter_s: float = 0.0) -> None:
         """Count one job's final record (its tokens, its cost, its outcome)."""
@@ -151,8 +153,13 @@ class Accounts:
         n = self.stats.ok + self.stats.failed
         est = max(est, self.stats.billed / n if n else 0.0)
         if billed + est > budget:
+            unmetered = (
+                f" ({self._unmetered} answers without usage counted at their worst case)"
+                if self._unmetered
+                else ""
+            )
             raise BudgetExceeded(
-                f"stopped at ${billed:.4f} billed, ${inflight:.4f} in flight, budget "
+                f"stopped at ${billed:.4f} billed{unmetered}, ${inflight:.4f} in flight, budget "
                 f"${budget:g}: the next request could cost up to ${est:.4f}"
             )
         if in_flight and billed + inflight + est > budget:
@@ -180,6 +187,14 @@ class Accounts:
             out["guard"] = {"code": guard.code, "message": str(guard)}
         return out
 
-    def settle(self, est: float) -> None:
-        """A request reserved with :meth:`reserve` has ended (its cost is now billed)."""
+    def settle(self, est: float, *, unmetered: bool = False) -> None:
+        """A request reserved with :meth:`reserve` has ended (its cost is now billed).
+
+        ``unmetered``: it was answered without ``usage`` (a proxy that drops it), so its cost
+        is unknown and counts at the worst case it reserved: without that, a budget would
+        never see it, and ``--max-cost`` let a run spend without limit.
+        """
         self._inflight_cost -= est
+        if unmetered and est > 0:
+            self.stats.billed += est
+            self._unmetered += 1

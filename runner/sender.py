@@ -160,7 +160,12 @@ class Sender:
             self._recorder.job(
                 d, a, attempts=attempts, t_start=t_start, now=self._clock(), limiter_s=limiter_s
             )
-            self._accounts.settle(est_cost)  # billed just now: no longer in flight
+            # billed just now: no longer in flight (an answer without usage at its estimate)
+            u = a.usage
+            unmetered = a.error is None and (
+                u is None or not (u.prompt_tokens or u.completion_tokens)
+            )
+            self._accounts.settle(est_cost, unmetered=unmetered)
             tripped = self._breaker.add(a.error is not None)
             if tripped is not None and not stop.active:
                 self._trip(tripped)
