@@ -97,7 +97,7 @@ class _Choice:
         self.reasoning: list[str] = []
         self.refusal: list[str] = []
         self.logprobs: dict[str, list[Any]] | None = None
-        self.tool_calls: dict[Any, dict[str, Any]] = {}
+        self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
 
     def add_tool_calls(self, deltas: list[Any]) -> None:
@@ -105,7 +105,7 @@ class _Choice:
             if not isinstance(d, dict):
                 continue
             index = d.get("index", 0)
-            if not isinstance(index, int | str):
+            if not isinstance(index, int):
                 index = 0
             call = self.tool_calls.get(index)
             fn = d.get("function")
@@ -142,7 +142,7 @@ class _Choice:
         if self.reasoning:
             msg["reasoning_content"] = "".join(self.reasoning)
         if self.tool_calls:
-            msg["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls, key=str)]
+            msg["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         return msg
 
 

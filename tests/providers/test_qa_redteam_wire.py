@@ -362,3 +362,13 @@ async def test_invalid_utf8_from_a_split_character_keeps_the_answer(fake: Fake) 
 async def test_json_that_is_broken_beyond_its_encoding_is_still_refused(fake: Fake) -> None:
     att = await send(fake, reply(b'{"choices": [\xe9'))
     assert att.error is not None and att.error.code == "bad_response"
+
+
+async def test_a_dozen_streamed_tool_calls_keep_their_order(fake: Fake) -> None:
+    calls = [
+        {"index": i, "id": f"t{i}", "function": {"name": f"f{i}", "arguments": "{}"}}
+        for i in range(12)
+    ]
+    events = [chunk({"tool_calls": [c]}) for c in calls] + [chunk({}, "tool_calls"), b"[DONE]"]
+    got = message(await send(fake, sse(events), stream=True))["tool_calls"]
+    assert [c["id"] for c in got] == [f"t{i}" for i in range(12)]
