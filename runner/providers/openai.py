@@ -7,12 +7,13 @@ None, never 0); DeepSeek reports ``prompt_cache_hit_tokens`` / ``prompt_cache_mi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..config import RunConfig
-from ..models import ErrorInfo, Job, Usage, usage_of
+from ..models import Attempt, ErrorInfo, Job, Usage, usage_of
 from ._http import (
     HELD,
     Headers,
@@ -267,7 +268,7 @@ def _choice(index: int, c: _Choice) -> dict[str, Any]:
 class OpenAIBackend(HTTPBackend):
     """``POST {base_url}/chat/completions``."""
 
-    __slots__ = ("_retention",)
+    __slots__ = ("_keyed", "_retention")
 
     path = "/chat/completions"
 
@@ -277,6 +278,30 @@ class OpenAIBackend(HTTPBackend):
 
     def configure(self, config: RunConfig) -> None:
         self._retention = config.prompt_cache_retention
+        self._keyed = True  # False once the server refused prompt_cache_key
+
+    async def send(
+        self,
+        job: Job,
+        *,
+        cache_key: str | None,
+        on_first_byte: Callable[[], None] | None = None,
+        prewarm: bool = False,
+    ) -> Attempt:
+        """:meth:`HTTPBackend.send`; a server that refuses ``prompt_cache_key`` (strict
+        OpenAI-compatible APIs answer 400/422 "extra inputs are not permitted") is asked again
+        without it, and is never sent it again: a routing hint must not fail every job."""
+        a = await super().send(
+            job, cache_key=cache_key, on_first_byte=on_first_byte, prewarm=prewarm
+        )
+        if cache_key is not None and self._keyed and a.status in (400, 422):
+            said = (a.raw or b"") + (a.error.message.encode() if a.error else b"")
+            if b"prompt_cache_key" in said:
+                self._keyed = False
+                a = await super().send(
+                    job, cache_key=None, on_first_byte=on_first_byte, prewarm=prewarm
+                )
+        return a
 
     def build_body(
         self, job: Job, cache_key: str | None, *, prewarm: bool = False
@@ -286,7 +311,7 @@ class OpenAIBackend(HTTPBackend):
             body.update(self._params)
         if job.params:
             body.update(job.params)
-        if cache_key is not None:
+        if cache_key is not None and self._keyed:
             body["prompt_cache_key"] = cache_key
         if self._retention is not None:
             body["prompt_cache_retention"] = self._retention

@@ -372,3 +372,32 @@ async def test_a_dozen_streamed_tool_calls_keep_their_order(fake: Fake) -> None:
     events = [chunk({"tool_calls": [c]}) for c in calls] + [chunk({}, "tool_calls"), b"[DONE]"]
     got = message(await send(fake, sse(events), stream=True))["tool_calls"]
     assert [c["id"] for c in got] == [f"t{i}" for i in range(12)]
+
+
+# Strict OpenAI-compatible APIs (pydantic "extra inputs are not permitted") refuse the routing
+# hint with a 400/422: every job of a warm run failed. The field is dropped for the run instead.
+async def test_a_server_that_refuses_prompt_cache_key_is_asked_without_it(fake: Fake) -> None:
+    async def strict(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        if "prompt_cache_key" in body:
+            detail = [{"type": "extra_forbidden", "loc": ["body", "prompt_cache_key"]}]
+            return web.json_response({"detail": detail}, status=422)
+        return web.json_response({"choices": [{"message": {"content": "ok"}}]})
+
+    fake.handler = strict
+    config = RunConfig(provider="openai", base_url="http://x", model="m")
+    async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
+        first = await backend.send(job(), cache_key="group-1")
+        second = await backend.send(job(), cache_key="group-1")
+    assert message(first)["content"] == "ok" and message(second)["content"] == "ok"
+    keyed = ["prompt_cache_key" in s.json() for s in fake.seen]
+    assert keyed == [True, False, False]  # refused once, then never sent again
+
+
+async def test_other_400s_are_not_resent(fake: Fake) -> None:
+    err = {"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}
+    fake.handler = reply(err, status=400)
+    config = RunConfig(provider="openai", base_url="http://x", model="m")
+    async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
+        att = await backend.send(job(), cache_key="group-1")
+    assert att.error is not None and att.error.code == "http_4xx" and len(fake.seen) == 1
