@@ -265,10 +265,14 @@ def _choice(index: int, c: _Choice) -> dict[str, Any]:
     return choice
 
 
+#: Fields runner adds to a request on its own, dropped for the run when a server refuses them.
+_OWN_FIELDS = ("prompt_cache_key", "stream_options")
+
+
 class OpenAIBackend(HTTPBackend):
     """``POST {base_url}/chat/completions``."""
 
-    __slots__ = ("_keyed", "_retention")
+    __slots__ = ("_refused", "_retention")
 
     path = "/chat/completions"
 
@@ -278,7 +282,7 @@ class OpenAIBackend(HTTPBackend):
 
     def configure(self, config: RunConfig) -> None:
         self._retention = config.prompt_cache_retention
-        self._keyed = True  # False once the server refused prompt_cache_key
+        self._refused: set[str] = set()  # fields of ours the server refused: never sent again
 
     async def send(
         self,
@@ -288,18 +292,20 @@ class OpenAIBackend(HTTPBackend):
         on_first_byte: Callable[[], None] | None = None,
         prewarm: bool = False,
     ) -> Attempt:
-        """:meth:`HTTPBackend.send`; a server that refuses ``prompt_cache_key`` (strict
-        OpenAI-compatible APIs answer 400/422 "extra inputs are not permitted") is asked again
-        without it, and is never sent it again: a routing hint must not fail every job."""
+        """:meth:`HTTPBackend.send`; a server that refuses a field runner adds on its own
+        (strict OpenAI-compatible APIs answer 400/422 "extra inputs are not permitted" to
+        ``prompt_cache_key``; older Azure API versions refuse ``stream_options``) is asked
+        again without it, and never sent it again: a hint must not fail every job."""
         a = await super().send(
             job, cache_key=cache_key, on_first_byte=on_first_byte, prewarm=prewarm
         )
-        if cache_key is not None and self._keyed and a.status in (400, 422):
-            said = (a.raw or b"") + (a.error.message.encode() if a.error else b"")
-            if b"prompt_cache_key" in said:
-                self._keyed = False
+        if a.status in (400, 422) and a.error is not None:
+            said = (a.raw or b"") + a.error.message.encode()
+            refused = [f for f in _OWN_FIELDS if f.encode() in said and f not in self._refused]
+            if refused:
+                self._refused.update(refused)
                 a = await super().send(
-                    job, cache_key=None, on_first_byte=on_first_byte, prewarm=prewarm
+                    job, cache_key=cache_key, on_first_byte=on_first_byte, prewarm=prewarm
                 )
         return a
 
@@ -311,7 +317,8 @@ class OpenAIBackend(HTTPBackend):
             body.update(self._params)
         if job.params:
             body.update(job.params)
-        if cache_key is not None and self._keyed:
+        refused = self._refused
+        if cache_key is not None and "prompt_cache_key" not in refused:
             body["prompt_cache_key"] = cache_key
         if self._retention is not None:
             body["prompt_cache_retention"] = self._retention
@@ -319,10 +326,13 @@ class OpenAIBackend(HTTPBackend):
             body["stream"] = True
             extra = body.get("stream_options")
             # Without include_usage a stream carries no usage at all (vLLM, OpenAI).
-            body["stream_options"] = (
-                {**extra, "include_usage": True}
-                if isinstance(extra, dict)
-                else {"include_usage": True}
-            )
+            if "stream_options" in refused:
+                body.pop("stream_options", None)
+            else:
+                body["stream_options"] = (
+                    {**extra, "include_usage": True}
+                    if isinstance(extra, dict)
+                    else {"include_usage": True}
+                )
             return body, True
         return body, False

@@ -401,3 +401,19 @@ async def test_other_400s_are_not_resent(fake: Fake) -> None:
     async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
         att = await backend.send(job(), cache_key="group-1")
     assert att.error is not None and att.error.code == "http_4xx" and len(fake.seen) == 1
+
+
+async def test_a_server_that_refuses_stream_options_streams_without_them(fake: Fake) -> None:
+    async def old_azure(request: web.Request) -> web.StreamResponse:
+        if "stream_options" in orjson.loads(await request.read()):
+            err = {"error": {"message": "Unrecognized request argument supplied: stream_options"}}
+            return web.json_response(err, status=400)
+        return await sse([chunk({"content": "ok"}, "stop"), b"[DONE]"])(request)
+
+    fake.handler = old_azure
+    config = RunConfig(provider="openai", base_url="http://x", model="m", stream=True)
+    async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
+        first = await backend.send(job(), cache_key=None)
+        second = await backend.send(job(), cache_key=None)
+    assert message(first)["content"] == "ok" and message(second)["content"] == "ok"
+    assert ["stream_options" in s.json() for s in fake.seen] == [True, False, False]
