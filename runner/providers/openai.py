@@ -222,6 +222,8 @@ class OpenAIStream(StreamParser):
                 if text and isinstance(text, str):
                     state.content.append(text)
                     carried = True
+                elif text and isinstance(text, list) and _add_parts(state, text):
+                    carried = True
                 thought = delta.get("reasoning_content") or delta.get("reasoning")
                 if thought and isinstance(thought, str):
                     state.reasoning.append(thought)
@@ -263,6 +265,34 @@ def _choice(index: int, c: _Choice) -> dict[str, Any]:
         choice["logprobs"] = c.logprobs
     choice["finish_reason"] = c.finish_reason
     return choice
+
+
+def _texts(value: Any) -> list[str]:
+    """The text of a string or of a list of ``{"text": ...}`` parts."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return []
+
+
+def _add_parts(state: _Choice, parts: list[Any]) -> bool:
+    """A delta whose content is a list of parts (Mistral's reasoning models stream
+    ``[{"type": "thinking", "thinking": [...]}]`` then ``[{"type": "text", "text": ...}]``):
+    text parts join the content, thinking parts the reasoning. True when any carried text."""
+    carried = False
+    for p in parts:
+        if not isinstance(p, dict):
+            continue
+        if p.get("type") == "thinking":
+            thought = "".join(_texts(p.get("thinking")))
+            if thought:
+                state.reasoning.append(thought)
+                carried = True
+        elif isinstance(p.get("text"), str) and p["text"]:
+            state.content.append(p["text"])
+            carried = True
+    return carried
 
 
 #: Fields runner adds to a request on its own, dropped for the run when a server refuses them.

@@ -417,3 +417,17 @@ async def test_a_server_that_refuses_stream_options_streams_without_them(fake: F
         second = await backend.send(job(), cache_key=None)
     assert message(first)["content"] == "ok" and message(second)["content"] == "ok"
     assert ["stream_options" in s.json() for s in fake.seen] == [True, False, False]
+
+
+# Mistral's reasoning models stream content as a list of parts, thinking first: a list was a
+# TypeError out of the run before, and then silently an empty answer.
+async def test_content_streamed_as_a_list_of_parts_is_kept(fake: Fake) -> None:
+    thinking = [{"type": "thinking", "thinking": [{"type": "text", "text": "Let me see."}]}]
+    events = [
+        chunk({"role": "assistant", "content": thinking}),
+        chunk({"content": [{"type": "text", "text": "Four"}]}),
+        chunk({"content": "."}, "stop"),
+        b"[DONE]",
+    ]
+    msg = message(await send(fake, sse(events), stream=True))
+    assert msg["content"] == "Four." and msg["reasoning_content"] == "Let me see."
