@@ -8,6 +8,7 @@ It now asks the completion URL itself with an empty request before refusing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -88,3 +89,33 @@ async def test_a_url_where_neither_answers_is_still_refused_before_anything_is_o
     with pytest.raises(ConfigError, match="does it end in /v1"):
         await run(write_jobs(tmp_path, 4), mock_config(tmp_path, wrong_url))
     assert not (tmp_path / "r.jsonl").exists()
+
+
+# The probe read GET /models whole: a base URL on a server that streams without end there (or
+# serves a huge file) filled memory until the probe's 30 s timeout. It reads at most the cap.
+async def test_an_endless_models_answer_is_read_only_to_the_cap(tmp_path: Path) -> None:
+    import resource
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        piece = b"0," * (1 << 18)
+        await resp.write(b"[")
+        while True:  # about 50 MB/s: bounded, so the old unbounded read cannot flood memory
+            await resp.write(piece)
+            await asyncio.sleep(0.01)
+
+    async def chat(request: web.Request) -> web.Response:
+        message = {"role": "assistant", "content": "ok"}
+        return web.json_response({"choices": [{"message": message}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", endless)
+    app.router.add_post("/v1/chat/completions", chat)
+    async for url in serve(app):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        cfg = mock_config(tmp_path, url, max_response_bytes=1 << 20, timeout=1.0)
+        out = await run(write_jobs(tmp_path, 2), cfg)
+        grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        assert out.exit_code == 0 and out.summary["jobs"]["ok"] == 2
+        assert grown_mb < 200, grown_mb

@@ -779,9 +779,11 @@ class HTTPBackend:
                 self._models_url, timeout=timeout, allow_redirects=False
             ) as resp:
                 status = resp.status
-                raw = await resp.read()
+                raw = await read_capped(resp, self._cap)
                 headers = resp.headers
                 ctype = resp.content_type
+        except BodyTooLarge:
+            return None  # an endless or enormous /models says nothing about the setup
         except aiohttp.ClientConnectorCertificateError as exc:
             # Not transient: an untrusted or mismatched certificate does not fix itself, so
             # this is a setup error (exit 2), not "unreachable, run again later" (exit 75).
