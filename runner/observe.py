@@ -31,6 +31,7 @@ from .config import RunConfig
 from .errors import TRANSIENT_ERROR_CODES, ConfigError
 from .logs import EventLog
 from .pipeline import LiveStats, RunOutcome, Sink
+from .urls import public_url
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -517,7 +518,7 @@ class Observer:
             try:
                 self.metrics.push(c.pushgateway)
             except OSError as exc:  # urllib's URLError and HTTPError are OSErrors
-                self._export_failed("pushgateway", c.pushgateway, exc)
+                self._export_failed("pushgateway", public_url(c.pushgateway), exc)
 
     def _export_failed(self, kind: str, where: str, exc: OSError) -> None:
         # The run's own outputs are complete; a monitoring hiccup must not change its exit code.

@@ -79,3 +79,20 @@ def test_public_url_drops_only_the_credentials() -> None:
     assert public_url("https://u:p@h.example:8443/v1?x=1") == "https://h.example:8443/v1?x=1"
     assert public_url("https://h.example/v1/a@b") == "https://h.example/v1/a@b"
     assert public_url("http://127.0.0.1:9/v1") == "http://127.0.0.1:9/v1"
+
+
+# Hosted Pushgateways take basic auth (https://user:token@...): a failed push printed the URL.
+def test_a_failed_push_names_the_pushgateway_without_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    jobs = write_jobs(tmp_path, 2)
+    gateway = f"http://metrics-user:{PASSWORD}@127.0.0.1:{port}"
+    code, err = cli_run(
+        capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)), "--pushgateway", gateway
+    )
+    assert code == 0 and "could not export metrics to pushgateway" in err, err
+    assert f"http://127.0.0.1:{port}" in err
+    no_password_anywhere(tmp_path, err)
