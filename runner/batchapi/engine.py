@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from ..budget import RequestBudget
 from ..config import DEFAULT_POLL_INTERVAL_S, RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, Unavailable
 from ..jobs import contexts_for, read_jobs
 from ..models import BadLine, ErrorInfo, Job, LatencyRecord, Price, estimate_tokens
 from ..outputs import OutputPlan, run_plan
@@ -46,6 +46,7 @@ from .wire import (
     BatchAPI,
     BatchRejected,
     BatchView,
+    CreateUncertain,
     Row,
     control_headers,
     open_batch_api,
@@ -65,6 +66,7 @@ BUILTIN_MOCK_POLL_S = 0.25
 POLL_GROWTH = 1.5
 _MAPPED_ID_BYTES = 32  # bound on the growth of an id mapped to "<chunk key>-<position>"
 EXIT_OK, EXIT_FAILED = 0, 1
+_MAX_UNCERTAIN = 6  # creates in a row with their answer lost before the run gives up (exit 75)
 # Tests kill the process with SIGKILL at a named point to prove reattach (tests/batchapi/).
 _KILL_AT = os.environ.get("RUNNER_BATCH_KILL_AT")
 
@@ -186,6 +188,7 @@ class BatchRun:
         self._wake = asyncio.Event()
         self._seq = 0
         self._run_tag = os.urandom(6).hex()
+        self._uncertain = 0  # creates in a row whose answer was lost
         self.journal = Journal.load(outputs.results_path, provider=api.shape, run_id=self._run_tag)
 
     def request_stop(self, signum: int) -> None:
@@ -391,6 +394,14 @@ class BatchRun:
             _kill_point("creating")  # journaled as creating, never created: nothing to adopt
             try:
                 view = await api.create(file_id=chunk.file_id, path=path, metadata=metadata)
+            except CreateUncertain as exc:
+                # The batch may exist: the chunk stays journaled as creating, and the next pass
+                # looks it up before any second create (the path a crash here takes).
+                self._uncertain += 1
+                if self._uncertain >= _MAX_UNCERTAIN:
+                    raise Unavailable(f"{exc}; run again later (it will be looked up)") from None
+                self._note(f"{chunk.key}: {exc}; looking it up before sending it again")
+                return
             except BatchRejected:
                 # Refused: no batch exists, so the next run must not look for one.
                 chunk.state = "uploaded" if chunk.file_id else "planned"
@@ -400,6 +411,7 @@ class BatchRun:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
         _kill_point("create")  # created, not journaled: the next run must find it, not resubmit
+        self._uncertain = 0
         self.creates += 1
         chunk.batch_id, chunk.state, chunk.status = view.id, "submitted", view.status
         chunk.submitted_at = view.created_at or chunk.creating_at

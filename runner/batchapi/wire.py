@@ -43,6 +43,7 @@ __all__ = [
     "BatchAPIError",
     "BatchRejected",
     "BatchView",
+    "CreateUncertain",
     "OpenAIBatchAPI",
     "Row",
     "open_batch_api",
@@ -72,6 +73,15 @@ class BatchAPIError(RunnerError):
     """A batch control request failed permanently (not a row: the upload, create, ...)."""
 
     exit_code = 1
+
+
+class CreateUncertain(BatchAPIError):
+    """A batch create whose answer was lost (a timeout, a cut connection, a 5xx from a gateway,
+    a 2xx that is not JSON): the provider may have made the batch. Sending the create again
+    could make a second batch of the same jobs, billed twice, the first never collected; the
+    engine looks the batch up first (as after a crash between create and journal)."""
+
+    exit_code = 75
 
 
 class BatchRejected(BatchAPIError):
@@ -203,12 +213,16 @@ class BatchAPI:
         data: Any = None,
         sink: BinaryIO | None = None,
         submit: bool = False,
+        once: bool = False,
     ) -> Any:
         """One control request with retries for transient failures; the parsed JSON.
 
         With ``sink`` the body is streamed into it instead (rewound for each attempt), so a
         results file of any size is never held in memory and a cut download is retried whole.
         With ``submit`` (an upload or create) a permanent 4xx raises :class:`BatchRejected`.
+        With ``once`` (a create, which must never run twice) a transient failure is retried
+        here only when the request surely made nothing (no connection, a 429); any other
+        raises :class:`CreateUncertain`.
         """
         last = ""
         status = 0
@@ -232,13 +246,17 @@ class BatchAPI:
                         parsed = payload[:2000].decode("utf-8", "replace")
                     status = resp.status
                     err = self._backend.classify(status, parsed, resp.headers)
+                    unsent = status == 429
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
                 err = ErrorInfo("connection", f"{type(exc).__name__}: {exc}", retriable=True)
+                unsent = isinstance(exc, aiohttp.ClientConnectorError)
             last = scrub(f"{method} {url.split('?')[0]}: {err.message}", self._api_key)
             if err.fatal:
                 raise (QuotaError if err.code == "insufficient_quota" else AuthError)(last)
             if not err.retriable:
                 break
+            if once and not unsent:
+                raise CreateUncertain(f"{last}: the batch may have been created")
             if attempt == _CONTROL_ATTEMPTS:
                 # Still transient after every retry: exit 75, a re-run reattaches (the journal).
                 raise Unavailable(f"{last} (after {attempt} attempts); run again later")
@@ -345,7 +363,7 @@ class OpenAIBatchAPI(BatchAPI):
             "metadata": dict(metadata),
         }
         url = self._base + "/batches"
-        return self._view(await self._call("POST", url, json=doc, submit=True))
+        return self._view(await self._call("POST", url, json=doc, submit=True, once=True))
 
     async def get(self, batch_id: str) -> BatchView:
         return self._view(await self._call("GET", f"{self._base}/batches/{batch_id}"))
@@ -471,7 +489,7 @@ class AnthropicBatchAPI(BatchAPI):
     ) -> BatchView:
         url = self._base + "/messages/batches"
         # Streamed from the file (a batch body can be hundreds of MB), reopened per attempt.
-        doc = await self._call("POST", url, data=lambda: open(path, "rb"), submit=True)
+        doc = await self._call("POST", url, data=lambda: open(path, "rb"), submit=True, once=True)
         return self._view(doc)
 
     async def get(self, batch_id: str) -> BatchView:
