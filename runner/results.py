@@ -42,6 +42,7 @@ RETRIABLE_ERROR_CODES: Final = frozenset(
         "http_409",
         "bad_response",
         "stream_error",
+        "results_gone",  # a provider batch's results file was deleted (--via batch)
     }
 )
 

@@ -47,6 +47,7 @@ from .wire import (
     BatchRejected,
     BatchView,
     CreateUncertain,
+    ResultsGone,
     Row,
     control_headers,
     open_batch_api,
@@ -218,7 +219,16 @@ class BatchRun:
             stopped, code = "signal", 128 + self.stop_signal
             await self._on_stop()
         self.outputs.flush()
-        return RunOutcome(self._summary(time.perf_counter() - t0, stopped), code, stopped)
+        summary = self._summary(time.perf_counter() - t0, stopped)
+        if code == EXIT_OK and self.skipped:
+            # As for a direct run (README, exit codes): exit 1 while any job in the output
+            # failed, an earlier invocation's failures included.
+            from ..totals import whole_output_summary
+
+            whole = whole_output_summary(self.outputs.latency_path, self.config, summary)
+            if whole["jobs"]["failed"]:
+                code = EXIT_FAILED
+        return RunOutcome(summary, code, stopped)
 
     def _admit(self, items: Iterable[Job | BadLine]) -> None:
         """Skip jobs already written, answer bad lines, plan chunks for the rest."""
@@ -448,26 +458,40 @@ class BatchRun:
         submitted = chunk.submitted_at
         ended = view.ended_at or time.time()
         written = self.ok + self.failed
-        async for row in self.api.rows(view):
-            cid = by_sent.get(row.sent_id)
-            if cid is None or cid in seen:
-                continue  # not ours, or a duplicate row: never a second result
-            seen.add(cid)
-            job = self.jobs.get(cid)
-            if job is None:
-                continue  # written by an earlier run that died before marking the chunk done
-            if row.error is not None and not last and _fixable(row.error):
-                again.append(job)
-                continue
-            self._write_row(job, row, chunk, submitted, ended)
-            if len(seen) == 2:
-                self.outputs.flush()
-                _kill_point("download")  # some rows written, the chunk not yet marked done
+        gone: str | None = None
+        try:
+            async for row in self.api.rows(view):
+                cid = by_sent.get(row.sent_id)
+                if cid is None or cid in seen:
+                    continue  # not ours, or a duplicate row: never a second result
+                seen.add(cid)
+                job = self.jobs.get(cid)
+                if job is None:
+                    continue  # written by an earlier run that died before marking it done
+                if row.error is not None and not last and _fixable(row.error):
+                    again.append(job)
+                    continue
+                self._write_row(job, row, chunk, submitted, ended)
+                if len(seen) == 2:
+                    self.outputs.flush()
+                    _kill_point("download")  # some rows written, the chunk not yet marked done
+        except ResultsGone as exc:
+            # Every re-run would stop here and never collect the other batches. The requests
+            # ran (and were billed): each becomes a result, resubmitted only by --retry-failed.
+            gone = str(exc)
         missing = [cid for cid in chunk.ids if cid not in seen and cid in self.jobs]
         if missing:
             err = _missing_error(view, len(missing))
+            if gone is not None:
+                err = ErrorInfo(
+                    "results_gone",
+                    f"{gone}: batch {view.id} ended but its results are gone at the provider "
+                    "(deleted or past retention); not resubmitted, as the request may have been "
+                    "billed: --retry-failed sends it again",
+                    True,
+                )
             for cid in missing:
-                if not last:
+                if not last and gone is None:
                     again.append(self.jobs[cid])
                 else:
                     job = self.jobs[cid]

@@ -45,6 +45,7 @@ __all__ = [
     "BatchView",
     "CreateUncertain",
     "OpenAIBatchAPI",
+    "ResultsGone",
     "Row",
     "open_batch_api",
 ]
@@ -82,6 +83,11 @@ class CreateUncertain(BatchAPIError):
     engine looks the batch up first (as after a crash between create and journal)."""
 
     exit_code = 75
+
+
+class ResultsGone(BatchAPIError):
+    """An ended batch's results file answers 404/410: deleted (OpenAI files can be deleted,
+    Anthropic batches too) or past the provider's retention. Re-running cannot bring it back."""
 
 
 class BatchRejected(BatchAPIError):
@@ -253,6 +259,8 @@ class BatchAPI:
             last = scrub(f"{method} {url.split('?')[0]}: {err.message}", self._api_key)
             if err.fatal:
                 raise (QuotaError if err.code == "insufficient_quota" else AuthError)(last)
+            if sink is not None and status in (404, 410):
+                raise ResultsGone(last)
             if not err.retriable:
                 break
             if once and not unsent:

@@ -6,6 +6,7 @@ a provider or the network between would produce it."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,88 @@ async def test_a_create_that_times_out_after_the_batch_was_made_is_not_sent_twic
     assert outcome.exit_code == 0
     assert server.stats()["batch"]["creates"][shape] == 1
     assert_each_job_once(jobs)
+
+
+@pytest.mark.parametrize("shape", ["openai", "anthropic"])
+async def test_duplicate_unknown_and_missing_rows_give_each_job_one_result(
+    tmp_path: Path, mock: MockFactory, shape: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A results file with a row twice (the second different), rows for ids never sent, and a
+    row missing: each job gets exactly one result, the missing one after a resubmission."""
+    answer = mock_batch.BatchService._answer
+    dropped: list[str] = []
+
+    def odd(self: Any, batch: Any, cid: str, body: dict[str, Any], status: int) -> Any:
+        line, ok = answer(self, batch, cid, body, status)
+        if cid.endswith("-q0"):
+            twin, _ = answer(self, batch, cid, body, 500)
+            stranger = line.replace(cid.encode(), b"never-sent-1")
+            return line + twin + stranger, ok
+        if cid.endswith("-q2") and not dropped:
+            dropped.append(cid)
+            return b"", ok
+        return line, ok
+
+    monkeypatch.setattr(mock_batch.BatchService, "_answer", odd)
+    server, url = await mock()
+    jobs, ctx = make_inputs(tmp_path, 2, 3)
+    outcome = await run(jobs, batch_config(url, shape, ctx, cache="none"))
+    assert dropped
+    results, _ = assert_each_job_once(jobs)
+    assert outcome.exit_code == 0, [r for r in results if r.get("error")]
+    assert server.stats()["batch"]["requests"] == 6 + 1  # only the missing row went again
+
+
+@pytest.mark.parametrize("shape", ["openai", "anthropic"])
+async def test_a_deleted_results_file_does_not_block_the_other_batches_forever(
+    tmp_path: Path, mock: MockFactory, shape: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first batch ended but its results file answers 404 (deleted, or past the
+    provider's retention). The run stopped there with exit 1, and so did every re-run: the
+    other batches were never collected (their files expire too). Its jobs now become
+    ``results_gone`` results, not resubmitted (they ran, billed) unless --retry-failed."""
+    finish, handle = mock_batch.BatchService._finish, mock_batch.BatchService.handle
+    first: list[str] = []
+
+    def gone(self: Any, batch: Any, done: int, final: str) -> None:
+        finish(self, batch, done, final)
+        if batch.ordinal == 1:
+            first.append(batch.id)
+            self._files.pop(batch.output_file_id, None)
+
+    async def no_results(self: Any, request: Any, path: str, query: str) -> Any:
+        if first and path.endswith(f"{first[0]}/results"):
+            return self._error(True, 404, "results are no longer available")
+        return await handle(self, request, path, query)
+
+    monkeypatch.setattr(mock_batch.BatchService, "_finish", gone)
+    monkeypatch.setattr(mock_batch.BatchService, "handle", no_results)
+    server, url = await mock()
+    jobs, ctx = make_inputs(tmp_path, 2, 3)
+    cfg = batch_config(url, shape, ctx, cache="none", batch_max_requests=3)
+    outcome = await run(jobs, cfg)
+    assert outcome.exit_code == 1
+    results, _ = assert_each_job_once(jobs)
+    codes = sorted((r.get("error") or {}).get("code", "ok") for r in results)
+    assert codes == ["ok"] * 3 + ["results_gone"] * 3
+    assert "--retry-failed" in next(r["error"]["message"] for r in results if r.get("error"))
+    assert server.stats()["batch"]["creates"][shape] == 2  # nothing billed twice on its own
+    again = await run(jobs, cfg)  # a plain re-run has nothing left to do
+    assert again.exit_code == 1 and server.stats()["batch"]["creates"][shape] == 2
+    retried = await run(jobs, replace(cfg, retry_failed=True))  # the user's choice to pay again
+    assert retried.exit_code == 0
+    assert server.stats()["batch"]["requests"] == 6 + 3
+    assert_each_job_once(jobs)
+
+
+async def test_a_resume_exits_1_while_the_output_holds_a_failed_job(
+    tmp_path: Path, mock: MockFactory
+) -> None:
+    """README's exit codes: 1 while any job in the output failed, after a resume too. A
+    --via batch re-run of a finished output with failures exited 0 (it counted only its own
+    invocation), so a scheduled job's second run reported success."""
+    _, url = await mock(batch={"body_error_rate": 1.0, "body_error_status": 400})
+    jobs, ctx = make_inputs(tmp_path, 1, 2)
+    cfg = batch_config(url, "openai", ctx, cache="none")
+    assert (await run(jobs, cfg)).exit_code == 1
+    assert (await run(jobs, cfg)).exit_code == 1
