@@ -201,6 +201,12 @@ class RedisStore:
         import redis.exceptions as rexc
 
         self._errors: tuple[type[Exception], ...] = (rexc.RedisError, OSError, TimeoutError)
+        # A wrong password, a user without the rights: retrying never helps (not unreachable).
+        self._refused: tuple[type[Exception], ...] = (
+            rexc.AuthenticationError,
+            rexc.AuthorizationError,
+            rexc.NoPermissionError,
+        )
         self._client = aioredis.Redis.from_url(
             url, socket_timeout=STORE_TIMEOUT_S, socket_connect_timeout=STORE_TIMEOUT_S
         )
@@ -235,6 +241,20 @@ class RedisStore:
                 await self._publish(keys=self._keys[:1], args=[pause_s, kind or "r", limit])
         except self._errors as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def check(self) -> None:
+        """One harmless script call before the run: Redis refusing the credentials or the
+        ACL is a configuration error (exit 2), not an outage that ``fail_closed`` would wait
+        out forever (or ``fail_open`` would run unshared through). An unreachable Redis is
+        left to the policy. The message never carries the URL (its password)."""
+        try:
+            await self.publish()
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, self._refused):
+                raise ConfigError(
+                    f"redis_url: Redis refused runner ({exc}); check the user and password "
+                    "in redis_url and that its ACL allows EVAL/EVALSHA on runner:* keys"
+                ) from None
 
     async def close(self) -> None:
         with contextlib.suppress(*self._errors):
@@ -575,6 +595,11 @@ async def open_shared_limiter(
     if config.redis_url:
         key = limit_key(config.provider, base_url, api_key, config.limit_scope)
         store = RedisStore(config.redis_url, key, proc)
+        try:
+            await store.check()
+        except ConfigError:
+            await store.close()
+            raise
     elif config.limit_file is not None:
         store = FileStore(config.limit_file, proc)
     else:  # pragma: no cover - the caller checks
