@@ -53,6 +53,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import math
 import os
 import socket
 import sys
@@ -286,10 +287,12 @@ class FileStore:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             raw = os.pread(self._fd, 1 << 16, 0)
-            state: dict[str, Any] = orjson.loads(raw) if raw.strip() else {}
+            state = _file_state(raw)
             out = fn(state, time.time())
+            # Padded to the old length first: a process killed between the write and the
+            # truncate leaves valid JSON (trailing blanks), not the old state's tail after it.
             data = orjson.dumps(state)
-            os.pwrite(self._fd, data, 0)
+            os.pwrite(self._fd, data.ljust(len(raw)), 0)
             os.ftruncate(self._fd, len(data))
             return out
         finally:
@@ -330,6 +333,27 @@ class FileStore:
 
     async def close(self) -> None:
         os.close(self._fd)
+
+
+def _file_state(raw: bytes) -> dict[str, Any]:
+    """A limit file's state; what is unreadable (a torn write by a killed process, an older
+    crash, a hand edit) counts as empty. The state is only a budget's position: starting it
+    afresh allows one burst at most, where failing would stop every later run on the file."""
+    try:
+        doc = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    state: dict[str, Any] = {k: v for k, v in doc.items() if _is_num(v)}
+    procs = doc.get("procs")
+    if isinstance(procs, dict):
+        state["procs"] = {p: t for p, t in procs.items() if _is_num(t)}
+    return state
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # -- the limiter -------------------------------------------------------------------------

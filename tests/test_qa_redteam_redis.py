@@ -12,12 +12,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from scaleout import redis_missing_reason, start_redis
 
 from runner import run
 from runner.config import RunConfig
 from runner.errors import ConfigError
+from runner.redis_limits import FileStore
 
 NO_REDIS = redis_missing_reason()
 PASSWORD = "s3cret-redis-PW"
@@ -74,3 +76,49 @@ async def test_the_right_credentials_still_share_the_limit(tmp_path: Path, redis
     assert outcome.exit_code == 0
     assert outcome.summary["shared_limit"]["store"] == "redis"
     assert outcome.summary["shared_limit"]["leases"] >= 1
+
+
+# -- the limit file of --workers without Redis ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"tat_r": 1.0}0.5, "procs": {}}',  # a shorter state written over a longer one, cut
+        b'{"tat_r": 17',  # truncated
+        b"[1, 2]",  # JSON, not an object
+        b'{"tat_r": "soon", "pause": null, "procs": {"a": "x"}}',  # wrong types
+        b"\x00\x00\x00",  # a block of zeros after a crash
+    ],
+)
+async def test_a_damaged_limit_file_starts_afresh_instead_of_a_traceback(
+    tmp_path: Path, content: bytes
+) -> None:
+    """A --workers run's limit file (a stable path beside the results) that a killed process
+    left torn stopped every later run with an orjson/Type error traceback (exit 1)."""
+    limits = tmp_path / "limits.json"
+    limits.write_bytes(content)
+    cfg = RunConfig(limit_file=limits, rpm=600, progress="off", quiet=True)
+    outcome = await run(_jobs(tmp_path), cfg)
+    assert outcome.exit_code == 0 and outcome.summary["jobs"]["ok"] == 3
+    assert outcome.summary["shared_limit"]["store_errors"] == 0
+    assert isinstance(orjson.loads(limits.read_bytes()), dict)
+
+
+async def test_a_process_killed_between_write_and_truncate_leaves_valid_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limits = tmp_path / "limits.json"
+    store = FileStore(limits, "p1")
+    await store.publish(kind="r", limit=12345.678)  # a long state
+    limits.write_bytes(orjson.dumps({"procs": {f"p{i}": 1.0 for i in range(20)}}))
+
+    def killed(fd: int, size: int) -> None:
+        raise KeyboardInterrupt  # the process dies here: no truncate
+
+    monkeypatch.setattr(os, "ftruncate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        await store.take("r", 1.0, 600.0)  # the 20 stale processes are dropped: shorter
+    monkeypatch.undo()
+    orjson.loads(limits.read_bytes())  # valid JSON as left on disk
+    await store.close()
