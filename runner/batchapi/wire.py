@@ -35,6 +35,7 @@ from ..providers import anthropic as anthropic_wire
 from ..providers import openai as openai_wire
 from ..providers._http import HTTPBackend, _secret, scrub
 from ..providers._wire import KeyGuard
+from ..urls import public_url
 
 __all__ = [
     "RETRY_ROW_CODES",
@@ -160,6 +161,7 @@ class BatchAPI:
         self._session = session
         self._backend = backend
         self._base = base_url.rstrip("/")
+        self._password = URL(base_url).password
         self._api_key = api_key
         self._guard = KeyGuard(_secret(api_key))
         self._retry_base = retry_base_s
@@ -256,7 +258,9 @@ class BatchAPI:
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
                 err = ErrorInfo("connection", f"{type(exc).__name__}: {exc}", retriable=True)
                 unsent = isinstance(exc, aiohttp.ClientConnectorError)
-            last = scrub(f"{method} {url.split('?')[0]}: {err.message}", self._api_key)
+            last = scrub(f"{method} {public_url(url.split('?')[0])}: {err.message}", self._api_key)
+            if self._password:  # a gateway's basic auth in the base URL: never in a message
+                last = last.replace(self._password, "[redacted]")
             if err.fatal:
                 raise (QuotaError if err.code == "insufficient_quota" else AuthError)(last)
             if sink is not None and status in (404, 410):

@@ -15,6 +15,8 @@ from aiohttp import web
 from batchapi.conftest import MockFactory, assert_each_job_once, batch_config, make_inputs
 
 from runner import run
+from runner.batchapi.wire import BatchRejected
+from runner.errors import Unavailable
 from runner.mock import batch as mock_batch
 
 
@@ -128,3 +130,21 @@ async def test_a_resume_exits_1_while_the_output_holds_a_failed_job(
     cfg = batch_config(url, "openai", ctx, cache="none")
     assert (await run(jobs, cfg)).exit_code == 1
     assert (await run(jobs, cfg)).exit_code == 1
+
+
+@pytest.mark.parametrize("shape", ["openai", "anthropic"])
+async def test_a_base_urls_password_is_in_no_batch_error(
+    tmp_path: Path, mock: MockFactory, shape: str
+) -> None:
+    """A gateway behind basic auth (user:password@ in the base URL): the batch control
+    errors printed the URL whole, password included (the direct run's were fixed before)."""
+    password = "GWsecret-PW"
+    _, url = await mock(batch={"fail_downloads": 100})
+    authed = url.replace("http://", f"http://gw:{password}@")
+    jobs, ctx = make_inputs(tmp_path, 1, 2)
+    with pytest.raises(BatchRejected) as rejected:  # a wrong path: refused at the submit
+        await run(jobs, batch_config(authed + "/nope", shape, ctx, cache="none"))
+    with pytest.raises(Unavailable) as down:  # the results download keeps failing (5xx)
+        await run(jobs, batch_config(authed, shape, ctx, cache="none"))
+    for exc in (rejected.value, down.value):
+        assert "127.0.0.1" in str(exc) and password not in str(exc), str(exc)
