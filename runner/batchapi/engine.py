@@ -491,7 +491,7 @@ class BatchRun:
                     True,
                 )
             for cid in missing:
-                if not last and gone is None:
+                if not last and gone is None and err.retriable:
                     again.append(self.jobs[cid])
                 else:
                     job = self.jobs[cid]
@@ -681,10 +681,36 @@ def _fixable(err: ErrorInfo) -> bool:
     return err.code in RETRY_ROW_CODES or err.retriable
 
 
+# OpenAI's codes for a batch that failed validation: the same input fails the same way again.
+_INVALID_INPUT_CODES = frozenset(
+    {
+        "invalid_json_line",
+        "invalid_request",
+        "invalid_file_format",
+        "missing_required_parameter",
+        "model_not_found",
+        "mismatched_model",
+        "mismatched_endpoint",
+        "invalid_url",
+        "duplicate_custom_id",
+        "empty_file",
+        "too_many_tasks",
+    }
+)
+
+
 def _missing_error(view: BatchView, n: int) -> ErrorInfo:
     for e in view.errors:
         if e.get("code"):
-            return ErrorInfo(str(e["code"]), str(e.get("message") or e["code"]), True)
+            code = str(e["code"])
+            message = str(e.get("message") or code)
+            line = e.get("line")
+            if isinstance(line, int):
+                message += f" (line {line} of the batch input)"
+            # A validation failure (an error that names a line, or a known input code) is
+            # not resubmitted: every attempt would upload, wait and fail the same way.
+            invalid = code in _INVALID_INPUT_CODES or isinstance(line, int)
+            return ErrorInfo(code, message, code in RETRY_ROW_CODES or not invalid)
     if view.status == "failed":
         return ErrorInfo("batch_failed", f"batch {view.id} failed", True)
     return ErrorInfo("missing_row", f"batch {view.id} ({view.status}) returned no row", True)

@@ -148,3 +148,29 @@ async def test_a_base_urls_password_is_in_no_batch_error(
         await run(jobs, batch_config(authed, shape, ctx, cache="none"))
     for exc in (rejected.value, down.value):
         assert "127.0.0.1" in str(exc) and password not in str(exc), str(exc)
+
+
+async def test_a_batch_that_failed_validation_is_not_resubmitted(
+    tmp_path: Path, mock: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenAI fails a batch whose input it refuses (errors.data names the line and the code,
+    no output file): each job was resubmitted up to batch_max_attempts times, every attempt
+    an upload, a wait and the same failure. Its rows are now results with that error."""
+    view = mock_batch.BatchService._openai_view
+
+    def invalid(self: Any, b: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = view(self, b)
+        if doc["status"] == "failed":
+            err = {"code": "model_not_found", "message": "The model 'x' does not exist", "line": 1}
+            doc["errors"]["data"] = [{**err, "param": "body.model"}]
+        return doc
+
+    monkeypatch.setattr(mock_batch.BatchService, "_openai_view", invalid)
+    server, url = await mock(batch={"token_limit": [1, 2, 3]})
+    jobs, ctx = make_inputs(tmp_path, 1, 3)
+    outcome = await run(jobs, batch_config(url, "openai", ctx, cache="none"))
+    assert outcome.exit_code == 1
+    assert server.stats()["batch"]["creates"]["openai"] == 1
+    results, _ = assert_each_job_once(jobs)
+    assert {r["error"]["code"] for r in results} == {"model_not_found"}
+    assert "line 1" in results[0]["error"]["message"]
