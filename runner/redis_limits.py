@@ -62,6 +62,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -208,9 +209,14 @@ class RedisStore:
             rexc.AuthorizationError,
             rexc.NoPermissionError,
         )
-        self._client = aioredis.Redis.from_url(
-            url, socket_timeout=STORE_TIMEOUT_S, socket_connect_timeout=STORE_TIMEOUT_S
-        )
+        try:
+            self._client = aioredis.Redis.from_url(
+                url, socket_timeout=STORE_TIMEOUT_S, socket_connect_timeout=STORE_TIMEOUT_S
+            )
+        except ValueError as exc:  # a port or option that does not parse: not a traceback
+            password = urlsplit(url).password
+            text = str(exc).replace(password, "[redacted]") if password else str(exc)
+            raise ConfigError(f"redis_url: {text}") from None
         self._take = self._client.register_script(_TAKE_LUA)
         self._publish = self._client.register_script(_PUBLISH_LUA)
         self._keys = [key + ":state", key + ":procs"]

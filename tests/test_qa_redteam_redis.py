@@ -122,3 +122,14 @@ async def test_a_process_killed_between_write_and_truncate_leaves_valid_json(
     monkeypatch.undo()
     orjson.loads(limits.read_bytes())  # valid JSON as left on disk
     await store.close()
+
+
+@pytest.mark.parametrize("url", [f"redis://:{PASSWORD}@127.0.0.1:63x9/0", "redis://h:99999999/0"])
+async def test_a_redis_url_that_does_not_parse_is_exit_2_not_a_traceback(
+    tmp_path: Path, url: str
+) -> None:
+    pytest.importorskip("redis")
+    cfg = RunConfig(redis_url=url, rpm=600, progress="off", quiet=True)
+    with pytest.raises(ConfigError, match="redis_url") as info:
+        await run(_jobs(tmp_path), cfg)
+    assert info.value.exit_code == 2 and PASSWORD not in str(info.value)
