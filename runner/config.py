@@ -6,6 +6,7 @@ here: the config names the environment variable that holds the key (``api_key_en
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -284,7 +285,10 @@ class RunConfig(Record):
         return key
 
     def price(self, model: str | None = None) -> Price | None:
-        return self.prices.get(model or self.model)
+        p = self.prices.get(model or self.model)
+        if p is not None and self.anthropic_cache_ttl == "1h" and self.provider == "anthropic":
+            return _hour_cache_price(p)  # every write then goes to the 1-hour cache
+        return p
 
     @property
     def summary_to_stdout(self) -> bool:
@@ -302,6 +306,22 @@ class RunConfig(Record):
             return replace(self, **given)
         except TypeError as exc:
             raise ConfigError(str(exc)) from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _hour_cache_price(p: Price) -> Price:
+    """``p`` with its cache writes at the 1-hour rate: Anthropic bills them at 2x the input
+    price (``cache_write_1h`` when given), not the 5-minute 1.25x of ``cache_write``."""
+    rate = p.cache_write_1h if p.cache_write_1h is not None else 2.0 * p.input
+    return Price(
+        input=p.input,
+        output=p.output,
+        cached_input=p.cached_input,
+        cache_write=rate,
+        cache_storage=p.cache_storage,
+        batch_discount=p.batch_discount,
+        cache_write_1h=p.cache_write_1h,
+    )
 
 
 #: The typed choices, checked on construction (a TOML file can hold any string).

@@ -256,9 +256,19 @@ class Price(Record):
     cache_storage: float | None = None  # explicit caches: USD per 1M tokens per hour stored
     # Multiplier for jobs sent through a provider batch API (None: the provider's default, 0.5).
     batch_discount: float | None = None
+    # Anthropic's 1-hour cache writes (anthropic_cache_ttl = "1h", and warm batches); None:
+    # 2x input, Anthropic's published rate (``cache_write`` is the 5-minute rate, 1.25x).
+    cache_write_1h: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("input", "output", "cached_input", "cache_write", "cache_storage"):
+        for name in (
+            "input",
+            "output",
+            "cached_input",
+            "cache_write",
+            "cache_storage",
+            "cache_write_1h",
+        ):
             v = getattr(self, name)
             if v is not None and (
                 isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf

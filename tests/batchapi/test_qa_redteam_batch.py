@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from batchapi.conftest import MockFactory, assert_each_job_once, batch_config, make_inputs
+from batchapi.conftest import PRICE, MockFactory, assert_each_job_once, batch_config, make_inputs
 
 from runner import run
 from runner.batchapi.wire import BatchRejected
@@ -174,3 +174,43 @@ async def test_a_batch_that_failed_validation_is_not_resubmitted(
     results, _ = assert_each_job_once(jobs)
     assert {r["error"]["code"] for r in results} == {"model_not_found"}
     assert "line 1" in results[0]["error"]["message"]
+
+
+async def test_a_warm_anthropic_batch_prices_its_writes_at_the_one_hour_rate(
+    tmp_path: Path, mock: MockFactory
+) -> None:
+    """A warm Anthropic batch marks its prefixes with the 1-hour TTL, whose writes Anthropic
+    bills at 2x input; the summary priced them at cache_write (the 5-minute 1.25x), so the
+    cost was a third too low and the saving overstated."""
+    _, url = await mock()
+    jobs, ctx = make_inputs(tmp_path, 2, 3)
+    outcome = await run(jobs, batch_config(url, "anthropic", ctx, cache="warm"))
+    tok = outcome.summary["tokens"]
+    assert tok["cache_write"] > 0
+    p = PRICE  # input 1.0, cached 0.1, output 4.0 per 1M; 1-hour writes at 2 x input
+    fresh = tok["prompt"] - tok["cached"] - tok["cache_write"]
+    list_usd = (
+        fresh * p.input + tok["cached"] * 0.1 + tok["cache_write"] * 2.0 + tok["completion"] * 4.0
+    ) / 1e6
+    assert outcome.summary["cost"]["billed"] == pytest.approx(list_usd * 0.5, rel=1e-4)
+
+
+def test_the_one_hour_write_price(tmp_path: Path) -> None:
+    from runner.config import RunConfig, load_config
+    from runner.models import Price
+
+    base = Price(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75)
+    own = Price(input=3.0, output=15.0, cache_write=3.75, cache_write_1h=5.5)
+    cfg = RunConfig(provider="anthropic", base_url="http://x", model="m", prices={"m": base})
+    assert cfg.price("m") == base  # the 5-minute cache: cache_write as given
+    hour = replace(cfg, anthropic_cache_ttl="1h")
+    assert hour.price("m").cache_write == 6.0  # type: ignore[union-attr]
+    assert replace(hour, prices={"m": own}).price("m").cache_write == 5.5  # type: ignore[union-attr]
+    other = RunConfig(provider="openai", base_url="http://x", model="m", prices={"m": base})
+    assert replace(other, anthropic_cache_ttl="1h").price("m") == base
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        'provider = "anthropic"\nbase_url = "http://x"\nmodel = "m"\nanthropic_cache_ttl = "1h"\n'
+        "[prices.m]\ninput = 3.0\noutput = 15.0\ncache_write = 3.75\ncache_write_1h = 6.5\n"
+    )
+    assert load_config(toml).price("m").cache_write == 6.5  # type: ignore[union-attr]
