@@ -36,9 +36,13 @@ def redis_port() -> Iterator[int]:
     server = start_redis([], "127.0.0.1")
     try:
         admin = redis.Redis(host="127.0.0.1", port=server.port)
-        admin.execute_command("ACL", "SETUSER", "noeval", "on", f">{PASSWORD}", "~*", "+@all")
-        admin.execute_command("ACL", "SETUSER", "noeval", "-eval", "-evalsha")
-        admin.execute_command("ACL", "SETUSER", "runner", "on", f">{PASSWORD}", "~*", "+@all")
+        acl = admin.execute_command  # redis-py leaves it untyped
+        for rule in (
+            ("noeval", "on", f">{PASSWORD}", "~*", "+@all"),
+            ("noeval", "-eval", "-evalsha"),
+            ("runner", "on", f">{PASSWORD}", "~*", "+@all"),
+        ):
+            acl("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
         admin.close()
         yield server.port
     finally:

@@ -20,7 +20,12 @@ USAGE_START = {
 
 
 def message_start(usage: Any = USAGE_START) -> dict[str, Any]:
-    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x"}
+    msg: dict[str, Any] = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x",
+    }
     msg.update(content=[], stop_reason=None, stop_sequence=None)
     if usage is not None:
         msg["usage"] = usage
