@@ -488,6 +488,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
+        if argv is None:  # a process of its own (not main() called in-process): runner.stdio
+            from .stdio import reopen_closed, tolerate_lost_stderr
+
+            reopen_closed()
+            tolerate_lost_stderr()
         args = sys.argv[1:] if argv is None else list(argv)
         command = next((a for a in args if not a.startswith("-")), None)
         # only the chosen subcommand's module is imported ("" when none is given: --help)

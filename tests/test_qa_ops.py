@@ -1,0 +1,63 @@
+"""What an operator of scheduled runs (cron, Kubernetes, Slurm, a closed terminal) met that no test
+covered (found by QA as an operator).
+
+Each test runs the real command as a scheduler would start it: with standard streams closed,
+with standard error piped into a reader that goes away, hung up (SIGHUP), or over the lock a
+``kill -9`` left behind whose pid a new, unrelated process now has.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import PY
+from promise_helpers import fast_config, lines, load, write_jobs
+
+
+def _ids(path: Path) -> list[str]:
+    return sorted(r["custom_id"] for r in lines(path))
+
+
+def test_a_run_started_with_its_standard_streams_closed_finishes_with_its_exit_code(
+    tmp_path: Path,
+) -> None:
+    # `runner run ... <&- >&- 2>&-` (a supervisor or crontab line that closes them): the first
+    # sockets took descriptors 0-2 and uvloop aborted closing one (exit 134, a core dump to
+    # the scheduler) although every job had been answered.
+    jobs = write_jobs(tmp_path, 20)
+    config = fast_config(tmp_path)
+    script = f'exec "{PY}" -m runner run "{jobs}" -c "{config}" <&- >&- 2>&-'
+    proc = subprocess.run(["sh", "-c", script], timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0
+    assert _ids(tmp_path / "jobs.results.jsonl") == sorted(f"q{i}" for i in range(20))
+    assert load(tmp_path / "jobs.summary.json")["exit_code"] == 0
+
+
+@pytest.mark.parametrize("progress", ["log", "bar"])
+def test_a_reader_of_stderr_that_goes_away_changes_no_exit_code(
+    tmp_path: Path, progress: str
+) -> None:
+    # `runner run ... 2>&1 | head -1`: once head exits every write to stderr fails (EPIPE). The
+    # summary table's print then turned a finished run into exit 1 with a traceback, and a
+    # progress tick that raised stopped the engine's periodic flush of the outputs.
+    jobs = write_jobs(tmp_path, 40)
+    config = (
+        fast_config(tmp_path, "concurrency = 4\n")
+        .read_text()
+        .replace('latency = "zero"', "base_ms = 100.0\ndecode_ms_per_token = 1.0")
+    )
+    (tmp_path / "slow.toml").write_text(config)
+    proc = subprocess.Popen(
+        [PY, "-m", "runner", "run", str(jobs), "-c", "slow.toml", "--progress", progress],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # "no provider configured: ..." comes before any request
+    assert b"simulated provider" in first
+    proc.stderr.close()  # the reader is gone
+    assert proc.wait(120) == 0
+    assert _ids(tmp_path / "jobs.results.jsonl") == sorted(f"q{i}" for i in range(40))
+    assert load(tmp_path / "jobs.summary.json")["exit_code"] == 0
