@@ -572,11 +572,16 @@ def _install_signals(engine: Engine, say: Callable[[str], None] | None = None) -
         # The second signal stops at once; files stay consistent since writes are whole lines.
         engine.request_stop("signal", 128 + signum, hard=seen > 1)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
+
+
+# SIGHUP (the terminal closed, a session ended) drains like SIGTERM, exit 129: by default it
+# killed the run at once, throwing away the answers in flight and the summary.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _remove_signals() -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         loop.remove_signal_handler(sig)

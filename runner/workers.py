@@ -11,8 +11,8 @@ other processes. Without it they share it through a small state file next to the
 (:class:`runner.redis_limits.FileStore`, the same GCRA and lease rules as the Redis store), so
 the configured and learned RPM/TPM, and any 429 pause, stay global to the host.
 
-Signals: SIGINT/SIGTERM are passed on to every child (each drains and writes its summary); the
-parent then exits with the children's worst code and does not merge.
+Signals: SIGINT/SIGTERM/SIGHUP are passed on to every child (each drains and writes its
+summary); the parent then exits with the children's worst code and does not merge.
 
 **Cheap children.** On Linux a worker is a ``fork`` of the parent, which has already imported
 the run's modules (aiohttp, the providers, the engine: about 0.4 s of CPU per interpreter here),
@@ -304,7 +304,7 @@ def _run_locked(
     code = _supervise(procs, tails, jobs, config)
     if code not in (0, 1):
         print(f"runner: a worker stopped with exit code {code}; not merging", file=sys.stderr)
-        if code in (130, 143):
+        if code in (129, 130, 143):
             print("runner: run the same command again to resume", file=sys.stderr)
         return code
     cpu_parent = _cpu_self()
@@ -446,7 +446,7 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
             if p.poll() is None:
                 os.kill(p.pid, signum)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     # As a plain run: no text progress under -q or among JSON events (Observer.text_display).
     text = config.log_format == "text" and not config.quiet
     display = make_progress(config.progress) if text else None

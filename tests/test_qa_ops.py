@@ -8,11 +8,14 @@ with standard error piped into a reader that goes away, hung up (SIGHUP), or ove
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from helpers import PY
+from helpers import PY, mock_process
 from promise_helpers import fast_config, lines, load, write_jobs
 
 
@@ -61,3 +64,32 @@ def test_a_reader_of_stderr_that_goes_away_changes_no_exit_code(
     assert proc.wait(120) == 0
     assert _ids(tmp_path / "jobs.results.jsonl") == sorted(f"q{i}" for i in range(40))
     assert load(tmp_path / "jobs.summary.json")["exit_code"] == 0
+
+
+def test_sighup_drains_writes_the_summary_and_exits_129_then_resumes_once(
+    tmp_path: Path,
+) -> None:
+    # The terminal of a run started by hand closed: SIGHUP killed the run at once, the answers
+    # in flight were lost and no summary was written. It now drains as SIGTERM does.
+    jobs = write_jobs(tmp_path, 60)
+    with mock_process("--base-ms", "300", "--decode-ms-per-token", "1") as url:
+        args = ["run", str(jobs), "--provider", "openai", "--base-url", url]
+        args += ["--model", "mock-1", "--concurrency", "4", "--progress", "off"]
+        env = {**os.environ, "OPENAI_API_KEY": "k"}
+        proc = subprocess.Popen([PY, "-m", "runner", *args], cwd=tmp_path, env=env)
+        results = tmp_path / "jobs.results.jsonl"
+        deadline = time.monotonic() + 60
+        while not (results.exists() and results.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(60) == 129
+        summary = load(tmp_path / "jobs.summary.json")
+        assert summary["exit_code"] == 129 and summary["stopped"] == "signal"
+        done = _ids(results)
+        assert 0 < len(done) < 60 and len(done) == len(set(done))
+        assert summary["jobs"]["total"] == len(done)  # the drained answers were kept
+        again = subprocess.run(
+            [PY, "-m", "runner", *args], cwd=tmp_path, env=env, capture_output=True, timeout=120
+        )
+    assert again.returncode == 0, again.stderr
+    assert _ids(results) == sorted(f"q{i}" for i in range(60))  # every job once
