@@ -1135,12 +1135,14 @@ def acquire_lock(lock_path: Path, results: Path) -> int:
         except OSError as exc:
             raise OutputPathError(f"{lock_path}: {exc.strerror}") from exc
         try:
-            _flock(fd, results, lock_path)
+            locked = _flock(fd, results, lock_path)
             if _same_file(lock_path, fd):
                 holder = _Holder.read(fd)
-                # flock was free, so the writer died; unless flock does not exclude on this file
-                # system and the pid says otherwise, the lock is stale and ours to take over.
-                if holder.alive_here():
+                # flock was free, so the writer died (the kernel drops it on exit) and the lock
+                # is stale, ours to take over. A live process with its pid is another one that
+                # reuses the number (a restarted container counts from 1 again): only where
+                # flock does not exclude on this file system is the pid all there is to go by.
+                if not locked and holder.alive_here():
                     raise _busy(results, lock_path, holder)
                 _claim(fd, lock_path)
                 return fd
@@ -1161,8 +1163,9 @@ def _claim(fd: int, lock_path: Path) -> None:
         raise SinkError(f"{lock_path}: {exc.strerror}") from exc
 
 
-def _flock(fd: int, results: Path, lock_path: Path) -> None:
-    """Take ``flock`` without waiting; whoever holds it is alive (the kernel drops it on exit)."""
+def _flock(fd: int, results: Path, lock_path: Path) -> bool:
+    """Take ``flock`` without waiting; whoever holds it is alive (the kernel drops it on exit).
+    False where the file system has no flock."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -1171,6 +1174,8 @@ def _flock(fd: int, results: Path, lock_path: Path) -> None:
         if exc.errno not in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
             raise SinkError(f"{lock_path}: cannot lock: {exc.strerror}") from exc
         # This file system has no flock: the pid check is all the protection there is.
+        return False
+    return True
 
 
 def release_lock(lock_path: Path, fd: int) -> None:

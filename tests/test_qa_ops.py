@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from helpers import PY, mock_process
 from promise_helpers import fast_config, lines, load, write_jobs
+
+from runner.config import RunConfig
+from runner.sinks import open_outputs
 
 
 def _ids(path: Path) -> list[str]:
@@ -93,3 +98,24 @@ def test_sighup_drains_writes_the_summary_and_exits_129_then_resumes_once(
         )
     assert again.returncode == 0, again.stderr
     assert _ids(results) == sorted(f"q{i}" for i in range(60))  # every job once
+
+
+def test_a_stale_lock_whose_pid_a_new_process_reuses_is_taken_over(tmp_path: Path) -> None:
+    # kill -9 left R.lock naming its pid; the number now belongs to an unrelated process (a
+    # restarted container counts pids from 1 again, with the same host name). flock was free,
+    # so the writer is gone, yet the run was refused as "being written by another runner"
+    # (exit 2: do not retry) for as long as that process lived. (Without flock the pid is all
+    # there is to go by: tests/test_sinks.py keeps that case.)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"custom_id": "j0", "query": "q"}\n')
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / "jobs.results.jsonl.lock"
+        lock.write_text(f"{other.pid} {socket.gethostname()}\n")
+        with open_outputs(RunConfig(), jobs_path=jobs, model="m", fsync=False) as out:
+            assert lock.read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+            assert out.lock_path == lock
+        assert not lock.exists()
+    finally:
+        other.kill()
+        other.wait()

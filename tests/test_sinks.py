@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -390,8 +391,14 @@ def test_a_stale_lock_of_a_dead_runner_is_taken_over(jobs: Path) -> None:
     assert not lock.exists()
 
 
-def test_a_lock_naming_a_live_process_is_respected_without_flock(jobs: Path) -> None:
+def test_a_lock_naming_a_live_process_is_respected_without_flock(
+    jobs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Where flock does not exclude (some network file systems) the pid is the safeguard.
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(sinks.fcntl, "flock", no_flock)
     lock = jobs.with_name("jobs.results.jsonl.lock")
     lock.write_text(f"{os.getppid()} {socket.gethostname()}\n")
     with pytest.raises(ResumeError, match=f"pid {os.getppid()}"):
