@@ -259,6 +259,8 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
 
     overrides = {k: v for k, v in vars(ns).items() if k in FIELD_NAMES} | observe.overrides(ns)
     overrides["output"] = _output_path(overrides.get("output"), ns.jobs)
+    if overrides.get("log_format") is None:
+        ns.log_format = base.log_format  # a bad flag below is an error in the file's format
     provider = overrides.get("provider")
     if provider is not None and needs_base_url(provider) and overrides.get("base_url") is None:
         if base.base_url is None:
@@ -480,6 +482,32 @@ def build_parser(command: str | None = None, *, alone: bool = False) -> argparse
     return parser
 
 
+def _json_asked(args: Sequence[str]) -> bool:
+    return "--log-format=json" in args or any(
+        args[i] == "--log-format" and args[i + 1] == "json" for i in range(len(args) - 1)
+    )
+
+
+def _parse_json_errors(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace:
+    """``parse_args``, but a usage error is one ``error`` event, as every other stderr line of
+    ``--log-format json`` is (argparse printed its usage text, which a log pipeline cannot read)."""
+    import contextlib
+    import io
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return parser.parse_args(args)
+    except SystemExit as exc:
+        if exc.code != 2:
+            raise
+        from .logs import error_line
+
+        lines = said.getvalue().strip().splitlines() or ["invalid arguments"]
+        error_line(lines[-1].partition(" error: ")[2] or lines[-1], 2)
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Everything, imports included, runs inside the handler: a Ctrl-C at any moment of
     # start-up is a quiet exit 130, never a traceback.
@@ -497,7 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = sys.argv[1:] if argv is None else list(argv)
         command = next((a for a in args if not a.startswith("-")), None)
         # only the chosen subcommand's module is imported ("" when none is given: --help)
-        ns = build_parser(command or "", alone=args[:1] == ["run"]).parse_args(args)
+        parser = build_parser(command or "", alone=args[:1] == ["run"])
+        ns = _parse_json_errors(parser, args) if _json_asked(args) else parser.parse_args(args)
         ns.argv = None if argv is None else list(argv)
         if gc_was_on and ns.func is not _cmd_run:
             gc.enable()  # a run loads the engine and aiohttp first, then calls _tune_gc

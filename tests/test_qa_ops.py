@@ -119,3 +119,43 @@ def test_a_stale_lock_whose_pid_a_new_process_reuses_is_taken_over(tmp_path: Pat
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--log-format", "json", "--bogus"], ["--log-format=json", "--order", "sideways"]],
+)
+def test_a_usage_error_under_log_format_json_is_one_json_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    # A typo on a crontab line that asks for JSON logs printed argparse's usage text, thirty
+    # lines no log pipeline could parse, around the one that said what was wrong.
+    import json
+
+    from runner import cli
+
+    jobs = write_jobs(tmp_path, 1)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", str(jobs), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    (event,) = [json.loads(line) for line in err.splitlines()]
+    assert event["event"] == "error" and event["exit_code"] == 2
+    assert ("--bogus" if "--bogus" in flags else "'sideways'") in event["message"]
+
+
+def test_a_bad_flag_is_a_json_error_when_the_config_file_asks_for_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # log_format = "json" in the config, a bad value on the command line: the error was the
+    # text line "runner: error: ...", the one line of the run a JSON log pipeline dropped.
+    import json
+
+    from runner import cli
+
+    jobs = write_jobs(tmp_path, 1)
+    config = fast_config(tmp_path, 'log_format = "json"\n')
+    code = cli.main(["run", str(jobs), "-c", str(config), "--concurrency", "0"])
+    assert code == 2
+    (event,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert event["event"] == "error" and "concurrency must be >= 1" in event["message"]
