@@ -188,7 +188,7 @@ async def _run_direct(
                 raise InputError(f"{jobs_path}: cannot read: {exc.strerror}") from exc
         observer.start(engine)
         if handle_signals:
-            _install_signals(engine, display.note if display is not None else None)
+            _install_signals(engine, display.note if display is not None else observer.stopping)
         try:
             outcome = await engine.run(items)
         finally:

@@ -8,7 +8,8 @@ a rate-limit pause past ``max_pause_s`` stops the run, and a circuit breaker ope
 transient failures (connection, timeout, 5xx, overload, 429) exits 75 instead of 3.
 
 Events (``--log-format json``): ``run_start``, ``progress``, ``retries``, ``rate_limit_pause``,
-``transient_stop``, ``guard_tripped``, ``interrupted``, ``metrics_export_failed``, ``run_end``
+``transient_stop``, ``guard_tripped``, ``stopping``, ``interrupted``, ``metrics_export_failed``,
+``run_end``
 (and ``error`` from the CLI for a run that cannot start).
 """
 
@@ -420,6 +421,12 @@ class Observer:
                 interval_s=self._progress_s,
             )
             self._retries_seen = s.retries
+
+    def stopping(self, message: str) -> None:
+        """A stop signal, said as it comes: the drain may take ``drain_s`` and a scheduler's log
+        showed nothing until ``run_end``."""
+        if self.log is not None:
+            self.log.emit("stopping", logging.WARNING, message=message)
 
     def _log_end(self, outcome: RunOutcome) -> None:
         assert self.log is not None

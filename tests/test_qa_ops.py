@@ -121,6 +121,42 @@ def test_a_stale_lock_whose_pid_a_new_process_reuses_is_taken_over(tmp_path: Pat
         other.wait()
 
 
+def test_sigterm_is_logged_as_it_comes_in_json_and_every_stderr_line_is_json(
+    tmp_path: Path,
+) -> None:
+    # Kubernetes sends SIGTERM and waits terminationGracePeriodSeconds: with --log-format json
+    # nothing was logged until run_end, up to drain_s (30 s) later, so the pod's log gave no
+    # sign that the drain had started or what it waited for.
+    import json
+    import urllib.request
+
+    jobs = write_jobs(tmp_path, 4)
+    with mock_process("--base-ms", "2500") as url:
+        stats = url.removesuffix("/v1") + "/stats"
+        proc = subprocess.Popen(
+            [
+                *(PY, "-m", "runner", "run", str(jobs), "--provider", "openai"),
+                *("--base-url", url, "--log-format", "json", "--cache", "none"),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while json.load(urllib.request.urlopen(stats, timeout=5))["requests"] < 4:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    events = [json.loads(line) for line in err.splitlines()]  # every line is one JSON object
+    names = [e["event"] for e in events]
+    assert names.index("stopping") < names.index("run_end"), names
+    stopping = events[names.index("stopping")]
+    assert stopping["level"] == "warning"
+    assert "waiting for 4 requests in flight (at most 30 s)" in stopping["message"]
+    assert events[-1]["exit_code"] == 143
+
+
 @pytest.mark.parametrize(
     "flags",
     [["--log-format", "json", "--bogus"], ["--log-format=json", "--order", "sideways"]],
