@@ -275,6 +275,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     config = config_from_args(ns)
     ns.log_format = config.log_format  # errors from here on use the configured format
     _check_jobs_file(ns.jobs)
+    _check_utf8_paths(ns.jobs, config)
     if config.dry_run:
         return _validate(ns.jobs, config)
     if config.workers > 1:
@@ -393,6 +394,24 @@ def _check_jobs_file(jobs: Path) -> None:
         raise ConfigError(f"{jobs}: no such file")
     if not jobs.is_file():
         raise ConfigError(f"{jobs}: not a regular file")
+
+
+def _check_utf8_paths(jobs: Path, config: RunConfig) -> None:
+    """A file name that is not UTF-8 (a Latin-1 name from an old system or a zip) is exit 2
+    naming it: the meta file, the summary and the JSON events record the paths as UTF-8, and it
+    was a TypeError traceback (exit 1) after the outputs had been created."""
+    for path in (jobs, config.contexts, config.output, config.latency, config.summary):
+        if path is None:
+            continue
+        text = str(path)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            shown = text.encode(errors="surrogateescape").decode(errors="replace")
+            raise ConfigError(
+                f"{shown}: the file name is not valid UTF-8; rename it (or link to it under a "
+                "UTF-8 name)"
+            ) from None
 
 
 _INVALID_CHOICE = r"invalid choice: '([^']*)' \(choose from (.*)\)"  # compiled on an error only

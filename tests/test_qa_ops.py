@@ -195,3 +195,23 @@ def test_a_bad_flag_is_a_json_error_when_the_config_file_asks_for_json(
     assert code == 2
     (event,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert event["event"] == "error" and "concurrency must be >= 1" in event["message"]
+
+
+@pytest.mark.parametrize("which", ["jobs", "output"])
+def test_a_file_name_that_is_not_utf8_is_exit_2_before_anything_is_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
+    # A Latin-1 name (b"jobs-\xe9.jsonl", from an old system or a zip) decodes with surrogates:
+    # the run created its results and latency files, then the meta file's JSON refused the
+    # path, a TypeError traceback with exit 1 (in JSON logs too).
+    from promise_helpers import cli_run
+
+    latin1 = os.fsdecode(b"x-\xe9.jsonl")
+    jobs = write_jobs(tmp_path, 2, name=latin1 if which == "jobs" else "jobs.jsonl")
+    config = fast_config(tmp_path)
+    before = set(tmp_path.iterdir())
+    extra = ["-o", str(tmp_path / latin1)] if which == "output" else []
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), *extra)
+    assert code == 2, err
+    assert "x-\ufffd.jsonl: the file name is not valid UTF-8" in err
+    assert set(tmp_path.iterdir()) == before
