@@ -303,9 +303,14 @@ def _run_locked(
     tails = [_Tail(p) for p in parts]
     code = _supervise(procs, tails, jobs, config)
     if code not in (0, 1):
-        print(f"runner: a worker stopped with exit code {code}; not merging", file=sys.stderr)
-        if code in (129, 130, 143):
-            print("runner: run the same command again to resume", file=sys.stderr)
+        again = "; run the same command again to resume" if code in (129, 130, 143, 75) else ""
+        said = f"a worker stopped with exit code {code}; not merging{again}"
+        if config.log_format == "json":  # every stderr line one JSON object, as the workers'
+            from .logs import note_line
+
+            note_line(said, error=True, quiet=config.quiet)
+        else:
+            print(f"runner: {said}", file=sys.stderr)
         return code
     cpu_parent = _cpu_self()
 

@@ -215,3 +215,32 @@ def test_a_file_name_that_is_not_utf8_is_exit_2_before_anything_is_created(
     assert code == 2, err
     assert "x-\ufffd.jsonl: the file name is not valid UTF-8" in err
     assert set(tmp_path.iterdir()) == before
+
+
+def test_workers_stopped_by_sigterm_say_so_in_json(tmp_path: Path) -> None:
+    # `--workers 2 --log-format json` under SIGTERM: the parent's "a worker stopped ...; not
+    # merging" and "run the same command again" were the only two text lines among the events.
+    import json
+
+    jobs = write_jobs(tmp_path, 80)
+    config = fast_config(tmp_path, "concurrency = 2\n").read_text()
+    (tmp_path / "slow.toml").write_text(config.replace('latency = "zero"', "base_ms = 200.0"))
+    proc = subprocess.Popen(
+        [
+            *(PY, "-m", "runner", "run", str(jobs), "-c", "slow.toml"),
+            *("--workers", "2", "--log-format", "json"),
+        ],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size for p in tmp_path.glob("jobs.shard-*.results.jsonl")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    events = [json.loads(line) for line in err.splitlines()]  # every line is one JSON object
+    said = [e for e in events if "not merging" in e.get("message", "")]
+    assert len(said) == 1 and "run the same command again to resume" in said[0]["message"]
