@@ -12,7 +12,10 @@ other processes. Without it they share it through a small state file next to the
 the configured and learned RPM/TPM, and any 429 pause, stay global to the host.
 
 Signals: SIGINT/SIGTERM/SIGHUP are passed on to every child (each drains and writes its
-summary); the parent then exits with the children's worst code and does not merge.
+summary); the parent then exits with the children's worst code and does not merge. Each child
+has a process group of its own, so a signal sent to the parent's group (Ctrl-C, Airflow's or
+a shell's ``kill -- -PGID``) reaches it once, from the parent: twice, the second was the
+"stop at once" that throws the answers in flight away.
 
 **Cheap children.** On Linux a worker is a ``fork`` of the parent, which has already imported
 the run's modules (aiohttp, the providers, the engine: about 0.4 s of CPU per interpreter here),
@@ -88,11 +91,12 @@ def _start(args: list[str]) -> _Child:
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child leaves through os._exit
+            os.setpgid(0, 0)  # signals reach it once, forwarded: see _supervise
             _die_with(parent)
             _child(args)
         return _Child(pid, forked=True)
     argv = [sys.executable, "-m", "runner", *args]
-    return _Child(os.posix_spawn(sys.executable, argv, os.environ), forked=False)
+    return _Child(os.posix_spawn(sys.executable, argv, os.environ, setpgroup=0), forked=False)
 
 
 def _die_with(parent: int) -> None:  # pragma: no cover - runs in the forked worker

@@ -244,3 +244,38 @@ def test_workers_stopped_by_sigterm_say_so_in_json(tmp_path: Path) -> None:
     events = [json.loads(line) for line in err.splitlines()]  # every line is one JSON object
     said = [e for e in events if "not merging" in e.get("message", "")]
     assert len(said) == 1 and "run the same command again to resume" in said[0]["message"]
+
+
+def test_a_signal_to_the_process_group_drains_the_workers_in_flight_answers(
+    tmp_path: Path,
+) -> None:
+    # Airflow (and `kill -- -PGID`, or Ctrl-C in a terminal) signals the whole process group:
+    # each --workers child got SIGTERM from the group and again from the parent's forward, and
+    # the second is "stop at once", so every answer in flight (paid for) was thrown away.
+    import json
+    import urllib.request
+
+    jobs = write_jobs(tmp_path, 40)
+    with mock_process("--base-ms", "2500") as url:
+        stats = url.removesuffix("/v1") + "/stats"
+        proc = subprocess.Popen(
+            [
+                *(PY, "-m", "runner", "run", str(jobs), "--provider", "openai", "--base-url"),
+                *(url, "--model", "mock-1", "--cache", "none", "--concurrency", "4"),
+                *("--workers", "2", "--progress", "off"),
+            ],
+            cwd=tmp_path,
+            env={**os.environ, "OPENAI_API_KEY": "k"},
+            start_new_session=True,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while json.load(urllib.request.urlopen(stats, timeout=5))["requests"] < 4:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        sent = json.load(urllib.request.urlopen(stats, timeout=5))["requests"]
+    assert proc.returncode == 143, err
+    answered = sum(len(lines(p)) for p in tmp_path.glob("jobs.shard-*-of-2.results.jsonl"))
+    assert answered == sent >= 4  # every request in flight at the signal was drained and kept
