@@ -17,7 +17,7 @@ from runner import RunConfig, load_config, run
 from runner.errors import RunnerError
 
 EXIT_TRANSIENT = 75
-RETRIABLE = {EXIT_TRANSIENT, 130, 143}
+RETRIABLE = {EXIT_TRANSIENT, 129, 130, 143}  # 129: SIGHUP, drained like SIGTERM
 
 try:  # Airflow is only on the scheduler's workers
     from airflow.exceptions import AirflowFailException as PermanentRunError
