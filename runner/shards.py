@@ -90,7 +90,8 @@ def shard_from_env(env: Mapping[str, str], count: int | None) -> ShardSpec | Non
     - Kubernetes Indexed Job: ``JOB_COMPLETION_INDEX`` (0-based) with N from ``count``
       (``--shard-count`` or ``shard_count`` in the config): the pod spec does not carry N.
     - Slurm job array: ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT``; the index is
-      taken relative to ``SLURM_ARRAY_TASK_MIN`` so both ``--array=0-3`` and ``--array=1-4`` work.
+      taken relative to ``SLURM_ARRAY_TASK_MIN`` and in ``SLURM_ARRAY_TASK_STEP`` s, so
+      ``--array=0-3``, ``--array=1-4`` and ``--array=0-6:2`` all work (a list does not).
     """
     k8s = env.get("JOB_COMPLETION_INDEX")
     if k8s is not None:
@@ -106,7 +107,21 @@ def shard_from_env(env: Mapping[str, str], count: int | None) -> ShardSpec | Non
         if total is None:
             raise ConfigError("SLURM_ARRAY_TASK_ID is set without SLURM_ARRAY_TASK_COUNT")
         low = _int(env.get("SLURM_ARRAY_TASK_MIN", "0"), "SLURM_ARRAY_TASK_MIN")
-        return ShardSpec(_int(task, "SLURM_ARRAY_TASK_ID") - low, total)
+        step = _int(env.get("SLURM_ARRAY_TASK_STEP", "1"), "SLURM_ARRAY_TASK_STEP")
+        high = env.get("SLURM_ARRAY_TASK_MAX")
+        offset = _int(task, "SLURM_ARRAY_TASK_ID") - low
+        # --array=0-6:2 gives ids 0, 2, 4, 6: shards 0-3, not 0, 2 and two out of range. A list
+        # (--array=1,2,5) is no even range, and no index can be told from its ids.
+        even = step > 0 and offset % step == 0
+        if even and high is not None:
+            even = (_int(high, "SLURM_ARRAY_TASK_MAX") - low) // step + 1 == total
+        if not even:
+            raise ConfigError(
+                f"the Slurm array's task ids ({low} to {high}, step {step}, {total} tasks) are "
+                "not an evenly spaced range: use --array=0-N-1 (a step and a % limit are fine), "
+                "or --shard K/N"
+            )
+        return ShardSpec(offset // step, total)
     return None
 
 

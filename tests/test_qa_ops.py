@@ -279,3 +279,25 @@ def test_a_signal_to_the_process_group_drains_the_workers_in_flight_answers(
     assert proc.returncode == 143, err
     answered = sum(len(lines(p)) for p in tmp_path.glob("jobs.shard-*-of-2.results.jsonl"))
     assert answered == sent >= 4  # every request in flight at the signal was drained and kept
+
+
+def test_a_slurm_array_with_a_step_gives_every_shard_once() -> None:
+    # `#SBATCH --array=0-6:2` runs tasks 0, 2, 4 and 6 (SLURM_ARRAY_TASK_STEP=2, COUNT=4): they
+    # became shards 0 and 2, and 4 and 6 were refused as out of range, so shards 1 and 3 never
+    # ran. A list of ids (--array=1,2,5) is refused, naming what works.
+    from runner.config import ConfigError
+    from runner.shards import ShardSpec, shard_from_env
+
+    def env(task: int, **more: str) -> dict[str, str]:
+        base = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "6"}
+        return {**base, "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_ID": str(task), **more}
+
+    stepped = [shard_from_env(env(t, SLURM_ARRAY_TASK_STEP="2"), None) for t in (0, 2, 4, 6)]
+    assert stepped == [ShardSpec(k, 4) for k in range(4)]
+    listed = {"SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "5"}
+    listed |= {"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "2"}
+    with pytest.raises(ConfigError, match="not an evenly spaced range"):
+        shard_from_env(listed, None)
+    plain = {"SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "8"}
+    plain |= {"SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_ID": "8"}
+    assert shard_from_env(plain, None) == ShardSpec(7, 8)  # --array=1-8 as before
