@@ -285,7 +285,7 @@ def test_a_slurm_array_with_a_step_gives_every_shard_once() -> None:
     # `#SBATCH --array=0-6:2` runs tasks 0, 2, 4 and 6 (SLURM_ARRAY_TASK_STEP=2, COUNT=4): they
     # became shards 0 and 2, and 4 and 6 were refused as out of range, so shards 1 and 3 never
     # ran. A list of ids (--array=1,2,5) is refused, naming what works.
-    from runner.config import ConfigError
+    from runner.errors import ConfigError
     from runner.shards import ShardSpec, shard_from_env
 
     def env(task: int, **more: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import socket
@@ -398,7 +399,7 @@ def test_a_lock_naming_a_live_process_is_respected_without_flock(
     def no_flock(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(sinks.fcntl, "flock", no_flock)
+    monkeypatch.setattr(fcntl, "flock", no_flock)
     lock = jobs.with_name("jobs.results.jsonl.lock")
     lock.write_text(f"{os.getppid()} {socket.gethostname()}\n")
     with pytest.raises(ResumeError, match=f"pid {os.getppid()}"):
