@@ -40,6 +40,22 @@ def mock_process(*flags: str) -> Iterator[str]:
             proc.stdout.close()
 
 
+def run_until_requests(url: str, args: list[str], n: int, **popen: Any) -> subprocess.Popen[Any]:
+    """Start ``python -m runner run ARGS`` and return it once the mock at ``url`` (its base URL)
+    has received ``n`` requests (30 s at most, and the run must still be going)."""
+    import json
+    import time
+    import urllib.request
+
+    stats = url.removesuffix("/v1") + "/stats"
+    proc = subprocess.Popen([PY, "-m", "runner", "run", *args], **popen)
+    deadline = time.monotonic() + 30
+    while json.load(urllib.request.urlopen(stats, timeout=5))["requests"] < n:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    return proc
+
+
 def runner(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     """``python -m runner ARGS`` to completion, its output captured as text."""
     return subprocess.run(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import mock_process
+from helpers import mock_process, run_until_requests
 from promise_helpers import cli_run, fast_config, load, write_jobs
 
 from runner.report import render_summary
@@ -194,28 +194,14 @@ def test_every_option_of_every_command_has_help() -> None:
 def test_ctrl_c_says_at_once_that_it_waits_for_the_requests_in_flight(tmp_path: Path) -> None:
     # The first Ctrl-C drains (up to drain_s, 30 s by default) and printed nothing until the
     # end: a user who saw no reaction pressed it again, throwing away answers already paid for.
-    import json
     import signal
     import subprocess
-    import sys
-    import time
-    import urllib.request
 
     jobs = write_jobs(tmp_path, 4)
     with mock_process("--base-ms", "2500") as url:
-        stats = url.removesuffix("/v1") + "/stats"
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "runner", "run", str(jobs), "--provider", "openai"),
-                *("--base-url", url, "--progress", "log", "--cache", "none"),
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while json.load(urllib.request.urlopen(stats, timeout=5))["requests"] < 4:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+        args = [str(jobs), "--provider", "openai", "--base-url", url, "--progress", "log"]
+        args += ["--cache", "none"]
+        proc = run_until_requests(url, args, 4, stderr=subprocess.PIPE, text=True)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import PY, mock_process
+from helpers import PY, mock_process, run_until_requests
 from promise_helpers import fast_config, lines, load, write_jobs
 
 from runner.config import RunConfig
@@ -128,23 +128,12 @@ def test_sigterm_is_logged_as_it_comes_in_json_and_every_stderr_line_is_json(
     # nothing was logged until run_end, up to drain_s (30 s) later, so the pod's log gave no
     # sign that the drain had started or what it waited for.
     import json
-    import urllib.request
 
     jobs = write_jobs(tmp_path, 4)
     with mock_process("--base-ms", "2500") as url:
-        stats = url.removesuffix("/v1") + "/stats"
-        proc = subprocess.Popen(
-            [
-                *(PY, "-m", "runner", "run", str(jobs), "--provider", "openai"),
-                *("--base-url", url, "--log-format", "json", "--cache", "none"),
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while json.load(urllib.request.urlopen(stats, timeout=5))["requests"] < 4:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+        args = [str(jobs), "--provider", "openai", "--base-url", url, "--log-format", "json"]
+        args += ["--cache", "none"]
+        proc = run_until_requests(url, args, 4, stderr=subprocess.PIPE, text=True)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
@@ -257,24 +246,20 @@ def test_a_signal_to_the_process_group_drains_the_workers_in_flight_answers(
 
     jobs = write_jobs(tmp_path, 40)
     with mock_process("--base-ms", "2500") as url:
-        stats = url.removesuffix("/v1") + "/stats"
-        proc = subprocess.Popen(
-            [
-                *(PY, "-m", "runner", "run", str(jobs), "--provider", "openai", "--base-url"),
-                *(url, "--model", "mock-1", "--cache", "none", "--concurrency", "4"),
-                *("--workers", "2", "--progress", "off"),
-            ],
+        args = [str(jobs), "--provider", "openai", "--base-url", url, "--model", "mock-1"]
+        args += ["--cache", "none", "--concurrency", "4", "--workers", "2", "--progress", "off"]
+        proc = run_until_requests(
+            url,
+            args,
+            4,
             cwd=tmp_path,
             env={**os.environ, "OPENAI_API_KEY": "k"},
             start_new_session=True,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 30
-        while json.load(urllib.request.urlopen(stats, timeout=5))["requests"] < 4:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
+        stats = url.removesuffix("/v1") + "/stats"
         sent = json.load(urllib.request.urlopen(stats, timeout=5))["requests"]
     assert proc.returncode == 143, err
     answered = sum(len(lines(p)) for p in tmp_path.glob("jobs.shard-*-of-2.results.jsonl"))
