@@ -54,11 +54,12 @@ class EventLog:
     :param quiet: with a stream, only errors are written.
     """
 
-    __slots__ = ("_handler", "_log")
+    __slots__ = ("_handler", "_log", "_root_handler")
 
     def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
         self._log = logging.getLogger(LOGGER_NAME)
         self._handler: logging.Handler | None = None
+        self._root_handler: logging.Handler | None = None
         if stream is not None:
             handler = logging.StreamHandler(stream)
             handler.setFormatter(JsonFormatter())
@@ -67,6 +68,16 @@ class EventLog:
             # Our own handler prints the line; the root's would print it a second time.
             self._log.propagate = False
             self._handler = handler
+            root = logging.getLogger()
+            if not root.handlers:
+                # Nobody configured logging (the CLI): a library's warning (an OpenTelemetry
+                # exporter retrying, say) would reach stderr as a bare text line through
+                # logging's last resort, breaking "one JSON object per line".
+                lib = logging.StreamHandler(stream)
+                lib.setFormatter(JsonFormatter())
+                lib.setLevel(logging.ERROR if quiet else logging.WARNING)
+                root.addHandler(lib)
+                self._root_handler = lib
         if self._log.level == logging.NOTSET or self._log.level > logging.INFO:
             self._log.setLevel(logging.INFO)
 
@@ -79,6 +90,9 @@ class EventLog:
             self._handler.flush()
             self._handler = None
             self._log.propagate = True
+        if self._root_handler is not None:
+            logging.getLogger().removeHandler(self._root_handler)
+            self._root_handler = None
 
     def run_end(
         self, exit_code: int, stopped: str | None, summary: dict[str, Any], **extra: Any

@@ -13,6 +13,7 @@ request's path; the OpenTelemetry SDK's own cost per measurement is paid there.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,12 @@ DURATION_BUCKETS_S: Sequence[float] = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 )  # fmt: skip
 EXPORT_INTERVAL_MS = 15_000
+#: How long one export may take, retries included, unless the OpenTelemetry environment sets it
+#: (``OTEL_EXPORTER_OTLP_METRICS_TIMEOUT`` / ``OTEL_EXPORTER_OTLP_TIMEOUT``); the library's own
+#: default is 10 s per export, and the last flush and the shutdown each waited for it, so an
+#: unreachable collector held a finished run's exit for about 16 s.
+EXPORT_TIMEOUT_S = 5.0
+_TIMEOUT_ENV = ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
 
 
 def otlp_meter_provider(endpoint: str) -> MeterProvider:
@@ -56,8 +63,11 @@ def otlp_meter_provider(endpoint: str) -> MeterProvider:
         raise ConfigError(
             "otel_endpoint needs the OpenTelemetry extra: pip install 'runner[otel]'"
         ) from exc
+    timeout = None if any(os.environ.get(v) for v in _TIMEOUT_ENV) else EXPORT_TIMEOUT_S
     reader = PeriodicExportingMetricReader(
-        OTLPMetricExporter(endpoint=endpoint), export_interval_millis=EXPORT_INTERVAL_MS
+        OTLPMetricExporter(endpoint=endpoint, timeout=timeout),
+        export_interval_millis=EXPORT_INTERVAL_MS,
+        export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
     )
     return SdkMeterProvider(metric_readers=[reader])
 
@@ -121,13 +131,17 @@ class GenAIMetrics:
             self._tokens.record(rec.completion_tokens, self._out)
 
     def close(self) -> None:
+        """Flush (and, when owned, shut down) the provider, bounded by ``EXPORT_TIMEOUT_S``: a
+        collector that is down must not hold a finished run's exit (the library logs the
+        failed export; with ``--log-format json`` as a JSON line)."""
         flush: Callable[..., Any] | None = getattr(self._provider, "force_flush", None)
         if flush is not None:
-            flush()
+            flush(timeout_millis=EXPORT_TIMEOUT_S * 1000)
         if self._owned:
             shutdown: Callable[..., Any] | None = getattr(self._provider, "shutdown", None)
             if shutdown is not None:
-                shutdown()
+                # The flush above sent (or gave up on) the last batch: nothing is left to wait for.
+                shutdown(timeout_millis=1000)
 
 
 class RecordTap:

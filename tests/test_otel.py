@@ -93,3 +93,36 @@ def test_otel_endpoint_builds_an_otlp_exporter() -> None:
         assert isinstance(provider, Sdk)
     finally:
         provider.shutdown(timeout_millis=100)  # type: ignore[attr-defined]
+
+
+def test_a_collector_that_is_down_neither_holds_the_exit_nor_breaks_json_logs(
+    tmp_path: Path,
+) -> None:
+    # Found by QA: with the collector unreachable, a finished one-job run waited about 16 s at
+    # exit (the exporter's 10 s per export, for the last flush and again for the shutdown), and
+    # its retry warnings reached a --log-format json stderr as bare text lines.
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from helpers import mock_process
+
+    with socket.socket() as s:  # a loopback port that refuses connections
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id":"a","query":"hi"}\n')
+    with mock_process("--latency", "zero") as url:
+        cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--provider", "openai"]
+        cmd += ["--base-url", url, "--log-format", "json", "--no-resume"]
+        cmd += ["--otel-endpoint", f"http://127.0.0.1:{dead}/v1/metrics"]
+        t0 = time.monotonic()
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stderr.splitlines()
+    events = [orjson.loads(line) for line in lines]  # every stderr line is one JSON object
+    assert any(e["event"] == "run_end" for e in events)
+    assert any(e["level"] in ("warning", "error") and "export" in e["event"] for e in events)
+    assert took < 12.0, took  # bounded by EXPORT_TIMEOUT_S (5 s) and a 1 s shutdown, not ~16 s
