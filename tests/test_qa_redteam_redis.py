@@ -14,23 +14,19 @@ from pathlib import Path
 
 import orjson
 import pytest
-from scaleout import redis_missing_reason, start_redis
+from scaleout import require_redis, start_redis
 
 from runner import run
 from runner.config import RunConfig
 from runner.errors import ConfigError
 from runner.redis_limits import FileStore
 
-NO_REDIS = redis_missing_reason()
 PASSWORD = "s3cret-redis-PW"
 
 
 @pytest.fixture(scope="module")
 def redis_port() -> Iterator[int]:
-    if NO_REDIS is not None:
-        if os.environ.get("CI"):
-            pytest.fail(NO_REDIS)
-        pytest.skip(NO_REDIS)
+    require_redis()
     import redis
 
     server = start_redis([], "127.0.0.1")

@@ -19,6 +19,7 @@ from scaleout import (
     Server,
     hosts,
     redis_missing_reason,
+    require_redis,
     start_mock,
     start_redis,
     write_jobs,
@@ -44,10 +45,7 @@ needs_redis = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    if NO_REDIS is not None:
-        if os.environ.get("CI"):  # .ci/run installs redis-server: missing there is a failure
-            pytest.fail(NO_REDIS)
-        pytest.skip(NO_REDIS)
+    require_redis()
     server = start_redis([], "127.0.0.1")
     try:
         yield server.url
