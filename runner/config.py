@@ -298,7 +298,9 @@ class RunConfig(Record):
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the given fields replaced; ``None`` values mean 'not given'."""
         given: dict[str, Any] = {
-            k: Path(v).expanduser() if k in _PATH_FIELDS and isinstance(v, str) else v
+            # A flag's path (argparse gives a Path) or a string: "~" is home either way, as
+            # "--latency=~/x" and systemd's ExecStart expand none.
+            k: Path(v).expanduser() if k in _PATH_FIELDS and isinstance(v, (str, Path)) else v
             for k, v in overrides.items()
             if v is not None
         }

@@ -56,10 +56,12 @@ def test_a_tilde_in_an_output_path_means_home(
     config = tmp_path / "c.toml"
     line = 'output = "~/out.jsonl"\n' if where == "config" else ""
     config.write_text(line + 'progress = "off"\n' + FAST)
-    flag = ["--output=~/out.jsonl"] if where == "flag" else []
+    flag = ["--output=~/out.jsonl", "--latency=~/lat.jsonl"] if where == "flag" else []
     code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), *flag)
     assert code == 0, err
     assert len(lines(home / "out.jsonl")) == 2 and not (tmp_path / "~").exists()
+    if where == "flag":  # every path flag, not only --output
+        assert len(lines(home / "lat.jsonl")) == 2
 
 
 def test_a_path_that_is_not_a_string_is_one_clear_line(
