@@ -131,17 +131,18 @@ class GenAIMetrics:
             self._tokens.record(rec.completion_tokens, self._out)
 
     def close(self) -> None:
-        """Flush (and, when owned, shut down) the provider, bounded by ``EXPORT_TIMEOUT_S``: a
-        collector that is down must not hold a finished run's exit (the library logs the
-        failed export; with ``--log-format json`` as a JSON line)."""
-        flush: Callable[..., Any] | None = getattr(self._provider, "force_flush", None)
-        if flush is not None:
-            flush(timeout_millis=EXPORT_TIMEOUT_S * 1000)
+        """Send the last measurements, bounded by ``EXPORT_TIMEOUT_S``: a collector that is down
+        must not hold a finished run's exit. An owned provider is shut down, which exports once
+        more and waits for its exporting thread, so that the library's last words (a failed
+        export) are logged while the run's log is still open; a host's provider is flushed."""
         if self._owned:
             shutdown: Callable[..., Any] | None = getattr(self._provider, "shutdown", None)
             if shutdown is not None:
-                # The flush above sent (or gave up on) the last batch: nothing is left to wait for.
-                shutdown(timeout_millis=1000)
+                shutdown(timeout_millis=EXPORT_TIMEOUT_S * 1000 + 1000)
+                return
+        flush: Callable[..., Any] | None = getattr(self._provider, "force_flush", None)
+        if flush is not None:
+            flush(timeout_millis=EXPORT_TIMEOUT_S * 1000)
 
 
 class RecordTap:

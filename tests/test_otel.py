@@ -126,3 +126,44 @@ def test_a_collector_that_is_down_neither_holds_the_exit_nor_breaks_json_logs(
     assert any(e["event"] == "run_end" for e in events)
     assert any(e["level"] in ("warning", "error") and "export" in e["event"] for e in events)
     assert took < 12.0, took  # bounded by EXPORT_TIMEOUT_S (5 s) and a 1 s shutdown, not ~16 s
+
+
+def test_the_cli_run_delivers_its_measurements_to_a_live_collector(tmp_path: Path) -> None:
+    # close() shuts an owned provider down instead of flushing it first (the shutdown's own
+    # final export is the one whose last log lines land while the run's log is open): the
+    # measurements must still reach the collector, once, before the process exits.
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from helpers import mock_process
+
+    posts: list[tuple[str, int]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            n = int(self.headers.get("content-length", 0))
+            posts.append((self.path, len(self.rfile.read(n))))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id":"a","query":"hi"}\n')
+    try:
+        with mock_process("--latency", "zero") as url:
+            cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--provider", "openai"]
+            cmd += ["--base-url", url, "--no-resume", "--progress", "off"]
+            cmd += ["--otel-endpoint", f"http://127.0.0.1:{srv.server_port}/v1/metrics"]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [p for p, _ in posts] == ["/v1/metrics"] and posts[0][1] > 100, posts
