@@ -342,6 +342,7 @@ def _run_locked(
         paths=(latency, summary_path),
         order_by=jobs if config.order == "input" else None,
         finish=finish,  # the merged summary is written once, with the workers section
+        distinct_ids=True,  # N shards of one input: each worker's reader claimed every id
     )
     code = int(rep.summary["exit_code"])
     if to_stdout:

@@ -246,3 +246,48 @@ def test_merge_finds_an_id_twice_whether_its_lines_are_read_fast_or_parsed(
         merge(out, parts, partial=True)  # the edits made the parts "newer"
     parts[1].write_bytes(clean[1])
     assert merge(out, parts, partial=True).summary["jobs"]["ok"] == 40
+
+
+def test_merge_of_distinct_parts_copies_them_unread_yet_whole_lines_and_counted(
+    tmp_path: Path,
+) -> None:
+    # --workers merges its own shards with distinct_ids=True: the bytes are copied without
+    # reading ids, and must come out exactly as the checked merge writes them; a crashed
+    # write's partial last line is still left out, and the lines are still counted against
+    # the latency records.
+    jobs, cfg = _inputs(tmp_path)
+    for k in range(2):
+        args = ["run", str(jobs), "-c", str(cfg), "--progress", "off", "--shard", f"{k}/2"]
+        assert main(args) == 0
+    parts = [tmp_path / f"jobs.shard-{k}-of-2.results.jsonl" for k in range(2)]
+    checked, fast = tmp_path / "a.results.jsonl", tmp_path / "b.results.jsonl"
+    merge(checked, parts)
+    assert merge(fast, parts, distinct_ids=True).summary["jobs"]["ok"] == 40
+    assert fast.read_bytes() == checked.read_bytes()
+    assert len(fast.read_bytes().splitlines()) == 40
+    whole = parts[0].read_bytes()
+    parts[0].write_bytes(whole + b'{"id":"half a li')  # a write cut short by a crash
+    merge(fast, parts, partial=True, distinct_ids=True)
+    assert fast.read_bytes() == checked.read_bytes()
+    parts[0].write_bytes(whole + whole.splitlines(keepends=True)[0])  # one line too many
+    with pytest.raises(ConfigError, match="41 results but 40 latency records"):
+        merge(fast, parts, partial=True, distinct_ids=True)
+
+
+def test_unread_copy_finds_the_last_whole_line_across_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The end of the last whole line is found from the back, block by block: a partial line
+    # longer than a block must not cut the file inside it.
+    import io
+
+    import runner.merge as merge_mod
+
+    monkeypatch.setattr(merge_mod, "_BLOCK", 8)
+    part = tmp_path / "r.jsonl"
+    for data in [b"", b"no newline", b"a\n" + b"b" * 30, b"x\n" * 9 + b"y" * 25, b"z" * 20 + b"\n"]:
+        part.write_bytes(data)
+        out = io.BytesIO()
+        n = merge_mod._copy_whole_lines(out, [merge_mod._Part(0, part, part, part, {})])  # type: ignore[arg-type]
+        whole = data[: data.rfind(b"\n") + 1]
+        assert (out.getvalue(), n) == (whole, whole.count(b"\n"))
