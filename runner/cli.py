@@ -205,6 +205,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="--via batch: SIGINT/SIGTERM cancels the batches (default: detach; a re-run "
         "reattaches)",
     )
+    p.add_argument(
+        "--resubmit-lost-batches",
+        action="store_true",
+        default=None,
+        help="--via batch: send again the jobs of a journaled batch the provider answers 404 for "
+        "(default: stop with exit 3 naming it; docs/BATCH.md)",
+    )
 
     _add_scaling_options(p)
 

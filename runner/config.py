@@ -145,6 +145,7 @@ class RunConfig(Record):
     batch_max_requests: int | None = None  # per batch; None: the provider's limit
     batch_max_bytes: int | None = None  # per batch input; None: the provider's limit
     batch_max_attempts: int = DEFAULT_BATCH_MAX_ATTEMPTS  # submissions per job (expired, ...)
+    resubmit_lost_batches: bool = False  # a journaled batch answering 404: send its jobs again
 
     def __post_init__(self) -> None:
         _check_types(self)

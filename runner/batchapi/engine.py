@@ -11,6 +11,11 @@ batch) go into a new chunk until ``batch_max_attempts``; every other failure is 
 A stop (SIGINT/SIGTERM) detaches: the batches keep running at the provider and the next run of
 the same command reattaches through the journal (:mod:`runner.batchapi.journal`). With
 ``cancel_on_stop`` it cancels them first; their unfinished rows are resubmitted next time.
+
+A journaled batch the provider answers 404 for (deleted, past retention, made with another key)
+is never silently dropped or resent: the other batches are collected, then the run stops with
+:class:`~runner.batchapi.wire.BatchNotFound` (exit 3) naming it and the journal, unless
+``resubmit_lost_batches`` says to send its jobs again.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,12 +43,13 @@ from ..providers._http import make_session
 from ..providers.capabilities import batch_cache_config, capabilities_for
 from ..results import ResultLine
 from ..runtime import endpoint, mock_config
-from ..sinks import Outputs, open_outputs
+from ..sinks import Outputs, meta_path_of, open_outputs
 from ..stats import SummaryBuilder
 from .journal import Chunk, Journal
 from .wire import (
     RETRY_ROW_CODES,
     BatchAPI,
+    BatchNotFound,
     BatchRejected,
     BatchView,
     CreateUncertain,
@@ -58,6 +64,8 @@ __all__ = [
     "MAX_POLL_INTERVAL_S",
     "BatchLatencyRecord",
     "batch_price",
+    "batch_prices",
+    "batch_run_config",
     "run_batch",
 ]
 
@@ -104,6 +112,20 @@ def batch_price(price: Price | None) -> Price | None:
     )
 
 
+def batch_run_config(config: RunConfig) -> RunConfig:
+    """The config a ``--via batch`` run sends and prices with: a warm batch takes the provider's
+    longer cache TTL where it has one (Anthropic's hour: a batch can take far longer than a
+    short TTL), and its writes are billed at that TTL's rate (docs/BATCH.md)."""
+    return batch_cache_config(config) if config.cache == "warm" else config
+
+
+def batch_prices(config: RunConfig) -> Callable[[str | None], Price | None]:
+    """Each model's price for a batch row under ``config``: the one pricing rule of a batch
+    run's summary and of ``validate --via batch``'s estimate."""
+    run_config = batch_run_config(config)
+    return lambda model: batch_price(run_config.price(model))
+
+
 async def run_batch(
     jobs_path: Path,
     config: RunConfig,
@@ -118,11 +140,7 @@ async def run_batch(
     :param log: where the per-poll progress lines go (stderr unless ``progress`` is ``off``).
     :param plan: the output plan (:func:`runner.outputs.run_plan`), if already made.
     """
-    if config.cache == "warm":
-        # A batch can take far longer than a short cache TTL: where the provider has a longer
-        # one (Anthropic's hour), only it can carry a prefix from one request to the next
-        # (docs/BATCH.md).
-        config = batch_cache_config(config)
+    config = batch_run_config(config)
     if config.base_url is None and config.poll_interval == DEFAULT_POLL_INTERVAL_S:
         # The built-in mock ends a batch within seconds: a 10 s first poll would only wait.
         config = replace(config, poll_interval=BUILTIN_MOCK_POLL_S)
@@ -153,6 +171,7 @@ async def run_batch(
             outcome = await run.run(items)
     finally:
         outputs.close()
+    lost = run.lost_error()
     from ..observe import write_summary_to  # the summary file, or stdout for ``--summary -``
 
     write_summary_to(config.summary or plan.summary, outcome.summary)
@@ -164,6 +183,8 @@ async def run_batch(
         events = EventLog(sys.stderr, quiet=config.quiet)
         events.run_end(outcome.exit_code, outcome.stopped, sm, via="batch")
         events.close()
+    if lost is not None:
+        raise lost  # after the summary: the other batches' results and counts are kept
     return outcome
 
 
@@ -179,12 +200,14 @@ class BatchRun:
         self.log = log
         self.list_price = config.price()
         # Each job at its own model's batch price (a batch may mix models: one per chunk).
-        self.summary = SummaryBuilder(None, price_of=lambda m: batch_price(config.price(m)))
+        self.summary = SummaryBuilder(None, price_of=batch_prices(config))
         self.max_requests = min(config.batch_max_requests or api.max_requests, api.max_requests)
         self.max_bytes = min(config.batch_max_bytes or api.max_bytes, api.max_bytes)
         self.jobs: dict[str, Job] = {}
         self.ok = self.failed = self.skipped = 0
         self.creates = 0
+        self.recovered = 0  # batches found by the lookup after a lost create, confirmed ours
+        self._lost: dict[str, str] = {}  # chunk key -> the 404 message, this invocation
         self.stop_signal: int | None = None
         self._wake = asyncio.Event()
         self._seq = 0
@@ -202,10 +225,10 @@ class BatchRun:
         t0 = time.perf_counter()
         self._admit(items)
         interval = self.config.poll_interval
-        while self.journal.active() and self.stop_signal is None:
+        while self._live() and self.stop_signal is None:
             changed = await self._submit_ready()
             changed |= await self._poll()
-            if self.stop_signal is not None or not self.journal.active():
+            if self.stop_signal is not None or not self._live():
                 break
             interval = self.config.poll_interval if changed else interval * POLL_GROWTH
             interval = min(interval, max(MAX_POLL_INTERVAL_S, self.config.poll_interval))
@@ -215,6 +238,8 @@ class BatchRun:
                 await asyncio.wait_for(self._wake.wait(), interval)
         stopped = None
         code = EXIT_FAILED if self.failed else EXIT_OK
+        if self._lost and self.stop_signal is None:
+            code = BatchNotFound.exit_code
         if self.stop_signal is not None:
             stopped, code = "signal", 128 + self.stop_signal
             await self._on_stop()
@@ -229,6 +254,37 @@ class BatchRun:
             if whole["jobs"]["failed"]:
                 code = EXIT_FAILED
         return RunOutcome(summary, code, stopped)
+
+    def _live(self) -> list[Chunk]:
+        """Active chunks this invocation can still move: not a batch found missing (404), nor
+        waiting for one (the followers of a missing primer batch)."""
+        if not self._lost:
+            return self.journal.active()
+        return [
+            c
+            for c in self.journal.active()
+            if c.key not in self._lost and not any(k in self._lost for k in c.after)
+        ]
+
+    def lost_error(self) -> BatchNotFound | None:
+        """The error naming every batch found missing (404) and left so, if any."""
+        if not self._lost or self.stop_signal is not None:
+            return None
+        journal = meta_path_of(self.outputs.results_path)
+        parts = []
+        for key, message in self._lost.items():
+            chunk = self.journal.by_key(key)
+            assert chunk is not None
+            pending = sum(1 for cid in chunk.ids if cid in self.jobs)
+            parts.append(f"batch {chunk.batch_id} (chunk {key}, {pending} jobs; {message})")
+        return BatchNotFound(
+            f"{'; '.join(parts)}: not found at the provider (404: deleted, past its retention, "
+            f"or created with another API key or base URL). Its jobs are neither written nor "
+            f"sent again; the journal is {journal} (`runner status "
+            f"{self.outputs.results_path}`). If the batch is gone, run the same command with "
+            "--resubmit-lost-batches to send its jobs again (billed twice if it still runs "
+            "under another key)"
+        )
 
     def _admit(self, items: Iterable[Job | BadLine]) -> None:
         """Skip jobs already written, answer bad lines, plan chunks for the rest."""
@@ -294,10 +350,12 @@ class BatchRun:
                 chunk = Chunk(key=key, kind=kind, model=model, attempt=attempt, ids=ids)
                 chunk.after = list(after)
                 sent = [self.api.sent_id(c, i) for i, c in enumerate(ids)]
-                if sent != ids:
-                    # Some ids are not allowed on the wire: send every one by position, so a
-                    # mapped id can never collide with a job's own id, under the chunk's key, so
-                    # that no other chunk's (or run's) batch carries the same ids.
+                if sent != ids or not self.api.find_is_exact:
+                    # Some ids are not allowed on the wire, or a batch found after a lost create
+                    # can be told from another only by its rows' ids: send every one by
+                    # position under the chunk's key (its run's random tag), so a mapped id can
+                    # never collide with a job's own id, and no other chunk's (or run's, even
+                    # of the same jobs file) batch carries the same ids.
                     sent = [f"{key}-{i}" for i in range(len(ids))]
                 chunk.sent = None if sent == ids else sent
                 out.append(chunk)
@@ -355,15 +413,17 @@ class BatchRun:
             assert chunk.creating_at is not None
             found = await api.find(
                 metadata=metadata,
-                created_after=chunk.creating_at,
+                sent_at=chunk.creating_at,
                 total=len(chunk.ids),
                 known=known,
             )
             if found is not None:
-                self._note(f"reattached {chunk.key} to {found}, created before a crash")
+                self._note(f"reattached {chunk.key} to {found}, whose create answer was lost")
                 chunk.batch_id, chunk.state = found, "submitted"
-                # Found by time and size only: its rows are checked before any is used.
+                # Found by size only: its rows' ids are checked before any is used.
                 chunk.verify = not api.find_is_exact
+                if not chunk.verify:
+                    self.recovered += 1
                 chunk.submitted_at = chunk.creating_at
                 j.save()
                 return
@@ -435,8 +495,15 @@ class BatchRun:
         for chunk in self.journal.active():
             if chunk.state != "submitted" or self.stop_signal is not None:
                 continue
+            if chunk.key in self._lost:
+                continue
             assert chunk.batch_id is not None
-            view = await self.api.get(chunk.batch_id)
+            try:
+                view = await self.api.get(chunk.batch_id)
+            except BatchNotFound as exc:
+                self._missing(chunk, str(exc))
+                changed = True
+                continue
             _kill_point("poll")
             if view.status != chunk.status or view.counts != chunk.counts:
                 chunk.status, chunk.counts = view.status, view.counts
@@ -518,6 +585,7 @@ class BatchRun:
             got.add(row.sent_id)
         if got == set(chunk.sent_ids()):
             chunk.verify = False
+            self.recovered += 1
             return True
         assert chunk.batch_id is not None
         self._note(
@@ -529,6 +597,48 @@ class BatchRun:
         chunk.state, chunk.verify = "creating", False
         self.journal.save()
         return False
+
+    def _missing(self, chunk: Chunk, message: str) -> None:
+        """A journaled batch answers 404: kept in the journal and reported at the end, or, with
+        ``resubmit_lost_batches``, marked ``lost`` and its unwritten jobs planned again."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        if chunk.verify:
+            # A tentative match (never confirmed ours) that vanished: look the chunk up again.
+            assert chunk.batch_id is not None
+            chunk.foreign.append(chunk.batch_id)
+            chunk.batch_id, chunk.status, chunk.counts = None, None, {}
+            chunk.state, chunk.verify = "creating", False
+            self.journal.save()
+            return
+        if not self.config.resubmit_lost_batches:
+            chunk.note = f"not found at the provider (404) on {when}"
+            self.journal.save()
+            self._lost[chunk.key] = message
+            self._note(f"{chunk.batch_id} ({chunk.key}) not found at the provider (404)")
+            return
+        jobs = [self.jobs[cid] for cid in chunk.ids if cid in self.jobs]
+        chunk.state, chunk.ended_at = "lost", time.time()
+        chunk.note = f"not found at the provider (404) on {when}; --resubmit-lost-batches"
+        if chunk.attempt >= self.config.batch_max_attempts:
+            for job in jobs:
+                self._write(
+                    job.custom_id,
+                    job.line,
+                    job,
+                    None,
+                    chunk,
+                    (chunk.submitted_at, time.time()),
+                    "batch_lost",
+                    f"batch {chunk.batch_id} not found at the provider (404), on the last of "
+                    "batch_max_attempts submissions; --retry-failed sends it again",
+                )
+            self.outputs.flush()
+        elif jobs:
+            retry = self._plan(jobs, attempt=chunk.attempt + 1)
+            self.journal.chunks.extend(retry)
+            chunk.note += f": {len(jobs)} jobs resubmitted in {', '.join(c.key for c in retry)}"
+        self.journal.save()
+        self._note(f"{chunk.batch_id} ({chunk.key}) not found (404): {chunk.note}")
 
     def _write_row(
         self, job: Job, row: Row, chunk: Chunk, submitted: float | None, ended: float
@@ -670,6 +780,7 @@ class BatchRun:
             "provider": self.api.shape,
             "discount": discount,
             "batches_created": self.creates,
+            "batches_recovered": self.recovered,
             "batches_total": sum(1 for c in self.journal.chunks if c.batch_id),
             "pending_jobs": len(self.jobs),
             "at_list_price": list_cost,

@@ -9,13 +9,17 @@ announces when the action may be repeated safely, *after* it when it may not:
   (batch id) -> ``done`` (its results written, its retriable rows planned as a new chunk in the
   same rewrite).
 * A chunk found in ``creating`` may have been created by a process that died before it could
-  journal the id: the next run looks the batch up (OpenAI: by the metadata it carries;
-  Anthropic: the batch created since, of the same size) and submits only when none exists.
-  One chunk at a time is ever in ``creating``, so the lookup is unambiguous for OpenAI. An
-  Anthropic batch carries no metadata, so another run's batch of the same size can match: it
-  is adopted only tentatively (``verify``) and, once ended, used only if its rows' custom ids
-  are exactly the ones the chunk sent; otherwise it goes to ``foreign`` (never cancelled, never
-  read again) and the lookup is repeated.
+  journal the id (or whose create answer was lost): the next pass looks the batch up (OpenAI:
+  by the metadata it carries; Anthropic: an unknown batch of the same size, the one created
+  nearest the create's local time first) and submits only when none exists. One chunk at a
+  time is ever in ``creating``, so the lookup is unambiguous for OpenAI. An Anthropic batch
+  carries no metadata, so another batch of the same size can match: it is adopted only
+  tentatively (``verify``) and, once ended, used only if its rows' custom ids are exactly the
+  ones the chunk sent (each ``<chunk key>-<position>``, the key holding the run's random tag);
+  otherwise it goes to ``foreign`` (never cancelled, never read again) and the lookup is
+  repeated. Time only bounds how far back the lookup lists (``wire.LOOKUP_BACK_S``).
+* ``lost``: the batch answered 404 and the user chose ``--resubmit-lost-batches``; its unwritten
+  jobs went into a new chunk in the same rewrite.
 """
 
 from __future__ import annotations
@@ -117,10 +121,10 @@ class Journal:
         return next((c for c in self.chunks if c.key == key), None)
 
     def ready(self, chunk: Chunk) -> bool:
-        """Whether every chunk this one waits for (a cache primer) is done."""
+        """Whether every chunk this one waits for (a cache primer) is done (or lost)."""
         for key in chunk.after:
             dep = self.by_key(key)
-            if dep is not None and dep.state != "done":
+            if dep is not None and dep.state in ACTIVE_STATES:
                 return False
         return True
 

@@ -11,7 +11,7 @@ from ..jobs import count_lines
 from ..providers._http import make_session
 from ..sinks import meta_path_of, read_meta_section
 from .journal import SECTION, Chunk
-from .wire import BatchView, control_headers, open_batch_api
+from .wire import BatchNotFound, BatchView, control_headers, open_batch_api
 
 __all__ = ["fetch_live", "journaled_batches", "render_status"]
 
@@ -99,6 +99,12 @@ async def fetch_live(results: Path, config: RunConfig) -> dict[str, BatchView]:
     session = make_session(config, headers=control_headers(config, api_key))
     try:
         api = open_batch_api(config, session, base_url=config.base_url, api_key=api_key)
-        return {i: await api.get(i) for i in ids}
+        live: dict[str, BatchView] = {}
+        for i in ids:
+            try:
+                live[i] = await api.get(i)
+            except BatchNotFound:  # shown as such: the run stops on it (docs/BATCH.md)
+                live[i] = BatchView(i, "not found (404)", False, 0, 0, {})
+        return live
     finally:
         await session.close()

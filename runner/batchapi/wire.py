@@ -38,10 +38,12 @@ from ..providers._wire import KeyGuard
 from ..urls import public_url
 
 __all__ = [
+    "LOOKUP_BACK_S",
     "RETRY_ROW_CODES",
     "AnthropicBatchAPI",
     "BatchAPI",
     "BatchAPIError",
+    "BatchNotFound",
     "BatchRejected",
     "BatchView",
     "CreateUncertain",
@@ -56,6 +58,11 @@ RETRY_ROW_CODES: Final = frozenset(
     {"batch_expired", "batch_cancelled", "token_limit_exceeded", "batch_failed", "missing_row"}
 )
 _CONTROL_ATTEMPTS = 6
+#: How far before the local time of a lost create the lookup lists batches (seconds). Only a
+#: bound on the listing: a batch is matched by what the run put into it (OpenAI: its metadata;
+#: Anthropic: its rows' custom ids, which carry the chunk key), never by its time, so a local
+#: clock off the provider's by up to this much still finds it (docs/BATCH.md).
+LOOKUP_BACK_S: Final = 3600.0
 _ANTHROPIC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Anthropic error types inside an ``errored`` result -> the HTTP status they stand for.
 _ANTHROPIC_STATUS = {
@@ -89,6 +96,15 @@ class CreateUncertain(BatchAPIError):
 class ResultsGone(BatchAPIError):
     """An ended batch's results file answers 404/410: deleted (OpenAI files can be deleted,
     Anthropic batches too) or past the provider's retention. Re-running cannot bring it back."""
+
+
+class BatchNotFound(BatchAPIError):
+    """A journaled batch answers 404: deleted, past the provider's retention, or made with
+    another API key or base URL. Its jobs are neither written nor sent again unless the user
+    says so (``--resubmit-lost-batches``): the batch may still run, billed, elsewhere. Exit 3,
+    like a guard: re-running alone cannot change it."""
+
+    exit_code = 3
 
 
 class BatchRejected(BatchAPIError):
@@ -138,8 +154,9 @@ class BatchAPI:
     max_bytes: ClassVar[int]
     one_model_per_batch: ClassVar[bool]
     needs_upload: ClassVar[bool]
-    #: Whether :meth:`find` identifies a batch exactly (by metadata); if not, the engine checks
-    #: the rows of the batch it found before using them.
+    #: Whether :meth:`find` identifies a batch exactly (by metadata); if not, every id of a
+    #: chunk travels as "<chunk key>-<position>" and the engine checks the rows of the batch it
+    #: found against them before using any.
     find_is_exact: ClassVar[bool]
     #: Whether :meth:`sent_id` may replace a job's id (then a chunk's ids are all replaced).
     maps_ids: ClassVar[bool] = False
@@ -202,9 +219,14 @@ class BatchAPI:
         raise NotImplementedError
 
     async def find(
-        self, *, metadata: Mapping[str, str], created_after: float, total: int, known: set[str]
+        self, *, metadata: Mapping[str, str], sent_at: float, total: int, known: set[str]
     ) -> str | None:  # pragma: no cover
-        """The id of a batch this run created but never journaled (a crash right after create)."""
+        """The id of a batch this run created but never journaled (a crash right after create,
+        or a create whose answer was lost), listing back to ``sent_at - LOOKUP_BACK_S``.
+
+        :param sent_at: the local time the create was sent (journaled as ``creating_at``).
+        :param known: batch ids never to return (journaled, or found not to be ours).
+        """
         raise NotImplementedError
 
     def rows(self, view: BatchView) -> AsyncIterator[Row]:  # pragma: no cover
@@ -222,6 +244,7 @@ class BatchAPI:
         sink: BinaryIO | None = None,
         submit: bool = False,
         once: bool = False,
+        batch: bool = False,
     ) -> Any:
         """One control request with retries for transient failures; the parsed JSON.
 
@@ -230,7 +253,8 @@ class BatchAPI:
         With ``submit`` (an upload or create) a permanent 4xx raises :class:`BatchRejected`.
         With ``once`` (a create, which must never run twice) a transient failure is retried
         here only when the request surely made nothing (no connection, a 429); any other
-        raises :class:`CreateUncertain`.
+        raises :class:`CreateUncertain`. With ``batch`` (a request about one batch) a 404 raises
+        :class:`BatchNotFound`.
         """
         last = ""
         status = 0
@@ -265,6 +289,8 @@ class BatchAPI:
                 raise (QuotaError if err.code == "insufficient_quota" else AuthError)(last)
             if sink is not None and status in (404, 410):
                 raise ResultsGone(last)
+            if batch and status == 404:
+                raise BatchNotFound(last)
             if not err.retriable:
                 break
             if once and not unsent:
@@ -378,15 +404,16 @@ class OpenAIBatchAPI(BatchAPI):
         return self._view(await self._call("POST", url, json=doc, submit=True, once=True))
 
     async def get(self, batch_id: str) -> BatchView:
-        return self._view(await self._call("GET", f"{self._base}/batches/{batch_id}"))
+        return self._view(await self._call("GET", f"{self._base}/batches/{batch_id}", batch=True))
 
     async def cancel(self, batch_id: str) -> BatchView:
         return self._view(await self._call("POST", f"{self._base}/batches/{batch_id}/cancel"))
 
     async def find(
-        self, *, metadata: Mapping[str, str], created_after: float, total: int, known: set[str]
+        self, *, metadata: Mapping[str, str], sent_at: float, total: int, known: set[str]
     ) -> str | None:
         # Batches carry the metadata we sent: match it exactly, newest first, until older ones.
+        created_after = sent_at - LOOKUP_BACK_S
         after: str | None = None
         while True:
             url = f"{self._base}/batches?limit=100" + (f"&after={after}" if after else "")
@@ -396,7 +423,7 @@ class OpenAIBatchAPI(BatchAPI):
                 if all(meta.get(k) == v for k, v in metadata.items()):
                     return str(b["id"])
                 created = _num(b.get("created_at"))
-                if created is not None and created < created_after - 300:
+                if created is not None and created < created_after:
                     return None
             if not page.get("has_more") or not page.get("last_id"):
                 return None
@@ -481,7 +508,8 @@ class AnthropicBatchAPI(BatchAPI):
     maps_ids = True
 
     def sent_id(self, custom_id: str, index: int) -> str:
-        # custom_id must match ^[a-zA-Z0-9_-]{1,64}$; others travel under their position.
+        # custom_id must match ^[a-zA-Z0-9_-]{1,64}$; others travel under their position. (As
+        # find_is_exact is False, the engine sends every id as "<chunk key>-<position>".)
         return custom_id if _ANTHROPIC_ID.fullmatch(custom_id) else f"r{index}"
 
     def item(self, job: Job, sent_id: str, cache_key: str | None) -> bytes:
@@ -505,20 +533,24 @@ class AnthropicBatchAPI(BatchAPI):
         return self._view(doc)
 
     async def get(self, batch_id: str) -> BatchView:
-        return self._view(await self._call("GET", f"{self._base}/messages/batches/{batch_id}"))
+        url = f"{self._base}/messages/batches/{batch_id}"
+        return self._view(await self._call("GET", url, batch=True))
 
     async def cancel(self, batch_id: str) -> BatchView:
         url = f"{self._base}/messages/batches/{batch_id}/cancel"
         return self._view(await self._call("POST", url))
 
     async def find(
-        self, *, metadata: Mapping[str, str], created_after: float, total: int, known: set[str]
+        self, *, metadata: Mapping[str, str], sent_at: float, total: int, known: set[str]
     ) -> str | None:
-        # Message batches carry no metadata: the oldest unknown batch created since the create
-        # was journaled with exactly this many requests, a candidate only: the engine checks its
-        # rows' custom ids once it has ended (docs/BATCH.md, "Journal and reattach").
+        # Message batches carry no metadata, and a batch's custom ids can be read only once it
+        # has ended: an unknown batch with exactly this many requests is a candidate, the one
+        # created nearest the create's local time first. The engine uses it only if its rows'
+        # ids are the chunk's ("<chunk key>-<position>", unique to the chunk); else it is set
+        # aside and the lookup runs again (docs/BATCH.md, "Journal and reattach"). Time only
+        # bounds how far back the listing goes: the clocks need not agree.
         after: str | None = None
-        found: str | None = None
+        found: tuple[float, str] | None = None
         while True:
             url = f"{self._base}/messages/batches?limit=100" + (
                 f"&after_id={after}" if after else ""
@@ -526,13 +558,15 @@ class AnthropicBatchAPI(BatchAPI):
             page = await self._call("GET", url)
             for b in page.get("data") or []:
                 created = _parse_iso(b.get("created_at"))
-                if created is not None and created < created_after - 5:
-                    return found
+                if created is not None and created < sent_at - LOOKUP_BACK_S:
+                    return None if found is None else found[1]
                 view = self._view(b)
                 if view.id not in known and view.total == total:
-                    found = view.id  # pages run newest first: keep the oldest match
+                    gap = abs(created - sent_at) if created is not None else LOOKUP_BACK_S
+                    if found is None or gap < found[0]:
+                        found = (gap, view.id)
             if not page.get("has_more") or not page.get("last_id"):
-                return found
+                return None if found is None else found[1]
             after = page["last_id"]
 
     def _view(self, doc: Any) -> BatchView:

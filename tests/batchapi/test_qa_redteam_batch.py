@@ -58,11 +58,12 @@ async def test_duplicate_unknown_and_missing_rows_give_each_job_one_result(
 
     def odd(self: Any, batch: Any, cid: str, body: dict[str, Any], status: int) -> Any:
         line, ok = answer(self, batch, cid, body, status)
-        if cid.endswith("-q0"):
+        # OpenAI rows carry the jobs' ids; Anthropic's "<chunk key>-<position>"
+        if cid.endswith(("-q0", "-0")):
             twin, _ = answer(self, batch, cid, body, 500)
             stranger = line.replace(cid.encode(), b"never-sent-1")
             return line + twin + stranger, ok
-        if cid.endswith("-q2") and not dropped:
+        if cid.endswith(("-q2", "-2")) and not dropped:
             dropped.append(cid)
             return b"", ok
         return line, ok
