@@ -7,7 +7,11 @@ a provider (or a skewed clock, or another run of the same jobs) would produce it
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from batchapi.conftest import (
     make_inputs,
     read_jsonl,
 )
+from helpers import mock_process
 
 from runner import run
 from runner.batchapi import wire
@@ -34,6 +39,8 @@ from runner.jobs import contexts_for
 from runner.mock import batch as mock_batch
 from runner.sinks import meta_path_of, read_meta_section
 from runner.validate import validate_file
+
+PY = sys.executable
 
 
 def _lose_create(monkeypatch: pytest.MonkeyPatch, nth: int, *, skew_s: float = 0.0) -> None:
@@ -207,3 +214,36 @@ def test_validate_via_batch_prices_anthropic_warm_writes_at_the_one_hour_rate(
     hour = fresh * p.input + m.cached_tokens * 0.1 + m.cache_write_tokens * 2.0
     want = 0.5 * (hour + m.completion_tokens * p.output) / 1e6
     assert float(got.group(1)) == pytest.approx(want, abs=6e-5)
+
+
+def test_the_command_line_exits_3_on_a_batch_the_provider_lost_then_resubmits_when_asked(
+    tmp_path: Path,
+) -> None:
+    """The real CLI: batches submitted to one mock, then polled at a fresh one that knows none
+    of them (as after a deletion, or another API key): exit 3 with the batch and journal named
+    on stderr, again on a re-run; --resubmit-lost-batches then sends every job once more."""
+    jobs, ctx = make_inputs(tmp_path, 2, 2)
+    toml = tmp_path / "c.toml"
+    args = [PY, "-m", "runner", "run", str(jobs), "--contexts", str(ctx), "-c", str(toml)]
+    args += ["--via", "batch", "--progress", "off", "--cache", "none"]
+    env = {**os.environ, "RUNNER_BATCH_KILL_AT": "poll"}
+    flags = ("--latency", "zero", "--batch", '{"duration_s": 0.4}')
+    conf = 'provider = "anthropic"\nbase_url = "{}"\npoll_interval = 0.03\n'
+    with mock_process(*flags) as first:
+        toml.write_text(conf.format(first))
+        killed = subprocess.run(args, env=env, capture_output=True, timeout=60, check=False)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    results = jobs.with_name("jobs.results.jsonl")
+    (chunk,) = read_meta_section(results, "batch")["chunks"]
+    assert chunk["state"] == "submitted" and not results.read_bytes()
+    with mock_process(*flags) as second:
+        toml.write_text(conf.format(second))
+        for _ in range(2):
+            out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+            assert out.returncode == 3, out.stderr
+            assert chunk["batch_id"] in out.stderr and "jobs.results.jsonl.meta.json" in out.stderr
+            assert "--resubmit-lost-batches" in out.stderr and "Traceback" not in out.stderr
+        again = [*args, "--resubmit-lost-batches"]
+        out = subprocess.run(again, capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+    assert_each_job_once(jobs)
