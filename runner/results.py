@@ -43,6 +43,7 @@ RETRIABLE_ERROR_CODES: Final = frozenset(
         "bad_response",
         "stream_error",
         "results_gone",  # a provider batch's results file was deleted (--via batch)
+        "batch_lost",  # a provider batch answered 404, on its last attempt (--via batch)
     }
 )
 

@@ -189,6 +189,46 @@ async def test_a_journaled_batch_answering_404_is_named_and_resubmitted_only_whe
     assert again.exit_code == 0 and server.stats()["batch"]["creates"][shape] == 3
 
 
+async def test_a_lost_primer_batch_neither_hangs_nor_strands_its_followers(
+    tmp_path: Path, mock: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warm Anthropic run's first batch holds the groups' primers, which the followers wait
+    for. Lost (404), the run stops at once (the followers are not sent: their cache would be
+    cold) instead of polling forever; resubmitted, the primers go again and the followers
+    follow."""
+    _first_batch_404s(monkeypatch, [True])
+    server, url = await mock()
+    jobs, ctx = make_inputs(tmp_path, 2, 3)
+    cfg = batch_config(url, "anthropic", ctx, cache="warm")
+    with pytest.raises(wire.BatchAPIError) as lost:
+        await asyncio.wait_for(run(jobs, cfg), 30)
+    assert isinstance(lost.value, wire.BatchNotFound)
+    assert server.stats()["batch"]["requests"] == 2  # the primers only
+    outcome = await asyncio.wait_for(run(jobs, replace(cfg, resubmit_lost_batches=True)), 30)
+    assert outcome.exit_code == 0
+    assert_each_job_once(jobs)
+    assert server.stats()["batch"]["requests"] == 2 + 6
+
+
+async def test_a_lost_batch_on_the_last_attempt_gives_its_jobs_an_error_result(
+    tmp_path: Path, mock: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --resubmit-lost-batches a lost batch's jobs go again as the next attempt; past
+    batch_max_attempts they become ``batch_lost`` errors (exit 1), which --retry-failed sends."""
+    _first_batch_404s(monkeypatch, [True])
+    server, url = await mock()
+    jobs, ctx = make_inputs(tmp_path, 2, 3)
+    cfg = batch_config(url, "openai", ctx, cache="none", batch_max_requests=3, batch_max_attempts=1)
+    outcome = await run(jobs, replace(cfg, resubmit_lost_batches=True))
+    assert outcome.exit_code == 1
+    results, _ = assert_each_job_once(jobs)
+    codes = sorted((r.get("error") or {}).get("code", "ok") for r in results)
+    assert codes == ["batch_lost"] * 3 + ["ok"] * 3
+    assert server.stats()["batch"]["creates"]["openai"] == 2
+    assert (await run(jobs, replace(cfg, retry_failed=True))).exit_code == 0
+    assert server.stats()["batch"]["requests"] == 6 + 3
+
+
 def test_validate_via_batch_prices_anthropic_warm_writes_at_the_one_hour_rate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
