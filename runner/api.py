@@ -150,7 +150,7 @@ async def _run_direct(
     display = None
     wants = config.progress != "auto" or handle_signals
     if on_tick is None and jobs_path is not None and wants and observer.text_display:
-        display = make_progress(config.progress)
+        display = make_progress(config.progress, interval_s=config.log_interval_s)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(observer.close)
         base_url = await stack.enter_async_context(endpoint(config))

@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--log-interval",
         type=float,
         dest="log_interval_s",
-        help="seconds between JSON progress events (default: 5)",
+        help="seconds between progress lines or JSON progress events (default: 5)",
     )
     p.add_argument(
         "-q",
