@@ -64,6 +64,7 @@ async def run(
     config_path: Path | None = None,
     meter_provider: Any = None,
     policy: RetryPolicy | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Run a batch and return its outcome (summary, exit code, why it stopped early).
 
@@ -79,6 +80,9 @@ async def run(
         GenAI metrics into, instead of the OTLP exporter ``otel_endpoint`` would set up.
     :param policy: retry and backoff policy; by default ``RetryPolicy(max_attempts=...)`` from
         the config (tests pass one with millisecond backoff).
+    :param on_start: called once every check below has passed, just before the first job is
+        read: the CLI says there which provider answers, so that an error that stops the run
+        before it starts is the only message.
 
     Before anything is opened for writing the run checks every output path (none may be an
     input or another output, all must be writable), the inputs, the prices ``max_cost`` needs
@@ -89,7 +93,7 @@ async def run(
     quiet by default.
     """
     if config.via == "batch":  # the provider's batch API (runner/batchapi/)
-        return await _run_batch(jobs, config, sink, handle_signals, config_path)
+        return await _run_batch(jobs, config, sink, handle_signals, config_path, on_start)
     return await _run_direct(
         jobs,
         config,
@@ -99,7 +103,12 @@ async def run(
         config_path=config_path,
         meter_provider=meter_provider,
         policy=policy,
+        on_start=on_start or _nothing,
     )
+
+
+def _nothing() -> None:
+    pass
 
 
 async def _run_direct(
@@ -112,6 +121,7 @@ async def _run_direct(
     config_path: Path | None,
     meter_provider: Any,
     policy: RetryPolicy | None = None,
+    on_start: Callable[[], None] = _nothing,
 ) -> RunOutcome:
     started_at = time.time()
     jobs_path: Path | None = None
@@ -186,6 +196,7 @@ async def _run_direct(
                 engine.stats.total = count_lines(jobs_path)
             except OSError as exc:
                 raise InputError(f"{jobs_path}: cannot read: {exc.strerror}") from exc
+        on_start()
         observer.start(engine)
         if handle_signals:
             _install_signals(engine, display.note if display is not None else observer.stopping)
@@ -394,11 +405,14 @@ async def _run_batch(
     sink: Sink | None,
     handle_signals: bool,
     config_path: Path | None,
+    on_start: Callable[[], None] | None,
 ) -> RunOutcome:
     if not isinstance(jobs, str | Path) or sink is not None:
         raise ConfigError("--via batch reads a jobs file and writes the default sinks")
     plan = run_plan(config, Path(jobs))
     _summary_path(config, Path(jobs), own_sink=True, config_path=config_path, plan=plan)
+    if on_start is not None:
+        on_start()
     from .batchapi.engine import run_batch
 
     return await run_batch(Path(jobs), config, handle_signals=handle_signals, plan=plan)

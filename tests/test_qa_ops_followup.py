@@ -52,3 +52,53 @@ def test_progress_log_honours_the_log_interval_flag_and_config_key(
     assert code == 0, err
     # About 1.2 s at a 0.2 s tick: a line on (nearly) every tick; at 5 s, none.
     assert len(PROGRESS_LINE.findall(err)) >= 3, err
+
+
+# -- an error that stops the run is its one message --------------------------------------------
+
+SIMULATED = "no provider configured: using the built-in simulated provider"
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--contexts", "missing.jsonl"], "missing.jsonl: cannot open"),
+        (["--max-cost", "1"], "--max-cost 1.0 needs a price for every model"),
+        (["-o", "file/x.jsonl"], "file/x.jsonl: file is not a directory"),
+        (["--model", "other"], "it was written with model 'mock-1', not 'other'"),
+    ],
+)
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_an_error_before_the_run_starts_is_the_only_message(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    error: str,
+    log_format: str,
+) -> None:
+    # Found by QA: with no provider named, "warning: no provider configured" came first and
+    # the error that stopped the run second; a scheduler's alert shows the first line.
+    monkeypatch.chdir(tmp_path)
+    jobs = write_jobs(tmp_path, 2)
+    (tmp_path / "file").write_text("a file where a directory is asked for\n")
+    resumed = "--model" in flags  # outputs of another model: refused once they are opened
+    if resumed:
+        assert cli_run(capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)), "-q")[0] == 0
+    args = ["run", str(jobs), "--progress", "off", "--log-format", log_format, *flags]
+    code, err = cli_run(capsys, *args)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and error in err and SIMULATED not in err, err
+    assert (tmp_path / "jobs.results.jsonl").exists() == resumed  # untouched
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_run_that_starts_still_says_once_that_replies_are_simulated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], log_format: str
+) -> None:
+    jobs = write_jobs(tmp_path, 2)
+    args = ["run", str(jobs), "--progress", "off", "--log-format", log_format]
+    code, err = cli_run(capsys, *args, "-c", str(fast_config(tmp_path)))
+    assert code == 0 and err.count(SIMULATED) == 1, err
+    first = err.splitlines()[0]
+    assert SIMULATED in first, err  # before the run's own lines (run_start, the table)
