@@ -7,12 +7,14 @@ error that ends the run, and a full disk that was exit 1.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import re
 from pathlib import Path
 
 import pytest
-from promise_helpers import cli_run, fast_config, write_jobs
+from promise_helpers import cli_run, fast_config, lines, load, write_jobs
 
 from runner.pipeline import LiveStats
 from runner.progress import ProgressDisplay, make_progress
@@ -102,3 +104,50 @@ def test_a_run_that_starts_still_says_once_that_replies_are_simulated(
     assert code == 0 and err.count(SIMULATED) == 1, err
     first = err.splitlines()[0]
     assert SIMULATED in first, err  # before the run's own lines (run_start, the table)
+
+
+# -- a full disk is exit 75, and leaves whole lines ---------------------------------------------
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_mid_run_is_exit_75_naming_the_file_and_the_rerun_resumes(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+) -> None:
+    # Found by QA: ENOSPC while writing results was exit 1 (a failed job: alert, do not
+    # retry) and left half a line at the end of the results file. A full disk is a condition
+    # of the machine; the lines written are whole, so a re-run with room resumes: exit 75.
+    monkeypatch.chdir(tmp_path)
+    jobs, config = write_jobs(tmp_path, 300), fast_config(tmp_path)
+    results = tmp_path / "jobs.results.jsonl"
+    real, calls = os.write, [0]
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        if results.exists() and os.path.samestat(os.fstat(fd), results.stat()):
+            calls[0] += 1
+            if calls[0] == 3:  # as a file system does: first a short write, then the error
+                return real(fd, bytes(data)[: len(data) // 2])
+            if calls[0] > 3:
+                raise OSError(code, os.strerror(code))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    status, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    monkeypatch.setattr(os, "write", real)
+    assert status == 75, err
+    assert f"jobs.results.jsonl: cannot write: {os.strerror(code)}" in err, err
+    assert "results already written are whole lines and safe" in err
+    assert "run the same command again to resume" in err
+    raw = results.read_bytes()
+    assert raw.endswith(b"\n")  # no half line
+    done = [r["custom_id"] for r in lines(results)]  # every line is JSON
+    assert 0 < len(done) < 300 and len(done) == len(set(done))
+    timed = {r["custom_id"] for r in lines(tmp_path / "jobs.latency.jsonl")}
+    assert timed == set(done)  # the latency records of the lost flush were cut back too
+    status, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert status == 0, err
+    assert sorted(r["custom_id"] for r in lines(results)) == sorted(f"q{i}" for i in range(300))
+    summary = load(tmp_path / "jobs.summary.json")
+    assert summary["this_run"]["skipped_resumed"] == len(done)  # it resumed
