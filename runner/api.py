@@ -224,7 +224,7 @@ async def _run_direct(
         outcome = observer.finish(outcome)  # exit 75, the run_end event, final metrics
         if summary_path is not None:
             try:
-                write_summary_to(summary_path, outcome.summary)
+                _write_summary(summary_path, outcome.summary, outputs, shard)
                 if outputs is not None and fresh_state:
                     write_state(summary_path, engine.accounts.summary, outputs.latency_path)
                 if also_stdout:
@@ -234,6 +234,22 @@ async def _run_direct(
                 outcome.summary["summary_error"] = str(exc)
                 outcome = replace(outcome, exit_code=outcome.exit_code or exc.exit_code)
         return outcome
+
+
+def _write_summary(
+    path: Path, summary: dict[str, Any], outputs: Outputs | None, shard: ShardSpec | None
+) -> None:
+    """Write the summary, except over the one of the run that did the work from a re-run that
+    found every job done and sent nothing (runner/noop.py); the caller still gets this
+    invocation's figures. A shard's is always written: the merge reads it as this
+    invocation's record (its ``this_run``)."""
+    if shard is None and outputs is not None and outputs.skipped and str(path) != "-":
+        from .noop import nothing_sent, summary_describes
+
+        if nothing_sent(summary) and summary_describes(path, summary):
+            summary["summary_kept"] = str(path)  # said by the CLI; not in any file
+            return
+    write_summary_to(path, summary)
 
 
 def _shard_setup(config: RunConfig, jobs_path: Path) -> tuple[RunConfig, ShardSpec | None]:

@@ -151,3 +151,102 @@ def test_a_full_disk_mid_run_is_exit_75_naming_the_file_and_the_rerun_resumes(
     assert sorted(r["custom_id"] for r in lines(results)) == sorted(f"q{i}" for i in range(300))
     summary = load(tmp_path / "jobs.summary.json")
     assert summary["this_run"]["skipped_resumed"] == len(done)  # it resumed
+
+
+# -- a re-run with nothing to send keeps the real run's summary and metrics --------------------
+
+PRICES = '[prices."mock-1"]\ninput = 1.0\noutput = 4.0\n'
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def test_a_rerun_with_every_job_done_keeps_the_summary_and_moves_only_the_end_gauges(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by QA: an hourly cron over a daily input re-ran after the real run, sent nothing,
+    # and replaced the summary (wall 0 s, 0 req/s, this_run all zeros) and the textfile
+    # (duration 0, an empty latency histogram) that users and dashboards read the run from.
+    jobs = write_jobs(tmp_path, 30)
+    config = fast_config(tmp_path, PRICES)
+    prom, summary = tmp_path / "runner.prom", tmp_path / "jobs.summary.json"
+    args = ["run", str(jobs), "-c", str(config), "--metrics-textfile", str(prom)]
+    assert cli_run(capsys, *args)[0] == 0
+    first_summary, first_prom = summary.read_bytes(), _samples(prom.read_text())
+    assert load(summary)["this_run"]["ok"] == 30 and load(summary)["cost"]["billed"] > 0
+    code, err = cli_run(capsys, *args)
+    assert code == 0, err
+    assert summary.read_bytes() == first_summary  # the real run's, byte for byte
+    assert "nothing sent: the summary file is left as it was" in err, err
+    again = _samples(prom.read_text())
+    last = ("runner_last_success_timestamp_seconds", (("job_name", "runner"),))
+    assert again.pop(last) > first_prom.pop(last)  # the cron job ran and succeeded
+    assert again == first_prom  # every other figure is the real run's (duration, histogram)
+
+
+def test_a_rerun_with_nothing_to_send_writes_a_summary_that_is_missing_or_stale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only a summary that already describes the output is kept: after a kill -9 before the
+    # summary (none, or an interrupted invocation's) the re-run writes the whole output's.
+    import orjson
+
+    jobs = write_jobs(tmp_path, 12)
+    args = ["run", str(jobs), "-c", str(fast_config(tmp_path, PRICES))]
+    summary = tmp_path / "jobs.summary.json"
+    assert cli_run(capsys, *args)[0] == 0
+    real = load(summary)
+    summary.unlink()
+    assert cli_run(capsys, *args)[0] == 0
+    written = load(summary)
+    assert written["jobs"]["ok"] == 12 and written["this_run"]["skipped_resumed"] == 12
+    assert written["tokens"] == real["tokens"] and written["cost"] == real["cost"]
+    stale = {**real, "stopped": "signal", "not_sent": 5, "exit_code": 130}
+    stale["jobs"] = {**real["jobs"], "total": 7, "ok": 7}
+    summary.write_bytes(orjson.dumps(stale))
+    code, err = cli_run(capsys, *args)
+    assert code == 0 and "left as it was" not in err
+    rewritten = load(summary)
+    assert rewritten["stopped"] is None and rewritten["exit_code"] == 0
+    assert rewritten["jobs"]["ok"] == 12
+
+
+def test_a_rerun_with_nothing_to_send_pushes_only_the_end_gauges(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The Pushgateway keeps what a push leaves out (POST): the re-run pushes its exit code and
+    # success time alone, so the gateway keeps the real run's figures.
+    import http.server
+    import threading
+
+    from test_observe import _Gateway
+
+    seen: list[tuple[str, str, bytes]] = []
+    srv = http.server.HTTPServer(("127.0.0.1", 0), type("H", (_Gateway,), {"seen": seen}))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        jobs = write_jobs(tmp_path, 10)
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        args = ["run", str(jobs), "-c", str(fast_config(tmp_path)), "--pushgateway", url]
+        assert cli_run(capsys, *args)[0] == 0
+        assert cli_run(capsys, *args)[0] == 0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert [m for m, _, _ in seen] == ["POST", "POST"]
+    full, end = (_samples(body.decode()) for _, _, body in seen)
+    assert (
+        "runner_requests_total",
+        (("error_code", ""), ("job_name", "runner"), ("outcome", "ok")),
+    ) in full
+    assert {name for name, _ in end} == {
+        "runner_exit_code",
+        "runner_last_success_timestamp_seconds",
+    }
