@@ -427,11 +427,11 @@ async def _run_batch(
         raise ConfigError("--via batch reads a jobs file and writes the default sinks")
     plan = run_plan(config, Path(jobs))
     _summary_path(config, Path(jobs), own_sink=True, config_path=config_path, plan=plan)
-    if on_start is not None:
-        on_start()
     from .batchapi.engine import run_batch
 
-    return await run_batch(Path(jobs), config, handle_signals=handle_signals, plan=plan)
+    return await run_batch(
+        Path(jobs), config, handle_signals=handle_signals, plan=plan, on_start=on_start
+    )
 
 
 def _refuse_while_batches_run(

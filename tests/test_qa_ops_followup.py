@@ -68,6 +68,7 @@ SIMULATED = "no provider configured: using the built-in simulated provider"
         (["--max-cost", "1"], "--max-cost 1.0 needs a price for every model"),
         (["-o", "file/x.jsonl"], "file/x.jsonl: file is not a directory"),
         (["--model", "other"], "it was written with model 'mock-1', not 'other'"),
+        (["--via", "batch", "--contexts", "missing.jsonl"], "missing.jsonl: cannot open"),
     ],
 )
 @pytest.mark.parametrize("log_format", ["text", "json"])

@@ -22,7 +22,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -111,12 +111,15 @@ async def run_batch(
     handle_signals: bool = False,
     log: TextIO | None = None,
     plan: OutputPlan | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Run ``jobs_path`` through the provider's batch API; returns like :func:`runner.run`.
 
     :param handle_signals: SIGINT/SIGTERM detach (or cancel, with ``cancel_on_stop``) and return.
     :param log: where the per-poll progress lines go (stderr unless ``progress`` is ``off``).
     :param plan: the output plan (:func:`runner.outputs.run_plan`), if already made.
+    :param on_start: called once the checks have passed and the outputs are open
+        (:func:`runner.run`'s).
     """
     if config.cache == "warm":
         # A batch can take far longer than a short cache TTL: where the provider has a longer
@@ -140,6 +143,8 @@ async def run_batch(
         plan = run_plan(config, jobs_path)
         assert plan is not None
     outputs = open_outputs(config, jobs_path=jobs_path, model=config.model, plan=plan)
+    if on_start is not None:
+        on_start()
     try:
         async with contextlib.AsyncExitStack() as stack:
             base_url = await stack.enter_async_context(endpoint(config, mock))
