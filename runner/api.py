@@ -64,6 +64,7 @@ async def run(
     config_path: Path | None = None,
     meter_provider: Any = None,
     policy: RetryPolicy | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Run a batch and return its outcome (summary, exit code, why it stopped early).
 
@@ -79,6 +80,9 @@ async def run(
         GenAI metrics into, instead of the OTLP exporter ``otel_endpoint`` would set up.
     :param policy: retry and backoff policy; by default ``RetryPolicy(max_attempts=...)`` from
         the config (tests pass one with millisecond backoff).
+    :param on_start: called once every check below has passed, just before the first job is
+        read: the CLI says there which provider answers, so that an error that stops the run
+        before it starts is the only message.
 
     Before anything is opened for writing the run checks every output path (none may be an
     input or another output, all must be writable), the inputs, the prices ``max_cost`` needs
@@ -89,7 +93,7 @@ async def run(
     quiet by default.
     """
     if config.via == "batch":  # the provider's batch API (runner/batchapi/)
-        return await _run_batch(jobs, config, sink, handle_signals, config_path)
+        return await _run_batch(jobs, config, sink, handle_signals, config_path, on_start)
     return await _run_direct(
         jobs,
         config,
@@ -99,7 +103,12 @@ async def run(
         config_path=config_path,
         meter_provider=meter_provider,
         policy=policy,
+        on_start=on_start or _nothing,
     )
+
+
+def _nothing() -> None:
+    pass
 
 
 async def _run_direct(
@@ -112,6 +121,7 @@ async def _run_direct(
     config_path: Path | None,
     meter_provider: Any,
     policy: RetryPolicy | None = None,
+    on_start: Callable[[], None] = _nothing,
 ) -> RunOutcome:
     started_at = time.time()
     jobs_path: Path | None = None
@@ -150,7 +160,7 @@ async def _run_direct(
     display = None
     wants = config.progress != "auto" or handle_signals
     if on_tick is None and jobs_path is not None and wants and observer.text_display:
-        display = make_progress(config.progress)
+        display = make_progress(config.progress, interval_s=config.log_interval_s)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(observer.close)
         base_url = await stack.enter_async_context(endpoint(config))
@@ -186,6 +196,7 @@ async def _run_direct(
                 engine.stats.total = count_lines(jobs_path)
             except OSError as exc:
                 raise InputError(f"{jobs_path}: cannot read: {exc.strerror}") from exc
+        on_start()
         observer.start(engine)
         if handle_signals:
             _install_signals(engine, display.note if display is not None else observer.stopping)
@@ -213,7 +224,7 @@ async def _run_direct(
         outcome = observer.finish(outcome)  # exit 75, the run_end event, final metrics
         if summary_path is not None:
             try:
-                write_summary_to(summary_path, outcome.summary)
+                _write_summary(summary_path, outcome.summary, outputs, shard)
                 if outputs is not None and fresh_state:
                     write_state(summary_path, engine.accounts.summary, outputs.latency_path)
                 if also_stdout:
@@ -223,6 +234,22 @@ async def _run_direct(
                 outcome.summary["summary_error"] = str(exc)
                 outcome = replace(outcome, exit_code=outcome.exit_code or exc.exit_code)
         return outcome
+
+
+def _write_summary(
+    path: Path, summary: dict[str, Any], outputs: Outputs | None, shard: ShardSpec | None
+) -> None:
+    """Write the summary, except over the one of the run that did the work from a re-run that
+    found every job done and sent nothing (runner/noop.py); the caller still gets this
+    invocation's figures. A shard's is always written: the merge reads it as this
+    invocation's record (its ``this_run``)."""
+    if shard is None and outputs is not None and outputs.skipped and str(path) != "-":
+        from .noop import nothing_sent, summary_describes
+
+        if nothing_sent(summary) and summary_describes(path, summary):
+            summary["summary_kept"] = str(path)  # said by the CLI; not in any file
+            return
+    write_summary_to(path, summary)
 
 
 def _shard_setup(config: RunConfig, jobs_path: Path) -> tuple[RunConfig, ShardSpec | None]:
@@ -394,6 +421,7 @@ async def _run_batch(
     sink: Sink | None,
     handle_signals: bool,
     config_path: Path | None,
+    on_start: Callable[[], None] | None,
 ) -> RunOutcome:
     if not isinstance(jobs, str | Path) or sink is not None:
         raise ConfigError("--via batch reads a jobs file and writes the default sinks")
@@ -401,7 +429,9 @@ async def _run_batch(
     _summary_path(config, Path(jobs), own_sink=True, config_path=config_path, plan=plan)
     from .batchapi.engine import run_batch
 
-    return await run_batch(Path(jobs), config, handle_signals=handle_signals, plan=plan)
+    return await run_batch(
+        Path(jobs), config, handle_signals=handle_signals, plan=plan, on_start=on_start
+    )
 
 
 def _refuse_while_batches_run(

@@ -290,14 +290,20 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
         argv = sys.argv[1:] if ns.argv is None else ns.argv
         return run_workers(ns.jobs, config, argv, config_path=ns.config)
+    on_start = None
     if not needs_base_url(config.provider) and not config.base_url and not _provider_named(ns):
-        _note(
-            config,
-            "no provider configured: using the built-in simulated provider; replies are synthetic",
-        )
+        # Said once the run has passed its checks: before, an error that stops it (a missing
+        # contexts file, a locked output) came second, after a warning about the provider.
+        def on_start() -> None:
+            _note(
+                config,
+                "no provider configured: using the built-in simulated provider; "
+                "replies are synthetic",
+            )
+
     try:
         outcome: RunOutcome = event_loop_run(
-            run(ns.jobs, config, handle_signals=True, config_path=ns.config)
+            run(ns.jobs, config, handle_signals=True, config_path=ns.config, on_start=on_start)
         )
     except AuthError as exc:
         if config.api_key() is not None:

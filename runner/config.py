@@ -119,7 +119,7 @@ class RunConfig(Record):
     mock: Mapping[str, Any] = field(default_factory=dict)  # options for the built-in mock
     # operations (runner/observe.py): logs, metrics, OpenTelemetry, transient-stop deadline
     log_format: str = "text"  # text | json
-    log_interval_s: float = 5.0  # seconds between JSON progress events
+    log_interval_s: float = 5.0  # seconds between progress events and progress log lines
     quiet: bool = False
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"

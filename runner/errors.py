@@ -8,6 +8,8 @@ conditions that end a run or reject its input before anything is sent::
     ├── InputError           the jobs/contexts file cannot be used at all   (exit 2)
     ├── ResumeError          output belongs to another input/model, or is locked (exit 2)
     ├── SinkError            an output file cannot be written                (exit 1)
+    │   └── DiskFull         no space left (ENOSPC, EDQUOT): free some, re-run (exit 75;
+    │                        also an Unavailable)
     ├── GuardTripped         auth/quota failure, circuit breaker, --max-cost (exit 3)
     │   ├── AuthError
     │   ├── QuotaError
@@ -29,6 +31,7 @@ __all__ = [
     "BudgetExceeded",
     "CircuitOpen",
     "ConfigError",
+    "DiskFull",
     "EndpointError",
     "GuardTripped",
     "InputError",
@@ -105,5 +108,13 @@ class EndpointError(GuardTripped):
 
 class Unavailable(RunnerError):
     """The provider was unreachable after retries, or throttled past the deadline: try later."""
+
+    exit_code = 75
+
+
+class DiskFull(SinkError, Unavailable):
+    """An output's file system is full (or the user's quota spent). Whole lines only were
+    written, so what is in the results is safe and a re-run resumes once there is room: the
+    same "retry later" as the provider's transient conditions (exit 75), not a failed job."""
 
     exit_code = 75

@@ -46,6 +46,10 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+class _EventHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler an :class:`EventLog` with a stream attaches (told apart from a host's)."""
+
+
 class EventLog:
     """Emits named events to the ``runner.events`` logger.
 
@@ -60,8 +64,10 @@ class EventLog:
         self._log = logging.getLogger(LOGGER_NAME)
         self._handler: logging.Handler | None = None
         self._root_handler: logging.Handler | None = None
-        if stream is not None:
-            handler = logging.StreamHandler(stream)
+        if stream is not None and not any(isinstance(h, _EventHandler) for h in self._log.handlers):
+            # One JSON handler at a time: a CLI note said while the run's own log is open
+            # (runner.api.run's on_start) is one line, not one per open EventLog.
+            handler = _EventHandler(stream)
             handler.setFormatter(JsonFormatter())
             handler.setLevel(logging.ERROR if quiet else logging.INFO)
             self._log.addHandler(handler)

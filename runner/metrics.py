@@ -41,6 +41,7 @@ BUCKETS_S: tuple[float, ...] = (
 )  # fmt: skip
 _BUCKETS_MS = [b * 1000.0 for b in BUCKETS_S]
 LAST_SUCCESS = "runner_last_success_timestamp_seconds"
+EXIT_CODE = "runner_exit_code"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +126,26 @@ class RunMetrics:
 
         return generate_latest(self.registry).decode()
 
-    def write_textfile(self, path: Path, f: Figures) -> None:
+    def write_textfile(self, path: Path, f: Figures, *, only_end: bool = False) -> None:
         """Write ``f`` atomically (temporary file in the same directory, fsync, rename).
 
         A failed run keeps the last success time of the file it replaces, so the textfile
         collector's ``runner_last_success_timestamp_seconds`` only moves on success.
+
+        :param only_end: a re-run that sent nothing (runner/noop.py): keep every figure of the
+            file it replaces, moving only the exit code and the last success time.
         """
         if f.last_success is None:
             previous = previous_last_success(path, self._values[0], self.labels)
             if previous is not None:
                 f = _replace_last_success(f, previous)
+        kept = self._previous_figures(path) if only_end else None
         self.update(f)
+        if kept is not None:
+            ends = {EXIT_CODE, LAST_SUCCESS}
+            self._families = [m for m in kept if m.name not in ends] + [
+                m for m in self._families if m.name in ends
+            ]
         data = self.exposition().encode()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # not *.prom: never collected
         try:
@@ -147,13 +157,35 @@ class RunMetrics:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def push(self, url: str, *, timeout: float = 10.0) -> None:
+    def push(self, url: str, *, timeout: float = 10.0, only_end: bool = False) -> None:
         """Push to a Pushgateway with POST semantics: metrics not in this push keep their value,
-        so a failed run (whose push lacks the last success time) leaves the last good one."""
+        so a failed run (whose push lacks the last success time) leaves the last good one.
+
+        :param only_end: push the exit code and last success time alone (a re-run that sent
+            nothing), so the gateway keeps the figures of the run that did the work.
+        """
+        registry = self.registry
+        if only_end:
+            ends = [m for m in self._families if m.name in (EXIT_CODE, LAST_SUCCESS)]
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Fixed(ends))
         pushadd_to_gateway(
-            url, job=self.job_name, registry=self.registry, grouping_key=self.labels,
+            url, job=self.job_name, registry=registry, grouping_key=self.labels,
             timeout=timeout,
         )  # fmt: skip
+
+    def _previous_figures(self, path: Path) -> list[Metric] | None:
+        """The families of an existing textfile written for this run identity, if readable."""
+        try:
+            families = list(text_string_to_metric_families(path.read_text()))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        want = {"job_name": self._values[0], **self.labels}
+        for fam in families:
+            for sample in fam.samples:
+                if {k: sample.labels.get(k) for k in want} != want:
+                    return None  # another run's file: write ours whole
+        return families or None
 
     # -- families ----------------------------------------------------------------------------
 
@@ -232,12 +264,24 @@ class RunMetrics:
             m.add_metric(values, buckets, sum_value=h.sum_s)
             out.append(m)
         if f.exit_code is not None:
-            out.append(gauge("runner_exit_code", "Exit code of the last run.", f.exit_code))
+            out.append(gauge(EXIT_CODE, "Exit code of the last run.", f.exit_code))
         if f.last_success is not None:
             out.append(
                 gauge(LAST_SUCCESS, "Unix time the last successful run ended.", f.last_success)
             )
         return out
+
+
+class _Fixed:
+    """A collector of a fixed list of families (the end gauges of a no-op re-run's push)."""
+
+    __slots__ = ("_families",)
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
 
 
 def _le(b: float) -> str:

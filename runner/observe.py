@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--log-interval",
         type=float,
         dest="log_interval_s",
-        help="seconds between JSON progress events (default: 5)",
+        help="seconds between progress lines or JSON progress events (default: 5)",
     )
     p.add_argument(
         "-q",
@@ -513,17 +513,21 @@ class Observer:
 
     def _export(self, outcome: RunOutcome) -> None:
         assert self.metrics is not None
+        from .noop import nothing_sent
+
         figures = self._figures(outcome)
         self.metrics.update(figures)
         c = self.config
+        # A re-run that found every job done moves only the exit code and last success time.
+        only_end = nothing_sent(outcome.summary)
         if c.metrics_textfile is not None:
             try:
-                self.metrics.write_textfile(c.metrics_textfile, figures)
+                self.metrics.write_textfile(c.metrics_textfile, figures, only_end=only_end)
             except OSError as exc:
                 self._export_failed("textfile", str(c.metrics_textfile), exc)
         if c.pushgateway is not None:
             try:
-                self.metrics.push(c.pushgateway)
+                self.metrics.push(c.pushgateway, only_end=only_end)
             except OSError as exc:  # urllib's URLError and HTTPError are OSErrors
                 self._export_failed("pushgateway", public_url(c.pushgateway), exc)
 

@@ -1,5 +1,8 @@
 """Live progress: a rich bar on a terminal, a plain line every few seconds otherwise (cron logs).
 
+The plain lines come every ``log_interval_s`` seconds (``--log-interval``, 5 by default), the
+same interval as the JSON ``progress`` events.
+
 Log lines start with a UTC ISO 8601 timestamp (``2026-11-28T17:05:09Z [runner] ...``) so that
 a cron log or CI output can be read against other logs.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
@@ -18,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ProgressDisplay", "make_progress"]
 
-LOG_INTERVAL_S = 5.0
+LOG_INTERVAL_S = 5.0  # RunConfig.log_interval_s's default
 
 
 def _line(s: LiveStats, elapsed: float) -> str:
@@ -40,12 +44,21 @@ def _line(s: LiveStats, elapsed: float) -> str:
 class ProgressDisplay:
     """Receives engine ticks; renders a bar or log lines."""
 
-    __slots__ = ("_bar", "_last_log", "_mode", "_out", "_task")
+    __slots__ = ("_bar", "_clock", "_interval", "_last_log", "_mode", "_out", "_task")
 
-    def __init__(self, mode: str, out: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        out: TextIO | None = None,
+        *,
+        interval_s: float = LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self._out = out or sys.stderr
         self._mode = mode
-        self._last_log = time.perf_counter()
+        self._interval = interval_s
+        self._clock = clock
+        self._last_log = clock()
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         if mode == "bar":
@@ -81,8 +94,8 @@ class ProgressDisplay:
                 ),
             )
         elif self._mode == "log":
-            now = time.perf_counter()
-            if now - self._last_log >= LOG_INTERVAL_S:
+            now = self._clock()
+            if now - self._last_log >= self._interval:
                 self._last_log = now
                 stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 print(f"{stamp} [runner] {_line(s, elapsed)}", file=self._out, flush=True)
@@ -103,11 +116,16 @@ class ProgressDisplay:
             self._bar = None
 
 
-def make_progress(mode: str, out: TextIO | None = None) -> ProgressDisplay | None:
-    """``auto`` is a bar on a terminal and log lines otherwise; ``off`` shows nothing."""
+def make_progress(
+    mode: str, out: TextIO | None = None, *, interval_s: float = LOG_INTERVAL_S
+) -> ProgressDisplay | None:
+    """``auto`` is a bar on a terminal and log lines otherwise; ``off`` shows nothing.
+
+    :param interval_s: seconds between log lines (``RunConfig.log_interval_s``).
+    """
     stream = out or sys.stderr
     if mode == "auto":
         mode = "bar" if stream.isatty() else "log"
     if mode == "off":
         return None
-    return ProgressDisplay(mode, stream)
+    return ProgressDisplay(mode, stream, interval_s=interval_s)

@@ -770,6 +770,8 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
             f"cache-write {tok['cache_write']:,}, completion {tok['completion']:,}",
         ),
     ]
+    if summary.get("summary_kept"):  # a re-run that sent nothing (runner/noop.py)
+        head.insert(1, ("summary", "nothing sent: the summary file is left as it was"))
     roles = summary.get("cache", {}).get("by_role", {})
     by_role = ", ".join(
         f"{role} {r['hit_ratio'] * 100:.1f}%" for role, r in roles.items() if role != "none"

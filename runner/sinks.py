@@ -62,7 +62,7 @@ from typing import Any, BinaryIO, Final, TypeVar
 import orjson
 
 from .config import RunConfig
-from .errors import OutputPathError, ResumeError, SinkError
+from .errors import DiskFull, OutputPathError, ResumeError, SinkError
 from .fingerprint import Fingerprint, fingerprint
 from .models import LatencyRecord
 from .outputs import OutputPlan, plan_outputs, run_plan
@@ -389,17 +389,23 @@ class Outputs:
             raise self._broken
         if not (self._pending or self._res_buf):
             return
+        wrote: list[tuple[int, int]] = []  # (fd, bytes) of this flush, to undo on a failure
         try:
             _write_all(self._fds[1], self._lat_buf, self.latency_path)
+            wrote.append((self._fds[1], len(self._lat_buf)))
             if self._pend_buf:
                 _write_all(self._pend_fd, self._pend_buf, self._pending_file())
+                wrote.append((self._pend_fd, len(self._pend_buf)))
                 self._pend_dirty = True
             _write_all(self._fds[0], self._res_buf, self.results_path)
+            wrote.clear()  # R took the lines: they are committed
             if self._pend_dirty and not self._holds:
                 # Everything pending is now in R: start the journal afresh.
                 _io(self._pending_file(), lambda: os.ftruncate(self._pend_fd, 0))
                 self._pend_dirty = False
         except SinkError as exc:
+            for fd, n in wrote:  # the latency records of results R did not take
+                _cut_back(fd, n)
             self._broken = exc
             raise
         self._lat_buf.clear()
@@ -607,7 +613,20 @@ def _io(path: Path, op: Callable[[], _T]) -> _T:
     try:
         return op()
     except OSError as exc:
-        raise SinkError(f"{path}: {exc.strerror or exc}") from exc
+        raise _sink_error(f"{path}: {exc.strerror or exc}", exc) from exc
+
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _sink_error(message: str, exc: OSError, kind: type[SinkError] = SinkError) -> SinkError:
+    """``kind``, or :class:`DiskFull` (exit 75: free space and re-run) when no space is left."""
+    if exc.errno in _NO_SPACE:
+        return DiskFull(
+            f"{message}; the results already written are whole lines and safe: free some "
+            "space, then run the same command again to resume"
+        )
+    return kind(message)
 
 
 def _sidecar(results: Path, suffix: str) -> Path:
@@ -631,10 +650,11 @@ def _open_append(path: Path, *, truncate: bool, opening: bool = True) -> int:
         return os.open(path, flags, 0o644)
     except OSError as exc:
         error = OutputPathError if opening else SinkError
-        raise error(f"{path}: cannot open: {exc.strerror}") from exc
+        raise _sink_error(f"{path}: cannot open: {exc.strerror}", exc, error) from exc
 
 
 def _write_all(fd: int, buf: bytearray, path: Path) -> None:
+    """Append ``buf`` whole, or not at all: a failed write (a full disk) is cut back off."""
     view = memoryview(buf)
     try:
         # A regular file takes the whole buffer in one call; the loop only covers short writes
@@ -642,9 +662,18 @@ def _write_all(fd: int, buf: bytearray, path: Path) -> None:
         while view:
             view = view[os.write(fd, view) :]
     except OSError as exc:
-        raise SinkError(f"{path}: cannot write: {exc.strerror}") from exc
+        _cut_back(fd, len(buf) - len(view))  # no half line for a reader, or for the resume
+        raise _sink_error(f"{path}: cannot write: {exc.strerror}", exc) from exc
     finally:
         view.release()
+
+
+def _cut_back(fd: int, appended: int) -> None:
+    """Remove the last ``appended`` bytes of the file (what a failed flush left); shrinking
+    needs no space. If even that fails, the next run cuts the partial line off."""
+    if appended:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, os.fstat(fd).st_size - appended)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -1160,7 +1189,7 @@ def _claim(fd: int, lock_path: Path) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, text, 0)
     except OSError as exc:
-        raise SinkError(f"{lock_path}: {exc.strerror}") from exc
+        raise _sink_error(f"{lock_path}: {exc.strerror}", exc) from exc
 
 
 def _flock(fd: int, results: Path, lock_path: Path) -> bool:

@@ -459,7 +459,7 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     # As a plain run: no text progress under -q or among JSON events (Observer.text_display).
     text = config.log_format == "text" and not config.quiet
-    display = make_progress(config.progress) if text else None
+    display = make_progress(config.progress, interval_s=config.log_interval_s) if text else None
     stats = LiveStats()
     records: list[_Records] = []
     if display is not None:

@@ -207,7 +207,7 @@ def test_a_summary_that_cannot_be_written_keeps_the_figures_and_no_tmp(
 
     monkeypatch.setattr(sinks.os, "replace", failing_replace)  # type: ignore[attr-defined]
     code, err = cli_run(capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)))
-    assert code == 1
+    assert code == 75  # a full disk: re-run later, which writes the summary (runner/noop.py)
     assert "6 ok, 0 failed" in err  # the table is printed anyway
     assert "the summary could not be written" in err and "No space left" in err
     assert not list(tmp_path.glob("*.tmp"))

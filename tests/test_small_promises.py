@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +153,10 @@ def test_provider_reads_the_sdk_key_variable_by_default(
 # -- timestamped log lines ---------------------------------------------------------------------
 
 
-def test_progress_log_lines_start_with_a_utc_timestamp(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_log_lines_start_with_a_utc_timestamp() -> None:
     out = io.StringIO()
-    display = ProgressDisplay("log", out)
-    monkeypatch.setattr("runner.progress.LOG_INTERVAL_S", 0.0)
+    clock = iter([0.0, 5.0])
+    display = ProgressDisplay("log", out, clock=lambda: next(clock))
     display.tick(LiveStats(total=10, done=3))
     line = out.getvalue().splitlines()[0]
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \[runner\] 3/10 done", line), line
@@ -216,15 +217,15 @@ def test_metadata_is_copied_into_the_result_line(tmp_path: Path) -> None:
 
 
 async def test_run_as_a_library_shows_no_progress_unless_asked(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("runner.progress.LOG_INTERVAL_S", 0.0)  # a line on every tick
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_bytes(b'{"id": "a", "query": "q"}\n')
     slow = {"base_ms": 600.0, "jitter": 0.0}  # lasts a few 0.2 s ticks
-    await runner.run(jobs, RunConfig(mock=slow, output=tmp_path / "a.jsonl"))  # "auto"
+    often = RunConfig(mock=slow, log_interval_s=0.001)  # a line on every tick
+    await runner.run(jobs, replace(often, output=tmp_path / "a.jsonl"))  # "auto"
     assert capsys.readouterr().err == ""
-    await runner.run(jobs, RunConfig(mock=slow, output=tmp_path / "b.jsonl", progress="log"))
+    await runner.run(jobs, replace(often, output=tmp_path / "b.jsonl", progress="log"))
     assert "[runner]" in capsys.readouterr().err  # asked for: shown
 
 

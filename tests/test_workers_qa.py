@@ -230,7 +230,7 @@ def test_workers_honour_quiet_and_json_logs(tmp_path: Path) -> None:
     env = os.environ.copy()
     r = subprocess.run([*cmd, "-q", "--progress", "log"], cwd=ROOT, capture_output=True, env=env)
     assert r.returncode == 0 and r.stderr == b"", r.stderr.decode()[-2000:]
-    # (the progress log writes a line every LOG_INTERVAL_S: see the in-process test below)
+    # (the progress log writes a line every --log-interval: see the in-process test below)
     json_cmd = [*cmd, "--log-format", "json", "--progress", "log", "--no-resume"]
     r = subprocess.run(json_cmd, cwd=ROOT, capture_output=True, env=env)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
@@ -243,24 +243,23 @@ def test_workers_honour_quiet_and_json_logs(tmp_path: Path) -> None:
 def test_the_parents_progress_log_follows_quiet_and_json(
     tmp_path: Path,
     flags: list[str],
-    monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr("runner.progress.LOG_INTERVAL_S", 0.0)  # a line on every poll
     jobs, cfg = _jobs(tmp_path, 4), _config(tmp_path, base_ms=600.0)
     args = ["run", str(jobs), "-c", str(cfg), "--workers", "2", "--progress", "log", *flags]
+    args += ["--log-interval", "0.001"]  # a line on every poll
     assert main(args) == 0
     err = capfd.readouterr().err
     assert "[runner]" not in err and " done, " not in err, err[-2000:]
 
 
 def test_the_parents_progress_shows_tokens_and_errors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # Found by QA: the parent's progress line said "0 tok/s, cache hit 0.0%, 0 errors" always.
-    monkeypatch.setattr("runner.progress.LOG_INTERVAL_S", 0.0)
     jobs, cfg = _jobs(tmp_path, 4, bad=True), _config(tmp_path, base_ms=600.0)
     args = ["run", str(jobs), "-c", str(cfg), "--workers", "2", "--progress", "log"]
+    args += ["--log-interval", "0.001"]  # a line on every poll
     assert main(args) == 1
     lines = [x for x in capfd.readouterr().err.splitlines() if "[runner]" in x]
     assert any(" 1 errors" in x for x in lines), lines[-3:]

@@ -133,12 +133,15 @@ async def run_batch(
     handle_signals: bool = False,
     log: TextIO | None = None,
     plan: OutputPlan | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Run ``jobs_path`` through the provider's batch API; returns like :func:`runner.run`.
 
     :param handle_signals: SIGINT/SIGTERM detach (or cancel, with ``cancel_on_stop``) and return.
     :param log: where the per-poll progress lines go (stderr unless ``progress`` is ``off``).
     :param plan: the output plan (:func:`runner.outputs.run_plan`), if already made.
+    :param on_start: called once the checks have passed and the outputs are open
+        (:func:`runner.run`'s).
     """
     config = batch_run_config(config)
     if config.base_url is None and config.poll_interval == DEFAULT_POLL_INTERVAL_S:
@@ -158,6 +161,8 @@ async def run_batch(
         plan = run_plan(config, jobs_path)
         assert plan is not None
     outputs = open_outputs(config, jobs_path=jobs_path, model=config.model, plan=plan)
+    if on_start is not None:
+        on_start()
     try:
         async with contextlib.AsyncExitStack() as stack:
             base_url = await stack.enter_async_context(endpoint(config, mock))

@@ -1,0 +1,58 @@
+"""A re-run that finds every job already done: what it leaves of the summary and the metrics.
+
+A scheduler runs the same command again after a success (an hourly cron over a daily input, an
+Airflow retry, a Kubernetes Job restarted after its run had finished): the resume skips every
+job and sends nothing. The summary of such an invocation has the whole output's counts, tokens,
+cost and percentiles (rebuilt from the latency file, :mod:`runner.totals`), but its wall time,
+rates and ``this_run`` are zeros, and users read the real run's figures from the file. So:
+
+* the summary file is left as it is when it already describes this output: the same job counts,
+  errors, tokens, model and exit code, and a run that was not stopped (its cost, ``this_run``,
+  wall time and rates stay those of the run that did the work; the cost is not compared: the
+  rebuilt one lacks an explicit cache's storage and sums in another order). Otherwise (no
+  summary, an unreadable one, one of an interrupted run or of other counts, say after a
+  ``kill -9`` before the summary was written) it is written as for any resumed run. A shard's
+  summary is always written (the merge of ``--workers`` reads it as the invocation's record),
+  and so is the merged summary of ``--workers`` (runner/workers.py);
+* the metrics (textfile and Pushgateway) keep every figure of the run that did the work; only
+  ``runner_exit_code`` and ``runner_last_success_timestamp_seconds`` move: the invocation ran
+  and, on exit 0, succeeded, so an alert on "no success in 24 h" stays quiet while the schedule
+  keeps running, and fires when it stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["nothing_sent", "summary_describes"]
+
+# What a summary says about the output as a whole (runner.totals rebuilds them on a resume).
+_WHOLE_OUTPUT = ("exit_code", "model", "tokens", "not_sent")
+_JOB_COUNTS = ("total", "ok", "failed", "by_error")
+
+
+def nothing_sent(summary: Mapping[str, Any]) -> bool:
+    """Whether this invocation resumed an output whose every job was done, sending nothing."""
+    run = summary.get("this_run")
+    if not isinstance(run, Mapping) or summary.get("stopped") or summary.get("not_sent"):
+        return False
+    return bool(run["ok"] == 0 and run["failed"] == 0 and run["skipped_resumed"] > 0)
+
+
+def summary_describes(path: Path, summary: Mapping[str, Any]) -> bool:
+    """Whether the summary file at ``path`` already says what ``summary`` says of the output
+    as a whole (job counts, errors, tokens, model, exit code) and was not stopped."""
+    try:
+        old = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    if not isinstance(old, dict) or old.get("stopped") or not isinstance(old.get("jobs"), dict):
+        return False
+    jobs, new_jobs = old["jobs"], summary["jobs"]
+    return all(jobs.get(k) == new_jobs.get(k) for k in _JOB_COUNTS) and all(
+        old.get(k) == summary.get(k) for k in _WHOLE_OUTPUT
+    )
