@@ -4,6 +4,9 @@ The provider has already classified each failure into an :class:`~runner.models.
 this module only decides *whether* to try again and *how long* to wait first. Waiting uses
 exponential backoff with full jitter, so that many workers failing together spread out instead
 of retrying in lock step, and honours a delay the server asked for when it is a sane one.
+
+One error is no failure of the job: :data:`FIELD_REFUSED`, a field runner adds on its own that
+the server refused. The backend drops the field for the run; the request goes again at once.
 """
 
 from __future__ import annotations
@@ -14,11 +17,18 @@ from dataclasses import dataclass
 from ._records import Record
 from .models import ErrorInfo
 
-__all__ = ["SERVER_DELAY_JITTER", "RetryPolicy"]
+__all__ = ["FIELD_REFUSED", "SERVER_DELAY_JITTER", "RetryPolicy"]
 
 #: Fraction of a server-given delay added at random on top of it: clients told the same
 #: ``retry-after`` would otherwise all come back in the same instant and be throttled again.
 SERVER_DELAY_JITTER = 0.1
+
+#: The code of a 400/422 that refused a field runner added on its own (``prompt_cache_key``,
+#: ``stream_options``): the backend never sends that field again, so the request is re-sent at
+#: once, without backoff, and outside ``max_attempts``. It is bounded all the same: a request
+#: is marked so only when it carried the field, which the backend then leaves out of every
+#: later request (runner/providers/openai.py), so a job is re-sent at most once per such field.
+FIELD_REFUSED = "field_refused"
 
 # 2**62 already dwarfs any cap; bounding the exponent keeps the float product finite.
 _MAX_EXPONENT = 62
@@ -59,7 +69,11 @@ class RetryPolicy(Record):
 
         :param attempt: the number of attempts made so far (1 after the first failure).
         """
-        return error.retriable and not error.fatal and attempt < self.max_attempts
+        return (
+            error.retriable
+            and not error.fatal
+            and (attempt < self.max_attempts or error.code == FIELD_REFUSED)
+        )
 
     def delay(self, error: ErrorInfo, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before the next attempt.
@@ -67,6 +81,8 @@ class RetryPolicy(Record):
         :param attempt: the number of attempts made so far (1 after the first failure).
         :param rng: the source of jitter; pass a seeded one for reproducible delays.
         """
+        if error.code == FIELD_REFUSED:
+            return 0.0  # nothing to wait for: the same request, minus the refused field
         rng = rng or _default_rng
         server = error.retry_after_s
         if server is not None and 0 <= server <= self.max_server_delay_s:

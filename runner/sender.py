@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .guards import fatal
 from .models import Attempt, ErrorInfo
+from .retry import FIELD_REFUSED
 
 if TYPE_CHECKING:
     from .accounting import Accounts
@@ -142,7 +143,7 @@ class Sender:
                 if err.fatal:
                     self._trip(fatal(err))
                     raise _Abandon
-                if primer and attempts == 1:
+                if primer and attempts == 1 and err.code != FIELD_REFUSED:
                     self._scheduler.answered(d, False)  # promote a follower meanwhile
                     self._pump()
                 if not self._policy.should_retry(err, attempts):

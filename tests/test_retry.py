@@ -8,7 +8,7 @@ import random
 import pytest
 
 from runner.models import ErrorInfo
-from runner.retry import SERVER_DELAY_JITTER, RetryPolicy
+from runner.retry import FIELD_REFUSED, SERVER_DELAY_JITTER, RetryPolicy
 
 
 def err(
@@ -100,6 +100,16 @@ def test_server_delay_honoured_with_small_upward_jitter(server: float) -> None:
 def test_zero_server_delay_means_now() -> None:
     policy = RetryPolicy(max_attempts=5)
     assert policy.delay(err(retry_after_s=0.0), 3, random.Random(0)) == 0.0
+
+
+def test_field_refused_is_resent_at_once_even_past_max_attempts() -> None:
+    refused = err(FIELD_REFUSED, retry_after_s=None)
+    policy = RetryPolicy(max_attempts=2)
+    assert [policy.should_retry(refused, n) for n in (1, 2, 5)] == [True, True, True]
+    assert policy.delay(refused, 3, random.Random(0)) == 0.0
+    # still nothing for a request that is not retriable or stops the run
+    assert policy.should_retry(err(FIELD_REFUSED, retriable=False), 1) is False
+    assert policy.should_retry(err(FIELD_REFUSED, fatal=True), 1) is False
 
 
 @pytest.mark.parametrize("server", [120.001, 3600.0, -1.0])

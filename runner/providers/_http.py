@@ -520,6 +520,12 @@ class HTTPBackend:
     def stream_parser(self, t0: float) -> StreamParser:
         return self.stream_class(t0)
 
+    def refused(self, error: ErrorInfo, said: bytes, sent: dict[str, Any]) -> ErrorInfo:
+        """A 400/422 (``error``, whose body is ``said``) to the request ``sent``: the protocol
+        may tell a refused field of its own from a bad job (see
+        :data:`runner.retry.FIELD_REFUSED`). Called on those statuses only, never on success."""
+        return error
+
     # the request ---------------------------------------------------------------------------
 
     async def send(
@@ -600,7 +606,7 @@ class HTTPBackend:
                 itl_ms=parser.itl_ms if parser is not None else None,
                 rate=rate,
             )
-        return self._json_attempt(status, headers, raw, rate, latency)
+        return self._json_attempt(status, headers, raw, rate, latency, body)
 
     def _endpoint_error(self, status: int, message: str) -> ErrorInfo:
         """404/405/501 from the completion endpoint: the URL (or model) is wrong for every job."""
@@ -647,7 +653,13 @@ class HTTPBackend:
         return self._guard.text(rid)
 
     def _json_attempt(
-        self, status: int, headers: Headers, raw: bytes, rate: RateInfo | None, latency: float
+        self,
+        status: int,
+        headers: Headers,
+        raw: bytes,
+        rate: RateInfo | None,
+        latency: float,
+        sent: dict[str, Any],
     ) -> Attempt:
         try:
             body = orjson.loads(raw)
@@ -700,6 +712,8 @@ class HTTPBackend:
         error = self._scrubbed(self.classify(status, detail, headers))
         if status in WRONG_ENDPOINT:
             error = self._endpoint_error(status, error.message)
+        elif status == 400 or status == 422:
+            error = self.refused(error, raw, sent)
         return Attempt(
             status=status,
             body=body,

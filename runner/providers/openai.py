@@ -7,13 +7,13 @@ None, never 0); DeepSeek reports ``prompt_cache_hit_tokens`` / ``prompt_cache_mi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..config import RunConfig
-from ..models import Attempt, ErrorInfo, Job, Usage, usage_of
+from ..models import ErrorInfo, Job, Usage, usage_of
+from ..retry import FIELD_REFUSED
 from ._http import (
     HELD,
     Headers,
@@ -295,7 +295,8 @@ def _add_parts(state: _Choice, parts: list[Any]) -> bool:
     return carried
 
 
-#: Fields runner adds to a request on its own, dropped for the run when a server refuses them.
+#: Fields runner adds to a request on its own, dropped for the run when a server refuses them
+#: (a job's own ``params`` may set them too: dropped all the same, the server refuses them).
 _OWN_FIELDS = ("prompt_cache_key", "stream_options")
 
 
@@ -314,30 +315,21 @@ class OpenAIBackend(HTTPBackend):
         self._retention = config.prompt_cache_retention
         self._refused: set[str] = set()  # fields of ours the server refused: never sent again
 
-    async def send(
-        self,
-        job: Job,
-        *,
-        cache_key: str | None,
-        on_first_byte: Callable[[], None] | None = None,
-        prewarm: bool = False,
-    ) -> Attempt:
-        """:meth:`HTTPBackend.send`; a server that refuses a field runner adds on its own
-        (strict OpenAI-compatible APIs answer 400/422 "extra inputs are not permitted" to
-        ``prompt_cache_key``; older Azure API versions refuse ``stream_options``) is asked
-        again without it, and never sent it again: a hint must not fail every job."""
-        a = await super().send(
-            job, cache_key=cache_key, on_first_byte=on_first_byte, prewarm=prewarm
+    def refused(self, error: ErrorInfo, said: bytes, sent: dict[str, Any]) -> ErrorInfo:
+        """A server that refuses a field runner adds on its own (strict OpenAI-compatible APIs
+        answer 400/422 "extra inputs are not permitted" to ``prompt_cache_key``; older Azure API
+        versions refuse ``stream_options``) is never sent it again, and the attempt becomes a
+        :data:`~runner.retry.FIELD_REFUSED` error that the sender re-sends at once, through the
+        limiter like any attempt: a hint must not fail every job. Only a request that carried
+        the field is marked so; later ones leave it out, so none is re-sent twice for it."""
+        fields = [f for f in _OWN_FIELDS if f in sent and f.encode() in said]
+        if not fields:
+            return error
+        self._refused.update(fields)
+        what = " and ".join(fields)
+        return ErrorInfo(
+            FIELD_REFUSED, f"{error.message} (refused {what}: sent again without it)", True
         )
-        if a.status in (400, 422) and a.error is not None:
-            said = (a.raw or b"") + a.error.message.encode()
-            refused = [f for f in _OWN_FIELDS if f.encode() in said and f not in self._refused]
-            if refused:
-                self._refused.update(refused)
-                a = await super().send(
-                    job, cache_key=cache_key, on_first_byte=on_first_byte, prewarm=prewarm
-                )
-        return a
 
     def build_body(
         self, job: Job, cache_key: str | None, *, prewarm: bool = False
@@ -347,22 +339,21 @@ class OpenAIBackend(HTTPBackend):
             body.update(self._params)
         if job.params:
             body.update(job.params)
-        refused = self._refused
-        if cache_key is not None and "prompt_cache_key" not in refused:
+        if cache_key is not None:
             body["prompt_cache_key"] = cache_key
         if self._retention is not None:
             body["prompt_cache_retention"] = self._retention
+        stream = False
         if self._stream or body.get("stream") is True:
-            body["stream"] = True
+            body["stream"] = stream = True
             extra = body.get("stream_options")
             # Without include_usage a stream carries no usage at all (vLLM, OpenAI).
-            if "stream_options" in refused:
-                body.pop("stream_options", None)
-            else:
-                body["stream_options"] = (
-                    {**extra, "include_usage": True}
-                    if isinstance(extra, dict)
-                    else {"include_usage": True}
-                )
-            return body, True
-        return body, False
+            body["stream_options"] = (
+                {**extra, "include_usage": True}
+                if isinstance(extra, dict)
+                else {"include_usage": True}
+            )
+        if self._refused:  # refused by the server: never sent again, whoever set them
+            for field in self._refused:
+                body.pop(field, None)
+        return body, stream

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from providers.engine_run import CountingLimiter, plain_job, run_jobs
 from providers.fake_provider import Fake, Handler
 
 from runner.config import Provider, RunConfig
@@ -375,7 +376,9 @@ async def test_a_dozen_streamed_tool_calls_keep_their_order(fake: Fake) -> None:
 
 
 # Strict OpenAI-compatible APIs (pydantic "extra inputs are not permitted") refuse the routing
-# hint with a 400/422: every job of a warm run failed. The field is dropped for the run instead.
+# hint with a 400/422: every job of a warm run failed. The field is dropped for the run instead,
+# and the refused request is sent again by the engine's retry loop (tests/providers/
+# test_wire_retries.py checks that this re-send is an attempt that passes the limiter).
 async def test_a_server_that_refuses_prompt_cache_key_is_asked_without_it(fake: Fake) -> None:
     async def strict(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
@@ -385,11 +388,10 @@ async def test_a_server_that_refuses_prompt_cache_key_is_asked_without_it(fake: 
         return web.json_response({"choices": [{"message": {"content": "ok"}}]})
 
     fake.handler = strict
-    config = RunConfig(provider="openai", base_url="http://x", model="m")
-    async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
-        first = await backend.send(job(), cache_key="group-1")
-        second = await backend.send(job(), cache_key="group-1")
-    assert message(first)["content"] == "ok" and message(second)["content"] == "ok"
+    config = RunConfig(provider="openai", base_url="http://x", model="m", concurrency=1)
+    jobs = [plain_job(0, "group-1"), plain_job(1, "group-1")]
+    out, sink = await run_jobs(fake, config, jobs, limiter=CountingLimiter())
+    assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None, None]
     keyed = ["prompt_cache_key" in s.json() for s in fake.seen]
     assert keyed == [True, False, False]  # refused once, then never sent again
 
@@ -411,11 +413,15 @@ async def test_a_server_that_refuses_stream_options_streams_without_them(fake: F
         return await sse([chunk({"content": "ok"}, "stop"), b"[DONE]"])(request)
 
     fake.handler = old_azure
-    config = RunConfig(provider="openai", base_url="http://x", model="m", stream=True)
-    async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
-        first = await backend.send(job(), cache_key=None)
-        second = await backend.send(job(), cache_key=None)
-    assert message(first)["content"] == "ok" and message(second)["content"] == "ok"
+    config = RunConfig(
+        provider="openai", base_url="http://x", model="m", stream=True, concurrency=1, cache="none"
+    )
+    out, sink = await run_jobs(
+        fake, config, [plain_job(0), plain_job(1)], limiter=CountingLimiter()
+    )
+    assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None, None]
+    bodies = [orjson.loads(orjson.dumps(r["response"]["body"])) for r in sink.results]
+    assert [b["choices"][0]["message"]["content"] for b in bodies] == ["ok", "ok"]
     assert ["stream_options" in s.json() for s in fake.seen] == [True, False, False]
 
 

@@ -1,0 +1,113 @@
+"""The retry loop over the wire: a whole engine, a real backend and a loopback server.
+
+A field the server refused is re-sent by the sender as an attempt of its own (through the
+limiter, counted), never behind the limiter's back inside the backend; a ``retry-after`` of 0,
+in the past or of a millisecond still backs off, growing with each attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+from providers.engine_run import CountingLimiter, SleepLog, plain_job, run_jobs
+from providers.fake_provider import Fake
+
+from runner.config import RunConfig
+from runner.retry import RetryPolicy
+
+OK = {"id": "c1", "choices": [{"index": 0, "message": {"content": "ok"}}]}
+REFUSED = {"detail": [{"type": "extra_forbidden", "loc": ["body", "prompt_cache_key"]}]}
+
+
+def keyed(body: dict[str, Any]) -> bool:
+    return "prompt_cache_key" in body
+
+
+async def refuse_the_key(request: web.Request) -> web.StreamResponse:
+    if keyed(orjson.loads(await request.read())):
+        return web.json_response(REFUSED, status=422)
+    return web.json_response(OK)
+
+
+async def test_a_refused_field_is_resent_through_the_limiter_as_an_attempt(fake: Fake) -> None:
+    """Before, the backend re-sent the refused request itself: the server saw 3 requests while
+    the limiter let 2 through (one request outside the RPM/TPM budget) and the job's record
+    said 1 attempt. Now every request the server sees passed the limiter."""
+    fake.handler = refuse_the_key
+    limiter, sleep = CountingLimiter(), SleepLog()
+    config = RunConfig(provider="openai", base_url="http://x", model="m", concurrency=1)
+    jobs = [plain_job(0, "g"), plain_job(1, "g")]
+    out, sink = await run_jobs(fake, config, jobs, limiter=limiter, sleep=sleep)
+    assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None, None]
+    assert [keyed(s.json()) for s in fake.seen] == [True, False, False]
+    assert limiter.acquired == len(limiter.released) == len(fake.seen) == 3
+    assert [r.attempts for r in sink.records] == [2, 1]
+    refusal = limiter.released[0].error  # the limiter saw the refusal, as any failed attempt
+    assert refusal is not None and refusal.code == "field_refused"
+    assert sleep.delays == [0.0]  # re-sent at once: nothing to wait for
+    assert out.summary["retries"] == 1
+
+
+async def test_a_refused_field_is_resent_even_on_the_last_allowed_attempt(fake: Fake) -> None:
+    """``max_attempts`` counts tries of the job; a request runner itself malformed for this
+    server is no try of it (and cannot repeat: the field is never sent again)."""
+    fake.handler = refuse_the_key
+    limiter = CountingLimiter()
+    config = RunConfig(provider="openai", base_url="http://x", model="m", concurrency=1)
+    policy = RetryPolicy(max_attempts=1)
+    out, sink = await run_jobs(fake, config, [plain_job(0, "g")], limiter=limiter, policy=policy)
+    assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None]
+    assert limiter.acquired == len(fake.seen) == 2
+
+
+async def test_every_request_in_flight_when_a_field_is_refused_is_resent(fake: Fake) -> None:
+    """Four streams in flight all carry ``stream_options`` when the first refusal comes back.
+    Before, only the request that learnt of the refusal was re-sent: the other three failed
+    with their HTTP 400."""
+    carried = 0
+    all_in = asyncio.Event()
+
+    async def old_azure(request: web.Request) -> web.StreamResponse:
+        nonlocal carried
+        if "stream_options" in orjson.loads(await request.read()):
+            carried += 1
+            if carried == 4:
+                all_in.set()
+            await asyncio.wait_for(all_in.wait(), 10)
+            err = {"error": {"message": "Unrecognized request argument supplied: stream_options"}}
+            return web.json_response(err, status=400)
+        resp = web.StreamResponse()
+        resp.content_type = "text/event-stream"
+        await resp.prepare(request)
+        choice = {"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}
+        chunk = {"id": "c1", "choices": [choice]}
+        await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    fake.handler = old_azure
+    limiter = CountingLimiter()
+    config = RunConfig(
+        provider="openai", base_url="http://x", model="m", stream=True, concurrency=4, cache="none"
+    )
+    out, sink = await run_jobs(fake, config, [plain_job(i) for i in range(4)], limiter=limiter)
+    assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None] * 4
+    assert sorted(r.attempts for r in sink.records) == [2, 2, 2, 2]
+    assert limiter.acquired == len(fake.seen) == 8
+
+
+async def test_a_primer_refused_a_field_holds_its_followers_until_it_is_answered(
+    fake: Fake,
+) -> None:
+    """A failed primer lets a follower go meanwhile (it will back off); a primer whose field was
+    refused goes again at once, so its followers still wait for its answer (and the cache)."""
+    fake.handler = refuse_the_key
+    config = RunConfig(provider="openai", base_url="http://x", model="m", concurrency=4)
+    jobs = [plain_job(i, "g") for i in range(3)]
+    out, sink = await run_jobs(fake, config, jobs, limiter=CountingLimiter())
+    assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None] * 3
+    asked = [s.json()["messages"][0]["content"] for s in fake.seen]
+    assert asked[:2] == ["q0", "q0"] and sorted(asked[2:]) == ["q1", "q2"]
