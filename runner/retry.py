@@ -3,7 +3,9 @@
 The provider has already classified each failure into an :class:`~runner.models.ErrorInfo`;
 this module only decides *whether* to try again and *how long* to wait first. Waiting uses
 exponential backoff with full jitter, so that many workers failing together spread out instead
-of retrying in lock step, and honours a delay the server asked for when it is a sane one.
+of retrying in lock step, and honours a delay the server asked for when it is a sane one: as a
+floor under that backoff, never as a replacement for it (``retry-after: 0`` on every 429 must
+not turn the retries into a hot loop).
 
 One error is no failure of the job: :data:`FIELD_REFUSED`, a field runner adds on its own that
 the server refused. The backend drops the field for the run; the request goes again at once.
@@ -80,13 +82,21 @@ class RetryPolicy(Record):
 
         :param attempt: the number of attempts made so far (1 after the first failure).
         :param rng: the source of jitter; pass a seeded one for reproducible delays.
+
+        A server-given delay (``retry-after``, a reset, "try again in 644ms") is a floor, not
+        the answer: the delay is the larger of that delay (plus up to
+        :data:`SERVER_DELAY_JITTER` of it) and this attempt's exponential backoff. So a large
+        delay is honoured as asked, while ``retry-after: 0``, a date in the past or a few
+        milliseconds still back off, more with every attempt, as if no delay had been given.
+        A delay above ``max_server_delay_s`` (or negative) is ignored: the backoff alone.
         """
         if error.code == FIELD_REFUSED:
             return 0.0  # nothing to wait for: the same request, minus the refused field
         rng = rng or _default_rng
+        exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
+        backoff = rng.uniform(0, min(self.cap_s, self.base_s * 2.0**exponent))
         server = error.retry_after_s
         if server is not None and 0 <= server <= self.max_server_delay_s:
             # Never earlier than asked: coming back early just earns another 429.
-            return server + rng.uniform(0, SERVER_DELAY_JITTER * server)
-        exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
-        return rng.uniform(0, min(self.cap_s, self.base_s * 2.0**exponent))
+            return max(server + rng.uniform(0, SERVER_DELAY_JITTER * server), backoff)
+        return backoff

@@ -303,7 +303,8 @@ async def test_engine_waits_the_policys_backoff_between_attempts() -> None:
 
     sink = MemorySink()
     config = RunConfig(concurrency=1, max_attempts=5, progress="off")
-    policy = RetryPolicy(max_attempts=5)
+    # a backoff (at most 0.4 s) below the server's delays: those are what the sleep sees
+    policy = RetryPolicy(max_attempts=5, base_s=0.1, cap_s=0.4)
     eng = Engine(
         config,
         backend=FakeBackend(script),

@@ -90,16 +90,29 @@ def test_seeded_rng_reproduces_delays() -> None:
 
 @pytest.mark.parametrize("server", [0.25, 5.0, 120.0])
 def test_server_delay_honoured_with_small_upward_jitter(server: float) -> None:
-    policy = RetryPolicy(max_attempts=5)
+    # A backoff below the server's delay (ceiling 0.08 s at attempt 4): the server's delay wins.
+    policy = RetryPolicy(max_attempts=5, base_s=0.01, cap_s=1.0)
     rng = random.Random(11)
     delays = [policy.delay(err("rate_limited", retry_after_s=server), 4, rng) for _ in range(300)]
     assert all(server <= d <= server * (1 + SERVER_DELAY_JITTER) for d in delays)
     assert max(delays) > server * (1 + SERVER_DELAY_JITTER / 2)  # jittered, not constant
 
 
-def test_zero_server_delay_means_now() -> None:
-    policy = RetryPolicy(max_attempts=5)
-    assert policy.delay(err(retry_after_s=0.0), 3, random.Random(0)) == 0.0
+@pytest.mark.parametrize("server", [0.0, 0.001, 0.25])
+def test_server_delay_is_a_floor_under_the_backoff(server: float) -> None:
+    """ "retry-after: 0" (or a date in the past, or a millisecond) on every 429 was retried at
+    once, a hot loop; now the policy's backoff still applies, growing with each attempt."""
+    policy = RetryPolicy(max_attempts=20, base_s=0.5, cap_s=8.0)
+    means = []
+    for attempt in (1, 2, 3, 4):
+        ceiling = min(8.0, 0.5 * 2 ** (attempt - 1))
+        rng = random.Random(attempt)
+        limited = err("rate_limited", retry_after_s=server)
+        delays = [policy.delay(limited, attempt, rng) for _ in range(1000)]
+        assert all(server <= d <= max(ceiling, server * (1 + SERVER_DELAY_JITTER)) for d in delays)
+        assert max(delays) > 0.9 * ceiling  # the backoff's whole range, not the server's 0
+        means.append(sum(delays) / len(delays))
+    assert means[0] > 0.2 and means[0] < means[1] < means[2] < means[3]
 
 
 def test_field_refused_is_resent_at_once_even_past_max_attempts() -> None:

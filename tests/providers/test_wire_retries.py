@@ -8,13 +8,18 @@ in the past or of a millisecond still backs off, growing with each attempt.
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import random
+import time
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from providers.engine_run import CountingLimiter, SleepLog, plain_job, run_jobs
 from providers.fake_provider import Fake
 
+import runner.retry
 from runner.config import RunConfig
 from runner.retry import RetryPolicy
 
@@ -97,6 +102,81 @@ async def test_every_request_in_flight_when_a_field_is_refused_is_resent(fake: F
     assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None] * 4
     assert sorted(r.attempts for r in sink.records) == [2, 2, 2, 2]
     assert limiter.acquired == len(fake.seen) == 8
+
+
+def _midpoint_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full jitter drawn at the middle of its range: the backoff is exactly half its ceiling."""
+
+    class Midpoint(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return (a + b) / 2
+
+    monkeypatch.setattr(runner.retry, "_default_rng", Midpoint())
+
+
+def _past_date() -> str:
+    return email.utils.formatdate(time.time() - 3600, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"retry-after": "0"}, {"retry-after-ms": "1"}, {"retry-after": _past_date()}],
+    ids=["zero", "one-ms", "past-date"],
+)
+async def test_a_retry_after_of_nothing_still_backs_off_and_grows(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch, headers: dict[str, str]
+) -> None:
+    """A server answering every 429 with ``retry-after: 0`` was retried at once, in a hot loop.
+    The server's delay is a floor under the policy's backoff, not a replacement for it."""
+    _midpoint_jitter(monkeypatch)
+    answers = 0
+
+    async def throttled(request: web.Request) -> web.StreamResponse:
+        nonlocal answers
+        answers += 1
+        if answers <= 3:
+            err = {"error": {"message": "Rate limit reached", "type": "requests"}}
+            return web.json_response(err, status=429, headers=headers)
+        return web.json_response(OK)
+
+    fake.handler = throttled
+    sleep = SleepLog()
+    config = RunConfig(provider="openai", base_url="http://x", model="m", cache="none")
+    policy = RetryPolicy(max_attempts=5, base_s=0.5, cap_s=30.0)
+    out, sink = await run_jobs(
+        fake, config, [plain_job(0)], limiter=CountingLimiter(), policy=policy, sleep=sleep
+    )
+    assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None]
+    assert sink.records[0].attempts == 4
+    assert len(sleep.delays) == 3
+    assert all(d > 0 for d in sleep.delays), sleep.delays
+    assert sleep.delays[0] < sleep.delays[1] < sleep.delays[2], sleep.delays
+    assert sleep.delays == [0.25, 0.5, 1.0]  # the backoff ceilings 0.5, 1, 2 at mid-jitter
+
+
+async def test_a_large_retry_after_is_still_honoured(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _midpoint_jitter(monkeypatch)
+    answers = 0
+
+    async def throttled(request: web.Request) -> web.StreamResponse:
+        nonlocal answers
+        answers += 1
+        if answers <= 2:
+            err = {"error": {"message": "Rate limit reached"}}
+            return web.json_response(err, status=429, headers={"retry-after": "20"})
+        return web.json_response(OK)
+
+    fake.handler = throttled
+    sleep = SleepLog()
+    config = RunConfig(provider="openai", base_url="http://x", model="m", cache="none")
+    policy = RetryPolicy(max_attempts=5, base_s=0.5, cap_s=30.0)
+    out, sink = await run_jobs(
+        fake, config, [plain_job(0)], limiter=CountingLimiter(), policy=policy, sleep=sleep
+    )
+    assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None]
+    assert sleep.delays == [21.0, 21.0]  # 20 s plus half of the 10% upward jitter, as asked
 
 
 async def test_a_primer_refused_a_field_holds_its_followers_until_it_is_answered(
