@@ -162,6 +162,7 @@ class ExplicitCaches:
         self._opening: dict[str, asyncio.Future[None]] = {}
         self._adopted: dict[str, CacheInfo] = {}  # group tag -> a live cache of an earlier run
         self._adopt_t: dict[str, float] = {}  # when each adopted cache was found
+        self._undeleted: dict[str, _Cache] = {}  # a delete failed: tried again at shutdown
         self._lost: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._lifetimes: list[tuple[int, float]] = []
@@ -174,6 +175,7 @@ class ExplicitCaches:
         self.extended = 0
         self.adopted = 0
         self.leftover_deleted = 0
+        self.left_alive = 0  # could not be deleted: lives (billed) until its expiry
         self.errors: list[str] = []
 
     # -- the run's edges -----------------------------------------------------------------------
@@ -205,6 +207,8 @@ class ExplicitCaches:
             if cache is not None:
                 await self._delete(cache)
             self._by_group.pop(group, None)
+        for cache in list(self._undeleted.values()):
+            await self._delete(cache)
         for info in list(self._adopted.values()):
             await self._delete_leftover(info.name, info.tokens)
         self._adopted.clear()
@@ -214,10 +218,25 @@ class ExplicitCaches:
             found = await self._store.list_caches()
         except CacheAPIError as exc:
             self.errors.append(f"listing caches at the end: {exc}")
-            return
-        for info in found:
-            if info.display_name.startswith(self._prefix):
+            found = None
+        listed = set()
+        for info in found or ():
+            if not info.display_name.startswith(self._prefix):
+                continue
+            listed.add(info.name)
+            held = self._undeleted.get(info.name)
+            if held is not None:
+                await self._delete(held)
+            else:
                 await self._delete_leftover(info.name, info.tokens)
+        for cache in list(self._undeleted.values()):
+            self._undeleted.pop(cache.name)
+            if found is not None and cache.name not in listed:
+                self._retire(cache)  # gone meanwhile (expired): billed to its end
+                continue
+            # Still there (or unknown): it lives, and is billed, until its expiry.
+            self.left_alive += 1
+            self._lifetimes.append((cache.tokens, max(0.0, cache.expire_at - cache.created)))
 
     # -- hooks the engine calls ----------------------------------------------------------------
 
@@ -297,6 +316,7 @@ class ExplicitCaches:
             "deleted": self.deleted,
             "adopted": self.adopted,
             "leftovers_deleted": self.leftover_deleted,
+            "left_alive": self.left_alive,
             "create_failures": self.create_failures,
             "recreated": self.recreated,
             "extended": self.extended,
@@ -365,9 +385,10 @@ class ExplicitCaches:
             await self._store.delete_cache(cache.name)
         except CacheAPIError as exc:
             self.errors.append(f"deleting {cache.name}: {exc}")
-            # Try once more at shutdown through the journal's list of live names.
-            self._adopted.setdefault("retry:" + cache.name, CacheInfo(cache.name, "", cache.tokens))
+            # Tried again at shutdown; its storage is billed from its create either way.
+            self._undeleted[cache.name] = cache
             return
+        self._undeleted.pop(cache.name, None)
         self._retire(cache)
 
     def _retire(self, cache: _Cache) -> None:

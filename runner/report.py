@@ -807,6 +807,15 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
                     f"saving net {cost['saving_net'] * 100:.1f}%",
                 )
             )
+    alive = (summary.get("explicit_caches") or {}).get("left_alive")
+    if alive:  # storage is billed until their TTL: say so, and how to remove them
+        head.append(
+            (
+                "caches",
+                f"{alive} could not be deleted and live until their TTL "
+                "(`runner caches OUTPUT -c CONFIG --delete` removes them)",
+            )
+        )
     ctl = summary.get("cache_control")
     if ctl and ctl["adaptive"]:  # fixed limits are what the user set: nothing to report
         ratio = ctl["follower_hit_ratio"]

@@ -1,0 +1,103 @@
+"""Red team 3: explicit caches whose delete fails (the provider answers 500 to DELETE).
+
+A cache that could not be deleted is still stored, and billed, by the provider: its storage
+must be in the summary's cost (from its create until it was deleted at last, or until its
+expiry when it never was), never dropped to zero."""
+
+from __future__ import annotations
+
+import asyncio
+
+from runner.explicit_cache import CacheAPIError, CacheInfo, ExplicitCaches
+from runner.models import Job, Price
+from runner.report import render_summary
+from runner.stats import SummaryBuilder
+
+TOKENS = 2000
+PRICE = Price(input=1.0, cached_input=0.1, output=1.0, cache_storage=1.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FailingDeletes:
+    """An in-memory store whose first ``fails`` deletes answer 500 INTERNAL."""
+
+    def __init__(self, fails: int) -> None:
+        self.fails = fails
+        self.live: dict[str, str] = {}
+        self.n = 0
+
+    async def create_cache(self, job: Job, *, ttl_s: float, display_name: str) -> CacheInfo:
+        self.n += 1
+        name = f"cachedContents/c{self.n}"
+        self.live[name] = display_name
+        return CacheInfo(name, display_name, TOKENS, ttl_s=ttl_s)
+
+    async def extend_cache(self, name: str, *, ttl_s: float) -> CacheInfo:
+        return CacheInfo(name, self.live[name], TOKENS, ttl_s=ttl_s)
+
+    async def delete_cache(self, name: str) -> None:
+        if self.fails > 0:
+            self.fails -= 1
+            raise CacheAPIError("DELETE: 500 INTERNAL", status=500, retriable=True)
+        self.live.pop(name, None)
+
+    async def list_caches(self) -> list[CacheInfo]:
+        return [CacheInfo(n, d, TOKENS) for n, d in self.live.items()]
+
+
+def job() -> Job:
+    msgs = ({"role": "system", "content": "x" * 8000}, {"role": "user", "content": "q"})
+    return Job("q1", 1, msgs, 1, "g1", "doc", None, {}, 8001, 8000)
+
+
+async def one_group(fails: int) -> tuple[ExplicitCaches, FailingDeletes]:
+    """A group open 100 s, closed (its delete may fail), the run ending 50 s later."""
+    clock = Clock()
+    store = FailingDeletes(fails)
+    caches = ExplicitCaches(store, tag="t", concurrency=4, min_ttl_s=300.0, clock=clock)
+    await caches.recover()
+    await caches.open("g1", job(), 10)
+    clock.t += 100.0
+    caches.close("g1")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    clock.t += 50.0
+    await caches.shutdown()
+    return caches, store
+
+
+async def test_a_delete_that_failed_once_bills_the_cache_until_the_retry_deleted_it() -> None:
+    caches, store = await one_group(fails=1)
+    cost = caches.cost(PRICE)
+    assert store.live == {}
+    assert cost["deleted"] == 1 and cost["left_alive"] == 0
+    # created at t=1000, delete failed at 1100, deleted at shutdown at 1150: 150 s stored
+    assert cost["cache_seconds"] == 150.0
+    assert cost["storage_usd"] > 0
+    assert any("500 INTERNAL" in e for e in cost["errors"])
+
+
+async def test_a_cache_that_cannot_be_deleted_is_billed_to_its_expiry_and_reported() -> None:
+    caches, store = await one_group(fails=99)
+    cost = caches.cost(PRICE)
+    assert list(store.live) == ["cachedContents/c1"]  # still on the server
+    assert cost["left_alive"] == 1
+    assert cost["cache_seconds"] == 300.0  # it lives out its TTL (300 s from its create)
+    assert cost["storage_usd"] == round(TOKENS * 300.0 / 3600.0 / 1e6 * 1.0, 10)
+    summary = SummaryBuilder(None).summary()
+    summary["explicit_caches"] = cost
+    text = render_summary(summary)
+    assert "1 could not be deleted" in text and "runner caches" in text
+
+
+async def test_a_deleted_cache_is_billed_once() -> None:
+    caches, _ = await one_group(fails=0)
+    cost = caches.cost(PRICE)
+    assert cost["cache_seconds"] == 100.0 and cost["deleted"] == 1 and cost["left_alive"] == 0
