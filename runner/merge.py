@@ -46,7 +46,7 @@ from .results import line_key, parse_result
 from .shards import read_manifest, unchanged_input
 from .stats import SummaryBuilder, summed_cost
 
-__all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths"]
+__all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths", "shard_finished"]
 
 MERGED_SUFFIX = ".merged.json"
 _BLOCK = 1 << 20
@@ -129,6 +129,17 @@ def _finished(part: _Part) -> bool:
         return False
     this_run = s.get("this_run") or {}
     return not s.get("stopped") and not s.get("not_sent") and not this_run.get("not_sent")
+
+
+def shard_finished(results: Path) -> bool:
+    """Whether the shard that writes ``results`` finished (its manifest names its summary,
+    which exists, is newer than its results and says nothing was left unsent)."""
+    try:
+        m = read_manifest(results)
+    except (ConfigError, InputError):
+        return False
+    base = results.parent
+    return _finished(_Part(int(m["shard"]), results, base / m["latency"], base / m["summary"], m))
 
 
 def _parts_cost(loaded: Sequence[_Part]) -> dict[str, Any] | None:

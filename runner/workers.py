@@ -46,7 +46,7 @@ import orjson
 
 from .config import RunConfig
 from .errors import ConfigError
-from .merge import MERGED_SUFFIX, merge
+from .merge import MERGED_SUFFIX, merge, shard_finished
 from .pipeline import LiveStats
 from .progress import make_progress
 from .report import render_summary
@@ -306,9 +306,23 @@ def _run_locked(
         procs.append(_start([*argv, *common, *own]))
     tails = [_Tail(p) for p in parts]
     code = _supervise(procs, tails, jobs, config)
-    if code not in (0, 1):
-        again = "; run the same command again to resume" if code in (129, 130, 143, 75) else ""
+    # A worker that raised (a defect, exit 1 as any uncaught exception) left its shard unfinished:
+    # no merge (it would refuse the unfinished shard with exit 2), and the re-run resumes it.
+    crashed = [
+        s
+        for s, p, part in zip(specs, procs, parts, strict=True)
+        if p.code == 1 and not shard_finished(part)
+    ]
+    if code not in (0, 1) or crashed:
+        again = "; run the same command again to resume" if code in (75, 1) or code > 128 else ""
         said = f"a worker stopped with exit code {code}; not merging{again}"
+        if crashed and code in (0, 1):
+            which = ", ".join(str(s) for s in crashed)
+            said = (
+                f"the worker of shard {which} stopped with exit code 1 before finishing "
+                f"(its error is above); not merging{again}"
+            )
+            code = 1
         if config.log_format == "json":  # every stderr line one JSON object, as the workers'
             from .logs import note_line
 
@@ -495,7 +509,9 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
         if display is not None:
             show()
             display.close(stats)
-    codes = [1 if p.code is None else p.code for p in procs]  # all reaped by the loop
+    # all reaped by the loop; a worker killed by a signal (the OOM killer's SIGKILL) exits as a
+    # shell reports it, 128 + the signal, not as the negative number waitstatus gives
+    codes = [1 if p.code is None else 128 - p.code if p.code < 0 else p.code for p in procs]
     if stop["n"] and any(c not in (0, 1) for c in codes):
         return next(c for c in codes if c not in (0, 1))
     bad = [c for c in codes if c not in (0, 1)]
