@@ -43,7 +43,7 @@ from .models import Price
 from .partstate import read_state
 from .report import render_summary
 from .results import line_key, parse_result
-from .shards import read_manifest, unchanged_input
+from .shards import manifest_path, read_manifest, unchanged_input
 from .stats import SummaryBuilder, summed_cost
 
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths", "shard_finished"]
@@ -81,14 +81,22 @@ def merged_paths(out: Path) -> tuple[Path, Path, Path]:
 
 
 def expand_parts(parts: Sequence[str]) -> list[Path]:
-    """Paths as given; a pattern with ``*?[`` is globbed (for shells that did not)."""
+    """Paths as given; a pattern with ``*?[`` is globbed (for shells that did not). Of a
+    pattern's matches only shards' results files are parts: ``'out/*.results.jsonl'`` also
+    matches an earlier merge's output (merging again must not read it as a part) and
+    ``'out/x.shard-*'`` the shards' latency files."""
     out: list[Path] = []
     for p in parts:
         if any(c in p for c in "*?[") and not Path(p).exists():
             found = sorted(glob.glob(p))
             if not found:
                 raise ConfigError(f"{p}: no file matches")
-            out.extend(Path(f) for f in found if not f.endswith((".json", ".lock", ".state")))
+            kept = [Path(f) for f in found if manifest_path(Path(f)).is_file()]
+            if not kept:
+                raise ConfigError(
+                    f"{p}: matches no shard's results file (X.shard-K-of-N.results.jsonl)"
+                )
+            out.extend(kept)
         else:
             out.append(Path(p))
     return out
