@@ -43,7 +43,9 @@ either way (jobs only wait; nothing is dropped or marked failed):
   divided by the last known number of processes, and retries the store every second.
 
 Either way the outage is logged to stderr (once when it starts, once when it ends) and counted
-in the summary's ``shared_limit`` section.
+in the summary's ``shared_limit`` section. A call gets :data:`STORE_TIMEOUT_S` at first; one
+that timed out doubles the next call's deadline (up to :data:`MAX_STORE_TIMEOUT_S`), so a slow
+store (hundreds of ms away) is waited for rather than taken for a dead one forever.
 """
 
 from __future__ import annotations
@@ -88,8 +90,12 @@ LEARNED_TTL_S = 300.0
 PROC_TTL_S = 30.0
 #: Longest wait between two store retries under ``fail_closed``.
 MAX_RETRY_S = 2.0
-#: Seconds a store call may take before it counts as failed.
+#: Seconds a store call may take before it counts as failed (at first: see RedisStore._call).
 STORE_TIMEOUT_S = 2.0
+#: The longest a store call is given after repeated timeouts (a slow store, not a dead one).
+MAX_STORE_TIMEOUT_S = 30.0
+#: Under ``fail_open``, how often the store is tried again while it is down (in the background).
+PROBE_S = 1.0
 _THROTTLES = frozenset({"rate_limited", "overloaded"})
 _CANCELLED = ErrorInfo("cancelled", "request cancelled", retriable=True)
 
@@ -210,8 +216,11 @@ class RedisStore:
             rexc.NoPermissionError,
         )
         try:
+            # The call's own deadline (_call) bounds every read and connect.
             self._client = aioredis.Redis.from_url(
-                url, socket_timeout=STORE_TIMEOUT_S, socket_connect_timeout=STORE_TIMEOUT_S
+                url,
+                socket_timeout=MAX_STORE_TIMEOUT_S,
+                socket_connect_timeout=MAX_STORE_TIMEOUT_S,
             )
         except ValueError as exc:  # a port or option that does not parse: not a traceback
             password = urlsplit(url).password
@@ -221,6 +230,25 @@ class RedisStore:
         self._publish = self._client.register_script(_PUBLISH_LUA)
         self._keys = [key + ":state", key + ":procs"]
         self._proc = proc_id
+        self.timeout_s = STORE_TIMEOUT_S
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """One script call within ``timeout_s``. A call that timed out doubles it (up to
+        MAX_STORE_TIMEOUT_S) and one that answered sets it to 4x its own time (at least
+        STORE_TIMEOUT_S): a store a few hundred ms away needs several round trips to connect
+        (each timeout drops the connection), so a fixed 2 s deadline never let it answer
+        again and ``fail_closed`` waited forever on a store that works."""
+        start = time.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                out = await script(keys=keys, args=args)
+        except self._errors as exc:
+            if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
+                self.timeout_s = min(self.timeout_s * 2.0, MAX_STORE_TIMEOUT_S)
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        took = time.monotonic() - start
+        self.timeout_s = min(max(STORE_TIMEOUT_S, 4.0 * took), MAX_STORE_TIMEOUT_S)
+        return out
 
     async def take(
         self, kind: str, amount: float, rate_per_min: float, *, exact: bool = False
@@ -235,19 +263,11 @@ class RedisStore:
             LEARNED_TTL_S,
             "1" if exact else "0",
         ]
-        try:
-            async with asyncio.timeout(STORE_TIMEOUT_S):
-                wait, pause, rate, procs = await self._take(keys=self._keys, args=args)
-        except self._errors as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        wait, pause, rate, procs = await self._call(self._take, self._keys, args)
         return Grant(float(wait), float(pause), float(rate), int(procs))
 
     async def publish(self, *, pause_s: float = 0.0, kind: str = "", limit: float = 0.0) -> None:
-        try:
-            async with asyncio.timeout(STORE_TIMEOUT_S):
-                await self._publish(keys=self._keys[:1], args=[pause_s, kind or "r", limit])
-        except self._errors as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        await self._call(self._publish, self._keys[:1], [pause_s, kind or "r", limit])
 
     async def check(self) -> None:
         """One harmless script call before the run: Redis refusing the credentials or the
@@ -399,6 +419,7 @@ class SharedLimiter:
         self._fallback: dict[str, TokenBucket] = {}
         self._published: dict[str, tuple[float, float]] = {}
         self._bg: set[asyncio.Task[None]] = set()
+        self._prober: asyncio.Task[None] | None = None
         # counters for the summary
         self.leases = 0
         self.store_errors = 0
@@ -473,6 +494,16 @@ class SharedLimiter:
         charge += settled  # settle usage corrections with this lease
         delay = 0.5
         while True:
+            if self._policy == "fail_open" and self._down_since is not None:
+                # Down: the local bucket at once; the store is tried in the background, so no
+                # lease waits out a store timeout again (each one did, the fallback's rate cut
+                # to a lease per timeout).
+                self._probe()
+                wait = self._fallback_take(kind, amount)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._left[kind] += amount
+                return
             try:
                 grant = await self.store.take(kind, charge, self._rate[kind])
             except StoreUnavailable as exc:
@@ -510,6 +541,24 @@ class SharedLimiter:
         if wait > 0:
             await asyncio.sleep(wait)
         self._left[kind] += amount
+
+    def _probe(self) -> None:
+        """Under ``fail_open`` while the store is down: try it every PROBE_S in the background
+        (one probe at a time) until it answers."""
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe_until_up())
+            self._bg.add(self._prober)
+            self._prober.add_done_callback(self._bg.discard)
+
+    async def _probe_until_up(self) -> None:
+        while self._down_since is not None:
+            await asyncio.sleep(PROBE_S)
+            try:
+                await self.store.publish()  # harmless: no pause, no limit
+            except StoreUnavailable:
+                self.store_errors += 1
+                continue
+            self._store_up()
 
     def _fallback_take(self, kind: str, amount: float) -> float:
         bucket = self._fallback.get(kind)
@@ -586,9 +635,11 @@ class SharedLimiter:
         # give unspent lease units back, so the next run or the other processes may use them
         for kind in ("r", "t"):
             left = self._left[kind] - (self._debt if kind == "t" else 0.0)
-            if left and self._charged[kind] > 0:
-                with contextlib.suppress(StoreUnavailable):
-                    await self.store.take(kind, -left, self._charged[kind], exact=True)
+            if left and self._charged[kind] > 0 and self._down_since is None:
+                # at exit a store call gets the first deadline, not one grown by a slow store
+                with contextlib.suppress(StoreUnavailable, TimeoutError):
+                    async with asyncio.timeout(STORE_TIMEOUT_S):
+                        await self.store.take(kind, -left, self._charged[kind], exact=True)
         if self._down_since is not None:
             self.degraded_s += time.monotonic() - self._down_since
         await self.store.close()
