@@ -101,3 +101,48 @@ async def test_a_deleted_cache_is_billed_once() -> None:
     caches, _ = await one_group(fails=0)
     cost = caches.cost(PRICE)
     assert cost["cache_seconds"] == 100.0 and cost["deleted"] == 1 and cost["left_alive"] == 0
+
+
+# -- listing: the page token goes back as the server wrote it -------------------------------
+
+
+async def test_a_page_token_with_plus_slash_and_equals_reaches_the_server_intact() -> None:
+    # Found: the token was pasted into the query unquoted, so a base64 token's "+" reached the
+    # server as a space: the next page was refused and the listing (leftover caches of a crash,
+    # the last sweep at the end of a run) failed.
+    from aiohttp import web
+
+    from runner.config import RunConfig
+    from runner.providers import GeminiBackend, open_backend
+
+    token = "Ab+/c9=="
+    seen: list[str | None] = []
+
+    async def listing(request: web.Request) -> web.Response:
+        got = request.query.get("pageToken")
+        seen.append(got)
+        if got is None:
+            return web.json_response(
+                {"cachedContents": [{"name": "cachedContents/a"}], "nextPageToken": token}
+            )
+        if got != token:
+            return web.json_response({"error": {"code": 400, "message": "bad token"}}, status=400)
+        return web.json_response({"cachedContents": [{"name": "cachedContents/b"}]})
+
+    app = web.Application()
+    app.router.add_get("/v1beta/cachedContents", listing)
+    app_runner = web.AppRunner(app)
+    await app_runner.setup()
+    site = web.TCPSite(app_runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = app_runner.addresses[0][1]
+        base = f"http://127.0.0.1:{port}/v1beta"
+        cfg = RunConfig(provider="gemini", base_url=base, model="gemini-2.5-flash")
+        async with open_backend(cfg, base_url=base, api_key="k") as be:
+            assert isinstance(be, GeminiBackend)
+            names = [c.name for c in await be.list_caches()]
+    finally:
+        await app_runner.cleanup()
+    assert seen == [None, token]
+    assert names == ["cachedContents/a", "cachedContents/b"]

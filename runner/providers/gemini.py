@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from yarl import URL
@@ -420,7 +421,10 @@ class GeminiBackend(HTTPBackend):
         out: list[CacheInfo] = []
         token = ""
         while True:
-            q = f"?pageSize={LIST_PAGE_SIZE}" + (f"&pageToken={token}" if token else "")
+            # the token is opaque (base64: "+", "/", "="): sent quoted, or "+" arrives a space
+            q = f"?pageSize={LIST_PAGE_SIZE}" + (
+                f"&pageToken={quote(token, safe='')}" if token else ""
+            )
             doc = await self._call("GET", URL(f"{self._base}/cachedContents{q}", encoded=True))
             for item in doc.get("cachedContents") or [] if isinstance(doc, dict) else []:
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
