@@ -8,7 +8,7 @@ requests reference by name, billed at a reduced input price plus storage per hou
   the group's static prefix with a TTL covering the group's expected remaining time times a
   margin; the group's followers are released once the create has answered. A failed create means
   the group is sent with full prompts (never a lost job); a group below the minimum never gets
-  a cache (the scheduler does not prime it).
+  a cache (the scheduler does not prime it), nor does a group that opens with one job left.
 - **extend**: when a job of the group is dispatched within ``refresh_s`` of the expiry the cache
   gets a ``PATCH`` with a fresh TTL (at most one in flight per cache).
 - **lost**: a request that finds its cache gone (expired early, deleted) makes the group recreate
@@ -176,6 +176,7 @@ class ExplicitCaches:
         self.adopted = 0
         self.leftover_deleted = 0
         self.left_alive = 0  # could not be deleted: lives (billed) until its expiry
+        self.single_job_groups = 0  # opened with one job: sent without a cache
         self.errors: list[str] = []
 
     # -- the run's edges -----------------------------------------------------------------------
@@ -256,6 +257,12 @@ class ExplicitCaches:
         if pending is not None:
             await asyncio.shield(pending)
             return
+        if remaining <= 1 and group_tag(group) not in self._adopted:
+            # One job: its create bills the prefix at the input price, as its full prompt would,
+            # then the cached read and the storage come on top: never cheaper. Not recorded, so
+            # the group's next primer (more of its jobs read meanwhile) may still create one.
+            self.single_job_groups += 1
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._opening[group] = fut
         try:
@@ -317,6 +324,7 @@ class ExplicitCaches:
             "adopted": self.adopted,
             "leftovers_deleted": self.leftover_deleted,
             "left_alive": self.left_alive,
+            "single_job_groups": self.single_job_groups,
             "create_failures": self.create_failures,
             "recreated": self.recreated,
             "extended": self.extended,
