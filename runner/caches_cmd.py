@@ -34,21 +34,42 @@ def main(ns: argparse.Namespace) -> int:
     from .explicit_cache import run_tag
     from .runtime import event_loop_run
 
-    tag = run_tag(ns.output)
-    code: int = event_loop_run(_caches(ns.output, tag, config, delete=ns.delete))
+    # A --workers or --shard run's caches carry its shards' tags (each shard is a run of its
+    # own output): OUTPUT's shards beside it are looked up too.
+    outputs = [ns.output, *_shard_outputs(ns.output)]
+    code: int = event_loop_run(_caches(outputs, [run_tag(o) for o in outputs], config, ns.delete))
     return code
 
 
-async def _caches(output: Path, tag: str, config: RunConfig, *, delete: bool) -> int:
+def _shard_outputs(output: Path) -> list[Path]:
+    """The shards' results files of ``output`` (``R.shard-K-of-N.results.jsonl``) beside it."""
+    import glob
+
+    from .shards import ShardSpec, shard_path
+
+    marker = ShardSpec(0, 1).tag
+    name = shard_path(output, ShardSpec(0, 1)).name
+    head, _, tail = name.partition(marker)
+    pattern = glob.escape(head) + "shard-*-of-*" + glob.escape(tail)
+    return [Path(p) for p in sorted(glob.glob(str(output.parent / pattern)))]
+
+
+async def _caches(outputs: list[Path], tags: list[str], config: RunConfig, delete: bool) -> int:
     from .explicit_cache import DISPLAY_PREFIX, CacheAPIError, CacheStore
     from .providers import open_backend
     from .sinks import MetaCacheJournal
 
     if not config.base_url:
         raise ConfigError("runner caches needs the provider's base_url (config or --base-url)")
-    journal = MetaCacheJournal(output)
-    journalled, _ = journal.names()
-    prefix = f"{DISPLAY_PREFIX}{tag}:"
+    output = outputs[0]
+    journals = [MetaCacheJournal(o) for o in outputs]
+    owner: dict[str, MetaCacheJournal] = {}  # a journalled name -> the journal that holds it
+    for j in journals:
+        for name in j.names()[0]:
+            owner[name] = j
+    journalled = list(owner)
+    prefixes = tuple(f"{DISPLAY_PREFIX}{tag}:" for tag in tags)
+    by_prefix = dict(zip(prefixes, journals, strict=True))
     async with open_backend(config, base_url=config.base_url, api_key=config.api_key()) as be:
         if not isinstance(be, CacheStore):
             raise ConfigError(f"provider {config.provider!r} has no explicit caches")
@@ -56,7 +77,7 @@ async def _caches(output: Path, tag: str, config: RunConfig, *, delete: bool) ->
             found = [
                 c
                 for c in await be.list_caches()
-                if c.display_name.startswith(prefix) or c.name in journalled
+                if c.display_name.startswith(prefixes) or c.name in owner
             ]
         except CacheAPIError as exc:
             print(f"runner caches: listing failed: {exc}", file=sys.stderr)
@@ -74,10 +95,14 @@ async def _caches(output: Path, tag: str, config: RunConfig, *, delete: bool) ->
                 failed += 1
                 print(f"runner caches: {exc}", file=sys.stderr)
             else:
+                journal = owner.get(c.name) or next(
+                    (j for p, j in by_prefix.items() if c.display_name.startswith(p)), journals[0]
+                )
                 journal.record([], [c.name])
         # Journalled names the listing no longer shows have expired: nothing is billed for them.
-        gone = [n for n in journalled if n not in {c.name for c in found}]
-        if gone:
-            journal.record([], gone)
+        alive = {c.name for c in found}
+        for name in journalled:
+            if name not in alive:
+                owner[name].record([], [name])
         print(f"deleted {len(found) - failed}, failed {failed}", file=sys.stderr)
         return 1 if failed else 0

@@ -181,3 +181,59 @@ async def test_a_group_of_one_job_is_sent_without_a_cache_and_bigger_ones_keep_t
     assert one.summary["cost"]["saving_net"] >= 0.0  # never worse than no caching
     assert st3["gemini"]["caches_created"] == 4 and st3["gemini"]["caches_alive"] == 0
     assert three.summary["cost"]["saving_net"] > 0.3
+
+
+# -- `runner caches OUTPUT` after a crashed --workers run --------------------------------------
+
+
+def test_caches_command_finds_the_leftovers_of_a_crashed_workers_run(tmp_path: Path) -> None:
+    # Found: each shard is a run of its own output, so its caches carry the shard's tag
+    # (R.shard-K-of-N.results.jsonl); `runner caches R.results.jsonl` looked only for R's tag
+    # and said "0 cache(s) alive" while the crashed workers' caches were stored (and billed)
+    # until their TTL.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import orjson
+    from helpers import mock_process
+    from test_explicit_cache import write_jobs
+
+    def alive(root: str) -> int:
+        stats = orjson.loads(urllib.request.urlopen(root + "/stats").read())
+        return int(stats["gemini"]["caches_alive"])
+
+    jobs, ctx = write_jobs(tmp_path, groups=4, per_group=40)
+    out = tmp_path / "r.results.jsonl"
+    flags = ["--base-ms", "40", "--decode-ms-per-token", "0", "--no-gemini-implicit-cache"]
+    with mock_process(*flags) as url:
+        root = url.rsplit("/v1", 1)[0]
+        base = root + "/v1beta"
+        cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--contexts", str(ctx)]
+        cmd += ["--provider", "gemini", "--base-url", base, "--model", "gemini-2.5-flash"]
+        cmd += ["-o", str(out), "--workers", "2", "--concurrency", "4", "--progress", "off"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while alive(root) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        kids = [
+            int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
+        for pid in kids:  # the workers first: a worker whose parent dies drains and cleans up
+            os.kill(pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        left = alive(root)
+        assert left >= 2
+        caches = [sys.executable, "-m", "runner", "caches", str(out), "--provider", "gemini"]
+        caches += ["--base-url", base]
+        listed = subprocess.run(caches, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.count("cachedContents/") == left
+        deleted = subprocess.run([*caches, "--delete"], capture_output=True, text=True, timeout=60)
+        assert deleted.returncode == 0, deleted.stderr
+        assert alive(root) == 0
