@@ -44,6 +44,7 @@ from .partstate import read_state
 from .report import render_summary
 from .results import line_key, parse_result
 from .shards import manifest_path, read_manifest, unchanged_input
+from .sinks import whole_lines_end
 from .stats import SummaryBuilder, summed_cost
 
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths", "shard_finished"]
@@ -283,17 +284,8 @@ def _copy_whole_lines(out: io.BufferedWriter, loaded: Sequence[_Part]) -> int:
         except OSError as exc:
             raise InputError(f"{p.results}: cannot read: {exc.strerror}") from exc
         with fh:
-            end = os.fstat(fh.fileno()).st_size
-            while end > 0:  # back to just after the last newline
-                start = max(0, end - _BLOCK)
-                fh.seek(start)
-                cut = fh.read(end - start).rfind(b"\n")
-                if cut >= 0:
-                    end = start + cut + 1
-                    break
-                end = start
+            left = whole_lines_end(fh, os.fstat(fh.fileno()).st_size)
             fh.seek(0)
-            left = end
             while left > 0 and (chunk := fh.read(min(_BLOCK, left))):
                 left -= len(chunk)
                 n += chunk.count(b"\n")

@@ -88,6 +88,7 @@ __all__ = [
     "open_outputs",
     "read_meta_section",
     "release_lock",
+    "whole_lines_end",
     "write_meta_section",
     "write_summary",
 ]
@@ -752,6 +753,20 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _replace(path, lambda out: out.write(data))
 
 
+def whole_lines_end(fh: BinaryIO, end: int) -> int:
+    """The offset just after the last newline before ``end`` (0 if none): where the whole
+    lines of a file of ``end`` bytes end. Read back from the end a chunk at a time."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _CHUNK)
+        fh.seek(start)
+        nl = fh.read(pos - start).rfind(b"\n")
+        if nl >= 0:
+            return start + nl + 1
+        pos = start
+    return 0
+
+
 def _repair_tail(path: Path) -> None:
     """Cut a partial last line (a write torn by a crash) back to the last newline."""
 
@@ -764,18 +779,9 @@ def _repair_tail(path: Path) -> None:
             end = fh.seek(0, os.SEEK_END)
             if end == 0:
                 return
-            fh.seek(end - 1)
-            if fh.read(1) == b"\n":
+            cut = whole_lines_end(fh, end)
+            if cut == end:
                 return
-            pos, cut = end, 0
-            while pos > 0:
-                start = max(0, pos - _CHUNK)
-                fh.seek(start)
-                nl = fh.read(pos - start).rfind(b"\n")
-                if nl >= 0:
-                    cut = start + nl + 1
-                    break
-                pos = start
             fh.truncate(cut)
             fh.flush()
             os.fsync(fh.fileno())

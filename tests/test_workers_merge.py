@@ -36,6 +36,15 @@ def _inputs(d: Path) -> tuple[Path, Path]:
     return jobs, cfg
 
 
+def _two_shards(d: Path) -> list[Path]:
+    """Run the 40 jobs of :func:`_inputs` as shards 0/2 and 1/2; their results files."""
+    jobs, cfg = _inputs(d)
+    for k in range(2):
+        args = ["run", str(jobs), "-c", str(cfg), "--progress", "off", "--shard", f"{k}/2"]
+        assert main(args) == 0
+    return [d / f"jobs.shard-{k}-of-2.results.jsonl" for k in range(2)]
+
+
 def _cost_of_records(latency: Path) -> float:
     """What the records cost, each at its own model's price (computed here, independently)."""
     total = 0.0
@@ -79,11 +88,7 @@ def test_workers_merge_prices_each_job_by_its_model(tmp_path: Path) -> None:
 
 
 def test_merge_names_a_malformed_line(tmp_path: Path) -> None:
-    jobs, cfg = _inputs(tmp_path)
-    for k in range(2):
-        args = ["run", str(jobs), "-c", str(cfg), "--progress", "off", "--shard", f"{k}/2"]
-        assert main(args) == 0
-    parts = [tmp_path / f"jobs.shard-{k}-of-2.results.jsonl" for k in range(2)]
+    parts = _two_shards(tmp_path)
     lat = tmp_path / "jobs.shard-1-of-2.latency.jsonl"
     lines = lat.read_bytes().splitlines(keepends=True)
     lat.write_bytes(b"".join([*lines[:2], b"[1]\n", *lines[3:]]))
@@ -225,11 +230,7 @@ def test_merge_finds_an_id_twice_whether_its_lines_are_read_fast_or_parsed(
 ) -> None:
     # Result lines as the runner writes them are keyed from their bytes, a block at a time;
     # any other line is parsed. Both ways must give the same key, or a job paid twice slips by.
-    jobs, cfg = _inputs(tmp_path)
-    for k in range(2):
-        args = ["run", str(jobs), "-c", str(cfg), "--progress", "off", "--shard", f"{k}/2"]
-        assert main(args) == 0
-    parts = [tmp_path / f"jobs.shard-{k}-of-2.results.jsonl" for k in range(2)]
+    parts = _two_shards(tmp_path)
     clean = [p.read_bytes() for p in parts]
     first = clean[0].splitlines(keepends=True)[0]
     cid = orjson.loads(first)["custom_id"]
@@ -255,11 +256,7 @@ def test_merge_of_distinct_parts_copies_them_unread_yet_whole_lines_and_counted(
     # reading ids, and must come out exactly as the checked merge writes them; a crashed
     # write's partial last line is still left out, and the lines are still counted against
     # the latency records.
-    jobs, cfg = _inputs(tmp_path)
-    for k in range(2):
-        args = ["run", str(jobs), "-c", str(cfg), "--progress", "off", "--shard", f"{k}/2"]
-        assert main(args) == 0
-    parts = [tmp_path / f"jobs.shard-{k}-of-2.results.jsonl" for k in range(2)]
+    parts = _two_shards(tmp_path)
     checked, fast = tmp_path / "a.results.jsonl", tmp_path / "b.results.jsonl"
     merge(checked, parts)
     assert merge(fast, parts, distinct_ids=True).summary["jobs"]["ok"] == 40
@@ -282,8 +279,10 @@ def test_unread_copy_finds_the_last_whole_line_across_blocks(
     import io
 
     import runner.merge as merge_mod
+    import runner.sinks
 
-    monkeypatch.setattr(merge_mod, "_BLOCK", 8)
+    monkeypatch.setattr(merge_mod, "_BLOCK", 8)  # the copy
+    monkeypatch.setattr(runner.sinks, "_CHUNK", 8)  # the search back for the last newline
     part = tmp_path / "r.jsonl"
     for data in [b"", b"no newline", b"a\n" + b"b" * 30, b"x\n" * 9 + b"y" * 25, b"z" * 20 + b"\n"]:
         part.write_bytes(data)
