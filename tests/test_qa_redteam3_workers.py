@@ -40,6 +40,18 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in text.split()]
 
 
+def _rerun_completes_once(jobs: Path, cfg: Path, out: Path, n: int) -> None:
+    """The same command again: it resumes and merges, every job once."""
+    again = subprocess.run(
+        [sys.executable, "-m", "runner", "run", *_cmd(jobs, cfg, out)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr.decode()
+    assert sorted(_ids(out)) == sorted(f"j{i}" for i in range(n))
+
+
 def test_a_worker_killed_by_sigkill_exits_137_with_the_resume_hint_and_the_rerun_merges(
     tmp_path: Path,
 ) -> None:
@@ -64,14 +76,7 @@ def test_a_worker_killed_by_sigkill_exits_137_with_the_resume_hint_and_the_rerun
     assert proc.returncode == 128 + signal.SIGKILL, err.decode()
     assert b"exit code 137" in err and b"run the same command again to resume" in err
     assert not out.exists()
-    again = subprocess.run(
-        [sys.executable, "-m", "runner", "run", *_cmd(jobs, cfg, out)],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-    )
-    assert again.returncode == 0, again.stderr.decode()
-    assert sorted(_ids(out)) == sorted(f"j{i}" for i in range(400))
+    _rerun_completes_once(jobs, cfg, out, 400)
 
 
 DRIVER = """
@@ -116,11 +121,4 @@ def test_a_worker_that_raises_is_a_crash_not_a_merge_refused_with_exit_2(tmp_pat
     assert "run the same command again to resume" in err
     assert "--shard K/N" not in err
     assert not out.exists()
-    again = subprocess.run(
-        [sys.executable, "-m", "runner", "run", *_cmd(jobs, cfg, out)],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-    )
-    assert again.returncode == 0, again.stderr.decode()
-    assert sorted(_ids(out)) == sorted(f"j{i}" for i in range(40))
+    _rerun_completes_once(jobs, cfg, out, 40)
