@@ -118,23 +118,15 @@ def _past_date() -> str:
     return email.utils.formatdate(time.time() - 3600, usegmt=True)
 
 
-@pytest.mark.parametrize(
-    "headers",
-    [{"retry-after": "0"}, {"retry-after-ms": "1"}, {"retry-after": _past_date()}],
-    ids=["zero", "one-ms", "past-date"],
-)
-async def test_a_retry_after_of_nothing_still_backs_off_and_grows(
-    fake: Fake, monkeypatch: pytest.MonkeyPatch, headers: dict[str, str]
-) -> None:
-    """A server answering every 429 with ``retry-after: 0`` was retried at once, in a hot loop.
-    The server's delay is a floor under the policy's backoff, not a replacement for it."""
-    _midpoint_jitter(monkeypatch)
+async def _delays_after_429s(fake: Fake, refusals: int, headers: dict[str, str]) -> list[float]:
+    """One job against a server that answers 429 with ``headers`` ``refusals`` times, then
+    200: the delays the retry loop slept (the sleep injected, the run checked to succeed)."""
     answers = 0
 
     async def throttled(request: web.Request) -> web.StreamResponse:
         nonlocal answers
         answers += 1
-        if answers <= 3:
+        if answers <= refusals:
             err = {"error": {"message": "Rate limit reached", "type": "requests"}}
             return web.json_response(err, status=429, headers=headers)
         return web.json_response(OK)
@@ -147,36 +139,34 @@ async def test_a_retry_after_of_nothing_still_backs_off_and_grows(
         fake, config, [plain_job(0)], limiter=CountingLimiter(), policy=policy, sleep=sleep
     )
     assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None]
-    assert sink.records[0].attempts == 4
-    assert len(sleep.delays) == 3
-    assert all(d > 0 for d in sleep.delays), sleep.delays
-    assert sleep.delays[0] < sleep.delays[1] < sleep.delays[2], sleep.delays
-    assert sleep.delays == [0.25, 0.5, 1.0]  # the backoff ceilings 0.5, 1, 2 at mid-jitter
+    assert sink.records[0].attempts == refusals + 1
+    return sleep.delays
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"retry-after": "0"}, {"retry-after-ms": "1"}, {"retry-after": _past_date()}],
+    ids=["zero", "one-ms", "past-date"],
+)
+async def test_a_retry_after_of_nothing_still_backs_off_and_grows(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch, headers: dict[str, str]
+) -> None:
+    """A server answering every 429 with ``retry-after: 0`` was retried at once, in a hot loop.
+    The server's delay is a floor under the policy's backoff, not a replacement for it."""
+    _midpoint_jitter(monkeypatch)
+    delays = await _delays_after_429s(fake, 3, headers)
+    assert len(delays) == 3
+    assert all(d > 0 for d in delays), delays
+    assert delays[0] < delays[1] < delays[2], delays
+    assert delays == [0.25, 0.5, 1.0]  # the backoff ceilings 0.5, 1, 2 at mid-jitter
 
 
 async def test_a_large_retry_after_is_still_honoured(
     fake: Fake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _midpoint_jitter(monkeypatch)
-    answers = 0
-
-    async def throttled(request: web.Request) -> web.StreamResponse:
-        nonlocal answers
-        answers += 1
-        if answers <= 2:
-            err = {"error": {"message": "Rate limit reached"}}
-            return web.json_response(err, status=429, headers={"retry-after": "20"})
-        return web.json_response(OK)
-
-    fake.handler = throttled
-    sleep = SleepLog()
-    config = RunConfig(provider="openai", base_url="http://x", model="m", cache="none")
-    policy = RetryPolicy(max_attempts=5, base_s=0.5, cap_s=30.0)
-    out, sink = await run_jobs(
-        fake, config, [plain_job(0)], limiter=CountingLimiter(), policy=policy, sleep=sleep
-    )
-    assert out.exit_code == 0 and [r["error"] for r in sink.results] == [None]
-    assert sleep.delays == [21.0, 21.0]  # 20 s plus half of the 10% upward jitter, as asked
+    delays = await _delays_after_429s(fake, 2, {"retry-after": "20"})
+    assert delays == [21.0, 21.0]  # 20 s plus half of the 10% upward jitter, as asked
 
 
 async def test_a_primer_refused_a_field_holds_its_followers_until_it_is_answered(
