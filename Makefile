@@ -35,8 +35,17 @@ typecheck: $(STAMP)
 # own tmp_path and free ports. `make test TEST_WORKERS=0` runs the suite in one process.
 TEST_WORKERS ?= 4
 
-test: lint typecheck
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term:skip-covered
+# mypy (one CPU-bound process, ~20 s on a fresh clone's cold cache) runs beside pytest, whose
+# workers mostly wait; its report is printed after pytest's, and either failing fails the target.
+test: lint
+	@log=$$(mktemp); \
+	echo "$(BIN)/mypy runner tests benchmarks (beside pytest; its report follows pytest's)"; \
+	$(BIN)/mypy runner tests benchmarks >$$log 2>&1 & types=$$!; \
+	echo "$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term:skip-covered"; \
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term:skip-covered; \
+	tests_rc=$$?; wait $$types; types_rc=$$?; \
+	echo "--- $(BIN)/mypy runner tests benchmarks (exit $$types_rc):"; cat $$log; rm -f $$log; \
+	[ $$tests_rc -eq 0 ] && [ $$types_rc -eq 0 ]
 
 # llama.cpp's llama-server and a tiny random-weight model for tests/test_realserver.py, built once
 # into ~/.cache/runner-realserver (about 10 minutes on 2 cores; docs/REALSERVER.md).
