@@ -185,7 +185,12 @@ def test_a_duplicate_or_bad_line_never_costs_the_real_job_its_answer(
     assert dup["custom_id"] is None and "duplicate id 'slow'" in dup["error"]["message"]
 
     extra = ["--retry-failed"] if how == "retry-failed" else []
-    r = runner(*run_args(mock_url, jobs, *extra))
+    # The re-run sends both real jobs again: to an instant mock, not the slow one (3 s each).
+    fast, fast_url = start_server([PY, "-m", "runner.mock", "--port", "0", "--latency", "zero"])
+    try:
+        r = runner(*run_args(fast_url, jobs, *extra))
+    finally:
+        stop(fast)
     assert r.returncode in (0, 1), r.stderr  # (whether the exit code covers earlier runs: #9 A)
     rows = results(out)
     by_id = {x["custom_id"]: x for x in rows if x["custom_id"] is not None}
