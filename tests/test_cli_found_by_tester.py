@@ -1,7 +1,8 @@
 """Paths a tester found broken, driven through the real ``runner`` command.
 
-Each test starts its own server on 127.0.0.1 (the simulated provider, or a tiny aiohttp app
-in a child process answering like Go's json.Encoder / Flask's jsonify) and stops it by pid.
+Each test starts its own server on 127.0.0.1: the simulated provider on a thread of the test
+process (helpers.mock_process), or a tiny aiohttp app in a child process answering like Go's
+json.Encoder / Flask's jsonify, stopped by pid.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import runner
+from helpers import mock_process, runner
 
 PY = sys.executable
 
@@ -42,11 +43,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture
 def mock_url(request: pytest.FixtureRequest) -> Iterator[str]:
     flags: list[str] = getattr(request, "param", ["--latency", "zero"])
-    proc, url = start_server([PY, "-m", "runner.mock", "--port", "0", *flags])
-    try:
+    with mock_process(*flags) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def run_args(url: str, jobs: Path, *extra: str) -> list[str]:
@@ -186,11 +184,8 @@ def test_a_duplicate_or_bad_line_never_costs_the_real_job_its_answer(
 
     extra = ["--retry-failed"] if how == "retry-failed" else []
     # The re-run sends both real jobs again: to an instant mock, not the slow one (3 s each).
-    fast, fast_url = start_server([PY, "-m", "runner.mock", "--port", "0", "--latency", "zero"])
-    try:
+    with mock_process("--latency", "zero") as fast_url:
         r = runner(*run_args(fast_url, jobs, *extra))
-    finally:
-        stop(fast)
     assert r.returncode in (0, 1), r.stderr  # (whether the exit code covers earlier runs: #9 A)
     rows = results(out)
     by_id = {x["custom_id"]: x for x in rows if x["custom_id"] is not None}
@@ -232,13 +227,10 @@ def test_order_input_kill_9_loses_no_held_answer(tmp_path: Path, mock_url: str) 
     # The re-run goes to a second, instant server (the jobs file is what a resume checks, not
     # the URL): re-sent to the first one, q0 alone would take its 15 s again. Every request the
     # re-run makes is counted there.
-    fast, fast_url = start_server([PY, "-m", "runner.mock", "--port", "0", "--latency", "zero"])
-    try:
+    with mock_process("--latency", "zero") as fast_url:
         r = runner(*run_args(fast_url, jobs, "--order", "input"))
         assert r.returncode == 0, r.stderr
         resent = server_requests(fast_url)
-    finally:
-        stop(fast)
     assert resent <= 8, resent  # at most the requests in flight at the kill (here: q0)
     got = [x["custom_id"] for x in results(tmp_path / "jobs.results.jsonl")]
     assert got == [f"q{i}" for i in range(n)]  # every job once, in input order
