@@ -40,7 +40,14 @@ def mock_process(*flags: str) -> Iterator[str]:
     add_arguments(parser)
     config = config_from_namespace(parser.parse_args(["--port", "0", *flags]))
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="mock", daemon=True)
+
+    def serve() -> None:
+        # Untraced, like the child it replaces: under `make test` coverage's tracer would
+        # otherwise slow every request the mock serves (the mock's own tests measure it).
+        sys.settrace(None)
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, name="mock", daemon=True)
     thread.start()
 
     async def start() -> tuple[MockServer, str]:
