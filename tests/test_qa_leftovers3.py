@@ -4,6 +4,7 @@ did not see created, negative numbers in `runner report`, and which part a merge
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,17 +12,21 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
+from scaleout import require_redis, start_redis
 from test_explicit_cache import config as run_config
 from test_explicit_cache import mock_stats, results, write_jobs
 from test_qa_redteam3_merge import _shards
+from test_qa_redteam3_redis import delaying_proxy
 
 from runner.api import run
 from runner.cli import main
 from runner.config import RunConfig
 from runner.explicit_cache import CacheAPIError, CacheInfo, ExplicitCaches, group_tag
+from runner.limits import RateController
 from runner.mock import MockConfig, serve
-from runner.models import Job
+from runner.models import Attempt, Job
 from runner.providers import GeminiBackend, open_backend
+from runner.redis_limits import RedisStore, SharedLimiter
 
 # -- 1. a listing that pages for ever -----------------------------------------------------------
 
@@ -248,3 +253,39 @@ def test_merge_names_the_part_whose_counts_differ_and_how_to_repair_it(
     assert main(["merge", str(out), *parts]) == 0, capsys.readouterr().err
     ids = sorted(orjson.loads(raw)["custom_id"] for raw in out.read_bytes().splitlines())
     assert ids == sorted(f"j{i}" for i in range(12))
+
+
+# -- 6. a far Redis no longer caps a process at lease / round trip ------------------------------
+
+
+async def test_a_far_redis_still_gives_the_whole_shared_rate() -> None:
+    """20 req/s shared, leases of 0.1 s (2 requests), Redis behind a proxy that delays every
+    byte 0.1 s each way: one lease per round trip gave a fraction of the rate. The lease now
+    covers two measured round trips (at most 2 s of the rate)."""
+    require_redis()
+    redis = start_redis([], "127.0.0.1")
+    try:
+        async with delaying_proxy(redis.port, 0.1) as proxied:
+            store = RedisStore(f"redis://127.0.0.1:{proxied}/0", "runner:{lo3}", "p1")
+            local = RateController(concurrency=64, rpm=None, tpm=None)
+            lim = SharedLimiter(
+                local, store, rpm=1200.0, tpm=None, lease_s=0.1, policy="fail_closed",
+                log=lambda _m: None,
+            )  # fmt: skip
+            await asyncio.wait_for(lim.acquire(1), 20)  # connects: several round trips
+            lim.release(1, Attempt(status=200))
+            start = time.monotonic()
+            n = 0
+            while time.monotonic() - start < 5.0:
+                await asyncio.wait_for(lim.acquire(1), 5)
+                lim.release(1, Attempt(status=200))
+                n += 1
+            took = time.monotonic() - start
+            report = lim.report()
+            await lim.aclose()
+    finally:
+        redis.stop()
+    rate = n / took
+    # the whole rate (plus the GCRA's 1 s burst and one lease at most), not lease / round trip
+    assert 18.0 <= rate <= 20.0 * (took + 1.0 + 2.0) / took, (rate, report)
+    assert report["lease_span_s"] >= 0.3 and report["store_rtt_ms"] >= 150, report
