@@ -22,7 +22,13 @@ adopts the tagged caches still alive for reuse; :meth:`shutdown` (at the end of 
 signal or guard) deletes every cache it holds.
 
 Storage is billed for each cache's actual lifetime (create sent -> delete answered); the
-lifetimes are kept for the summary's cost (:meth:`cost`).
+lifetimes are kept for the summary's cost (:meth:`cost`). A cache this run did not see created
+(an earlier run's leftover, or a create that timed out here but happened on the server) is
+counted from the ``createTime`` its listing gives to its delete: an estimate, on the server's
+clock against this one.
+
+The server's figure for a cache's expiry wins over the TTL asked for: a server that caps the
+TTL (``granted_s`` below the request) gets its refreshes planned from what it granted.
 
 The module is pure scheduling logic plus awaits on the :class:`CacheStore` protocol; the
 provider implements the store (IO stays at the edge).
@@ -68,6 +74,10 @@ class CacheInfo:
     tokens: int  # usageMetadata.totalTokenCount
     expire_time: str | None = None  # RFC 3339, as sent
     ttl_s: float | None = None  # the TTL the request asked for, when this answers a request
+    # Seconds the server gave it from the operation on (its ``ttl``, or ``expireTime`` minus the
+    # operation's time): a server may cap the TTL asked for. None: the answer does not say.
+    granted_s: float | None = None
+    created_wall: float | None = None  # ``createTime`` as epoch seconds, when listed/answered
 
 
 class CacheAPIError(Exception):
@@ -124,11 +134,34 @@ def storage_cost(lifetimes: list[tuple[int, float]], price: Price | None) -> flo
     return token_s / 3600.0 / 1e6 * price.cache_storage
 
 
-class _Cache:
-    __slots__ = ("created", "expire_at", "extending", "group", "lost", "name", "tokens")
+def _granted(info: CacheInfo, asked: float) -> float:
+    """Seconds ``info`` lives from its answer: the server's figure when below what was asked."""
+    if info.granted_s is None:
+        return asked
+    return min(asked, info.granted_s)
 
-    def __init__(self, name: str, tokens: int, group: str, created: float, expire_at: float):
+
+def _cap(info: CacheInfo, asked: float) -> float:
+    """The server's TTL cap seen in ``info`` (its grant, when below what was asked), else
+    ``MAX_TTL_S``: refreshes are then planned as before, from the TTL asked for."""
+    granted = _granted(info, asked)
+    return granted if granted < asked else MAX_TTL_S
+
+
+class _Cache:
+    __slots__ = ("cap", "created", "expire_at", "extending", "group", "lost", "name", "tokens")
+
+    def __init__(
+        self,
+        name: str,
+        tokens: int,
+        group: str,
+        created: float,
+        expire_at: float,
+        cap: float = MAX_TTL_S,
+    ):
         self.name = name
+        self.cap = cap  # the server's TTL cap last seen (seconds); MAX_TTL_S: none
         self.tokens = tokens
         self.group = group
         self.created = created
@@ -149,6 +182,7 @@ class ExplicitCaches:
         min_ttl_s: float,
         journal: CacheJournal | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._tag = tag
@@ -158,6 +192,7 @@ class ExplicitCaches:
         self._refresh = max(min_ttl_s / 3.0, 0.05)
         self._journal = journal
         self._clock = clock
+        self._wall = wall
         self._by_group: dict[str, _Cache | None] = {}  # None: this group goes without a cache
         self._opening: dict[str, asyncio.Future[None]] = {}
         self._adopted: dict[str, CacheInfo] = {}  # group tag -> a live cache of an earlier run
@@ -194,11 +229,11 @@ class ExplicitCaches:
                 continue
             gtag = info.display_name[len(self._prefix) :]
             if gtag in self._adopted:
-                await self._delete_leftover(info.name, info.tokens)
+                await self._delete_leftover(info.name, info.tokens, info)
                 continue
             self._adopted[gtag] = info
-            # Storage for a leftover counts from now on; the crashed run's share is unknown.
-            self._adopt_t[info.name] = now
+            # Storage counts from its createTime (the crashed run never billed it), else from now.
+            self._adopt_t[info.name] = now - self._age(info)
 
     async def shutdown(self) -> None:
         """Delete every cache this run holds or adopted; wait for pending extends/deletes."""
@@ -228,8 +263,8 @@ class ExplicitCaches:
             held = self._undeleted.get(info.name)
             if held is not None:
                 await self._delete(held)
-            else:
-                await self._delete_leftover(info.name, info.tokens)
+            else:  # e.g. a create that timed out here but happened on the server
+                await self._delete_leftover(info.name, info.tokens, info)
         for cache in list(self._undeleted.values()):
             self._undeleted.pop(cache.name)
             if found is not None and cache.name not in listed:
@@ -276,7 +311,9 @@ class ExplicitCaches:
         cache = None if group is None else self._by_group.get(group)
         if cache is None or cache.extending:
             return
-        if cache.expire_at - self._clock() > self._refresh + self._latency:
+        # A server that grants less than asked (a TTL cap) is refreshed at half its grant.
+        lead = min(self._refresh + self._latency, cache.cap / 2.0)
+        if cache.expire_at - self._clock() > lead:
             return
         cache.extending = True
         self._spawn(self._extend(cache, self._ttl(remaining)))
@@ -356,7 +393,9 @@ class ExplicitCaches:
                 info = None  # gone meanwhile: create a new one below
             if info is not None:
                 self.adopted += 1
-                return _Cache(info.name, info.tokens or adopted.tokens, group, t0, t0 + ttl)
+                end = self._clock() + _granted(info, ttl)
+                tokens = info.tokens or adopted.tokens
+                return _Cache(info.name, tokens, group, t0, end, _cap(info, ttl))
         ttl = self._ttl(remaining)
         t0 = self._clock()
         try:
@@ -372,18 +411,19 @@ class ExplicitCaches:
         self.create_tokens += info.tokens
         if self._journal is not None:
             self._journal.record([info.name], [])
-        return _Cache(info.name, info.tokens, group, t0, t0 + ttl)
+        return _Cache(info.name, info.tokens, group, t0, t0 + _granted(info, ttl), _cap(info, ttl))
 
     async def _extend(self, cache: _Cache, ttl: float) -> None:
         t0 = self._clock()
         try:
-            await self._store.extend_cache(cache.name, ttl_s=ttl)
+            info = await self._store.extend_cache(cache.name, ttl_s=ttl)
         except CacheAPIError as exc:
             if not exc.missing and len(self.errors) < 10:
                 self.errors.append(f"extending {cache.name}: {exc}")
             # A missing cache shows up as a lost one on the next request that uses it.
         else:
-            cache.expire_at = t0 + ttl
+            cache.cap = _cap(info, ttl)
+            cache.expire_at = t0 + _granted(info, ttl)
             self.extended += 1
         finally:
             cache.extending = False
@@ -407,7 +447,15 @@ class ExplicitCaches:
         if self._journal is not None:
             self._journal.record([], [cache.name])
 
-    async def _delete_leftover(self, name: str, tokens: int = 0) -> None:
+    def _age(self, info: CacheInfo) -> float:
+        """Seconds since ``info`` was created by its listing's ``createTime`` (0: unknown)."""
+        if info.created_wall is None:
+            return 0.0
+        return max(0.0, self._wall() - info.created_wall)
+
+    async def _delete_leftover(
+        self, name: str, tokens: int = 0, listed: CacheInfo | None = None
+    ) -> None:
         try:
             await self._store.delete_cache(name)
         except CacheAPIError as exc:
@@ -417,6 +465,9 @@ class ExplicitCaches:
         t0 = self._adopt_t.pop(name, None)
         if t0 is not None:
             self._lifetimes.append((tokens, self._clock() - t0))
+        elif listed is not None and listed.created_wall is not None:
+            # Found by a listing: alive since its createTime, billed to now (an estimate).
+            self._lifetimes.append((tokens, self._age(listed)))
         if self._journal is not None:
             self._journal.record([], [name])
 

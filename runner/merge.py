@@ -380,6 +380,30 @@ def _records(block: bytes, path: Path, line: int) -> list[dict[str, Any]]:
     raise InputError(f"{path}: unreadable latency records")  # pragma: no cover
 
 
+def _complete_lines(path: Path) -> int:
+    """Whole lines of ``path`` (a partial last line, a crashed write, is not one)."""
+    n = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_BLOCK):
+            n += chunk.count(b"\n")
+    return n
+
+
+def _differing(loaded: Sequence[_Part], records: Sequence[int], count: int) -> str:
+    """For the results-against-records error (its cold path): which parts differ, and how to
+    repair them. A resumed shard keeps only the latency records of the results it has."""
+    said = []
+    for p, n in zip(loaded, records, strict=True):
+        lines = _complete_lines(p.results)
+        if lines != n:
+            said.append(
+                f"\n  {p.results}: {lines} results but {n} latency records (shard {p.index} of "
+                f"{count}; a cut-short or lost line): run that shard again with the same "
+                f"--shard {p.index}/{count} and -o to resume it, then merge again"
+            )
+    return "".join(said)
+
+
 def _copy_latency(out: io.BufferedWriter, p: _Part) -> tuple[SummaryBuilder, bool]:
     """Copy the part's latency lines; its builder, and whether it came from its ``S.state``."""
     part = read_state(p.summary, p.latency)
@@ -488,10 +512,12 @@ def merge(
             # Each part's summary state (its own builder, combined in part order): the one its
             # run left (S.state, runner/partstate.py) when that still matches its latency file,
             # else its records parsed. Either way the same builder, so the same summary.
+            records: list[int] = []  # each part's latency records, to name a part that differs
             for p in loaded:
                 part, trusted = _copy_latency(lf, p)
                 if trusted:
                     from_state.append(p.index)
+                records.append(part.ok + part.failed)
                 builder.absorb(part)
             rf.flush()
             lf.flush()
@@ -513,6 +539,7 @@ def merge(
             raise ConfigError(
                 f"merge: {n_results} results but "
                 f"{summary['jobs']['ok'] + summary['jobs']['failed']} latency records"
+                + _differing(loaded, records, count)
             )
         os.replace(tmp_lat, latency)
         os.replace(tmp_res, results)

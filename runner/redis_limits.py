@@ -19,11 +19,15 @@ moves the TAT back, never behind ``now``, so idle time is never banked.
 
 **Leases.** A process takes ``lease_s`` seconds of the rate at a time (at least one request or
 one request's tokens) and spends it locally, so the store sees about one call per lease, not
-one per request. Units are only ever *granted* at the rate, so the bound above holds for grants;
-what leases cost is timing: a process may send its lease at once rather than spread, so the
-sent rate over a short window can exceed the limit by at most ``P * lease`` units (``P``
-processes, ``lease = r * lease_s``), and never over a window longer than ``lease_s``. Unspent
-units go back at exit.
+one per request. A process has one lease call in flight at a time, so a store farther away than
+the lease would cap it at lease / round trip of the rate: the lease is therefore at least
+:data:`RTT_LEASES` round trips of the rate (the store's measured round trip, a moving average),
+at most :data:`MAX_LEASE_S` seconds, i.e. ``span = max(lease_s, min(2 x RTT, 2 s))``. Units are
+only ever *granted* at the rate, so the bound above holds for grants; what leases cost is
+timing: a process may send its lease at once rather than spread, so the sent rate over a short
+window can exceed the limit by at most ``P * lease`` units (``P`` processes,
+``lease = r * span``), and never over a window longer than ``span``. Unspent units go back at
+exit.
 
 **Usage correction.** Token leases are charged by the estimate; the difference to the real
 usage (prompt + completion) is carried and charged (or refunded) with the next token lease.
@@ -96,6 +100,11 @@ STORE_TIMEOUT_S = 2.0
 MAX_STORE_TIMEOUT_S = 30.0
 #: Under ``fail_open``, how often the store is tried again while it is down (in the background).
 PROBE_S = 1.0
+#: A lease covers at least this many store round trips of the rate, so a far store does not
+#: cap a process at lease / round trip...
+RTT_LEASES = 2.0
+#: ... up to this many seconds of the rate (the bound of the overshoot, ``P * r * span``).
+MAX_LEASE_S = 2.0
 _THROTTLES = frozenset({"rate_limited", "overloaded"})
 _CANCELLED = ErrorInfo("cancelled", "request cancelled", retriable=True)
 
@@ -412,6 +421,7 @@ class SharedLimiter:
         self._debt = 0.0  # token usage beyond (or, negative, below) the estimates so far
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._lease_s = lease_s
+        self._rtt = 0.0  # the store's round trip (s), a moving average of the lease calls
         self._policy = policy
         self._log = log or (lambda msg: print(f"runner: {msg}", file=sys.stderr, flush=True))
         self._procs = 1
@@ -484,11 +494,17 @@ class SharedLimiter:
     def _lease_done(self, kind: str, _task: asyncio.Task[None]) -> None:
         self._pending.pop(kind, None)
 
-    def _lease_size(self, kind: str, need: float) -> float:
-        return max(need, self._known[kind] / 60.0 * self._lease_s, 1.0)
+    def _span(self) -> float:
+        """Seconds of the rate a lease holds: ``lease_s``, or more for a far store."""
+        return max(self._lease_s, min(RTT_LEASES * self._rtt, MAX_LEASE_S))
+
+    def _lease_size(self, kind: str, need: float, span: float | None = None) -> float:
+        span = self._span() if span is None else span
+        return max(need, self._known[kind] / 60.0 * span, 1.0)
 
     async def _lease(self, kind: str, need: float) -> None:
-        amount = self._lease_size(kind, need)
+        span = self._span()
+        amount = self._lease_size(kind, need, span)
         charge = amount
         settled = self._debt if kind == "t" else 0.0
         charge += settled  # settle usage corrections with this lease
@@ -504,6 +520,7 @@ class SharedLimiter:
                     await asyncio.sleep(wait)
                 self._left[kind] += amount
                 return
+            sent = time.perf_counter()
             try:
                 grant = await self.store.take(kind, charge, self._rate[kind])
             except StoreUnavailable as exc:
@@ -518,6 +535,9 @@ class SharedLimiter:
                 delay = min(delay * 2, MAX_RETRY_S)
                 continue
             break
+        if self.leases:  # the first call also connects (several round trips): not counted
+            took = time.perf_counter() - sent
+            self._rtt = took if not self._rtt else self._rtt + 0.3 * (took - self._rtt)
         self._store_up()
         self._debt -= settled  # corrections that arrived during the call wait for the next one
         self.leases += 1
@@ -528,7 +548,7 @@ class SharedLimiter:
         # A lease sized at a higher rate than it was granted at (a limit learned meanwhile by
         # another process) is cut to this rate's size: no process holds more than one lease.
         wait = grant.wait_s
-        size = self._lease_size(kind, need)
+        size = self._lease_size(kind, need, span)
         if amount > size:
             excess = amount - size
             self._spawn(self._give_back(kind, excess, grant.rate_per_min))
@@ -650,6 +670,8 @@ class SharedLimiter:
             "store": self.store.name,
             "policy": self._policy,
             "lease_s": self._lease_s,
+            "lease_span_s": round(self._span(), 3),  # lease_s, or more for a far store
+            "store_rtt_ms": round(self._rtt * 1000.0, 1),
             "leases": self.leases,
             "rpm": self._known["r"] or None,
             "tpm": self._known["t"] or None,

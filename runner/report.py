@@ -129,7 +129,7 @@ def read_records(path: Path, *, warn: Warn | None = None) -> Iterator[tuple[int,
                 continue
             bad = _bad_field(rec)
             if bad is not None:
-                warn(path, lineno, f"{bad} is not a number")
+                warn(path, lineno, bad)
                 continue
             if rec.get("outcome") not in _OUTCOMES:
                 # counted as neither ok nor failed: a record without one would pass as ok
@@ -158,16 +158,26 @@ _NUMERIC = (
 
 
 def _bad_field(rec: Mapping[str, Any]) -> str | None:
-    # Checked before a record touches any counter, so a bad line is skipped whole.
+    """Why a record's numbers are unusable (naming the field), or None.
+
+    Checked before a record touches any counter, so a bad line is skipped whole. Every field is
+    a count, a duration or a wall-clock time: a negative one (a hand edit) would turn into a
+    negative token count, cost or hit ratio."""
     for name in _NUMERIC:
         v = rec.get(name)
-        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool)):
-            return name
+        if v is not None:
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                return f"{name} is not a number"
+            if v < 0:
+                return f"{name} is negative ({v})"
     itl = rec.get("itl_ms")
-    if itl is not None and (
-        not isinstance(itl, list) or not all(isinstance(v, int | float) for v in itl)
-    ):
-        return "itl_ms"
+    if itl is not None:
+        if not isinstance(itl, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in itl
+        ):
+            return "itl_ms is not a number"
+        if any(v < 0 for v in itl):
+            return "itl_ms is negative"
     return None
 
 

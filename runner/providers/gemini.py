@@ -16,7 +16,9 @@ cache must not repeat. The backend also implements the cache store the engine's
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -53,6 +55,9 @@ __all__ = [
 
 CACHE_PREFIX = "cachedContents/"
 LIST_PAGE_SIZE = 1000
+# 1,000 pages of 1,000 caches: far beyond any project's cache quota. A server that keeps
+# answering with a next page past this (or repeats a token) would otherwise be listed for ever.
+LIST_MAX_PAGES = 1000
 _RETRY_INFO = "google.rpc.RetryInfo"
 
 # Chat Completions parameter -> generationConfig field. Anything else OpenAI-only is dropped:
@@ -420,7 +425,8 @@ class GeminiBackend(HTTPBackend):
     async def list_caches(self) -> list[CacheInfo]:
         out: list[CacheInfo] = []
         token = ""
-        while True:
+        seen: set[str] = set()
+        for _ in range(LIST_MAX_PAGES):
             # the token is opaque (base64: "+", "/", "="): sent quoted, or "+" arrives a space
             q = f"?pageSize={LIST_PAGE_SIZE}" + (
                 f"&pageToken={quote(token, safe='')}" if token else ""
@@ -432,7 +438,44 @@ class GeminiBackend(HTTPBackend):
             nxt = doc.get("nextPageToken") if isinstance(doc, dict) else None
             if not nxt or not isinstance(nxt, str):
                 return out
+            if nxt in seen:
+                # A token seen before: the server pages in a cycle, every later page a repeat.
+                raise CacheAPIError(
+                    f"listing cachedContents: the server repeated nextPageToken {nxt[:40]!r}"
+                    f" after {len(seen) + 1} page(s) ({len(out)} caches): stopped",
+                    status=200,
+                )
+            seen.add(nxt)
             token = nxt
+        raise CacheAPIError(
+            f"listing cachedContents: still a nextPageToken after {LIST_MAX_PAGES} pages"
+            f" ({len(out)} caches): stopped",
+            status=200,
+        )
+
+
+def _wall(text: Any) -> float | None:
+    """An RFC 3339 timestamp (``2026-01-01T00:00:00.123456Z``) as epoch seconds, or None."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _granted_s(doc: dict[str, Any]) -> float | None:
+    """Seconds the server gave the cache to live, by its own figures: its ``ttl`` when the answer
+    carries one, else ``expireTime`` minus the time of the operation (``updateTime``, else
+    ``createTime``: both on the server's clock, so no skew), else ``expireTime`` minus now."""
+    ttl = parse_duration(doc.get("ttl"))
+    if ttl is not None:
+        return ttl
+    expire = _wall(doc.get("expireTime"))
+    if expire is None:
+        return None
+    at = _wall(doc.get("updateTime")) or _wall(doc.get("createTime")) or time.time()
+    return max(0.0, expire - at)
 
 
 def _cache_info(doc: Any, ttl_s: float | None) -> CacheInfo:
@@ -447,4 +490,6 @@ def _cache_info(doc: Any, ttl_s: float | None) -> CacheInfo:
         tokens=tokens,
         expire_time=doc.get("expireTime") if isinstance(doc.get("expireTime"), str) else None,
         ttl_s=ttl_s,
+        granted_s=_granted_s(doc),
+        created_wall=_wall(doc.get("createTime")),
     )
