@@ -571,6 +571,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"runner: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader of standard output went away (`runner report X | head`): stop quietly, as
+        # `cat` does, with the status a SIGPIPE gives (128 + 13), never a traceback.
+        from .stdio import drop_stdout
+
+        drop_stdout()
+        return 141
     except Exception as exc:
         if getattr(ns, "log_format", None) != "json":
             raise
