@@ -337,13 +337,18 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         print(render_batch_summary(outcome.summary), file=sys.stderr)
     guard = outcome.summary.get("guard")
     if guard:
-        print(f"runner: stopped by a guard: {guard['message']}", file=sys.stderr)
+        # exit 75: a breaker opened only by transient failures, which a later run may not meet
+        later = "; only transient failures: run again later to resume" * (outcome.exit_code == 75)
+        print(f"runner: stopped by a guard: {guard['message']}{later}", file=sys.stderr)
     elif outcome.stopped == "rate_limit_pause":
         print("runner: rate-limited past --max-pause; run again later to resume", file=sys.stderr)
     elif outcome.stopped == "signal" and not config.quiet:
         print("runner: interrupted; run the same command again to resume", file=sys.stderr)
         if config.via == "batch":
-            print(f"runner: `runner status {_results_path(ns.jobs, config)}` shows the batches")
+            print(
+                f"runner: `runner status {_results_path(ns.jobs, config)}` shows the batches",
+                file=sys.stderr,  # standard output may be the summary (--summary -)
+            )
     return outcome.exit_code
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from promise_helpers import fast_config, write_jobs
+from promise_helpers import cli_run, fast_config, write_jobs
 
 from runner import workers
 from runner.config import RunConfig
@@ -108,3 +109,61 @@ def test_a_killed_worker_is_said_at_once_not_after_the_others_finish(
     if log_format == "json":
         event = orjson.loads(text)
         assert event["level"] == "error" and "shard 1/2" in event["message"]
+
+
+def test_a_breaker_of_transient_failures_says_run_again_later(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Exit 75 means "re-run later", but the line said only "stopped by a guard", as exit 3's
+    # ("alert, do not retry") does.
+    jobs = write_jobs(tmp_path, 60)
+    config = tmp_path / "flaky.toml"
+    config.write_text(
+        'progress = "off"\nmax_attempts = 1\nconcurrency = 4\nbreaker_min_requests = 10\n'
+        '[mock]\nlatency = "zero"\nfault_http_503 = 1.0\n'
+    )
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), "-q")
+    assert code == 75, err
+    line = next(x for x in err.splitlines() if "stopped by a guard" in x)
+    assert "only transient failures: run again later to resume" in line
+
+
+def test_an_interrupted_batch_run_keeps_standard_output_to_the_summary(tmp_path: Path) -> None:
+    # `runner run --via batch --summary -` then Ctrl-C: the "runner status ... shows the
+    # batches" hint went to standard output after the JSON summary, so it no longer parsed.
+    serve = ["mock", "--port", "0", "--latency", "zero", "--batch", '{"duration_s": 60}']
+    mock = subprocess.Popen(
+        [sys.executable, "-m", "runner", *serve],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert mock.stdout is not None
+        url = mock.stdout.readline().decode().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        jobs = write_jobs(tmp_path, 5)
+        out = tmp_path / "summary.out"
+        with out.open("wb") as fh:
+            command = ["run", str(jobs), "--provider", "openai", "--base-url", url]
+            command += ["--via", "batch", "--poll-interval", "0.2", "--summary", "-"]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "runner", *command, "--progress", "off"],
+                stdout=fh,
+                stderr=subprocess.PIPE,
+            )
+            meta = tmp_path / "jobs.results.jsonl.meta.json"
+            deadline = time.monotonic() + 30
+            while b"batch_" not in (meta.read_bytes() if meta.exists() else b""):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err.decode()
+        assert b"shows the batches" in err
+        summary = orjson.loads(out.read_bytes())  # the summary and nothing else
+        assert summary["stopped"] == "signal"
+    finally:
+        mock.terminate()
+        mock.wait(timeout=10)
+        assert mock.stdout is not None
+        mock.stdout.close()
