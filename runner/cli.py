@@ -3,7 +3,7 @@
 Exit codes (docs/FORMATS.md, "Exit codes"): 0 all jobs succeeded; 1 some failed permanently;
 2 usage, config or input error before any request; 3 stopped by a guard; 75 stopped by a transient
 condition, re-run later (EX_TEMPFAIL); 130/143/129 interrupted (SIGINT/SIGTERM/SIGHUP) after a
-clean drain.
+clean drain; 141 standard output's reader went away.
 """
 
 from __future__ import annotations
