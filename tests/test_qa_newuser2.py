@@ -5,6 +5,9 @@
   status a SIGPIPE gives, as ``cat`` has), for every subcommand.
 * ``--log-format json``'s ``run_start`` event said ``"output": null`` for a run without ``-o``,
   though the run wrote ``JOBS.results.jsonl``: it names the results file the run writes.
+* ``runner run --via batch --summary -`` stopped by Ctrl-C printed its ``runner status`` hint
+  on standard output after the JSON, and its table called the jobs in running batches "not
+  sent"; a breaker of transient failures (exit 75) did not say to run again later.
 * ``--workers N``: a worker killed (the OOM killer's SIGKILL) was said only after every other
   worker had finished its shard, maybe an hour later, while the progress kept counting towards
   an end the run would never reach; the parent now says at once which shard's worker died, that
@@ -160,6 +163,8 @@ def test_an_interrupted_batch_run_keeps_standard_output_to_the_summary(tmp_path:
             _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err.decode()
         assert b"shows the batches" in err
+        # the 5 jobs are in a batch still running, not unsent
+        assert b"5 not collected" in err and b"not sent" not in err
         summary = orjson.loads(out.read_bytes())  # the summary and nothing else
         assert summary["stopped"] == "signal"
     finally:
