@@ -197,7 +197,7 @@ async def _run_direct(
             except OSError as exc:
                 raise InputError(f"{jobs_path}: cannot read: {exc.strerror}") from exc
         on_start()
-        observer.start(engine)
+        observer.start(engine, output=outputs.results_path if outputs is not None else None)
         if handle_signals:
             _install_signals(engine, display.note if display is not None else observer.stopping)
         try:

@@ -3,7 +3,7 @@
 Exit codes (docs/FORMATS.md, "Exit codes"): 0 all jobs succeeded; 1 some failed permanently;
 2 usage, config or input error before any request; 3 stopped by a guard; 75 stopped by a transient
 condition, re-run later (EX_TEMPFAIL); 130/143/129 interrupted (SIGINT/SIGTERM/SIGHUP) after a
-clean drain.
+clean drain; 141 standard output's reader went away.
 """
 
 from __future__ import annotations
@@ -337,13 +337,18 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         print(render_batch_summary(outcome.summary), file=sys.stderr)
     guard = outcome.summary.get("guard")
     if guard:
-        print(f"runner: stopped by a guard: {guard['message']}", file=sys.stderr)
+        # exit 75: a breaker opened only by transient failures, which a later run may not meet
+        later = "; only transient failures: run again later to resume" * (outcome.exit_code == 75)
+        print(f"runner: stopped by a guard: {guard['message']}{later}", file=sys.stderr)
     elif outcome.stopped == "rate_limit_pause":
         print("runner: rate-limited past --max-pause; run again later to resume", file=sys.stderr)
     elif outcome.stopped == "signal" and not config.quiet:
         print("runner: interrupted; run the same command again to resume", file=sys.stderr)
         if config.via == "batch":
-            print(f"runner: `runner status {_results_path(ns.jobs, config)}` shows the batches")
+            print(
+                f"runner: `runner status {_results_path(ns.jobs, config)}` shows the batches",
+                file=sys.stderr,  # standard output may be the summary (--summary -)
+            )
     return outcome.exit_code
 
 
@@ -571,6 +576,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"runner: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader of standard output went away (`runner report X | head`): stop quietly, as
+        # `cat` does, with the status a SIGPIPE gives (128 + 13), never a traceback.
+        from .stdio import drop_stdout
+
+        drop_stdout()
+        return 141
     except Exception as exc:
         if getattr(ns, "log_format", None) != "json":
             raise

@@ -244,7 +244,9 @@ class Observer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, engine: Engine) -> None:
+    def start(self, engine: Engine, *, output: Path | None = None) -> None:
+        """Begin watching ``engine``; ``output`` is the results file the run writes (its
+        default path included), else the configured one."""
         self._engine = engine
         self._wall0 = time.time()
         now = time.perf_counter()
@@ -256,7 +258,7 @@ class Observer:
             self.log.emit(
                 "run_start",
                 input=str(self.jobs_path) if self.jobs_path else None,
-                output=str(c.output) if c.output else None,
+                output=str(output or c.output) if output or c.output else None,
                 provider=c.provider,
                 # the host and port, never a user:password@ of the URL
                 base_url_host=urlsplit(c.base_url).netloc.rpartition("@")[2]

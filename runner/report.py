@@ -770,8 +770,14 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
             f"{jobs['ok']} ok, {jobs['failed']} failed"
             + (f" ({errors})" if errors else "")
             + _this_run(summary)
-            # A run stopped early (guard, endpoint, signal): the jobs it never sent.
-            + (f", {summary['not_sent']:,} not sent" if summary.get("not_sent") else ""),
+            # A run stopped early (guard, endpoint, signal): the jobs it never sent; with
+            # --via batch, those not collected (most are in batches still running)
+            + (
+                f", {summary['not_sent']:,} "
+                + ("not collected" if summary.get("via") == "batch" else "not sent")
+                if summary.get("not_sent")
+                else ""
+            ),
         ),
         ("wall", f"{summary['wall_s']:.2f} s, {summary['requests_per_s']:.1f} req/s"),
         (

@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-__all__ = ["reopen_closed", "tolerate_lost_stderr"]
+__all__ = ["drop_stdout", "reopen_closed", "tolerate_lost_stderr"]
 
 _LOST = (errno.EPIPE, errno.EIO, errno.ENOSPC, errno.EBADF, errno.ENXIO)
 
@@ -80,3 +80,12 @@ def tolerate_lost_stderr() -> None:
     """Make a failed write to standard error (reader gone, terminal hung up) drop the output."""
     if sys.stderr is not None and not isinstance(sys.stderr, _Tolerant):
         sys.stderr = _Tolerant(sys.stderr)
+
+
+def drop_stdout() -> None:
+    """Send the rest of standard output to ``/dev/null`` once its reader is gone (EPIPE), so
+    the interpreter's final flush of what is still buffered raises nothing either."""
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)

@@ -305,7 +305,7 @@ def _run_locked(
         own = ["--shard", str(spec), "--concurrency", str(c), "--max-active-groups", str(g)]
         procs.append(_start([*argv, *common, *own]))
     tails = [_Tail(p) for p in parts]
-    code = _supervise(procs, tails, jobs, config)
+    code = _supervise(procs, tails, jobs, config, names=[str(s) for s in specs])
     # A worker that raised (a defect, exit 1 as any uncaught exception) left its shard unfinished:
     # no merge (it would refuse the unfinished shard with exit 2), and the re-run resumes it.
     crashed = [
@@ -461,8 +461,73 @@ def _refuse_other_counts(results: Path, n: int) -> None:
         )
 
 
-def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunConfig) -> int:
+def _exit_code(p: _Child) -> int:
+    """A reaped worker's exit code as a shell reports it: a worker killed by a signal (the OOM
+    killer's SIGKILL) is 128 + the signal, not the negative number waitstatus gives."""
+    return 1 if p.code is None else 128 - p.code if p.code < 0 else p.code
+
+
+def _wait_any(procs: list[_Child]) -> None:
+    """Block until some worker has ended (left for :meth:`_Child.poll` to reap)."""
+    alive = [p for p in procs if p.poll() is None]
+    if not alive:
+        return
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:  # pragma: no cover - no waitid on this platform: in order, as before
+        alive[0].wait()
+        return
+    try:
+        # WNOWAIT: the worker stays a zombie until poll() reaps it with its CPU time (wait4)
+        info = waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:
+        return
+    if info is None or all(info.si_pid != p.pid for p in alive):
+        time.sleep(POLL_S)  # a child of the host's, not a worker: do not spin on it
+
+
+def _tell_lost(
+    procs: list[_Child], told: set[int], names: Sequence[str], config: RunConfig
+) -> None:
+    """Say at once that a worker died (not after the others finish their shards, which
+    may be an hour later): nothing will be merged, and the same command resumes."""
+    for i, p in enumerate(procs):
+        if i in told or p.poll() is None:
+            continue
+        told.add(i)
+        code = _exit_code(p)
+        if code in (0, 1):
+            continue  # finished, or some jobs failed: the merge decides
+        name = f"shard {names[i]}" if i < len(names) else f"pid {p.pid}"
+        how = (
+            f"was killed by signal {code - 128} (exit {code})"
+            if code > 128
+            else f"stopped with exit {code}"
+        )
+        left = sum(q.poll() is None for q in procs)
+        said = (
+            f"the worker of {name} {how}; the {left} other worker(s) finish their "
+            "shards, then nothing is merged: run the same command again to resume"
+            if left
+            else f"the worker of {name} {how}"
+        )
+        if config.log_format == "json":
+            from .logs import note_line
+
+            note_line(said, error=True, quiet=config.quiet)
+        else:
+            print(f"runner: {said}", file=sys.stderr)
+
+
+def _supervise(
+    procs: list[_Child],
+    tails: list[_Tail],
+    jobs: Path,
+    config: RunConfig,
+    *,
+    names: Sequence[str] = (),
+) -> int:
     stop = {"n": 0}
+    told: set[int] = set()
 
     def forward(signum: int, _frame: object) -> None:
         stop["n"] += 1
@@ -497,10 +562,14 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
 
     try:
         if display is None:  # nothing to show: wake when a worker ends, not on a timer
-            for p in procs:
-                p.wait()  # a signal runs forward() and the wait goes on (PEP 475)
+            while any(p.poll() is None for p in procs):
+                _wait_any(procs)  # a signal runs forward() and the wait goes on (PEP 475)
+                if not stop["n"]:
+                    _tell_lost(procs, told, names, config)
         while any(p.poll() is None for p in procs):
             time.sleep(POLL_S)
+            if not stop["n"]:
+                _tell_lost(procs, told, names, config)
             if display is not None:
                 show()
     finally:
@@ -509,9 +578,7 @@ def _supervise(procs: list[_Child], tails: list[_Tail], jobs: Path, config: RunC
         if display is not None:
             show()
             display.close(stats)
-    # all reaped by the loop; a worker killed by a signal (the OOM killer's SIGKILL) exits as a
-    # shell reports it, 128 + the signal, not as the negative number waitstatus gives
-    codes = [1 if p.code is None else 128 - p.code if p.code < 0 else p.code for p in procs]
+    codes = [_exit_code(p) for p in procs]  # all reaped by the loop
     if stop["n"] and any(c not in (0, 1) for c in codes):
         return next(c for c in codes if c not in (0, 1))
     bad = [c for c in codes if c not in (0, 1)]
