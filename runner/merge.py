@@ -431,7 +431,7 @@ def merge(
     force: bool = False,
     paths: tuple[Path, Path] | None = None,
     order_by: Path | None = None,
-    finish: Callable[[dict[str, Any]], None] | None = None,
+    finish: Callable[[dict[str, Any]], bool | None] | None = None,
     inputs: Sequence[Path] = (),
     distinct_ids: bool = False,
 ) -> MergeReport:
@@ -449,7 +449,9 @@ def merge(
         written in the order of its lines (each part is in that order; the parts are
         interleaved by reading each line's id), not part after part.
     :param finish: called with the merged summary just before it is written, to add to it
-        (``--workers`` adds its ``workers`` section and exit code: one write, not two).
+        (``--workers`` adds its ``workers`` section and exit code: one write, not two); False
+        from it leaves the summary file as it is (a ``--workers`` re-run that sent nothing,
+        :mod:`runner.noop`).
     :param inputs: more files no output may name (the config, the contexts), besides the
         parts, their jobs file and the contexts their manifests name.
     :param distinct_ids: the caller knows no id is in two parts, so the per-line id check is
@@ -546,11 +548,11 @@ def merge(
     finally:
         for t in (tmp_res, tmp_lat):
             t.unlink(missing_ok=True)
-    if finish is not None:
-        finish(summary)
-    _atomic(
-        summary_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-    )
+    if finish is None or finish(summary) is not False:
+        _atomic(
+            summary_path,
+            orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE),
+        )
     _atomic(
         marker,
         orjson.dumps(

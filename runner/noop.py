@@ -12,8 +12,8 @@ rates and ``this_run`` are zeros, and users read the real run's figures from the
   rebuilt one lacks an explicit cache's storage and sums in another order). Otherwise (no
   summary, an unreadable one, one of an interrupted run or of other counts, say after a
   ``kill -9`` before the summary was written) it is written as for any resumed run. A shard's
-  summary is always written (the merge of ``--workers`` reads it as the invocation's record),
-  and so is the merged summary of ``--workers`` (runner/workers.py);
+  summary is always written (the merge of ``--workers`` reads it as the invocation's record);
+  the merged summary of ``--workers`` is kept by the same rule (runner/workers.py);
 * the metrics (textfile and Pushgateway) keep every figure of the run that did the work; only
   ``runner_exit_code`` and ``runner_last_success_timestamp_seconds`` move: the invocation ran
   and, on exit 0, succeeded, so an alert on "no success in 24 h" stays quiet while the schedule

@@ -332,7 +332,7 @@ def _run_locked(
         return code
     cpu_parent = _cpu_self()
 
-    def finish(summary: dict[str, Any]) -> None:
+    def finish(summary: dict[str, Any]) -> bool:
         summary["workers"] = {
             "processes": n,
             "forked": all(p.forked for p in procs),
@@ -344,6 +344,15 @@ def _run_locked(
         }
         summary["exit_code"] = 1 if summary["jobs"]["failed"] else code
         _this_run(summary, parts)
+        # A re-run that sent nothing keeps the summary of the run that did the work, as a
+        # plain run does (runner/noop.py); it is written when it does not describe the output.
+        from .noop import nothing_sent, summary_describes
+
+        if nothing_sent(summary) and summary_describes(summary_path, summary):
+            if not to_stdout:  # said by the table; not in any file
+                summary["summary_kept"] = str(summary_path)
+            return False
+        return True
 
     marker = results.with_name(results.name + MERGED_SUFFIX)
     rep = merge(

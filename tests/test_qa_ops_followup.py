@@ -219,6 +219,31 @@ def test_a_rerun_with_nothing_to_send_writes_a_summary_that_is_missing_or_stale(
     assert rewritten["jobs"]["ok"] == 12
 
 
+def test_a_workers_rerun_with_every_job_done_keeps_the_merged_summary(tmp_path: Path) -> None:
+    # The merged summary of --workers was rewritten by a re-run that sent nothing (wall 0 s,
+    # 0 req/s, this_run zeros, the workers' CPU of the no-op), while a plain run keeps its own.
+    import subprocess
+    import sys
+
+    jobs = write_jobs(tmp_path, 40)
+    args = [sys.executable, "-m", "runner", "run", str(jobs), "-c"]
+    args += [str(fast_config(tmp_path, PRICES)), "--workers", "2"]
+    summary = tmp_path / "jobs.summary.json"
+    first = subprocess.run(args, capture_output=True, timeout=120)
+    assert first.returncode == 0, first.stderr.decode()[-2000:]
+    real = summary.read_bytes()
+    assert load(summary)["this_run"]["ok"] == 40 and load(summary)["workers"]["processes"] == 2
+    again = subprocess.run(args, capture_output=True, timeout=120)
+    err = again.stderr.decode()
+    assert again.returncode == 0, err[-2000:]
+    assert summary.read_bytes() == real, load(summary)["this_run"]
+    assert "nothing sent: the summary file is left as it was" in err, err[-2000:]
+    summary.unlink()  # none to keep: the re-run writes the whole output's
+    assert subprocess.run(args, capture_output=True, timeout=120).returncode == 0
+    written = load(summary)
+    assert written["jobs"]["ok"] == 40 and written["this_run"]["skipped_resumed"] == 40
+
+
 def test_a_rerun_with_nothing_to_send_pushes_only_the_end_gauges(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
