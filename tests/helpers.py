@@ -19,6 +19,17 @@ from runner.config import RunConfig
 PY = sys.executable
 
 
+class ManualClock:
+    """A clock the test moves by hand (``clock.t += 5``): stands in for ``time.monotonic`` or
+    ``time.time`` where the code takes a clock."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 @contextmanager
 def mock_process(*flags: str) -> Iterator[str]:
     """The simulated provider that ``python -m runner.mock FLAGS`` serves, on 127.0.0.1 and a

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers import ManualClock as Clock
+
 from runner.cache import Dispatch, Scheduler
 from runner.models import Job
 
@@ -21,14 +23,6 @@ def job(i: int, group: str | None = "g1:abc", prefix_chars: int = PREFIX_CHARS) 
         prompt_chars=prefix_chars + 10,
         prefix_chars=prefix_chars if group else 0,
     )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def sched(strategy: str = "warm", clock: Clock | None = None, **kw: object) -> Scheduler:

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from helpers import ManualClock as Clock
 
 from runner.config import RunConfig
 from runner.explicit_cache import (
@@ -19,14 +20,6 @@ from runner.explicit_cache import (
 from runner.jobs import load_contexts
 from runner.models import Job, Price
 from runner.validate import validate_file
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Store:

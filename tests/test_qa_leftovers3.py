@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
+from helpers import ManualClock as Clock
 from scaleout import require_redis, start_redis
 from test_explicit_cache import config as run_config
 from test_explicit_cache import mock_stats, results, write_jobs
@@ -123,14 +124,6 @@ async def test_a_server_ttl_cap_is_planned_for_every_job_keeps_the_cache(tmp_pat
 
 
 # -- 3. storage of caches this run did not see created ------------------------------------------
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Store:

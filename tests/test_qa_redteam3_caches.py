@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from helpers import ManualClock as Clock
+
 from runner.explicit_cache import CacheAPIError, CacheInfo, ExplicitCaches
 from runner.models import Job, Price
 from runner.report import render_summary
@@ -16,14 +18,6 @@ from runner.stats import SummaryBuilder
 
 TOKENS = 2000
 PRICE = Price(input=1.0, cached_input=0.1, output=1.0, cache_storage=1.0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class FailingDeletes:

@@ -6,7 +6,8 @@ Each test names the behaviour; docs/TESTING.md lists the mutants it was written 
 from __future__ import annotations
 
 import pytest
-from test_cache import Clock, drain, job, sched
+from helpers import ManualClock as Clock
+from test_cache import drain, job, sched
 from test_cachectl import warm_scheduler
 
 from runner.cache import Dispatch, Scheduler
