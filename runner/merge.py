@@ -18,7 +18,8 @@ from the part's ``S.state`` when that still describes its latency file,
 :mod:`runner.partstate`). The three files are written to temporary
 names and renamed into place, so a failed merge leaves no half output. An existing OUT is
 refused unless it was written by an earlier merge of the same input (``OUT.merged.json``), so
-a merge never overwrites a run's own results.
+a merge never overwrites a run's own results, nor (without ``--force``) by a merge of fewer
+shards than that earlier merge had: a ``--partial`` merge never silently replaces a complete one.
 """
 
 from __future__ import annotations
@@ -495,6 +496,7 @@ def merge(
             raise ConfigError(
                 f"{out}: exists and is not an earlier merge of this input; not overwriting"
             )
+        _refuse_losing(out, marker, count, present, bool(missing or unfinished))
     out.parent.mkdir(parents=True, exist_ok=True)
     builder = SummaryBuilder(None, price_of=price_of)
     from_state: list[int] = []
@@ -559,6 +561,7 @@ def merge(
             {
                 "fingerprint": first["fingerprint"],
                 "count": count,
+                "merged": sorted(present),
                 "parts": [str(p.results) for p in loaded],
             }
         ),
@@ -572,6 +575,42 @@ def merge(
         missing,
         unfinished,
         tuple(from_state),
+    )
+
+
+def _refuse_losing(
+    out: Path, marker: Path, count: int, present: set[int], incomplete: bool
+) -> None:
+    """A merge never silently replaces an earlier merge of more shards (exit 2): ``runner merge
+    OUT shard-0... --partial`` over a complete merge in OUT would lose the other shards' merged
+    output. Refused when OUT holds a shard this merge lacks (the marker's ``merged``; a marker
+    from before it recorded them: more parts than this merge has), or, with another shard count,
+    when this merge is incomplete. ``--force`` replaces it anyway."""
+    try:
+        was = orjson.loads(marker.read_bytes())
+        old_count = int(was.get("count"))
+        merged = was.get("merged")
+        if merged is None:  # an older marker: only its parts' paths
+            old = set(range(len(was["parts"])))
+            lost = len(old) > len(present)
+        else:
+            old = {int(i) for i in merged}
+            lost = bool(old - present)
+    except (OSError, orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return  # no readable record of what it holds: the fingerprint check above decided
+    if old_count != count:
+        lost = incomplete
+    if not lost:
+        return
+
+    def shards(ids: set[int]) -> str:
+        return ", ".join(map(str, sorted(ids))) or "none"
+
+    raise ConfigError(
+        f"{out}: holds an earlier merge of shard(s) {shards(old)} of {old_count}; this merge "
+        f"of shard(s) {shards(present)} of {count} would replace it with less: give every "
+        "part again (e.g. a quoted glob of the shards' results files), write to another OUT, "
+        "or pass --force to replace it"
     )
 
 
