@@ -26,7 +26,7 @@ from .config import load_config
 from .errors import ConfigError, InputError
 from .models import Price
 from .results import result_key
-from .stats import Distribution, SummaryBuilder, Timeline
+from .stats import IDLE_JOIN_S, BusyTime, Distribution, SummaryBuilder, Timeline
 
 __all__ = [
     "COMPARE_METRICS",
@@ -193,6 +193,7 @@ def load_run(path: Path, price: Price | None, *, slo_ms: Mapping[str, float] | N
     """
     builder = SummaryBuilder(price, slo_ms=slo_ms)
     timeline = Timeline()
+    busy = BusyTime()
     malformed = 0
     held: list[tuple[Path, int, str]] = []  # said once a record shows this is a latency file
 
@@ -212,6 +213,7 @@ def load_run(path: Path, price: Price | None, *, slo_ms: Mapping[str, float] | N
                 _stderr(*w)
         builder.add(rec)
         timeline.add(rec)
+        busy.add(rec.get("queued_at") or 0.0, rec.get("ended_at") or 0.0)
         n += 1
     if not n and held:
         # `runner report R.results.jsonl` (or the summary, or the jobs file) gave a table of
@@ -224,7 +226,16 @@ def load_run(path: Path, price: Price | None, *, slo_ms: Mapping[str, float] | N
         )
     if malformed > MAX_WARNINGS:
         print(f"warning: {path}: {malformed} malformed lines skipped in all", file=sys.stderr)
-    summary = builder.summary()
+    # The wall is the busy time (BusyTime): a resumed output's idle hours between its
+    # invocations are not run time, so req/s is what the runs achieved while running.
+    busy_s, span_s, pauses = busy.result()
+    summary = builder.summary(wall_s=busy_s if n else None)
+    summary["wall"] = {
+        "rule": f"busy: jobs in flight, pauses over {IDLE_JOIN_S:g} s not counted",
+        "span_s": round(span_s, 3),
+        "idle_s": round(max(span_s - busy_s, 0.0), 3),
+        "pauses": pauses,
+    }
     summary["source"] = {"file": str(path), "records": n, "malformed_lines": malformed}
     return Run(path, summary, builder.latency, builder.ttft, timeline.series(), n, malformed)
 
@@ -755,6 +766,19 @@ def _this_run(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _idle(summary: Mapping[str, Any]) -> str:
+    """``runner report`` of an output written by several invocations: the idle time between
+    them, left out of the wall (runner.stats.BusyTime)."""
+    wall = summary.get("wall")
+    if not isinstance(wall, Mapping) or not wall.get("pauses"):
+        return ""
+    n = int(wall["pauses"])
+    return (
+        f" (busy time; {wall['idle_s']:,.2f} s idle in {n} pause{'' if n == 1 else 's'} "
+        f"over {IDLE_JOIN_S:g} s not counted, span {wall['span_s']:,.2f} s)"
+    )
+
+
 def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") -> str:
     """A compact table of a summary for a terminal (stderr at the end of a run).
 
@@ -779,7 +803,10 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
                 else ""
             ),
         ),
-        ("wall", f"{summary['wall_s']:.2f} s, {summary['requests_per_s']:.1f} req/s"),
+        (
+            "wall",
+            f"{summary['wall_s']:.2f} s, {summary['requests_per_s']:.1f} req/s" + _idle(summary),
+        ),
         (
             "tokens",
             f"prompt {tok['prompt']:,}, cached {tok['cached']:,}, "

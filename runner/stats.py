@@ -34,7 +34,9 @@ from .models import LatencyRecord, Price
 
 __all__ = [
     "DEFAULT_EXACT_LIMIT",
+    "IDLE_JOIN_S",
     "PERCENTILES",
+    "BusyTime",
     "Distribution",
     "SummaryBuilder",
     "Timeline",
@@ -788,6 +790,66 @@ def _meets(slo: _Slo, ttft: float | None, tpot: float | None, latency: float | N
         if bound is not None and (v is None or v > bound):
             return False
     return True
+
+
+# A pause in which no job was in flight shorter than this is still run time (one invocation's
+# admission of its next job just after another ended); a longer one is idle (BusyTime).
+IDLE_JOIN_S = 1.0
+
+
+class BusyTime:
+    """The run time of a latency file written by one or more invocations (a run, Ctrl-C, a
+    resume hours later): the union of every record's ``[queued_at, ended_at]``, a pause shorter
+    than ``join_s`` counted as busy. The span from the first ``queued_at`` to the last
+    ``ended_at`` would count the idle hours between invocations as run time.
+
+    Streaming: records come roughly in the order they ended, so each one usually overlaps the
+    current interval and only extends it; one that does not starts a new interval, and the
+    intervals (one per pause, or per out-of-order record) are merged by :meth:`result`.
+    ``runner report`` feeds it (cold path); the engine never does.
+    """
+
+    __slots__ = ("_hi", "_join", "_lo", "_spans")
+
+    def __init__(self, join_s: float = IDLE_JOIN_S) -> None:
+        self._join = join_s
+        self._spans: list[tuple[float, float]] = []
+        self._lo = math.inf
+        self._hi = -math.inf
+
+    def add(self, queued: float, ended: float) -> None:
+        if ended < queued:
+            ended = queued
+        j = self._join
+        if queued <= self._hi + j and ended >= self._lo - j:
+            if queued < self._lo:
+                self._lo = queued
+            if ended > self._hi:
+                self._hi = ended
+            return
+        if self._hi >= self._lo:
+            self._spans.append((self._lo, self._hi))
+        self._lo, self._hi = queued, ended
+
+    def result(self) -> tuple[float, float, int]:
+        """(busy seconds, span seconds from the first start to the last end, idle pauses)."""
+        spans = sorted([*self._spans, (self._lo, self._hi)] if self._hi >= self._lo else [])
+        if not spans:
+            return 0.0, 0.0, 0
+        busy = 0.0
+        gaps = 0
+        lo, hi = spans[0]
+        last = hi
+        for a, b in spans[1:]:
+            last = max(last, b)
+            if a <= hi + self._join:
+                hi = max(hi, b)
+                continue
+            busy += hi - lo
+            gaps += 1
+            lo, hi = a, b
+        busy += hi - lo
+        return busy, last - spans[0][0], gaps
 
 
 def rates(wall_s: float, ok: int, failed: int, prompt: int, completion: int) -> dict[str, Any]:

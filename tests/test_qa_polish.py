@@ -72,3 +72,70 @@ def test_a_partial_merge_may_grow_into_a_complete_one(
     marker.write_bytes(orjson.dumps(old))
     code, err = cli_run(capsys, "merge", str(out), str(parts[1]), "--partial")
     assert code == 2 and "would replace it with less" in err
+
+
+# -- report: the idle time between invocations is not run time ------------------------------
+
+
+def _rec(i: int, queued: float, ended: float) -> dict[str, object]:
+    return {
+        "custom_id": f"j{i}",
+        "outcome": "ok",
+        "attempts": 1,
+        "queued_at": queued,
+        "started_at": queued,
+        "ended_at": ended,
+        "latency_ms": (ended - queued) * 1000.0,
+        "ttft_ms": 10.0,
+        "total_ms": (ended - queued) * 1000.0,
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+    }
+
+
+def _two_invocations(path: Path) -> None:
+    """40 jobs over 4 s, a Ctrl-C, and 40 more over 4 s an hour later (concurrency 4, each job
+    0.4 s): 80 jobs in 8 s of running, over a span of 3,608 s."""
+    recs: list[dict[str, object]] = []
+    for start in (1_000.0, 4_600.0):
+        for i in range(40):
+            q = start + (i // 4) * 0.4
+            recs.append(_rec(len(recs), q, q + 0.4))
+    # one record written out of its order (a slow job that ended last in the first run)
+    recs.insert(60, recs.pop(39))
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs))
+
+
+def test_report_of_a_resumed_output_counts_busy_time_not_the_idle_gap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lat = tmp_path / "r.latency.jsonl"
+    _two_invocations(lat)
+    capsys.readouterr()
+    from runner.cli import main
+
+    assert main(["report", str(lat), "--json"]) == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    assert doc["wall_s"] == pytest.approx(8.0)
+    assert doc["requests_per_s"] == pytest.approx(10.0)
+    assert doc["wall"]["span_s"] == pytest.approx(3604.0)
+    assert doc["wall"]["idle_s"] == pytest.approx(3596.0)
+    assert doc["wall"]["pauses"] == 1
+    assert main(["report", str(lat)]) == 0
+    out = capsys.readouterr().out
+    assert "8.00 s, 10.0 req/s (busy time; 3,596.00 s idle in 1 pause over 1 s" in out
+
+
+def test_busy_time_joins_short_pauses_and_any_order() -> None:
+    from runner.stats import BusyTime
+
+    b = BusyTime()
+    # back-to-back jobs at concurrency 1 (the next admitted just after the last ended)
+    for i in range(10):
+        b.add(i * 1.0 + 0.001, (i + 1) * 1.0)
+    assert b.result() == pytest.approx((9.999, 9.999, 0))
+    b = BusyTime()
+    for q, e in [(100.0, 101.0), (0.0, 2.0), (1.0, 3.0), (50.0, 50.5), (100.5, 102.0)]:
+        b.add(q, e)
+    assert b.result() == pytest.approx((3.0 + 0.5 + 2.0, 102.0, 2))
+    assert BusyTime().result() == (0.0, 0.0, 0)

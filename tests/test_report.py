@@ -36,7 +36,7 @@ def test_json_has_exactly_the_spec_keys_plus_documented_extras(
         "jobs", "wall_s", "requests_per_s", "retries", "limiter_wait_s", "tokens",
         "cache_hit_ratio", "latency_ms", "ttft_ms", "cost",
         # extras
-        "total_ms", "tpot_ms", "itl_ms", "throughput", "cache", "source",
+        "total_ms", "tpot_ms", "itl_ms", "throughput", "cache", "wall", "source",
     ]  # fmt: skip
     assert list(s["jobs"]) == ["total", "ok", "failed", "skipped_resumed", "by_error"]
     assert list(s["tokens"]) == ["prompt", "cached", "cache_write", "completion"]
