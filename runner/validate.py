@@ -6,7 +6,10 @@ in full but only the first :data:`MAX_PROBLEMS` are kept).
 
 The cache estimate assumes the ``warm`` strategy works perfectly: in every group whose static
 prefix is at least ``min_cacheable_tokens`` long, the first job writes the prefix and every other
-job reads it. Token counts are :func:`runner.models.estimate_tokens` of character counts.
+job reads it. The write is estimated as cache-write tokens (at the price's ``cache_write``) only
+for a provider that bills one (``Capabilities.bills_cache_writes``); elsewhere it is plain input,
+as the run's own cost counts it. Token counts are :func:`runner.models.estimate_tokens` of
+character counts.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from .budget import RequestBudget
 from .config import RunConfig
 from .jobs import read_jobs
 from .models import BadLine, Context, Price, estimate_tokens
+from .providers.capabilities import capabilities_for
 from .stats import cost_of
 
 __all__ = [
@@ -84,6 +88,8 @@ class ValidationReport:
     # explicit caches (a price with cache_storage): USD for storing each group's prefix while
     # its jobs run, assuming STORAGE_REQUEST_S per request; None without a storage price
     storage_cost: float | None = None
+    # the provider bills cache writes (Capabilities.bills_cache_writes); else none are estimated
+    bills_cache_writes: bool = True
 
     @property
     def cost_billed(self) -> float | None:
@@ -164,6 +170,9 @@ def validate_file(
     storage: float | None = None
     # A group's cache lives while its jobs run, at its share of the concurrency.
     per_group = max(1.0, config.concurrency / config.max_active_groups)
+    # A group's first request writes its prefix; only some providers bill that as cache-write
+    # tokens (as the run's cost counts the usage's cache writes). Elsewhere it is plain input.
+    writes = capabilities_for(config).bills_cache_writes
     for group in groups.values():
         if budget.cacheable(group.prefix_tokens):
             cacheable += 1
@@ -174,7 +183,7 @@ def validate_file(
             cached, written = cache.get(group.model, (0, 0))
             cache[group.model] = (
                 cached + (group.jobs - 1) * group.prefix_tokens,
-                written + group.prefix_tokens,
+                written + group.prefix_tokens if writes else 0,
             )
     models: dict[str, ModelEstimate] = {}
     for model, (n, prompt, completion) in sorted(per_model.items()):
@@ -204,6 +213,7 @@ def validate_file(
         min_cacheable_tokens=budget.min_cacheable_tokens,
         context_window=config.context_window,
         storage_cost=storage,
+        bills_cache_writes=writes,
     )
 
 
@@ -235,7 +245,7 @@ def render_validation(report: ValidationReport, path: Path) -> str:
             f"{path}: this does not look like JSONL: no line is a JSON object "
             "(expected one JSON object per line, e.g. not a JSON array or CSV)"
         )
-    out.append(f"{path}: {report.jobs:,} jobs, {report.bad_lines:,} bad lines")
+    out.append(f"{path}: {_n(report.jobs, 'job')}, {_n(report.bad_lines, 'bad line')}")
     out.extend(_render_groups(report))
     out.extend(_render_tokens(report))
     for cache_id, tokens in report.short_contexts:
@@ -256,16 +266,21 @@ def render_validation(report: ValidationReport, path: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def _n(n: int, what: str) -> str:
+    """``1 job``, ``2 jobs``, ``1,000 bad lines``."""
+    return f"{n:,} {what}" if n == 1 else f"{n:,} {what}s"
+
+
 def _render_groups(report: ValidationReport) -> list[str]:
     out = [
         f"cache groups: {len(report.groups):,} ({report.cacheable_groups:,} long enough to cache, "
         f"prefix >= {report.min_cacheable_tokens:,} tokens); "
-        f"{report.ungrouped_jobs:,} jobs without a static prefix"
+        f"{_n(report.ungrouped_jobs, 'job')} without a static prefix"
     ]
     top = sorted(report.groups.items(), key=lambda kv: (-kv[1], kv[0]))[:_TOP_GROUPS]
-    out.extend(f"  {key}: {n:,} jobs" for key, n in top)
+    out.extend(f"  {key}: {_n(n, 'job')}" for key, n in top)
     if len(report.groups) > len(top):
-        out.append(f"  ... and {len(report.groups) - len(top):,} more groups")
+        out.append(f"  ... and {_n(len(report.groups) - len(top), 'more group')}")
     return out
 
 
@@ -273,8 +288,9 @@ def _render_tokens(report: ValidationReport) -> list[str]:
     ratio = report.cached_tokens / report.prompt_tokens if report.prompt_tokens else 0.0
     out = [
         f"estimated tokens: prompt {report.prompt_tokens:,}, cached {report.cached_tokens:,} "
-        f"({ratio:.1%} with --cache warm), cache write {report.cache_write_tokens:,}, "
-        f"completion {report.completion_tokens:,}"
+        f"({ratio:.1%} with --cache warm), "
+        + (f"cache write {report.cache_write_tokens:,}, " if report.bills_cache_writes else "")
+        + f"completion {report.completion_tokens:,}"
     ]
     for model, m in report.models.items():
         cost = (
@@ -282,7 +298,7 @@ def _render_tokens(report: ValidationReport) -> list[str]:
             if m.billed is None or m.uncached is None
             else f"${m.billed:,.4f} billed, ${m.uncached:,.4f} without caching"
         )
-        out.append(f"  {model}: {m.jobs:,} jobs, prompt {m.prompt_tokens:,} tokens; {cost}")
+        out.append(f"  {model}: {_n(m.jobs, 'job')}, prompt {m.prompt_tokens:,} tokens; {cost}")
     billed, uncached = report.cost_billed, report.cost_uncached
     if billed is not None and uncached is not None and report.models:
         saving = 1 - billed / uncached if uncached else 0.0

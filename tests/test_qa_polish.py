@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -139,3 +140,69 @@ def test_busy_time_joins_short_pauses_and_any_order() -> None:
         b.add(q, e)
     assert b.result() == pytest.approx((3.0 + 0.5 + 2.0, 102.0, 2))
     assert BusyTime().result() == (0.0, 0.0, 0)
+
+
+# -- validate: counts in words, and cache writes only where the provider bills them ----------
+
+
+def _validate_input(tmp_path: Path) -> tuple[Path, Path]:
+    ctx = tmp_path / "ctx.jsonl"
+    ctx.write_bytes(orjson.dumps({"cache_id": "big", "system": "x" * 8000}) + b"\n")
+    jobs = tmp_path / "one.jsonl"
+    jobs.write_bytes(
+        orjson.dumps({"id": "a", "cache_id": "big", "query": "q"})
+        + b"\n"
+        + orjson.dumps({"id": "b", "cache_id": "big", "query": "q"})
+        + b"\n"
+        + orjson.dumps({"id": "c", "query": "q", "model": "m2"})
+        + b"\n{oops\n"
+    )
+    return jobs, ctx
+
+
+def test_validate_says_one_job_and_one_bad_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner.cli import main
+
+    jobs, ctx = _validate_input(tmp_path)
+    capsys.readouterr()
+    assert main(["validate", str(jobs), "--contexts", str(ctx)]) == 1  # a bad line
+    text = capsys.readouterr().out
+    assert f"{jobs}: 3 jobs, 1 bad line\n" in text
+    assert "1 job without a static prefix" in text
+    assert "  m2: 1 job, prompt" in text
+    assert " 1 jobs" not in text and "1 bad lines" not in text
+
+
+def test_validate_estimates_cache_writes_only_for_a_provider_that_bills_them(
+    tmp_path: Path,
+) -> None:
+    from runner.config import RunConfig
+    from runner.jobs import load_contexts
+    from runner.models import Price
+    from runner.validate import render_validation, validate_file
+
+    jobs, ctx = _validate_input(tmp_path)
+    contexts = load_contexts(ctx)
+    price = {"gpt": Price(input=1.0, output=2.0, cached_input=0.1, cache_write=1.25)}
+    # one completion budget for all (the providers' defaults differ)
+    common: dict[str, Any] = {"model": "gpt", "prices": price, "params": {"max_tokens": 10}}
+    mock = RunConfig(**common)  # the built-in mock: OpenAI-shaped
+    openai = RunConfig(**common, provider="openai", base_url="http://127.0.0.1:9")
+    anthropic = RunConfig(**common, provider="anthropic", base_url="http://127.0.0.1:9")
+    for cfg in (mock, openai):
+        report = validate_file(jobs, contexts=contexts, config=cfg)
+        assert report.cached_tokens > 0  # the follower still reads the cache
+        assert report.cache_write_tokens == 0
+        assert report.models["gpt"].cache_write_tokens == 0
+        assert "cache write" not in render_validation(report, jobs)
+    billed = validate_file(jobs, contexts=contexts, config=anthropic)
+    assert billed.cache_write_tokens == 2000  # the prefix, written once
+    assert ", cache write 2,000, " in render_validation(billed, jobs)
+    # the write is billed at the cache_write rate only where it exists
+    gpt, ant = (
+        validate_file(jobs, contexts=contexts, config=c).models["gpt"] for c in (mock, anthropic)
+    )
+    assert ant.billed is not None and gpt.billed is not None
+    assert ant.billed - gpt.billed == pytest.approx(2000 * (1.25 - 1.0) / 1e6)

@@ -60,7 +60,15 @@ def jobs_file(tmp_path: Path) -> Path:
 
 
 def config(**kw: Any) -> RunConfig:
-    base: dict[str, Any] = {"model": "m1", "params": {"max_tokens": 100}, "prices": PRICES}
+    # Anthropic: a provider that bills cache writes (an OpenAI-shaped one estimates none,
+    # tests/test_qa_polish.py)
+    base: dict[str, Any] = {
+        "model": "m1",
+        "params": {"max_tokens": 100},
+        "prices": PRICES,
+        "provider": "anthropic",
+        "base_url": "http://127.0.0.1:9",
+    }
     return RunConfig(**(base | kw))
 
 
@@ -106,7 +114,7 @@ def test_render_lists_problems_then_totals(jobs_file: Path, contexts: dict[str, 
     text = render_validation(report, jobs_file)
     lines = text.splitlines()
     assert lines[0].startswith(f"{jobs_file}:6: invalid JSON")
-    assert lines[1] == f"{jobs_file}: 6 jobs, 1 bad lines"
+    assert lines[1] == f"{jobs_file}: 6 jobs, 1 bad line"
     assert "cache groups: 2 (1 long enough to cache, prefix >= 1,024 tokens)" in text
     assert "2 jobs without a static prefix" in text
     assert f"  big:{contexts['big'].digest}: 3 jobs" in lines
@@ -132,7 +140,7 @@ def test_missing_price_makes_cost_unknown(jobs_file: Path, contexts: dict[str, C
     assert report.models["m2"].billed is None
     assert report.cost_billed is None and report.cost_uncached is None
     text = render_validation(report, jobs_file)
-    assert "m2: 1 jobs, prompt 1,000 tokens; no price in the config" in text
+    assert "m2: 1 job, prompt 1,000 tokens; no price in the config" in text
     assert "estimated cost: unknown" in text
 
 
@@ -164,7 +172,7 @@ def test_auto_groups_are_counted(tmp_path: Path) -> None:
         return {"custom_id": f"r{i}", "body": {"messages": msgs}}
 
     path = write(tmp_path / "b.jsonl", line(1, "s" * 40), line(2, "s" * 40), line(3, "t" * 40))
-    report = validate_file(path, contexts={}, config=RunConfig(min_cacheable_tokens=10))
+    report = validate_file(path, contexts={}, config=config(min_cacheable_tokens=10))
     assert sorted(report.groups.values()) == [1, 2]
     assert all(key.startswith("auto:") for key in report.groups)
     assert (report.cacheable_groups, report.cached_tokens, report.cache_write_tokens) == (2, 10, 20)

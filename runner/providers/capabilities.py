@@ -61,6 +61,12 @@ class Capabilities(Record):
     #: The cache TTL a warm provider batch needs to carry a prefix from one of its requests to
     #: the next (a batch takes far longer than the default TTL); None: no longer TTL exists.
     batch_cache_ttl: Literal["5m", "1h"] | None = None
+    #: Writing a prefix into the cache is billed as its own token class, at the price's
+    #: ``cache_write`` rate (Anthropic's ``cache_creation_input_tokens``); elsewhere a group's
+    #: first request pays the plain input rate and usage reports no cache-write tokens, so
+    #: ``runner validate`` estimates none (an explicit cache's creation and storage are billed
+    #: apart, runner.explicit_cache).
+    bills_cache_writes: bool = False
 
 
 GENERIC = Capabilities()
@@ -73,6 +79,7 @@ ANTHROPIC = Capabilities(
     requires_max_tokens=True,
     batch_primes_groups=True,
     batch_cache_ttl="1h",
+    bills_cache_writes=True,
 )
 # Implicit caching needs no routing key; explicit ``cachedContents`` are the backend's
 # ``CacheStore`` side (runner.explicit_cache), found by protocol, not by this table.
