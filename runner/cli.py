@@ -295,11 +295,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         # Said once the run has passed its checks: before, an error that stops it (a missing
         # contexts file, a locked output) came second, after a warning about the provider.
         def on_start() -> None:
-            _note(
-                config,
-                "no provider configured: using the built-in simulated provider; "
-                "replies are synthetic",
-            )
+            _note(config, _no_provider_note(config))
 
     try:
         outcome: RunOutcome = event_loop_run(
@@ -357,6 +353,27 @@ def _holds_no_jobs(outcome: RunOutcome) -> bool:
     result (a wrong endpoint, a guard, a signal), whose unsent jobs are still in the file."""
     s = outcome.summary
     return s["jobs"]["total"] == 0 and not s.get("not_sent") and outcome.stopped is None
+
+
+def _no_provider_note(config: RunConfig) -> str:
+    """Said on every run that named no provider (README, "Output"): its replies are synthetic.
+    A real provider was probably meant when its key variable is set: say how to use it. Naming
+    the mock (``--provider mock``) is the choice made, and silences it."""
+    import os
+
+    said = "no provider configured: using the built-in simulated provider; replies are synthetic"
+    names = [config.api_key_env] if config.api_key_env else []
+    names += [v for v in DEFAULT_KEY_ENV.values() if v not in names]
+    for name in names:
+        if os.environ.get(name):
+            meant = next((p for p, v in DEFAULT_KEY_ENV.items() if v == name), None)
+            how = (
+                f"--provider {meant} --base-url URL, or a config such as configs/{meant}.toml"
+                if meant
+                else "--provider and --base-url"
+            )
+            return f"{said}; {name} is set, but nothing is sent with it: name a provider ({how})"
+    return f"{said} (--provider mock says it is meant, and silences this)"
 
 
 def _note(config: RunConfig, message: str, *, error: bool = False) -> None:

@@ -7,6 +7,8 @@
   ``[queued_at, ended_at]``.
 * ``runner validate`` said "1 jobs", and estimated cache-write tokens for a provider (OpenAI, the
   mock) whose usage never bills a cache write.
+* the "no provider configured" note is kept on every run of the unnamed mock (README: it is how
+  a user learns the replies are synthetic), and names a provider's key variable that is set.
 """
 
 from __future__ import annotations
@@ -206,3 +208,32 @@ def test_validate_estimates_cache_writes_only_for_a_provider_that_bills_them(
     )
     assert ant.billed is not None and gpt.billed is not None
     assert ant.billed - gpt.billed == pytest.approx(2000 * (1.25 - 1.0) / 1e6)
+
+
+# -- the "no provider configured" note: said every run; names a key variable that is set ------
+
+
+def test_the_simulated_provider_note_names_a_key_that_was_probably_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    jobs = write_jobs(tmp_path, 2)
+    cfg = fast_config(tmp_path)
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(cfg))
+    assert code == 0
+    assert "replies are synthetic (--provider mock says it is meant, and silences this)" in err
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-value")
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(cfg), "--no-resume")
+    assert code == 0
+    assert (
+        "replies are synthetic; ANTHROPIC_API_KEY is set, but nothing is sent with it: name a "
+        "provider (--provider anthropic --base-url URL, or a config such as "
+        "configs/anthropic.toml)"
+    ) in err
+    assert "sk-ant-secret-value" not in err
+    # the mock named: the choice is made, nothing said
+    code, err = cli_run(
+        capsys, "run", str(jobs), "-c", str(cfg), "--no-resume", "--provider", "mock"
+    )
+    assert code == 0 and "no provider configured" not in err
