@@ -11,7 +11,10 @@ rates and ``this_run`` are zeros, and users read the real run's figures from the
   wall time and rates stay those of the run that did the work; the cost is not compared: the
   rebuilt one lacks an explicit cache's storage and sums in another order). Otherwise (no
   summary, an unreadable one, one of an interrupted run or of other counts, say after a
-  ``kill -9`` before the summary was written) it is written as for any resumed run. A shard's
+  ``kill -9`` before the summary was written) it is written as for any resumed run. The token
+  cost (``billed`` and ``uncached``, rebuilt from the tokens at this invocation's prices) is
+  compared to a rounding's tolerance: a re-run with a corrected price must not keep the old
+  price's cost in the file while its table prints the new one. A shard's
   summary is always written (the merge of ``--workers`` reads it as the invocation's record);
   the merged summary of ``--workers`` is kept by the same rule (runner/workers.py);
 * the metrics (textfile and Pushgateway) keep every figure of the run that did the work; only
@@ -53,6 +56,22 @@ def summary_describes(path: Path, summary: Mapping[str, Any]) -> bool:
     if not isinstance(old, dict) or old.get("stopped") or not isinstance(old.get("jobs"), dict):
         return False
     jobs, new_jobs = old["jobs"], summary["jobs"]
-    return all(jobs.get(k) == new_jobs.get(k) for k in _JOB_COUNTS) and all(
-        old.get(k) == summary.get(k) for k in _WHOLE_OUTPUT
+    return (
+        all(jobs.get(k) == new_jobs.get(k) for k in _JOB_COUNTS)
+        and all(old.get(k) == summary.get(k) for k in _WHOLE_OUTPUT)
+        and _same_token_cost(old.get("cost"), summary.get("cost"))
     )
+
+
+def _same_token_cost(old: Any, new: Any) -> bool:
+    """Whether two summaries' token costs agree, up to the summing order's rounding (the
+    explicit caches' creation and storage, which a rebuild lacks, are other keys)."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return bool(old == new)  # both without prices; a price added or dropped is a change
+    try:
+        return all(
+            abs(float(old[k]) - float(new[k])) <= 1e-6 + 1e-6 * abs(float(new[k]))
+            for k in ("billed", "uncached")
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
