@@ -109,7 +109,7 @@ class Sender:
         primer = d.role == "primer"
         explicit = priming.explicit if d.group is not None else None
         cb = priming.on_first_byte(d) if primer else None
-        attempts, limiter_s = 0, 0.0
+        attempts, refused, limiter_s = 0, 0, 0.0
         a: Attempt | None = None
         try:
             if primer or explicit is not None:
@@ -143,17 +143,21 @@ class Sender:
                 if err.fatal:
                     self._trip(fatal(err))
                     raise _Abandon
-                if primer and attempts == 1 and err.code != FIELD_REFUSED:
+                # A refused field of ours is no try of the job (runner/retry.py): the tries
+                # are counted without those requests, for the primer's first failure as well.
+                if err.code == FIELD_REFUSED:
+                    refused += 1
+                elif primer and attempts - refused == 1:
                     self._scheduler.answered(d, False)  # promote a follower meanwhile
                     self._pump()
-                if not self._policy.should_retry(err, attempts):
+                if not self._policy.should_retry(err, attempts - refused):
                     break
                 if stop.active:
                     raise _Abandon  # a resume retries it; don't sleep through a drain
                 self._accounts.stats.retries += 1
                 parked.add(me)
                 try:
-                    await self._sleep(self._policy.delay(err, attempts))
+                    await self._sleep(self._policy.delay(err, attempts - refused))
                 finally:
                     parked.discard(me)
             if a.usage is not None and a.error is None:

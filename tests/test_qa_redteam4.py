@@ -5,10 +5,30 @@ Each test names the defect it holds fixed.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+from aiohttp import web
 from promise_helpers import cli_run, fast_config, load, write_jobs
+from providers.engine_run import CountingLimiter, plain_job, run_jobs
+from providers.fake_provider import Fake, serve_fake
+
+from runner.config import RunConfig
+from runner.retry import RetryPolicy
+
+OK = {"id": "c1", "choices": [{"index": 0, "message": {"content": "ok"}}]}
+REFUSED = {"detail": [{"type": "extra_forbidden", "loc": ["body", "prompt_cache_key"]}]}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[Fake]:
+    async for f in serve_fake():
+        yield f
+
 
 PRICES = '[prices."mock-1"]\ninput = 1.0\noutput = 4.0\n'
 
@@ -40,3 +60,91 @@ def test_a_noop_rerun_with_a_corrected_price_rewrites_the_summary_cost(
     code, err = cli_run(capsys, "run", str(jobs), "-c", str(dear))
     assert code == 0 and "nothing sent: the summary file is left as it was" in err, err
     assert summary.read_bytes() == kept
+
+
+# -- a refused field, or a copy of the request in an error ---------------------------------------
+
+
+async def test_an_error_that_echoes_the_request_refuses_no_field_of_ours(fake: Fake) -> None:
+    # Found by red team 4: a FastAPI-style server answers a job's bad parameters (a
+    # model-level check) with 422 whose "input" is the whole request body, so it names
+    # prompt_cache_key. runner took that for a refusal of the field: it dropped the cache key
+    # for every later job of the run (no cache routing for the rest of the run) and re-sent the
+    # bad job, whose error then read "refused prompt_cache_key: sent again without it".
+    async def validate(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        if body.get("top_logprobs"):
+            detail = [{"type": "value_error", "loc": ["body"], "msg": "Value error, top_logprobs "
+                       "needs logprobs", "input": body}]  # fmt: skip
+            return web.json_response({"detail": detail}, status=422)
+        if "prompt_cache_key" in body and body["prompt_cache_key"] == "forbidden":
+            return web.json_response(REFUSED, status=422)
+        return web.json_response(OK)
+
+    fake.handler = validate
+    config = RunConfig(provider="openai", base_url="http://x", model="m", concurrency=1)
+    bad, good = plain_job(0, "g"), plain_job(1, "g")
+    bad = replace(bad, params={"max_tokens": 8, "top_logprobs": 3})
+    policy = RetryPolicy(max_attempts=1)
+    _, sink = await run_jobs(fake, config, [bad, good], limiter=CountingLimiter(), policy=policy)
+    errors = [r["error"] for r in sink.results]
+    assert errors[0] is not None and "refused" not in errors[0]["message"], errors
+    assert errors[1] is None
+    assert [("prompt_cache_key" in s.json()) for s in fake.seen] == [True, True]
+
+
+async def test_a_real_refusal_beside_an_echo_free_error_is_still_a_refusal(fake: Fake) -> None:
+    # The echo rule leaves a true refusal alone (the existing 422 extra_forbidden shape).
+    async def strict(request: web.Request) -> web.StreamResponse:
+        if "prompt_cache_key" in orjson.loads(await request.read()):
+            return web.json_response(REFUSED, status=422)
+        return web.json_response(OK)
+
+    fake.handler = strict
+    config = RunConfig(provider="openai", base_url="http://x", model="m", concurrency=1)
+    _, sink = await run_jobs(fake, config, [plain_job(0, "g")], limiter=CountingLimiter())
+    assert [r["error"] for r in sink.results] == [None]
+    assert [("prompt_cache_key" in s.json()) for s in fake.seen] == [True, False]
+
+
+def _refuse_then(fail: str) -> Any:
+    """A strict server (422 to prompt_cache_key) on which the job asking ``fail`` fails (500)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        if "prompt_cache_key" in body:
+            return web.json_response(REFUSED, status=422)
+        if body["messages"][0]["content"] == fail:
+            return web.json_response({"error": {"message": "overloaded"}}, status=500)
+        return web.json_response(OK)
+
+    return handler
+
+
+@pytest.mark.timeout(10)
+async def test_a_primer_that_fails_after_a_refused_field_lets_its_followers_go(
+    fake: Fake,
+) -> None:
+    # Found by red team 4: the primer promoted a follower on its first failure only when it was
+    # attempt 1; after a refused field the first real failure is attempt 2, so the followers
+    # waited for ever and the run never ended (a strict server and one bad primer hung it).
+    fake.handler = _refuse_then("q0")
+    config = RunConfig(provider="openai", base_url="http://x", model="m", concurrency=1)
+    jobs = [plain_job(i, "g") for i in range(3)]
+    policy = RetryPolicy(max_attempts=1)
+    _, sink = await run_jobs(fake, config, jobs, limiter=CountingLimiter(), policy=policy)
+    assert [r["error"] is None for r in sink.results] == [False, True, True]
+
+
+async def test_a_refused_field_takes_none_of_the_jobs_max_attempts(fake: Fake) -> None:
+    # Found by red team 4: the refused request was counted as a try, so --max-attempts 2 gave
+    # the job one real try after the refusal (the promise: re-sent "outside max_attempts").
+    fake.handler = _refuse_then("q0")
+    config = RunConfig(provider="openai", base_url="http://x", model="m", concurrency=1)
+    policy = RetryPolicy(max_attempts=2, base_s=0.001, cap_s=0.001)
+    _, sink = await run_jobs(
+        fake, config, [plain_job(0, "g")], limiter=CountingLimiter(), policy=policy
+    )
+    assert sink.results[0]["error"] is not None
+    keyed = [("prompt_cache_key" in s.json()) for s in fake.seen]
+    assert keyed == [True, False, False], keyed  # the refused request, then 2 real tries

@@ -300,6 +300,25 @@ def _add_parts(state: _Choice, parts: list[Any]) -> bool:
 _OWN_FIELDS = ("prompt_cache_key", "stream_options")
 
 
+def _without_echo(said: bytes) -> bytes:
+    """An error body without the copies of the request it holds (objects with ``messages``)."""
+    try:
+        body = orjson.loads(said)
+    except orjson.JSONDecodeError:
+        return said
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "messages" in node:
+                return None
+            return {k: strip(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return orjson.dumps(strip(body))
+
+
 class OpenAIBackend(HTTPBackend):
     """``POST {base_url}/chat/completions``."""
 
@@ -321,8 +340,13 @@ class OpenAIBackend(HTTPBackend):
         versions refuse ``stream_options``) is never sent it again, and the attempt becomes a
         :data:`~runner.retry.FIELD_REFUSED` error that the sender re-sends at once, through the
         limiter like any attempt: a hint must not fail every job. Only a request that carried
-        the field is marked so; later ones leave it out, so none is re-sent twice for it."""
+        the field is marked so; later ones leave it out, so none is re-sent twice for it.
+        A copy of the request inside the error (FastAPI's 422 echoes the whole body as the
+        ``input`` of a model-level check) names every field sent: it refuses none of them."""
         fields = [f for f in _OWN_FIELDS if f in sent and f.encode() in said]
+        if fields and b'"messages"' in said:
+            said = _without_echo(said)
+            fields = [f for f in fields if f.encode() in said]
         if not fields:
             return error
         self._refused.update(fields)
