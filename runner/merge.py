@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, SinkError
 from .idset import IdSet
 from .jobs import id_field
 from .models import Price
@@ -45,7 +45,7 @@ from .partstate import read_state
 from .report import render_summary
 from .results import line_key, parse_result
 from .shards import manifest_path, read_manifest, unchanged_input
-from .sinks import whole_lines_end
+from .sinks import _sink_error, whole_lines_end
 from .stats import SummaryBuilder, summed_cost
 
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths", "shard_finished"]
@@ -545,8 +545,23 @@ def merge(
                 f"{summary['jobs']['ok'] + summary['jobs']['failed']} latency records"
                 + _differing(loaded, records, count)
             )
+        # The marker first: once OUT is replaced it must say OUT is this merge, or a re-run
+        # after a failure below (a full disk under the summary) refuses to overwrite it.
+        _atomic(
+            marker,
+            orjson.dumps(
+                {
+                    "fingerprint": first["fingerprint"],
+                    "count": count,
+                    "merged": sorted(present),
+                    "parts": [str(p.results) for p in loaded],
+                }
+            ),
+        )
         os.replace(tmp_lat, latency)
         os.replace(tmp_res, results)
+    except OSError as exc:  # a read's is an InputError already: a write of the merge failed
+        raise _write_error(results, exc) from exc
     finally:
         for t in (tmp_res, tmp_lat):
             t.unlink(missing_ok=True)
@@ -555,17 +570,6 @@ def merge(
             summary_path,
             orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE),
         )
-    _atomic(
-        marker,
-        orjson.dumps(
-            {
-                "fingerprint": first["fingerprint"],
-                "count": count,
-                "merged": sorted(present),
-                "parts": [str(p.results) for p in loaded],
-            }
-        ),
-    )
     return MergeReport(
         results,
         latency,
@@ -640,8 +644,18 @@ def _refuse_inputs(
 
 def _atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from exc
+
+
+def _write_error(path: Path, exc: OSError) -> SinkError:
+    """A write of the merge that failed: a full disk is exit 75 (free space, run the same
+    command again: the parts are untouched, the merge is redone), like a run's own outputs."""
+    return _sink_error(f"merge into {path}: cannot write: {exc.strerror or exc}", exc)
 
 
 def _input_order(paths: Sequence[Path]) -> Path | None:

@@ -148,3 +148,41 @@ async def test_a_refused_field_takes_none_of_the_jobs_max_attempts(fake: Fake) -
     assert sink.results[0]["error"] is not None
     keyed = [("prompt_cache_key" in s.json()) for s in fake.seen]
     assert keyed == [True, False, False], keyed  # the refused request, then 2 real tries
+
+
+# -- a full disk under a merge -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fails", ["w.results.jsonl", "w.summary.json"])
+def test_a_full_disk_under_a_merge_is_exit_75_not_a_traceback(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fails: str,
+) -> None:
+    # Found by red team 4 (a 1 MB tmpfs: the shards fit, the merged copy did not): the merge
+    # of `--workers` (and `runner merge`) let the ENOSPC out as an OSError, a traceback and
+    # exit 1 ("alert, do not retry") where a run's own full disk is exit 75.
+    import errno
+    import os
+
+    jobs, cfg = write_jobs(tmp_path, 8), fast_config(tmp_path)
+    for k in range(2):
+        assert cli_run(capsys, "run", str(jobs), "-c", str(cfg), "--shard", f"{k}/2")[0] == 0
+    parts = [str(tmp_path / f"jobs.shard-{k}-of-2.results.jsonl") for k in range(2)]
+    real = os.replace
+
+    def full(src: Any, dst: Any) -> None:
+        if Path(dst).name == fails:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    out = tmp_path / "w.results.jsonl"
+    code, err = cli_run(capsys, "merge", str(out), *parts)
+    assert code == 75, err
+    assert "No space left on device" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.tmp"))  # no temporary copy left to fill the disk
+    monkeypatch.setattr(os, "replace", real)
+    assert cli_run(capsys, "merge", str(out), *parts)[0] == 0  # space freed: merged
+    assert len(out.read_bytes().splitlines()) == 8
