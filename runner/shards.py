@@ -28,7 +28,7 @@ import orjson
 from .config import RunConfig
 from .errors import ConfigError
 from .models import BadLine, Context, Job
-from .sinks import default_paths
+from .sinks import _sink_error, default_paths
 
 __all__ = [
     "MANIFEST_SUFFIX",
@@ -257,8 +257,12 @@ def write_manifest(
         data["contexts_file"] = str(contexts.resolve())
     path = manifest_path(results)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk is exit 75, as for the shard's other outputs
+        tmp.unlink(missing_ok=True)
+        raise _sink_error(f"{path}: cannot write: {exc.strerror or exc}", exc) from exc
 
 
 def read_manifest(results: Path) -> dict[str, Any]:

@@ -186,3 +186,29 @@ def test_a_full_disk_under_a_merge_is_exit_75_not_a_traceback(
     monkeypatch.setattr(os, "replace", real)
     assert cli_run(capsys, "merge", str(out), *parts)[0] == 0  # space freed: merged
     assert len(out.read_bytes().splitlines()) == 8
+
+
+def test_a_full_disk_under_a_shards_manifest_is_exit_75_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by red team 4 (a tmpfs filled to within a few KB): a --shard run (each --workers
+    # worker is one) wrote its manifest S.shard.json unguarded: a traceback, exit 1, and a
+    # .tmp file left behind, where a full disk under any other output is exit 75.
+    import errno
+    import os
+
+    jobs, cfg = write_jobs(tmp_path, 4), fast_config(tmp_path)
+    real = os.replace
+
+    def full(src: Any, dst: Any) -> None:
+        if str(dst).endswith(".shard.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    args = ("run", str(jobs), "-c", str(cfg), "--shard", "0/2")
+    code, err = cli_run(capsys, *args)
+    assert code == 75 and "shard.json: cannot write: No space left on device" in err, err
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr(os, "replace", real)
+    assert cli_run(capsys, *args)[0] == 0  # space freed: the same command runs the shard
