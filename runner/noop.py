@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["nothing_sent", "summary_describes"]
+__all__ = ["batch_summary_kept", "nothing_sent", "summary_describes"]
 
 # What a summary says about the output as a whole (runner.totals rebuilds them on a resume).
 _WHOLE_OUTPUT = ("exit_code", "model", "tokens", "not_sent")
@@ -75,3 +75,36 @@ def _same_token_cost(old: Any, new: Any) -> bool:
         )
     except (KeyError, TypeError, ValueError):
         return False
+
+
+def batch_summary_kept(path: Path, summary: Mapping[str, Any]) -> bool:
+    """Whether a ``--via batch`` invocation that found every job written (no batch created,
+    found or collected) leaves the summary file at ``path`` as it is: one of an earlier batch
+    invocation of this output, not stopped. A batch summary counts its own invocation's jobs,
+    tokens and cost (no whole-output rebuild), so this one's would be all zeros."""
+    jobs, batch = summary.get("jobs"), summary.get("batch")
+    if not isinstance(jobs, Mapping) or not isinstance(batch, Mapping):
+        return False
+    idle = (
+        not summary.get("stopped")
+        and jobs.get("ok") == jobs.get("failed") == 0
+        and jobs.get("skipped_resumed", 0) > 0
+        and not (batch.get("batches_created") or batch.get("batches_recovered"))
+        and not batch.get("pending_jobs")
+    )
+    if not idle:
+        return False
+    try:
+        old = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    if not isinstance(old, dict) or old.get("via") != "batch" or old.get("stopped"):
+        return False
+    old_jobs, old_batch = old.get("jobs"), old.get("batch")
+    return (
+        isinstance(old_jobs, dict)
+        and isinstance(old_batch, dict)
+        and old_jobs.get("total") == jobs.get("total")
+        and old_batch.get("provider") == batch.get("provider")
+        and old_batch.get("batches_total") == batch.get("batches_total")
+    )

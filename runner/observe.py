@@ -138,10 +138,23 @@ def overrides(ns: argparse.Namespace) -> dict[str, Any]:
 def write_summary_to(path: Path, summary: Mapping[str, Any]) -> None:
     """The summary file, or standard output for ``-``."""
     if str(path) == "-":
-        sys.stdout.buffer.write(
-            orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-        )
-        sys.stdout.flush()
+        try:
+            sys.stdout.buffer.write(
+                orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+            )
+            sys.stdout.flush()
+        except OSError as exc:
+            # `--summary - > file` on a full disk: exit 75 as for any output (a reader that
+            # went away, EPIPE, stays the CLI's quiet 141).
+            from .sinks import _NO_SPACE, _sink_error
+
+            if exc.errno not in _NO_SPACE:
+                raise
+            from .stdio import drop_stdout
+
+            drop_stdout()  # the interpreter's last flush of the rest must not raise again
+            msg = f"standard output (--summary -): cannot write the summary: {exc.strerror}"
+            raise _sink_error(msg, exc) from exc
         return
     from .sinks import write_summary
 

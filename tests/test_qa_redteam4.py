@@ -5,6 +5,10 @@ Each test names the defect it holds fixed.
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -163,9 +167,6 @@ def test_a_full_disk_under_a_merge_is_exit_75_not_a_traceback(
     # Found by red team 4 (a 1 MB tmpfs: the shards fit, the merged copy did not): the merge
     # of `--workers` (and `runner merge`) let the ENOSPC out as an OSError, a traceback and
     # exit 1 ("alert, do not retry") where a run's own full disk is exit 75.
-    import errno
-    import os
-
     jobs, cfg = write_jobs(tmp_path, 8), fast_config(tmp_path)
     for k in range(2):
         assert cli_run(capsys, "run", str(jobs), "-c", str(cfg), "--shard", f"{k}/2")[0] == 0
@@ -194,9 +195,6 @@ def test_a_full_disk_under_a_shards_manifest_is_exit_75_not_a_traceback(
     # Found by red team 4 (a tmpfs filled to within a few KB): a --shard run (each --workers
     # worker is one) wrote its manifest S.shard.json unguarded: a traceback, exit 1, and a
     # .tmp file left behind, where a full disk under any other output is exit 75.
-    import errno
-    import os
-
     jobs, cfg = write_jobs(tmp_path, 4), fast_config(tmp_path)
     real = os.replace
 
@@ -212,3 +210,54 @@ def test_a_full_disk_under_a_shards_manifest_is_exit_75_not_a_traceback(
     assert not list(tmp_path.glob("*.tmp"))
     monkeypatch.setattr(os, "replace", real)
     assert cli_run(capsys, *args)[0] == 0  # space freed: the same command runs the shard
+
+
+# -- a no-op re-run of a --via batch run -------------------------------------------------------
+
+
+def test_a_batch_rerun_with_every_job_written_keeps_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by red team 4: a --via batch summary counts its own invocation; a cron re-run that
+    # found every job written replaced the real run's summary with one of 0 ok, 0 tokens and
+    # a $0 cost (the promise of a no-op re-run keeping the summary held for direct runs only).
+    jobs = write_jobs(tmp_path, 6)
+    args = ("run", str(jobs), "-c", str(fast_config(tmp_path, PRICES)), "--via", "batch")
+    summary = tmp_path / "jobs.summary.json"
+    assert cli_run(capsys, *args)[0] == 0
+    real = summary.read_bytes()
+    assert load(summary)["jobs"]["ok"] == 6 and load(summary)["cost"]["billed"] > 0
+    code, err = cli_run(capsys, *args)
+    assert code == 0, err
+    assert "nothing sent: the summary file is left as it was" in err, err
+    assert summary.read_bytes() == real
+    summary.unlink()  # none to keep: this invocation's is written
+    assert cli_run(capsys, *args)[0] == 0
+    assert load(summary)["jobs"]["skipped_resumed"] == 6
+
+
+# -- --summary - onto a full disk --------------------------------------------------------------
+
+
+class _FullDisk(io.RawIOBase):
+    """A standard output redirected to a file on a full disk."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_summary_to_a_stdout_on_a_full_disk_is_exit_75_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by red team 4: `runner run ... --summary - > summary.json` with the disk full ended
+    # in an OSError traceback, exit 1, where a full disk under any other output is exit 75.
+    jobs = write_jobs(tmp_path, 3)
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(_FullDisk())))
+    args = ("run", str(jobs), "-c", str(fast_config(tmp_path)), "--summary", "-")
+    code, err = cli_run(capsys, *args)
+    assert code == 75, err
+    assert "standard output (--summary -): cannot write the summary: No space left" in err
+    assert len((tmp_path / "jobs.results.jsonl").read_bytes().splitlines()) == 3

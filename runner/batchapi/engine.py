@@ -179,7 +179,14 @@ async def run_batch(
     lost = run.lost_error()
     from ..observe import write_summary_to  # the summary file, or stdout for ``--summary -``
 
-    write_summary_to(config.summary or plan.summary, outcome.summary)
+    summary_path = config.summary or plan.summary
+    from ..noop import batch_summary_kept
+
+    # A re-run that found every job written keeps the summary of the run that did the work.
+    if str(summary_path) != "-" and batch_summary_kept(summary_path, outcome.summary):
+        outcome.summary["summary_kept"] = str(summary_path)  # said by the table; in no file
+    else:
+        write_summary_to(summary_path, outcome.summary)
     if config.log_format == "json":
         # No observer runs here (no per-request events), but a JSON log still gets its end.
         from ..logs import EventLog
