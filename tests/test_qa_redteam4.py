@@ -12,7 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -261,3 +261,44 @@ def test_summary_to_a_stdout_on_a_full_disk_is_exit_75_not_a_traceback(
     assert code == 75, err
     assert "standard output (--summary -): cannot write the summary: No space left" in err
     assert len((tmp_path / "jobs.results.jsonl").read_bytes().splitlines()) == 3
+
+
+# -- the lookup after a lost batch create, on a server that ignores the cursor ------------------
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_batch_listing_whose_cursor_comes_back_is_an_error_not_a_loop(
+    fake: Fake, provider: Literal["openai", "anthropic"]
+) -> None:
+    # Found by red team 4: an OpenAI-compatible gateway that ignores ?after= (or after_id=)
+    # and answers page one with has_more on again made the lookup after a lost create list
+    # the same page for ever (the Gemini listing got this bound; the batch lookups had none).
+    import time
+
+    from runner.batchapi.wire import BatchAPIError, open_batch_api
+    from runner.providers._http import make_session
+
+    now = time.time()
+    if provider == "openai":
+        b = {"id": "batch_x", "created_at": int(now), "metadata": {}}
+        page = {"data": [b], "has_more": True, "last_id": "batch_x"}
+    else:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        b = {"id": "msgbatch_x", "created_at": stamp, "processing_status": "in_progress",
+             "request_counts": {"processing": 3}}  # fmt: skip
+        page = {"data": [b], "has_more": True, "last_id": "msgbatch_x"}
+
+    async def same_page(request: web.Request) -> web.StreamResponse:
+        return web.json_response(page)
+
+    fake.handler = same_page
+    config = RunConfig(provider=provider, base_url=fake.url, model="m")
+    session = make_session(config, headers={})
+    try:
+        api = open_batch_api(config, session, base_url=fake.url, api_key="k")
+        with pytest.raises(BatchAPIError, match=r"cursor .* came back"):
+            await api.find(metadata={"runner_run": "r"}, sent_at=now, total=5, known=set())
+    finally:
+        await session.close()
+    assert len(fake.seen) == 2

@@ -115,6 +115,21 @@ class BatchRejected(BatchAPIError):
     exit_code = 2
 
 
+def _next_cursor(page: Mapping[str, Any], seen: set[str], url: str) -> str:
+    """The listing's next cursor (``last_id``). One that came back (a gateway that ignores the
+    cursor and answers page one, ``has_more`` on, again) listed the same page for ever: the
+    lookup cannot finish, and "not found" would send the create again, maybe a second batch."""
+    cursor = str(page["last_id"])
+    if cursor in seen:
+        raise BatchAPIError(
+            f"listing batches ({public_url(url)}): the cursor {cursor} came back, so the server "
+            "does not page the listing and the lookup of a batch whose create answer was lost "
+            "cannot finish; its jobs are not sent again (they may be in a batch already)"
+        )
+    seen.add(cursor)
+    return cursor
+
+
 @dataclass(slots=True)
 class BatchView:
     """One retrieval of a batch, normalised across the two shapes."""
@@ -415,6 +430,7 @@ class OpenAIBatchAPI(BatchAPI):
         # Batches carry the metadata we sent: match it exactly, newest first, until older ones.
         created_after = sent_at - LOOKUP_BACK_S
         after: str | None = None
+        seen: set[str] = set()
         while True:
             url = f"{self._base}/batches?limit=100" + (f"&after={after}" if after else "")
             page = await self._call("GET", url)
@@ -427,7 +443,7 @@ class OpenAIBatchAPI(BatchAPI):
                     return None
             if not page.get("has_more") or not page.get("last_id"):
                 return None
-            after = page["last_id"]
+            after = _next_cursor(page, seen, url)
 
     def _view(self, doc: Any) -> BatchView:
         counts = doc.get("request_counts") or {}
@@ -550,6 +566,7 @@ class AnthropicBatchAPI(BatchAPI):
         # aside and the lookup runs again (docs/BATCH.md, "Journal and reattach"). Time only
         # bounds how far back the listing goes: the clocks need not agree.
         after: str | None = None
+        seen: set[str] = set()
         found: tuple[float, str] | None = None
         while True:
             url = f"{self._base}/messages/batches?limit=100" + (
@@ -567,7 +584,7 @@ class AnthropicBatchAPI(BatchAPI):
                         found = (gap, view.id)
             if not page.get("has_more") or not page.get("last_id"):
                 return None if found is None else found[1]
-            after = page["last_id"]
+            after = _next_cursor(page, seen, url)
 
     def _view(self, doc: Any) -> BatchView:
         counts = {k: int(v) for k, v in (doc.get("request_counts") or {}).items()}
