@@ -147,8 +147,11 @@ async def test_faults_every_job_exactly_one_result_and_attempts_match(tmp_path: 
     assert len(recs) == n
     attempts = sum(r["attempts"] for r in recs)
     assert attempts > n  # faults really happened and were retried
-    # The server saw exactly the attempts the records claim: no hidden resends.
-    assert served["requests"] == attempts
+    # The server saw no request the records do not claim: no hidden resends. It may have seen
+    # a few fewer: on a loaded machine the 0.5 s client timeout can fire before this process's
+    # own server has read a request (one failure in many loaded runs: 2,486 seen of 2,504).
+    assert served["requests"] <= attempts
+    assert attempts - served["requests"] <= attempts // 100, (served["requests"], attempts)
     assert out.summary["retries"] == attempts - n
 
 
