@@ -49,11 +49,8 @@ def nothing_sent(summary: Mapping[str, Any]) -> bool:
 def summary_describes(path: Path, summary: Mapping[str, Any]) -> bool:
     """Whether the summary file at ``path`` already says what ``summary`` says of the output
     as a whole (job counts, errors, tokens, model, exit code) and was not stopped."""
-    try:
-        old = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return False
-    if not isinstance(old, dict) or old.get("stopped") or not isinstance(old.get("jobs"), dict):
+    old = _earlier(path)
+    if old is None or not isinstance(old.get("jobs"), dict):
         return False
     jobs, new_jobs = old["jobs"], summary["jobs"]
     return (
@@ -61,6 +58,15 @@ def summary_describes(path: Path, summary: Mapping[str, Any]) -> bool:
         and all(old.get(k) == summary.get(k) for k in _WHOLE_OUTPUT)
         and _same_token_cost(old.get("cost"), summary.get("cost"))
     )
+
+
+def _earlier(path: Path) -> dict[str, Any] | None:
+    """The summary file at ``path``, when it is one of a run that was not stopped."""
+    try:
+        old = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return old if isinstance(old, dict) and not old.get("stopped") else None
 
 
 def _same_token_cost(old: Any, new: Any) -> bool:
@@ -94,11 +100,8 @@ def batch_summary_kept(path: Path, summary: Mapping[str, Any]) -> bool:
     )
     if not idle:
         return False
-    try:
-        old = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return False
-    if not isinstance(old, dict) or old.get("via") != "batch" or old.get("stopped"):
+    old = _earlier(path)
+    if old is None or old.get("via") != "batch":
         return False
     old_jobs, old_batch = old.get("jobs"), old.get("batch")
     return (
