@@ -323,12 +323,7 @@ def _run_locked(
                 f"(its error is above); not merging{again}"
             )
             code = 1
-        if config.log_format == "json":  # every stderr line one JSON object, as the workers'
-            from .logs import note_line
-
-            note_line(said, error=True, quiet=config.quiet)
-        else:
-            print(f"runner: {said}", file=sys.stderr)
+        _say(config, said)
         return code
     cpu_parent = _cpu_self()
 
@@ -470,6 +465,17 @@ def _refuse_other_counts(results: Path, n: int) -> None:
         )
 
 
+def _say(config: RunConfig, said: str) -> None:
+    """The parent's word on its workers, on stderr: under ``--log-format json`` an error event
+    (every stderr line one JSON object, as the workers' own), else a ``runner:`` line."""
+    if config.log_format == "json":
+        from .logs import note_line
+
+        note_line(said, error=True, quiet=config.quiet)
+    else:
+        print(f"runner: {said}", file=sys.stderr)
+
+
 def _exit_code(p: _Child) -> int:
     """A reaped worker's exit code as a shell reports it: a worker killed by a signal (the OOM
     killer's SIGKILL) is 128 + the signal, not the negative number waitstatus gives."""
@@ -519,12 +525,7 @@ def _tell_lost(
             if left
             else f"the worker of {name} {how}"
         )
-        if config.log_format == "json":
-            from .logs import note_line
-
-            note_line(said, error=True, quiet=config.quiet)
-        else:
-            print(f"runner: {said}", file=sys.stderr)
+        _say(config, said)
 
 
 def _supervise(
