@@ -45,7 +45,7 @@ from .partstate import read_state
 from .report import render_summary
 from .results import line_key, parse_result
 from .shards import manifest_path, read_manifest, unchanged_input
-from .sinks import _sink_error, whole_lines_end
+from .sinks import sink_error, whole_lines_end
 from .stats import SummaryBuilder, summed_cost
 
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths", "shard_finished"]
@@ -655,7 +655,7 @@ def _atomic(path: Path, data: bytes) -> None:
 def _write_error(path: Path, exc: OSError) -> SinkError:
     """A write of the merge that failed: a full disk is exit 75 (free space, run the same
     command again: the parts are untouched, the merge is redone), like a run's own outputs."""
-    return _sink_error(f"merge into {path}: cannot write: {exc.strerror or exc}", exc)
+    return sink_error(f"merge into {path}: cannot write: {exc.strerror or exc}", exc)
 
 
 def _input_order(paths: Sequence[Path]) -> Path | None:

@@ -146,15 +146,17 @@ def write_summary_to(path: Path, summary: Mapping[str, Any]) -> None:
         except OSError as exc:
             # `--summary - > file` on a full disk: exit 75 as for any output (a reader that
             # went away, EPIPE, stays the CLI's quiet 141).
-            from .sinks import _NO_SPACE, _sink_error
+            from .errors import DiskFull
+            from .sinks import sink_error
 
-            if exc.errno not in _NO_SPACE:
+            msg = f"standard output (--summary -): cannot write the summary: {exc.strerror}"
+            error = sink_error(msg, exc)
+            if not isinstance(error, DiskFull):
                 raise
             from .stdio import drop_stdout
 
             drop_stdout()  # the interpreter's last flush of the rest must not raise again
-            msg = f"standard output (--summary -): cannot write the summary: {exc.strerror}"
-            raise _sink_error(msg, exc) from exc
+            raise error from exc
         return
     from .sinks import write_summary
 

@@ -28,7 +28,7 @@ import orjson
 from .config import RunConfig
 from .errors import ConfigError
 from .models import BadLine, Context, Job
-from .sinks import _sink_error, default_paths
+from .sinks import default_paths, sink_error
 
 __all__ = [
     "MANIFEST_SUFFIX",
@@ -262,7 +262,7 @@ def write_manifest(
         os.replace(tmp, path)
     except OSError as exc:  # a full disk is exit 75, as for the shard's other outputs
         tmp.unlink(missing_ok=True)
-        raise _sink_error(f"{path}: cannot write: {exc.strerror or exc}", exc) from exc
+        raise sink_error(f"{path}: cannot write: {exc.strerror or exc}", exc) from exc
 
 
 def read_manifest(results: Path) -> dict[str, Any]:

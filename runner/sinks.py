@@ -88,6 +88,7 @@ __all__ = [
     "open_outputs",
     "read_meta_section",
     "release_lock",
+    "sink_error",
     "whole_lines_end",
     "write_meta_section",
     "write_summary",
@@ -614,13 +615,13 @@ def _io(path: Path, op: Callable[[], _T]) -> _T:
     try:
         return op()
     except OSError as exc:
-        raise _sink_error(f"{path}: {exc.strerror or exc}", exc) from exc
+        raise sink_error(f"{path}: {exc.strerror or exc}", exc) from exc
 
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def _sink_error(message: str, exc: OSError, kind: type[SinkError] = SinkError) -> SinkError:
+def sink_error(message: str, exc: OSError, kind: type[SinkError] = SinkError) -> SinkError:
     """``kind``, or :class:`DiskFull` (exit 75: free space and re-run) when no space is left."""
     if exc.errno in _NO_SPACE:
         return DiskFull(
@@ -651,7 +652,7 @@ def _open_append(path: Path, *, truncate: bool, opening: bool = True) -> int:
         return os.open(path, flags, 0o644)
     except OSError as exc:
         error = OutputPathError if opening else SinkError
-        raise _sink_error(f"{path}: cannot open: {exc.strerror}", exc, error) from exc
+        raise sink_error(f"{path}: cannot open: {exc.strerror}", exc, error) from exc
 
 
 def _write_all(fd: int, buf: bytearray, path: Path) -> None:
@@ -664,7 +665,7 @@ def _write_all(fd: int, buf: bytearray, path: Path) -> None:
             view = view[os.write(fd, view) :]
     except OSError as exc:
         _cut_back(fd, len(buf) - len(view))  # no half line for a reader, or for the resume
-        raise _sink_error(f"{path}: cannot write: {exc.strerror}", exc) from exc
+        raise sink_error(f"{path}: cannot write: {exc.strerror}", exc) from exc
     finally:
         view.release()
 
@@ -1195,7 +1196,7 @@ def _claim(fd: int, lock_path: Path) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, text, 0)
     except OSError as exc:
-        raise _sink_error(f"{lock_path}: {exc.strerror}", exc) from exc
+        raise sink_error(f"{lock_path}: {exc.strerror}", exc) from exc
 
 
 def _flock(fd: int, results: Path, lock_path: Path) -> bool:
