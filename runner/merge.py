@@ -45,7 +45,7 @@ from .partstate import read_state
 from .report import render_summary
 from .results import line_key, parse_result
 from .shards import manifest_path, read_manifest, unchanged_input
-from .sinks import sink_error, whole_lines_end
+from .sinks import replace_bytes, sink_error, whole_lines_end
 from .stats import SummaryBuilder, summed_cost
 
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths", "shard_finished"]
@@ -643,13 +643,7 @@ def _refuse_inputs(
 
 
 def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, exc) from exc
+    replace_bytes(path, data, name=f"merge into {path}")
 
 
 def _write_error(path: Path, exc: OSError) -> SinkError:

@@ -28,7 +28,7 @@ import orjson
 from .config import RunConfig
 from .errors import ConfigError
 from .models import BadLine, Context, Job
-from .sinks import default_paths, sink_error
+from .sinks import default_paths, replace_bytes
 
 __all__ = [
     "MANIFEST_SUFFIX",
@@ -255,14 +255,8 @@ def write_manifest(
     }
     if contexts is not None:  # an input too: runner merge never writes over it
         data["contexts_file"] = str(contexts.resolve())
-    path = manifest_path(results)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-        os.replace(tmp, path)
-    except OSError as exc:  # a full disk is exit 75, as for the shard's other outputs
-        tmp.unlink(missing_ok=True)
-        raise sink_error(f"{path}: cannot write: {exc.strerror or exc}", exc) from exc
+    # a full disk is exit 75, as for the shard's other outputs
+    replace_bytes(manifest_path(results), orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
 def read_manifest(results: Path) -> dict[str, Any]:

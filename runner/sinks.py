@@ -88,6 +88,7 @@ __all__ = [
     "open_outputs",
     "read_meta_section",
     "release_lock",
+    "replace_bytes",
     "sink_error",
     "whole_lines_end",
     "write_meta_section",
@@ -748,6 +749,19 @@ def _sort_lines(path: Path, rank: dict[str | int, int]) -> None:
             copy(start, end)
 
     _replace(path, fill)
+
+
+def replace_bytes(path: Path, data: bytes, *, name: str | None = None) -> None:
+    """``data`` written beside ``path`` and renamed over it, so a reader sees the old file or the
+    new one. A failed write leaves no temporary file and is a :class:`SinkError` naming ``name``
+    (default: the path), :class:`DiskFull` on a full disk (exit 75)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise sink_error(f"{name or path}: cannot write: {exc.strerror or exc}", exc) from exc
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

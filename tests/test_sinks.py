@@ -187,6 +187,7 @@ def test_all_names_every_public_function_and_class() -> None:
         "open_outputs",
         "read_meta_section",
         "release_lock",
+        "replace_bytes",
         "sink_error",
         "whole_lines_end",
         "write_meta_section",
