@@ -29,20 +29,20 @@ def test_a_run_loads_its_modules_with_the_collector_off_and_runs_with_it_on(
     states: list[tuple[str, bool]] = []
     tune = cli._tune_gc
 
-    def spy() -> None:
+    def spy(concurrency: int) -> None:
         states.append(("tune", gc.isenabled()))
-        tune()
+        tune(concurrency)
         states.append(("tuned", gc.isenabled()))
 
     monkeypatch.setattr(cli, "_tune_gc", spy)
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"id": "a", "query": "hi"}\n')
     gc.enable()
-    assert cli.main(["run", str(jobs), "--progress", "off", "--quiet"]) == 0
+    assert cli.main(["run", str(jobs), "--progress", "off", "--quiet", "--concurrency", "300"]) == 0
     # off through start-up (engine and aiohttp imported), on for the run, on after main()
     assert states == [("tune", False), ("tuned", True)]
     assert gc.isenabled()
-    assert gc.get_threshold()[0] == cli.GC_GEN0_THRESHOLD
+    assert gc.get_threshold()[0] == cli.gen0_threshold(300) == 300 * cli.GC_GEN0_PER_SLOT
 
 
 def test_other_commands_run_with_the_collector_on_and_errors_restore_it(

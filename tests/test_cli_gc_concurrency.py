@@ -1,0 +1,62 @@
+"""A run's young-generation threshold grows with its request slots (runner.cli._tune_gc)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from helpers import PY, mock_process
+
+from runner import cli
+
+# Runs `runner run` in a child and reports, from inside it, how often the collector ran.
+_COUNTING = """
+import gc, json, sys
+from runner import cli
+seen = {0: 0, 1: 0, 2: 0}
+def count(phase, info):
+    if phase == "start":
+        seen[info["generation"]] += 1
+gc.callbacks.append(count)
+code = cli.main(sys.argv[1:])
+print(json.dumps({"code": code, "collections": seen, "threshold": gc.get_threshold()[0]}))
+"""
+
+
+def _run(tmp_path: Path, url: str, concurrency: int, jobs: int) -> dict[str, object]:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(
+        "".join(json.dumps({"id": f"q{i}", "query": f"question {i}"}) + "\n" for i in range(jobs))
+    )
+    args = [
+        "run", str(path), "--provider", "openai", "--base-url", url, "--concurrency",
+        str(concurrency), "--progress", "off", "--quiet", "--no-resume",
+        "-o", str(tmp_path / "out.results.jsonl"),
+    ]  # fmt: skip
+    done = subprocess.run([PY, "-c", _COUNTING, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_the_threshold_follows_the_request_slots() -> None:
+    assert cli.gen0_threshold(1) == cli.GC_GEN0_THRESHOLD
+    assert cli.gen0_threshold(64) == cli.GC_GEN0_THRESHOLD
+    assert cli.gen0_threshold(512) == 512 * cli.GC_GEN0_PER_SLOT
+    assert cli.gen0_threshold(10**6) == cli.GC_GEN0_MAX
+
+
+def test_many_slots_do_not_make_the_collector_run_every_few_turns(tmp_path: Path) -> None:
+    # 3,000 answers at 512 slots: with the fixed threshold of 10,000 the young generation was
+    # collected 11 times (the answers of hundreds of slots land in one turn of the loop, and
+    # the frees of objects that survived a collection are not taken off the count); with a
+    # threshold that grows with the slots, once or twice.
+    with mock_process("--latency", "zero") as url:
+        report = _run(tmp_path, url, 512, 3000)
+    assert report["code"] == 0
+    assert report["threshold"] == cli.gen0_threshold(512)
+    collections = report["collections"]
+    assert isinstance(collections, dict)
+    assert collections["0"] <= 3, collections
+    assert collections["1"] == collections["2"] == 0, collections
