@@ -65,13 +65,19 @@ class ChildRun:
     stderr: str
 
 
-def run_child(cmd: list[str], timeout: float = 600.0, *, cwd: Path = ROOT) -> ChildRun:
+def run_child(
+    cmd: list[str],
+    timeout: float = 600.0,
+    *,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> ChildRun:
     """Run a command to completion; measure its wall time, its own CPU time and peak RSS."""
     import tempfile
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, env=env)
         deadline = t0 + timeout
         while True:
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)

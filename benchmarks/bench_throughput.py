@@ -12,11 +12,16 @@ runner/bare (lower is better, target <= 1.15x at zero latency). The medians of a
 pairs are the figures; every pair is printed.
 
     .venv/bin/python benchmarks/bench_throughput.py [--jobs 20000] [--pairs 5] [--case zero-64]
+
+``--baseline-tree DIR`` puts ``runner run`` from another copy of the source (say a worktree of an
+earlier commit) in the bare client's place: the same pairs, alternating, then compare this
+checkout with that one (the targets are for the bare client and are not judged then).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -46,6 +51,7 @@ class Case:
 CASES = (
     Case("zero-64", ZERO, 64, 1.15, 0.9),
     Case("zero-256", ZERO, 256, 1.15, 0.9),
+    Case("zero-1024", ZERO, 1024, 1.15, 0.9),
     Case("50ms-256", FIXED_50MS, 256, None, 0.9),
 )
 
@@ -61,15 +67,18 @@ def run_bare(jobs: Path, url: str, conc: int) -> ChildRun:
     return r
 
 
-def run_runner(jobs: Path, url: str, conc: int, n: int) -> ChildRun:
-    tag = OUT / "runner"
+def run_runner(jobs: Path, url: str, conc: int, n: int, tree: Path = ROOT) -> ChildRun:
+    tag = OUT / ("runner" if tree == ROOT else "baseline")
+    env = None if tree == ROOT else {**os.environ, "PYTHONPATH": str(tree)}
     r = run_child(
         [
             PY, "-m", "runner", "run", str(jobs), "--provider", "openai", "--base-url", url,
             "--model", "mock-1", "--concurrency", str(conc), "--no-resume", "--cache", "none",
             "--progress", "off", "-o", f"{tag}.results.jsonl", "--latency",
             f"{tag}.latency.jsonl", "--summary", f"{tag}.summary.json",
-        ]
+        ],
+        cwd=tree,
+        env=env,
     )  # fmt: skip
     if r.returncode != 0:
         raise SystemExit(f"runner run failed ({r.returncode}): {r.stderr[-3000:]}")
@@ -84,13 +93,26 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=20_000)
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--case", action="append", choices=[c.name for c in CASES])
+    ap.add_argument("--baseline-tree", type=Path, help="runner from this source tree as baseline")
     args = ap.parse_args()
     if args.pairs < 1:
         ap.error("--pairs must be >= 1")
+    tree = args.baseline_tree.resolve() if args.baseline_tree else None
+    if tree is not None and not (tree / "runner" / "__init__.py").is_file():
+        ap.error(f"--baseline-tree {tree}: no runner/ package there")
+    base = "bare" if tree is None else "base"
+
+    def baseline(url: str, conc: int) -> ChildRun:
+        if tree is None:
+            return run_bare(jobs, url, conc)
+        return run_runner(jobs, url, conc, n, tree)
+
     precompile()
     jobs = make_jobs(OUT / f"jobs-{args.jobs}.jsonl", args.jobs)
     n = args.jobs
     report: dict[str, object] = {"jobs": n, "pairs": args.pairs, "cases": {}}
+    if tree is not None:
+        report["baseline_tree"] = str(tree)
     met = True
     for case in CASES:
         if args.case and case.name not in args.case:
@@ -98,15 +120,15 @@ def main() -> int:
         rows = []
         with mock_server(*case.server) as (url, _pid):
             print(f"\n{case.name}: {n} jobs, concurrency {case.concurrency}", flush=True)
-            print(f"{'pair':>4} {'bare req/s':>10} {'runner req/s':>12} {'req/s ratio':>11} "
-                  f"{'bare us/req':>11} {'runner us/req':>13} {'CPU ratio':>9}")  # fmt: skip
+            print(f"{'pair':>4} {base + ' req/s':>10} {'runner req/s':>12} {'req/s ratio':>11} "
+                  f"{base + ' us/req':>11} {'runner us/req':>13} {'CPU ratio':>9}")  # fmt: skip
             for i in range(args.pairs):
                 if i % 2 == 0:
-                    bare = run_bare(jobs, url, case.concurrency)
+                    bare = baseline(url, case.concurrency)
                     mine = run_runner(jobs, url, case.concurrency, n)
                 else:
                     mine = run_runner(jobs, url, case.concurrency, n)
-                    bare = run_bare(jobs, url, case.concurrency)
+                    bare = baseline(url, case.concurrency)
                 row = {
                     "bare_rps": n / bare.wall_s,
                     "runner_rps": n / mine.wall_s,
@@ -132,18 +154,27 @@ def main() -> int:
         ok_cpu = case.cpu_target is None or cpu <= case.cpu_target
         met = met and ok_rps and ok_cpu
         cpu_goal = f" (target <= {case.cpu_target}x)" if case.cpu_target else ""
-        print(f"median req/s runner/bare {rps:.2f}x (target >= {case.rps_target}x) "
-              f"{'met' if ok_rps else 'MISSED'}; median CPU/request runner/bare {cpu:.2f}x"
-              f"{cpu_goal} {'met' if ok_cpu else 'MISSED'}")  # fmt: skip
+        if tree is not None:
+            print(f"median req/s runner/base {rps:.2f}x; median CPU/request runner/base "
+                  f"{cpu:.2f}x")  # fmt: skip
+        else:
+            print(f"median req/s runner/bare {rps:.2f}x (target >= {case.rps_target}x) "
+                  f"{'met' if ok_rps else 'MISSED'}; median CPU/request runner/bare {cpu:.2f}x"
+                  f"{cpu_goal} {'met' if ok_cpu else 'MISSED'}")  # fmt: skip
         report["cases"][case.name] = {  # type: ignore[index]
             "concurrency": case.concurrency,
             "median_rps_ratio": rps,
             "median_cpu_ratio": cpu,
             "pairs": rows,
         }
-    (OUT / "throughput.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    print(f"\n{'all targets met' if met else 'some targets missed'}; "
-          f"figures in {OUT / 'throughput.json'}")  # fmt: skip
+    name = "throughput.json" if tree is None else "throughput-vs-tree.json"
+    (OUT / name).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    verdict = (
+        "compared with the baseline tree"
+        if tree
+        else ("all targets met" if met else "some targets missed")
+    )
+    print(f"\n{verdict}; figures in {OUT / name}")  # fmt: skip
     return 0
 
 
