@@ -320,6 +320,33 @@ def _busy(row: dict[str, Any]) -> float:
     return float(row["runner_cpu_s"] + row["mock_cpu_s"]) / float(row["wall_s"])
 
 
+_SPIN = """
+import time
+t = time.process_time()
+x = 0
+for i in range(4_000_000):
+    x += i * i
+print(time.process_time() - t)
+"""
+
+
+def _pair_probe() -> tuple[float, float]:
+    """CPU seconds of a fixed pure-Python loop alone, and the slower of two copies run at once.
+
+    Not the runner: the machine. On this VM two busy processes at once sometimes each run up to
+    a quarter slower than one alone (the host's sharing of the two virtual cores), which is
+    what ``--workers 2`` asks of it; the probe beside each round says which state it was in.
+    """
+    alone = float(subprocess.run([PY, "-c", _SPIN], capture_output=True, text=True).stdout)
+    two = [subprocess.Popen([PY, "-c", _SPIN], stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    return alone, max(float(p.communicate()[0]) for p in two)
+
+
+def _run_queue_s(pid: int) -> float:
+    """Seconds ``pid`` has spent runnable but waiting for a core (``/proc/PID/schedstat``)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def bench_workers(args: argparse.Namespace) -> None:
     """``--workers 2`` against ``--workers 1``, alternately, with where the CPU went.
 
@@ -331,7 +358,9 @@ def bench_workers(args: argparse.Namespace) -> None:
     own CPU time (``max(runner, (runner + mock) / 2)``); with two workers the parent starts up
     alone, the workers and the mock share the two cores, and the merge runs alone after them:
     ``parent + (workers + mock) / 2 + merge``. ``cores busy`` is the CPU of the run and the
-    mock over the wall time: how much of the two cores each run kept working.
+    mock over the wall time: how much of the two cores each run kept working. ``mock waited``
+    is the time the mock was runnable but had no core (three busy processes on two cores);
+    ``pair probe`` is the machine's own slow-down for two busy processes (:func:`_pair_probe`).
     """
     jobs = make_jobs(SCALE / "workers" / "jobs.jsonl", args.worker_jobs)
     rows = []
@@ -343,6 +372,7 @@ def bench_workers(args: argparse.Namespace) -> None:
                     p.unlink()
                 load = os.getloadavg()[0]
                 c0 = cpu_seconds(mock_pid)
+                q0 = _run_queue_s(mock_pid)
                 summary_path = out.with_name(f"w{w}.summary.json")
                 r = run_child([PY, "-m", "runner", "run", str(jobs), "--provider", "openai",
                                "--base-url", url, "--progress", "off", "--no-resume",
@@ -350,6 +380,7 @@ def bench_workers(args: argparse.Namespace) -> None:
                                "--summary", str(summary_path),
                                "--latency", str(out.with_name(f"w{w}.latency.jsonl"))])  # fmt: skip
                 mock_cpu = cpu_seconds(mock_pid) - c0
+                mock_wait = _run_queue_s(mock_pid) - q0
                 if r.returncode != 0:
                     raise SystemExit(r.stderr[-2000:])
                 summary = orjson.loads(summary_path.read_bytes())
@@ -361,10 +392,13 @@ def bench_workers(args: argparse.Namespace) -> None:
                     "req_per_s": round(args.worker_jobs / r.wall_s, 1),
                     "runner_cpu_s": round(r.cpu_s, 2),
                     "mock_cpu_s": round(mock_cpu, 2),
+                    "mock_waited_s": round(mock_wait, 2),
                 }
                 if w > 1:
                     row["split_cpu_s"] = summary["workers"]["cpu_s"]
                     row["forked"] = summary["workers"]["forked"]
+                    alone, pair = _pair_probe()
+                    row["pair_probe"] = round(pair / alone, 3)
                 rows.append(row)
                 print(f"workers: {row}", flush=True)
     ratios = []
@@ -384,7 +418,9 @@ def bench_workers(args: argparse.Namespace) -> None:
             f" {' + '.join(str(x) for x in split['workers'])} + merge {split['merge']}"
             f" = {two['runner_cpu_s']} ({two['runner_cpu_s'] / one['runner_cpu_s'] - 1:+.1%}),"
             f" mock {two['mock_cpu_s']}; ceiling on 2 free cores {w1_bound / w2_bound:.3f};"
-            f" cores busy (runner + mock CPU / wall) {_busy(one):.2f} / {_busy(two):.2f}",
+            f" cores busy (runner + mock CPU / wall) {_busy(one):.2f} / {_busy(two):.2f};"
+            f" mock waited for a core {one['mock_waited_s']} / {two['mock_waited_s']} s;"
+            f" pair probe {two['pair_probe']:.2f}x CPU of one alone",
             flush=True,
         )
     print(f"workers: --workers 2 / --workers 1 req/s per round: {[round(x, 3) for x in ratios]}")
