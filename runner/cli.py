@@ -39,40 +39,16 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 
-GC_GEN0_THRESHOLD = 10_000
-# Net allocations of tracked objects per request slot between two young collections: the
-# answers of every slot can land in one turn of the loop (about 40 allocations each).
-GC_GEN0_PER_SLOT = 100
-GC_GEN0_MAX = 250_000
-
-
-def gen0_threshold(concurrency: int) -> int:
-    """The young generation's threshold for a run of ``concurrency`` request slots."""
-    return min(max(GC_GEN0_THRESHOLD, GC_GEN0_PER_SLOT * concurrency), GC_GEN0_MAX)
-
-
 def _tune_gc(concurrency: int) -> None:
-    """Make the cyclic garbage collector cheap for a run (a process-wide choice: CLI only), and
-    turn it back on after start-up (:func:`main` turns it off while modules load).
+    """The collector for a run of ``concurrency`` request slots (:mod:`runner.gcpolicy`), on
+    once start-up is over (:func:`main` turns it off while modules load).
 
-    A run allocates a few dozen short-lived containers per request while holding up to
-    ``read_ahead`` parsed jobs; with CPython's default gen-0 threshold of 700 the collector ran
-    about 1,200 times in a 20,000-job run and took a fifth of its CPU (measured with
-    ``gc.callbacks``), mostly re-walking those live jobs. Collecting every 10,000 net
-    allocations keeps cycles bounded and takes about 0.05 s. ``freeze`` moves everything
-    imported so far out of the collector's way for good.
-
-    The threshold grows with the request slots: the count is allocations less frees, but the
-    frees of objects that survived a collection are not taken off it, and when the answers of
-    hundreds of slots land in one turn of the loop the count passed 10,000 every few turns
-    (40,000 jobs at concurrency 1,024: 145 young and 13 middle collections, 1.7 s of a 7.5 s
-    run; 2 collections at 100 allocations per slot). Few requests make cycles, so the garbage
-    a larger threshold lets wait is small; :data:`GC_GEN0_MAX` bounds it all the same.
+    With CPython's default threshold of 700 the collector ran about 1,200 times in a
+    20,000-job run and took a fifth of its CPU, mostly re-walking the parsed jobs held ahead.
     """
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold(concurrency), gen1, gen2)
-    gc.enable()
+    from .gcpolicy import gen0_threshold, tune
+
+    tune(gen0_threshold(concurrency))
 
 
 def _add_common_options(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import cli
+from runner import cli, gcpolicy
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,7 @@ def test_a_run_loads_its_modules_with_the_collector_off_and_runs_with_it_on(
     # off through start-up (engine and aiohttp imported), on for the run, on after main()
     assert states == [("tune", False), ("tuned", True)]
     assert gc.isenabled()
-    assert gc.get_threshold()[0] == cli.gen0_threshold(300) == 300 * cli.GC_GEN0_PER_SLOT
+    assert gc.get_threshold()[0] == gcpolicy.gen0_threshold(300) == 300 * gcpolicy.GEN0_PER_SLOT
 
 
 def test_other_commands_run_with_the_collector_on_and_errors_restore_it(

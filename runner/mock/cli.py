@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import signal
 import sys
 from dataclasses import MISSING, fields
@@ -17,15 +16,15 @@ from typing import Any
 
 import orjson
 
+from ..gcpolicy import tune as tune_gc
 from .config import MockConfig
 from .server import MockServer
 
 __all__ = ["add_arguments", "main"]
 
-# The young generation's threshold for the mock's own process (CLI only). Each request builds a
-# few dozen tracked objects; with CPython's default of 700, clients at 1,024 connections made the
-# collector run about 290 times per 20,000 requests, 1 s of the mock's CPU (gc.callbacks), and
-# the mock, not the client under test, set the pace. Requests leave little cyclic garbage.
+# The young generation's threshold for the mock's own process (runner.gcpolicy): clients at 1,024
+# connections made the collector run about 290 times per 20,000 requests with CPython's default,
+# 1 s of the mock's CPU, and the mock, not the client under test, set the pace.
 GC_GEN0_THRESHOLD = 100_000
 
 _DEST = "mock_"  # namespaced dests so the top-level parser's own options never collide
@@ -155,8 +154,7 @@ def main(ns: argparse.Namespace) -> int:
             f"runner mock: --port must be 0-65535 (0: any free port), got {port}", file=sys.stderr
         )
         return 2
-    gc.freeze()  # the modules loaded so far are never garbage
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+    tune_gc(GC_GEN0_THRESHOLD)
     try:
         import uvloop
     except ImportError:  # uvloop is not available on Windows
