@@ -10,7 +10,10 @@ requests reference by name, billed at a reduced input price plus storage per hou
   the group is sent with full prompts (never a lost job); a group below the minimum never gets
   a cache (the scheduler does not prime it), nor does a group that opens with one job left.
 - **extend**: when a job of the group is dispatched within ``refresh_s`` of the expiry the cache
-  gets a ``PATCH`` with a fresh TTL (at most one in flight per cache).
+  gets a ``PATCH`` with a fresh TTL (at most one in flight per cache). A server that grants less
+  than asked (a TTL cap) also gets one refresher task per cache, which PATCHes it in time between
+  dispatches, up to the expiry the run asked for and while the group has jobs left (see
+  :meth:`ExplicitCaches._refresher`).
 - **lost**: a request that finds its cache gone (expired early, deleted) makes the group recreate
   it, at most ``MAX_RECREATES`` times; after that the group falls back to full prompts.
 - **close**: when the group's last job has been answered, the cache is deleted.
@@ -28,7 +31,13 @@ counted from the ``createTime`` its listing gives to its delete: an estimate, on
 clock against this one.
 
 The server's figure for a cache's expiry wins over the TTL asked for: a server that caps the
-TTL (``granted_s`` below the request) gets its refreshes planned from what it granted.
+TTL gets its refreshes planned from what it granted (:meth:`ExplicitCaches._expiry`). An answer
+that does not say (no ``ttl``, no ``expireTime``) never extends the expiry on faith: the cache is
+planned to die at its last known expiry, and billed to the latest it may live.
+
+A create that failed here without a refusal (a timeout, a 5xx, a reply without a name, a stop)
+may have happened on the server, which bills its tokens: when the final listing finds such a
+cache, its tokens are added to ``create_tokens``, once per cache name.
 
 The module is pure scheduling logic plus awaits on the :class:`CacheStore` protocol; the
 provider implements the store (IO stays at the edge).
@@ -40,7 +49,7 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,6 +72,9 @@ MAX_RECREATES = 2
 DEFAULT_LATENCY_S = 5.0  # per-request guess until the first answers arrive
 TTL_MARGIN = 2.0
 MAX_TTL_S = 24 * 3600.0
+# Two PATCHes of one cache (a dispatch's or the refresher's) are at least this far apart: bounds
+# the PATCHes sent to a server whose answers do not move the known expiry (or grant nothing).
+MIN_REFRESH_GAP_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +86,14 @@ class CacheInfo:
     tokens: int  # usageMetadata.totalTokenCount
     expire_time: str | None = None  # RFC 3339, as sent
     ttl_s: float | None = None  # the TTL the request asked for, when this answers a request
-    # Seconds the server gave it from the operation on (its ``ttl``, or ``expireTime`` minus the
-    # operation's time): a server may cap the TTL asked for. None: the answer does not say.
+    # The answer's own ``ttl`` (seconds from the operation on): a server may cap the TTL asked
+    # for. None: the answer does not carry one (Gemini's usually does not; see expire_wall).
     granted_s: float | None = None
     created_wall: float | None = None  # ``createTime`` as epoch seconds, when listed/answered
+    expire_wall: float | None = None  # ``expireTime`` as epoch seconds (the server's clock)
+    # The server's time of the operation this answers (a create's ``createTime``, a PATCH's
+    # ``updateTime``), epoch seconds; None: the answer does not say (some proxies omit it).
+    op_wall: float | None = None
 
 
 class CacheAPIError(Exception):
@@ -134,22 +150,42 @@ def storage_cost(lifetimes: list[tuple[int, float]], price: Price | None) -> flo
     return token_s / 3600.0 / 1e6 * price.cache_storage
 
 
-def _granted(info: CacheInfo, asked: float) -> float:
-    """Seconds ``info`` lives from its answer: the server's figure when below what was asked."""
-    if info.granted_s is None:
-        return asked
-    return min(asked, info.granted_s)
+def _life(info: CacheInfo, asked: float, sent_wall: float) -> float | None:
+    """Seconds the cache lives from the request's sending, by the answer's own figures (never
+    more than asked); None when the answer does not say.
 
-
-def _cap(info: CacheInfo, asked: float) -> float:
-    """The server's TTL cap seen in ``info`` (its grant, when below what was asked), else
-    ``MAX_TTL_S``: refreshes are then planned as before, from the TTL asked for."""
-    granted = _granted(info, asked)
-    return granted if granted < asked else MAX_TTL_S
+    Its ``ttl`` when it carries one; else its ``expireTime`` minus the operation's server time
+    (``op_wall``: both on the server's clock, and counted from the sending, before the server
+    acted: never late); else ``expireTime`` minus this machine's clock when the request was sent
+    (the server acted after that, so the expiry is not placed later than it is, up to clock skew,
+    which the cap at ``asked`` bounds)."""
+    if info.granted_s is not None:
+        life = info.granted_s
+    elif info.expire_wall is None:
+        return None
+    elif info.op_wall is not None:
+        life = info.expire_wall - info.op_wall
+    else:
+        life = info.expire_wall - sent_wall
+    return max(0.0, min(asked, life))
 
 
 class _Cache:
-    __slots__ = ("cap", "created", "expire_at", "extending", "group", "lost", "name", "tokens")
+    __slots__ = (
+        "cap",
+        "created",
+        "expire_at",
+        "expire_max",
+        "extending",
+        "gone",
+        "group",
+        "lost",
+        "name",
+        "next_try",
+        "refresher",
+        "tokens",
+        "want_until",
+    )
 
     def __init__(
         self,
@@ -165,8 +201,13 @@ class _Cache:
         self.tokens = tokens
         self.group = group
         self.created = created
-        self.expire_at = expire_at
-        self.extending = False
+        self.expire_at = expire_at  # planning: the latest expiry the server has confirmed
+        self.expire_max = expire_at  # billing: the latest it may live (an unconfirmed ask too)
+        self.want_until = expire_at  # the expiry the run last asked for (the refresher's bound)
+        self.next_try = 0.0  # no PATCH before this (MIN_REFRESH_GAP_S)
+        self.extending: asyncio.Task[None] | None = None  # the PATCH in flight
+        self.refresher: asyncio.Task[None] | None = None
+        self.gone = False  # a PATCH found it missing: the next request that uses it recreates
         self.lost = 0  # how many caches of this group were lost before this one
 
 
@@ -183,6 +224,7 @@ class ExplicitCaches:
         journal: CacheJournal | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._store = store
         self._tag = tag
@@ -193,6 +235,7 @@ class ExplicitCaches:
         self._journal = journal
         self._clock = clock
         self._wall = wall
+        self._sleep = sleep
         self._by_group: dict[str, _Cache | None] = {}  # None: this group goes without a cache
         self._opening: dict[str, asyncio.Future[None]] = {}
         self._adopted: dict[str, CacheInfo] = {}  # group tag -> a live cache of an earlier run
@@ -200,12 +243,18 @@ class ExplicitCaches:
         self._undeleted: dict[str, _Cache] = {}  # a delete failed: tried again at shutdown
         self._lost: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self._lifetimes: list[tuple[int, float]] = []
+        # Creates that failed here without a refusal, by displayName: each may exist on the
+        # server, billed. The final listing bills what it finds of them, once per cache name.
+        self._unanswered: dict[str, int] = {}
+        self._create_billed: set[str] = set()  # names whose create tokens are counted
         self._latency = DEFAULT_LATENCY_S
         self.created = 0
         self.deleted = 0
         self.create_failures = 0
         self.create_tokens = 0  # tokens billed at the input price by creates
+        self.unanswered_creates = 0  # creates that failed here but happened on the server
         self.recreated = 0
         self.extended = 0
         self.adopted = 0
@@ -237,6 +286,10 @@ class ExplicitCaches:
 
     async def shutdown(self) -> None:
         """Delete every cache this run holds or adopted; wait for pending extends/deletes."""
+        self._closing = True  # no refresher starts from here on
+        for held in self._by_group.values():
+            if held is not None:
+                self._stop_refresher(held)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         for group, cache in list(self._by_group.items()):
@@ -264,6 +317,7 @@ class ExplicitCaches:
             if held is not None:
                 await self._delete(held)
             else:  # e.g. a create that timed out here but happened on the server
+                self._bill_unanswered(info)
                 await self._delete_leftover(info.name, info.tokens, info)
         for cache in list(self._undeleted.values()):
             self._undeleted.pop(cache.name)
@@ -272,7 +326,7 @@ class ExplicitCaches:
                 continue
             # Still there (or unknown): it lives, and is billed, until its expiry.
             self.left_alive += 1
-            self._lifetimes.append((cache.tokens, max(0.0, cache.expire_at - cache.created)))
+            self._lifetimes.append((cache.tokens, max(0.0, cache.expire_max - cache.created)))
 
     # -- hooks the engine calls ----------------------------------------------------------------
 
@@ -301,7 +355,9 @@ class ExplicitCaches:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._opening[group] = fut
         try:
-            self._by_group[group] = await self._create(group, job, remaining)
+            cache = self._by_group[group] = await self._create(group, job, remaining)
+            if cache is not None:
+                self._arm(cache)
         finally:
             del self._opening[group]
             fut.set_result(None)
@@ -309,14 +365,12 @@ class ExplicitCaches:
     def touch(self, group: str | None, remaining: int) -> None:
         """A job of ``group`` is about to be sent: extend its cache if it expires soon."""
         cache = None if group is None else self._by_group.get(group)
-        if cache is None or cache.extending:
+        if cache is None or cache.extending is not None:
             return
-        # A server that grants less than asked (a TTL cap) is refreshed at half its grant.
-        lead = min(self._refresh + self._latency, cache.cap / 2.0)
-        if cache.expire_at - self._clock() > lead:
+        now = self._clock()
+        if cache.expire_at - now > self._lead(cache) or now < cache.next_try:
             return
-        cache.extending = True
-        self._spawn(self._extend(cache, self._ttl(remaining)))
+        self._start_extend(cache, self._ttl(remaining))
 
     def answered(self, latency_s: float) -> None:
         """A job's response arrived (mean latency feeds the TTL estimate)."""
@@ -345,6 +399,7 @@ class ExplicitCaches:
         cache = self._by_group.pop(group, None)
         self._lost.pop(group, None)
         if cache is not None:
+            self._stop_refresher(cache)
             self._spawn(self._delete(cache))
 
     # -- cost ----------------------------------------------------------------------------------
@@ -366,6 +421,7 @@ class ExplicitCaches:
             "recreated": self.recreated,
             "extended": self.extended,
             "create_tokens": self.create_tokens,
+            "unanswered_creates": self.unanswered_creates,
             "storage_token_hours": round(sum(t * s for t, s in life) / 3600.0, 3),
             "cache_seconds": round(sum(s for _, s in life), 3),
             "storage_usd": round(storage_cost(life, price), 10),
@@ -381,52 +437,163 @@ class ExplicitCaches:
         expected = remaining / per_group * self._latency
         return min(MAX_TTL_S, max(self._min_ttl, TTL_MARGIN * expected))
 
+    def _lead(self, cache: _Cache) -> float:
+        """How long before its expiry a cache is extended: a server that grants less than asked
+        (a TTL cap) is refreshed at half its grant."""
+        return min(self._refresh + self._latency, cache.cap / 2.0)
+
+    def _expiry(
+        self, info: CacheInfo, asked: float, sent: float, sent_wall: float
+    ) -> tuple[float, float] | None:
+        """(expiry on this clock, the server's TTL cap or ``MAX_TTL_S``) by the answer to a request
+        sent at ``sent`` asking ``asked`` seconds; None when the answer does not say."""
+        life = _life(info, asked, sent_wall)
+        if life is None:
+            return None
+        return sent + life, (life if life < asked else MAX_TTL_S)
+
     async def _create(self, group: str, job: Job, remaining: int) -> _Cache | None:
         gtag = group_tag(group)
         adopted = self._adopted.pop(gtag, None)
         if adopted is not None:
             t0 = self._adopt_t.pop(adopted.name, self._clock())
             ttl = self._ttl(remaining)
+            sent, sent_wall = self._clock(), self._wall()
             try:
                 info = await self._store.extend_cache(adopted.name, ttl_s=ttl)
             except CacheAPIError:
                 info = None  # gone meanwhile: create a new one below
             if info is not None:
                 self.adopted += 1
-                end = self._clock() + _granted(info, ttl)
                 tokens = info.tokens or adopted.tokens
-                return _Cache(info.name, tokens, group, t0, end, _cap(info, ttl))
+                cache = _Cache(info.name, tokens, group, t0, sent + ttl)
+                cache.want_until = sent + ttl
+                got = self._expiry(info, ttl, sent, sent_wall)
+                if got is not None:
+                    cache.expire_at, cache.cap = got
+                    cache.expire_max = cache.expire_at
+                elif adopted.expire_wall is not None:
+                    # Only its listing's expiry is known: never extended on faith.
+                    cache.expire_at = sent + max(0.0, adopted.expire_wall - sent_wall)
+                cache.next_try = sent + MIN_REFRESH_GAP_S
+                self._create_billed.add(info.name)  # an earlier run's create: not billed here
+                return cache
         ttl = self._ttl(remaining)
-        t0 = self._clock()
+        display = f"{self._prefix}{gtag}"
+        t0, t0_wall = self._clock(), self._wall()
         try:
-            info = await self._store.create_cache(
-                job, ttl_s=ttl, display_name=f"{self._prefix}{gtag}"
-            )
+            info = await self._store.create_cache(job, ttl_s=ttl, display_name=display)
         except CacheAPIError as exc:
             self.create_failures += 1
+            if exc.status is None or not 400 <= exc.status < 500:
+                # Not a refusal (a timeout, a 5xx, an answer without a name): the server may
+                # have created it, and billed it; the final listing finds it by its displayName.
+                self._unanswered[display] = self._unanswered.get(display, 0) + 1
             if len(self.errors) < 10:
                 self.errors.append(f"creating a cache for {job.cache_id or gtag}: {exc}")
             return None  # full prompts for this group: never a lost job
+        except asyncio.CancelledError:
+            self._unanswered[display] = self._unanswered.get(display, 0) + 1
+            raise
         self.created += 1
-        self.create_tokens += info.tokens
+        if info.name not in self._create_billed:
+            self._create_billed.add(info.name)
+            self.create_tokens += info.tokens
         if self._journal is not None:
             self._journal.record([info.name], [])
-        return _Cache(info.name, info.tokens, group, t0, t0 + _granted(info, ttl), _cap(info, ttl))
+        cache = _Cache(info.name, info.tokens, group, t0, t0 + ttl)
+        got = self._expiry(info, ttl, t0, t0_wall)
+        if got is not None:  # else nothing is known but the TTL asked for
+            cache.expire_at, cache.cap = got
+            cache.expire_max = cache.expire_at
+        return cache
+
+    def _start_extend(self, cache: _Cache, ttl: float) -> None:
+        """PATCH ``cache`` with ``ttl`` in the background (the one PATCH in flight)."""
+        t = asyncio.get_running_loop().create_task(self._extend(cache, ttl))
+        cache.extending = t
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     async def _extend(self, cache: _Cache, ttl: float) -> None:
-        t0 = self._clock()
+        t0, t0_wall = self._clock(), self._wall()
+        cache.next_try = t0 + max(MIN_REFRESH_GAP_S, self._lead(cache) / 2.0)
+        cache.want_until = t0 + ttl
+        # Whatever the answer, the server may now keep it (and bill it) that long.
+        cache.expire_max = max(cache.expire_max, t0 + ttl)
         try:
             info = await self._store.extend_cache(cache.name, ttl_s=ttl)
         except CacheAPIError as exc:
-            if not exc.missing and len(self.errors) < 10:
+            if exc.missing:
+                cache.gone = True  # shows up as a lost cache on the next request that uses it
+            elif len(self.errors) < 10:
                 self.errors.append(f"extending {cache.name}: {exc}")
-            # A missing cache shows up as a lost one on the next request that uses it.
         else:
-            cache.cap = _cap(info, ttl)
-            cache.expire_at = t0 + _granted(info, ttl)
             self.extended += 1
+            got = self._expiry(info, ttl, t0, t0_wall)
+            if got is not None:
+                cache.expire_at, cache.cap = got
+                cache.expire_max = cache.expire_at
+            # else the answer does not say: its last known expiry stands (never extended on
+            # faith), so it is refreshed again, no sooner than next_try
         finally:
-            cache.extending = False
+            cache.extending = None
+        self._arm(cache)
+
+    # -- the refresher: one task per cache under a TTL cap ---------------------------------------
+
+    def _arm(self, cache: _Cache) -> None:
+        """Start ``cache``'s refresher if the server granted less than the run asked for."""
+        if self._closing or cache.refresher is not None or cache.gone:
+            return
+        if self._by_group.get(cache.group) is not cache:
+            return
+        if cache.want_until - cache.expire_at <= self._lead(cache):
+            return  # granted (nearly) what was asked: a dispatch's touch extends it as before
+        cache.refresher = asyncio.get_running_loop().create_task(self._refresher(cache))
+
+    def _stop_refresher(self, cache: _Cache) -> None:
+        task, cache.refresher = cache.refresher, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _refresher(self, cache: _Cache) -> None:
+        """Keep ``cache`` alive between its group's dispatches under a server TTL cap: PATCH it
+        ``lead`` before its known expiry, asking for what remains of the expiry the run wanted.
+
+        Bounded: it ends when the group closes (its last job answered), the cache is lost or
+        replaced, or the run shuts down, and it never keeps the cache past the expiry the run
+        last asked for (the group's expected remaining time with its margin, as an uncapped
+        server would have granted): about 2 x that time / the cap PATCHes at most, never one
+        per request. Two PATCHes are at least ``MIN_REFRESH_GAP_S`` apart."""
+        try:
+            while not cache.gone and self._by_group.get(cache.group) is cache:
+                lead = self._lead(cache)
+                if cache.want_until - cache.expire_at <= lead:
+                    return  # the run's horizon is covered; a later dispatch may re-arm it
+                if cache.extending is not None:  # a dispatch's PATCH is in flight
+                    await asyncio.wait((cache.extending,))
+                    continue
+                now = self._clock()
+                due = max(cache.expire_at - lead, cache.next_try)
+                if now < due:
+                    await self._sleep(due - now)
+                    continue
+                self._start_extend(cache, cache.want_until - now)
+        finally:
+            if cache.refresher is asyncio.current_task():
+                cache.refresher = None
+
+    def _bill_unanswered(self, info: CacheInfo) -> None:
+        """A listing found ``info``, a tagged cache this run never saw created: if a create of
+        its group failed here without a refusal, that create happened, and was billed."""
+        left = self._unanswered.get(info.display_name, 0)
+        if left <= 0 or info.name in self._create_billed:
+            return
+        self._unanswered[info.display_name] = left - 1
+        self._create_billed.add(info.name)
+        self.create_tokens += info.tokens
+        self.unanswered_creates += 1
 
     async def _delete(self, cache: _Cache) -> None:
         try:
@@ -440,8 +607,9 @@ class ExplicitCaches:
         self._retire(cache)
 
     def _retire(self, cache: _Cache) -> None:
-        """The cache no longer exists: bill its lifetime (to its expiry at the latest)."""
-        end = min(self._clock(), max(cache.expire_at, cache.created))
+        """The cache no longer exists: bill its lifetime (to the latest it may have lived)."""
+        self._stop_refresher(cache)
+        end = min(self._clock(), max(cache.expire_max, cache.created))
         self._lifetimes.append((cache.tokens, end - cache.created))
         self.deleted += 1
         if self._journal is not None:

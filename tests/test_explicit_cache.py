@@ -117,8 +117,18 @@ async def test_explicit_caches_cover_every_group_and_none_is_left(tmp_path: Path
     assert live == [] and len(deleted) == 6
 
 
-async def test_cache_expiring_mid_group_is_recreated_without_a_failed_job(tmp_path: Path) -> None:
-    """The server caps every TTL at 0.15 s while each job takes ~0.3 s: caches keep expiring."""
+async def test_cache_expiring_mid_group_is_recreated_without_a_failed_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server caps every TTL at 0.15 s while each job takes ~0.3 s, and refuses every PATCH
+    (so neither a dispatch nor the refresher can keep a cache): caches keep expiring."""
+    from runner.explicit_cache import CacheAPIError
+    from runner.providers import GeminiBackend
+
+    async def refused(self: GeminiBackend, name: str, *, ttl_s: float) -> Any:
+        raise CacheAPIError("PATCH: 503 UNAVAILABLE", status=503, retriable=True)
+
+    monkeypatch.setattr(GeminiBackend, "extend_cache", refused)
     jobs, _ = write_jobs(tmp_path, groups=1, per_group=8)
     mock = MockConfig(
         gemini_implicit_cache=False,

@@ -52,6 +52,10 @@ _HELP = {
     "gemini_min_cache_tokens": "Gemini: smallest cachedContents the server accepts",
     "gemini_implicit_cache": "Gemini: cache prefixes of plain requests implicitly",
     "gemini_max_ttl_s": "Gemini: cap every cache's TTL so caches expire early",
+    "gemini_patch_omit": "Gemini: fields a cache PATCH answer leaves out, comma-separated"
+    " (createTime, updateTime, expireTime), as some proxies and emulators do",
+    "gemini_create_delay_ms": "Gemini: a cache create happens at once but is answered this late"
+    " (a client that gives up on it still has it, billed)",
     "rpm": "requests per minute limit (off when unset)",
     "tpm": "tokens per minute limit (off when unset)",
     "output_tpm": "Anthropic output tokens per minute limit (off when unset)",

@@ -79,6 +79,10 @@ class MockConfig:
     gemini_min_cache_tokens: int = 1024  # smallest cachedContents accepted (2.5 Flash; Pro 4096)
     gemini_implicit_cache: bool = True  # prefix caching of plain requests, as the service does
     gemini_max_ttl_s: float | None = None  # cap every cache's TTL (makes caches expire early)
+    # fields a PATCH answer leaves out, comma-separated (createTime, updateTime, expireTime), as
+    # some proxies and emulators do
+    gemini_patch_omit: str = ""
+    gemini_create_delay_ms: float = 0.0  # a create happens at once, its answer comes this late
     # rate limits
     rpm: float | None = None
     tpm: float | None = None
@@ -121,6 +125,7 @@ class MockConfig:
             "slow_first_byte_ms",
             "fault_429_retry_ms",
             "cache_ttl_s",
+            "gemini_create_delay_ms",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -144,6 +149,7 @@ class MockConfig:
             raise ValueError("gemini_min_cache_tokens must be >= 0")
         if self.gemini_max_ttl_s is not None and self.gemini_max_ttl_s <= 0:
             raise ValueError("gemini_max_ttl_s must be > 0")
+        _check_patch_omit(self.gemini_patch_omit)
         if self.insufficient_quota_after is not None and self.insufficient_quota_after < 0:
             raise ValueError("insufficient_quota_after must be >= 0")
         _check_batch(self.batch)
@@ -158,6 +164,14 @@ class MockConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+def _check_patch_omit(text: str) -> None:
+    if {f for f in text.split(",") if f} - {"createTime", "updateTime", "expireTime"}:
+        raise ValueError(
+            "gemini_patch_omit: a comma-separated list of createTime, updateTime, expireTime,"
+            f" got {text!r}"
+        )
 
 
 def _check_batch(options: Mapping[str, Any]) -> None:

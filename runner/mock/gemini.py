@@ -276,6 +276,8 @@ class GeminiAPI:
         name = f"cachedContents/{os.urandom(6).hex()}{self._next:06x}"
         e = self._caches[name] = _Entry(name, model, display, tokens, self._server._clock(), ttl)
         self.created += 1
+        if self._cfg.gemini_create_delay_ms:  # created (and billed) now, answered late
+            await asyncio.sleep(self._cfg.gemini_create_delay_ms / 1000.0)
         return self._reply(200, orjson.dumps(self._doc(e)), headers)
 
     def _list(self, query: str, headers: dict[str, str]) -> web.Response:
@@ -309,7 +311,10 @@ class GeminiAPI:
                 raise ValueError("update_mask: ttl or expire_time required")
             now = self._server._clock()
             e.expire_t = now + self._ttl(ttl)
-            return self._reply(200, orjson.dumps(self._doc(e)), headers)
+            doc = self._doc(e)
+            for f in self._cfg.gemini_patch_omit.split(","):
+                doc.pop(f, None)
+            return self._reply(200, orjson.dumps(doc), headers)
         body = gemini_error(405, "UNIMPLEMENTED", f"{method} is not supported here")
         return self._reply(405, body, headers)
 

@@ -16,7 +16,6 @@ cache must not repeat. The backend also implements the cache store the engine's
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -408,12 +407,12 @@ class GeminiBackend(HTTPBackend):
         doc = await self._call(
             "POST", self._caches_url, self.cache_body(job, ttl_s=ttl_s, display_name=display_name)
         )
-        return _cache_info(doc, ttl_s)
+        return _cache_info(doc, ttl_s, ("createTime", "updateTime"))
 
     async def extend_cache(self, name: str, *, ttl_s: float) -> CacheInfo:
         url = URL(f"{self._base}/{name}?updateMask=ttl", encoded=True)
         doc = await self._call("PATCH", url, {"ttl": f"{ttl_s:.3f}s"})
-        return _cache_info(doc, ttl_s)
+        return _cache_info(doc, ttl_s, ("updateTime",))
 
     async def delete_cache(self, name: str) -> None:
         try:
@@ -464,21 +463,11 @@ def _wall(text: Any) -> float | None:
         return None
 
 
-def _granted_s(doc: dict[str, Any]) -> float | None:
-    """Seconds the server gave the cache to live, by its own figures: its ``ttl`` when the answer
-    carries one, else ``expireTime`` minus the time of the operation (``updateTime``, else
-    ``createTime``: both on the server's clock, so no skew), else ``expireTime`` minus now."""
-    ttl = parse_duration(doc.get("ttl"))
-    if ttl is not None:
-        return ttl
-    expire = _wall(doc.get("expireTime"))
-    if expire is None:
-        return None
-    at = _wall(doc.get("updateTime")) or _wall(doc.get("createTime")) or time.time()
-    return max(0.0, expire - at)
-
-
-def _cache_info(doc: Any, ttl_s: float | None) -> CacheInfo:
+def _cache_info(doc: Any, ttl_s: float | None, op_times: tuple[str, ...] = ()) -> CacheInfo:
+    """``doc`` (a ``cachedContents`` resource) as a :class:`CacheInfo`. ``op_times``: the fields
+    that may hold the server's time of the operation it answers (a create's ``createTime`` or
+    ``updateTime``; a PATCH's ``updateTime`` only: its ``createTime`` is the cache's, not the
+    PATCH's); the expiry is read from these by ``runner.explicit_cache._life``."""
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
         raise CacheAPIError("cachedContents: response without a name", status=200, retriable=True)
     meta = doc.get("usageMetadata")
@@ -490,6 +479,8 @@ def _cache_info(doc: Any, ttl_s: float | None) -> CacheInfo:
         tokens=tokens,
         expire_time=doc.get("expireTime") if isinstance(doc.get("expireTime"), str) else None,
         ttl_s=ttl_s,
-        granted_s=_granted_s(doc),
+        granted_s=parse_duration(doc.get("ttl")),
         created_wall=_wall(doc.get("createTime")),
+        expire_wall=_wall(doc.get("expireTime")),
+        op_wall=next((w for f in op_times if (w := _wall(doc.get(f))) is not None), None),
     )
