@@ -80,11 +80,11 @@ async def test_a_capped_cache_whose_patch_answers_omit_times_is_not_lost(
     tmp_path: Path, omit: str
 ) -> None:
     """The server caps every TTL at 1 s and its PATCH answers leave the times out, while the
-    group runs ~2 s with dispatches every ~25 ms. Read against the cache's createTime (or taken
+    group runs ~3.5 s with dispatches every ~25 ms. Read against the cache's createTime (or taken
     to grant the 300 s asked for), the expiry was over-estimated: the cache expired unnoticed and
     was recreated. Now a PATCH answer without updateTime is read against the send time, and one
     without expireTime keeps the last known expiry, so the cache is PATCHed in time."""
-    jobs, _ = write_jobs(tmp_path, groups=1, per_group=80)
+    jobs, _ = write_jobs(tmp_path, groups=1, per_group=140)
     async with serve(_capped_group(omit)) as url:
         outcome = await run(jobs, config(tmp_path, url, concurrency=4))
         st = await mock_stats(url)
@@ -93,7 +93,7 @@ async def test_a_capped_cache_whose_patch_answers_omit_times_is_not_lost(
     assert g["caches_created"] == 1 and g["caches_expired"] == 0, (g, info)
     assert info["recreated"] == 0 and info["extended"] >= 2
     lat = results(tmp_path / "l.jsonl")
-    assert len(lat) == 80 and all(r["cached_tokens"] >= 1024 for r in lat)
+    assert len(lat) == 140 and all(r["cached_tokens"] >= 1024 for r in lat)
     assert g["caches_alive"] == 0
 
 
@@ -288,7 +288,6 @@ async def test_a_timed_out_create_that_happened_is_billed_in_cache_create(tmp_pa
     info, cost = outcome.summary["explicit_caches"], outcome.summary["cost"]
     assert st["gemini"]["caches_created"] == 2 and st["gemini"]["caches_alive"] == 0
     assert info["create_failures"] == 2 and info["created"] == 0
-    assert info["unanswered_creates"] == 2
     on_time_dir = tmp_path / "on_time"
     on_time_dir.mkdir()
     (on_time_dir / "contexts.jsonl").write_bytes((tmp_path / "contexts.jsonl").read_bytes())
@@ -298,6 +297,7 @@ async def test_a_timed_out_create_that_happened_is_billed_in_cache_create(tmp_pa
     assert want > 2 * 1024
     assert info["create_tokens"] == want
     assert cost["cache_create"] == on_time.summary["cost"]["cache_create"] > 0
+    assert info.get("unanswered_creates") == 2
 
 
 class TimingOutStore:
