@@ -358,3 +358,11 @@ async def test_unanswered_creates_bill_what_the_listing_finds_no_more() -> None:
     other.live["cachedContents/y"] = "runner:t:0123456789abcdef"
     await ec2.shutdown()
     assert ec2.create_tokens == 0 and not other.live
+
+
+def test_the_mock_refuses_unknown_fields_to_omit_and_a_negative_create_delay() -> None:
+    with pytest.raises(ValueError, match=r"gemini_patch_omit.*'updatetime'"):
+        MockConfig(gemini_patch_omit="updatetime")
+    with pytest.raises(ValueError, match="gemini_create_delay_ms must be >= 0"):
+        MockConfig(gemini_create_delay_ms=-1.0)
+    assert MockConfig(gemini_patch_omit="createTime,updateTime,expireTime").gemini_patch_omit

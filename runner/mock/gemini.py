@@ -11,7 +11,9 @@ Routes (the base URL given to clients ends in ``/v1beta``)::
     PATCH  /v1beta/cachedContents/{id}                     new ``ttl`` / ``expireTime``
     DELETE /v1beta/cachedContents/{id}                     delete
 
-Caches expire for real on the server's clock. A request naming a missing or expired cache gets
+Caches expire for real on the server's clock (``gemini_max_ttl_s`` caps every TTL;
+``gemini_patch_omit`` leaves times out of PATCH answers; ``gemini_create_delay_ms`` answers a
+create late, the cache existing at once). A request naming a missing or expired cache gets
 403 PERMISSION_DENIED "CachedContent not found (or permission denied)", as the service answers;
 the resource endpoints answer 404 NOT_FOUND. A cache below ``gemini_min_cache_tokens`` is refused
 with 400 INVALID_ARGUMENT. Rate limits and the 429 fault answer RESOURCE_EXHAUSTED with a
