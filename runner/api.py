@@ -243,11 +243,10 @@ def _write_summary(
     found every job done and sent nothing (runner/noop.py); the caller still gets this
     invocation's figures. A shard's is always written: the merge reads it as this
     invocation's record (its ``this_run``)."""
-    if shard is None and outputs is not None and outputs.skipped and str(path) != "-":
-        from .noop import nothing_sent, summary_describes
+    if shard is None and outputs is not None and outputs.skipped:  # a whole-output summary
+        from .noop import keep_summary
 
-        if nothing_sent(summary) and summary_describes(path, summary):
-            summary["summary_kept"] = str(path)  # said by the CLI; not in any file
+        if keep_summary(path, summary):
             return
     write_summary_to(path, summary)
 

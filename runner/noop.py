@@ -31,11 +31,33 @@ from typing import Any
 
 import orjson
 
-__all__ = ["batch_summary_kept", "nothing_sent", "summary_describes"]
+__all__ = ["batch_summary_kept", "keep_summary", "nothing_sent", "summary_describes"]
 
 # What a summary says about the output as a whole (runner.totals rebuilds them on a resume).
 _WHOLE_OUTPUT = ("exit_code", "model", "tokens", "not_sent")
 _JOB_COUNTS = ("total", "ok", "failed", "by_error")
+
+
+def keep_summary(path: Path, summary: dict[str, Any], *, to_stdout: bool = False) -> bool:
+    """Whether the summary file at ``path`` is left as it is instead of being written with
+    ``summary``: the one rule of a plain run, the merge of ``--workers`` and ``--via batch``.
+
+    True for an invocation that sent nothing and whose summary the file already is (see the
+    module's docstring; a ``--via batch`` summary by :func:`batch_summary_kept`, any other by
+    :func:`nothing_sent` and :func:`summary_describes`); never for ``-`` (standard output has
+    no earlier summary). A kept file is said in ``summary["summary_kept"]`` (the table's "nothing
+    sent" line; the key is in no file), except when ``to_stdout``: the summary also goes to
+    standard output, which would then print a key that no summary file has.
+    """
+    if str(path) == "-":
+        return False
+    if summary.get("via") == "batch":
+        kept = batch_summary_kept(path, summary)
+    else:
+        kept = nothing_sent(summary) and summary_describes(path, summary)
+    if kept and not to_stdout:
+        summary["summary_kept"] = str(path)
+    return kept
 
 
 def nothing_sent(summary: Mapping[str, Any]) -> bool:

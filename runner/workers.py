@@ -341,13 +341,9 @@ def _run_locked(
         _this_run(summary, parts)
         # A re-run that sent nothing keeps the summary of the run that did the work, as a
         # plain run does (runner/noop.py); it is written when it does not describe the output.
-        from .noop import nothing_sent, summary_describes
+        from .noop import keep_summary
 
-        if nothing_sent(summary) and summary_describes(summary_path, summary):
-            if not to_stdout:  # said by the table; not in any file
-                summary["summary_kept"] = str(summary_path)
-            return False
-        return True
+        return not keep_summary(summary_path, summary, to_stdout=to_stdout)
 
     marker = results.with_name(results.name + MERGED_SUFFIX)
     rep = merge(

@@ -180,12 +180,10 @@ async def run_batch(
     from ..observe import write_summary_to  # the summary file, or stdout for ``--summary -``
 
     summary_path = config.summary or plan.summary
-    from ..noop import batch_summary_kept
+    from ..noop import keep_summary
 
     # A re-run that found every job written keeps the summary of the run that did the work.
-    if str(summary_path) != "-" and batch_summary_kept(summary_path, outcome.summary):
-        outcome.summary["summary_kept"] = str(summary_path)  # said by the table; in no file
-    else:
+    if not keep_summary(summary_path, outcome.summary):
         write_summary_to(summary_path, outcome.summary)
     if config.log_format == "json":
         # No observer runs here (no per-request events), but a JSON log still gets its end.
