@@ -7,8 +7,9 @@ of retrying in lock step, and honours a delay the server asked for when it is a 
 floor under that backoff, never as a replacement for it (``retry-after: 0`` on every 429 must
 not turn the retries into a hot loop).
 
-One error is no failure of the job: :data:`FIELD_REFUSED`, a field runner adds on its own that
-the server refused. The backend drops the field for the run; the request goes again at once.
+One error is no failure of the job and never reaches the policy: :data:`FIELD_REFUSED`, a field
+runner adds on its own that the server refused. The backend drops the field for the run; the
+sender (runner/sender.py) sends the request again at once and counts it as no try.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ __all__ = ["FIELD_REFUSED", "SERVER_DELAY_JITTER", "RetryPolicy"]
 SERVER_DELAY_JITTER = 0.1
 
 #: The code of a 400/422 that refused a field runner added on its own (``prompt_cache_key``,
-#: ``stream_options``): the backend never sends that field again, so the request is re-sent at
-#: once, without backoff, and outside ``max_attempts``. It is bounded all the same: a request
-#: is marked so only when it carried the field, which the backend then leaves out of every
-#: later request (runner/providers/openai.py), so a job is re-sent at most once per such field.
+#: ``stream_options``): the backend never sends that field again, so the sender re-sends the
+#: request at once, without backoff, and outside ``max_attempts`` (:class:`RetryPolicy` is not
+#: asked). It is bounded all the same: a request is marked so only when it carried the field,
+#: which the backend then leaves out of every later request (runner/providers/openai.py), so a
+#: job is re-sent at most once per such field.
 FIELD_REFUSED = "field_refused"
 
 # 2**62 already dwarfs any cap; bounding the exponent keeps the float product finite.
@@ -71,11 +73,7 @@ class RetryPolicy(Record):
 
         :param attempt: the number of attempts made so far (1 after the first failure).
         """
-        return (
-            error.retriable
-            and not error.fatal
-            and (attempt < self.max_attempts or error.code == FIELD_REFUSED)
-        )
+        return error.retriable and not error.fatal and attempt < self.max_attempts
 
     def delay(self, error: ErrorInfo, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before the next attempt.
@@ -90,8 +88,6 @@ class RetryPolicy(Record):
         milliseconds still back off, more with every attempt, as if no delay had been given.
         A delay above ``max_server_delay_s`` (or negative) is ignored: the backoff alone.
         """
-        if error.code == FIELD_REFUSED:
-            return 0.0  # nothing to wait for: the same request, minus the refused field
         rng = rng or _default_rng
         exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
         backoff = rng.uniform(0, min(self.cap_s, self.base_s * 2.0**exponent))

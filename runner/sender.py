@@ -143,21 +143,25 @@ class Sender:
                 if err.fatal:
                     self._trip(fatal(err))
                     raise _Abandon
-                # A refused field of ours is no try of the job (runner/retry.py): the tries
-                # are counted without those requests, for the primer's first failure as well.
+                # A refused field of ours is no try of the job (runner/retry.py): it goes again
+                # at once, whatever max_attempts says, and the tries the policy and the primer
+                # count leave those requests out. Only here: the policy never sees a refusal.
                 if err.code == FIELD_REFUSED:
                     refused += 1
-                elif primer and attempts - refused == 1:
-                    self._scheduler.answered(d, False)  # promote a follower meanwhile
-                    self._pump()
-                if not self._policy.should_retry(err, attempts - refused):
-                    break
+                    wait = 0.0
+                else:
+                    if primer and attempts - refused == 1:
+                        self._scheduler.answered(d, False)  # promote a follower meanwhile
+                        self._pump()
+                    if not self._policy.should_retry(err, attempts - refused):
+                        break
+                    wait = self._policy.delay(err, attempts - refused)
                 if stop.active:
                     raise _Abandon  # a resume retries it; don't sleep through a drain
                 self._accounts.stats.retries += 1
                 parked.add(me)
                 try:
-                    await self._sleep(self._policy.delay(err, attempts - refused))
+                    await self._sleep(wait)
                 finally:
                     parked.discard(me)
             if a.usage is not None and a.error is None:
