@@ -9,7 +9,7 @@ cover every job in the output; ``wall_s`` and the per-second rates describe this
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from .config import RunConfig
 from .errors import SinkError
 from .stats import SummaryBuilder
 
-__all__ = ["describe_run", "iso_utc", "this_run_of", "whole_output_summary"]
+__all__ = ["add_records", "describe_run", "iso_utc", "this_run_of", "whole_output_summary"]
 
 _RATE_KEYS = ("wall_s", "requests_per_s", "throughput")
 
@@ -45,6 +45,21 @@ def this_run_of(summary: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def add_records(builder: SummaryBuilder, lines: Iterable[bytes]) -> None:
+    """Count in ``builder`` every record of ``lines`` of a latency file that runner is writing
+    or wrote: a line that is no JSON object (a torn last line, which the next run repairs) is
+    skipped, without the checks and warnings of :func:`runner.report.read_records` (a file
+    of unknown origin). Also the ``--workers`` parent's reader of its workers' files."""
+    add = builder.add
+    for raw in lines:
+        try:
+            rec = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            add(rec)
+
+
 def whole_output_summary(
     latency_path: Path, config: RunConfig, run_summary: dict[str, Any]
 ) -> dict[str, Any]:
@@ -55,13 +70,7 @@ def whole_output_summary(
     builder = SummaryBuilder(None, price_of=config.price)
     try:
         with open(latency_path, "rb") as fh:
-            for raw in fh:
-                try:
-                    rec = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue  # a torn last line: the next run repairs it
-                if isinstance(rec, dict):
-                    builder.add(rec)
+            add_records(builder, fh)
     except OSError as exc:
         raise SinkError(f"{latency_path}: cannot read: {exc.strerror or exc}") from exc
     out = builder.summary(wall_s=run_summary["wall_s"])

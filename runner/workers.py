@@ -52,6 +52,7 @@ from .progress import make_progress
 from .report import render_summary
 from .shards import ShardSpec, shard_path
 from .sinks import default_paths
+from .totals import add_records
 
 __all__ = ["run_workers"]
 
@@ -169,14 +170,8 @@ class _Records:
         self.offset += len(data)
         data = self.rest + data
         cut = data.rfind(b"\n") + 1
-        self.rest = data[cut:]
-        for raw in data[:cut].splitlines():
-            try:
-                rec = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                self.builder.add(rec)
+        self.rest = data[cut:]  # a line being written: read whole at the next poll
+        add_records(self.builder, data[:cut].splitlines())
 
 
 class _Tail:
