@@ -45,7 +45,7 @@ from .partstate import read_state
 from .report import render_summary
 from .results import line_key, parse_result
 from .shards import manifest_path, read_manifest, unchanged_input
-from .sinks import replace_bytes, sink_error, whole_lines_end
+from .sinks import replace_bytes, replacing, sink_error, whole_lines_end
 from .stats import SummaryBuilder, summed_cost
 
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths", "shard_finished"]
@@ -501,10 +501,10 @@ def merge(
     builder = SummaryBuilder(None, price_of=price_of)
     from_state: list[int] = []
     ids = IdSet()
-    tmp_res = results.with_name(results.name + ".tmp")
-    tmp_lat = latency.with_name(latency.name + ".tmp")
     try:
-        with open(tmp_res, "wb") as rf, open(tmp_lat, "wb") as lf:
+        # Both written beside, then (on leaving, latency first) each fsynced, renamed and its
+        # directory fsynced by sinks.replacing; any error removes both temporary files.
+        with replacing(results) as rf, replacing(latency) as lf:
             # Whole blocks of lines are copied; per line only the id (results) and the summary
             # (latency) are looked at.
             if order_by is None and distinct_ids:
@@ -523,48 +523,45 @@ def merge(
                     from_state.append(p.index)
                 records.append(part.ok + part.failed)
                 builder.absorb(part)
+            # Both on disk before either is renamed (replacing's fsync then has nothing left).
             rf.flush()
             lf.flush()
             os.fsync(rf.fileno())
             os.fsync(lf.fileno())
-        summary = builder.summary()
-        if summary.get("cost") is None:
-            summary["cost"] = _parts_cost(loaded)  # no price here (no -c): the parts' own
-        _add_parts_cache_cost(summary, loaded)
-        _add_parts_identity(summary, loaded)
-        summary["shards"] = {
-            "count": count,
-            "merged": sorted(present),
-            "missing": list(missing),
-            "unfinished": list(unfinished),
-            "from_state": list(from_state),  # summed from S.state, not re-read (partstate.py)
-        }
-        if summary["jobs"]["ok"] + summary["jobs"]["failed"] != n_results:
-            raise ConfigError(
-                f"merge: {n_results} results but "
-                f"{summary['jobs']['ok'] + summary['jobs']['failed']} latency records"
-                + _differing(loaded, records, count)
+            summary = builder.summary()
+            if summary.get("cost") is None:
+                summary["cost"] = _parts_cost(loaded)  # no price here (no -c): the parts' own
+            _add_parts_cache_cost(summary, loaded)
+            _add_parts_identity(summary, loaded)
+            summary["shards"] = {
+                "count": count,
+                "merged": sorted(present),
+                "missing": list(missing),
+                "unfinished": list(unfinished),
+                # summed from S.state, not re-read (partstate.py)
+                "from_state": list(from_state),
+            }
+            if summary["jobs"]["ok"] + summary["jobs"]["failed"] != n_results:
+                raise ConfigError(
+                    f"merge: {n_results} results but "
+                    f"{summary['jobs']['ok'] + summary['jobs']['failed']} latency records"
+                    + _differing(loaded, records, count)
+                )
+            # The marker first: once OUT is replaced it must say OUT is this merge, or a re-run
+            # after a failure below (a full disk under the summary) refuses to overwrite it.
+            _atomic(
+                marker,
+                orjson.dumps(
+                    {
+                        "fingerprint": first["fingerprint"],
+                        "count": count,
+                        "merged": sorted(present),
+                        "parts": [str(p.results) for p in loaded],
+                    }
+                ),
             )
-        # The marker first: once OUT is replaced it must say OUT is this merge, or a re-run
-        # after a failure below (a full disk under the summary) refuses to overwrite it.
-        _atomic(
-            marker,
-            orjson.dumps(
-                {
-                    "fingerprint": first["fingerprint"],
-                    "count": count,
-                    "merged": sorted(present),
-                    "parts": [str(p.results) for p in loaded],
-                }
-            ),
-        )
-        os.replace(tmp_lat, latency)
-        os.replace(tmp_res, results)
     except OSError as exc:  # a read's is an InputError already: a write of the merge failed
         raise _write_error(results, exc) from exc
-    finally:
-        for t in (tmp_res, tmp_lat):
-            t.unlink(missing_ok=True)
     if finish is None or finish(summary) is not False:
         _atomic(
             summary_path,

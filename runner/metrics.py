@@ -31,6 +31,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from .sinks import replacing
 from .stats import Distribution
 
 __all__ = ["BUCKETS_S", "Figures", "RunMetrics", "hist_of"]
@@ -127,7 +128,7 @@ class RunMetrics:
         return generate_latest(self.registry).decode()
 
     def write_textfile(self, path: Path, f: Figures, *, only_end: bool = False) -> None:
-        """Write ``f`` atomically (temporary file in the same directory, fsync, rename).
+        """Write ``f`` atomically and durably (:func:`runner.sinks.replacing`).
 
         A failed run keeps the last success time of the file it replaces, so the textfile
         collector's ``runner_last_success_timestamp_seconds`` only moves on success.
@@ -147,15 +148,12 @@ class RunMetrics:
                 m for m in self._families if m.name in ends
             ]
         data = self.exposition().encode()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # not *.prom: never collected
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # Durable like the summary (runner.sinks.replacing), not only atomic: the next run
+        # reads this file back (the last success time a failed run keeps), so a power loss
+        # must not leave it empty. The temporary name is hidden and not *.prom: the textfile
+        # collector never reads it.
+        with replacing(path, tmp=path.with_name(f".{path.name}.{os.getpid()}.tmp")) as out:
+            out.write(data)
 
     def push(self, url: str, *, timeout: float = 10.0, only_end: bool = False) -> None:
         """Push to a Pushgateway with POST semantics: metrics not in this push keep their value,

@@ -16,7 +16,6 @@ samples as native-endian float64 (``array('d')`` bytes; the header names the byt
 
 from __future__ import annotations
 
-import os
 import sys
 from array import array
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from .sinks import replacing
 from .stats import SummaryBuilder
 
 __all__ = ["read_state", "remove_state", "state_path", "write_state"]
@@ -61,14 +61,11 @@ def write_state(summary: Path, builder: SummaryBuilder, latency: Path) -> bool:
     head, samples = builder.state()
     head = {"version": VERSION, "byteorder": sys.byteorder, "latency": stamp, **head}
     data = orjson.dumps(head) + b"\n" + array("d", samples).tobytes()
-    path = state_path(summary)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with replacing(state_path(summary)) as out:  # durable: the merge trusts what it says
+            out.write(data)
     except OSError:
-        tmp.unlink(missing_ok=True)
-        return False
+        return False  # no state (the old one was removed at the start): the merge parses
     return True
 
 

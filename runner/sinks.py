@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import socket
 from collections import deque
@@ -89,6 +90,7 @@ __all__ = [
     "read_meta_section",
     "release_lock",
     "replace_bytes",
+    "replacing",
     "sink_error",
     "whole_lines_end",
     "write_meta_section",
@@ -687,22 +689,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def replacing(path: Path, *, tmp: Path | None = None) -> Iterator[io.BufferedWriter]:
+    """The one way a file a later run or the user relies on is swapped in (the summary, the
+    shard manifest, ``S.state``, the merge's outputs and marker, a rewritten results file, the
+    metrics textfile): the caller writes the temporary file ``tmp`` (default ``path.tmp``)
+    this yields; on a clean exit it is fsynced, renamed over ``path`` and the directory
+    fsynced, so after a power loss ``path`` is the old file or the whole new one, never an
+    empty or torn file under a name that claims completeness. On any error the temporary file
+    is removed and ``path`` is untouched; the ``OSError`` is the caller's to word
+    (:func:`replace_bytes`: :class:`DiskFull` on a full disk). Once per file and run: never on
+    a per-request path.
+    """
+    tmp = tmp or _sidecar(path, ".tmp")
+    try:
+        with open(tmp, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # never leave a half-written temporary file behind
+        raise
+    _fsync_dir(path.parent)  # the rename itself survives a power loss
+
+
 def _replace(path: Path, fill: Callable[[BinaryIO], object]) -> None:
     """Write a temporary file with ``fill``, make it durable, then swap it in for ``path``."""
-    tmp = _sidecar(path, ".tmp")
 
     def replace() -> None:
-        try:
-            with open(tmp, "wb") as out:
-                fill(out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()  # never leave a half-written temporary file behind
-            raise
-        _fsync_dir(path.parent)
+        with replacing(path) as out:
+            fill(out)
 
     _io(path, replace)
 
@@ -752,15 +770,14 @@ def _sort_lines(path: Path, rank: dict[str | int, int]) -> None:
 
 
 def replace_bytes(path: Path, data: bytes, *, name: str | None = None) -> None:
-    """``data`` written beside ``path`` and renamed over it, so a reader sees the old file or the
-    new one. A failed write leaves no temporary file and is a :class:`SinkError` naming ``name``
-    (default: the path), :class:`DiskFull` on a full disk (exit 75)."""
-    tmp = path.with_name(path.name + ".tmp")
+    """``data`` swapped in for ``path`` by :func:`replacing` (fsync, rename, fsync of the
+    directory): a reader, even after a power loss, sees the old file or the new one. A failed
+    write leaves the old file and no temporary file, and is a :class:`SinkError` naming
+    ``name`` (default: the path), :class:`DiskFull` on a full disk (exit 75)."""
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with replacing(path) as out:
+            out.write(data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise sink_error(f"{name or path}: cannot write: {exc.strerror or exc}", exc) from exc
 
 

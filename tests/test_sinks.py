@@ -188,6 +188,7 @@ def test_all_names_every_public_function_and_class() -> None:
         "read_meta_section",
         "release_lock",
         "replace_bytes",
+        "replacing",
         "sink_error",
         "whole_lines_end",
         "write_meta_section",
