@@ -44,7 +44,7 @@ from .results import ResultLine
 from .retry import RetryPolicy
 from .runtime import endpoint
 from .sinks import MetaCacheJournal, Outputs, open_outputs
-from .totals import describe_run, iso_utc, this_run_of, whole_output_summary
+from .totals import describe_run, iso_utc, this_run_of, whole_output
 from .urls import public_url
 
 if TYPE_CHECKING:  # imported where used: a plain run needs neither before its first request
@@ -212,16 +212,17 @@ async def _run_direct(
                 _remove_signals()
         _add_cache_cost(outcome.summary, explicit, config)
         summary = outcome.summary
+        whole = None  # the builder of the whole output's records, for the metrics' histograms
         if outputs is not None and outputs.skipped:
             outputs.finish()  # under --order input a resume also sorts R here, before the summary
-            summary = whole_output_summary(outputs.latency_path, config, summary)
+            summary, whole = whole_output(outputs.latency_path, config, summary)
             # Only this invocation's caches are known: earlier ones' storage is not added.
             _add_cache_cost(summary, explicit, config)
         outcome = _finish_outcome(
             outcome, summary, config, base_url=config.base_url, started_at=started_at
         )
         _scaling_summary(outcome.summary, shard, limiter)
-        outcome = observer.finish(outcome)  # exit 75, the run_end event, final metrics
+        outcome = observer.finish(outcome)  # exit 75, the run_end event
         if summary_path is not None:
             try:
                 _write_summary(summary_path, outcome.summary, outputs, shard)
@@ -233,6 +234,9 @@ async def _run_direct(
                 # The figures are not lost: the caller still gets (and the CLI prints) them.
                 outcome.summary["summary_error"] = str(exc)
                 outcome = replace(outcome, exit_code=outcome.exit_code or exc.exit_code)
+        # The final metrics after the summary: they say what the file on disk says.
+        summary_file = summary_path is not None and str(summary_path) != "-"
+        observer.export(outcome, summary_file=summary_file, whole=whole)
         return outcome
 
 

@@ -43,6 +43,8 @@ BUCKETS_S: tuple[float, ...] = (
 _BUCKETS_MS = [b * 1000.0 for b in BUCKETS_S]
 LAST_SUCCESS = "runner_last_success_timestamp_seconds"
 EXIT_CODE = "runner_exit_code"
+#: What a re-run that kept the summary of the run that did the work moves (runner/noop.py).
+END_GAUGES = frozenset({EXIT_CODE, LAST_SUCCESS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +135,8 @@ class RunMetrics:
         A failed run keeps the last success time of the file it replaces, so the textfile
         collector's ``runner_last_success_timestamp_seconds`` only moves on success.
 
-        :param only_end: a re-run that sent nothing (runner/noop.py): keep every figure of the
-            file it replaces, moving only the exit code and the last success time.
+        :param only_end: a re-run that sent nothing and kept the summary file (runner/noop.py):
+            keep every figure of the file it replaces, moving only :data:`END_GAUGES`.
         """
         if f.last_success is None:
             previous = previous_last_success(path, self._values[0], self.labels)
@@ -143,9 +145,8 @@ class RunMetrics:
         kept = self._previous_figures(path) if only_end else None
         self.update(f)
         if kept is not None:
-            ends = {EXIT_CODE, LAST_SUCCESS}
-            self._families = [m for m in kept if m.name not in ends] + [
-                m for m in self._families if m.name in ends
+            self._families = [m for m in kept if m.name not in END_GAUGES] + [
+                m for m in self._families if m.name in END_GAUGES
             ]
         data = self.exposition().encode()
         # Durable like the summary (runner.sinks.replacing), not only atomic: the next run
@@ -159,12 +160,12 @@ class RunMetrics:
         """Push to a Pushgateway with POST semantics: metrics not in this push keep their value,
         so a failed run (whose push lacks the last success time) leaves the last good one.
 
-        :param only_end: push the exit code and last success time alone (a re-run that sent
-            nothing), so the gateway keeps the figures of the run that did the work.
+        :param only_end: push :data:`END_GAUGES` alone (a re-run that sent nothing and kept
+            the summary file), so the gateway keeps the figures of the run that did the work.
         """
         registry = self.registry
         if only_end:
-            ends = [m for m in self._families if m.name in (EXIT_CODE, LAST_SUCCESS)]
+            ends = [m for m in self._families if m.name in END_GAUGES]
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_Fixed(ends))
         pushadd_to_gateway(

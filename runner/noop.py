@@ -17,10 +17,13 @@ rates and ``this_run`` are zeros, and users read the real run's figures from the
   price's cost in the file while its table prints the new one. A shard's
   summary is always written (the merge of ``--workers`` reads it as the invocation's record);
   the merged summary of ``--workers`` is kept by the same rule (runner/workers.py);
-* the metrics (textfile and Pushgateway) keep every figure of the run that did the work; only
+* the metrics (textfile and Pushgateway) follow the summary file, exported after it
+  (:meth:`runner.observe.Observer.export`): when it is kept they keep every figure of the run
+  that did the work; only
   ``runner_exit_code`` and ``runner_last_success_timestamp_seconds`` move: the invocation ran
   and, on exit 0, succeeded, so an alert on "no success in 24 h" stays quiet while the schedule
-  keeps running, and fires when it stops.
+  keeps running, and fires when it stops. When it is rewritten (a corrected price) they are
+  the rewritten summary's, so the textfile's cost is the file's.
 """
 
 from __future__ import annotations

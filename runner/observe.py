@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .metrics import Figures, RunMetrics
     from .otel import GenAIMetrics, RecordTap
     from .pipeline import Engine
+    from .stats import SummaryBuilder
 
 __all__ = ["EXIT_TRANSIENT", "Observer", "add_arguments", "overrides", "write_summary_to"]
 
@@ -310,7 +311,8 @@ class Observer:
             self._progress(s, now)
 
     def finish(self, outcome: RunOutcome) -> RunOutcome:
-        """Decide the final exit code, then log the end and export the final metrics."""
+        """Decide the final exit code, then log the end; the final metrics wait for the summary
+        file (:meth:`export`)."""
         summary = outcome.summary
         code = outcome.exit_code
         guard = summary.get("guard")
@@ -336,9 +338,32 @@ class Observer:
                 self.otel.record(rec)
         if self.log is not None:
             self._log_end(outcome)
-        if self.metrics is not None:
-            self._export(outcome)
         return outcome
+
+    def export(
+        self, outcome: RunOutcome, *, summary_file: bool, whole: SummaryBuilder | None = None
+    ) -> None:
+        """Export the final metrics (textfile, Pushgateway) once the summary file is written
+        or kept, so that they say what it says (runner/noop.py).
+
+        :param summary_file: the run has a summary file (not ``--summary -``, not none). Then
+            the metrics keep the figures of the run that did the work, moving only the end
+            gauges, exactly when that file was kept (``summary_kept``); a no-op re-run whose
+            summary was rewritten (a corrected price: a new cost) exports the rewritten one's.
+            Without one, a re-run that sent nothing keeps them.
+        :param whole: the builder of every record of the output, when the summary describes
+            the whole output (a resumed run): the histograms describe the jobs its
+            percentiles do.
+        """
+        if self.metrics is None:
+            return
+        if summary_file:
+            only_end = "summary_kept" in outcome.summary
+        else:
+            from .noop import nothing_sent
+
+            only_end = nothing_sent(outcome.summary)
+        self._export(outcome, only_end=only_end, whole=whole)
 
     def close(self) -> None:
         if self.metrics is not None:
@@ -459,13 +484,14 @@ class Observer:
             )
         self.log.run_end(outcome.exit_code, outcome.stopped, sm)
 
-    def _figures(self, outcome: RunOutcome | None) -> Figures:
+    def _figures(self, outcome: RunOutcome | None, whole: SummaryBuilder | None = None) -> Figures:
         from .metrics import Figures, hist_of
 
         engine = self._engine
         assert engine is not None
         sb, st = engine.summary, engine.stats
-        ttft = hist_of(sb.ttft) if self.config.stream or sb.ttft.count else None
+        dists = whole or sb  # the histograms: of the jobs the summary describes
+        ttft = hist_of(dists.ttft) if self.config.stream or dists.ttft.count else None
         pauses: int = getattr(engine.limiter, "pauses", 0)
         if outcome is None:
             pending = (st.total - st.done - st.skipped) if st.total else (st.read - st.done)
@@ -518,7 +544,7 @@ class Observer:
             rate_limit_pauses=pauses,
             in_flight=0,
             duration_s=sm["wall_s"],
-            latency=hist_of(sb.latency),
+            latency=hist_of(dists.latency),
             ttft=ttft,
             exit_code=outcome.exit_code,
             last_success=time.time() if outcome.exit_code == 0 else None,
@@ -528,15 +554,11 @@ class Observer:
         assert self.metrics is not None
         self.metrics.update(self._figures(None))
 
-    def _export(self, outcome: RunOutcome) -> None:
+    def _export(self, outcome: RunOutcome, *, only_end: bool, whole: SummaryBuilder | None) -> None:
         assert self.metrics is not None
-        from .noop import nothing_sent
-
-        figures = self._figures(outcome)
+        figures = self._figures(outcome, whole)
         self.metrics.update(figures)
         c = self.config
-        # A re-run that found every job done moves only the exit code and last success time.
-        only_end = nothing_sent(outcome.summary)
         if c.metrics_textfile is not None:
             try:
                 self.metrics.write_textfile(c.metrics_textfile, figures, only_end=only_end)

@@ -21,7 +21,14 @@ from .config import RunConfig
 from .errors import SinkError
 from .stats import SummaryBuilder
 
-__all__ = ["add_records", "describe_run", "iso_utc", "this_run_of", "whole_output_summary"]
+__all__ = [
+    "add_records",
+    "describe_run",
+    "iso_utc",
+    "this_run_of",
+    "whole_output",
+    "whole_output_summary",
+]
 
 _RATE_KEYS = ("wall_s", "requests_per_s", "throughput")
 
@@ -67,6 +74,14 @@ def whole_output_summary(
 
     :raises SinkError: the latency file cannot be read.
     """
+    return whole_output(latency_path, config, run_summary)[0]
+
+
+def whole_output(
+    latency_path: Path, config: RunConfig, run_summary: dict[str, Any]
+) -> tuple[dict[str, Any], SummaryBuilder]:
+    """:func:`whole_output_summary`, and the builder of every record it was made from (the
+    metrics' histograms, so that they describe the jobs the summary's percentiles do)."""
     builder = SummaryBuilder(None, price_of=config.price)
     try:
         with open(latency_path, "rb") as fh:
@@ -79,7 +94,7 @@ def whole_output_summary(
     out["jobs"]["skipped_resumed"] = run_summary["jobs"]["skipped_resumed"]
     for key, value in run_summary.items():
         out.setdefault(key, value)  # stopped, not_sent, guard, ...
-    return out
+    return out, builder
 
 
 def describe_run(config: RunConfig, *, base_url: str | None) -> dict[str, Any]:
