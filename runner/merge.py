@@ -214,15 +214,24 @@ def _blocks(path: Path) -> Iterator[bytes]:
     try:
         fh = open(path, "rb")
     except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+        raise _read_error(path, exc) from exc
     with fh:
         rest = b""
-        while chunk := fh.read(_BLOCK):
-            data = rest + chunk if rest else chunk
-            cut = data.rfind(b"\n") + 1
-            rest = data[cut:]
-            if cut:
-                yield data[:cut]
+        try:  # only this generator's reads: the caller's writes fail in the caller
+            while chunk := fh.read(_BLOCK):
+                data = rest + chunk if rest else chunk
+                cut = data.rfind(b"\n") + 1
+                rest = data[cut:]
+                if cut:
+                    yield data[:cut]
+        except OSError as exc:
+            raise _read_error(path, exc) from exc
+
+
+def _read_error(path: Path, exc: OSError) -> InputError:
+    """A part or the jobs file the merge reads failed: a read, named as one, never "cannot
+    write" (the merge's own writes are :func:`_write_error`)."""
+    return InputError(f"{path}: cannot read: {exc.strerror or exc}")
 
 
 def _result_key(raw: bytes, path: Path, line: int) -> object:
@@ -283,11 +292,20 @@ def _copy_whole_lines(out: io.BufferedWriter, loaded: Sequence[_Part]) -> int:
         try:
             fh = open(p.results, "rb")
         except OSError as exc:
-            raise InputError(f"{p.results}: cannot read: {exc.strerror}") from exc
+            raise _read_error(p.results, exc) from exc
         with fh:
-            left = whole_lines_end(fh, os.fstat(fh.fileno()).st_size)
-            fh.seek(0)
-            while left > 0 and (chunk := fh.read(min(_BLOCK, left))):
+            try:
+                left = whole_lines_end(fh, os.fstat(fh.fileno()).st_size)
+                fh.seek(0)
+            except OSError as exc:
+                raise _read_error(p.results, exc) from exc
+            while left > 0:
+                try:
+                    chunk = fh.read(min(_BLOCK, left))
+                except OSError as exc:
+                    raise _read_error(p.results, exc) from exc
+                if not chunk:
+                    break
                 left -= len(chunk)
                 n += chunk.count(b"\n")
                 out.write(chunk)
@@ -312,18 +330,21 @@ def _input_keys(jobs: Path) -> Iterator[tuple[str | None, int]]:
     try:
         fh = open(jobs, "rb")
     except OSError as exc:
-        raise InputError(f"{jobs}: cannot read: {exc.strerror}") from exc
+        raise _read_error(jobs, exc) from exc
     with fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                yield None, lineno
-                continue
-            cid = None
-            if type(obj) is dict:
-                cid = obj.get(id_field(obj))
-            yield (cid if type(cid) is str else None), lineno
+        try:  # only this generator's reads: the caller's writes fail in the caller
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    obj = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    yield None, lineno
+                    continue
+                cid = None
+                if type(obj) is dict:
+                    cid = obj.get(id_field(obj))
+                yield (cid if type(cid) is str else None), lineno
+        except OSError as exc:
+            raise _read_error(jobs, exc) from exc
 
 
 def _write_in_input_order(
@@ -384,9 +405,12 @@ def _records(block: bytes, path: Path, line: int) -> list[dict[str, Any]]:
 def _complete_lines(path: Path) -> int:
     """Whole lines of ``path`` (a partial last line, a crashed write, is not one)."""
     n = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_BLOCK):
-            n += chunk.count(b"\n")
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_BLOCK):
+                n += chunk.count(b"\n")
+    except OSError as exc:
+        raise _read_error(path, exc) from exc
     return n
 
 
@@ -639,14 +663,18 @@ def _refuse_inputs(
             )
 
 
+# What a failed write of the merge leaves (its full-disk message): the merge only reads them.
+_LEFT = "the parts are untouched and a merge again redoes it"
+
+
 def _atomic(path: Path, data: bytes) -> None:
-    replace_bytes(path, data, name=f"merge into {path}")
+    replace_bytes(path, data, name=f"merge into {path}", left=_LEFT)
 
 
 def _write_error(path: Path, exc: OSError) -> SinkError:
     """A write of the merge that failed: a full disk is exit 75 (free space, run the same
     command again: the parts are untouched, the merge is redone), like a run's own outputs."""
-    return sink_error(f"merge into {path}: cannot write: {exc.strerror or exc}", exc)
+    return sink_error(f"merge into {path}: cannot write: {exc.strerror or exc}", exc, left=_LEFT)
 
 
 def _input_order(paths: Sequence[Path]) -> Path | None:

@@ -28,7 +28,7 @@ import orjson
 from .config import RunConfig
 from .errors import ConfigError
 from .models import BadLine, Context, Job
-from .sinks import default_paths, replace_bytes
+from .sinks import NOTHING_YET, default_paths, replace_bytes
 
 __all__ = [
     "MANIFEST_SUFFIX",
@@ -256,7 +256,8 @@ def write_manifest(
     if contexts is not None:  # an input too: runner merge never writes over it
         data["contexts_file"] = str(contexts.resolve())
     # a full disk is exit 75, as for the shard's other outputs
-    replace_bytes(manifest_path(results), orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    text = orjson.dumps(data, option=orjson.OPT_INDENT_2)
+    replace_bytes(manifest_path(results), text, left=NOTHING_YET)  # before the run sends
 
 
 def read_manifest(results: Path) -> dict[str, Any]:

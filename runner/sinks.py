@@ -79,7 +79,9 @@ from .results import (
 __all__ = [
     "DEFAULT_FLUSH_EVERY",
     "META_VERSION",
+    "NOTHING_YET",
     "RETRIABLE_ERROR_CODES",
+    "WHOLE_LINES",
     "InputOrder",
     "MetaCacheJournal",
     "Outputs",
@@ -613,23 +615,31 @@ class InputOrder:
 # -- files ----------------------------------------------------------------------------------
 
 
-def _io(path: Path, op: Callable[[], _T]) -> _T:
-    """Run a file operation, translating ``OSError`` into a ``SinkError`` that names the file."""
+def _io(path: Path, op: Callable[[], _T], *, left: str | None = None) -> _T:
+    """Run a file operation, translating ``OSError`` into a ``SinkError`` that names the file
+    (on a full disk saying ``left``, :func:`sink_error`)."""
     try:
         return op()
     except OSError as exc:
-        raise sink_error(f"{path}: {exc.strerror or exc}", exc) from exc
+        raise sink_error(f"{path}: {exc.strerror or exc}", exc, left=left or WHOLE_LINES) from exc
 
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
+#: What a full disk left, as :func:`sink_error` says it: results written before are whole
+#: lines (a failed append is cut back off), or this run had written none yet.
+WHOLE_LINES = "the results already written are whole lines and safe"
+NOTHING_YET = "no result of this run was written yet"
 
-def sink_error(message: str, exc: OSError, kind: type[SinkError] = SinkError) -> SinkError:
-    """``kind``, or :class:`DiskFull` (exit 75: free space and re-run) when no space is left."""
+
+def sink_error(
+    message: str, exc: OSError, kind: type[SinkError] = SinkError, *, left: str = WHOLE_LINES
+) -> SinkError:
+    """``kind``, or :class:`DiskFull` (exit 75: free space and re-run) when no space is left;
+    ``left`` says what the outputs hold then (:data:`WHOLE_LINES`, :data:`NOTHING_YET`)."""
     if exc.errno in _NO_SPACE:
         return DiskFull(
-            f"{message}; the results already written are whole lines and safe: free some "
-            "space, then run the same command again to resume"
+            f"{message}; {left}: free some space, then run the same command again to resume"
         )
     return kind(message)
 
@@ -655,7 +665,8 @@ def _open_append(path: Path, *, truncate: bool, opening: bool = True) -> int:
         return os.open(path, flags, 0o644)
     except OSError as exc:
         error = OutputPathError if opening else SinkError
-        raise sink_error(f"{path}: cannot open: {exc.strerror}", exc, error) from exc
+        left = NOTHING_YET if opening else WHOLE_LINES
+        raise sink_error(f"{path}: cannot open: {exc.strerror}", exc, error, left=left) from exc
 
 
 def _write_all(fd: int, buf: bytearray, path: Path) -> None:
@@ -668,9 +679,17 @@ def _write_all(fd: int, buf: bytearray, path: Path) -> None:
             view = view[os.write(fd, view) :]
     except OSError as exc:
         _cut_back(fd, len(buf) - len(view))  # no half line for a reader, or for the resume
-        raise sink_error(f"{path}: cannot write: {exc.strerror}", exc) from exc
+        left = WHOLE_LINES if _fd_size(fd) else NOTHING_YET  # the first write found no room
+        raise sink_error(f"{path}: cannot write: {exc.strerror}", exc, left=left) from exc
     finally:
         view.release()
+
+
+def _fd_size(fd: int) -> int:
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return 1  # unknown: say what a cut-back append leaves
 
 
 def _cut_back(fd: int, appended: int) -> None:
@@ -715,14 +734,14 @@ def replacing(path: Path, *, tmp: Path | None = None) -> Iterator[io.BufferedWri
     _fsync_dir(path.parent)  # the rename itself survives a power loss
 
 
-def _replace(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+def _replace(path: Path, fill: Callable[[BinaryIO], object], *, left: str | None = None) -> None:
     """Write a temporary file with ``fill``, make it durable, then swap it in for ``path``."""
 
     def replace() -> None:
         with replacing(path) as out:
             fill(out)
 
-    _io(path, replace)
+    _io(path, replace, left=left)
 
 
 def _sort_lines(path: Path, rank: dict[str | int, int]) -> None:
@@ -769,20 +788,24 @@ def _sort_lines(path: Path, rank: dict[str | int, int]) -> None:
     _replace(path, fill)
 
 
-def replace_bytes(path: Path, data: bytes, *, name: str | None = None) -> None:
+def replace_bytes(
+    path: Path, data: bytes, *, name: str | None = None, left: str = WHOLE_LINES
+) -> None:
     """``data`` swapped in for ``path`` by :func:`replacing` (fsync, rename, fsync of the
     directory): a reader, even after a power loss, sees the old file or the new one. A failed
     write leaves the old file and no temporary file, and is a :class:`SinkError` naming
-    ``name`` (default: the path), :class:`DiskFull` on a full disk (exit 75)."""
+    ``name`` (default: the path), :class:`DiskFull` on a full disk (exit 75) saying ``left``
+    (see :func:`sink_error`)."""
     try:
         with replacing(path) as out:
             out.write(data)
     except OSError as exc:
-        raise sink_error(f"{name or path}: cannot write: {exc.strerror or exc}", exc) from exc
+        msg = f"{name or path}: cannot write: {exc.strerror or exc}"
+        raise sink_error(msg, exc, left=left) from exc
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    _replace(path, lambda out: out.write(data))
+def _atomic_write(path: Path, data: bytes, *, left: str | None = None) -> None:
+    _replace(path, lambda out: out.write(data), left=left)
 
 
 def whole_lines_end(fh: BinaryIO, end: int) -> int:
@@ -1098,7 +1121,8 @@ def _write_meta(
         old = _parse(_io(meta_path, meta_path.read_bytes))
         if old is not None:
             meta.update((k, v) for k, v in old.items() if k not in _META_KEYS)
-    _atomic_write(meta_path, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    # the outputs are being opened: nothing of this run is written yet
+    _atomic_write(meta_path, orjson.dumps(meta, option=orjson.OPT_INDENT_2), left=NOTHING_YET)
 
 
 def meta_path_of(results: Path) -> Path:
@@ -1227,7 +1251,7 @@ def _claim(fd: int, lock_path: Path) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, text, 0)
     except OSError as exc:
-        raise sink_error(f"{lock_path}: {exc.strerror}", exc) from exc
+        raise sink_error(f"{lock_path}: {exc.strerror}", exc, left=NOTHING_YET) from exc
 
 
 def _flock(fd: int, results: Path, lock_path: Path) -> bool:
