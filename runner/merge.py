@@ -41,12 +41,12 @@ from .errors import ConfigError, InputError, SinkError
 from .idset import IdSet
 from .jobs import id_field
 from .models import Price
-from .partstate import read_state
+from .partstate import read_part
 from .report import render_summary
 from .results import line_key, parse_result
 from .shards import manifest_path, read_manifest, unchanged_input
 from .sinks import replace_bytes, replacing, sink_error, whole_lines_end
-from .stats import SummaryBuilder, summed_cost
+from .stats import BusyTime, SummaryBuilder, summed_cost
 
 __all__ = ["MergeReport", "add_arguments", "main", "merge", "merged_paths", "shard_finished"]
 
@@ -429,19 +429,24 @@ def _differing(loaded: Sequence[_Part], records: Sequence[int], count: int) -> s
     return "".join(said)
 
 
-def _copy_latency(out: io.BufferedWriter, p: _Part) -> tuple[SummaryBuilder, bool]:
-    """Copy the part's latency lines; its builder, and whether it came from its ``S.state``."""
-    part = read_state(p.summary, p.latency)
-    if part is not None:
+def _copy_latency(out: io.BufferedWriter, p: _Part, busy: BusyTime) -> tuple[SummaryBuilder, bool]:
+    """Copy the part's latency lines and add its records' busy time to ``busy``; its builder,
+    and whether it came from its ``S.state`` (which keeps the busy intervals too)."""
+    state = read_part(p.summary, p.latency)
+    if state is not None:
+        part, spans = state
+        for lo, hi in spans:
+            busy.add(lo, hi)  # the same union as its records' (runner.stats.BusyTime.spans)
         for block in _blocks(p.latency):
             out.write(block)
         return part, True
     part = SummaryBuilder(None)
-    add = part.add
+    add, span = part.add, busy.add
     line = 1
     for block in _blocks(p.latency):
         for rec in _records(block, p.latency, line):
             add(rec)
+            span(rec.get("queued_at") or 0.0, rec.get("ended_at") or 0.0)  # as report does
             line += 1
         out.write(block)
     return part, False
@@ -523,6 +528,7 @@ def merge(
         _refuse_losing(out, marker, count, present, bool(missing or unfinished))
     out.parent.mkdir(parents=True, exist_ok=True)
     builder = SummaryBuilder(None, price_of=price_of)
+    busy = BusyTime()  # the wall: the parts' busy time, as runner report counts it
     from_state: list[int] = []
     ids = IdSet()
     try:
@@ -542,7 +548,7 @@ def merge(
             # else its records parsed. Either way the same builder, so the same summary.
             records: list[int] = []  # each part's latency records, to name a part that differs
             for p in loaded:
-                part, trusted = _copy_latency(lf, p)
+                part, trusted = _copy_latency(lf, p, busy)
                 if trusted:
                     from_state.append(p.index)
                 records.append(part.ok + part.failed)
@@ -552,7 +558,11 @@ def merge(
             lf.flush()
             os.fsync(rf.fileno())
             os.fsync(lf.fileno())
-            summary = builder.summary()
+            # The wall is the busy time: a resumed shard's idle time between its invocations
+            # is not run time (runner report's rule), nor the gap between shards run apart.
+            done = builder.ok + builder.failed
+            summary = builder.summary(wall_s=busy.result()[0] if done else None)
+            summary["wall"] = busy.section()
             if summary.get("cost") is None:
                 summary["cost"] = _parts_cost(loaded)  # no price here (no -c): the parts' own
             _add_parts_cache_cost(summary, loaded)

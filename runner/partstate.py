@@ -10,8 +10,14 @@ resumed shard (its builder does not cover the earlier records), one that is miss
 unreadable: the merge parses that part's records, as it always could. Either way each part's
 builder is the same, so the merged summary is too.
 
-Layout: one JSON line (``version``, ``latency`` stamp, the builder's scalars) then the exact
-samples as native-endian float64 (``array('d')`` bytes; the header names the byte order).
+The state also keeps the part's busy intervals (:class:`~runner.stats.BusyTime` over its
+records, read back from the latency file once at the shard's end, off the request path): the
+merged wall is the busy time, as ``runner report`` counts it, not the span from the first
+record to the last (the idle time between a resumed shard's invocations is not run time).
+
+Layout: one JSON line (``version``, ``latency`` stamp, the builder's scalars, ``busy``) then
+the exact samples as native-endian float64 (``array('d')`` bytes; the header names the byte
+order).
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from typing import Any
 import orjson
 
 from .sinks import replacing
-from .stats import SummaryBuilder
+from .stats import BusyTime, SummaryBuilder
 
-__all__ = ["read_state", "remove_state", "state_path", "write_state"]
+__all__ = ["busy_spans", "read_part", "read_state", "remove_state", "state_path", "write_state"]
 
-VERSION = 1
+Spans = list[tuple[float, float]]
+
+VERSION = 2  # 2: with the busy intervals
 
 
 def state_path(summary: Path) -> Path:
@@ -58,8 +66,12 @@ def write_state(summary: Path, builder: SummaryBuilder, latency: Path) -> bool:
     stamp = _stamp(latency)
     if stamp is None or builder.overhead_requests:
         return False
+    busy = busy_spans(latency)
+    if busy is None:
+        return False
     head, samples = builder.state()
     head = {"version": VERSION, "byteorder": sys.byteorder, "latency": stamp, **head}
+    head["busy"] = busy
     data = orjson.dumps(head) + b"\n" + array("d", samples).tobytes()
     try:
         with replacing(state_path(summary)) as out:  # durable: the merge trusts what it says
@@ -69,9 +81,30 @@ def write_state(summary: Path, builder: SummaryBuilder, latency: Path) -> bool:
     return True
 
 
+def busy_spans(latency: Path) -> Spans | None:
+    """The busy intervals of the records in ``latency``, as the merge finds them parsing it
+    (each record's ``queued_at`` and ``ended_at``); None when a line is not a record."""
+    busy = BusyTime()
+    add = busy.add
+    try:
+        with open(latency, "rb") as fh:
+            for raw in fh:
+                rec = orjson.loads(raw)
+                add(rec.get("queued_at") or 0.0, rec.get("ended_at") or 0.0)
+    except (OSError, orjson.JSONDecodeError, AttributeError, TypeError):
+        return None
+    return busy.spans()
+
+
 def read_state(summary: Path, latency: Path) -> SummaryBuilder | None:
     """The builder ``S.state`` holds, when its stamp matches ``latency`` as it is now; None
     otherwise (the caller parses the latency records instead)."""
+    part = read_part(summary, latency)
+    return None if part is None else part[0]
+
+
+def read_part(summary: Path, latency: Path) -> tuple[SummaryBuilder, Spans] | None:
+    """:func:`read_state`, with the busy intervals of the records."""
     try:
         data = state_path(summary).read_bytes()
     except OSError:
@@ -88,6 +121,7 @@ def read_state(summary: Path, latency: Path) -> SummaryBuilder | None:
             return None
         samples = array("d")
         samples.frombytes(data[cut + 1 :])
-        return SummaryBuilder.from_state(head, samples)
+        busy = [(float(lo), float(hi)) for lo, hi in head["busy"]]
+        return SummaryBuilder.from_state(head, samples), busy
     except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError):
         return None

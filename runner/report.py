@@ -228,14 +228,8 @@ def load_run(path: Path, price: Price | None, *, slo_ms: Mapping[str, float] | N
         print(f"warning: {path}: {malformed} malformed lines skipped in all", file=sys.stderr)
     # The wall is the busy time (BusyTime): a resumed output's idle hours between its
     # invocations are not run time, so req/s is what the runs achieved while running.
-    busy_s, span_s, pauses = busy.result()
-    summary = builder.summary(wall_s=busy_s if n else None)
-    summary["wall"] = {
-        "rule": f"busy: jobs in flight, pauses over {IDLE_JOIN_S:g} s not counted",
-        "span_s": round(span_s, 3),
-        "idle_s": round(max(span_s - busy_s, 0.0), 3),
-        "pauses": pauses,
-    }
+    summary = builder.summary(wall_s=busy.result()[0] if n else None)
+    summary["wall"] = busy.section()
     summary["source"] = {"file": str(path), "records": n, "malformed_lines": malformed}
     return Run(path, summary, builder.latency, builder.ttft, timeline.series(), n, malformed)
 

@@ -833,23 +833,42 @@ class BusyTime:
 
     def result(self) -> tuple[float, float, int]:
         """(busy seconds, span seconds from the first start to the last end, idle pauses)."""
-        spans = sorted([*self._spans, (self._lo, self._hi)] if self._hi >= self._lo else [])
+        spans = self.spans()
         if not spans:
             return 0.0, 0.0, 0
         busy = 0.0
-        gaps = 0
+        for lo, hi in spans:
+            busy += hi - lo
+        return busy, spans[-1][1] - spans[0][0], len(spans) - 1
+
+    def spans(self) -> list[tuple[float, float]]:
+        """The busy intervals, sorted, each pause over ``join_s`` between two. Feeding one
+        part's spans to another's :meth:`add` (``runner merge``: a shard's ``S.state`` keeps
+        them) gives the result of feeding it every record: a pause a part bridged is bridged
+        in the whole too, and the endpoints are the records' own."""
+        spans = sorted([*self._spans, (self._lo, self._hi)] if self._hi >= self._lo else [])
+        if not spans:
+            return []
+        out: list[tuple[float, float]] = []
         lo, hi = spans[0]
-        last = hi
         for a, b in spans[1:]:
-            last = max(last, b)
             if a <= hi + self._join:
                 hi = max(hi, b)
                 continue
-            busy += hi - lo
-            gaps += 1
+            out.append((lo, hi))
             lo, hi = a, b
-        busy += hi - lo
-        return busy, last - spans[0][0], gaps
+        out.append((lo, hi))
+        return out
+
+    def section(self) -> dict[str, Any]:
+        """A summary's ``wall`` section: the rule, the span, the idle time left out, pauses."""
+        busy, span, pauses = self.result()
+        return {
+            "rule": f"busy: jobs in flight, pauses over {self._join:g} s not counted",
+            "span_s": round(span, 3),
+            "idle_s": round(max(span - busy, 0.0), 3),
+            "pauses": pauses,
+        }
 
 
 def rates(wall_s: float, ok: int, failed: int, prompt: int, completion: int) -> dict[str, Any]:

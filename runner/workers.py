@@ -414,6 +414,7 @@ def _this_run(summary: dict[str, Any], parts: Sequence[Path]) -> None:
     summary["wall_s"] = rate["wall_s"]
     summary["requests_per_s"] = rate["requests_per_s"]
     summary["throughput"] = {**summary.get("throughput", {}), **rate["throughput"]}
+    summary.pop("wall", None)  # the merge's busy time of the whole output: not this wall
 
 
 def concurrency_shares(concurrency: int, n: int) -> list[int]:
