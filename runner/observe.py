@@ -490,7 +490,7 @@ class Observer:
         engine = self._engine
         assert engine is not None
         sb, st = engine.summary, engine.stats
-        dists = whole or sb  # the histograms: of the jobs the summary describes
+        dists = sb if whole is None else whole  # histograms: the jobs the summary describes
         ttft = hist_of(dists.ttft) if self.config.stream or dists.ttft.count else None
         pauses: int = getattr(engine.limiter, "pauses", 0)
         if outcome is None:
