@@ -79,7 +79,8 @@ class Accounts:
 
     def __init__(self, config: RunConfig, budget: RequestBudget) -> None:
         # One pricing path: every job is priced by the model it is sent with.
-        self.summary = SummaryBuilder(None, price_of=config.price)
+        # A shard's builder keeps the busy intervals its S.state carries (runner/partstate.py).
+        self.summary = SummaryBuilder(None, price_of=config.price, busy=config.shard is not None)
         self.stats = LiveStats(tokens_from=self.summary)  # one count of the tokens: the summary's
         self.max_cost = config.max_cost
         self._price_of = config.price

@@ -11,9 +11,10 @@ unreadable: the merge parses that part's records, as it always could. Either way
 builder is the same, so the merged summary is too.
 
 The state also keeps the part's busy intervals (:class:`~runner.stats.BusyTime` over its
-records, read back from the latency file once at the shard's end, off the request path): the
-merged wall is the busy time, as ``runner report`` counts it, not the span from the first
-record to the last (the idle time between a resumed shard's invocations is not run time).
+records: a shard's builder keeps them as it counts each record, a few comparisons; any other
+builder's are read back from the latency file, 2.7 us a record at the end): the merged wall
+is the busy time, as ``runner report`` counts it, not the span from the first record to the
+last (the idle time between a resumed shard's invocations is not run time).
 
 Layout: one JSON line (``version``, ``latency`` stamp, the builder's scalars, ``busy``) then
 the exact samples as native-endian float64 (``array('d')`` bytes; the header names the byte
@@ -66,7 +67,8 @@ def write_state(summary: Path, builder: SummaryBuilder, latency: Path) -> bool:
     stamp = _stamp(latency)
     if stamp is None or builder.overhead_requests:
         return False
-    busy = busy_spans(latency)
+    # the builder's own intervals (a shard's keeps them as it goes), else the records read back
+    busy = builder.busy.spans() if builder.busy is not None else busy_spans(latency)
     if busy is None:
         return False
     head, samples = builder.state()

@@ -342,6 +342,8 @@ class SummaryBuilder:
     :param slo_ms: optional ``{"ttft": ms, "tpot": ms, "latency": ms}`` bounds; when given, the
         summary has a ``goodput`` section: successful requests meeting every bound.
     :param exact_limit: samples per distribution kept exactly before switching to buckets.
+    :param busy: also keep the records' busy intervals (:class:`BusyTime`, in :attr:`busy`): a
+        shard's builder does, for the ``S.state`` the merge reads (runner/partstate.py).
     """
 
     __slots__ = (
@@ -355,6 +357,7 @@ class SummaryBuilder:
         "_retries",
         "_roles",
         "_slo",
+        "busy",
         "cache_write",
         "cached",
         "cached_unreported",
@@ -378,9 +381,11 @@ class SummaryBuilder:
         slo_ms: Mapping[str, float] | None = None,
         exact_limit: int = DEFAULT_EXACT_LIMIT,
         price_of: Callable[[str | None], Price | None] | None = None,
+        busy: bool = False,
     ) -> None:
         self.price = price
         self._price_of = price_of
+        self.busy = BusyTime() if busy else None
         # model -> [jobs, prompt, cached, cache_write, completion]: cost is linear in tokens, so
         # pricing the per-model sums once at the end is exact and keeps add() cheap.
         self._models: dict[str | None, list[int]] = {}
@@ -497,6 +502,9 @@ class SummaryBuilder:
             self._first_queued = queued_at
         if ended_at > self._last_ended:
             self._last_ended = ended_at
+        busy = self.busy
+        if busy is not None:
+            busy.add(queued_at, ended_at)
         if cached is None:
             self.cached_unreported += 1
             cached = 0

@@ -114,3 +114,24 @@ def test_a_states_busy_intervals_give_the_wall_of_its_records(tmp_path: Path) ->
     a["shards"], r["shards"] = {**a["shards"], "from_state": []}, {**r["shards"], "from_state": []}
     assert a == r
     assert a["wall"]["pauses"] >= 1 and a["wall"]["idle_s"] >= GAP_S - 1.0
+
+
+def test_a_shard_keeps_its_busy_intervals_as_it_goes_and_they_are_the_records_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # S.state's intervals come from the shard's own builder, not from reading its latency file
+    # back at the end (2.7 us a record, in the serial tail of every --workers run) ...
+    from runner import partstate
+
+    def no_read_back(latency: Path) -> None:
+        raise AssertionError(f"read back {latency}")
+
+    monkeypatch.setattr(partstate, "busy_spans", no_read_back)
+    parts = _shards(tmp_path, jobs_n=40)
+    monkeypatch.undo()
+    # ... and they are what reading the records back gives
+    for part in parts:
+        _, latency, summary = merged_paths(part)
+        got = partstate.read_part(summary, latency)
+        assert got is not None
+        assert got[1] == partstate.busy_spans(latency) and got[1]
