@@ -127,7 +127,7 @@ def line_key(raw: bytes) -> str | int | None:
         if end > 0 and raw.startswith(b',"custom_id":"', end + 1):
             start = end + 15
             stop = raw.find(b'"', start)
-            if stop > 0 and b"\\" not in raw[start:stop]:
+            if stop > 0 and raw.find(b"\\", start, stop) < 0:  # find: no copy, no TypeError
                 return raw[start:stop].decode()
     obj = parse_result(raw)
     return None if obj is None else result_key(obj)

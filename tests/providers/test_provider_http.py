@@ -143,6 +143,43 @@ async def test_sse_lines_split_across_reads(ragged_sse: str) -> None:
     assert att.ttft_ms is not None and att.itl_ms is not None and len(att.itl_ms) == 1
 
 
+# SSE ends a line with CRLF, LF or a bare CR: one read may carry an event that ends in a bare CR
+# and the next that ends in LF, so a line split on LF can still hold a whole line inside it.
+MIXED_WIRE = (
+    b"data:" + orjson.dumps({"id": "c", "choices": [{"index": 0, "delta": {"content": "a"}}]})
+    + b"\r\rdata:"
+    + orjson.dumps({"id": "c", "choices": [{"index": 0, "delta": {"content": "b"}}]})
+    + b"\n\n"
+    + b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\r\n\r\n'
+    + b"data: [DONE]\n\n"
+)  # fmt: skip
+
+
+async def test_a_bare_cr_inside_a_read_of_lf_lines_ends_its_line() -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "text/event-stream"
+        await resp.prepare(request)
+        await resp.write(MIXED_WIRE)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        cfg = RunConfig(stream=True)
+        url = str(server.make_url("/v1"))
+        async with open_backend(cfg, base_url=url, api_key=None) as backend:
+            att = await backend.send(_job(), cache_key=None)
+    finally:
+        await server.close()
+    assert att.error is None, att.error
+    assert att.body["choices"][0]["message"]["content"] == "ab"
+    assert att.usage is not None and att.usage.completion_tokens == 2
+
+
 def _job() -> Job:
     return Job(
         custom_id="a",
