@@ -454,6 +454,28 @@ class _Parser(argparse.ArgumentParser):
             message += did_you_mean(m.group(1), choices)
         super().error(message)
 
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace:
+        """An unknown flag is named by its command's parser with a did-you-mean: argparse
+        reported ``runner run --concurency 4`` with the top-level usage and no hint."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser: argparse.ArgumentParser = self
+            for action in self._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    parser = action.choices.get(str(getattr(ns, "command", "")), self)
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            flag = next((a.partition("=")[0] for a in extras if a.startswith("--")), None)
+            if flag is not None:  # compared without the dashes, which every option shares
+                import difflib
+
+                names = {o.lstrip("-"): o for a in parser._actions for o in a.option_strings}
+                close = difflib.get_close_matches(flag.lstrip("-"), list(names), n=1, cutoff=0.8)
+                message += f"; did you mean {names[close[0]]!r}?" if close else ""
+            parser.error(message)
+        return ns
+
 
 def _cmd_validate(ns: argparse.Namespace) -> int:
     return _validate(ns.jobs, config_from_args(ns))
