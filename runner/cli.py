@@ -105,7 +105,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--api-key-env",
         help="environment variable holding the key "
-        "(default: OPENAI_API_KEY / ANTHROPIC_API_KEY by provider, when set)",
+        "(default: OPENAI_API_KEY / ANTHROPIC_API_KEY / GEMINI_API_KEY by provider, when set)",
     )
     p.add_argument(
         "--concurrency", type=int, help=f"requests in flight at most (default: {d.concurrency})"
