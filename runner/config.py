@@ -508,6 +508,7 @@ _CACHE_KEYS = (
 def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunConfig:
     """Build a config from a parsed TOML document. Tables: params, headers, prices, mock, cache."""
     flat: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # a [cache] key's field name -> the key as the file has it
     for key, value in data.items():
         if key == "cache" and isinstance(value, dict):
             # [cache] strategy/ttl_s/max_active_groups/key_rpm/... as a table
@@ -515,6 +516,8 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
                 name = {"strategy": "cache", "ttl_s": "cache_ttl_s", "adapt": "cache_adapt"}.get(
                     ck, ck
                 )
+                if ck in ("strategy", "ttl_s", "adapt"):
+                    spelled[str(name)] = f"cache.{ck}"
                 if name not in _FIELD_NAMES:
                     raise ConfigError(
                         f"{where}: unknown key cache.{ck}{did_you_mean(ck, _CACHE_KEYS)}"
@@ -524,9 +527,10 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
             # [limits] rpm/tpm/redis_url/limit_scope/redis_policy/lease_s as a table
             for lk, lv in value.items():
                 if lk not in _LIMITS_KEYS:
-                    raise ConfigError(
-                        f"{where}: unknown key limits.{lk}{did_you_mean(lk, _LIMITS_KEYS)}"
-                    )
+                    hint = did_you_mean(lk, _LIMITS_KEYS)
+                    if not hint and lk in _FIELD_NAMES:  # TOML put a top-level key in the table
+                        hint = ": top-level keys must come before the first [table]"
+                    raise ConfigError(f"{where}: unknown key limits.{lk}{hint}")
                 flat[lk] = lv
         elif key == "prices":
             flat["prices"] = _parse_prices(value, where)
@@ -544,7 +548,11 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
     try:
         return RunConfig(**flat)
     except (TypeError, ConfigError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        said = str(exc)
+        field = said.partition(" ")[0]
+        if field in spelled:  # "cache must be one of ..." for [cache] strategy = "warmm"
+            said = spelled[field] + said[len(field) :]
+        raise ConfigError(f"{where}: {said}") from exc
 
 
 def load_config(path: Path | None) -> RunConfig:
