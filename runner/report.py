@@ -107,6 +107,16 @@ class Run:
 Warn = Callable[[Path, int, str], None]
 
 
+def _not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    """Why a line is not JSON; orjson calls invalid UTF-8 "str is not valid UTF-8: surrogates
+    not allowed", which no latency file's reader wrote."""
+    try:
+        line.decode()
+    except UnicodeDecodeError as bad:
+        return f"invalid UTF-8 at byte {bad.start + 1}"
+    return str(exc.msg)
+
+
 def read_records(path: Path, *, warn: Warn | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, record)`` for each object of a latency file; malformed lines are
     reported through ``warn`` (default: a warning on stderr) and skipped.
@@ -121,7 +131,7 @@ def read_records(path: Path, *, warn: Warn | None = None) -> Iterator[tuple[int,
             try:
                 rec = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                warn(path, lineno, f"not JSON ({exc.msg})")
+                warn(path, lineno, f"not JSON ({_not_json(line, exc)})")
                 continue
             # a bad line without an id of its own is keyed by its line (docs/FORMATS.md)
             if not isinstance(rec, dict) or result_key(rec) is None:
