@@ -27,6 +27,7 @@ from .config import (
     Progress,
     RunConfig,
     did_you_mean,
+    file_arg,
     load_config,
     needs_base_url,
 )
@@ -90,11 +91,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="results JSONL, or a directory for all three files (default: JOBS.results.jsonl)",
     )
     p.add_argument(
-        "--latency", type=Path, help="latency JSONL (default: R.latency.jsonl beside results R)"
+        "--latency", type=file_arg, help="latency JSONL (default: R.latency.jsonl beside results R)"
     )
     p.add_argument(
         "--summary",
-        type=Path,
+        type=file_arg,
         help="summary JSON, - for standard output (default: R.summary.json beside results R)",
     )
     p.add_argument(
@@ -258,6 +259,14 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
 
     overrides = {k: v for k, v in vars(ns).items() if k in FIELD_NAMES} | observe.overrides(ns)
     overrides["output"] = _output_path(overrides.get("output"), ns.jobs)
+    if overrides["output"] is None and base.output is not None and ns.config is not None:
+        # output = "res/" in the file names a directory as -o res/ does (its Path lost the "/",
+        # and the results went to a file named "res"); read again only in this case
+        from .config import read_toml
+
+        raw = read_toml(ns.config).get("output")
+        if isinstance(raw, str) and raw.endswith(("/", "\\")):
+            overrides["output"] = _output_path(raw, ns.jobs)
     if overrides.get("log_format") is None:
         ns.log_format = base.log_format  # a bad flag below is an error in the file's format
     provider = overrides.get("provider")

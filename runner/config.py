@@ -505,6 +505,21 @@ _CACHE_KEYS = (
 )
 
 
+#: Fields naming an output file: a path ending in "/" names a directory, and ``Path`` would
+#: silently drop the "/" and write a file of that name (``output`` is the one that may be one).
+_FILE_FIELDS = ("latency", "summary", "metrics_textfile")
+
+
+def file_arg(raw: str) -> Path:
+    """argparse type of an output-file flag (``--latency``, ``--summary``,
+    ``--metrics-textfile``): ``d1/`` is refused, as a path to a directory, before any file."""
+    if raw.endswith(("/", "\\")):
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{raw} ends in '/': give a file name, not a directory")
+    return Path(raw)
+
+
 def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunConfig:
     """Build a config from a parsed TOML document. Tables: params, headers, prices, mock, cache."""
     flat: dict[str, Any] = {}
@@ -539,6 +554,11 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
             if name in _PATH_FIELDS:
                 if not isinstance(value, str):
                     raise ConfigError(f"{where}: {name} must be a path (a string), got {value!r}")
+                if name in _FILE_FIELDS and value.endswith(("/", "\\")):
+                    raise ConfigError(
+                        f"{where}: {name} = {value!r} ends in '/': "
+                        "give a file name, not a directory"
+                    )
                 # TOML is not a shell: "~/out" made a directory named "~" in the working one
                 value = Path(value).expanduser()
             flat[name] = value

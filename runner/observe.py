@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .config import RunConfig
+from .config import RunConfig, file_arg
 from .errors import TRANSIENT_ERROR_CODES, ConfigError
 from .logs import EventLog
 from .pipeline import LiveStats, RunOutcome, Sink
@@ -89,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--metrics-textfile",
-        type=Path,
+        type=file_arg,
         help="write the final metrics here atomically, for node_exporter (default: off)",
     )
     p.add_argument(

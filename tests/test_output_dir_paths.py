@@ -1,0 +1,62 @@
+"""A path ending in "/" means a directory, the same from a flag or the config file.
+
+``output = "res/"`` in the config wrote the results to a FILE named ``res`` (``-o res/`` puts
+``JOBS.results.jsonl`` in ``res/``), and ``--summary d1/`` ran the whole batch before failing
+to write its summary (exit 1): a ``Path`` drops the trailing "/".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from promise_helpers import cli_run, fast_config, write_jobs
+
+
+def test_output_ending_in_slash_in_the_config_is_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    jobs = write_jobs(tmp_path, 2)
+    config = fast_config(tmp_path, 'output = "res/"\n')
+    code, err = cli_run(capsys, "run", jobs.name, "-c", config.name)
+    assert code == 0, err
+    assert (tmp_path / "res").is_dir()
+    assert (tmp_path / "res" / f"{jobs.stem}.results.jsonl").is_file()
+    assert (tmp_path / "res" / f"{jobs.stem}.summary.json").is_file()
+    # the flag still wins over the file
+    code, err = cli_run(capsys, "run", jobs.name, "-c", config.name, "-o", "flag.jsonl")
+    assert code == 0, err
+    assert (tmp_path / "flag.jsonl").is_file()
+
+
+@pytest.mark.parametrize("flag", ["--summary", "--latency", "--metrics-textfile"])
+def test_an_output_file_flag_ending_in_slash_is_exit_2_before_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    jobs = write_jobs(tmp_path, 2)
+    config = fast_config(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), flag, f"{tmp_path}/d1/")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"runner run: error: argument {flag}: {tmp_path}/d1/ ends in '/': "
+        "give a file name, not a directory"
+    )
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("key", ["summary", "latency", "metrics_textfile"])
+def test_a_config_output_file_ending_in_slash_is_exit_2_before_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    jobs = write_jobs(tmp_path, 2)
+    config = fast_config(tmp_path, f'{key} = "d1/"\n')
+    before = sorted(os.listdir(tmp_path))
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 2
+    assert err.strip() == (
+        f"runner: error: {config}: {key} = 'd1/' ends in '/': give a file name, not a directory"
+    )
+    assert sorted(os.listdir(tmp_path)) == before
