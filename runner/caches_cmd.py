@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(ns: argparse.Namespace) -> int:
+    from .pathargs import results_file
+
+    results_file(ns.output)
     config = load_config(ns.config).with_overrides(
         provider=ns.provider, base_url=ns.base_url, api_key_env=ns.api_key_env
     )

@@ -492,7 +492,9 @@ def _cmd_validate(ns: argparse.Namespace) -> int:
 
 def _cmd_status(ns: argparse.Namespace) -> int:
     from .batchapi.status import fetch_live, render_status
+    from .pathargs import results_file
 
+    results_file(ns.output)
     live = None
     if ns.live:
         config = load_config(ns.config).with_overrides(

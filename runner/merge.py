@@ -716,9 +716,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(ns: argparse.Namespace) -> int:
     from .config import load_config
+    from .pathargs import results_file
 
     config = load_config(ns.config)
-    paths = expand_parts(ns.parts)
+    paths = [results_file(p, "a shard's results file") for p in expand_parts(ns.parts)]
+    results_file(ns.out, "a results file (OUT)")
     model = ns.model or read_manifest(paths[0]).get("model") if paths else None
 
     def price_of(m: str | None) -> Price | None:

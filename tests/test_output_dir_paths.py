@@ -49,8 +49,9 @@ def test_an_output_file_flag_ending_in_slash_is_exit_2_before_anything(
 
 @pytest.mark.parametrize("key", ["summary", "latency", "metrics_textfile"])
 def test_a_config_output_file_ending_in_slash_is_exit_2_before_anything(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, key: str
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # "d1/" is relative to the working directory
     jobs = write_jobs(tmp_path, 2)
     config = fast_config(tmp_path, f'{key} = "d1/"\n')
     before = sorted(os.listdir(tmp_path))
