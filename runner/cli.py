@@ -315,8 +315,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         ) from exc
     summary_error = outcome.summary.get("summary_error")
     if config.log_format == "json":  # the run_end event carried the summary
-        if _holds_no_jobs(outcome):
-            _note(config, f"{ns.jobs} holds no jobs")
+        for note in _input_notes(ns.jobs, outcome):
+            _note(config, note)
         if summary_error:
             _note(config, f"the summary could not be written: {summary_error}", error=True)
         return outcome.exit_code
@@ -324,8 +324,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         from .report import render_summary  # after the run: not on the way to its first request
 
         print(render_summary(outcome.summary), file=sys.stderr)
-        if _holds_no_jobs(outcome):
-            print(f"runner: warning: {ns.jobs} holds no jobs", file=sys.stderr)
+        for note in _input_notes(ns.jobs, outcome):
+            print(f"runner: warning: {note}", file=sys.stderr)
     if summary_error:
         print(f"runner: error: the summary could not be written: {summary_error}", file=sys.stderr)
     if outcome.summary.get("via") == "batch" and not config.quiet:
@@ -354,6 +354,21 @@ def _holds_no_jobs(outcome: RunOutcome) -> bool:
     result (a wrong endpoint, a guard, a signal), whose unsent jobs are still in the file."""
     s = outcome.summary
     return s["jobs"]["total"] == 0 and not s.get("not_sent") and outcome.stopped is None
+
+
+def _input_notes(path: Path, outcome: RunOutcome) -> list[str]:
+    """Warnings about the jobs file after the table: it held nothing, or no line of it was a
+    job (a JSON array, CSV, UTF-16...), where the table says only "N failed (invalid_input N)"
+    and the reasons are inside the results file."""
+    jobs = outcome.summary["jobs"]
+    if _holds_no_jobs(outcome):
+        return [f"{path} holds no jobs"]
+    if jobs["total"] and jobs["by_error"].get("invalid_input") == jobs["total"]:
+        return [
+            f"no line of {path} is a valid job ({jobs['total']:,} invalid_input results): "
+            f"runner validate {path} names the problem of each line (docs/FORMATS.md)"
+        ]
+    return []
 
 
 def _no_provider_note(config: RunConfig) -> str:
