@@ -487,6 +487,17 @@ def _parse_prices(raw: Any, where: str) -> dict[str, Price]:
     for model, p in raw.items():
         if not isinstance(p, dict):
             raise ConfigError(f"{where}: prices.{model} must be a table")
+        # named here: Price(**p) said "Price.__init__() got an unexpected keyword argument"
+        known = [f.name for f in fields(Price)]
+        for k in p:
+            if k not in known:
+                hint = did_you_mean(k, known)
+                raise ConfigError(f"{where}: unknown key prices.{model}.{k}{hint}")
+        missing = [k for k in ("input", "output") if k not in p]
+        if missing:
+            raise ConfigError(
+                f"{where}: prices.{model}: missing {' and '.join(missing)} (USD per 1M tokens)"
+            )
         try:
             out[model] = Price(**p)
         except (TypeError, ValueError) as exc:

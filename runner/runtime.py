@@ -39,8 +39,20 @@ def mock_config(config: RunConfig, defaults: Mapping[str, Any] | None = None) ->
 
     :raises ConfigError: an unknown or invalid ``[mock]`` option (checked before anything runs).
     """
+    from dataclasses import fields
+
+    from .config import did_you_mean
     from .mock import MockConfig
 
+    # named here: MockConfig(**) said "MockConfig.__init__() got an unexpected keyword
+    # argument", and a string for a number "'<' not supported between 'str' and 'int'"
+    known = {f.name: f.default for f in fields(MockConfig)}
+    for k, v in config.mock.items():
+        if k not in known:
+            raise ConfigError(f"unknown key mock.{k}{did_you_mean(k, known)}")
+        number = isinstance(known[k], int | float) and not isinstance(known[k], bool)
+        if number and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise ConfigError(f"mock.{k} must be a number, got {v!r}")
     try:
         return MockConfig(**{**(defaults or {}), **dict(config.mock)})
     except (TypeError, ValueError) as exc:

@@ -1,0 +1,51 @@
+"""A mistake in ``[prices."M"]`` or ``[mock]`` is one line naming the key, never Python's
+``Price.__init__() got an unexpected keyword argument`` or ``'<' not supported between
+instances of 'str' and 'int'``; exit 2 before any output."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from promise_helpers import cli_run, write_jobs
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('[prices."mock-1"]\ninput = 1.0\n',
+         "{cfg}: prices.mock-1: missing output (USD per 1M tokens)"),
+        ('[prices."mock-1"]\ncached_input = 1.0\n',
+         "{cfg}: prices.mock-1: missing input and output (USD per 1M tokens)"),
+        ('[prices."mock-1"]\ninput = 1.0\noutput = 2.0\ncached = 0.1\n',
+         "{cfg}: unknown key prices.mock-1.cached; did you mean 'cached_input'?"),
+        ('[mock]\nlatncy = "zero"\n', "unknown key mock.latncy; did you mean 'latency'?"),
+        ('[mock]\nbase_ms = "x"\n', "mock.base_ms must be a number, got 'x'"),
+        ("[mock]\nseed = true\n", "mock.seed must be a number, got True"),
+    ],
+)  # fmt: skip
+def test_a_bad_prices_or_mock_key_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, said: str
+) -> None:
+    jobs = write_jobs(tmp_path, 2)
+    config = tmp_path / "c.toml"
+    config.write_text('provider = "mock"\n' + text)
+    before = sorted(os.listdir(tmp_path))
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 2, err
+    assert err.strip() == "runner: error: " + said.format(cfg=config)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_good_tables_still_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    jobs = write_jobs(tmp_path, 2)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'provider = "mock"\nprogress = "off"\n[mock]\nlatency = "zero"\nseed = 3\njitter = 0.2\n'
+        'models = ["mock-1"]\n[mock.batch]\nduration_s = 1\n'
+        '[prices."mock-1"]\ninput = 1.0\noutput = 2.0\ncached_input = 0.1\n'
+    )
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 0, err
+    assert "billed $" in err
