@@ -175,6 +175,7 @@ class RunConfig(Record):
         if self.group_concurrency is not None and self.group_concurrency < 1:
             raise ConfigError(f"group_concurrency must be >= 1, got {self.group_concurrency}")
         _check_operations(self)
+        _check_reply_budget(self.params)
         self._check_scaling()
         self._check_batch()
 
@@ -363,6 +364,17 @@ def _check_misused_paths(c: RunConfig) -> None:
                 f"{flag} -: the {what} file cannot be standard output (a re-run resumes from "
                 "it); name a file (--summary - prints the summary on standard output)"
             )
+
+
+def _check_reply_budget(params: Mapping[str, Any]) -> None:
+    """``[params] max_tokens`` is checked as a jobs line's is: it was sent as given, and every
+    job came back a 400."""
+    for key in ("max_tokens", "max_completion_tokens"):
+        budget = params.get(key)
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
+            raise ConfigError(f"params.{key} must be a positive integer, got {budget!r}")
 
 
 def _check_operations(c: RunConfig) -> None:

@@ -49,3 +49,26 @@ def test_good_tables_still_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
     assert code == 0, err
     assert "billed $" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("max_tokens = 0", "params.max_tokens must be a positive integer, got 0"),
+        ('max_tokens = "x"', "params.max_tokens must be a positive integer, got 'x'"),
+        ("max_completion_tokens = true",
+         "params.max_completion_tokens must be a positive integer, got True"),
+    ],
+)  # fmt: skip
+def test_a_config_reply_budget_is_checked_as_a_jobs_line_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, said: str
+) -> None:
+    """It was sent as is: every job a 400 from the provider, exit 1."""
+    jobs = write_jobs(tmp_path, 2)
+    config = tmp_path / "c.toml"
+    config.write_text(f'provider = "mock"\n[params]\n{text}\n')
+    before = sorted(os.listdir(tmp_path))
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 2, err
+    assert err.strip() == f"runner: error: {config}: {said}"
+    assert sorted(os.listdir(tmp_path)) == before
