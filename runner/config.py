@@ -176,6 +176,7 @@ class RunConfig(Record):
             raise ConfigError(f"group_concurrency must be >= 1, got {self.group_concurrency}")
         _check_operations(self)
         _check_reply_budget(self.params)
+        _check_export_urls(self)
         self._check_scaling()
         self._check_batch()
 
@@ -366,6 +367,14 @@ def _check_misused_paths(c: RunConfig) -> None:
             )
 
 
+def _check_export_urls(c: RunConfig) -> None:
+    """The metrics exports' URLs; otel_endpoint too: "nope" ran to exit 0 with only the SDK's
+    "Failed to export metrics batch" line."""
+    for name, url in (("pushgateway", c.pushgateway), ("otel_endpoint", c.otel_endpoint)):
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
+
+
 def _check_reply_budget(params: Mapping[str, Any]) -> None:
     """``[params] max_tokens`` is checked as a jobs line's is: it was sent as given, and every
     job came back a 400."""
@@ -400,8 +409,6 @@ def _check_operations(c: RunConfig) -> None:
             raise ConfigError(f"metrics label {k!r} is set by runner itself; choose another name")
         if not isinstance(v, str):
             raise ConfigError(f"metrics label {k} must be a string, got {v!r}")
-    if c.pushgateway is not None and not c.pushgateway.startswith(("http://", "https://")):
-        raise ConfigError(f"pushgateway must be an http(s) URL, got {c.pushgateway!r}")
     for k, v in c.headers.items():
         if not isinstance(v, str):
             raise ConfigError(f"header {k} must be a string, got {v!r}")

@@ -72,3 +72,21 @@ def test_a_config_reply_budget_is_checked_as_a_jobs_line_is(
     assert code == 2, err
     assert err.strip() == f"runner: error: {config}: {said}"
     assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--otel-endpoint", "nope"], ["--otel-endpoint", "collector:4318/v1/metrics"]],
+)
+def test_an_otel_endpoint_without_a_scheme_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    """It ran to exit 0, the SDK saying only "Failed to export metrics batch ... Invalid URL"."""
+    jobs = write_jobs(tmp_path, 2)
+    config = tmp_path / "c.toml"
+    config.write_text('provider = "mock"\n')
+    before = sorted(os.listdir(tmp_path))
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), *flags)
+    assert code == 2, err
+    assert err.strip() == f"runner: error: otel_endpoint must be an http(s) URL, got {flags[1]!r}"
+    assert sorted(os.listdir(tmp_path)) == before
