@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from .config import PROVIDERS, RunConfig, load_config
+from .config import PROVIDERS, RunConfig, file_arg, load_config
 from .errors import ConfigError, InputError, RunnerError
 from .models import Attempt, Job, LatencyRecord
 from .providers import open_backend
@@ -715,9 +715,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("output")
     g.add_argument(
-        "--latency", type=Path, help="latency records (JSONL); per run .LABEL with --sweep"
+        "--latency", type=file_arg, help="latency records (JSONL); per run .LABEL with --sweep"
     )
-    g.add_argument("--summary", type=Path, help="summary JSON")
+    g.add_argument("--summary", type=file_arg, help="summary JSON")
     add_slo_arguments(g)
 
 

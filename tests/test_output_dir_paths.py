@@ -61,3 +61,17 @@ def test_a_config_output_file_ending_in_slash_is_exit_2_before_anything(
         f"runner: error: {config}: {key} = 'd1/' ends in '/': give a file name, not a directory"
     )
     assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("flag", ["--latency", "--summary"])
+def test_bench_output_files_ending_in_slash_are_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, flag: str
+) -> None:
+    """``runner bench --latency x/`` ran the benchmark and wrote a file named x."""
+    monkeypatch.chdir(tmp_path)
+    code, err = cli_run(capsys, "bench", "--requests", "1", flag, "x/")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"runner bench: error: argument {flag}: x/ ends in '/': give a file name, not a directory"
+    )
+    assert os.listdir(tmp_path) == []
