@@ -543,8 +543,15 @@ class SharedLimiter:
         self.leases += 1
         self._procs = max(grant.procs, 1)
         self.max_procs = max(self.max_procs, grant.procs)
-        self._known[kind] = grant.rate_per_min
-        self._charged[kind] = grant.rate_per_min
+        rate = grant.rate_per_min
+        if rate <= 0:
+            # The store knows no limit (Redis restarted, the limit file started afresh, the
+            # learned one aged out) and none is configured, so this lease went uncharged: keep
+            # the rate this process learned, and teach it to the store again for the next one.
+            rate = self._known[kind]
+            self._spawn(self._publish(kind=kind, limit=rate))
+        self._known[kind] = rate
+        self._charged[kind] = grant.rate_per_min  # 0: nothing to give back
         # A lease sized at a higher rate than it was granted at (a limit learned meanwhile by
         # another process) is cut to this rate's size: no process holds more than one lease.
         wait = grant.wait_s
@@ -552,7 +559,7 @@ class SharedLimiter:
         if amount > size:
             excess = amount - size
             self._spawn(self._give_back(kind, excess, grant.rate_per_min))
-            wait = max(wait - excess * 60.0 / grant.rate_per_min, 0.0)
+            wait = max(wait - excess * 60.0 / rate, 0.0)
             amount = size
         if grant.pause_s > 0:
             self.pauses_received += 1

@@ -1,0 +1,41 @@
+"""Found by the fifth red team (scale-out paths): each test failed on the code before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+
+from runner.limits import RateController
+from runner.models import Attempt, RateInfo
+from runner.redis_limits import FileStore, SharedLimiter
+
+
+async def test_a_store_that_forgot_a_learned_limit_is_taught_again_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """No --rpm: the limit was learned from headers. Redis restarted (or the limit file started
+    afresh, or the learned limit aged out) answers the next lease at rate 0; that divided by
+    zero and ended the run with a traceback (exit 1). The lease goes on at the rate this
+    process learned, and the store is taught it again."""
+    path = tmp_path / "limits.json"
+    lim = SharedLimiter(
+        RateController(concurrency=64, rpm=None, tpm=None),
+        FileStore(path, "p"),
+        rpm=None,
+        tpm=None,
+        lease_s=0.25,
+        policy="fail_closed",
+    )
+    lim.release(1, Attempt(status=200, rate=RateInfo(limit_requests=6000.0)))
+    await asyncio.sleep(0.05)  # the learned limit is published
+    assert orjson.loads(path.read_bytes())["lim_r"] == 6000.0
+    await lim.acquire(1)  # a lease at the learned rate: 25 requests
+    path.write_bytes(b"{}")  # the store restarted: it knows no limit
+    for _ in range(60):  # past the lease in hand: the next lease is granted at rate 0
+        await asyncio.wait_for(lim.acquire(1), 5)
+    await asyncio.sleep(0.05)
+    assert orjson.loads(path.read_bytes())["lim_r"] == 6000.0, "the store was not taught again"
+    assert lim.report()["rpm"] == 6000.0
+    await lim.aclose()
