@@ -50,6 +50,10 @@ __all__ = [
 MANIFEST_SUFFIX = ".shard.json"
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _KINDS = (".results.jsonl", ".latency.jsonl", ".summary.json")
+#: More shards than any orchestrator runs (Slurm's array size stops at 4,000,001, Kubernetes'
+#: Indexed Jobs at 100,000): a larger N is a typo, refused before anything is written (a count
+#: past 64 bits once ended in a traceback after the outputs were created).
+MAX_SHARDS = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,8 @@ class ShardSpec:
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ConfigError(f"shard count must be >= 1, got {self.count}")
+        if self.count > MAX_SHARDS:
+            raise ConfigError(f"shard count must be <= {MAX_SHARDS:,}, got {self.count}")
         if not 0 <= self.index < self.count:
             raise ConfigError(
                 f"shard index {self.index} is outside 0..{self.count - 1} "

@@ -6,7 +6,9 @@ import asyncio
 from pathlib import Path
 
 import orjson
+import pytest
 
+from runner.cli import main
 from runner.limits import RateController
 from runner.models import Attempt, RateInfo
 from runner.redis_limits import FileStore, SharedLimiter
@@ -39,3 +41,17 @@ async def test_a_store_that_forgot_a_learned_limit_is_taught_again_not_a_traceba
     assert orjson.loads(path.read_bytes())["lim_r"] == 6000.0, "the store was not taught again"
     assert lim.report()["rpm"] == 6000.0
     await lim.aclose()
+
+
+def test_a_shard_count_past_any_orchestrator_is_exit_2_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--shard 0/99999999999999999999`` created the outputs, then the manifest's count did
+    not fit 64 bits: a traceback, exit 1, and a shard's files left behind."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"custom_id": "a", "body": {"messages": [{"role": "user", "content": "q"}]}}')
+    huge = "99999999999999999999"
+    assert main(["run", str(jobs), "-q", "--shard", f"0/{huge}"]) == 2
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    assert main(["run", str(jobs), "-q", "--shard-count", huge]) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["jobs.jsonl"]
