@@ -208,6 +208,42 @@ def _add_parts_identity(summary: dict[str, Any], loaded: Sequence[_Part]) -> Non
             summary["stopped"] = ps.get("stopped")
 
 
+#: How each process's ``shared_limit`` counter combines: processes' own work adds up; one store
+#: outage is seen by every process, so its count and length are the longest any one saw.
+_SHARED_SUM = ("leases", "store_errors", "pauses_published", "pauses_received")
+_SHARED_MAX = ("lease_span_s", "store_rtt_ms", "max_processes", "outages", "degraded_s")
+
+
+def _add_parts_limits(summary: dict[str, Any], loaded: Sequence[_Part]) -> None:
+    """The limiter as a run's summary says it: ``limiter_wait_s`` is summed over requests (and
+    its mean per request), and the parts' ``shared_limit`` sections (Redis or the ``--workers``
+    limit file) in one, so a store outage a worker lived through shows in the merged summary."""
+    done = summary["jobs"]["ok"] + summary["jobs"]["failed"]
+    summary["limiter_wait_summed"] = True
+    wait_ms = summary.get("limiter_wait_s", 0.0) * 1000.0
+    summary["limiter_wait_mean_ms"] = round(wait_ms / done, 3) if done else 0.0
+    shared: dict[str, Any] = {}
+    for part in loaded:
+        try:
+            ps = orjson.loads(part.summary.read_bytes()).get("shared_limit")
+        except (OSError, orjson.JSONDecodeError, AttributeError):
+            continue
+        if not isinstance(ps, dict):
+            continue
+        if not shared:
+            shared = dict(ps)
+            continue
+        for key in _SHARED_SUM:
+            shared[key] = (shared.get(key) or 0) + (ps.get(key) or 0)
+        for key in _SHARED_MAX:
+            shared[key] = max(shared.get(key) or 0, ps.get(key) or 0)
+        for key in ("rpm", "tpm"):  # the rate in force: a lower one learned wins
+            known = [v for v in (shared.get(key), ps.get(key)) if v]
+            shared[key] = min(known) if known else None
+    if shared:
+        summary["shared_limit"] = shared
+
+
 def _blocks(path: Path) -> Iterator[bytes]:
     """The file in blocks of whole lines (about 1 MiB each, every line ending in a newline);
     a partial last line is a crashed write, not a record, and is left out."""
@@ -567,6 +603,7 @@ def merge(
                 summary["cost"] = _parts_cost(loaded)  # no price here (no -c): the parts' own
             _add_parts_cache_cost(summary, loaded)
             _add_parts_identity(summary, loaded)
+            _add_parts_limits(summary, loaded)
             summary["shards"] = {
                 "count": count,
                 "merged": sorted(present),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -12,6 +14,8 @@ from runner.cli import main
 from runner.limits import RateController
 from runner.models import Attempt, RateInfo
 from runner.redis_limits import FileStore, SharedLimiter
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_a_store_that_forgot_a_learned_limit_is_taught_again_not_a_traceback(
@@ -55,3 +59,28 @@ def test_a_shard_count_past_any_orchestrator_is_exit_2_before_anything_is_writte
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
     assert main(["run", str(jobs), "-q", "--shard-count", huge]) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["jobs.jsonl"]
+
+
+def test_the_merged_summary_of_workers_keeps_the_shared_limit_and_the_limiter_labels(
+    tmp_path: Path,
+) -> None:
+    """Each worker's summary has its ``shared_limit`` section (store, leases, outages: how a
+    Redis outage was lived through) and ``limiter_wait_summed``; the merged summary, the one a
+    ``--workers`` user reads, had neither."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(
+        b"".join(orjson.dumps({"id": f"j{i}", "query": f"q {i}?"}) + b"\n" for i in range(40))
+    )
+    cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--workers", "2", "--rpm", "6000"]
+    r = subprocess.run([*cmd, "-q"], cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    parts = [
+        orjson.loads((tmp_path / f"jobs.shard-{k}-of-2.summary.json").read_bytes()) for k in (0, 1)
+    ]
+    merged = orjson.loads((tmp_path / "jobs.summary.json").read_bytes())
+    shared = merged["shared_limit"]
+    assert shared["store"] == "file" and shared["rpm"] == 6000.0
+    assert shared["leases"] == sum(p["shared_limit"]["leases"] for p in parts) > 0
+    assert merged["limiter_wait_summed"] is True
+    done = merged["jobs"]["ok"] + merged["jobs"]["failed"]
+    assert merged["limiter_wait_mean_ms"] == round(merged["limiter_wait_s"] * 1000.0 / done, 3)
