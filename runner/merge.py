@@ -25,6 +25,7 @@ shards than that earlier merge had: a ``--partial`` merge never silently replace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import io
 import os
@@ -751,6 +752,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing OUT")
 
 
+@contextlib.contextmanager
+def _locked(outputs: Sequence[Path]) -> Iterator[None]:
+    """Hold the locks a run takes on these outputs: a merge by hand is refused (exit 2), even
+    with ``--force``, while a run (plain or ``--workers``) writes them, instead of replacing the
+    file under it (its answers then went on into the unlinked file, lost). ``--workers``' own
+    merge runs under the lock its parent holds, so this is for ``runner merge`` only."""
+    from .sinks import acquire_lock, release_lock
+
+    held: list[tuple[Path, int]] = []
+    try:
+        for path in outputs:
+            if path.parent.is_dir():  # no directory yet: nothing can be writing there
+                lock = path.with_name(path.name + ".lock")
+                held.append((lock, acquire_lock(lock, path)))
+        yield
+    finally:
+        for lock, fd in reversed(held):
+            release_lock(lock, fd)
+
+
 def main(ns: argparse.Namespace) -> int:
     from .config import load_config
     from .pathargs import results_file
@@ -773,16 +794,17 @@ def main(ns: argparse.Namespace) -> int:
         summary["exit_code"] = 1 if summary["jobs"]["failed"] or incomplete else 0
 
     extra = [Path(p) for p in (ns.config, config.contexts) if p is not None]
-    rep = merge(
-        ns.out,
-        paths,
-        price_of=price_of,
-        partial=ns.partial,
-        force=ns.force,
-        order_by=order_by,
-        finish=finish,
-        inputs=extra,
-    )
+    with _locked(merged_paths(Path(ns.out))):
+        rep = merge(
+            ns.out,
+            paths,
+            price_of=price_of,
+            partial=ns.partial,
+            force=ns.force,
+            order_by=order_by,
+            finish=finish,
+            inputs=extra,
+        )
     print(render_summary(rep.summary, title="merged summary"), file=sys.stderr)
     if rep.missing or rep.unfinished:
         print(

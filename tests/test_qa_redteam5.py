@@ -14,6 +14,7 @@ from runner.cli import main
 from runner.limits import RateController
 from runner.models import Attempt, RateInfo
 from runner.redis_limits import FileStore, SharedLimiter
+from runner.sinks import acquire_lock, release_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,3 +85,33 @@ def test_the_merged_summary_of_workers_keeps_the_shared_limit_and_the_limiter_la
     assert merged["limiter_wait_summed"] is True
     done = merged["jobs"]["ok"] + merged["jobs"]["failed"]
     assert merged["limiter_wait_mean_ms"] == round(merged["limiter_wait_s"] * 1000.0 / done, 3)
+
+
+def test_a_merge_by_hand_is_refused_while_a_run_writes_its_output_even_with_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``runner merge OUT parts --force`` while a run (here: its lock, as a live run holds it)
+    was writing OUT replaced OUT under it: the run's answers went on into the unlinked file."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    for k in range(2):
+        assert main(["run", str(jobs), "-c", str(cfg), "-q", "--shard", f"{k}/2"]) == 0
+    parts = str(tmp_path / "jobs.shard-*-of-2.results.jsonl")
+    out = tmp_path / "out" / "run.results.jsonl"
+    out.parent.mkdir()
+    out.write_bytes(b'{"custom_id":"being written"}\n')
+    capsys.readouterr()
+    for locked in (out, out.with_name("run.summary.json")):
+        lock = locked.with_name(locked.name + ".lock")
+        fd = acquire_lock(lock, locked)
+        try:
+            assert main(["merge", str(out), parts, "--force"]) == 2
+        finally:
+            release_lock(lock, fd)
+        assert "being written by another runner" in capsys.readouterr().err
+        assert out.read_bytes() == b'{"custom_id":"being written"}\n'
+    assert main(["merge", str(out), parts, "--force"]) == 0  # free again: replaced as asked
+    assert len(out.read_bytes().splitlines()) == 2
+    assert not list(out.parent.glob("*.lock")), "the merge left its locks behind"
