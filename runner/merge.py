@@ -105,6 +105,16 @@ def expand_parts(parts: Sequence[str]) -> list[Path]:
     return out
 
 
+#: What every part of one run has in common. ``contexts_fingerprint`` is compared only where
+#: both manifests have it (a shard finished by an older runner has none).
+_SAME_IN_PARTS = (
+    ("fingerprint", "input"),
+    ("contexts_fingerprint", "contexts file"),
+    ("count", "shard count"),
+    ("model", "model"),
+)
+
+
 def _load_parts(paths: Sequence[Path]) -> tuple[list[_Part], int, dict[str, Any]]:
     parts: list[_Part] = []
     first: dict[str, Any] | None = None
@@ -113,8 +123,9 @@ def _load_parts(paths: Sequence[Path]) -> tuple[list[_Part], int, dict[str, Any]
         m = read_manifest(results)
         if first is None:
             first = m
-        for field, what in (("fingerprint", "input"), ("count", "shard count"), ("model", "model")):
-            if m.get(field) != first.get(field):
+        for field, what in _SAME_IN_PARTS:
+            older = field == "contexts_fingerprint" and not (field in m and field in first)
+            if m.get(field) != first.get(field) and not older:
                 raise ConfigError(
                     f"{results}: {what} {m.get(field)!r} differs from {paths[0]}'s "
                     f"{first.get(field)!r}: the parts are not shards of one run"

@@ -261,6 +261,9 @@ def write_manifest(
     }
     if contexts is not None:  # an input too: runner merge never writes over it
         data["contexts_file"] = str(contexts.resolve())
+        # and one the parts must share: an edit between two shards' runs moves groups between
+        # shards (a group is keyed by its text), so jobs were sent by none or by two of them
+        data["contexts_fingerprint"] = _fingerprint(contexts)
     # a full disk is exit 75, as for the shard's other outputs
     text = orjson.dumps(data, option=orjson.OPT_INDENT_2)
     replace_bytes(manifest_path(results), text, left=NOTHING_YET)  # before the run sends

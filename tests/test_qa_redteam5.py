@@ -115,3 +115,37 @@ def test_a_merge_by_hand_is_refused_while_a_run_writes_its_output_even_with_forc
     assert main(["merge", str(out), parts, "--force"]) == 0  # free again: replaced as asked
     assert len(out.read_bytes().splitlines()) == 2
     assert not list(out.parent.glob("*.lock")), "the merge left its locks behind"
+
+
+def test_a_merge_of_shards_that_read_different_contexts_is_refused_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The contexts file was edited between two shards' runs: a cache group is keyed by its
+    text, so groups moved between shards, and the merge either claimed an id twice or, with
+    no id in both, exited 0 with jobs that neither shard sent (22 of 40 on the examples) and
+    answers from two different contexts."""
+    ctx = tmp_path / "ctx.jsonl"
+    ctx.write_bytes(
+        b"".join(
+            orjson.dumps({"cache_id": f"c{g}", "system": f"context {g}: " + "text " * 40}) + b"\n"
+            for g in range(8)
+        )
+    )
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(
+        b"".join(
+            orjson.dumps({"id": f"j{i}", "cache_id": f"c{i % 8}", "query": f"q {i}?"}) + b"\n"
+            for i in range(32)
+        )
+    )
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    args = ["run", str(jobs), "--contexts", str(ctx), "-c", str(cfg), "-q"]
+    assert main([*args, "--shard", "0/2"]) == 0
+    ctx.write_bytes(ctx.read_bytes().replace(b"context ", b"edited context "))
+    assert main([*args, "--shard", "1/2"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "m.results.jsonl"
+    assert main(["merge", str(out), str(tmp_path / "jobs.shard-*-of-2.results.jsonl")]) == 2
+    assert "contexts file" in capsys.readouterr().err
+    assert not out.exists()
