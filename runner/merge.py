@@ -42,6 +42,7 @@ from .errors import ConfigError, InputError, SinkError
 from .idset import IdSet
 from .jobs import id_field
 from .models import Price
+from .outputs import sibling
 from .partstate import read_part
 from .report import render_summary
 from .results import line_key, parse_result
@@ -77,10 +78,9 @@ class _Part:
 
 
 def merged_paths(out: Path) -> tuple[Path, Path, Path]:
-    """``X.results.jsonl`` -> (itself, ``X.latency.jsonl``, ``X.summary.json``)."""
-    name = out.name
-    stem = name[: -len(".results.jsonl")] if name.endswith(".results.jsonl") else name
-    return out, out.with_name(stem + ".latency.jsonl"), out.with_name(stem + ".summary.json")
+    """``X.results.jsonl`` -> (itself, ``X.latency.jsonl``, ``X.summary.json``), named as a run
+    names them (``-o X.jsonl`` too: ``X.latency.jsonl``, not ``X.jsonl.latency.jsonl``)."""
+    return out, sibling(out, "latency.jsonl"), sibling(out, "summary.json")
 
 
 def expand_parts(parts: Sequence[str]) -> list[Path]:

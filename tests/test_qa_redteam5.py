@@ -149,3 +149,24 @@ def test_a_merge_of_shards_that_read_different_contexts_is_refused_naming_them(
     assert main(["merge", str(out), str(tmp_path / "jobs.shard-*-of-2.results.jsonl")]) == 2
     assert "contexts file" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_merge_by_hand_names_its_latency_and_summary_as_a_run_does(tmp_path: Path) -> None:
+    """``-o out.jsonl`` writes ``out.latency.jsonl`` and ``out.summary.json``; ``runner merge
+    out.jsonl`` wrote ``out.jsonl.latency.jsonl`` and ``out.jsonl.summary.json`` beside them,
+    so the directory held two summaries of the same run."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    out = tmp_path / "out.jsonl"
+    for k in range(2):
+        assert (
+            main(["run", str(jobs), "-c", str(cfg), "-q", "-o", str(out), "--shard", f"{k}/2"]) == 0
+        )
+    assert main(["merge", str(out), str(tmp_path / "out.shard-*-of-2.jsonl")]) == 0
+    assert len(out.read_bytes().splitlines()) == 2
+    assert len((tmp_path / "out.latency.jsonl").read_bytes().splitlines()) == 2
+    assert orjson.loads((tmp_path / "out.summary.json").read_bytes())["jobs"]["ok"] == 2
+    assert not (tmp_path / "out.jsonl.latency.jsonl").exists()
+    assert not (tmp_path / "out.jsonl.summary.json").exists()
