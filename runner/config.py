@@ -37,6 +37,9 @@ DEFAULT_KEY_RPM = 15.0
 DEFAULT_READ_AHEAD = 16384
 DEFAULT_DRAIN_S = 30.0
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+#: The longest lease of a shared limit (runner/redis_limits.py): a process waits for the part
+#: of its lease past the 1 s burst before it sends, so ``--lease-s 20`` held a 3-job run 40 s.
+MAX_LEASE_S = 2.0
 DEFAULT_MAX_RESPONSE_BYTES = 16 << 20  # a response body past this fails its attempt
 DEFAULT_POLL_INTERVAL_S = 10.0
 DEFAULT_BATCH_MAX_ATTEMPTS = 3
@@ -213,8 +216,11 @@ class RunConfig(Record):
                 raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
             if importlib.util.find_spec("redis") is None:
                 raise ConfigError("redis_url needs the redis package: pip install 'runner[redis]'")
-        if not self.lease_s > 0:
-            raise ConfigError(f"lease_s must be > 0, got {self.lease_s}")
+        if not 0 < self.lease_s <= MAX_LEASE_S:
+            raise ConfigError(
+                f"lease_s must be > 0 and at most {MAX_LEASE_S:g} s, got {self.lease_s}: a "
+                "lease is waited for before it is spent, so a longer one stalls every process"
+            )
 
     def _check_batch(self) -> None:
         """The ``--via batch`` options (runner/batchapi/)."""

@@ -72,7 +72,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .config import RunConfig
+from .config import MAX_LEASE_S, RunConfig
 from .errors import ConfigError
 from .limits import BURST_S, RateController, TokenBucket
 from .models import Attempt, ErrorInfo
@@ -103,8 +103,8 @@ PROBE_S = 1.0
 #: A lease covers at least this many store round trips of the rate, so a far store does not
 #: cap a process at lease / round trip...
 RTT_LEASES = 2.0
-#: ... up to this many seconds of the rate (the bound of the overshoot, ``P * r * span``).
-MAX_LEASE_S = 2.0
+#: ... up to MAX_LEASE_S seconds of the rate (the bound of the overshoot, ``P * r * span``),
+#: the most ``--lease-s`` may ask for too (runner/config.py).
 _THROTTLES = frozenset({"rate_limited", "overloaded"})
 _CANCELLED = ErrorInfo("cancelled", "request cancelled", retriable=True)
 

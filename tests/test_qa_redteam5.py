@@ -170,3 +170,17 @@ def test_a_merge_by_hand_names_its_latency_and_summary_as_a_run_does(tmp_path: P
     assert orjson.loads((tmp_path / "out.summary.json").read_bytes())["jobs"]["ok"] == 2
     assert not (tmp_path / "out.jsonl.latency.jsonl").exists()
     assert not (tmp_path / "out.jsonl.summary.json").exists()
+
+
+def test_a_lease_longer_than_the_longest_span_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lease is waited for (past the 1 s burst) before it is spent: ``--lease-s 20 --workers
+    2`` held a 3-job run at 600 RPM for 40 s (the default: 1.2 s), with no word why."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id":"a","query":"x"}\n')
+    args = ["run", str(jobs), "-q", "--rpm", "600", "--lease-s"]
+    assert main([*args, "20"]) == 2
+    assert "lease_s must be > 0 and at most 2 s" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["jobs.jsonl"]
+    assert main([*args, "2", "-o", str(tmp_path / "out.results.jsonl")]) == 0
