@@ -286,13 +286,13 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     _check_utf8_paths(ns.jobs, config)
     if config.dry_run:
         return _validate(ns.jobs, config)
+    simulated = (
+        not needs_base_url(config.provider) and not config.base_url and not _provider_named(ns)
+    )
     if config.workers > 1:
-        from .workers import run_workers
-
-        argv = sys.argv[1:] if ns.argv is None else ns.argv
-        return run_workers(ns.jobs, config, argv, config_path=ns.config)
+        return _cmd_run_workers(ns, config, simulated)
     on_start = None
-    if not needs_base_url(config.provider) and not config.base_url and not _provider_named(ns):
+    if simulated:
         # Said once the run has passed its checks: before, an error that stops it (a missing
         # contexts file, a locked output) came second, after a warning about the provider.
         def on_start() -> None:
@@ -347,6 +347,15 @@ def _cmd_run(ns: argparse.Namespace) -> int:
                 file=sys.stderr,  # standard output may be the summary (--summary -)
             )
     return outcome.exit_code
+
+
+def _cmd_run_workers(ns: argparse.Namespace, config: RunConfig, simulated: bool) -> int:
+    from .workers import run_workers
+
+    if simulated and config.log_format == "text":
+        _note(config, _no_provider_note(config))  # the workers are quiet in text mode
+    argv = sys.argv[1:] if ns.argv is None else ns.argv
+    return run_workers(ns.jobs, config, argv, config_path=ns.config)
 
 
 def _holds_no_jobs(outcome: RunOutcome) -> bool:

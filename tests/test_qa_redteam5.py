@@ -184,3 +184,18 @@ def test_a_lease_longer_than_the_longest_span_is_refused_before_anything_is_writ
     assert "lease_s must be > 0 and at most 2 s" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["jobs.jsonl"]
     assert main([*args, "2", "-o", str(tmp_path / "out.results.jsonl")]) == 0
+
+
+def test_workers_with_no_provider_say_the_replies_are_synthetic_once(tmp_path: Path) -> None:
+    """A plain run with no provider says so on stderr (issue 9); ``--workers`` said nothing in
+    text mode (its workers run quiet), so a user saw fake answers merged without a word."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    cmd = [sys.executable, "-m", "runner", "run", str(jobs), "-c", str(cfg), "--workers", "2"]
+    r = subprocess.run([*cmd, "--progress", "off"], cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert r.stderr.decode().count("built-in simulated provider") == 1
+    r = subprocess.run([*cmd, "--provider", "mock"], cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode == 0 and b"simulated provider" not in r.stderr
