@@ -439,6 +439,11 @@ class SharedLimiter:
         self.pauses_received = 0
         self.max_procs = 1
 
+    def expect_processes(self, n: int) -> None:
+        """The number of processes to split the rate over under ``fail_open`` until the store
+        has counted them (one of ``--shard K/N``: N)."""
+        self._procs = max(n, 1)
+
     # -- protocol ---------------------------------------------------------------------------
 
     async def acquire(self, est_tokens: int) -> float:
@@ -667,8 +672,8 @@ class SharedLimiter:
                 with contextlib.suppress(StoreUnavailable, TimeoutError):
                     async with asyncio.timeout(STORE_TIMEOUT_S):
                         await self.store.take(kind, -left, self._charged[kind], exact=True)
-        if self._down_since is not None:
-            self.degraded_s += time.monotonic() - self._down_since
+        self.degraded_s += self._down_for()
+        self._down_since = None  # counted: a report after the close does not count it again
         await self.store.close()
 
     def report(self) -> dict[str, Any]:
@@ -687,8 +692,12 @@ class SharedLimiter:
             "pauses_received": self.pauses_received,
             "store_errors": self.store_errors,
             "outages": self.outages,
-            "degraded_s": round(self.degraded_s, 3),
+            # an outage still going on when the summary is made counts too
+            "degraded_s": round(self.degraded_s + self._down_for(), 3),
         }
+
+    def _down_for(self) -> float:
+        return time.monotonic() - self._down_since if self._down_since is not None else 0.0
 
 
 def _proc_id() -> str:
@@ -722,6 +731,13 @@ async def open_shared_limiter(
         lease_s=config.lease_s,
         policy=config.redis_policy,
     )
+    from .shards import resolve_shard
+
+    # A shard knows the run has N processes before the store has counted any: under fail_open
+    # with the store down from the start, each of --workers N took the whole rate (N times it).
+    spec = resolve_shard(config, os.environ)
+    if spec is not None:
+        limiter.expect_processes(spec.count)
     try:
         yield limiter
     finally:

@@ -11,9 +11,16 @@ import orjson
 import pytest
 
 from runner.cli import main
+from runner.config import RunConfig
 from runner.limits import RateController
 from runner.models import Attempt, RateInfo
-from runner.redis_limits import FileStore, SharedLimiter
+from runner.redis_limits import (
+    FileStore,
+    Grant,
+    SharedLimiter,
+    StoreUnavailable,
+    open_shared_limiter,
+)
 from runner.sinks import acquire_lock, release_lock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,3 +206,41 @@ def test_workers_with_no_provider_say_the_replies_are_synthetic_once(tmp_path: P
     assert r.stderr.decode().count("built-in simulated provider") == 1
     r = subprocess.run([*cmd, "--provider", "mock"], cwd=ROOT, capture_output=True, timeout=120)
     assert r.returncode == 0 and b"simulated provider" not in r.stderr
+
+
+class _DownStore:
+    """A store that never answers (Redis unreachable from the start)."""
+
+    name = "redis"
+
+    async def take(self, *_a: object, **_k: object) -> Grant:
+        raise StoreUnavailable("ConnectionError: refused")
+
+    async def publish(self, **_k: object) -> None:
+        raise StoreUnavailable("ConnectionError: refused")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_fail_open_from_the_start_splits_the_rate_over_the_shards_and_counts_the_outage(
+    tmp_path: Path,
+) -> None:
+    """``--workers 4 --redis-policy fail_open`` with Redis down from the start: each worker
+    split the rate over the processes the store had counted, none, so each took the whole rate
+    (80 jobs at 600 RPM in 2.0 s instead of 7.2 s: four times the limit). And ``degraded_s``
+    said 0 for an outage that lasted the whole run (counted only when it ended)."""
+    config = RunConfig(
+        rpm=600.0, limit_file=tmp_path / "l.json", redis_policy="fail_open", shard="1/4"
+    )
+    local = RateController(concurrency=8, rpm=None, tpm=None)
+    async with open_shared_limiter(
+        config, base_url="http://x/v1", api_key=None, local=local
+    ) as lim:
+        lim.store = _DownStore()
+        await asyncio.wait_for(lim.acquire(1), 5)
+        assert lim._fallback["r"].per_minute == 600.0 / 4
+        await asyncio.sleep(0.2)
+        rep = lim.report()
+        assert rep["outages"] == 1 and rep["degraded_s"] >= 0.2
+    assert lim.report()["degraded_s"] == pytest.approx(rep["degraded_s"], abs=0.1)  # once
