@@ -244,3 +244,26 @@ async def test_fail_open_from_the_start_splits_the_rate_over_the_shards_and_coun
         rep = lim.report()
         assert rep["outages"] == 1 and rep["degraded_s"] >= 0.2
     assert lim.report()["degraded_s"] == pytest.approx(rep["degraded_s"], abs=0.1)  # once
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_merge_into_a_directory_puts_the_files_inside_it_as_run_o_does(
+    tmp_path: Path, existing: bool
+) -> None:
+    """``runner merge newdir/ parts`` wrote a file named ``newdir`` (and ``newdir.latency.jsonl``
+    beside it); ``runner merge DIR parts`` with DIR existing was refused ("exists and is not
+    an earlier merge"). ``runner run -o DIR`` puts JOBS.results.jsonl inside DIR (issue 9)."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    for k in range(2):
+        assert main(["run", str(jobs), "-c", str(cfg), "-q", "--shard", f"{k}/2"]) == 0
+    out = tmp_path / "merged"
+    if existing:
+        out.mkdir()
+    arg = str(out) if existing else str(out) + "/"
+    assert main(["merge", arg, str(tmp_path / "jobs.shard-*-of-2.results.jsonl")]) == 0
+    assert out.is_dir()
+    assert len((out / "jobs.results.jsonl").read_bytes().splitlines()) == 2
+    assert orjson.loads((out / "jobs.summary.json").read_bytes())["jobs"]["ok"] == 2
