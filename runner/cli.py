@@ -350,8 +350,12 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
 
 def _cmd_run_workers(ns: argparse.Namespace, config: RunConfig, simulated: bool) -> int:
+    from .preflight import check_prices
     from .workers import run_workers
 
+    # One error naming the --max-cost given, before any worker starts (each worker refused its
+    # share, "--max-cost 0.5" for 1, once per worker).
+    check_prices(config, ns.jobs)
     if simulated and config.log_format == "text":
         _note(config, _no_provider_note(config))  # the workers are quiet in text mode
     argv = sys.argv[1:] if ns.argv is None else ns.argv

@@ -267,3 +267,18 @@ def test_a_merge_into_a_directory_puts_the_files_inside_it_as_run_o_does(
     assert out.is_dir()
     assert len((out / "jobs.results.jsonl").read_bytes().splitlines()) == 2
     assert orjson.loads((out / "jobs.summary.json").read_bytes())["jobs"]["ok"] == 2
+
+
+def test_workers_with_an_unpriced_budget_say_it_once_before_any_worker_starts(
+    tmp_path: Path,
+) -> None:
+    """``--workers 2 --max-cost 1`` with no price: each worker refused its share, so the user
+    read "--max-cost 0.5 needs a price" twice, and the workers had started."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
+    cmd = [sys.executable, "-m", "runner", "run", str(jobs), "--workers", "2", "--max-cost", "1"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert err.count("needs a price") == 1 and "--max-cost 1.0 needs" in err
+    assert not list(tmp_path.glob("jobs.shard-*")), "no worker may start"
