@@ -43,7 +43,7 @@ from .idset import IdSet
 from .jobs import id_field
 from .models import Price
 from .outputs import sibling
-from .partstate import read_part
+from .partstate import read_part, state_path
 from .report import render_summary
 from .results import line_key, parse_result
 from .shards import manifest_path, read_manifest, unchanged_input
@@ -713,7 +713,16 @@ def _refuse_inputs(
         if p.manifest.get("contexts_file"):
             taken[Path(p.manifest["contexts_file"]).resolve()] = "the contexts the shards read"
     for p in loaded:
-        for kind, path in (("results", p.results), ("latency", p.latency), ("summary", p.summary)):
+        for kind, path in (
+            ("results", p.results),
+            ("latency", p.latency),
+            ("summary", p.summary),
+            # its sidecars too: a shard without its meta file or manifest no longer resumes
+            # or merges (--force wrote the merge over them)
+            ("meta file", p.results.with_name(p.results.name + ".meta.json")),
+            ("manifest", manifest_path(p.results)),
+            ("summary state", state_path(p.summary)),
+        ):
             taken[path.resolve()] = f"the {kind} of shard {p.index}"
     for what, path in outputs:
         if path.resolve() in taken:

@@ -282,3 +282,25 @@ def test_workers_with_an_unpriced_budget_say_it_once_before_any_worker_starts(
     assert r.returncode == 2, err
     assert err.count("needs a price") == 1 and "--max-cost 1.0 needs" in err
     assert not list(tmp_path.glob("jobs.shard-*")), "no worker may start"
+
+
+@pytest.mark.parametrize("sidecar", [".results.jsonl.meta.json", ".results.jsonl.shard.json"])
+def test_a_merge_never_writes_over_a_shards_meta_file_or_manifest_even_with_force(
+    tmp_path: Path, sidecar: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its results, latency and summary were refused as OUT; ``runner merge
+    X.shard-0-of-2.results.jsonl.meta.json parts --force`` replaced shard 0's meta file with
+    the merged results, so shard 0 could no longer be resumed as it was written."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    for k in range(2):
+        assert main(["run", str(jobs), "-c", str(cfg), "-q", "--shard", f"{k}/2"]) == 0
+    target = tmp_path / f"jobs.shard-0-of-2{sidecar}"
+    before = target.read_bytes()
+    capsys.readouterr()
+    parts = str(tmp_path / "jobs.shard-*-of-2.results.jsonl")
+    assert main(["merge", str(target), parts, "--force"]) == 2
+    assert "choose another output path" in capsys.readouterr().err
+    assert target.read_bytes() == before
