@@ -315,7 +315,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         ) from exc
     summary_error = outcome.summary.get("summary_error")
     if config.log_format == "json":  # the run_end event carried the summary
-        for note in _input_notes(ns.jobs, outcome):
+        for note in _input_notes(ns.jobs, outcome, config):
             _note(config, note)
         if summary_error:
             _note(config, f"the summary could not be written: {summary_error}", error=True)
@@ -324,7 +324,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         from .report import render_summary  # after the run: not on the way to its first request
 
         print(render_summary(outcome.summary), file=sys.stderr)
-        for note in _input_notes(ns.jobs, outcome):
+        for note in _input_notes(ns.jobs, outcome, config):
             print(f"runner: warning: {note}", file=sys.stderr)
     if summary_error:
         print(f"runner: error: the summary could not be written: {summary_error}", file=sys.stderr)
@@ -359,7 +359,10 @@ def _cmd_run_workers(ns: argparse.Namespace, config: RunConfig, simulated: bool)
     if simulated and config.log_format == "text":
         _note(config, _no_provider_note(config))  # the workers are quiet in text mode
     argv = sys.argv[1:] if ns.argv is None else ns.argv
-    return run_workers(ns.jobs, config, argv, config_path=ns.config)
+    code = run_workers(ns.jobs, config, argv, config_path=ns.config)
+    if code == 0 and _merge_holds_no_jobs(ns.jobs, config):
+        _note(config, f"{ns.jobs} holds no jobs")  # said by the run as a whole, not a worker
+    return code
 
 
 def _holds_no_jobs(outcome: RunOutcome) -> bool:
@@ -369,10 +372,30 @@ def _holds_no_jobs(outcome: RunOutcome) -> bool:
     return s["jobs"]["total"] == 0 and not s.get("not_sent") and outcome.stopped is None
 
 
-def _input_notes(path: Path, outcome: RunOutcome) -> list[str]:
+def _merge_holds_no_jobs(jobs: Path, config: RunConfig) -> bool:
+    """The merged summary of a ``--workers`` run counts no job at all."""
+    import dataclasses
+
+    import orjson
+
+    from .sinks import default_paths
+
+    plain = dataclasses.replace(config, summary=None) if config.summary_to_stdout else config
+    try:
+        s = orjson.loads(default_paths(jobs, plain)[2].read_bytes())
+    except (OSError, ValueError):
+        return False
+    counts = s.get("jobs") if isinstance(s, dict) else None
+    return isinstance(counts, dict) and counts.get("total") == 0 and not s.get("not_sent")
+
+
+def _input_notes(path: Path, outcome: RunOutcome, config: RunConfig) -> list[str]:
     """Warnings about the jobs file after the table: it held nothing, or no line of it was a
     job (a JSON array, CSV, UTF-16...), where the table says only "N failed (invalid_input N)"
-    and the reasons are inside the results file."""
+    and the reasons are inside the results file. Not said by a shard: its share of a file with
+    jobs may well be empty (``--workers 4`` over 3 jobs told of the file "holds no jobs")."""
+    if config.shard is not None or config.shard_count is not None:
+        return []
     jobs = outcome.summary["jobs"]
     if _holds_no_jobs(outcome):
         return [f"{path} holds no jobs"]

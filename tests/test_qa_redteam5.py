@@ -304,3 +304,22 @@ def test_a_merge_never_writes_over_a_shards_meta_file_or_manifest_even_with_forc
     assert main(["merge", str(target), parts, "--force"]) == 2
     assert "choose another output path" in capsys.readouterr().err
     assert target.read_bytes() == before
+
+
+def test_holds_no_jobs_is_said_of_the_file_by_the_run_never_by_a_shard(tmp_path: Path) -> None:
+    """``--workers 4 --log-format json`` over 3 jobs: a worker whose shard was empty warned
+    "jobs.jsonl holds no jobs" of a file that holds 3; and ``--workers`` over an empty file
+    said nothing in text mode (a plain run warns, issue 9)."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b"".join(b'{"id":"j%d","query":"q %d?"}\n' % (i, i) for i in range(3)))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    base = [sys.executable, "-m", "runner", "run", "-c", str(cfg), "--progress", "off"]
+    for path, fmt, said in ((jobs, "json", 0), (empty, "text", 1), (empty, "json", 1)):
+        cmd = [*base, str(path), "--workers", "4", "--concurrency", "8", "--log-format", fmt]
+        out = tmp_path / f"{path.stem}-{fmt}"
+        r = subprocess.run([*cmd, "-o", f"{out}/"], cwd=ROOT, capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+        assert r.stderr.decode().count("holds no jobs") == said, (path, fmt, r.stderr.decode())
