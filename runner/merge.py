@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from .config import file_arg
 from .errors import ConfigError, InputError, SinkError
 from .idset import IdSet
 from .jobs import id_field
@@ -762,9 +763,8 @@ def _input_order(paths: Sequence[Path]) -> Path | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "out", help="merged results JSONL (X.results.jsonl), or a directory (DIR/: inside it)"
-    )
+    # OUT/ is refused as --latency d1/ is, not written as a file named OUT (a Path drops the /)
+    parser.add_argument("out", type=file_arg, help="merged results JSONL (X.results.jsonl)")
     parser.add_argument("parts", nargs="+", help="the shards' results files (or a glob)")
     parser.add_argument("-c", "--config", type=Path, help="TOML config (for prices)")
     parser.add_argument(
@@ -794,17 +794,6 @@ def _locked(outputs: Sequence[Path]) -> Iterator[None]:
             release_lock(lock, fd)
 
 
-def _out_path(raw: str, parts: Sequence[Path]) -> Path:
-    """OUT as ``runner run -o`` takes it: ``DIR/`` (or an existing directory) puts the merge
-    in DIR, named after the jobs file the parts read (it wrote a file named DIR)."""
-    path = Path(raw).expanduser()
-    if raw.endswith(("/", "\\")) or path.is_dir():
-        jobs = read_manifest(parts[0]).get("jobs_file") if parts else None
-        stem = Path(jobs).with_suffix("").name if isinstance(jobs, str) else "merged"
-        return path / (stem + ".results.jsonl")
-    return path
-
-
 def main(ns: argparse.Namespace) -> int:
     from .config import load_config
     from .pathargs import results_file
@@ -827,7 +816,7 @@ def main(ns: argparse.Namespace) -> int:
         summary["exit_code"] = 1 if summary["jobs"]["failed"] or incomplete else 0
 
     extra = [Path(p) for p in (ns.config, config.contexts) if p is not None]
-    out = _out_path(ns.out, paths)
+    out = ns.out
     with _locked(merged_paths(out)):
         rep = merge(
             out,
