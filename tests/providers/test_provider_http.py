@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -111,17 +112,16 @@ WIRE = b"".join(
 )
 
 
-@pytest.fixture
-async def ragged_sse() -> AsyncIterator[str]:
-    """Serves WIRE in pieces that split lines at odd places."""
+@asynccontextmanager
+async def _sse_server(wire: bytes, step: int) -> AsyncIterator[str]:
+    """Serves ``wire`` as an event stream in writes of ``step`` bytes; yields the base URL."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
         resp.content_type = "text/event-stream"
         await resp.prepare(request)
-        step = 7919
-        for i in range(0, len(WIRE), step):
-            await resp.write(WIRE[i : i + step])
+        for i in range(0, len(wire), step):
+            await resp.write(wire[i : i + step])
         await resp.write_eof()
         return resp
 
@@ -129,8 +129,17 @@ async def ragged_sse() -> AsyncIterator[str]:
     app.router.add_post("/v1/chat/completions", handle)
     server = TestServer(app)
     await server.start_server()
-    yield str(server.make_url("/v1"))
-    await server.close()
+    try:
+        yield str(server.make_url("/v1"))
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def ragged_sse() -> AsyncIterator[str]:
+    """Serves WIRE in pieces that split lines at odd places."""
+    async with _sse_server(WIRE, 7919) as url:
+        yield url
 
 
 async def test_sse_lines_split_across_reads(ragged_sse: str) -> None:
@@ -156,25 +165,9 @@ MIXED_WIRE = (
 
 
 async def test_a_bare_cr_inside_a_read_of_lf_lines_ends_its_line() -> None:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        resp.content_type = "text/event-stream"
-        await resp.prepare(request)
-        await resp.write(MIXED_WIRE)
-        await resp.write_eof()
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        cfg = RunConfig(stream=True)
-        url = str(server.make_url("/v1"))
-        async with open_backend(cfg, base_url=url, api_key=None) as backend:
+    async with _sse_server(MIXED_WIRE, len(MIXED_WIRE)) as url:
+        async with open_backend(RunConfig(stream=True), base_url=url, api_key=None) as backend:
             att = await backend.send(_job(), cache_key=None)
-    finally:
-        await server.close()
     assert att.error is None, att.error
     assert att.body["choices"][0]["message"]["content"] == "ab"
     assert att.usage is not None and att.usage.completion_tokens == 2
