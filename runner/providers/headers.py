@@ -51,6 +51,13 @@ def _seconds(value: str | None) -> float | None:
     return v if math.isfinite(v) and v >= 0 else None
 
 
+def _limit(value: str | None) -> float | None:
+    """A limit header (requests or tokens per window): None below 1. No server means a
+    fraction of a request; ``1e-300`` taken as a limit held every request for ever."""
+    v = _seconds(value)
+    return v if v is not None and v >= 1.0 else None
+
+
 def parse_retry_after(headers: Headers) -> float | None:
     """The delay a server asked for: ``retry-after-ms`` first, then ``retry-after``.
 
@@ -105,10 +112,10 @@ def _openai_rate(headers: Headers) -> RateInfo | None:
     if lr is None and rr is None and lt is None and rt is None:
         return None
     return RateInfo(
-        limit_requests=_seconds(lr),
+        limit_requests=_limit(lr),
         remaining_requests=_seconds(rr),
         reset_requests_s=_go_seconds(get("x-ratelimit-reset-requests")),
-        limit_tokens=_seconds(lt),
+        limit_tokens=_limit(lt),
         remaining_tokens=_seconds(rt),
         reset_tokens_s=_go_seconds(get("x-ratelimit-reset-tokens")),
     )
@@ -131,10 +138,10 @@ def _anthropic_rate(headers: Headers) -> RateInfo | None:
         return None
     now = time.time()
     return RateInfo(
-        limit_requests=_seconds(lr),
+        limit_requests=_limit(lr),
         remaining_requests=_seconds(rr),
         reset_requests_s=_rfc3339_seconds(get("anthropic-ratelimit-requests-reset"), now),
-        limit_tokens=_seconds(lt),
+        limit_tokens=_limit(lt),
         remaining_tokens=_seconds(rt),
         reset_tokens_s=_rfc3339_seconds(get(tokens + "reset"), now),
     )

@@ -139,3 +139,23 @@ def test_anthropic_rate_headers_fall_back_to_input_tokens() -> None:
     assert parse_rate_headers(headers) == RateInfo(
         limit_tokens=40000, remaining_tokens=39000, reset_tokens_s=0.0
     )
+
+
+@pytest.mark.parametrize("value", ["1e-300", "0.5", "0"])
+def test_a_limit_below_one_is_no_limit(value: str) -> None:
+    # 1e-300 requests a minute, taken as the limit, held every request for ever; no server
+    # means a fraction of a request (or of a token), and 0 would stop the run for good.
+    openai = parse_rate_headers(
+        CIMultiDict({"x-ratelimit-limit-requests": value, "x-ratelimit-limit-tokens": value})
+    )
+    assert openai is not None
+    assert openai.limit_requests is None and openai.limit_tokens is None
+    anthropic = parse_rate_headers(
+        CIMultiDict(
+            {"anthropic-ratelimit-requests-limit": value, "anthropic-ratelimit-tokens-limit": value}
+        )
+    )
+    assert anthropic is not None
+    assert anthropic.limit_requests is None and anthropic.limit_tokens is None
+    one = parse_rate_headers(CIMultiDict({"x-ratelimit-limit-requests": "1"}))
+    assert one is not None and one.limit_requests == 1.0
