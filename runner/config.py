@@ -216,6 +216,7 @@ class RunConfig(Record):
                 raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
             if importlib.util.find_spec("redis") is None:
                 raise ConfigError("redis_url needs the redis package: pip install 'runner[redis]'")
+            _check_redis_url(self.redis_url)
         if not 0 < self.lease_s <= MAX_LEASE_S:
             raise ConfigError(
                 f"lease_s must be > 0 and at most {MAX_LEASE_S:g} s, got {self.lease_s}: a "
@@ -347,6 +348,26 @@ _PATH_FIELDS = {"output", "latency", "summary", "contexts", "metrics_textfile", 
 _LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*\Z"  # compiled (by re) only when labels are given
 # Labels the metrics set themselves; a user label of the same name would clash.
 _RESERVED_LABELS = {"job_name", "outcome", "error_code", "type", "kind", "state", "le", "job"}
+
+
+def _check_redis_url(url: str) -> None:
+    """What redis-py would take silently or refuse only when it connects: a database that is
+    not a number (``redis://h:6379/abc`` is database 0 to it) and bad query values. The URL
+    is never echoed: it may carry a password."""
+    from urllib.parse import urlsplit
+
+    from redis.connection import parse_url
+
+    path = urlsplit(url).path.strip("/") if not url.startswith("unix://") else ""
+    if path and not path.isdigit():
+        raise ConfigError("redis_url: the database in its path must be a number (redis://h:6379/0)")
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError:  # its message may quote a part of the URL: a password, maybe
+        raise ConfigError(
+            "redis_url is not a Redis URL redis-py can use: check its port and its query "
+            "values (db=, socket_timeout=, ...)"
+        ) from None
 
 
 def _check_misused_paths(c: RunConfig) -> None:

@@ -129,7 +129,15 @@ async def test_a_redis_url_that_does_not_parse_is_exit_2_not_a_traceback(
     tmp_path: Path, url: str
 ) -> None:
     pytest.importorskip("redis")
-    cfg = RunConfig(redis_url=url, rpm=600, progress="off", quiet=True)
     with pytest.raises(ConfigError, match="redis_url") as info:
-        await run(_jobs(tmp_path), cfg)
+        await run(_jobs(tmp_path), RunConfig(redis_url=url, rpm=600, progress="off", quiet=True))
     assert info.value.exit_code == 2 and PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/abc", "redis://127.0.0.1:6379/0?db=x"])
+def test_a_redis_url_whose_database_is_not_a_number_is_refused(url: str) -> None:
+    # redis-py takes a database it cannot read as database 0, silently: another run's limits
+    pytest.importorskip("redis")
+    with pytest.raises(ConfigError, match="redis_url") as info:
+        RunConfig(redis_url=url)
+    assert info.value.exit_code == 2
