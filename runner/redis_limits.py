@@ -90,7 +90,8 @@ __all__ = [
 
 #: A learned (server) limit is forgotten this long after it was last published.
 LEARNED_TTL_S = 300.0
-#: A process not seen at the store for this long no longer counts as running.
+#: A process not seen at the store for this long no longer counts as running (one that closes
+#: its limiter leaves at once: :meth:`SharedLimiter.aclose`; this is for one that was killed).
 PROC_TTL_S = 30.0
 #: Longest wait between two store retries under ``fail_closed``.
 MAX_RETRY_S = 2.0
@@ -134,6 +135,7 @@ class LeaseStore(Protocol):
     async def publish(
         self, *, pause_s: float = 0.0, kind: str = "", limit: float = 0.0
     ) -> None: ...
+    async def leave(self) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -292,6 +294,15 @@ class RedisStore:
                     "in redis_url and that its ACL allows EVAL/EVALSHA on runner:* keys"
                 ) from None
 
+    async def leave(self) -> None:
+        """This process no longer runs: the others' next leases count it out at once, not
+        ``PROC_TTL_S`` later (a run started meanwhile would split its rate by a stale count)."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._client.zrem(self._keys[1], self._proc)
+        except self._errors as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
     async def close(self) -> None:
         with contextlib.suppress(*self._errors):
             await self._client.aclose()
@@ -363,6 +374,12 @@ class FileStore:
             if limit > 0:
                 s["lim_" + (kind or "r")] = limit
                 s["lim_at_" + (kind or "r")] = now
+
+        self._update(op)
+
+    async def leave(self) -> None:
+        def op(s: dict[str, Any], now: float) -> None:
+            s.get("procs", {}).pop(self._proc, None)
 
         self._update(op)
 
@@ -672,6 +689,10 @@ class SharedLimiter:
                 with contextlib.suppress(StoreUnavailable, TimeoutError):
                     async with asyncio.timeout(STORE_TIMEOUT_S):
                         await self.store.take(kind, -left, self._charged[kind], exact=True)
+        if self._down_since is None:  # the others count this process out at once
+            with contextlib.suppress(StoreUnavailable, TimeoutError):
+                async with asyncio.timeout(STORE_TIMEOUT_S):
+                    await self.store.leave()
         self.degraded_s += self._down_for()
         self._down_since = None  # counted: a report after the close does not count it again
         await self.store.close()

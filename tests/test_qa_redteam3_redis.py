@@ -79,6 +79,11 @@ class TimingOutStore:
         await asyncio.sleep(self.delay)
         raise StoreUnavailable("TimeoutError: ")
 
+    async def leave(self) -> None:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        raise StoreUnavailable("TimeoutError: ")
+
     async def close(self) -> None:
         pass
 

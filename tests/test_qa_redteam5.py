@@ -219,6 +219,9 @@ class _DownStore:
     async def publish(self, **_k: object) -> None:
         raise StoreUnavailable("ConnectionError: refused")
 
+    async def leave(self) -> None:
+        raise StoreUnavailable("ConnectionError: refused")
+
     async def close(self) -> None:
         return None
 

@@ -105,6 +105,42 @@ async def test_a_published_pause_reaches_the_next_lease(store: Any) -> None:
     assert 2.5 < g.pause_s <= 3.0
 
 
+@pytest.mark.parametrize("kind", ["file", "redis"])
+async def test_a_process_that_leaves_is_counted_out_at_once(
+    kind: str, tmp_path: Path, request: Any
+) -> None:
+    # Counted for PROC_TTL_S (30 s) after it ended, a process made a run started meanwhile
+    # split its fail_open rate over processes that were gone, and report them as running.
+    def open_store(proc: str) -> Any:
+        if kind == "file":
+            return FileStore(tmp_path / "limits.json", proc)
+        from runner.redis_limits import RedisStore
+
+        url = request.getfixturevalue("redis_url")
+        return RedisStore(url, limit_key("mock", "http://x", None, str(tmp_path)), proc)
+
+    a, b = open_store("a"), open_store("b")
+    try:
+        await a.take("r", 1, 600.0)
+        assert (await b.take("r", 1, 600.0)).procs == 2
+        await b.leave()
+        assert (await a.take("r", 1, 600.0)).procs == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_limiter_that_closes_leaves_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "l.json"
+    a = _limiter(FileStore(path, "a"), "fail_closed")
+    b = _limiter(FileStore(path, "b"), "fail_closed")
+    await a.acquire(1)
+    await b.acquire(1)
+    await a.aclose()
+    assert (await FileStore(path, "c").take("r", 0, 600.0)).procs == 2  # b and c, not a
+    await b.aclose()
+
+
 def test_the_limit_key_hashes_the_api_key_and_separates_scopes() -> None:
     a = limit_key("openai", "https://api.x/v1/", "sk-secret-123", None)
     assert "sk-secret" not in a
@@ -136,6 +172,11 @@ class FlakyStore:
         if self.down:
             raise StoreUnavailable("ConnectionError: refused")
         await self.inner.publish(pause_s=pause_s, kind=kind, limit=limit)
+
+    async def leave(self) -> None:
+        if self.down:
+            raise StoreUnavailable("ConnectionError: refused")
+        await self.inner.leave()
 
     async def close(self) -> None:
         await self.inner.close()
