@@ -86,6 +86,7 @@ __all__ = [
     "MetaCacheJournal",
     "Outputs",
     "acquire_lock",
+    "check_resume",
     "default_paths",
     "meta_path_of",
     "open_outputs",
@@ -1082,6 +1083,17 @@ def _check_model(meta: dict[str, Any], results: Path, *, model: str) -> None:
 
 
 _META_KEYS: Final = frozenset({"jobs_file", "jobs", "contexts", "model", "version"})
+
+
+def check_resume(results: Path, *, jobs_path: Path, contexts: Path | None, model: str) -> None:
+    """The refusal a resume of ``results`` would meet (another model, an input edited other
+    than by appending), raised now: ``--workers`` asks it of one shard's outputs in the parent,
+    so that it is said once, not once by every worker."""
+    if _size(results) <= 0 and _size(_sidecar(results, ".pending")) <= 0:
+        return
+    meta = _read_meta(meta_path_of(results), results)
+    _check_model(meta, results, model=model)
+    _check_inputs(meta, results, jobs_path=jobs_path, contexts=contexts)
 
 
 def _same_claim(

@@ -292,6 +292,16 @@ def _run_locked(
     to_stdout: bool,
 ) -> int:
     n = config.workers
+    if config.resume:
+        # An edited input (or another model) is refused here, once, exit 2 before any worker
+        # starts: every worker would refuse its shard with the same words. One shard's outputs
+        # say it for all; they were written from the same input.
+        from .sinks import check_resume
+
+        for part in parts:
+            if part.exists():
+                check_resume(part, jobs_path=jobs, contexts=config.contexts, model=config.model)
+                break
     common = ["--workers", "1", "--progress", "off", *extra]
     groups = group_shares(config.max_active_groups, n)
     procs = []

@@ -182,6 +182,7 @@ def test_all_names_every_public_function_and_class() -> None:
         "MetaCacheJournal",
         "Outputs",
         "acquire_lock",
+        "check_resume",
         "default_paths",
         "meta_path_of",
         "open_outputs",

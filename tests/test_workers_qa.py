@@ -160,6 +160,22 @@ def test_appended_jobs_resume_with_workers_and_merge_again(tmp_path: Path) -> No
     assert (tmp_path / "jobs.summary.json").read_bytes() == kept
 
 
+def test_an_edited_input_is_refused_once_before_any_worker_starts(tmp_path: Path) -> None:
+    # Found by the red team: each worker refused its shard, so the same error came N times.
+    jobs, cfg = _jobs(tmp_path, 6), _config(tmp_path)
+    r = _run(str(jobs), "-c", str(cfg), "--workers", "3")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    jobs.write_bytes(jobs.read_bytes().replace(b"question 1?", b"question one?"))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    r = _run(str(jobs), "-c", str(cfg), "--workers", "3")
+    err = r.stderr.decode()
+    assert r.returncode == 2, err[-2000:]
+    assert err.count("cannot resume") == 1, err
+    assert "lines were edited" in err
+    # nothing touched: no worker started
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
 def test_workers_never_replace_a_foreign_file_with_a_merge(tmp_path: Path) -> None:
     jobs, cfg = _jobs(tmp_path, 4), _config(tmp_path)
     r = _run(str(jobs), "-c", str(cfg), "--workers", "2")
