@@ -307,6 +307,15 @@ class RunConfig(Record):
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with the given fields replaced; ``None`` values mean 'not given'."""
+        for name in ("output", *_FILE_FIELDS):
+            raw = overrides.get(name)
+            if isinstance(raw, str) and raw.endswith(("/", "\\")):
+                # Path() would drop the "/" and the run would write a file of that name; only
+                # the command line names the results after the jobs file (-o DIR/).
+                raise ConfigError(
+                    f"{name} = {raw!r} ends in '/': name the file itself, for example "
+                    f"{raw}{_EXAMPLE_NAMES[name]}"
+                )
         given: dict[str, Any] = {
             # A flag's path (argparse gives a Path) or a string: "~" is home either way, as
             # "--latency=~/x" and systemd's ExecStart expand none.
@@ -565,6 +574,12 @@ _CACHE_KEYS = (
 #: Fields naming an output file: a path ending in "/" names a directory, and ``Path`` would
 #: silently drop the "/" and write a file of that name (``output`` is the one that may be one).
 _FILE_FIELDS = ("latency", "summary", "metrics_textfile")
+_EXAMPLE_NAMES = {
+    "output": "jobs.results.jsonl",
+    "latency": "jobs.latency.jsonl",
+    "summary": "jobs.summary.json",
+    "metrics_textfile": "runner.prom",
+}
 
 
 def file_arg(raw: str) -> Path:

@@ -75,3 +75,18 @@ def test_bench_output_files_ending_in_slash_are_exit_2(
         f"runner bench: error: argument {flag}: x/ ends in '/': give a file name, not a directory"
     )
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["output", "latency", "summary", "metrics_textfile"])
+def test_the_python_api_refuses_an_output_ending_in_slash(tmp_path: Path, name: str) -> None:
+    # Found by a new-user pass: run_batch(..., output="/tmp/af/") (examples/schedules'
+    # Airflow task) wrote a results file named "af": Path() drops the "/". Only the command
+    # line names the results after the jobs file, so the API asks for the file's own name.
+    from runner.config import RunConfig
+    from runner.errors import ConfigError
+
+    raw = str(tmp_path / "af") + "/"
+    with pytest.raises(ConfigError, match="ends in '/'") as info:
+        RunConfig().with_overrides(**{name: raw})
+    assert info.value.exit_code == 2
+    assert not (tmp_path / "af").exists()
