@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from sink_helpers import full_disk
 
 from runner import runtime
 from runner.cli import main
@@ -119,19 +119,10 @@ def test_the_merged_outputs_and_marker_are_durable(tmp_path: Path, events: list[
 
 
 @pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 64 KiB file system (tmpfs), where root may mount one; skipped elsewhere."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+def tiny_fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 64 KiB file system, too small for the new file (sink_helpers.full_disk)."""
+    with full_disk(tmp_path, monkeypatch, fill=False) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_a_full_file_system_keeps_the_old_file_and_no_temporary_one(tiny_fs: Path) -> None:

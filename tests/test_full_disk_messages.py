@@ -7,13 +7,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from promise_helpers import cli_run, fast_config, write_jobs
+from sink_helpers import full_disk
 
 from runner.cli import main
 from runner.errors import InputError
@@ -26,25 +26,10 @@ UNREADABLE = Path("/proc/self/mem")  # opens, and reading it at offset 0 is EIO:
 
 
 @pytest.fixture
-def full_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 64 KiB tmpfs, filled to the last block; skipped where it cannot be mounted."""
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]
-    if subprocess.run(mount, capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+def full_fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A file system with no block left (sink_helpers.full_disk)."""
+    with full_disk(tmp_path, monkeypatch, fill=True) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_a_full_disk_at_the_lock_says_nothing_was_written(
