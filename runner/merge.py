@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import glob
 import io
 import os
@@ -76,6 +77,20 @@ class _Part:
     latency: Path
     summary: Path
     manifest: dict[str, Any]
+    # its summary file, parsed once ({} until read): finished, cost, caches, identity, limits
+    _doc: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+    def doc(self) -> dict[str, Any] | None:
+        """The part's summary, read once; None when it cannot be read or parsed."""
+        if not self._doc:
+            try:
+                parsed = orjson.loads(self.summary.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                return None
+            if not isinstance(parsed, dict):
+                return None
+            self._doc["summary"] = parsed
+        return self._doc["summary"]  # type: ignore[no-any-return]
 
 
 def merged_paths(out: Path) -> tuple[Path, Path, Path]:
@@ -143,9 +158,8 @@ def _load_parts(paths: Sequence[Path]) -> tuple[list[_Part], int, dict[str, Any]
 
 
 def _finished(part: _Part) -> bool:
-    try:
-        s = orjson.loads(part.summary.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+    s = part.doc()
+    if s is None:
         return False
     # a summary older than the results is from an earlier, interrupted attempt
     if part.summary.stat().st_mtime < part.results.stat().st_mtime - 1.0:
@@ -170,10 +184,10 @@ def _parts_cost(loaded: Sequence[_Part]) -> dict[str, Any] | None:
     summary has one; each shard priced its jobs by their own model."""
     costs = []
     for part in loaded:
-        try:
-            costs.append(orjson.loads(part.summary.read_bytes()).get("cost"))
-        except (OSError, orjson.JSONDecodeError):
+        doc = part.doc()
+        if doc is None:
             return None
+        costs.append(doc.get("cost"))
     return summed_cost(costs)
 
 
@@ -186,10 +200,10 @@ def _add_parts_cache_cost(summary: dict[str, Any], loaded: Sequence[_Part]) -> N
     create = storage = 0.0
     found = False
     for part in loaded:
-        try:
-            pc = orjson.loads(part.summary.read_bytes()).get("cost") or {}
-        except (OSError, orjson.JSONDecodeError):
+        doc = part.doc()
+        if doc is None:
             continue
+        pc = doc.get("cost") or {}
         if "cache_create" in pc:
             found = True
             create += pc.get("cache_create") or 0.0
@@ -207,9 +221,8 @@ def _add_parts_identity(summary: dict[str, Any], loaded: Sequence[_Part]) -> Non
     """When, who and why, as a run's summary says them (README, "Output"): the parts' provider,
     model, host and version, the first start and the last end, and the first stop reason."""
     for part in loaded:
-        try:
-            ps = orjson.loads(part.summary.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+        ps = part.doc()
+        if ps is None:
             continue
         for key in ("provider", "model", "base_url_host", "runner_version"):
             if key in ps:
@@ -237,10 +250,7 @@ def _add_parts_limits(summary: dict[str, Any], loaded: Sequence[_Part]) -> None:
     summary["limiter_wait_mean_ms"] = round(wait_ms / done, 3) if done else 0.0
     shared: dict[str, Any] = {}
     for part in loaded:
-        try:
-            ps = orjson.loads(part.summary.read_bytes()).get("shared_limit")
-        except (OSError, orjson.JSONDecodeError, AttributeError):
-            continue
+        ps = (part.doc() or {}).get("shared_limit")
         if not isinstance(ps, dict):
             continue
         if not shared:
