@@ -30,6 +30,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _sched
 from _common import OUT, PY, ROOT, cpu_seconds, make_jobs, mock_server, run_child
 from scaleout import hosts, start_mock, start_redis
 
@@ -424,7 +425,62 @@ def bench_workers(args: argparse.Namespace) -> None:
             flush=True,
         )
     print(f"workers: --workers 2 / --workers 1 req/s per round: {[round(x, 3) for x in ratios]}")
-    (OUT / "scaleout-workers.json").write_text(json.dumps({"rows": rows, "ratios": ratios}))
+    traces = _sched_traces(args, jobs) if args.sched_trace else None
+    (OUT / "scaleout-workers.json").write_text(
+        json.dumps({"rows": rows, "ratios": ratios, "sched_traces": traces})
+    )
+
+
+def _sched_traces(args: argparse.Namespace, jobs: Path) -> list[dict[str, Any]] | None:
+    """One ``--workers 1`` and one ``--workers 2`` run under ``perf sched record`` (after the
+    rounds, so the tracing's own cost is in no ratio): per process, CPU time and time runnable
+    without a core; the cores' idle time, and how much of it passed while a process was
+    runnable and had no core (see ``_sched.py``)."""
+    if not _sched.available():
+        print("workers sched trace: `perf sched record` does not work here; skipped", flush=True)
+        return None
+    out_rows = []
+    with mock_server("--latency", "zero") as (url, mock_pid):
+        for w in (1, 2):
+            d = SCALE / "workers" / "trace"
+            d.mkdir(parents=True, exist_ok=True)
+            for p in d.iterdir():
+                p.unlink()
+            cmd = [PY, "-m", "runner", "run", str(jobs), "--provider", "openai", "--base-url", url,
+                   "--progress", "off", "--no-resume", "--concurrency", "128", "--workers", str(w),
+                   "-o", str(d / "t.results.jsonl")]  # fmt: skip
+            r = run_child(_sched.record(cmd, d / "perf.data"))
+            if r.returncode != 0:
+                raise SystemExit(r.stderr[-2000:])
+            split = _sched.parse(_sched.timehist(d / "perf.data"))
+            tree = _sched.command_tree(d / "perf.data")
+            mock = split.tasks[mock_pid]
+            runner = sorted((t for pid, t in split.tasks.items() if pid in tree and t.cpu_s > 0.01),
+                            key=lambda t: -t.cpu_s)  # fmt: skip
+            us = 1e6 / args.worker_jobs
+            row = {
+                "workers": w,
+                "wall_s": round(split.wall_s, 3),
+                "idle_s": round(split.idle_s, 3),
+                "idle_while_waiting_s": round(split.idle_while_waiting_s, 3),
+                "mock": {"cpu_s": round(mock.cpu_s, 3), "waited_s": round(mock.waited_s, 3)},
+                "runner": [
+                    {"cpu_s": round(t.cpu_s, 3), "waited_s": round(t.waited_s, 3)} for t in runner
+                ],
+            }
+            out_rows.append(row)
+            cpu = sum(t.cpu_s for t in runner)
+            print(
+                f"workers sched trace --workers {w}: wall {split.wall_s:.2f} s over {split.cpus}"
+                f" CPUs; CPU per request: runner {cpu * us:.0f} us"
+                f" ({' + '.join(f'{t.cpu_s:.2f}' for t in runner)} s), mock"
+                f" {mock.cpu_s * us:.0f} us ({mock.cpu_s:.2f} s); runnable without a core:"
+                f" runner {' + '.join(f'{t.waited_s:.2f}' for t in runner)} s, mock"
+                f" {mock.waited_s:.2f} s; cores idle {split.idle_s:.2f} s, of which"
+                f" {split.idle_while_waiting_s:.2f} s while a process was runnable beside it",
+                flush=True,
+            )
+    return out_rows
 
 
 def main() -> None:
@@ -435,6 +491,11 @@ def main() -> None:
     ap.add_argument("--fault-jobs", type=int, default=150)
     ap.add_argument("--worker-jobs", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--sched-trace",
+        action="store_true",
+        help="workers: also trace one run of each with `perf sched` (where the cores went)",
+    )
     args = ap.parse_args()
     SCALE.mkdir(parents=True, exist_ok=True)
     todo = ["rate", "fault", "shards", "workers"] if args.what == "all" else [args.what]
