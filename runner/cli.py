@@ -241,16 +241,6 @@ def _add_scaling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit-file", type=Path, help=argparse.SUPPRESS)  # set by --workers
 
 
-def _output_path(raw: str | None, jobs: Path) -> Path | None:
-    """``-o DIR/`` (or an existing directory) puts the results in DIR, named after the jobs."""
-    if raw is None:
-        return None
-    path = Path(raw).expanduser()  # "--output=~/x" and systemd's ExecStart expand no "~"
-    if raw.endswith(("/", "\\")) or path.is_dir():
-        return path / (jobs.with_suffix("").name + ".results.jsonl")
-    return path
-
-
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
     base = load_config(ns.config)
     # The argparse definitions are the one list: every option named after a RunConfig field
@@ -258,15 +248,6 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
     from . import observe
 
     overrides = {k: v for k, v in vars(ns).items() if k in FIELD_NAMES} | observe.overrides(ns)
-    overrides["output"] = _output_path(overrides.get("output"), ns.jobs)
-    if overrides["output"] is None and base.output is not None and ns.config is not None:
-        # output = "res/" in the file names a directory as -o res/ does (its Path lost the "/",
-        # and the results went to a file named "res"); read again only in this case
-        from .config import read_toml
-
-        raw = read_toml(ns.config).get("output")
-        if isinstance(raw, str) and raw.endswith(("/", "\\")):
-            overrides["output"] = _output_path(raw, ns.jobs)
     if overrides.get("log_format") is None:
         ns.log_format = base.log_format  # a bad flag below is an error in the file's format
     provider = overrides.get("provider")

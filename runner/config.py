@@ -101,6 +101,9 @@ class RunConfig(Record):
     explicit_ttl_s: float = DEFAULT_EXPLICIT_TTL_S  # shortest TTL of an explicit cache (Gemini)
     # io
     output: Path | None = None
+    # output names a directory (it ended in "/", which Path drops): the results go in it under
+    # the jobs file's name, as for an existing directory (runner/outputs.py)
+    output_is_dir: bool = False
     latency: Path | None = None
     summary: Path | None = None
     contexts: Path | None = None
@@ -157,6 +160,8 @@ class RunConfig(Record):
         if needs_base_url(self.provider) and not self.base_url:
             raise ConfigError(f"provider {self.provider!r} needs base_url")
         _check_misused_paths(self)
+        if self.output_is_dir and self.output is None:
+            raise ConfigError("output_is_dir needs output (the directory)")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.max_attempts < 1:
@@ -306,12 +311,14 @@ class RunConfig(Record):
         return self.summary is not None and str(self.summary) == "-"
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
-        """A copy with the given fields replaced; ``None`` values mean 'not given'."""
-        for name in ("output", *_FILE_FIELDS):
+        """A copy with the given fields replaced; ``None`` values mean 'not given'.
+
+        ``output`` ending in "/" names a directory (``output_is_dir``), as ``-o DIR/`` does; a
+        new ``output`` without it names a file (or an existing directory)."""
+        for name in _FILE_FIELDS:
             raw = overrides.get(name)
             if isinstance(raw, str) and raw.endswith(("/", "\\")):
-                # Path() would drop the "/" and the run would write a file of that name; only
-                # the command line names the results after the jobs file (-o DIR/).
+                # Path() would drop the "/" and the run would write a file of that name.
                 raise ConfigError(
                     f"{name} = {raw!r} ends in '/': name the file itself, for example "
                     f"{raw}{_EXAMPLE_NAMES[name]}"
@@ -323,10 +330,18 @@ class RunConfig(Record):
             for k, v in overrides.items()
             if v is not None
         }
+        raw_output = overrides.get("output")
+        if raw_output is not None and overrides.get("output_is_dir") is None:
+            given["output_is_dir"] = _names_a_directory(raw_output)
         try:
             return replace(self, **given)
         except TypeError as exc:
             raise ConfigError(str(exc)) from exc
+
+
+def _names_a_directory(raw: object) -> bool:
+    """An output path given as text that ends in "/" (a ``Path`` has already lost it)."""
+    return isinstance(raw, str) and raw.endswith(("/", "\\"))
 
 
 @functools.lru_cache(maxsize=64)
@@ -465,6 +480,9 @@ _BODY_FIELDS = ("model", "prompt_cache_retention", "provider", "stream")
 #: Keys of the [limits] table; the rest of the config is flat.
 _LIMITS_KEYS = ("lease_s", "limit_scope", "redis_policy", "redis_url", "rpm", "tpm")
 _FIELD_NAMES = {f.name for f in fields(RunConfig)}
+#: Fields set from another key's spelling, never written in a config file themselves.
+_DERIVED = {"output_is_dir"}
+_KEY_NAMES = _FIELD_NAMES - _DERIVED  # the fields a config file may set by name
 # Numbers that must be finite and > 0 (None allowed where the field is optional) or >= 0.
 _POSITIVE = (
     "rpm",
@@ -575,7 +593,6 @@ _CACHE_KEYS = (
 #: silently drop the "/" and write a file of that name (``output`` is the one that may be one).
 _FILE_FIELDS = ("latency", "summary", "metrics_textfile")
 _EXAMPLE_NAMES = {
-    "output": "jobs.results.jsonl",
     "latency": "jobs.latency.jsonl",
     "summary": "jobs.summary.json",
     "metrics_textfile": "runner.prom",
@@ -621,7 +638,7 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
                 flat[lk] = lv
         elif key == "prices":
             flat["prices"] = _parse_prices(value, where)
-        elif key.replace("-", "_") in _FIELD_NAMES:
+        elif key.replace("-", "_") in _KEY_NAMES:
             name = key.replace("-", "_")
             if name in _PATH_FIELDS:
                 if not isinstance(value, str):
@@ -631,11 +648,13 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "config") -> RunCo
                         f"{where}: {name} = {value!r} ends in '/': "
                         "give a file name, not a directory"
                     )
+                if name == "output" and _names_a_directory(value):
+                    flat["output_is_dir"] = True  # as -o DIR/: the results go inside
                 # TOML is not a shell: "~/out" made a directory named "~" in the working one
                 value = Path(value).expanduser()
             flat[name] = value
         else:
-            known = sorted(_FIELD_NAMES | {"prices"})
+            known = sorted(_KEY_NAMES | {"prices"})
             raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}")
     try:
         return RunConfig(**flat)

@@ -3,7 +3,7 @@
 A run writes three files, and two sidecars of the results file ``R``:
 
 * ``R`` (default ``JOBS.results.jsonl`` beside the jobs file; ``-o DIR`` or ``-o DIR/`` puts it
-  in ``DIR`` under the jobs file's name);
+  in ``DIR`` under the jobs file's name: an existing directory, or ``config.output_is_dir``);
 * the latency file and the summary, by default *next to the results file*: ``X.results.jsonl``
   gives ``X.latency.jsonl`` and ``X.summary.json`` (``X.jsonl`` gives the same), so two runs with
   different ``-o`` never share a latency file or a summary;
@@ -89,7 +89,7 @@ def plan_outputs(config: RunConfig, jobs_path: Path | None) -> OutputPlan:
         if jobs_path is None:
             raise ConfigError("an output path is needed when jobs are not read from a file")
         results = _results_in(jobs_path.parent, jobs_path)
-    elif out.is_dir():
+    elif config.output_is_dir or out.is_dir():
         results = _results_in(out, jobs_path)
     else:
         results = out

@@ -331,6 +331,7 @@ def apply_shard(config: RunConfig, jobs_path: Path, spec: ShardSpec) -> RunConfi
     return replace(
         config,
         output=shard_path(results, spec),
+        output_is_dir=False,  # the shard's own results file, inside the directory if one
         latency=shard_path(latency, spec),
         summary=shard_path(summary, spec),
     )

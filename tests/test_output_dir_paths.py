@@ -77,11 +77,10 @@ def test_bench_output_files_ending_in_slash_are_exit_2(
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("name", ["output", "latency", "summary", "metrics_textfile"])
-def test_the_python_api_refuses_an_output_ending_in_slash(tmp_path: Path, name: str) -> None:
-    # Found by a new-user pass: run_batch(..., output="/tmp/af/") (examples/schedules'
-    # Airflow task) wrote a results file named "af": Path() drops the "/". Only the command
-    # line names the results after the jobs file, so the API asks for the file's own name.
+@pytest.mark.parametrize("name", ["latency", "summary", "metrics_textfile"])
+def test_the_python_api_refuses_an_output_file_ending_in_slash(tmp_path: Path, name: str) -> None:
+    # Found by a new-user pass: run_batch(..., latency="/tmp/af/") wrote a file named "af":
+    # Path() drops the "/". These name one file each, so the API asks for the file's own name.
     from runner.config import RunConfig
     from runner.errors import ConfigError
 
@@ -90,3 +89,68 @@ def test_the_python_api_refuses_an_output_ending_in_slash(tmp_path: Path, name: 
         RunConfig().with_overrides(**{name: raw})
     assert info.value.exit_code == 2
     assert not (tmp_path / "af").exists()
+
+
+def _run_api(jobs: Path, config: object) -> int:
+    import asyncio
+
+    from runner import RunConfig, run
+
+    assert isinstance(config, RunConfig)
+    return asyncio.run(run(jobs, config)).exit_code
+
+
+def test_load_config_with_an_output_directory_then_run_puts_the_files_inside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``output = "res/"`` through the Python API: ``run()`` wrote a FILE named ``res`` (the
+    CLI alone re-read the TOML to see the "/"); the config now remembers it names a directory."""
+    from runner.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    jobs = write_jobs(tmp_path, 3)
+    config = load_config(fast_config(tmp_path, 'output = "res/"\n'))
+    assert config.output == Path("res") and config.output_is_dir
+    assert _run_api(jobs, config) == 0
+    assert (tmp_path / "res").is_dir()
+    assert len((tmp_path / "res" / "jobs.results.jsonl").read_bytes().splitlines()) == 3
+    assert (tmp_path / "res" / "jobs.summary.json").is_file()
+
+
+def test_with_overrides_output_ending_in_slash_names_a_directory(tmp_path: Path) -> None:
+    from runner.config import RunConfig
+
+    jobs = write_jobs(tmp_path, 2)
+    base = RunConfig(mock={"latency": "zero"}, progress="off")
+    in_dir = base.with_overrides(output=f"{tmp_path}/d/")
+    assert in_dir.output_is_dir
+    assert _run_api(jobs, in_dir) == 0
+    assert (tmp_path / "d" / "jobs.results.jsonl").is_file()
+    # a new output without the "/" names a file again: the flag wins over output = "d/"
+    to_file = in_dir.with_overrides(output=str(tmp_path / "e"))
+    assert not to_file.output_is_dir
+    assert _run_api(jobs, to_file) == 0
+    assert (tmp_path / "e").is_file()
+    # overriding something else keeps the directory
+    assert in_dir.with_overrides(concurrency=3).output_is_dir
+
+
+def test_output_is_dir_is_not_a_config_file_key(tmp_path: Path) -> None:
+    from runner.config import load_config
+    from runner.errors import ConfigError
+
+    path = fast_config(tmp_path, 'output = "res"\noutput_is_dir = true\n')
+    with pytest.raises(ConfigError, match="unknown key 'output_is_dir'"):
+        load_config(path)
+
+
+def test_a_shard_of_an_output_directory_writes_inside_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    jobs = write_jobs(tmp_path, 4)
+    config = fast_config(tmp_path, 'output = "res/"\n')
+    code, err = cli_run(capsys, "run", jobs.name, "-c", config.name, "--shard", "0/2")
+    assert code == 0, err
+    assert (tmp_path / "res" / "jobs.shard-0-of-2.results.jsonl").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml", "jobs.jsonl", "res"]
