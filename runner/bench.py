@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from .config import PROVIDERS, RunConfig, file_arg, load_config
+from .config import PROVIDERS, RunConfig, file_arg, load_config, model_arg
 from .errors import ConfigError, InputError, RunnerError
 from .models import Attempt, Job, LatencyRecord
 from .providers import open_backend
@@ -642,7 +642,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PROVIDERS,
         help="wire protocol (default: the config's, else the mock's)",
     )
-    g.add_argument("--model", help="model name sent in each request (default: the config's)")
+    g.add_argument(
+        "--model", type=model_arg, help="model name sent in each request (default: the config's)"
+    )
     g.add_argument("--api-key-env", help="environment variable holding the API key")
     g.add_argument("--timeout", type=float, help="per-request timeout, seconds")
     g.add_argument(

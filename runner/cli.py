@@ -29,6 +29,7 @@ from .config import (
     did_you_mean,
     file_arg,
     load_config,
+    model_arg,
     needs_base_url,
 )
 from .errors import AuthError, ConfigError, RunnerError
@@ -66,6 +67,7 @@ def _add_common_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model",
+        type=model_arg,
         help=f"model for jobs that name none; prices are looked up by it (default: {d.model})",
     )
     p.add_argument(

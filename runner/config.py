@@ -160,6 +160,8 @@ class RunConfig(Record):
         if needs_base_url(self.provider) and not self.base_url:
             raise ConfigError(f"provider {self.provider!r} needs base_url")
         _check_misused_paths(self)
+        if not self.model.strip():
+            raise ConfigError(f"model must not be empty, got {self.model!r}{_EMPTY_HINT}")
         if self.output_is_dir and self.output is None:
             raise ConfigError("output_is_dir needs output (the directory)")
         if self.concurrency < 1:
@@ -597,6 +599,19 @@ _EXAMPLE_NAMES = {
     "summary": "jobs.summary.json",
     "metrics_textfile": "runner.prom",
 }
+
+
+#: Why an empty model is refused rather than sent: it is almost always an unset variable.
+_EMPTY_HINT = ' (an unset shell variable, as in --model "$MODEL"?)'
+
+
+def model_arg(raw: str) -> str:
+    """argparse type of ``--model``: an empty name is refused before anything is touched."""
+    if not raw.strip():
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"must not be empty, got {raw!r}{_EMPTY_HINT}")
+    return raw
 
 
 def file_arg(raw: str) -> Path:

@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from .config import file_arg
+from .config import file_arg, model_arg
 from .errors import ConfigError, InputError, SinkError
 from .idset import IdSet
 from .jobs import id_field
@@ -778,7 +778,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("parts", nargs="+", help="the shards' results files (or a glob)")
     parser.add_argument("-c", "--config", type=Path, help="TOML config (for prices)")
     parser.add_argument(
-        "--model", help="model of the records that name none, for prices (default: the parts')"
+        "--model",
+        type=model_arg,
+        help="model of the records that name none, for prices (default: the parts')",
     )
     parser.add_argument("--partial", action="store_true", help="merge with shards missing")
     parser.add_argument("--force", action="store_true", help="overwrite an existing OUT")

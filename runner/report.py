@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .config import load_config
+from .config import load_config, model_arg
 from .errors import ConfigError, InputError
 from .models import Price
 from .results import result_key
@@ -66,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", type=Path, metavar="FILE", help="write an HTML report")
     parser.add_argument("--json", action="store_true", help="print the summary JSON on stdout")
     parser.add_argument("-c", "--config", type=Path, help="TOML config to take prices from")
-    parser.add_argument("--model", help="model whose config price applies (default: config's)")
+    parser.add_argument(
+        "--model", type=model_arg, help="model whose config price applies (default: config's)"
+    )
     parser.add_argument("--price-input", type=float, metavar="USD", help="per 1M input tokens")
     parser.add_argument(
         "--price-cached-input", type=float, metavar="USD", help="per 1M cached input tokens"
