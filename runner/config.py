@@ -377,22 +377,28 @@ _RESERVED_LABELS = {"job_name", "outcome", "error_code", "type", "kind", "state"
 
 
 def _check_redis_url(url: str) -> None:
-    """What redis-py would take silently or refuse only when it connects: a database that is
-    not a number (``redis://h:6379/abc`` is database 0 to it) and bad query values. The URL
-    is never echoed: it may carry a password."""
+    """The one check of ``redis_url`` (runner/redis_limits.py's store trusts it): the pool the
+    store builds is built here, without connecting, so what redis-py refuses only then (a port
+    that is not a number, ``max_connections=-1``) is exit 2 now; and what it would take
+    silently is refused too: a database that is not a number (``redis://h:6379/abc`` is
+    database 0 to it). The URL is never echoed: it may carry a password."""
     from urllib.parse import urlsplit
 
-    from redis.connection import parse_url
+    from redis.asyncio import ConnectionPool
 
-    path = urlsplit(url).path.strip("/") if not url.startswith("unix://") else ""
-    if path and not path.isdigit():
-        raise ConfigError("redis_url: the database in its path must be a number (redis://h:6379/0)")
     try:
-        parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError:  # its message may quote a part of the URL: a password, maybe
+        path = urlsplit(url).path.strip("/") if not url.startswith("unix://") else ""
+        if path and not path.isdigit():
+            raise ConfigError(
+                "redis_url: the database in its path must be a number (redis://h:6379/0)"
+            )
+        ConnectionPool.from_url(url)  # parses the URL and its query values; opens nothing
+    except ConfigError:  # a ValueError too
+        raise
+    except ValueError:  # its message may quote a part of the URL (a password, a query value)
         raise ConfigError(
-            "redis_url is not a Redis URL redis-py can use: check its port and its query "
-            "values (db=, socket_timeout=, ...)"
+            "redis_url is not a Redis URL redis-py can use: check its host, its port and its "
+            "query values (db=, socket_timeout=, max_connections=, ...)"
         ) from None
 
 
