@@ -490,6 +490,14 @@ _INVALID_CHOICE = r"invalid choice: '([^']*)' \(choose from (.*)\)"  # compiled 
 class _Parser(argparse.ArgumentParser):
     """Adds a did-you-mean to argparse's "invalid choice" errors (exit 2 as before)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # "-" and a digit starts no option of runner's, so such a word is an option's value:
+        # argparse took only "-1" or "-1.5" so, and `--shard -1/2` was "expected one
+        # argument" where `--shard=-1/2` names the bad shard (the subcommands' parsers are
+        # made by this class too).
+        self._negative_number_matcher = re.compile(r"-\.?\d")
+
     def error(self, message: str) -> Any:
         m = re.search(_INVALID_CHOICE, message)
         if m:
