@@ -226,7 +226,10 @@ def _add_scaling_options(p: argparse.ArgumentParser) -> None:
         "--shard-count", type=int, help="N for JOB_COMPLETION_INDEX (Kubernetes; default: none)"
     )
     g.add_argument(
-        "--workers", type=int, help="shard processes of this run on this host (default: 1)"
+        "--workers",
+        type=int,
+        help="shard processes of this run on this host; a warning past its CPUs, refused past "
+        "4 per CPU (default: 1)",
     )
     g.add_argument(
         "--redis-url", help="share the key's rate limits through this Redis (default: none)"
@@ -334,8 +337,11 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
 def _cmd_run_workers(ns: argparse.Namespace, config: RunConfig, simulated: bool) -> int:
     from .preflight import check_prices
-    from .workers import run_workers
+    from .workers import check_worker_count, run_workers, usable_cpus
 
+    too_many = check_worker_count(config.workers, usable_cpus())  # exit 2 past 4 per CPU
+    if too_many:
+        _note(config, too_many)
     # One error naming the --max-cost given, before any worker starts (each worker refused its
     # share, "--max-cost 0.5" for 1, once per worker).
     check_prices(config, ns.jobs)

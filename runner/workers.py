@@ -427,6 +427,43 @@ def _this_run(summary: dict[str, Any], parts: Sequence[Path]) -> None:
     summary.pop("wall", None)  # the merge's busy time of the whole output: not this wall
 
 
+#: Workers per CPU past which ``--workers N`` is refused (exit 2). One worker's event loop
+#: already keeps its whole share of ``--concurrency`` in flight on one core, so workers past
+#: the CPU count add processes (memory, shard files, a longer merge), never throughput; at
+#: more than four per CPU each gets under a quarter of a core: a command copied from a larger
+#: machine, or the number meant for ``--concurrency``.
+MAX_WORKERS_PER_CPU = 4
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or ``taskset``'s
+    share), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+def check_worker_count(n: int, cpus: int) -> str | None:
+    """A warning when ``n`` workers are more than ``cpus``, else None.
+
+    :raises ConfigError: ``n`` is above :data:`MAX_WORKERS_PER_CPU` per CPU.
+    """
+    if n > MAX_WORKERS_PER_CPU * cpus:
+        raise ConfigError(
+            f"--workers {n}: at most {MAX_WORKERS_PER_CPU} per CPU ({cpus} CPU"
+            f"{'s' * (cpus != 1)} here, so {MAX_WORKERS_PER_CPU * cpus}); each worker would "
+            "get under a quarter of a core, and one already keeps its share of --concurrency "
+            f"in flight: use --workers {cpus} (--concurrency sets the requests in flight)"
+        )
+    if n > cpus:
+        return (
+            f"--workers {n} is more than the {cpus} CPU{'s' * (cpus != 1)} this process may "
+            "use: the workers take turns on them, adding processes but not throughput"
+        )
+    return None
+
+
 def concurrency_shares(concurrency: int, n: int) -> list[int]:
     """Each worker's share of ``--concurrency``: the run's requests in flight stay at most the
     configured number in total, as in one process (a provider or server that allows C
