@@ -1224,11 +1224,16 @@ def _same_file(path: Path, fd: int) -> bool:
 
 
 def acquire_lock(lock_path: Path, results: Path) -> int:
-    """Create or take over ``lock_path`` and hold ``flock`` on it; return its descriptor."""
+    """Create or take over ``lock_path`` and hold ``flock`` on it; return its descriptor.
+
+    When the pid cannot be written into it (a full disk), the file is removed if this call
+    created it or holds it under ``flock``; a lock another process holds is never touched."""
     for _ in range(16):
+        created = True
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileExistsError:
+            created = False
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -1247,10 +1252,20 @@ def acquire_lock(lock_path: Path, results: Path) -> int:
                 # flock does not exclude on this file system is the pid all there is to go by.
                 if not locked and holder.alive_here():
                     raise _busy(results, lock_path, holder)
-                _claim(fd, lock_path)
+                try:
+                    _claim(fd, lock_path)
+                except BaseException:
+                    if created or locked:
+                        # A full disk between create and claim left an empty R.lock behind:
+                        # remove the file this run made, or the stale one it now holds under
+                        # flock (no other process can hold it), as a release does.
+                        release_lock(lock_path, fd)
+                        fd = -1
+                    raise
                 return fd
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise
         # A releasing runner unlinks the file before unlocking it: what we locked is gone.
         os.close(fd)
