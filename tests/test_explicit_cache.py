@@ -88,6 +88,41 @@ def results(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+def capped_mock(cap_s: float, base_ms: float, **kw: Any) -> MockConfig:
+    """The simulated Gemini with no implicit cache, every TTL capped at ``cap_s`` and each
+    request ``base_ms`` long (no decode time, no jitter): the expiry tests' server."""
+    return MockConfig(
+        gemini_implicit_cache=False,
+        gemini_max_ttl_s=cap_s,
+        latency="model",
+        base_ms=base_ms,
+        decode_ms_per_token=0.0,
+        jitter=0.0,
+        **kw,
+    )
+
+
+async def run_capped_group(
+    tmp: Path, mock: MockConfig, *, per_group: int, concurrency: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One cache group of ``per_group`` jobs against ``mock``, checked for what a cache kept
+    alive under the server's cap gives: exit 0, one cache created, none expired or recreated,
+    none left, every job read from the cache. Returns the mock's ``gemini`` stats and the
+    summary's ``explicit_caches``."""
+    jobs, _ = write_jobs(tmp, groups=1, per_group=per_group)
+    async with serve(mock) as url:
+        outcome = await run(jobs, config(tmp, url, concurrency=concurrency))
+        st = await mock_stats(url)
+    assert outcome.exit_code == 0
+    g, info = st["gemini"], outcome.summary["explicit_caches"]
+    assert g["caches_created"] == 1 and g["caches_expired"] == 0, (g, info)
+    assert info["recreated"] == 0 and g["caches_alive"] == 0, (g, info)
+    lat = results(tmp / "l.jsonl")
+    assert len(lat) == per_group
+    assert all(r["cached_tokens"] >= 1024 for r in lat)  # no job fell back to a full prompt
+    return g, info
+
+
 async def test_explicit_caches_cover_every_group_and_none_is_left(tmp_path: Path) -> None:
     jobs, _ = write_jobs(tmp_path, groups=6, per_group=12, small=1)
     mock = MockConfig(gemini_implicit_cache=False, **FAST)
@@ -130,15 +165,7 @@ async def test_cache_expiring_mid_group_is_recreated_without_a_failed_job(
 
     monkeypatch.setattr(GeminiBackend, "extend_cache", refused)
     jobs, _ = write_jobs(tmp_path, groups=1, per_group=8)
-    mock = MockConfig(
-        gemini_implicit_cache=False,
-        gemini_max_ttl_s=0.15,
-        latency="model",
-        base_ms=300.0,
-        decode_ms_per_token=0.0,
-        jitter=0.0,
-    )
-    async with serve(mock) as url:
+    async with serve(capped_mock(0.15, 300.0)) as url:
         outcome = await run(jobs, config(tmp_path, url, concurrency=1, explicit_ttl_s=0.15))
         st = await mock_stats(url)
     assert outcome.exit_code == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_explicit_cache import config, mock_stats, results, write_jobs
+from test_explicit_cache import capped_mock, config, mock_stats, run_capped_group, write_jobs
 
 from runner.api import run
 from runner.explicit_cache import (
@@ -59,18 +59,6 @@ def test_a_patch_answer_is_read_against_its_update_time_never_its_create_time() 
     assert _life(late, 300.0, sent_wall=late.expire_wall + 5) == 0.0  # type: ignore[operator]
 
 
-def _capped_group(omit: str) -> MockConfig:
-    return MockConfig(
-        gemini_patch_omit=omit,
-        gemini_implicit_cache=False,
-        gemini_max_ttl_s=1.0,
-        latency="model",
-        base_ms=100.0,
-        decode_ms_per_token=0.0,
-        jitter=0.0,
-    )
-
-
 @pytest.mark.parametrize(
     "omit",
     ["updateTime", "createTime,updateTime,expireTime"],
@@ -84,17 +72,9 @@ async def test_a_capped_cache_whose_patch_answers_omit_times_is_not_lost(
     to grant the 300 s asked for), the expiry was over-estimated: the cache expired unnoticed and
     was recreated. Now a PATCH answer without updateTime is read against the send time, and one
     without expireTime keeps the last known expiry, so the cache is PATCHed in time."""
-    jobs, _ = write_jobs(tmp_path, groups=1, per_group=140)
-    async with serve(_capped_group(omit)) as url:
-        outcome = await run(jobs, config(tmp_path, url, concurrency=4))
-        st = await mock_stats(url)
-    assert outcome.exit_code == 0
-    g, info = st["gemini"], outcome.summary["explicit_caches"]
-    assert g["caches_created"] == 1 and g["caches_expired"] == 0, (g, info)
-    assert info["recreated"] == 0 and info["extended"] >= 2
-    lat = results(tmp_path / "l.jsonl")
-    assert len(lat) == 140 and all(r["cached_tokens"] >= 1024 for r in lat)
-    assert g["caches_alive"] == 0
+    mock = capped_mock(1.0, 100.0, gemini_patch_omit=omit)
+    _, info = await run_capped_group(tmp_path, mock, per_group=140, concurrency=4)
+    assert info["extended"] >= 2, info
 
 
 # -- the refresher: a group whose jobs are further apart than the cap ---------------------------
@@ -106,26 +86,9 @@ async def test_a_group_whose_jobs_are_further_apart_than_the_cap_keeps_one_cache
     """The server caps every TTL at 0.4 s; the group's 4 jobs go one at a time, ~1 s each, so no
     dispatch comes within the cap of the last one. The refresher PATCHes the cache in between:
     one create, several refreshes, no expiry, no recreate, every job read from the cache."""
-    jobs, _ = write_jobs(tmp_path, groups=1, per_group=4)
-    mock = MockConfig(
-        gemini_implicit_cache=False,
-        gemini_max_ttl_s=0.4,
-        latency="model",
-        base_ms=1000.0,
-        decode_ms_per_token=0.0,
-        jitter=0.0,
-    )
-    async with serve(mock) as url:
-        outcome = await run(jobs, config(tmp_path, url, concurrency=1))
-        st = await mock_stats(url)
-    assert outcome.exit_code == 0
-    g, info = st["gemini"], outcome.summary["explicit_caches"]
-    assert g["caches_created"] == 1 and g["caches_expired"] == 0, (g, info)
-    assert info["recreated"] == 0 and g["caches_alive"] == 0
+    _, info = await run_capped_group(tmp_path, capped_mock(0.4, 1000.0), per_group=4, concurrency=1)
     # ~4 s under a 0.4 s cap: at least one PATCH per cap, at most one per MIN_REFRESH_GAP_S.
     assert 4.0 / 0.4 - 2 <= info["extended"] <= 4.0 / MIN_REFRESH_GAP_S, info
-    lat = results(tmp_path / "l.jsonl")
-    assert len(lat) == 4 and all(r["cached_tokens"] >= 1024 for r in lat)
 
 
 class FakeTime:
