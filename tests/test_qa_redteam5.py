@@ -26,6 +26,29 @@ from runner.sinks import acquire_lock, release_lock
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _fast_cfg(d: Path) -> Path:
+    """``d/cfg.toml``: the built-in mock, answering in a few ms."""
+    cfg = d / "cfg.toml"
+    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    return cfg
+
+
+def _two_jobs(d: Path) -> tuple[Path, Path]:
+    """``d/jobs.jsonl`` (ids a and b) and :func:`_fast_cfg`."""
+    jobs = d / "jobs.jsonl"
+    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
+    return jobs, _fast_cfg(d)
+
+
+def _two_shards(d: Path, *flags: str) -> str:
+    """:func:`_two_jobs` run as ``--shard 0/2`` and ``1/2`` (with ``flags``); the glob of the
+    shards' results (the default output names)."""
+    jobs, cfg = _two_jobs(d)
+    for k in range(2):
+        assert main(["run", str(jobs), "-c", str(cfg), "-q", *flags, "--shard", f"{k}/2"]) == 0
+    return str(d / "jobs.shard-*-of-2.results.jsonl")
+
+
 async def test_a_store_that_forgot_a_learned_limit_is_taught_again_not_a_traceback(
     tmp_path: Path,
 ) -> None:
@@ -99,13 +122,7 @@ def test_a_merge_by_hand_is_refused_while_a_run_writes_its_output_even_with_forc
 ) -> None:
     """``runner merge OUT parts --force`` while a run (here: its lock, as a live run holds it)
     was writing OUT replaced OUT under it: the run's answers went on into the unlinked file."""
-    jobs = tmp_path / "jobs.jsonl"
-    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
-    for k in range(2):
-        assert main(["run", str(jobs), "-c", str(cfg), "-q", "--shard", f"{k}/2"]) == 0
-    parts = str(tmp_path / "jobs.shard-*-of-2.results.jsonl")
+    parts = _two_shards(tmp_path)
     out = tmp_path / "out" / "run.results.jsonl"
     out.parent.mkdir()
     out.write_bytes(b'{"custom_id":"being written"}\n')
@@ -145,8 +162,7 @@ def test_a_merge_of_shards_that_read_different_contexts_is_refused_naming_them(
             for i in range(32)
         )
     )
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    cfg = _fast_cfg(tmp_path)
     args = ["run", str(jobs), "--contexts", str(ctx), "-c", str(cfg), "-q"]
     assert main([*args, "--shard", "0/2"]) == 0
     ctx.write_bytes(ctx.read_bytes().replace(b"context ", b"edited context "))
@@ -162,15 +178,8 @@ def test_a_merge_by_hand_names_its_latency_and_summary_as_a_run_does(tmp_path: P
     """``-o out.jsonl`` writes ``out.latency.jsonl`` and ``out.summary.json``; ``runner merge
     out.jsonl`` wrote ``out.jsonl.latency.jsonl`` and ``out.jsonl.summary.json`` beside them,
     so the directory held two summaries of the same run."""
-    jobs = tmp_path / "jobs.jsonl"
-    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
     out = tmp_path / "out.jsonl"
-    for k in range(2):
-        assert (
-            main(["run", str(jobs), "-c", str(cfg), "-q", "-o", str(out), "--shard", f"{k}/2"]) == 0
-        )
+    _two_shards(tmp_path, "-o", str(out))
     assert main(["merge", str(out), str(tmp_path / "out.shard-*-of-2.jsonl")]) == 0
     assert len(out.read_bytes().splitlines()) == 2
     assert len((tmp_path / "out.latency.jsonl").read_bytes().splitlines()) == 2
@@ -196,10 +205,7 @@ def test_a_lease_longer_than_the_longest_span_is_refused_before_anything_is_writ
 def test_workers_with_no_provider_say_the_replies_are_synthetic_once(tmp_path: Path) -> None:
     """A plain run with no provider says so on stderr (issue 9); ``--workers`` said nothing in
     text mode (its workers run quiet), so a user saw fake answers merged without a word."""
-    jobs = tmp_path / "jobs.jsonl"
-    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    jobs, cfg = _two_jobs(tmp_path)
     cmd = [sys.executable, "-m", "runner", "run", str(jobs), "-c", str(cfg), "--workers", "2"]
     r = subprocess.run([*cmd, "--progress", "off"], cwd=ROOT, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
@@ -255,12 +261,7 @@ def test_a_merge_into_a_path_ending_in_slash_is_refused_not_a_file_named_so(
     """``runner merge newdir/ parts`` wrote a FILE named ``newdir`` (and ``newdir.latency.jsonl``
     beside it): argparse's Path dropped the slash. It is exit 2, as ``--latency d1/`` is (and
     as an existing directory for OUT is)."""
-    jobs = tmp_path / "jobs.jsonl"
-    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
-    for k in range(2):
-        assert main(["run", str(jobs), "-c", str(cfg), "-q", "--shard", f"{k}/2"]) == 0
+    parts = _two_shards(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
@@ -268,7 +269,7 @@ def test_a_merge_into_a_path_ending_in_slash_is_refused_not_a_file_named_so(
             [
                 "merge",
                 str(tmp_path / "merged") + "/",
-                str(tmp_path / "jobs.shard-*-of-2.results.jsonl"),
+                parts,
             ]
         )
     assert exc.value.code == 2
@@ -283,16 +284,10 @@ def test_a_merge_never_writes_over_a_shards_meta_file_or_manifest_even_with_forc
     """Its results, latency and summary were refused as OUT; ``runner merge
     X.shard-0-of-2.results.jsonl.meta.json parts --force`` replaced shard 0's meta file with
     the merged results, so shard 0 could no longer be resumed as it was written."""
-    jobs = tmp_path / "jobs.jsonl"
-    jobs.write_bytes(b'{"id":"a","query":"x"}\n{"id":"b","query":"y"}\n')
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
-    for k in range(2):
-        assert main(["run", str(jobs), "-c", str(cfg), "-q", "--shard", f"{k}/2"]) == 0
+    parts = _two_shards(tmp_path)
     target = tmp_path / f"jobs.shard-0-of-2{sidecar}"
     before = target.read_bytes()
     capsys.readouterr()
-    parts = str(tmp_path / "jobs.shard-*-of-2.results.jsonl")
     assert main(["merge", str(target), parts, "--force"]) == 2
     assert "choose another output path" in capsys.readouterr().err
     assert target.read_bytes() == before
@@ -302,8 +297,7 @@ def test_holds_no_jobs_is_said_of_the_file_by_the_run_never_by_a_shard(tmp_path:
     """``--workers 4 --log-format json`` over 3 jobs: a worker whose shard was empty warned
     "jobs.jsonl holds no jobs" of a file that holds 3; and ``--workers`` over an empty file
     said nothing in text mode (a plain run warns, issue 9)."""
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text("[mock]\nbase_ms = 5.0\ndecode_ms_per_token = 0.1\n")
+    cfg = _fast_cfg(tmp_path)
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_bytes(b"".join(b'{"id":"j%d","query":"q %d?"}\n' % (i, i) for i in range(3)))
     empty = tmp_path / "empty.jsonl"
