@@ -11,6 +11,21 @@ import pytest
 from promise_helpers import cli_run, write_jobs
 
 
+def _refused(
+    tmp: Path, capsys: pytest.CaptureFixture[str], text: str, *flags: str
+) -> tuple[Path, str]:
+    """``runner run`` over two jobs with ``c.toml`` = a mock provider and ``text`` (and
+    ``flags``): assert exit 2 with nothing created; return the config and stderr, stripped."""
+    jobs = write_jobs(tmp, 2)
+    config = tmp / "c.toml"
+    config.write_text('provider = "mock"\n' + text)
+    before = sorted(os.listdir(tmp))
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), *flags)
+    assert code == 2, err
+    assert sorted(os.listdir(tmp)) == before
+    return config, err.strip()
+
+
 @pytest.mark.parametrize(
     ("text", "said"),
     [
@@ -28,14 +43,8 @@ from promise_helpers import cli_run, write_jobs
 def test_a_bad_prices_or_mock_key_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, said: str
 ) -> None:
-    jobs = write_jobs(tmp_path, 2)
-    config = tmp_path / "c.toml"
-    config.write_text('provider = "mock"\n' + text)
-    before = sorted(os.listdir(tmp_path))
-    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
-    assert code == 2, err
-    assert err.strip() == "runner: error: " + said.format(cfg=config)
-    assert sorted(os.listdir(tmp_path)) == before
+    config, err = _refused(tmp_path, capsys, text)
+    assert err == "runner: error: " + said.format(cfg=config)
 
 
 def test_good_tables_still_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,14 +73,8 @@ def test_a_config_reply_budget_is_checked_as_a_jobs_line_is(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, said: str
 ) -> None:
     """It was sent as is: every job a 400 from the provider, exit 1."""
-    jobs = write_jobs(tmp_path, 2)
-    config = tmp_path / "c.toml"
-    config.write_text(f'provider = "mock"\n[params]\n{text}\n')
-    before = sorted(os.listdir(tmp_path))
-    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
-    assert code == 2, err
-    assert err.strip() == f"runner: error: {config}: {said}"
-    assert sorted(os.listdir(tmp_path)) == before
+    config, err = _refused(tmp_path, capsys, f"[params]\n{text}\n")
+    assert err == f"runner: error: {config}: {said}"
 
 
 @pytest.mark.parametrize(
@@ -82,11 +85,5 @@ def test_an_otel_endpoint_without_a_scheme_is_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
 ) -> None:
     """It ran to exit 0, the SDK saying only "Failed to export metrics batch ... Invalid URL"."""
-    jobs = write_jobs(tmp_path, 2)
-    config = tmp_path / "c.toml"
-    config.write_text('provider = "mock"\n')
-    before = sorted(os.listdir(tmp_path))
-    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), *flags)
-    assert code == 2, err
-    assert err.strip() == f"runner: error: otel_endpoint must be an http(s) URL, got {flags[1]!r}"
-    assert sorted(os.listdir(tmp_path)) == before
+    _, err = _refused(tmp_path, capsys, "", *flags)
+    assert err == f"runner: error: otel_endpoint must be an http(s) URL, got {flags[1]!r}"
