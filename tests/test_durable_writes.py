@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
+from shard_helpers import fast_mock, query_jobs, run_shard, run_shards
 from sink_helpers import full_disk
 
-from runner import runtime
-from runner.cli import main
-from runner.config import RunConfig
 from runner.errors import DiskFull
 from runner.merge import MERGED_SUFFIX, merge, merged_paths
-from runner.mock import MockConfig
 from runner.partstate import state_path
 from runner.shards import manifest_path
 from runner.sinks import replace_bytes
@@ -31,12 +27,7 @@ FAST_MOCK = {"base_ms": 1.0, "decode_ms_per_token": 0.05}
 
 @pytest.fixture(autouse=True)
 def _fast_mock(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = runtime.mock_config
-
-    def fast(config: RunConfig, defaults: Mapping[str, Any] | None = None) -> MockConfig:
-        return real(config, {**FAST_MOCK, **(defaults or {})})
-
-    monkeypatch.setattr(runtime, "mock_config", fast)
+    fast_mock(monkeypatch, FAST_MOCK)
 
 
 Event = tuple[str, ...]
@@ -77,23 +68,10 @@ def assert_durable(seen: list[Event], path: Path) -> None:
     assert target and not Path(tmp).exists()
 
 
-def _jobs(d: Path, n: int = 12) -> Path:
-    jobs = d / "jobs.jsonl"
-    jobs.write_bytes(
-        b"".join(orjson.dumps({"id": f"j{i}", "query": f"q {i}"}) + b"\n" for i in range(n))
-    )
-    return jobs
-
-
-def _shard_run(jobs: Path, k: int, n: int, *extra: str) -> None:
-    assert main(["run", str(jobs), "--progress", "off", "--shard", f"{k}/{n}", *extra]) == 0
-
-
 def test_a_shards_summary_manifest_and_state_are_durable(
     tmp_path: Path, events: list[Event]
 ) -> None:
-    jobs = _jobs(tmp_path)
-    _shard_run(jobs, 0, 2)
+    run_shard(query_jobs(tmp_path, 12, "q {i}"), 0, 2)
     results = tmp_path / "jobs.shard-0-of-2.results.jsonl"
     summary = tmp_path / "jobs.shard-0-of-2.summary.json"
     for path in (summary, manifest_path(results), state_path(summary)):
@@ -102,10 +80,7 @@ def test_a_shards_summary_manifest_and_state_are_durable(
 
 
 def test_the_merged_outputs_and_marker_are_durable(tmp_path: Path, events: list[Event]) -> None:
-    jobs = _jobs(tmp_path)
-    _shard_run(jobs, 0, 2)
-    _shard_run(jobs, 1, 2)
-    parts = [tmp_path / f"jobs.shard-{k}-of-2.results.jsonl" for k in range(2)]
+    parts = run_shards(query_jobs(tmp_path, 12, "q {i}"), 2)
     events.clear()
     out = tmp_path / "all.results.jsonl"
     merge(out, parts)
@@ -138,10 +113,7 @@ def test_a_full_file_system_keeps_the_old_file_and_no_temporary_one(tiny_fs: Pat
 def test_a_full_disk_under_the_merged_summary_keeps_the_old_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    jobs = _jobs(tmp_path)
-    _shard_run(jobs, 0, 2)
-    _shard_run(jobs, 1, 2)
-    parts = [tmp_path / f"jobs.shard-{k}-of-2.results.jsonl" for k in range(2)]
+    parts = run_shards(query_jobs(tmp_path, 12, "q {i}"), 2)
     out = tmp_path / "all.results.jsonl"
     merge(out, parts)
     summary = merged_paths(out)[2]

@@ -5,18 +5,14 @@ intervals, so a merge from the states gets the same wall as one that parses the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from shard_helpers import fast_mock, query_jobs, run_shards
 
-from runner import runtime
-from runner.cli import main
-from runner.config import RunConfig
 from runner.merge import merge, merged_paths
-from runner.mock import MockConfig
 from runner.partstate import state_path, write_state
 from runner.report import load_run
 from runner.stats import SummaryBuilder
@@ -26,22 +22,11 @@ GAP_S = 30.0
 
 @pytest.fixture(autouse=True)
 def _fast_mock(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = runtime.mock_config
-
-    def fast(config: RunConfig, defaults: Mapping[str, Any] | None = None) -> MockConfig:
-        return real(config, {"base_ms": 1.0, "decode_ms_per_token": 0.05, **(defaults or {})})
-
-    monkeypatch.setattr(runtime, "mock_config", fast)
+    fast_mock(monkeypatch, {"base_ms": 1.0, "decode_ms_per_token": 0.05})
 
 
 def _shards(d: Path, n: int = 2, jobs_n: int = 20) -> list[Path]:
-    jobs = d / "jobs.jsonl"
-    jobs.write_bytes(
-        b"".join(orjson.dumps({"id": f"j{i}", "query": f"q{i}"}) + b"\n" for i in range(jobs_n))
-    )
-    for k in range(n):
-        assert main(["run", str(jobs), "--progress", "off", "--shard", f"{k}/{n}"]) == 0
-    return [d / f"jobs.shard-{k}-of-{n}.results.jsonl" for k in range(n)]
+    return run_shards(query_jobs(d, jobs_n), n)
 
 
 def _resumed_later(latency: Path, gap_s: float) -> list[dict[str, Any]]:

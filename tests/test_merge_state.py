@@ -11,18 +11,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from shard_helpers import fast_mock, run_shard, run_shards
 
-from runner import runtime
-from runner.cli import main
-from runner.config import RunConfig
 from runner.merge import merge
-from runner.mock import MockConfig
 from runner.models import Price
 from runner.partstate import read_state, state_path, write_state
 from runner.stats import SummaryBuilder
@@ -39,12 +35,7 @@ PRICES = {"cheap-1": Price(1.0, 2.0, 0.5), "dear-1": Price(30.0, 60.0, 15.0)}
 
 @pytest.fixture(autouse=True)
 def _fast_mock(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = runtime.mock_config
-
-    def fast(config: RunConfig, defaults: Mapping[str, Any] | None = None) -> MockConfig:
-        return real(config, {**FAST_MOCK, **(defaults or {})})
-
-    monkeypatch.setattr(runtime, "mock_config", fast)
+    fast_mock(monkeypatch, FAST_MOCK)
 
 
 # -- the builder's state ---------------------------------------------------------------------
@@ -147,10 +138,7 @@ def _inputs(d: Path) -> tuple[Path, Path, Path]:
 
 def _shards(d: Path, n: int = 3) -> tuple[list[Path], Path]:
     jobs, ctx, cfg = _inputs(d)
-    for k in range(n):
-        args = ["run", str(jobs), "--contexts", str(ctx), "-c", str(cfg), "--progress", "off"]
-        assert main([*args, "--shard", f"{k}/{n}"]) in (0, 1)
-    return [d / f"jobs.shard-{k}-of-{n}.results.jsonl" for k in range(n)], cfg
+    return run_shards(jobs, n, "--contexts", str(ctx), "-c", str(cfg), codes=(0, 1)), cfg
 
 
 def _price_of(m: str | None) -> Price | None:
@@ -212,8 +200,7 @@ def test_a_resumed_shard_leaves_no_state_and_its_records_are_read(tmp_path: Path
     res = parts[0]
     lines = res.read_bytes().splitlines(keepends=True)
     res.write_bytes(b"".join(lines[: len(lines) // 2]))  # as if killed halfway
-    args = ["run", str(jobs), "--contexts", str(ctx), "-c", str(cfg), "--progress", "off"]
-    assert main([*args, "--shard", "0/2"]) in (0, 1)
+    run_shard(jobs, 0, 2, "--contexts", str(ctx), "-c", str(cfg), codes=(0, 1))
     summary0 = tmp_path / "jobs.shard-0-of-2.summary.json"
     assert not state_path(summary0).exists()  # its builder covers half the records
     fast, used = _merge(tmp_path, parts, "fast")

@@ -5,20 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
+from shard_helpers import fast_mock
 
-from runner import runtime
 from runner.cli import main
 from runner.config import RunConfig
 from runner.errors import ConfigError
 from runner.jobs import load_contexts, read_jobs
 from runner.merge import merge
-from runner.mock import MockConfig
 from runner.models import Job
 from runner.shards import (
     ShardSpec,
@@ -47,12 +44,7 @@ def _fast_mock(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process runs get the faster mock unless a config says otherwise: these tests are about
     partitions and merges, and the default made each run wait about 3.7 s (the --workers runs
     in child processes are given it by _fast_mock_config)."""
-    real = runtime.mock_config
-
-    def fast(config: RunConfig, defaults: Mapping[str, Any] | None = None) -> MockConfig:
-        return real(config, {**FAST_MOCK, **(defaults or {})})
-
-    monkeypatch.setattr(runtime, "mock_config", fast)
+    fast_mock(monkeypatch, FAST_MOCK)
 
 
 def _write_input(d: Path, groups: int = 6, per: int = 8, loose: int = 10) -> tuple[Path, Path]:
