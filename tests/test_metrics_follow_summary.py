@@ -10,27 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_helpers import Samples, samples
 from promise_helpers import cli_run, fast_config, load, write_jobs
 
 END_GAUGES = {"runner_exit_code", "runner_last_success_timestamp_seconds"}
 PRICES = '[prices."mock-1"]\ninput = 1.0\noutput = 4.0\n'
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
+def _cost(smp: Samples, kind: str) -> float:
+    return smp[("runner_cost_usd_total", (("job_name", "runner"), ("kind", kind)))]
 
 
-def _cost(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], kind: str) -> float:
-    return samples[("runner_cost_usd_total", (("job_name", "runner"), ("kind", kind)))]
-
-
-def _count(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
-    return samples[(name, (("job_name", "runner"),))]
+def _count(smp: Samples, name: str) -> float:
+    return smp[(name, (("job_name", "runner"),))]
 
 
 def test_a_noop_rerun_with_a_corrected_price_exports_the_new_cost(
@@ -43,14 +35,14 @@ def test_a_noop_rerun_with_a_corrected_price_exports_the_new_cost(
     prom, summary = tmp_path / "m.prom", tmp_path / "jobs.summary.json"
     args = ["run", str(jobs), "--metrics-textfile", str(prom), "-c"]
     assert cli_run(capsys, *args, str(cheap))[0] == 0
-    first = _samples(prom.read_text())
+    first = samples(prom.read_text())
     assert _cost(first, "billed") == pytest.approx(load(summary)["cost"]["billed"])
     code, err = cli_run(capsys, *args, str(dear))  # nothing sent: every job is done
     assert code == 0, err
     written: dict[str, Any] = load(summary)
     assert written["this_run"]["skipped_resumed"] == 8 and written["this_run"]["ok"] == 0
     assert written["cost"]["billed"] > 10 * _cost(first, "billed")  # the summary has the new price
-    again = _samples(prom.read_text())
+    again = samples(prom.read_text())
     for kind in ("billed", "uncached"):
         assert _cost(again, kind) == pytest.approx(written["cost"][kind], rel=1e-9)
     # the rest of the textfile says what the rewritten summary says too: its wall, and the
@@ -60,7 +52,7 @@ def test_a_noop_rerun_with_a_corrected_price_exports_the_new_cost(
     # the same price again: the summary is kept, and so are the metrics but the end gauges
     code, err = cli_run(capsys, *args, str(dear))
     assert code == 0 and "left as it was" in err, err
-    kept = _samples(prom.read_text())
+    kept = samples(prom.read_text())
     assert {k: v for k, v in kept.items() if k[0] not in END_GAUGES} == {
         k: v for k, v in again.items() if k[0] not in END_GAUGES
     }

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 from helpers import mock_config, mock_process
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_helpers import samples
 
 from runner.api import run
 from runner.config import RunConfig
@@ -46,15 +46,6 @@ def write_jobs(tmp: Path, n: int) -> Path:
 
 def config(tmp: Path, url: str, **kw: Any) -> RunConfig:
     return mock_config(tmp, url, **{"concurrency": 16, "prices": PRICE, "resume": False, **kw})
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of an exposition, keyed by name and sorted labels (the parser's view)."""
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def value(smp: dict[Any, float], name: str, **labels: str) -> float:

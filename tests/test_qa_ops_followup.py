@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+from metrics_helpers import samples
 from promise_helpers import cli_run, fast_config, lines, load, write_jobs
 
 from runner.pipeline import LiveStats
@@ -159,16 +160,6 @@ def test_a_full_disk_mid_run_is_exit_75_naming_the_file_and_the_rerun_resumes(
 PRICES = '[prices."mock-1"]\ninput = 1.0\noutput = 4.0\n'
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
-
-
 def test_a_rerun_with_every_job_done_keeps_the_summary_and_moves_only_the_end_gauges(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -180,13 +171,13 @@ def test_a_rerun_with_every_job_done_keeps_the_summary_and_moves_only_the_end_ga
     prom, summary = tmp_path / "runner.prom", tmp_path / "jobs.summary.json"
     args = ["run", str(jobs), "-c", str(config), "--metrics-textfile", str(prom)]
     assert cli_run(capsys, *args)[0] == 0
-    first_summary, first_prom = summary.read_bytes(), _samples(prom.read_text())
+    first_summary, first_prom = summary.read_bytes(), samples(prom.read_text())
     assert load(summary)["this_run"]["ok"] == 30 and load(summary)["cost"]["billed"] > 0
     code, err = cli_run(capsys, *args)
     assert code == 0, err
     assert summary.read_bytes() == first_summary  # the real run's, byte for byte
     assert "nothing sent: the summary file is left as it was" in err, err
-    again = _samples(prom.read_text())
+    again = samples(prom.read_text())
     last = ("runner_last_success_timestamp_seconds", (("job_name", "runner"),))
     assert again.pop(last) > first_prom.pop(last)  # the cron job ran and succeeded
     assert again == first_prom  # every other figure is the real run's (duration, histogram)
@@ -267,7 +258,7 @@ def test_a_rerun_with_nothing_to_send_pushes_only_the_end_gauges(
         srv.shutdown()
         srv.server_close()
     assert [m for m, _, _ in seen] == ["POST", "POST"]
-    full, end = (_samples(body.decode()) for _, _, body in seen)
+    full, end = (samples(body.decode()) for _, _, body in seen)
     assert (
         "runner_requests_total",
         (("error_code", ""), ("job_name", "runner"), ("outcome", "ok")),
