@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 from runner.config import RunConfig
 
@@ -28,6 +30,20 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.t
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[int]:
+    """``app`` (a stand-in server a test writes) served on 127.0.0.1 and a free port, in this
+    event loop; yields the port and stops it."""
+    app_runner = web.AppRunner(app)
+    await app_runner.setup()
+    site = web.TCPSite(app_runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield app_runner.addresses[0][1]
+    finally:
+        await app_runner.cleanup()
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import serve_app
 from promise_helpers import cli_run, fast_config, load, write_jobs
 
 from runner.api import run
@@ -189,12 +190,7 @@ async def test_a_wrong_endpoint_after_successes_is_the_guard_exit_3(
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat)
-    app_runner = web.AppRunner(app)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve_app(app) as port:
         jobs = write_jobs(tmp_path, 200)
         config = RunConfig(
             provider="openai",
@@ -203,8 +199,6 @@ async def test_a_wrong_endpoint_after_successes_is_the_guard_exit_3(
             progress="off",
         )
         outcome = await run(jobs, config)
-    finally:
-        await app_runner.cleanup()
     assert outcome.exit_code == 3 and outcome.stopped == "endpoint"
     assert posts == 6  # stopped at the first wrong answer: no retries, no other job sent
     assert outcome.summary["jobs"]["ok"] == 5 and outcome.summary["jobs"]["failed"] == 0

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 from helpers import ManualClock as Clock
+from helpers import serve_app
 from scaleout import require_redis, start_redis
 from test_explicit_cache import capped_mock, run_capped_group
 from test_qa_redteam3_merge import _shards
@@ -49,31 +50,26 @@ async def paging_server(tokens: list[str]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/v1beta/cachedContents", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serve_app(app) as port:
         yield f"http://127.0.0.1:{port}/v1beta"
-    finally:
-        await runner.cleanup()
 
 
-def gemini_config(base: str) -> RunConfig:
-    return RunConfig(provider="gemini", base_url=base, model="gemini-2.5-flash")
-
-
-@pytest.mark.parametrize("tokens", [["same"], ["a+/=", "b", "c"]])
-async def test_list_caches_stops_on_a_repeated_page_token(tokens: list[str]) -> None:
+async def listing_error(tokens: list[str]) -> str:
+    """What a Gemini backend's ``list_caches`` raises against ``paging_server(tokens)``."""
     async with paging_server(tokens) as base:
-        cfg = gemini_config(base)
+        cfg = RunConfig(provider="gemini", base_url=base, model="gemini-2.5-flash")
         async with open_backend(cfg, base_url=base, api_key="k") as be:
             assert isinstance(be, GeminiBackend)
             with pytest.raises(CacheAPIError) as exc:
                 await asyncio.wait_for(be.list_caches(), 10)
-    assert "repeated nextPageToken" in str(exc.value)
-    assert f"after {len(tokens) + 1} page(s)" in str(exc.value)
+    return str(exc.value)
+
+
+@pytest.mark.parametrize("tokens", [["same"], ["a+/=", "b", "c"]])
+async def test_list_caches_stops_on_a_repeated_page_token(tokens: list[str]) -> None:
+    err = await listing_error(tokens)
+    assert "repeated nextPageToken" in err
+    assert f"after {len(tokens) + 1} page(s)" in err
 
 
 async def test_list_caches_stops_at_the_page_cap(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,14 +77,8 @@ async def test_list_caches_stops_at_the_page_cap(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(gemini, "LIST_MAX_PAGES", 5)
     # never the same token twice: only the page cap ends it
-    fresh = [f"t{i}" for i in range(50)]
-    async with paging_server(fresh) as base:
-        cfg = gemini_config(base)
-        async with open_backend(cfg, base_url=base, api_key="k") as be:
-            assert isinstance(be, GeminiBackend)
-            with pytest.raises(CacheAPIError) as exc:
-                await asyncio.wait_for(be.list_caches(), 10)
-    assert "still a nextPageToken after 5 pages (5 caches)" in str(exc.value)
+    err = await listing_error([f"t{i}" for i in range(50)])
+    assert "still a nextPageToken after 5 pages (5 caches)" in err
 
 
 # -- 2. the server's TTL cap --------------------------------------------------------------------

@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 
 from helpers import ManualClock as Clock
+from helpers import serve_app
 
 from runner.explicit_cache import CacheAPIError, CacheInfo, ExplicitCaches
 from runner.models import Job, Price
@@ -126,19 +127,12 @@ async def test_a_page_token_with_plus_slash_and_equals_reaches_the_server_intact
 
     app = web.Application()
     app.router.add_get("/v1beta/cachedContents", listing)
-    app_runner = web.AppRunner(app)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = app_runner.addresses[0][1]
+    async with serve_app(app) as port:
         base = f"http://127.0.0.1:{port}/v1beta"
         cfg = RunConfig(provider="gemini", base_url=base, model="gemini-2.5-flash")
         async with open_backend(cfg, base_url=base, api_key="k") as be:
             assert isinstance(be, GeminiBackend)
             names = [c.name for c in await be.list_caches()]
-    finally:
-        await app_runner.cleanup()
     assert seen == [None, token]
     assert names == ["cachedContents/a", "cachedContents/b"]
 
