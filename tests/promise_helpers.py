@@ -39,6 +39,12 @@ def cli_run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+def run_fast(capsys: pytest.CaptureFixture[str], jobs: Path, *flags: str) -> tuple[int, str]:
+    """``runner run JOBS -c FAST FLAGS`` in this process, FAST being :func:`fast_config` beside
+    the jobs file: (exit code, stderr)."""
+    return cli_run(capsys, "run", str(jobs), "-c", str(fast_config(jobs.parent)), *flags)
+
+
 def lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(raw) for raw in path.read_bytes().splitlines()]
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from helpers import serve_app
-from promise_helpers import cli_run, fast_config, load, write_jobs
+from promise_helpers import cli_run, fast_config, load, run_fast, write_jobs
 
 from runner.api import run
 from runner.config import RunConfig
@@ -72,17 +72,7 @@ def test_a_plain_web_server_is_named_by_the_probe(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], plain_server: str
 ) -> None:
     jobs = write_jobs(tmp_path, 50)
-    code, err = cli_run(
-        capsys,
-        "run",
-        str(jobs),
-        "-c",
-        str(fast_config(tmp_path)),
-        "--provider",
-        "openai",
-        "--base-url",
-        plain_server,
-    )
+    code, err = run_fast(capsys, jobs, "--provider", "openai", "--base-url", plain_server)
     assert code == 2, err
     assert f"{plain_server}/models" in err and "does it end in /v1?" in err
     assert not (tmp_path / "jobs.results.jsonl").exists()
@@ -94,18 +84,8 @@ def test_501_on_post_stops_at_once_and_leaves_every_job_unsent(
     # /models is a JSON file here, so the probe passes; POST then answers 501.
     (web_root / "models").write_text('{"object": "list", "data": []}')
     jobs = write_jobs(tmp_path, 400)
-    code, err = cli_run(
-        capsys,
-        "run",
-        str(jobs),
-        "-c",
-        str(fast_config(tmp_path)),
-        "--provider",
-        "openai",
-        "--base-url",
-        plain_server,
-        "--concurrency",
-        "4",
+    code, err = run_fast(
+        capsys, jobs, "--provider", "openai", "--base-url", plain_server, "--concurrency", "4"
     )
     assert code == 2, err
     assert f"POST {plain_server}/chat/completions" in err and "501" in err
@@ -137,17 +117,7 @@ def test_a_base_url_without_v1_on_the_mock_is_refused(
         url = proc.stdout.readline().decode().strip()
         base = url.removesuffix("/v1")
         jobs = write_jobs(tmp_path, 30)
-        code, err = cli_run(
-            capsys,
-            "run",
-            str(jobs),
-            "-c",
-            str(fast_config(tmp_path)),
-            "--provider",
-            "openai",
-            "--base-url",
-            base,
-        )
+        code, err = run_fast(capsys, jobs, "--provider", "openai", "--base-url", base)
         assert code == 2, err
         assert f"POST {base}/chat/completions answered HTTP 404" in err
         assert "does it end in /v1?" in err

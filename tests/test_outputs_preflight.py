@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from promise_helpers import cli_run, fast_config, lines, load, refused_outputs, write_jobs
+from promise_helpers import (
+    cli_run,
+    fast_config,
+    lines,
+    load,
+    refused_outputs,
+    run_fast,
+    write_jobs,
+)
 
 from runner import sinks
 from runner.config import RunConfig
@@ -43,17 +51,7 @@ def test_two_outputs_on_one_file_are_refused(
 ) -> None:
     jobs = write_jobs(tmp_path, 3)
     same = tmp_path / "same.json"
-    code, err = cli_run(
-        capsys,
-        "run",
-        str(jobs),
-        "-c",
-        str(fast_config(tmp_path)),
-        "--latency",
-        str(same),
-        "--summary",
-        str(same),
-    )
+    code, err = run_fast(capsys, jobs, "--latency", str(same), "--summary", str(same))
     assert code == 2 and "are the same file" in err
     assert not same.exists() and not (tmp_path / "jobs.results.jsonl").exists()
 
@@ -90,17 +88,7 @@ def test_the_lock_covers_the_latency_file_and_the_summary(
     )
     try:
         for flag, path in (("--latency", shared), ("--summary", summary)):
-            code, err = cli_run(
-                capsys,
-                "run",
-                str(jobs),
-                "-c",
-                str(fast_config(tmp_path)),
-                "-o",
-                str(tmp_path / "two.jsonl"),
-                flag,
-                str(path),
-            )
+            code, err = run_fast(capsys, jobs, "-o", str(tmp_path / "two.jsonl"), flag, str(path))
             assert code == 2 and "being written by another runner" in err, err
     finally:
         held.close()
@@ -180,15 +168,7 @@ def test_an_unwritable_directory_is_exit_2(
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        code, err = cli_run(
-            capsys,
-            "run",
-            str(jobs),
-            "-c",
-            str(fast_config(tmp_path)),
-            "--summary",
-            str(ro / "s.json"),
-        )
+        code, err = run_fast(capsys, jobs, "--summary", str(ro / "s.json"))
     finally:
         ro.chmod(0o700)
     assert code == 2 and "not writable" in err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import mock_process, run_until_requests
-from promise_helpers import cli_run, fast_config, load, write_jobs
+from promise_helpers import cli_run, fast_config, load, run_fast, write_jobs
 
 from runner.report import render_summary
 
@@ -25,16 +25,8 @@ def test_a_run_stopped_before_its_first_result_does_not_call_the_jobs_file_empty
     # under a table of "0 ok, 0 failed", sending the user to check a file that was fine.
     jobs = write_jobs(tmp_path, 30)
     with mock_process("--latency", "zero") as url:
-        code, err = cli_run(
-            capsys,
-            "run",
-            str(jobs),
-            "-c",
-            str(fast_config(tmp_path)),
-            "--provider",
-            "openai",
-            "--base-url",
-            url.removesuffix("/v1"),
+        code, err = run_fast(
+            capsys, jobs, "--provider", "openai", "--base-url", url.removesuffix("/v1")
         )
     assert code == 2, err
     assert "does it end in /v1?" in err
