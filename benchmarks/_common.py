@@ -18,6 +18,12 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out"
 PY = sys.executable
+# The words the contract-like contexts of bench_cache and bench_explicit_cache are drawn from.
+LEGAL_WORDS = (
+    "agreement party supplier customer indemnify liability warranty term termination notice "
+    "confidential information breach remedy damages governing law jurisdiction assignment "
+    "force majeure payment invoice schedule services deliverables acceptance audit insurance"
+).split()
 
 
 @contextmanager

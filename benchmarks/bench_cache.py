@@ -49,14 +49,9 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, mock_server, runner_run
+from _common import LEGAL_WORDS, OUT, mock_server, runner_run
 from _realserver import built, llama_server
 
-LEGAL = (
-    "agreement party supplier customer indemnify liability warranty term termination notice "
-    "confidential information breach remedy damages governing law jurisdiction assignment "
-    "force majeure payment invoice schedule services deliverables acceptance audit insurance"
-).split()
 # Words that are one token each in the test model's vocabulary (tools/realserver/make_model.py).
 PLAIN = (
     "the of and to in is it you that he was for on are with as his they be at one have this "
@@ -77,7 +72,7 @@ class Shape:
     concurrency: int
     server: Callable[[], AbstractContextManager[str]]
     caps: tuple[int | None, ...] = (None,)  # per-group caps swept (None: unlimited)
-    words: tuple[str, ...] = tuple(LEGAL)
+    words: tuple[str, ...] = tuple(LEGAL_WORDS)
     max_tokens: int = 16
     model: str = "mock-1"
     config: dict[str, Any] = field(default_factory=dict)

@@ -28,13 +28,9 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import LEGAL_WORDS as WORDS
 from _common import OUT, PY, mock_server, run_child
 
-WORDS = (
-    "agreement party supplier customer indemnify liability warranty term termination notice "
-    "confidential information breach remedy damages governing law jurisdiction assignment "
-    "force majeure payment invoice schedule services deliverables acceptance audit insurance"
-).split()
 TOKENS_PER_CONTEXT = 2000
 MODEL = "gemini-2.5-flash"
 PRICE = {"input": 0.30, "cached_input": 0.03, "cache_write": 0.30, "output": 2.50}
