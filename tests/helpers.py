@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from runner.config import RunConfig
 
@@ -33,17 +34,15 @@ class ManualClock:
 
 
 @asynccontextmanager
-async def serve_app(app: web.Application) -> AsyncIterator[int]:
-    """``app`` (a stand-in server a test writes) served on 127.0.0.1 and a free port, in this
-    event loop; yields the port and stops it."""
-    app_runner = web.AppRunner(app)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, "127.0.0.1", 0)
-    await site.start()
+async def serve_app(app: web.Application, path: str = "/v1") -> AsyncIterator[str]:
+    """``app`` (a stand-in server a test writes) served by aiohttp's TestServer on 127.0.0.1
+    and a free port, in this event loop; yields its URL for ``path`` and stops it."""
+    server = TestServer(app)
+    await server.start_server()
     try:
-        yield app_runner.addresses[0][1]
+        yield str(server.make_url(path))
     finally:
-        await app_runner.cleanup()
+        await server.close()
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from helpers import mock_config
+from helpers import mock_config, serve_app
 
 from runner.api import run
 from runner.config import RunConfig
@@ -202,7 +202,6 @@ async def test_secret_never_written_even_when_echoed(
 ) -> None:
     """A server that echoes the key in its error bodies, JSON and plain text alike."""
     from aiohttp import web
-    from aiohttp.test_utils import TestServer
 
     jobs, _ = write_jobs(tmp_path, 6)
     key = "sk-live-SECRET-0123456789"
@@ -220,14 +219,9 @@ async def test_secret_never_written_even_when_echoed(
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        url = str(server.make_url("/v1"))
+    async with serve_app(app) as url:
         cfg = config(tmp_path, url, api_key_env="TEST_RUNNER_KEY", max_attempts=1)
         out = await run(jobs, cfg)
-    finally:
-        await server.close()
     assert out.summary["jobs"]["failed"] == 6  # every body the runner kept echoed the key
     rs = results(tmp_path / "r.jsonl")
     assert {r["error"]["code"] for r in rs} == {"http_4xx", "http_5xx"}

@@ -160,14 +160,9 @@ async def test_a_wrong_endpoint_after_successes_is_the_guard_exit_3(
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat)
-    async with serve_app(app) as port:
+    async with serve_app(app) as url:
         jobs = write_jobs(tmp_path, 200)
-        config = RunConfig(
-            provider="openai",
-            base_url=f"http://127.0.0.1:{port}/v1",
-            concurrency=1,
-            progress="off",
-        )
+        config = RunConfig(provider="openai", base_url=url, concurrency=1, progress="off")
         outcome = await run(jobs, config)
     assert outcome.exit_code == 3 and outcome.stopped == "endpoint"
     assert posts == 6  # stopped at the first wrong answer: no retries, no other job sent

@@ -50,8 +50,8 @@ async def paging_server(tokens: list[str]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/v1beta/cachedContents", handle)
-    async with serve_app(app) as port:
-        yield f"http://127.0.0.1:{port}/v1beta"
+    async with serve_app(app, "/v1beta") as base:
+        yield base
 
 
 async def listing_error(tokens: list[str]) -> str:

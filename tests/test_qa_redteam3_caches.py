@@ -127,8 +127,7 @@ async def test_a_page_token_with_plus_slash_and_equals_reaches_the_server_intact
 
     app = web.Application()
     app.router.add_get("/v1beta/cachedContents", listing)
-    async with serve_app(app) as port:
-        base = f"http://127.0.0.1:{port}/v1beta"
+    async with serve_app(app, "/v1beta") as base:
         cfg = RunConfig(provider="gemini", base_url=base, model="gemini-2.5-flash")
         async with open_backend(cfg, base_url=base, api_key="k") as be:
             assert isinstance(be, GeminiBackend)

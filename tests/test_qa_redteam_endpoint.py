@@ -15,20 +15,10 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
-from helpers import mock_config
+from helpers import mock_config, serve_app
 
 from runner.api import run
 from runner.errors import ConfigError
-
-
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield str(server.make_url("/v1"))
-    finally:
-        await server.close()
 
 
 def no_models_app(*, chat: bool, page: str, ctype: str) -> web.Application:
@@ -59,14 +49,14 @@ PAGES = {
 @pytest.fixture(params=sorted(PAGES))
 async def shim_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     page, ctype = PAGES[request.param]
-    async for url in serve(no_models_app(chat=True, page=page, ctype=ctype)):
+    async with serve_app(no_models_app(chat=True, page=page, ctype=ctype)) as url:
         yield url
 
 
 @pytest.fixture(params=sorted(PAGES))
 async def wrong_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     page, ctype = PAGES[request.param]
-    async for url in serve(no_models_app(chat=False, page=page, ctype=ctype)):
+    async with serve_app(no_models_app(chat=False, page=page, ctype=ctype)) as url:
         yield url
 
 
@@ -112,7 +102,7 @@ async def test_an_endless_models_answer_is_read_only_to_the_cap(tmp_path: Path) 
     app = web.Application()
     app.router.add_get("/v1/models", endless)
     app.router.add_post("/v1/chat/completions", chat)
-    async for url in serve(app):
+    async with serve_app(app) as url:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         cfg = mock_config(tmp_path, url, max_response_bytes=1 << 20, timeout=1.0)
         out = await run(write_jobs(tmp_path, 2), cfg)

@@ -14,8 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
-from helpers import mock_config
+from helpers import mock_config, serve_app
 
 from runner.api import run
 from runner.errors import ConfigError
@@ -37,12 +36,8 @@ async def echo_url() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield str(server.make_url("/v1"))
-    finally:
-        await server.close()
+    async with serve_app(app) as url:
+        yield url
 
 
 @pytest.mark.parametrize("env", [SECRET + "\n", SECRET + "\r\n", " " + SECRET + " ", "\t" + SECRET])

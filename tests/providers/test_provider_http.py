@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from helpers import serve_app
 
 from runner.config import Provider, RunConfig
 from runner.models import ErrorInfo, Job
@@ -127,12 +127,8 @@ async def _sse_server(wire: bytes, step: int) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield str(server.make_url("/v1"))
-    finally:
-        await server.close()
+    async with serve_app(app) as url:
+        yield url
 
 
 @pytest.fixture
