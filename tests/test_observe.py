@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -179,20 +180,28 @@ async def test_breaker_opened_by_transient_failures_exits_75(tmp_path: Path) -> 
     assert outcome.exit_code == 75
 
 
-async def test_rate_limit_pause_past_max_pause_exits_75(tmp_path: Path) -> None:
-    jobs = write_jobs(tmp_path, 50)
-    mock = MockConfig(latency="zero", fault_http_429=1.0, fault_429_retry_ms=3000)
+@contextmanager
+def host_records() -> Iterator[list[logging.LogRecord]]:
+    """The runner's log records as a handler that an embedding host adds to its logger sees
+    them, while the block runs."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign,assignment]
     logging.getLogger(LOGGER_NAME).addHandler(handler)
     try:
+        yield records
+    finally:
+        logging.getLogger(LOGGER_NAME).removeHandler(handler)
+
+
+async def test_rate_limit_pause_past_max_pause_exits_75(tmp_path: Path) -> None:
+    jobs = write_jobs(tmp_path, 50)
+    mock = MockConfig(latency="zero", fault_http_429=1.0, fault_429_retry_ms=3000)
+    with host_records() as records:
         async with serve(mock) as url:
             cfg = config(tmp_path, url, max_pause_s=1.0, drain_s=1.0, log_format="json")
             t0 = time.perf_counter()
             outcome = await run(jobs, cfg)
-    finally:
-        logging.getLogger(LOGGER_NAME).removeHandler(handler)
     assert outcome.exit_code == 75 and outcome.stopped == "rate_limit_pause"
     assert time.perf_counter() - t0 < 10
     events = [r.getMessage() for r in records]
@@ -204,16 +213,10 @@ async def test_progress_retries_and_pause_events_reach_host_logging(tmp_path: Pa
     """An embedding host (Airflow) sees the events through its own logging handlers."""
     jobs = write_jobs(tmp_path, 100)
     mock = MockConfig(base_ms=20, decode_ms_per_token=0, fault_http_500=0.2, seed=1)
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign,assignment]
-    logging.getLogger(LOGGER_NAME).addHandler(handler)
-    try:
+    with host_records() as records:
         async with serve(mock) as url:
             cfg = config(tmp_path, url, concurrency=4, log_format="json", log_interval_s=0.2)
             await run(jobs, cfg)
-    finally:
-        logging.getLogger(LOGGER_NAME).removeHandler(handler)
     events = [r.getMessage() for r in records]
     assert events[0] == "run_start" and events[-1] == "run_end"
     progress = [r.fields for r in records if r.getMessage() == "progress"]  # type: ignore[attr-defined]
