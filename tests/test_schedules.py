@@ -193,3 +193,32 @@ def test_airflow_task_runs_against_the_mock(tmp_path: Path) -> None:
     free.write_text('provider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n')
     with pytest.raises(mod.TransientRunError):
         mod.run_batch(str(jobs), str(free), output=str(tmp_path / "r2.jsonl"))
+
+
+def test_crontab_line_gives_runner_the_key_from_the_environment_file(tmp_path: Path) -> None:
+    # cron runs the command with /bin/sh and a bare environment. The environment file is the
+    # systemd unit's EnvironmentFile (KEY=value lines, no `export`): sourcing it alone sets a
+    # shell variable that the exec'd runner never sees, and the run starts without its key.
+    line = next(
+        ln for ln in (DIR / "runner.cron").read_text().splitlines() if ln.startswith("15 2 ")
+    )
+    command = line.split(None, 5)[5]
+    env_file, workdir, logdir = tmp_path / "env", tmp_path / "srv", tmp_path / "log"
+    workdir.mkdir()
+    logdir.mkdir()
+    env_file.write_text("OPENAI_API_KEY=sk-from-env-file\n")
+    fake = tmp_path / "runner"  # stands in for runner: records what it was given
+    fake.write_text('#!/bin/sh\necho "cwd=$PWD key=${OPENAI_API_KEY:-unset} argv=$*"\n')
+    fake.chmod(0o755)
+    for shipped, here in (
+        ("/etc/runner/env", env_file),
+        ("/srv/batch", workdir),
+        ("/opt/runner/.venv/bin/runner", fake),
+        ("/var/log/runner", logdir),
+    ):
+        assert shipped in command
+        command = command.replace(shipped, str(here))
+    r = subprocess.run(["/bin/sh", "-c", command], env={}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    said = (logdir / "nightly.log").read_text()
+    assert f"cwd={workdir} key=sk-from-env-file argv=run jobs.jsonl" in said, said
