@@ -30,7 +30,7 @@ from .errors import (
     SinkError,
     Unavailable,
 )
-from .jobs import contexts_for, count_lines, read_jobs
+from .jobs import contexts_for, count_jobs, count_lines, read_jobs
 from .limits import RateController
 from .models import BadLine, Context, Job, LatencyRecord
 from .observe import Observer, write_summary_to
@@ -218,6 +218,9 @@ async def _run_direct(
             summary, whole = whole_output(outputs.latency_path, config, summary)
             # Only this invocation's caches are known: earlier ones' storage is not added.
             _add_cache_cost(summary, explicit, config)
+        _count_not_sent(
+            summary, jobs_path, config, whole_file=shard is None and outputs is not None
+        )
         outcome = _finish_outcome(
             outcome, summary, config, base_url=config.base_url, started_at=started_at
         )
@@ -238,6 +241,28 @@ async def _run_direct(
         summary_file = summary_path is not None and str(summary_path) != "-"
         observer.export(outcome, summary_file=summary_file, whole=whole)
         return outcome
+
+
+def _count_not_sent(
+    summary: dict[str, Any], jobs_path: Path | None, config: RunConfig, *, whole_file: bool
+) -> None:
+    """Set ``not_sent`` of a stopped run's summary: the jobs of the file left without a result.
+
+    The engine only knows the lines it read, and it reads a window ahead (16,384 jobs): a
+    run of 20,000 jobs stopped after 16 said 16,376 not sent, and so did its summary file,
+    ``run_end`` event and ``runner_jobs{state="pending"}``. Every job line gets exactly one
+    result line, so the lines left are the file's job lines less the output's results (the
+    summary's ``jobs.total``, every job of the output after a resume). A shard's lines are
+    known only by parsing them all, so a shard keeps the engine's count of the lines it read.
+    """
+    if not summary.get("stopped") or jobs_path is None or not whole_file:
+        return
+    try:
+        lines = count_jobs(jobs_path, config.max_line_bytes)
+    except (InputError, OSError):
+        return  # the file went away since: the lines read are all that is known
+    left = lines - int(summary["jobs"]["total"])
+    summary["not_sent"] = max(int(summary.get("not_sent") or 0), left)
 
 
 def _write_summary(

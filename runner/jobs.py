@@ -85,6 +85,22 @@ def count_lines(path: Path) -> int:
     return n + (last != b"\n")
 
 
+def count_jobs(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> int:
+    """Lines of a jobs file that each get one result line: every line :func:`read_jobs` does
+    not skip (a blank or whitespace-only line is no job; an over-long one is a bad line). Reads
+    the lines without parsing them: the jobs a run stopped early never reached.
+
+    :raises InputError: the file cannot be opened.
+    :raises OSError: it cannot be read.
+    """
+    n = 0
+    with _open(path) as fh:
+        for _, raw in _iter_lines(fh, max_line_bytes):
+            if isinstance(raw, int) or raw.strip():
+                n += 1
+    return n
+
+
 def contexts_for(config: RunConfig) -> dict[str, Context]:
     """The contexts of ``config.contexts`` (read with its line limit), or none without one."""
     if not config.contexts:

@@ -1,0 +1,64 @@
+"""What a new user running runner as a scheduled job (cron, a Kubernetes Job, Airflow, Slurm,
+a systemd timer) met that no test covered: the machine-readable results a scheduler and an
+operator read after a run that stopped early, and what the log says when a stop signal comes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from promise_helpers import cli_run, load, write_jobs
+
+PRICED = """progress = "off"
+[mock]
+latency = "zero"
+[prices."mock-1"]
+input = 1.0
+cached_input = 0.1
+output = 4.0
+"""
+
+
+def _metric(text: str, name: str) -> float:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(name)]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_run_stopped_early_counts_every_job_of_the_file_it_did_not_send(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The engine reads a window ahead and counted only the jobs it had read: a run of 20,000
+    # jobs stopped (SIGTERM, a guard) after 16 said "16,376 not sent" in its table, its summary
+    # file, its run_end event and runner_jobs{state="pending"}; one stopped by --max-cost before
+    # its first request said 1 of 200.
+    config = tmp_path / "c.toml"
+    config.write_text(PRICED)
+    jobs = write_jobs(tmp_path, 10)
+    out = tmp_path / "out" / "r.jsonl"
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), "-o", str(out), "-q")
+    assert code == 0, err
+    # The next night's file has 40 more jobs, a blank and a whitespace-only line (no jobs) and
+    # a line that is not JSON (a job whose result is an error).
+    more = [orjson.dumps({"id": f"n{i}", "query": f"n {i}?"}) for i in range(40)]
+    with jobs.open("ab") as fh:
+        fh.write(b"\n".join([*more[:20], b"", b"  \t", *more[20:], b"{not json"]) + b"\n")
+    prom = tmp_path / "m.prom"
+    code, err = cli_run(
+        capsys, "run", str(jobs), "-c", str(config), "-o", str(out), "--max-cost", "0.000001",
+        "--metrics-textfile", str(prom), "--log-format", "json",
+    )  # fmt: skip
+    assert code == 3, err
+    summary = load(out.with_name("r.summary.json"))
+    assert summary["stopped"] == "max_cost" and summary["jobs"]["total"] == 10
+    assert summary["not_sent"] == 41
+    (end,) = [e for e in map(orjson.loads, err.splitlines()) if e["event"] == "run_end"]
+    assert end["not_sent"] == 41
+    assert _metric(prom.read_text(), 'runner_jobs{job_name="runner",state="pending"}') == 41
+    # The same run told to finish sends exactly those 41 and leaves none.
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), "-o", str(out), "-q")
+    assert code == 1, err  # the line that is not JSON failed
+    summary = load(out.with_name("r.summary.json"))
+    assert summary["jobs"]["total"] == 51 and summary["this_run"]["ok"] == 40
+    assert summary["not_sent"] == 0 and summary["stopped"] is None
