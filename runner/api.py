@@ -612,7 +612,9 @@ async def batch(
     return [r for _, r in sink.results]
 
 
-def _install_signals(engine: Engine, say: Callable[[str], None] | None = None) -> None:
+def _install_signals(engine: Engine, say: Callable[..., None] | None = None) -> None:
+    """Drain on the first stop signal, stop at once on the second; ``say(message, **fields)``
+    tells at once what the drain waits for (the display's note or the ``stopping`` event)."""
     loop = asyncio.get_running_loop()
     seen = 0
 
@@ -621,12 +623,19 @@ def _install_signals(engine: Engine, say: Callable[[str], None] | None = None) -
         seen += 1
         if seen == 1 and say is not None and engine.stats.in_flight:
             # The drain can take as long as the slowest reply: say why nothing seems to happen,
-            # before a second Ctrl-C throws the in-flight (paid) answers away.
-            say(
-                f"stopping: waiting for {engine.stats.in_flight} requests in flight (at most "
-                f"{engine.config.drain_s:g} s); Ctrl-C again stops at once, re-sending them on "
-                "the next run"
+            # before a second Ctrl-C throws the in-flight (paid) answers away. A pod's or
+            # unit's log names the signal that came (a SIGTERM there is no Ctrl-C).
+            name, n, drain_s = (
+                signal.Signals(signum).name,
+                engine.stats.in_flight,
+                engine.config.drain_s,
             )
+            again = "Ctrl-C again" if signum == signal.SIGINT else f"a second {name}"
+            say(
+                f"stopping: waiting for {n} requests in flight (at most {drain_s:g} s) after "
+                f"{name}; {again} stops at once, re-sending them on the next run",
+                signal=name, in_flight=n, drain_s=drain_s,
+            )  # fmt: skip
         # The second signal stops at once; files stay consistent since writes are whole lines.
         engine.request_stop("signal", 128 + signum, hard=seen > 1)
 

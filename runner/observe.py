@@ -464,11 +464,11 @@ class Observer:
             )
             self._retries_seen = s.retries
 
-    def stopping(self, message: str) -> None:
+    def stopping(self, message: str, **fields: Any) -> None:
         """A stop signal, said as it comes: the drain may take ``drain_s`` and a scheduler's log
-        showed nothing until ``run_end``."""
+        showed nothing until ``run_end``. ``fields``: ``signal``, ``in_flight``, ``drain_s``."""
         if self.log is not None:
-            self.log.emit("stopping", logging.WARNING, message=message)
+            self.log.emit("stopping", logging.WARNING, message=message, **fields)
 
     def _log_end(self, outcome: RunOutcome) -> None:
         assert self.log is not None

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -100,8 +100,9 @@ class ProgressDisplay:
                 stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 print(f"{stamp} [runner] {_line(s, elapsed)}", file=self._out, flush=True)
 
-    def note(self, message: str) -> None:
-        """A line said at once, above the bar or between the log lines (a stop in progress)."""
+    def note(self, message: str, **_fields: Any) -> None:
+        """A line said at once, above the bar or between the log lines (a stop in progress);
+        ``_fields`` are for a JSON log (:meth:`runner.observe.Observer.stopping`), not shown."""
         if self._bar is not None:
             self._bar.console.print(f"runner: {message}", markup=False, highlight=False)
         else:

@@ -5,10 +5,13 @@ operator read after a run that stopped early, and what the log says when a stop 
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
 
 import orjson
 import pytest
+from helpers import mock_process, run_until_requests
 from promise_helpers import cli_run, load, write_jobs
 
 PRICED = """progress = "off"
@@ -62,3 +65,25 @@ def test_a_run_stopped_early_counts_every_job_of_the_file_it_did_not_send(
     summary = load(out.with_name("r.summary.json"))
     assert summary["jobs"]["total"] == 51 and summary["this_run"]["ok"] == 40
     assert summary["not_sent"] == 0 and summary["stopped"] is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_the_stopping_event_names_the_signal_and_what_the_drain_waits_for(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    # A pod's log (--log-format json) said only "stopping: ... Ctrl-C again stops at once" on
+    # the kubelet's SIGTERM: no field said which signal came, how many requests the drain
+    # waited for or how long it may take, and the advice named a key nobody can press there.
+    jobs = write_jobs(tmp_path, 4)
+    with mock_process("--base-ms", "2500") as url:
+        args = [str(jobs), "--provider", "openai", "--base-url", url, "--log-format", "json"]
+        proc = run_until_requests(url, [*args, "--cache", "none"], 4, stderr=subprocess.PIPE)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    events = [orjson.loads(line) for line in err.splitlines()]
+    (stopping,) = [e for e in events if e["event"] == "stopping"]
+    assert stopping["signal"] == sig.name
+    assert stopping["in_flight"] == 4 and stopping["drain_s"] == 30
+    assert f"(at most 30 s) after {sig.name};" in stopping["message"]
+    assert f"a second {sig.name} stops at once" in stopping["message"]
