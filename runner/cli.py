@@ -244,6 +244,8 @@ def _add_scaling_options(p: argparse.ArgumentParser) -> None:
         "--lease-s", type=float, help="seconds of the shared rate taken at a time (default: 0.25)"
     )
     g.add_argument("--limit-file", type=Path, help=argparse.SUPPRESS)  # set by --workers
+    # set by --workers: the parent says the run's end, over all the workers (not a field)
+    g.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
 
 
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
@@ -314,6 +316,18 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             print(f"runner: warning: {note}", file=sys.stderr)
     if summary_error:
         print(f"runner: error: the summary could not be written: {summary_error}", file=sys.stderr)
+    _say_end(ns, config, outcome)
+    return outcome.exit_code
+
+
+def _say_end(ns: argparse.Namespace, config: RunConfig, outcome: RunOutcome) -> None:
+    """The text-mode lines after the summary table: why the run stopped, what to do."""
+    if config.quiet and outcome.exit_code == 1 and not ns.as_worker:
+        # The table that says so is not printed under -q, and cron mails only what a job
+        # prints: a run whose jobs failed was silent (its JSON run_end is an error event).
+        from .report import failed_line
+
+        print(f"runner: error: {failed_line(outcome.summary)}", file=sys.stderr)
     if outcome.summary.get("via") == "batch" and not config.quiet:
         from .batchapi.estimate import render_batch_summary
 
@@ -325,14 +339,14 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         print(f"runner: stopped by a guard: {guard['message']}{later}", file=sys.stderr)
     elif outcome.stopped == "rate_limit_pause":
         print("runner: rate-limited past --max-pause; run again later to resume", file=sys.stderr)
-    elif outcome.stopped == "signal" and not config.quiet:
+    elif outcome.stopped == "signal" and not (config.quiet and ns.as_worker):
+        # said under -q too: an exit a scheduler alerts on (the parent of workers says it once)
         print("runner: interrupted; run the same command again to resume", file=sys.stderr)
         if config.via == "batch":
             print(
                 f"runner: `runner status {_results_path(ns.jobs, config)}` shows the batches",
                 file=sys.stderr,  # standard output may be the summary (--summary -)
             )
-    return outcome.exit_code
 
 
 def _cmd_run_workers(ns: argparse.Namespace, config: RunConfig, simulated: bool) -> int:

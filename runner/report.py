@@ -33,6 +33,7 @@ __all__ = [
     "Run",
     "add_arguments",
     "compare_rows",
+    "failed_line",
     "load_run",
     "main",
     "render_summary",
@@ -907,3 +908,11 @@ def render_summary(summary: Mapping[str, Any], *, title: str = "run summary") ->
         ]
         lines.append(" ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def failed_line(summary: dict[str, Any]) -> str:
+    """Exit 1 in one line, for ``-q``: '3 of 50 jobs failed (http_4xx 2, invalid_input 1)'."""
+    jobs = summary["jobs"]
+    codes = ", ".join(f"{code} {n}" for code, n in sorted(jobs["by_error"].items()))
+    said = f"{jobs['failed']:,} of {jobs['total']:,} jobs failed"
+    return said + (f" ({codes})" if codes else "")

@@ -232,6 +232,7 @@ def run_workers(
     extra: list[str] = ["--summary", str(summary_path)] if to_stdout else []
     if config.log_format == "text":
         extra.append("--quiet")  # one summary table (the merged one), not one per worker
+    extra.append("--as-worker")  # under -q the parent says exit 1 and a stop, once
     if not config.redis_url:
         extra += ["--limit-file", str(results.with_name(results.name + ".limits.json"))]
     if config.max_cost is not None:
@@ -381,6 +382,10 @@ def _run_locked(
         print(
             f"runner: merged {n} worker shards into {results} and {summary_path}", file=sys.stderr
         )
+    elif code == 1:  # -q: a run whose jobs failed says so, as a single process does
+        from .report import failed_line
+
+        print(f"runner: error: {failed_line(rep.summary)}", file=sys.stderr)
     return code
 
 

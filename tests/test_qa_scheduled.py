@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import mock_process, run_until_requests
+from helpers import mock_process, run_until_requests, runner
 from promise_helpers import cli_run, load, write_jobs
 
 PRICED = """progress = "off"
@@ -87,3 +87,32 @@ def test_the_stopping_event_names_the_signal_and_what_the_drain_waits_for(
     assert stopping["in_flight"] == 4 and stopping["drain_s"] == 30
     assert f"(at most 30 s) after {sig.name};" in stopping["message"]
     assert f"a second {sig.name} stops at once" in stopping["message"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_quiet_says_in_one_line_that_jobs_failed(tmp_path: Path, workers: int) -> None:
+    # cron mails what a job prints; `-q` ("print nothing but errors") printed nothing at all
+    # for exit 1 (jobs failed), so a crontab with -q and MAILTO never heard of it, while the
+    # same run under --log-format json -q logs run_end as an error. Under --workers, each
+    # worker is quiet and the parent says it once, over all of them.
+    config = tmp_path / "c.toml"
+    config.write_text(PRICED)
+    jobs = write_jobs(tmp_path, 30)
+    with jobs.open("ab") as fh:
+        fh.write(b'{"id": "bad", "query": 5}\n{not json\n')
+    r = runner("run", str(jobs), "-c", str(config), "-q", "--workers", str(workers))
+    assert r.returncode == 1, r.stderr
+    assert r.stdout == ""
+    assert r.stderr == "runner: error: 2 of 32 jobs failed (invalid_input 2)\n"
+
+
+def test_quiet_says_that_a_signal_interrupted_the_run(tmp_path: Path) -> None:
+    # exit 143 under -q was silent too (its JSON run_end is an error event).
+    jobs = write_jobs(tmp_path, 4)
+    with mock_process("--base-ms", "2500") as url:
+        args = [str(jobs), "--provider", "openai", "--base-url", url, "-q", "--cache", "none"]
+        proc = run_until_requests(url, args, 4, stderr=subprocess.PIPE, text=True)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err == "runner: interrupted; run the same command again to resume\n"
