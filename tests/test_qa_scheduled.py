@@ -116,3 +116,32 @@ def test_quiet_says_that_a_signal_interrupted_the_run(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert err == "runner: interrupted; run the same command again to resume\n"
+
+
+def test_a_batch_run_with_no_usable_temporary_directory_spools_beside_its_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pod with readOnlyRootFilesystem and a writable volume for the outputs has no usable
+    # TMPDIR, /tmp or /var/tmp: `--via batch` stopped with a traceback (exit 1, "No usable
+    # temporary directory found") at its first upload, after the outputs had been opened.
+    # tempfile is told that every directory it would try is unusable, as it finds there.
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # not the directory found earlier
+    monkeypatch.setattr(tempfile, "_candidate_tempdir_list", lambda: [str(tmp_path / "ro")])
+    with pytest.raises(FileNotFoundError):
+        tempfile.gettempdir()
+    config = tmp_path / "c.toml"
+    config.write_text("poll_interval = 0.02\n" + PRICED)
+    jobs = write_jobs(tmp_path, 12)
+    out = tmp_path / "out" / "r.jsonl"
+    code, err = cli_run(
+        capsys, "run", str(jobs), "-c", str(config), "--via", "batch", "-o", str(out), "-q"
+    )
+    assert code == 0, err
+    assert len(out.read_bytes().splitlines()) == 12
+    assert load(out.with_name("r.summary.json"))["jobs"]["ok"] == 12
+    # the spooled files are gone: only the outputs (and the meta file) are left
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "r.jsonl", "r.jsonl.meta.json", "r.latency.jsonl", "r.summary.json",
+    ]  # fmt: skip

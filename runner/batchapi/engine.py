@@ -57,6 +57,7 @@ from .wire import (
     Row,
     control_headers,
     open_batch_api,
+    spool_dir,
 )
 
 __all__ = [
@@ -169,6 +170,7 @@ async def run_batch(
             session = make_session(config, headers=control_headers(config, api_key))
             stack.push_async_callback(session.close)
             api = open_batch_api(config, session, base_url=base_url, api_key=api_key)
+            api.spool_dir = spool_dir(outputs.results_path)
             run = BatchRun(config, api, outputs, log=log)
             if handle_signals:
                 _install_signals(run)
@@ -451,7 +453,7 @@ class BatchRun:
                 j.save()
                 return
         # The input goes through a temporary file, never whole in memory (up to 200-256 MB).
-        fd, name = tempfile.mkstemp(prefix="runner-batch-", suffix=".jsonl")
+        fd, name = tempfile.mkstemp(prefix=".runner-batch-", suffix=".jsonl", dir=api.spool_dir)
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as fh:

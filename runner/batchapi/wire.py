@@ -181,6 +181,10 @@ class BatchAPI:
         """Rows finished so far (any outcome), from a view's (or journalled chunk's) counts."""
         raise NotImplementedError
 
+    #: where uploads and downloads are spooled: None for tempfile's directory (TMPDIR, /tmp),
+    #: else the outputs' directory where no temporary directory is usable (:func:`spool_dir`)
+    spool_dir: str | None = None
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -334,7 +338,7 @@ class BatchAPI:
 
     async def _download_rows(self, url: str) -> AsyncIterator[bytes]:
         """The non-empty lines of a JSONL download, spooled through a temporary file."""
-        with tempfile.TemporaryFile() as fh:
+        with tempfile.TemporaryFile(dir=self.spool_dir) as fh:
             await self._call("GET", url, sink=fh)
             fh.seek(0)
             for line in fh:
@@ -638,6 +642,21 @@ class AnthropicBatchAPI(BatchAPI):
         return Row(
             cid, None, None, None, None, ErrorInfo("bad_response", "unknown row", True), None
         )
+
+
+def spool_dir(results: Path) -> str | None:
+    """None where tempfile finds a usable temporary directory, else the directory of the
+    results file (checked writable before the run opened it).
+
+    A container with a read-only root file system (Kubernetes ``readOnlyRootFilesystem``) and
+    a writable volume for the outputs has no usable TMPDIR, /tmp or /var/tmp: the first batch
+    upload stopped with a traceback (exit 1) after the outputs had been opened.
+    """
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError:  # "No usable temporary directory found"
+        return str(results.parent)
+    return None
 
 
 def open_batch_api(
