@@ -601,8 +601,10 @@ def build_parser(command: str | None = None, *, alone: bool = False) -> argparse
     p_val = sub.add_parser("validate", help="check a jobs file and estimate tokens and cost")
     _add_validate_options(p_val)
     p_val.set_defaults(func=_cmd_validate)
-    p_status = sub.add_parser("status", help="the provider batches of an output (read-only)")
-    p_status.add_argument("output", type=Path, help="the results file of a --via batch run")
+    p_status = sub.add_parser(
+        "status", help="an output's input, lock holder, last summary and batches (read-only)"
+    )
+    p_status.add_argument("output", type=Path, help="the results file of a run (or a merge)")
     p_status.add_argument(
         "--live", action="store_true", help="also ask the provider (GET only) for each batch"
     )

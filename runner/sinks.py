@@ -88,6 +88,7 @@ __all__ = [
     "acquire_lock",
     "check_resume",
     "default_paths",
+    "lock_holder",
     "meta_path_of",
     "open_outputs",
     "read_meta_section",
@@ -1203,6 +1204,21 @@ class _Holder:
         except PermissionError:
             return True  # alive, owned by someone else
         return True
+
+
+def lock_holder(lock_path: Path) -> tuple[int | None, str | None, bool] | None:
+    """``(pid, host, alive)`` of the run that holds (or last held) ``lock_path``, None without a
+    lock file; ``alive``: the pid runs on this host (elsewhere it cannot be told). Read-only:
+    the lock is never taken, so a run starting meanwhile is never refused because of it."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        holder = _Holder.read(fd)
+    finally:
+        os.close(fd)
+    return holder.pid, holder.host, holder.alive_here()
 
 
 def _busy(results: Path, lock_path: Path, holder: _Holder) -> ResumeError:

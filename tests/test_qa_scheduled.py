@@ -145,3 +145,56 @@ def test_a_batch_run_with_no_usable_temporary_directory_spools_beside_its_output
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "r.jsonl", "r.jsonl.meta.json", "r.latency.jsonl", "r.summary.json",
     ]  # fmt: skip
+
+
+def test_status_tells_an_operator_whether_a_run_is_going_and_how_the_last_one_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `runner status R` of a direct run said only "N result lines" and "no batch journal":
+    # not how many jobs the input has, whether a run is writing the output now, nor how the
+    # last one ended; and of a merged output, "not a runner output".
+    import socket
+    import sys
+
+    config = tmp_path / "c.toml"
+    config.write_text(PRICED)
+    jobs = write_jobs(tmp_path, 10)
+    out = tmp_path / "r.jsonl"
+    assert cli_run(capsys, "run", str(jobs), "-c", str(config), "-o", str(out), "-q")[0] == 0
+    with jobs.open("ab") as fh:
+        fh.write(b"".join(orjson.dumps({"id": f"n{i}", "query": "?"}) + b"\n" for i in range(5)))
+    args = ["run", str(jobs), "-c", str(config), "-o", str(out), "--max-cost", "0.000001"]
+    assert cli_run(capsys, *args, "-q")[0] == 3
+    lock = tmp_path / "r.jsonl.lock"
+    text = _status(capsys, out)
+    assert f"input: {jobs}, 15 jobs; 5 without a result" in text
+    assert "running: no (no lock)" in text
+    assert "exit 3 (stopped: max_cost), 10 ok, 0 failed, 5 not sent" in text
+    # A run holding the lock on this host (a live pid), then the lock a kill -9 left.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{other.pid} {socket.gethostname()}\n")
+        assert f"running: yes, pid {other.pid} on {socket.gethostname()}" in _status(capsys, out)
+    finally:
+        other.kill()
+        other.wait()
+    assert f"{lock} was left by pid {other.pid}" in _status(capsys, out)
+    lock.unlink()
+    # A merged output: two shards, then runner merge.
+    for k in (0, 1):
+        args = ["run", str(jobs), "-c", str(config), "-o", str(out), "--shard", f"{k}/2", "-q"]
+        assert cli_run(capsys, *args)[0] == 0
+    merged = tmp_path / "m.jsonl"
+    parts = [str(tmp_path / f"r.shard-{k}-of-2.jsonl") for k in (0, 1)]
+    assert cli_run(capsys, "merge", str(merged), *parts)[0] == 0
+    text = _status(capsys, merged)
+    assert "15 result lines" in text and "merged: shards 0, 1 of 2" in text
+    assert "exit 0, 15 ok, 0 failed" in text
+
+
+def _status(capsys: pytest.CaptureFixture[str], results: Path) -> str:
+    from runner import cli
+
+    capsys.readouterr()
+    assert cli.main(["status", str(results)]) == 0
+    return capsys.readouterr().out

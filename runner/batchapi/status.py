@@ -9,6 +9,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..jobs import count_lines
 from ..providers._http import make_session
+from ..runstatus import merged_lines, run_lines
 from ..sinks import meta_path_of, read_meta_section
 from .journal import SECTION, Chunk
 from .wire import BatchNotFound, BatchView, control_headers, open_batch_api
@@ -34,9 +35,13 @@ def render_status(results: Path, live: dict[str, BatchView] | None = None) -> st
         without it the table shows the state last journaled.
     """
     if not meta_path_of(results).exists():
+        merged = merged_lines(results, _count_lines(results))
+        if merged is not None:  # `runner merge`'s output (or --workers' merged one)
+            return "\n".join(merged) + "\n"
         raise ConfigError(f"{results}: no meta file {meta_path_of(results)}: not a runner output")
     raw = read_meta_section(results, SECTION)
-    lines = [f"{results}: {_count_lines(results):,} result lines"]
+    done = _count_lines(results)
+    lines = [f"{results}: {done:,} result lines", *run_lines(results, done)]
     if not isinstance(raw, dict):
         lines.append("no batch journal (a direct run, or nothing submitted yet)")
         return "\n".join(lines) + "\n"

@@ -1,0 +1,100 @@
+"""What ``runner status R`` says of any run's output, read-only: its input, whether a run holds
+it now, and how the last one ended (its summary file). The batch journal of a ``--via batch``
+run follows (:mod:`runner.batchapi.status`).
+
+An operator of a scheduled run asks these first: is it still going, how much of the input is
+done, did the last run succeed and why did it stop. Before, a direct run's status was its
+count of result lines and "no batch journal".
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .jobs import count_jobs
+from .outputs import sibling
+from .sinks import lock_holder, meta_path_of
+
+__all__ = ["merged_lines", "run_lines"]
+
+
+def run_lines(results: Path, done: int) -> list[str]:
+    """The lines after ``R: N result lines``; ``done``: those N."""
+    return [_input_line(results, done), _lock_line(results), _summary_line(results)]
+
+
+def merged_lines(results: Path, done: int) -> list[str] | None:
+    """The same for the output of ``runner merge`` (no meta file; its marker names the
+    shards merged), None when ``results`` is no merge either."""
+    marker = _read_json(results.with_name(results.name + ".merged.json"))
+    if not isinstance(marker, dict):
+        return None
+    merged = marker.get("merged") or []
+    return [
+        f"{results}: {done:,} result lines",
+        f"merged: shards {', '.join(map(str, merged))} of {marker.get('count')}",
+        _lock_line(results),
+        _summary_line(results),
+    ]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _input_line(results: Path, done: int) -> str:
+    meta = _read_json(meta_path_of(results))
+    jobs = meta.get("jobs_file") if isinstance(meta, dict) else None
+    if not isinstance(jobs, str):
+        return "input: not recorded"
+    shard = _read_json(results.with_name(results.name + ".shard.json"))
+    if isinstance(shard, dict):  # which jobs are this shard's only a run's parse tells
+        return f"input: {jobs}, shard {shard.get('shard')} of {shard.get('count')}"
+    try:
+        total = count_jobs(Path(jobs))
+    except (OSError, ValueError):  # InputError is a ValueError: gone or unreadable
+        return f"input: {jobs} (cannot be read from here)"
+    left = max(0, total - done)
+    return f"input: {jobs}, {total:,} jobs; {left:,} without a result"
+
+
+def _lock_line(results: Path) -> str:
+    lock = results.with_name(results.name + ".lock")
+    held = lock_holder(lock)
+    if held is None:
+        return "running: no (no lock)"
+    pid, host, alive = held
+    who = f"pid {pid}" + (f" on {host}" if host else "")
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lock.stat().st_mtime))
+    except OSError:
+        since = "?"
+    if alive:
+        return f"running: yes, {who}, since {since}"
+    if host and host != socket.gethostname():
+        return f"running: locked by {who} since {since} (another host: cannot tell from here)"
+    return f"running: no; {lock} was left by {who} (not running): the next run takes it over"
+
+
+def _summary_line(results: Path) -> str:
+    path = sibling(results, "summary.json")
+    s = _read_json(path)
+    if not isinstance(s, dict) or not isinstance(s.get("jobs"), dict):
+        return f"last summary: none at {path}"
+    jobs = s["jobs"]
+    why = f" (stopped: {s['stopped']})" if s.get("stopped") else ""
+    said = [f"{jobs.get('ok', 0):,} ok", f"{jobs.get('failed', 0):,} failed"]
+    if s.get("not_sent"):
+        said.append(f"{s['not_sent']:,} not sent")
+    return (
+        f"last summary: ended {s.get('ended_at', '?')}, exit {s.get('exit_code', '?')}{why}, "
+        f"{', '.join(said)} ({path})"
+    )
