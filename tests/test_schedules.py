@@ -163,10 +163,50 @@ def test_indexed_job_runs_one_shard_per_index() -> None:
     )
     argv = [a.replace("$(SHARD)", "2") for a in c["args"]]
     ns, _ = parse_runner(argv)
-    assert str(ns.jobs).endswith("jobs-2.jsonl") and str(ns.output).endswith(
-        "shard-2.results.jsonl"
-    )
+    assert ns.shard == f"2/{spec['completions']}"  # N is the number of indexes
     assert ns.metrics_label == [("shard", "2")]
+
+
+def test_indexed_job_shards_merge_as_its_comment_says(tmp_path: Path) -> None:
+    # Every index runs its shard (here one after another, against the simulated provider),
+    # then the merge command in the manifest's comment puts them together: each job once.
+    from runner.cli import main
+
+    text = (DIR / "indexed-job.yaml").read_text()
+    (c,) = yaml.safe_load(text)["spec"]["template"]["spec"]["containers"]
+    n = yaml.safe_load(text)["spec"]["completions"]
+    data, config = tmp_path / "data", tmp_path / "runner.toml"
+    data.mkdir()
+    config.write_text('provider = "mock"\nprogress = "off"\n[mock]\nlatency = "zero"\n')
+    jobs = data / "jobs.jsonl"
+    jobs.write_bytes(b"".join(
+        orjson.dumps({"id": f"q{i}", "cache_id": f"g{i % 7}", "query": "?"}) + b"\n"
+        for i in range(60)
+    ))  # fmt: skip
+    (data / "contexts.jsonl").write_bytes(b"".join(
+        orjson.dumps({"cache_id": f"g{g}", "system": f"context {g}"}) + b"\n" for g in range(7)
+    ))  # fmt: skip
+    local = {"/data/": f"{data}/", "/config/runner.toml": str(config)}
+
+    def here(arg: str) -> str:
+        for shipped, path in local.items():
+            arg = arg.replace(shipped, path)
+        return arg
+
+    flags = ["--contexts", str(data / "contexts.jsonl"), "-q"]
+    for k in range(n):
+        argv = [here(a.replace("$(SHARD)", str(k))) for a in c["args"]]
+        argv = [a for a in argv if not a.startswith("http://")]
+        i = argv.index("--pushgateway")
+        del argv[i : i + 1]  # its URL was dropped above: no Pushgateway here
+        assert main([*argv, *flags]) == 0
+    (merge,) = [ln for ln in text.splitlines() if "runner merge" in ln]
+    words = [here(w) for w in shlex.split(merge.split("#", 1)[1])]
+    assert words[:2] == ["runner", "merge"]
+    assert main(words[1:]) == 0
+    ids = [orjson.loads(ln)["custom_id"] for ln in (data / "out" / "nightly.results.jsonl")
+           .read_bytes().splitlines()]  # fmt: skip
+    assert sorted(ids) == sorted(f"q{i}" for i in range(60))
 
 
 def _airflow_module() -> ModuleType:
