@@ -497,11 +497,27 @@ def _check_utf8_paths(jobs: Path, config: RunConfig) -> None:
         try:
             text.encode()
         except UnicodeEncodeError:
-            shown = text.encode(errors="surrogateescape").decode(errors="replace")
+            raw = text.encode(errors="surrogateescape")
+            shown = raw.decode(errors="replace")
+            if _utf8(raw):
+                # The name is UTF-8; Python read it in the locale's encoding (LC_ALL=C with
+                # UTF-8 mode off, PYTHONUTF8=0): renaming the file would not help.
+                raise ConfigError(
+                    f"{shown}: the file name is UTF-8, but the locale's encoding is "
+                    f"{sys.getfilesystemencoding()}: run with LC_ALL=C.UTF-8 (or PYTHONUTF8=1)"
+                ) from None
             raise ConfigError(
                 f"{shown}: the file name is not valid UTF-8; rename it (or link to it under a "
                 "UTF-8 name)"
             ) from None
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 _INVALID_CHOICE = r"invalid choice: '([^']*)' \(choose from (.*)\)"  # compiled on an error only

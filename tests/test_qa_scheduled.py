@@ -198,3 +198,22 @@ def _status(capsys: pytest.CaptureFixture[str], results: Path) -> str:
     capsys.readouterr()
     assert cli.main(["status", str(results)]) == 0
     return capsys.readouterr().out
+
+
+def test_a_utf8_file_name_under_an_ascii_locale_is_blamed_on_the_locale(tmp_path: Path) -> None:
+    # cron and systemd start jobs with LANG unset; where UTF-8 mode is also off (PYTHONUTF8=0)
+    # Python reads names in ASCII, and runner said of a UTF-8 name "the file name is not valid
+    # UTF-8; rename it": renaming never helps there, the locale does.
+    import os
+    import sys
+
+    jobs = write_jobs(tmp_path, 2, name="jöbs.jsonl")
+    env = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PATH": os.defpath}
+    r = subprocess.run(
+        [sys.executable, "-m", "runner", "run", os.fsencode(jobs), "-q"],
+        capture_output=True, env=env, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert b"the file name is UTF-8, but the locale's encoding is ascii" in r.stderr, r.stderr
+    assert b"LC_ALL=C.UTF-8" in r.stderr and b"rename it" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jöbs.jsonl"]  # nothing written
