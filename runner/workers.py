@@ -311,6 +311,7 @@ def _run_locked(
         own = ["--shard", str(spec), "--concurrency", str(c), "--max-active-groups", str(g)]
         procs.append(_start([*argv, *common, *own]))
     tails = [_Tail(p) for p in parts]
+    started = time.time()
     code = _supervise(procs, tails, jobs, config, names=[str(s) for s in specs])
     # A worker that raised (a defect, exit 1 as any uncaught exception) left its shard unfinished:
     # no merge (it would refuse the unfinished shard with exit 2), and the re-run resumes it.
@@ -330,6 +331,7 @@ def _run_locked(
             )
             code = 1
         _say(config, said)
+        _log_unmerged_end(config, code, [shard_path(summary_path, s) for s in specs], started)
         return code
     cpu_parent = _cpu_self()
 
@@ -507,6 +509,40 @@ def _refuse_other_counts(results: Path, n: int) -> None:
             f"{results}: its shards were written by --workers {other}; run with --workers "
             f"{other} to resume them, or start afresh with --no-resume (every job is sent again)"
         )
+
+
+def _log_unmerged_end(config: RunConfig, code: int, summaries: list[Path], since: float) -> None:
+    """Under ``--log-format json``, the ``run_end`` (``workers: N``) of a run whose workers did
+    not all finish (a signal, exit 75, a guard), so that every invocation ends with one, as
+    after a merge: the figures are the sums of the summaries the workers wrote in this
+    invocation (a worker killed before writing its own is left out)."""
+    if config.log_format != "json":
+        return
+    jobs: dict[str, Any] = {"total": 0, "ok": 0, "failed": 0, "skipped_resumed": 0}
+    by_error: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    not_sent, stopped = 0, None
+    for path in summaries:
+        try:
+            if path.stat().st_mtime < since:
+                continue  # an earlier invocation's
+            s = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        for key in jobs:
+            jobs[key] += int(s["jobs"].get(key) or 0)
+        for err, n in s["jobs"].get("by_error", {}).items():
+            by_error[err] = by_error.get(err, 0) + int(n)
+        for kind, n in (s.get("tokens") or {}).items():
+            tokens[kind] = tokens.get(kind, 0) + int(n or 0)
+        not_sent += int(s.get("not_sent") or 0)
+        stopped = stopped or s.get("stopped")
+    from .logs import EventLog
+
+    log = EventLog(sys.stderr, quiet=config.quiet)
+    summary = {"jobs": {**jobs, "by_error": by_error}, "not_sent": not_sent, "tokens": tokens}
+    log.run_end(code, stopped, summary, workers=config.workers)
+    log.close()
 
 
 def _say(config: RunConfig, said: str) -> None:

@@ -217,3 +217,25 @@ def test_a_utf8_file_name_under_an_ascii_locale_is_blamed_on_the_locale(tmp_path
     assert b"the file name is UTF-8, but the locale's encoding is ascii" in r.stderr, r.stderr
     assert b"LC_ALL=C.UTF-8" in r.stderr and b"rename it" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jöbs.jsonl"]  # nothing written
+
+
+def test_workers_stopped_by_a_signal_end_their_json_log_with_one_run_end(tmp_path: Path) -> None:
+    # The README promises one run_end with workers: N after the workers' own events; a
+    # --workers run stopped by SIGTERM (or exit 75, a guard) ended with an error event and no
+    # run_end of its own, so a log alert on run_end never saw the pod's last run.
+    jobs = write_jobs(tmp_path, 12)
+    with mock_process("--base-ms", "2500") as url:
+        args = [str(jobs), "--provider", "openai", "--base-url", url, "--log-format", "json"]
+        args += ["--cache", "none", "--workers", "2", "--concurrency", "4"]
+        proc = run_until_requests(url, args, 4, stderr=subprocess.PIPE)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    events = [orjson.loads(line) for line in err.splitlines()]
+    workers = [e for e in events if e["event"] == "run_end" and "workers" not in e]
+    assert len(workers) == 2  # each worker's own
+    last = events[-1]
+    assert last["event"] == "run_end" and last["workers"] == 2, events[-2:]
+    assert last["exit_code"] == 143 and last["stopped"] == "signal"
+    assert last["jobs"]["total"] == sum(w["jobs"]["total"] for w in workers)
+    assert last["jobs"]["total"] + last["not_sent"] == 12
