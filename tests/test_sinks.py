@@ -184,6 +184,7 @@ def test_all_names_every_public_function_and_class() -> None:
         "acquire_lock",
         "check_resume",
         "default_paths",
+        "lock_holder",
         "meta_path_of",
         "open_outputs",
         "read_meta_section",
