@@ -74,7 +74,8 @@ def _lock_line(results: Path) -> str:
     pid, host, alive = held
     who = f"pid {pid}" + (f" on {host}" if host else "")
     try:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lock.stat().st_mtime))
+        # UTC, as the summary's ended_at beside it
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(lock.stat().st_mtime))
     except OSError:
         since = "?"
     if alive:
