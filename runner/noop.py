@@ -111,14 +111,15 @@ def _same_token_cost(old: Any, new: Any) -> bool:
 def batch_summary_kept(path: Path, summary: Mapping[str, Any]) -> bool:
     """Whether a ``--via batch`` invocation that found every job written (no batch created,
     found or collected) leaves the summary file at ``path`` as it is: one of an earlier batch
-    invocation of this output, not stopped. A batch summary counts its own invocation's jobs,
-    tokens and cost (no whole-output rebuild), so this one's would be all zeros."""
+    invocation of this output, not stopped. Its own counts (``this_run``) are all zeros."""
     jobs, batch = summary.get("jobs"), summary.get("batch")
     if not isinstance(jobs, Mapping) or not isinstance(batch, Mapping):
         return False
+    own = summary.get("this_run", jobs)
     idle = (
         not summary.get("stopped")
-        and jobs.get("ok") == jobs.get("failed") == 0
+        and isinstance(own, Mapping)
+        and own.get("ok") == own.get("failed") == 0
         and jobs.get("skipped_resumed", 0) > 0
         and not (batch.get("batches_created") or batch.get("batches_recovered"))
         and not batch.get("pending_jobs")

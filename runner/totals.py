@@ -9,7 +9,7 @@ cover every job in the output; ``wall_s`` and the per-second rates describe this
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import orjson
 
 from .config import RunConfig
 from .errors import SinkError
+from .models import Price
 from .stats import SummaryBuilder
 
 __all__ = [
@@ -78,11 +79,19 @@ def whole_output_summary(
 
 
 def whole_output(
-    latency_path: Path, config: RunConfig, run_summary: dict[str, Any]
+    latency_path: Path,
+    config: RunConfig,
+    run_summary: dict[str, Any],
+    *,
+    price_of: Callable[[str | None], Price | None] | None = None,
 ) -> tuple[dict[str, Any], SummaryBuilder]:
     """:func:`whole_output_summary`, and the builder of every record it was made from (the
-    metrics' histograms, so that they describe the jobs the summary's percentiles do)."""
-    builder = SummaryBuilder(None, price_of=config.price)
+    metrics' histograms, so that they describe the jobs the summary's percentiles do).
+
+    :param price_of: each model's price, the config's by default (a ``--via batch`` run's
+        are its discounted batch prices).
+    """
+    builder = SummaryBuilder(None, price_of=price_of or config.price)
     try:
         with open(latency_path, "rb") as fh:
             add_records(builder, fh)

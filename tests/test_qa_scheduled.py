@@ -239,3 +239,37 @@ def test_workers_stopped_by_a_signal_end_their_json_log_with_one_run_end(tmp_pat
     assert last["exit_code"] == 143 and last["stopped"] == "signal"
     assert last["jobs"]["total"] == sum(w["jobs"]["total"] for w in workers)
     assert last["jobs"]["total"] + last["not_sent"] == 12
+
+
+def test_a_resumed_batch_run_summarises_every_job_of_the_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A --via batch run detached by SIGTERM (or given appended jobs) and collected by the next
+    # invocation wrote a summary of that invocation alone: ok 10 of 20 answered, total 20,
+    # with 10 jobs' tokens and cost, unlike a direct run's (README, Output: every job in the
+    # output, this invocation in this_run). The scheduler's machine-readable result was half.
+    config = tmp_path / "c.toml"
+    config.write_text("poll_interval = 0.02\n" + PRICED)
+    jobs = write_jobs(tmp_path, 10)
+    args = ["run", str(jobs), "-c", str(config), "--via", "batch", "-q"]
+    assert cli_run(capsys, *args)[0] == 0
+    first = load(tmp_path / "jobs.summary.json")
+    with jobs.open("ab") as fh:
+        fh.write(b"".join(orjson.dumps({"id": f"n{i}", "query": "?"}) + b"\n" for i in range(10)))
+    assert cli_run(capsys, *args)[0] == 0
+    s = load(tmp_path / "jobs.summary.json")
+    assert s["jobs"]["total"] == s["jobs"]["ok"] == 20
+    assert s["this_run"]["ok"] == 10 and s["this_run"]["skipped_resumed"] == 10
+    assert (
+        s["tokens"]["completion"]
+        == first["tokens"]["completion"] + (s["this_run"]["tokens"]["completion"])
+    )
+    assert s["cost"]["billed"] == pytest.approx(
+        first["cost"]["billed"] + s["this_run"]["cost"]["billed"]
+    )
+    at_list = s["batch"]["at_list_price"]["billed_usd"]
+    assert at_list == pytest.approx(2 * s["cost"]["billed"], rel=1e-3)  # the 0.5 discount
+    # A re-run with nothing left keeps that file.
+    before = (tmp_path / "jobs.summary.json").read_bytes()
+    assert cli_run(capsys, *args)[0] == 0
+    assert (tmp_path / "jobs.summary.json").read_bytes() == before

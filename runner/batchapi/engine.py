@@ -257,15 +257,31 @@ class BatchRun:
             await self._on_stop()
         self.outputs.flush()
         summary = self._summary(time.perf_counter() - t0, stopped)
-        if code == EXIT_OK and self.skipped:
+        if self.skipped:
+            summary = self._whole_output(summary)
             # As for a direct run (README, exit codes): exit 1 while any job in the output
             # failed, an earlier invocation's failures included.
-            from ..totals import whole_output_summary
-
-            whole = whole_output_summary(self.outputs.latency_path, self.config, summary)
-            if whole["jobs"]["failed"]:
+            if code == EXIT_OK and summary["jobs"]["failed"]:
                 code = EXIT_FAILED
         return RunOutcome(summary, code, stopped)
+
+    def _whole_output(self, run: dict[str, Any]) -> dict[str, Any]:
+        """After a resume, the summary of every job in the output, as a direct run's (README,
+        Output), with this invocation's own counts in ``this_run``. It counted this invocation
+        alone: a batch run detached by SIGTERM and collected by the retry said ``ok: 20`` of
+        40 jobs answered, with 20 jobs' tokens and cost."""
+        from ..totals import this_run_of, whole_output
+
+        whole, builder = whole_output(
+            self.outputs.latency_path, self.config, run, price_of=batch_prices(self.config)
+        )
+        at_list = builder.billed_uncached(self.config.price)
+        if at_list is not None:
+            billed, uncached = at_list
+            at = {"billed_usd": round(billed, 6), "uncached_usd": round(uncached, 6)}
+            whole["batch"] = {**run["batch"], "at_list_price": at}
+        whole["this_run"] = this_run_of(run)
+        return whole
 
     def _live(self) -> list[Chunk]:
         """Active chunks this invocation can still move: not a batch found missing (404), nor
