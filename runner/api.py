@@ -228,11 +228,11 @@ async def _run_direct(
         outcome = observer.finish(outcome)  # exit 75, the run_end event
         if summary_path is not None:
             try:
-                _write_summary(summary_path, outcome.summary, outputs, shard)
+                _write_summary(summary_path, outcome.summary, outputs, shard, config)
                 if outputs is not None and fresh_state:
                     write_state(summary_path, engine.accounts.summary, outputs.latency_path)
                 if also_stdout:
-                    write_summary_to(Path("-"), outcome.summary)
+                    write_summary_to(Path("-"), outcome.summary, one_line=_one_line(config))
             except SinkError as exc:
                 # The figures are not lost: the caller still gets (and the CLI prints) them.
                 outcome.summary["summary_error"] = str(exc)
@@ -265,8 +265,17 @@ def _count_not_sent(
     summary["not_sent"] = max(int(summary.get("not_sent") or 0), left)
 
 
+def _one_line(config: RunConfig) -> bool:
+    """``--summary -`` on one line among JSON log lines (:func:`write_summary_to`)."""
+    return config.log_format == "json"
+
+
 def _write_summary(
-    path: Path, summary: dict[str, Any], outputs: Outputs | None, shard: ShardSpec | None
+    path: Path,
+    summary: dict[str, Any],
+    outputs: Outputs | None,
+    shard: ShardSpec | None,
+    config: RunConfig,
 ) -> None:
     """Write the summary, except over the one of the run that did the work from a re-run that
     found every job done and sent nothing (runner/noop.py); the caller still gets this
@@ -277,7 +286,7 @@ def _write_summary(
 
         if keep_summary(path, summary):
             return
-    write_summary_to(path, summary)
+    write_summary_to(path, summary, one_line=_one_line(config))
 
 
 def _shard_setup(config: RunConfig, jobs_path: Path) -> tuple[RunConfig, ShardSpec | None]:

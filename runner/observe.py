@@ -136,12 +136,17 @@ def overrides(ns: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def write_summary_to(path: Path, summary: Mapping[str, Any]) -> None:
-    """The summary file, or standard output for ``-``."""
+def write_summary_to(path: Path, summary: Mapping[str, Any], *, one_line: bool = False) -> None:
+    """The summary file, or standard output for ``-``.
+
+    :param one_line: standard output gets the summary on one line (``--log-format json``: a
+        pod's log interleaves stdout with the JSON lines of stderr, one record per line).
+    """
     if str(path) == "-":
+        indent = 0 if one_line else orjson.OPT_INDENT_2
         try:
             sys.stdout.buffer.write(
-                orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+                orjson.dumps(summary, option=indent | orjson.OPT_APPEND_NEWLINE)
             )
             sys.stdout.flush()
         except OSError as exc:

@@ -370,7 +370,7 @@ def _run_locked(
     if to_stdout:
         from .observe import write_summary_to
 
-        write_summary_to(Path("-"), rep.summary)
+        write_summary_to(Path("-"), rep.summary, one_line=config.log_format == "json")
     if config.log_format == "json":
         from .logs import EventLog
 

@@ -241,6 +241,26 @@ def test_workers_stopped_by_a_signal_end_their_json_log_with_one_run_end(tmp_pat
     assert last["jobs"]["total"] + last["not_sent"] == 12
 
 
+@pytest.mark.parametrize("extra", [[], ["--workers", "2"], ["--via", "batch"]])
+def test_summary_on_stdout_is_one_line_among_json_logs(tmp_path: Path, extra: list[str]) -> None:
+    # A pod's log is stdout and stderr together, one record per line: with --log-format json
+    # every stderr line is one JSON object, but `--summary -` printed the summary indented over
+    # some sixty lines, each a broken record for the log collector.
+    config = tmp_path / "c.toml"
+    config.write_text("poll_interval = 0.02\n" + PRICED)
+    jobs = write_jobs(tmp_path, 6)
+    args = ["run", str(jobs), "-c", str(config), "--summary", "-", "--log-format", "json"]
+    r = runner(*args, *extra)
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stdout.splitlines()
+    assert orjson.loads(line)["jobs"]["ok"] == 6
+    assert all(orjson.loads(ln) for ln in r.stderr.splitlines())
+    # the text format keeps the indented summary for a person
+    r = runner(*args[:-2], *extra, "-q")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) > 10 and orjson.loads(r.stdout)["jobs"]["ok"] == 6
+
+
 def test_a_resumed_batch_run_summarises_every_job_of_the_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

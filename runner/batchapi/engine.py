@@ -186,7 +186,7 @@ async def run_batch(
 
     # A re-run that found every job written keeps the summary of the run that did the work.
     if not keep_summary(summary_path, outcome.summary):
-        write_summary_to(summary_path, outcome.summary)
+        write_summary_to(summary_path, outcome.summary, one_line=config.log_format == "json")
     if config.log_format == "json":
         # No observer runs here (no per-request events), but a JSON log still gets its end.
         from ..logs import EventLog
