@@ -44,6 +44,7 @@ from .results import ResultLine
 from .retry import RetryPolicy
 from .runtime import endpoint
 from .sinks import MetaCacheJournal, Outputs, open_outputs
+from .stopsignals import not_ignored
 from .totals import describe_run, iso_utc, this_run_of, whole_output
 from .urls import public_url
 
@@ -648,7 +649,7 @@ def _install_signals(engine: Engine, say: Callable[..., None] | None = None) -> 
         # The second signal stops at once; files stay consistent since writes are whole lines.
         engine.request_stop("signal", 128 + signum, hard=seen > 1)
 
-    for sig in _STOP_SIGNALS:
+    for sig in not_ignored(_STOP_SIGNALS):  # nohup's ignored SIGHUP stays ignored
         loop.add_signal_handler(sig, on_signal, sig)
 
 

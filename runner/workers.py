@@ -52,6 +52,7 @@ from .progress import make_progress
 from .report import render_summary
 from .shards import ShardSpec, shard_path
 from .sinks import default_paths
+from .stopsignals import not_ignored
 from .totals import add_records
 
 __all__ = ["run_workers"]
@@ -625,7 +626,9 @@ def _supervise(
             if p.poll() is None:
                 os.kill(p.pid, signum)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    # a signal ignored at the start (nohup's SIGHUP) stays ignored: runner/stopsignals.py
+    stops = not_ignored((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+    old = {s: signal.signal(s, forward) for s in stops}
     # As a plain run: no text progress under -q or among JSON events (Observer.text_display).
     text = config.log_format == "text" and not config.quiet
     display = make_progress(config.progress, interval_s=config.log_interval_s) if text else None

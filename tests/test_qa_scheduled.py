@@ -293,3 +293,26 @@ def test_a_resumed_batch_run_summarises_every_job_of_the_output(
     before = (tmp_path / "jobs.summary.json").read_bytes()
     assert cli_run(capsys, *args)[0] == 0
     assert (tmp_path / "jobs.summary.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_run_started_with_sighup_ignored_outlives_its_session(
+    tmp_path: Path, workers: str
+) -> None:
+    # `nohup runner run ... &` over ssh: nohup starts runner with SIGHUP ignored so that the
+    # run outlives the session, but runner's own handler undid it and the session's end
+    # stopped the run (exit 129). A signal ignored at the start now stays ignored.
+    jobs = write_jobs(tmp_path, 4)
+    out = tmp_path / "r.jsonl"
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the child, as nohup
+    try:
+        with mock_process("--base-ms", "2500") as url:
+            args = [str(jobs), "--provider", "openai", "--base-url", url, "-o", str(out), "-q"]
+            args += ["--cache", "none", "--workers", workers]
+            proc = run_until_requests(url, args, 4, stderr=subprocess.PIPE, text=True)
+            proc.send_signal(signal.SIGHUP)  # the session closes
+            _, err = proc.communicate(timeout=60)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert proc.returncode == 0, err
+    assert len(out.read_bytes().splitlines()) == 4

@@ -45,6 +45,7 @@ from ..results import ResultLine
 from ..runtime import endpoint, mock_config
 from ..sinks import Outputs, meta_path_of, open_outputs
 from ..stats import SummaryBuilder
+from ..stopsignals import not_ignored
 from .journal import Chunk, Journal
 from .wire import (
     RETRY_ROW_CODES,
@@ -857,7 +858,7 @@ def _missing_error(view: BatchView, n: int) -> ErrorInfo:
 
 def _install_signals(run: BatchRun) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in not_ignored((signal.SIGINT, signal.SIGTERM)):  # runner/stopsignals.py
         loop.add_signal_handler(sig, run.request_stop, int(sig))
 
 
