@@ -1221,13 +1221,21 @@ def lock_holder(lock_path: Path) -> tuple[int | None, str | None, bool] | None:
     return holder.pid, holder.host, holder.alive_here()
 
 
-def _busy(results: Path, lock_path: Path, holder: _Holder) -> ResumeError:
+def _busy(results: Path, lock_path: Path, holder: _Holder, *, held: bool = True) -> ResumeError:
+    """``held``: the holder has ``flock`` on the file, so it is alive (the kernel drops the lock
+    when it ends): removing the file would only let a second run write beside it (an operator
+    told "remove it if that is wrong" did, and the next run took a fresh lock). Only where the
+    file system has no flock is the pid all there is, and may be wrong."""
     who = f"pid {holder.pid}" if holder.pid is not None else "pid unknown"
     if holder.host and holder.host != socket.gethostname():
         who += f" on {holder.host}"
-    return ResumeError(
-        f"{results} is being written by another runner ({who}); remove {lock_path} if that is wrong"
-    )
+    said = f"{results} is being written by another runner ({who})"
+    if held:
+        return ResumeError(
+            f"{said}, which holds {lock_path}: wait for it to end, or stop it (SIGTERM drains "
+            "it); removing the file would not stop it"
+        )
+    return ResumeError(f"{said}; remove {lock_path} if that is wrong")
 
 
 def _same_file(path: Path, fd: int) -> bool:
@@ -1267,7 +1275,7 @@ def acquire_lock(lock_path: Path, results: Path) -> int:
                 # reuses the number (a restarted container counts from 1 again): only where
                 # flock does not exclude on this file system is the pid all there is to go by.
                 if not locked and holder.alive_here():
-                    raise _busy(results, lock_path, holder)
+                    raise _busy(results, lock_path, holder, held=False)
                 try:
                     _claim(fd, lock_path)
                 except BaseException:
