@@ -30,7 +30,7 @@ from .._aiohttp import aiohttp
 from ..config import RunConfig
 from ..models import Attempt, ErrorInfo, Job, RateInfo, Usage
 from ..urls import public_url
-from ._wire import BodyTooLarge, KeyGuard, key_forms, read_capped, redact, too_large
+from ._wire import CUT, BodyTooLarge, KeyGuard, key_forms, read_capped, redact, too_large
 from .capabilities import Capabilities, capabilities_for
 from .headers import parse_go_duration, parse_rate_headers, parse_retry_after
 
@@ -122,7 +122,14 @@ def scrub(text: str, api_key: str | None) -> str:
 
 def _short(text: str) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+    # the CUT mark also lets redact() remove the start of a key the cut went through
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + CUT
+
+
+def _text_of(raw: bytes) -> str:
+    """The first ``MAX_TEXT_BYTES`` of a body that is not JSON, marked when cut (see _short)."""
+    text = raw[:MAX_TEXT_BYTES].decode("utf-8", "replace")
+    return text + CUT if len(raw) > MAX_TEXT_BYTES else text
 
 
 def error_fields(body: Any) -> tuple[str | None, str | None, str]:
@@ -709,7 +716,7 @@ class HTTPBackend:
             )
         if body is None:
             # scrubbed before classify() shortens it, so no fragment of a key survives the cut
-            detail: Any = scrub(raw[:MAX_TEXT_BYTES].decode("utf-8", "replace"), self._api_key)
+            detail: Any = scrub(_text_of(raw), self._api_key)
         else:
             detail = body
         error = self._scrubbed(self.classify(status, detail, headers))
@@ -838,5 +845,5 @@ class HTTPBackend:
         try:
             body: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            body = scrub(raw[:MAX_TEXT_BYTES].decode("utf-8", "replace"), self._api_key)
+            body = scrub(_text_of(raw), self._api_key)
         return self._scrubbed(self.classify(status, body, headers))

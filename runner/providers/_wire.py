@@ -31,7 +31,14 @@ import orjson
 from .._aiohttp import aiohttp
 from ..config import DEFAULT_MAX_RESPONSE_BYTES
 
-__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "BodyTooLarge", "KeyGuard", "key_forms", "read_capped"]
+__all__ = [
+    "CUT",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "BodyTooLarge",
+    "KeyGuard",
+    "key_forms",
+    "read_capped",
+]
 
 _REDACTED: Final = "[redacted]"
 
@@ -96,11 +103,28 @@ def key_forms(key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(f for f in forms if len(f) >= min(8, len(key))))
 
 
+#: the mark of a message cut to its length limit (``_http._short``, a text body's first 4 KiB)
+CUT: Final = "..."
+#: the shortest start of a key worth removing where a cut ended the text: fewer characters
+#: tell nothing (``AIza``, ``sk-p`` start every key of their kind)
+_MIN_FRAGMENT: Final = 4
+
+
 def redact(text: str, forms: tuple[str, ...]) -> str:
-    """``text`` with every form of the key replaced."""
+    """``text`` with every form of the key replaced.
+
+    A text cut short (ending in :data:`CUT`) may end in the first characters of a key the cut
+    went through, which no search for the whole key finds: that start is removed too.
+    """
     for f in forms:
         if f in text:
             text = text.replace(f, _REDACTED)
+    if text.endswith(CUT):
+        head = text[: -len(CUT)]
+        for f in forms:
+            for k in range(len(f) - 1, _MIN_FRAGMENT - 1, -1):
+                if head.endswith(f[:k]):
+                    return head[:-k] + _REDACTED + CUT
     return text
 
 

@@ -1,0 +1,106 @@
+"""Found by the sixth red team on the wire: awkward but legal answers, and a key's fragments.
+
+Each case is a loopback server (or the pure function behind it) sending what a real server or
+gateway may send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from aiohttp import web
+from providers.fake_provider import Fake, Handler
+
+from runner.config import Provider, RunConfig
+from runner.models import Attempt, Job
+from runner.providers import open_backend
+from runner.providers._http import MAX_TEXT_BYTES, _short, scrub
+
+# A key of no recognisable shape (a Gemini or gateway key: no "sk-" for the pattern to catch).
+KEY = "AIzaSyD0123456789abcdefSECRETxyz_-ABCDEF"
+
+
+def job() -> Job:
+    return Job("j1", 1, ({"role": "user", "content": "Hi"},), 0, None, None, None, {}, 2, 0)
+
+
+async def send(
+    fake: Fake, handler: Handler, *, provider: Provider = "openai", stream: bool = False
+) -> Attempt:
+    fake.handler = handler
+    config = RunConfig(provider=provider, base_url="http://x", model="m", stream=stream)
+    async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
+        return await asyncio.wait_for(backend.send(job(), cache_key=None), 30)
+
+
+def answer(payload: bytes, *, status: int = 200, ctype: str = "application/json") -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if ctype != "text/event-stream":
+            return web.Response(body=payload, status=status, content_type=ctype)
+        resp = web.StreamResponse()
+        resp.content_type = ctype
+        await resp.prepare(request)
+        await resp.write(payload)
+        await resp.write_eof()
+        return resp
+
+    return handle
+
+
+def longest_start_of_key(text: str) -> str:
+    """The longest start of KEY (8 characters or more) that ``text`` holds."""
+    found = [KEY[:k] for k in range(8, len(KEY) + 1) if KEY[:k] in text]
+    return max(found, key=len) if found else ""
+
+
+# -- a key cut in half by a length limit -------------------------------------------------------
+# A message is cut to 300 characters (and a body that is not JSON to its first 4 KiB) before
+# the key was searched for: a key the cut went through left its first characters in the
+# message, in the results file and on stderr, and the search for the whole key never found them.
+
+
+@pytest.mark.parametrize("pad", range(240, 300))
+def test_a_message_cut_through_the_key_keeps_no_start_of_it(pad: int) -> None:
+    message = scrub(_short("error in stream: " + "x" * pad + " " + KEY), KEY)
+    assert longest_start_of_key(message) == ""
+    assert len(message) <= 300 + len("[redacted]")
+
+
+async def test_a_stream_error_cut_through_the_key_keeps_no_start_of_it(fake: Fake) -> None:
+    err = {"error": {"type": "invalid_request_error", "message": "x" * 240 + " key " + KEY}}
+    att = await send(
+        fake,
+        answer(b"data: " + orjson.dumps(err) + b"\n\n", ctype="text/event-stream"),
+        stream=True,
+    )
+    assert att.error is not None and att.error.code == "stream_error"
+    assert longest_start_of_key(att.error.message) == "", att.error.message
+
+
+async def test_an_anthropic_stream_error_cut_through_the_key_keeps_no_start_of_it(
+    fake: Fake,
+) -> None:
+    err = {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "x" * 240 + " " + KEY},
+    }
+    payload = b"event: error\ndata: " + orjson.dumps(err) + b"\n\n"
+    att = await send(
+        fake, answer(payload, ctype="text/event-stream"), provider="anthropic", stream=True
+    )
+    assert att.error is not None
+    assert longest_start_of_key(att.error.message) == "", att.error.message
+
+
+@pytest.mark.parametrize("offset", [MAX_TEXT_BYTES - 30, MAX_TEXT_BYTES - 16, MAX_TEXT_BYTES - 8])
+async def test_a_text_body_cut_through_the_key_keeps_no_start_of_it(
+    fake: Fake, offset: int
+) -> None:
+    # padding of blanks: the message collapses them, which brought the cut into view
+    body = b" " * offset + KEY.encode() + b" trailing"
+    att = await send(fake, answer(body, status=400, ctype="text/plain"))
+    assert att.error is not None and att.error.code == "http_4xx"
+    assert longest_start_of_key(att.error.message) == "", att.error.message
+    assert att.error.message.endswith("..."), "the message says it was cut"
