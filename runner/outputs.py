@@ -69,14 +69,33 @@ class OutputPlan:
         return self.results.with_name(self.results.name + ".lock")
 
     def labelled(self) -> list[tuple[str, Path]]:
-        """Every path the run may create or replace, with the option that names it."""
+        """Every path the run may create, replace or delete, with the option that names it.
+
+        The sidecars count: opening the outputs deletes a stale ``R.tmp`` (and, starting
+        afresh, ``R.pending``), takes over ``L.lock`` and ``S.lock``, and each atomic rewrite
+        writes ``X.tmp`` and renames it over ``X``; an input or another output of that name
+        was deleted or overwritten (``runner run out.tmp -o out`` lost its jobs file).
+        """
+        results, latency, summary, meta = self.results, self.latency, self.summary, self.meta
         return [
-            ("the results file (-o)", self.results),
-            ("the latency file (--latency)", self.latency),
-            ("the summary (--summary)", self.summary),
-            ("the meta file of the results", self.meta),
+            ("the results file (-o)", results),
+            ("the latency file (--latency)", latency),
+            ("the summary (--summary)", summary),
+            ("the meta file of the results", meta),
             ("the lock file of the results", self.lock),
+            ("the lock file of the latency file", _beside(latency, ".lock")),
+            ("the lock file of the summary", _beside(summary, ".lock")),
+            ("the journal of held results (--order input)", _beside(results, ".pending")),
+            ("the temporary file of the results", _beside(results, ".tmp")),
+            ("the temporary file of the latency file", _beside(latency, ".tmp")),
+            ("the temporary file of the summary", _beside(summary, ".tmp")),
+            ("the temporary file of the meta file", _beside(meta, ".tmp")),
         ]
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    # not with_name: "." (an empty --latency) has no name, and is refused as a directory later
+    return path.parent / (path.name + suffix)
 
 
 def plan_outputs(config: RunConfig, jobs_path: Path | None) -> OutputPlan:

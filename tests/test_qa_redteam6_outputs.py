@@ -1,0 +1,105 @@
+"""Found by the sixth red team: the sidecars of an output could be an input or another output.
+
+Only the results, latency, summary, meta and lock files were checked against the inputs and
+each other, but opening the outputs also deletes a stale ``R.tmp`` (and, starting afresh,
+``R.pending``), takes over ``L.lock`` and ``S.lock`` (truncating them, and deleting them at the
+end), and every atomic rewrite writes ``X.tmp`` and renames it over ``X``. So ``runner run
+out.tmp -o out`` deleted its own jobs file, ``--latency R.tmp`` lost the latency records on the
+resume, and a config file named ``L.lock`` was overwritten with a pid and then deleted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from promise_helpers import cli_run, fast_config, write_jobs
+
+
+def snapshot(tmp: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("jobs_name", "config_name", "flags"),
+    [
+        # the temporary file of the results is deleted when the outputs are opened
+        ("out.tmp", "fast.toml", ["-o", "{tmp}/out"]),
+        # the --order input journal is deleted when a run starts afresh
+        ("out.pending", "fast.toml", ["-o", "{tmp}/out", "--no-resume"]),
+        ("out.pending", "fast.toml", ["-o", "{tmp}/out", "--order", "input"]),
+        # the latency file's lock is truncated, then deleted at the end
+        ("jobs.jsonl", "lat.jsonl.lock", ["--latency", "{tmp}/lat.jsonl"]),
+        # the summary's lock, and its temporary file (renamed over the summary)
+        ("jobs.jsonl", "sum.json.lock", ["--summary", "{tmp}/sum.json"]),
+        ("jobs.jsonl", "sum.json.tmp", ["--summary", "{tmp}/sum.json"]),
+        # the meta file's temporary file
+        ("r.jsonl.meta.json.tmp", "fast.toml", ["-o", "{tmp}/r.jsonl"]),
+    ],
+)
+def test_an_output_sidecar_naming_an_input_is_refused_and_nothing_is_touched(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    jobs_name: str,
+    config_name: str,
+    flags: list[str],
+) -> None:
+    jobs = write_jobs(tmp_path, 3, name=jobs_name)
+    config = fast_config(tmp_path).rename(tmp_path / config_name)
+    before = snapshot(tmp_path)
+    args = [f.format(tmp=tmp_path) for f in flags]
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), *args)
+    assert code == 2, err
+    assert "refusing to overwrite an input" in err
+    assert snapshot(tmp_path) == before  # the input is whole, no output was created
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        # a resume deleted the latency file as a stale temporary file of the results
+        ["-o", "{tmp}/r.jsonl", "--latency", "{tmp}/r.jsonl.tmp"],
+        # the summary was written to the results file, then renamed away from it
+        ["-o", "{tmp}/r.tmp", "--summary", "{tmp}/r"],
+        ["-o", "{tmp}/r.jsonl", "--latency", "{tmp}/r.jsonl.pending"],
+        ["-o", "{tmp}/r.jsonl", "--summary", "{tmp}/l.jsonl.lock", "--latency", "{tmp}/l.jsonl"],
+    ],
+)
+def test_an_output_on_another_outputs_sidecar_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    jobs = write_jobs(tmp_path, 3)
+    config = fast_config(tmp_path)
+    before = snapshot(tmp_path)
+    args = [f.format(tmp=tmp_path) for f in flags]
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), *args)
+    assert code == 2, err
+    assert "are the same file" in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("flag", ["--latency", "--summary"])
+def test_an_empty_output_path_is_still_a_clear_refusal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    """An empty path is the current directory: refused as one, not a ValueError traceback
+    from naming its sidecars."""
+    jobs = write_jobs(tmp_path, 3)
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)), flag, "")
+    assert code == 2 and "is a directory" in err, err
+    assert "Traceback" not in err
+
+
+def test_the_results_and_latency_survive_a_resume_with_distinct_sidecars(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The check refuses only real collisions: a run and its resume with explicit, distinct
+    paths in one directory still work."""
+    jobs = write_jobs(tmp_path, 3)
+    config = fast_config(tmp_path)
+    args = ["-o", str(tmp_path / "r.jsonl"), "--latency", str(tmp_path / "r.lat.jsonl")]
+    for _ in range(2):
+        code, err = cli_run(capsys, "run", str(jobs), "-c", str(config), *args)
+        assert code == 0, err
+    assert len((tmp_path / "r.jsonl").read_bytes().splitlines()) == 3
+    assert len((tmp_path / "r.lat.jsonl").read_bytes().splitlines()) == 3
