@@ -111,6 +111,27 @@ class Usage(MutableRecord):
     completion_tokens: int = 0
 
 
+#: the largest count a float or a string may give: past 2**53 a float is not an exact integer
+_MAX_COUNT = 1 << 53
+
+
+def token_count(value: Any) -> int | None:
+    """A token count from a ``usage`` field, or None when it holds none.
+
+    An integer (not a bool), an integral float (``12.0``: a server that computes counts in
+    floating point) or a string of decimal digits (``"12"``: a gateway that writes numbers as
+    strings, as protobuf's JSON does for 64-bit integers). Counting either as no count billed
+    nothing for those tokens. A negative count is no count: it would be a negative cost.
+    """
+    if type(value) is int:
+        return value if value >= 0 else None
+    if type(value) is float:
+        return int(value) if 0 <= value < _MAX_COUNT and value.is_integer() else None
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 15:
+        return int(value)
+    return None
+
+
 def usage_of(prompt: int, cached: int | None, write: int, completion: int) -> Usage:
     """A :class:`Usage` whose parts add up (``cached + write <= prompt``): a cached count above
     the prompt cannot be true and is unknown (None), as a negative one is; a write count is cut

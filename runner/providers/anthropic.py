@@ -18,7 +18,7 @@ import orjson
 
 from ..budget import RequestBudget
 from ..config import RunConfig
-from ..models import ErrorInfo, Job, Message, Usage
+from ..models import ErrorInfo, Job, Message, Usage, token_count
 from ._http import (
     HELD,
     Headers,
@@ -88,9 +88,7 @@ def build_headers(config: RunConfig, api_key: str | None) -> dict[str, str]:
     return headers
 
 
-def _int(value: Any) -> int | None:
-    # A negative count is no count: it would turn into a negative cost.
-    return value if type(value) is int and value >= 0 else None
+_int = token_count  # an int, integral float or digit string; a negative count is none
 
 
 def parse_usage(usage: Any) -> Usage | None:

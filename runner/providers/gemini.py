@@ -27,7 +27,7 @@ from yarl import URL
 from .._aiohttp import aiohttp
 from ..config import RunConfig
 from ..explicit_cache import CacheAPIError, CacheInfo
-from ..models import ErrorInfo, Job, Usage, usage_of
+from ..models import ErrorInfo, Job, Usage, token_count, usage_of
 from ._http import (
     HELD,
     Headers,
@@ -87,7 +87,7 @@ def build_headers(config: RunConfig, api_key: str | None) -> dict[str, str]:
 
 def _int(value: Any) -> int:
     # A negative count is no count (README, "Reliability"): it would turn into a negative cost.
-    return value if type(value) is int and value >= 0 else 0
+    return token_count(value) or 0
 
 
 def parse_usage(meta: Any) -> Usage | None:

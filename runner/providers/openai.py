@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from ..config import RunConfig
-from ..models import ErrorInfo, Job, Usage, usage_of
+from ..models import ErrorInfo, Job, Usage, token_count, usage_of
 from ..retry import FIELD_REFUSED
 from ._http import (
     HELD,
@@ -41,9 +41,7 @@ def build_headers(config: RunConfig, api_key: str | None) -> dict[str, str]:
     return headers
 
 
-def _int(value: Any) -> int | None:
-    # A negative count is no count: it would turn into a negative cost.
-    return value if type(value) is int and value >= 0 else None
+_int = token_count  # an int, integral float or digit string; a negative count is none
 
 
 def parse_usage(usage: Any) -> Usage | None:

@@ -15,7 +15,7 @@ from providers.fake_provider import Fake, Handler
 
 from runner.config import Provider, RunConfig
 from runner.models import Attempt, Job
-from runner.providers import open_backend
+from runner.providers import anthropic, gemini, open_backend, openai
 from runner.providers._http import MAX_TEXT_BYTES, _short, scrub
 
 # A key of no recognisable shape (a Gemini or gateway key: no "sk-" for the pattern to catch).
@@ -104,3 +104,54 @@ async def test_a_text_body_cut_through_the_key_keeps_no_start_of_it(
     assert att.error is not None and att.error.code == "http_4xx"
     assert longest_start_of_key(att.error.message) == "", att.error.message
     assert att.error.message.endswith("..."), "the message says it was cut"
+
+
+# -- usage counts written as strings or floats -------------------------------------------------
+# A count the parsers did not take as an integer was 0 tokens, not unknown: an answer with
+# {"prompt_tokens": "1200", "completion_tokens": 3} was billed 3 tokens, so the summary, the
+# cache hit ratio and --max-cost all undercounted it (a gateway writing numbers as strings, as
+# protobuf's JSON does for 64-bit integers; a server computing counts as floats).
+
+
+@pytest.mark.parametrize(("prompt", "completion"), [("1200", "3"), (1200.0, 3.0), ("1200", 3)])
+async def test_usage_counts_as_strings_or_integral_floats_are_counted(
+    fake: Fake, prompt: object, completion: object
+) -> None:
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+    body = {
+        "id": "c1",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+        "usage": {**usage, "prompt_tokens_details": {"cached_tokens": "1000"}},
+    }
+    att = await send(fake, answer(orjson.dumps(body)))
+    assert att.error is None and att.usage is not None
+    assert (att.usage.prompt_tokens, att.usage.cached_tokens) == (1200, 1000)
+    assert att.usage.completion_tokens == 3
+
+
+def test_every_provider_reads_string_and_float_counts() -> None:
+    a = anthropic.parse_usage(
+        {
+            "input_tokens": "10",
+            "output_tokens": 4.0,
+            "cache_read_input_tokens": "1000",
+            "cache_creation_input_tokens": 5.0,
+        }
+    )
+    assert a is not None
+    assert (a.prompt_tokens, a.cached_tokens, a.cache_write_tokens) == (1015, 1000, 5)
+    assert a.completion_tokens == 4
+    g = gemini.parse_usage(
+        {"promptTokenCount": "1200", "cachedContentTokenCount": 1000.0, "candidatesTokenCount": "3"}
+    )
+    assert g is not None
+    assert (g.prompt_tokens, g.cached_tokens, g.completion_tokens) == (1200, 1000, 3)
+
+
+@pytest.mark.parametrize(
+    "odd", [-1, -1.0, 2.5, "12a", "-3", "", "1e3", True, None, 1e300, "9" * 40]
+)
+def test_what_is_not_a_count_stays_no_count(odd: object) -> None:
+    u = openai.parse_usage({"prompt_tokens": odd, "completion_tokens": odd})
+    assert u is not None and (u.prompt_tokens, u.completion_tokens) == (0, 0)
