@@ -368,21 +368,39 @@ NOT_JSON: Any = object()
 
 
 def lossy_json(data: bytes) -> Any:
-    """JSON whose only fault is invalid UTF-8, with U+FFFD for the bad bytes; else
-    :data:`NOT_JSON`. Servers that detokenise byte by byte split a multi-byte character (an
-    emoji, CJK) across two answers or events; rejecting the JSON threw the whole (billed)
-    answer away, and a retry meets the same bytes."""
-    if data.isascii():
-        return NOT_JSON
+    """JSON whose only fault is invalid UTF-8 or a lone surrogate escape, with U+FFFD for the
+    bad bytes or escape; else :data:`NOT_JSON`. Servers that detokenise byte by byte split a
+    multi-byte character (an emoji, CJK) across two answers or events: as raw bytes, or as
+    half of a ``\\ud83d\\ude00`` pair from Python's ``json.dumps``, which accepts what orjson
+    refuses. Rejecting the JSON threw the whole (billed) answer away, and a retry meets the same
+    bytes."""
+    text = data
+    if not data.isascii():
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            text = data.decode("utf-8", "replace").encode()
+    if data.find(b"\\u") >= 0:
+        text = re.sub(_SURROGATES, _lone_to_fffd, text)
+    if text == data:
+        return NOT_JSON  # nothing to mend: the JSON itself is broken
     try:
-        data.decode()
-        return NOT_JSON  # valid UTF-8: the JSON itself is broken
-    except UnicodeDecodeError:
-        pass
-    try:
-        return orjson.loads(data.decode("utf-8", "replace"))
+        return orjson.loads(text)
     except orjson.JSONDecodeError:
         return NOT_JSON
+
+
+#: an escaped backslash (skipped, so that ``\\\\ud800`` is not read as an escape), a surrogate
+#: pair, or a lone surrogate escape
+_SURROGATES = (
+    rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
+
+
+def _lone_to_fffd(m: re.Match[bytes]) -> bytes:
+    found = m.group()
+    return b"\\ufffd" if len(found) == 6 else found
 
 
 #: a UTF-8 byte order mark, which some servers put before a JSON body

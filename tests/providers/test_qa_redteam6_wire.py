@@ -155,3 +155,59 @@ def test_every_provider_reads_string_and_float_counts() -> None:
 def test_what_is_not_a_count_stays_no_count(odd: object) -> None:
     u = openai.parse_usage({"prompt_tokens": odd, "completion_tokens": odd})
     assert u is not None and (u.prompt_tokens, u.completion_tokens) == (0, 0)
+
+
+# -- a lone surrogate escape -------------------------------------------------------------------
+# Python's json.dumps writes half of a split emoji as a lone "\ud83d" escape, which Python's
+# json.loads accepts and orjson refuses: the whole (billed) answer was "invalid JSON", retried,
+# and failed again on the same bytes. It is now kept with U+FFFD for the lone half, as invalid
+# UTF-8 already was.
+
+ANSWER = {"id": "c1", "model": "m", "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+
+
+@pytest.mark.parametrize(
+    ("escaped", "text"),
+    [
+        (rb"\ud83d tail", "\ufffd tail"),  # a high half alone
+        (rb"head \ude00", "head \ufffd"),  # a low half alone
+        (rb"\ude00\ud83d", "\ufffd\ufffd"),  # a pair in the wrong order
+        (rb"\ud83d\ude00 \ud83d", "\U0001f600 \ufffd"),  # a whole pair stays whole
+        (rb"\\ud83d \ud83d", "\\ud83d \ufffd"),  # an escaped backslash is no escape
+    ],
+)
+async def test_a_lone_surrogate_escape_keeps_the_answer(
+    fake: Fake, escaped: bytes, text: str
+) -> None:
+    message = {"role": "assistant", "content": "@@"}
+    body = orjson.dumps({**ANSWER, "choices": [{"index": 0, "message": message}]})
+    att = await send(fake, answer(body.replace(b"@@", escaped)))
+    assert att.error is None, att.error
+    assert isinstance(att.body, dict)
+    assert att.body["choices"][0]["message"]["content"] == text
+    assert att.usage is not None and att.usage.completion_tokens == 2
+    assert att.raw is not None and orjson.loads(att.raw) == att.body  # valid in the results
+
+
+async def test_a_lone_surrogate_escape_in_a_streamed_chunk_keeps_the_answer(fake: Fake) -> None:
+    def event(delta: dict[str, str], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return b"data: " + orjson.dumps({"id": "c1", "model": "m", "choices": [choice]}) + b"\n\n"
+
+    usage = {"id": "c1", "choices": [], "usage": ANSWER["usage"]}
+    payload = (
+        event({"content": "@@"}).replace(b"@@", rb"smile \ud83d")
+        + event({"content": "!"}, "stop")
+        + b"data: "
+        + orjson.dumps(usage)
+        + b"\n\ndata: [DONE]\n\n"
+    )
+    att = await send(fake, answer(payload, ctype="text/event-stream"), stream=True)
+    assert att.error is None, att.error
+    assert isinstance(att.body, dict)
+    assert att.body["choices"][0]["message"]["content"] == "smile \ufffd!"
+
+
+async def test_json_broken_beyond_a_surrogate_is_still_refused(fake: Fake) -> None:
+    att = await send(fake, answer(rb'{"id": "c1", "x": "\ud83d", '))
+    assert att.error is not None and att.error.code == "bad_response"
