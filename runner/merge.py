@@ -44,7 +44,7 @@ from .errors import ConfigError, InputError, SinkError
 from .idset import IdSet
 from .jobs import id_field
 from .models import Price
-from .outputs import sibling
+from .outputs import lock_of, sibling
 from .partstate import read_part, state_path
 from .report import render_summary
 from .results import line_key, parse_result
@@ -798,7 +798,7 @@ def _locked(outputs: Sequence[Path]) -> Iterator[None]:
     try:
         for path in outputs:
             if path.parent.is_dir():  # no directory yet: nothing can be writing there
-                lock = path.with_name(path.name + ".lock")
+                lock = lock_of(path)
                 held.append((lock, acquire_lock(lock, path)))
         yield
     finally:

@@ -26,7 +26,7 @@ from typing import Final
 from .config import RunConfig
 from .errors import ConfigError
 
-__all__ = ["OutputPlan", "check_outputs", "plan_outputs", "run_plan", "sibling"]
+__all__ = ["OutputPlan", "check_outputs", "lock_of", "plan_outputs", "run_plan", "sibling"]
 
 _RESULTS_SUFFIX = ".results.jsonl"
 
@@ -66,7 +66,7 @@ class OutputPlan:
 
     @property
     def lock(self) -> Path:
-        return self.results.with_name(self.results.name + ".lock")
+        return lock_of(self.results)
 
     def labelled(self) -> list[tuple[str, Path]]:
         """Every path the run may create, replace or delete, with the option that names it.
@@ -83,8 +83,8 @@ class OutputPlan:
             ("the summary (--summary)", summary),
             ("the meta file of the results", meta),
             ("the lock file of the results", self.lock),
-            ("the lock file of the latency file", _beside(latency, ".lock")),
-            ("the lock file of the summary", _beside(summary, ".lock")),
+            ("the lock file of the latency file", lock_of(latency)),
+            ("the lock file of the summary", lock_of(summary)),
             ("the journal of held results (--order input)", _beside(results, ".pending")),
             ("the temporary file of the results", _beside(results, ".tmp")),
             ("the temporary file of the latency file", _beside(latency, ".tmp")),
@@ -96,6 +96,16 @@ class OutputPlan:
 def _beside(path: Path, suffix: str) -> Path:
     # not with_name: "." (an empty --latency) has no name, and is refused as a directory later
     return path.parent / (path.name + suffix)
+
+
+def lock_of(path: Path) -> Path:
+    """The lock file of the output ``path``: beside the file it names once symlinks are
+    resolved, so that two runs writing one file under two names (``-o latest.jsonl``, a
+    symlink to ``-o r.jsonl``) take one lock and the second is refused; a lock beside each
+    name let both append every answer to the one file, and a ``--no-resume`` truncate it
+    under the other."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(real.name + ".lock")
 
 
 def plan_outputs(config: RunConfig, jobs_path: Path | None) -> OutputPlan:

@@ -66,7 +66,7 @@ from .config import RunConfig
 from .errors import DiskFull, OutputPathError, ResumeError, SinkError
 from .fingerprint import Fingerprint, fingerprint
 from .models import LatencyRecord
-from .outputs import OutputPlan, plan_outputs, run_plan
+from .outputs import OutputPlan, lock_of, plan_outputs, run_plan
 from .results import (
     RETRIABLE_ERROR_CODES,
     ResultLine,
@@ -166,7 +166,7 @@ def open_outputs(
     extra: list[tuple[Path, int]] = []
     try:
         for path in (latency, plan.summary):
-            lpath = _sidecar(path, ".lock")
+            lpath = lock_of(path)
             extra.append((lpath, acquire_lock(lpath, path)))
         meta_path = plan.meta
         jobs_file = str(jobs_path.resolve()) if jobs_path is not None else None

@@ -244,10 +244,11 @@ def run_workers(
     parts = [shard_path(results, s) for s in specs]
     # The run's own output lock, as a plain run on the same output takes it: either is refused
     # (exit 2) while the other writes. The workers lock their shards' outputs themselves.
+    from .outputs import lock_of
     from .sinks import acquire_lock, release_lock
 
     results.parent.mkdir(parents=True, exist_ok=True)
-    lock = results.with_name(results.name + ".lock")
+    lock = lock_of(results)
     lock_fd = acquire_lock(lock, results)
     try:
         return _run_locked(

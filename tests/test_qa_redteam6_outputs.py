@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from promise_helpers import cli_run, fast_config, write_jobs
 
+from runner.config import RunConfig
+from runner.sinks import open_outputs
+
 
 def snapshot(tmp: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file()}
@@ -103,3 +106,64 @@ def test_the_results_and_latency_survive_a_resume_with_distinct_sidecars(
         assert code == 0, err
     assert len((tmp_path / "r.jsonl").read_bytes().splitlines()) == 3
     assert len((tmp_path / "r.lat.jsonl").read_bytes().splitlines()) == 3
+
+
+# -- one file under two names ------------------------------------------------------------------
+# The lock sat beside the name given, so a run on ``-o latest.jsonl`` (a symlink to the results
+# of a run still going, the usual "latest" link) took another lock than the run on ``-o
+# r.jsonl``: both ran, every job was sent twice and appended twice to the one file (80 lines
+# for 40 jobs), and with --no-resume the second truncated the first's results under it.
+
+
+@pytest.mark.parametrize("what", ["-o", "--latency", "--summary"])
+@pytest.mark.parametrize("no_resume", [False, True])
+def test_a_second_run_on_the_same_file_through_a_symlink_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str, no_resume: bool
+) -> None:
+    jobs = write_jobs(tmp_path, 3)
+    config = fast_config(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    real = {"-o": out / "r.jsonl", "--latency": out / "l.jsonl", "--summary": out / "s.json"}
+    held = open_outputs(
+        RunConfig(output=real["-o"], latency=real["--latency"], summary=real["--summary"]),
+        jobs_path=jobs,
+        model="mock-1",
+        fsync=False,
+    )
+    try:
+        real["-o"].write_bytes(b'{"custom_id": "q0"}\n')  # what the first run wrote so far
+        link = tmp_path / "latest"
+        link.symlink_to(real[what])
+        mine = {"-o": tmp_path / "mine.jsonl", "--latency": tmp_path / "mine.latency.jsonl"}
+        flags = {**{k: str(v) for k, v in mine.items()}, what: str(link)}
+        argv = [a for k, v in flags.items() for a in (k, v)]
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        code, err = cli_run(
+            capsys,
+            "run",
+            str(jobs),
+            "-c",
+            str(config),
+            *argv,
+            *(["--no-resume"] if no_resume else []),
+        )
+        assert code == 2 and "being written by another runner" in err, err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    finally:
+        held.close()
+
+
+def test_the_lock_of_a_symlinked_output_is_beside_the_file_it_names(tmp_path: Path) -> None:
+    jobs = write_jobs(tmp_path, 3)
+    real = tmp_path / "r.jsonl"
+    real.touch()
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(real)
+    held = open_outputs(RunConfig(output=link), jobs_path=jobs, model="mock-1", fsync=False)
+    try:
+        assert (tmp_path / "r.jsonl.lock").exists()
+        assert not (tmp_path / "latest.jsonl.lock").exists()
+    finally:
+        held.close()
+    assert not (tmp_path / "r.jsonl.lock").exists()
