@@ -824,8 +824,15 @@ def whole_lines_end(fh: BinaryIO, end: int) -> int:
     return 0
 
 
-def _repair_tail(path: Path) -> None:
-    """Cut a partial last line (a write torn by a crash) back to the last newline."""
+def _repair_tail(path: Path, *, objects: bool = True) -> None:
+    """Cut a partial last line (a write torn by a crash) back to the last newline.
+
+    ``objects``: the file holds one JSON object a line (results, latency records). A last line
+    that is a whole object only lacks its newline (a script's ``"\\n".join(lines)``, an editor
+    that drops the final newline): it gets one instead of being cut, since no cut inside a
+    line leaves a whole object (it closes only at the line's end). Cutting it threw away a
+    paid answer and sent the job again.
+    """
 
     def repair() -> None:
         try:
@@ -839,7 +846,12 @@ def _repair_tail(path: Path) -> None:
             cut = whole_lines_end(fh, end)
             if cut == end:
                 return
-            fh.truncate(cut)
+            fh.seek(cut)
+            if objects and _parse(fh.read(end - cut)) is not None:
+                fh.seek(end)
+                fh.write(b"\n")
+            else:
+                fh.truncate(cut)
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -921,7 +933,7 @@ def _recover(
     """
     _repair_tail(results)
     _repair_tail(latency)
-    _repair_tail(pending)
+    _repair_tail(pending, objects=False)  # "LINE JSON" lines
     done = _load_results(results, retry_failed=retry_failed, placed=placed)
     recovered = _load_pending(pending, done, retry_failed=retry_failed)
     done.update(recovered)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from promise_helpers import cli_run, fast_config, write_jobs
+from promise_helpers import cli_run, fast_config, lines, load, write_jobs
 
 from runner.config import RunConfig
 from runner.sinks import open_outputs
@@ -167,3 +167,46 @@ def test_the_lock_of_a_symlinked_output_is_beside_the_file_it_names(tmp_path: Pa
     finally:
         held.close()
     assert not (tmp_path / "r.jsonl.lock").exists()
+
+
+# -- a results file whose last line lost its newline -------------------------------------------
+# A script that filters the results with "\\n".join(lines) (or an editor that drops the final
+# newline) leaves a whole last line without its newline. Resume took it for a line torn by a
+# crash and cut it: the paid answer was thrown away and the job sent again.
+
+
+def test_a_whole_last_line_without_its_newline_is_kept_not_sent_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = write_jobs(tmp_path, 6)
+    config = fast_config(tmp_path)
+    results = tmp_path / "jobs.results.jsonl"
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 0, err
+    kept = [raw for raw in results.read_bytes().splitlines() if b'"q2"' not in raw]
+    results.write_bytes(b"\n".join(kept))  # drop q2 to run it again; no final newline
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 0, err
+    summary = load(tmp_path / "jobs.summary.json")
+    assert (summary["this_run"]["ok"], summary["this_run"]["skipped_resumed"]) == (1, 5)  # q2 only
+    assert sorted(r["custom_id"] for r in lines(results)) == [f"q{i}" for i in range(6)]
+    assert results.read_bytes().endswith(b"\n")
+    assert len(lines(tmp_path / "jobs.latency.jsonl")) == 6
+
+
+@pytest.mark.parametrize("keep", [1, 10, -10, -2])
+def test_a_torn_last_line_is_still_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keep: int
+) -> None:
+    jobs = write_jobs(tmp_path, 6)
+    config = fast_config(tmp_path)
+    results = tmp_path / "jobs.results.jsonl"
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 0, err
+    data = results.read_bytes()
+    last = data[:-1].rfind(b"\n") + 1
+    results.write_bytes(data[: last + keep] if keep > 0 else data[:keep])  # a torn write
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 0, err
+    assert load(tmp_path / "jobs.summary.json")["this_run"]["ok"] == 1
+    assert sorted(r["custom_id"] for r in lines(results)) == [f"q{i}" for i in range(6)]
