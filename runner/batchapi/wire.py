@@ -33,7 +33,7 @@ from ..errors import AuthError, QuotaError, RunnerError, Unavailable
 from ..models import ErrorInfo, Job, Usage
 from ..providers import anthropic as anthropic_wire
 from ..providers import openai as openai_wire
-from ..providers._http import HTTPBackend, _secret, scrub
+from ..providers._http import HTTPBackend, _secret, _text_of, scrub
 from ..providers._wire import KeyGuard
 from ..urls import public_url
 
@@ -294,7 +294,7 @@ class BatchAPI:
                     try:
                         parsed: Any = orjson.loads(payload)
                     except orjson.JSONDecodeError:
-                        parsed = payload[:2000].decode("utf-8", "replace")
+                        parsed = _text_of(payload)  # cut and marked: see redact()
                     status = resp.status
                     err = self._backend.classify(status, parsed, resp.headers)
                     unsent = status == 429

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -211,3 +212,22 @@ async def test_a_lone_surrogate_escape_in_a_streamed_chunk_keeps_the_answer(fake
 async def test_json_broken_beyond_a_surrogate_is_still_refused(fake: Fake) -> None:
     att = await send(fake, answer(rb'{"id": "c1", "x": "\ud83d", '))
     assert att.error is not None and att.error.code == "bad_response"
+
+
+@pytest.mark.parametrize("offset", [1990, 1980])
+async def test_a_batch_control_error_cut_through_the_key_keeps_no_start_of_it(
+    fake: Fake, offset: int
+) -> None:
+    """``--via batch``: a control request's text error body was cut to 2,000 bytes unmarked."""
+    from runner.batchapi.wire import BatchAPIError, open_batch_api
+
+    fake.handler = answer(b" " * offset + KEY.encode(), status=400, ctype="text/plain")
+    config = RunConfig(provider="openai", base_url="http://x", model="m")
+    session = aiohttp.ClientSession()
+    try:
+        api = open_batch_api(config, session, base_url=fake.url, api_key=KEY)
+        with pytest.raises(BatchAPIError) as info:
+            await asyncio.wait_for(api.get("batch_1"), 30)
+    finally:
+        await session.close()
+    assert longest_start_of_key(str(info.value)) == "", str(info.value)
