@@ -33,6 +33,7 @@ from ._http import (
     Headers,
     HTTPBackend,
     StreamParser,
+    _text_of,
     error_from_exception,
     http_message,
     scrub,
@@ -390,7 +391,7 @@ class GeminiBackend(HTTPBackend):
         try:
             doc: Any = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
-            doc = scrub(raw[:4096].decode("utf-8", "replace"), self._api_key)
+            doc = scrub(_text_of(raw), self._api_key)  # cut and marked: see redact()
         if 200 <= status < 300:
             return doc
         info = self._scrubbed(self.classify(status, doc, headers))

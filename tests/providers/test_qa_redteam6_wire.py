@@ -231,3 +231,21 @@ async def test_a_batch_control_error_cut_through_the_key_keeps_no_start_of_it(
     finally:
         await session.close()
     assert longest_start_of_key(str(info.value)) == "", str(info.value)
+
+
+@pytest.mark.parametrize("offset", [4090, 4080])
+async def test_a_gemini_cache_error_cut_through_the_key_keeps_no_start_of_it(
+    fake: Fake, offset: int
+) -> None:
+    """Gemini's cachedContents calls cut a text error body to 4 KiB unmarked (a Gemini key has
+    no "sk-" for the pattern to catch)."""
+    from runner.explicit_cache import CacheAPIError
+    from runner.providers.gemini import GeminiBackend
+
+    fake.handler = answer(b" " * offset + KEY.encode(), status=400, ctype="text/plain")
+    config = RunConfig(provider="gemini", base_url="http://x", model="m")
+    async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
+        assert isinstance(backend, GeminiBackend)
+        with pytest.raises(CacheAPIError) as info:
+            await asyncio.wait_for(backend.delete_cache("cachedContents/c1"), 30)
+    assert longest_start_of_key(str(info.value)) == "", str(info.value)
