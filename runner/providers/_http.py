@@ -667,6 +667,30 @@ class HTTPBackend:
         )
         return url, ErrorInfo("http_3xx", message, retriable=False)
 
+    def _moved(self, headers: Headers) -> ErrorInfo | None:
+        """The probe's redirect to another origin (``http://`` to ``https://``, another host),
+        where no request of the run will follow it with the key: a setup error naming where it
+        points. It read as "a body that is not JSON: this looks like a web server"."""
+        location = headers.get("location")
+        if not location:
+            return None
+        try:
+            target = self._models_url.join(URL(location))
+        except ValueError:
+            return None
+        if target.origin() == self._models_url.origin():
+            return None
+        where = self._guard.text(public_url(str(target.origin()))) or ""
+        return ErrorInfo(
+            "endpoint",
+            _short(
+                f"GET {public_url(self._models_url)} redirects to {where}: requests are not "
+                "sent to another origin, where the API key would go too; set the base URL "
+                "to the one it redirects to"
+            ),
+            retriable=False,
+        )
+
     def _scrubbed(self, info: ErrorInfo) -> ErrorInfo:
         if self._api_key is None:
             return info
@@ -840,6 +864,10 @@ class HTTPBackend:
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return self._scrubbed(error_from_exception(exc))
+        if status in _REDIRECTS:
+            moved = self._moved(headers)
+            if moved is not None:
+                return moved
         if status not in (401, 403):
             if status == 429 or (status >= 500 and status != 501):
                 return None  # transient: says nothing about the URL

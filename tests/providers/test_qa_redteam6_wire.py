@@ -249,3 +249,40 @@ async def test_a_gemini_cache_error_cut_through_the_key_keeps_no_start_of_it(
         with pytest.raises(CacheAPIError) as info:
             await asyncio.wait_for(backend.delete_cache("cachedContents/c1"), 30)
     assert longest_start_of_key(str(info.value)) == "", str(info.value)
+
+
+# -- a base URL that redirects to another origin -----------------------------------------------
+# http:// redirected to https:// (or another host): the pre-flight check said "HTTP 301 with a
+# body that is not JSON: this looks like a web server ... does it end in /v1?", pointing at the
+# wrong fix, or passed when the redirect carried a JSON body, and then every job failed alone.
+
+
+def moved(status: int, location: str, body: bytes = b"") -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        headers = {"Location": location}
+        return web.Response(status=status, body=body, headers=headers, content_type="text/plain")
+
+    return handle
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("body", [b"", b"{}"])
+async def test_a_probe_redirected_to_another_origin_says_where(
+    fake: Fake, status: int, body: bytes
+) -> None:
+    target = fake.url.replace("http://", "https://") + "/models"
+    fake.handler = moved(status, target, body)
+    config = RunConfig(provider="openai", base_url="http://x", model="m")
+    async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
+        error = await asyncio.wait_for(backend.probe(), 30)
+    assert error is not None and error.code == "endpoint" and not error.retriable
+    origin = fake.url.replace("http://", "https://").removesuffix("/v1")
+    assert f"redirects to {origin}" in error.message, error.message
+    assert "base URL" in error.message
+
+
+async def test_a_probe_redirected_within_the_origin_is_no_setup_error(fake: Fake) -> None:
+    fake.handler = moved(308, "/v1/models/", b'{"data": []}')
+    config = RunConfig(provider="openai", base_url="http://x", model="m")
+    async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
+        assert await asyncio.wait_for(backend.probe(), 30) is None
