@@ -110,12 +110,30 @@ CUT: Final = "..."
 _MIN_FRAGMENT: Final = 4
 
 
+#: ``\\/`` or a ``\\u`` escape of a printable ASCII character
+_ASCII_ESCAPE: Final = r"\\/|\\u00([2-7][0-9a-fA-F])"
+
+
+def _unescape(m: re.Match[str]) -> str:
+    code = m.group(1)
+    if code is None:
+        return "/"
+    return m.group() if code.lower() == "7f" else chr(int(code, 16))
+
+
 def redact(text: str, forms: tuple[str, ...]) -> str:
     """``text`` with every form of the key replaced.
 
     A text cut short (ending in :data:`CUT`) may end in the first characters of a key the cut
     went through, which no search for the whole key finds: that start is removed too.
     """
+    if "\\" in text:
+        # JSON's escapes (``\\/``, ``\\u0073``) in a text that is not parsed JSON (an HTML
+        # page, JSON broken by a NaN or a cut) hide the key from the search: read them as the
+        # characters they stand for, where that reveals a key (a key is printable ASCII).
+        plain = re.sub(_ASCII_ESCAPE, _unescape, text)
+        if any(f in plain for f in forms):
+            text = plain
     for f in forms:
         if f in text:
             text = text.replace(f, _REDACTED)

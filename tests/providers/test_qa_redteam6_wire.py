@@ -286,3 +286,39 @@ async def test_a_probe_redirected_within_the_origin_is_no_setup_error(fake: Fake
     config = RunConfig(provider="openai", base_url="http://x", model="m")
     async with open_backend(config, base_url=fake.url, api_key=KEY) as backend:
         assert await asyncio.wait_for(backend.probe(), 30) is None
+
+
+# -- a JSON-escaped key in a body that is not JSON ---------------------------------------------
+# A parsed JSON body is searched in its canonical spelling, but a text body (an HTML error page,
+# JSON that orjson refuses: Python's NaN, a cut) goes into the message as it came: the key
+# escaped as PHP's json_encode writes it ("\/") or as "\u0067w-..." got past the search.
+
+SLASHED = "gw-0123456789/abcdef+SECRET=="  # a base64-like gateway key
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        SLASHED.replace("/", "\\/"),
+        "\\u0067" + SLASHED[1:],
+        "".join(f"\\u{ord(c):04x}" for c in SLASHED),
+    ],
+)
+@pytest.mark.parametrize(
+    "template",
+    [
+        b'{"error": "bad key", "key": "@@", "score": NaN}',  # json.dumps's NaN
+        b'<html><script>var cfg = {"key": "@@"};</script></html>',
+    ],
+)
+async def test_a_json_escaped_key_in_a_text_body_is_redacted(
+    fake: Fake, echo: str, template: bytes
+) -> None:
+    fake.handler = answer(template.replace(b"@@", echo.encode()), status=400, ctype="text/html")
+    config = RunConfig(provider="openai", base_url="http://x", model="m")
+    async with open_backend(config, base_url=fake.url, api_key=SLASHED) as backend:
+        att = await asyncio.wait_for(backend.send(job(), cache_key=None), 30)
+    assert att.error is not None
+    message = att.error.message
+    assert "[redacted]" in message, message
+    assert echo not in message and SLASHED not in message, message
