@@ -434,9 +434,32 @@ def _check_export_urls(c: RunConfig) -> None:
             raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
 
 
+def _non_finite(value: Any, where: str) -> tuple[str, float] | None:
+    """The path and value of a NaN or infinite number inside ``value`` (a table, list or
+    number)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where, value
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}")
+        if found is not None:
+            return found
+    return None
+
+
 def _check_reply_budget(params: Mapping[str, Any]) -> None:
     """``[params] max_tokens`` is checked as a jobs line's is: it was sent as given, and every
-    job came back a 400."""
+    job came back a 400. A NaN or infinite number (TOML's ``nan``, ``inf``) anywhere in the
+    table is refused too: JSON has none, so ``temperature = nan`` went out as ``null`` and the
+    run used the provider's default without a word (a jobs line cannot hold one at all)."""
+    bad = _non_finite(params, "params")
+    if bad is not None:
+        raise ConfigError(f"{bad[0]} must be a finite number, got {bad[1]}")
     for key in ("max_tokens", "max_completion_tokens"):
         budget = params.get(key)
         if budget is not None and (
