@@ -26,7 +26,15 @@ from typing import Final
 from .config import RunConfig
 from .errors import ConfigError
 
-__all__ = ["OutputPlan", "check_outputs", "lock_of", "plan_outputs", "run_plan", "sibling"]
+__all__ = [
+    "OutputPlan",
+    "check_outputs",
+    "lock_of",
+    "plan_outputs",
+    "run_plan",
+    "sibling",
+    "through_link",
+]
 
 _RESULTS_SUFFIX = ".results.jsonl"
 
@@ -86,16 +94,22 @@ class OutputPlan:
             ("the lock file of the latency file", lock_of(latency)),
             ("the lock file of the summary", lock_of(summary)),
             ("the journal of held results (--order input)", _beside(results, ".pending")),
-            ("the temporary file of the results", _beside(results, ".tmp")),
-            ("the temporary file of the latency file", _beside(latency, ".tmp")),
-            ("the temporary file of the summary", _beside(summary, ".tmp")),
-            ("the temporary file of the meta file", _beside(meta, ".tmp")),
+            ("the temporary file of the results", _beside(through_link(results), ".tmp")),
+            ("the temporary file of the latency file", _beside(through_link(latency), ".tmp")),
+            ("the temporary file of the summary", _beside(through_link(summary), ".tmp")),
+            ("the temporary file of the meta file", _beside(through_link(meta), ".tmp")),
         ]
 
 
 def _beside(path: Path, suffix: str) -> Path:
     # not with_name: "." (an empty --latency) has no name, and is refused as a directory later
     return path.parent / (path.name + suffix)
+
+
+def through_link(path: Path) -> Path:
+    """The file a rewrite of ``path`` replaces: the one it names when it is a symlink (see
+    :func:`runner.sinks.replacing`), else ``path``."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def lock_of(path: Path) -> Path:

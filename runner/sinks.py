@@ -66,7 +66,7 @@ from .config import RunConfig
 from .errors import DiskFull, OutputPathError, ResumeError, SinkError
 from .fingerprint import Fingerprint, fingerprint
 from .models import LatencyRecord
-from .outputs import OutputPlan, lock_of, plan_outputs, run_plan
+from .outputs import OutputPlan, lock_of, plan_outputs, run_plan, through_link
 from .results import (
     RETRIABLE_ERROR_CODES,
     ResultLine,
@@ -177,7 +177,8 @@ def open_outputs(
         recovered: dict[str | int, tuple[int, bytes]] = {}
         placed: list[str | int | None] | None = [] if order_input else None
         keep = False
-        _remove(_sidecar(results, ".tmp"))  # a rewrite a crash cut short: R itself is whole
+        # a rewrite a crash cut short: R itself is whole
+        _remove(_sidecar(through_link(results), ".tmp"))
         resuming = config.resume and (_size(results) > 0 or _size(pending_path) > 0)
         if resuming:
             meta = _read_meta(meta_path, results)
@@ -722,6 +723,13 @@ def replacing(path: Path, *, tmp: Path | None = None) -> Iterator[io.BufferedWri
     (:func:`replace_bytes`: :class:`DiskFull` on a full disk). Once per file and run: never on
     a per-request path.
     """
+    # Through a symlink, as a plain write goes: renamed over the link itself, the new file
+    # replaced the link and the file it names kept the old lines (``-o latest.jsonl``, a link
+    # to ``runs/r1.jsonl``: --retry-failed left r1 with the failures it had retried).
+    real = through_link(path)
+    if real is not path:
+        tmp = real.with_name(tmp.name) if tmp is not None else None
+        path = real
     tmp = tmp or _sidecar(path, ".tmp")
     try:
         with open(tmp, "wb") as out:

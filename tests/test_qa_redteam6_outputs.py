@@ -210,3 +210,61 @@ def test_a_torn_last_line_is_still_cut(
     assert code == 0, err
     assert load(tmp_path / "jobs.summary.json")["this_run"]["ok"] == 1
     assert sorted(r["custom_id"] for r in lines(results)) == [f"q{i}" for i in range(6)]
+
+
+# -- a rewrite through a symlinked output ------------------------------------------------------
+# A rewrite (--retry-failed dropping the lines it sends again, the --order input sort, the
+# summary) writes a temporary file and renames it over the output. Renamed over a symlink, it
+# replaced the link itself: the file the link named kept the old lines (the failures already
+# retried), and the link was gone.
+
+
+def test_retry_failed_through_a_symlinked_results_file_rewrites_the_file_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = write_jobs(tmp_path, 12)
+    failing = tmp_path / "failing.toml"
+    failing.write_text(
+        'progress = "off"\nmax_attempts = 1\n[mock]\nlatency = "zero"\nfault_http_500 = 0.5\n'
+    )
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    real = runs / "r1.jsonl"
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(real)
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(failing), "-o", str(link))
+    assert code == 1, err
+    assert any(r["error"] for r in lines(real))  # some jobs failed: --retry-failed rewrites
+    code, err = cli_run(
+        capsys,
+        "run",
+        str(jobs),
+        "-c",
+        str(fast_config(tmp_path)),
+        "-o",
+        str(link),
+        "--retry-failed",
+    )
+    assert code == 0, err
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    results = lines(real)
+    assert sorted(r["custom_id"] for r in results) == sorted(f"q{i}" for i in range(12))
+    assert not any(r["error"] for r in results)
+    assert not (runs / "r1.jsonl.tmp").exists() and not (tmp_path / "latest.jsonl.tmp").exists()
+
+
+def test_a_summary_through_a_symlink_is_written_to_the_file_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = write_jobs(tmp_path, 3)
+    (tmp_path / "reports").mkdir()
+    real = tmp_path / "reports" / "s.json"
+    real.write_text("{}")
+    link = tmp_path / "summary.json"
+    link.symlink_to(real)
+    code, err = cli_run(
+        capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)), "--summary", str(link)
+    )
+    assert code == 0, err
+    assert link.is_symlink()
+    assert load(real)["jobs"]["ok"] == 3
