@@ -464,6 +464,33 @@ async def read_sse(content: aiohttp.StreamReader, parser: StreamParser, cap: int
     parser.end_event()
 
 
+#: how an SSE body begins (after a byte order mark and blank lines); no JSON text does
+_SSE_STARTS: Final = (b"data:", b"event:", b":", b"id:", b"retry:")
+
+
+def _looks_like_sse(raw: bytes) -> bool:
+    """Whether a body that is not labelled ``text/event-stream`` is an SSE stream."""
+    if raw.startswith(BOM):
+        raw = raw[len(BOM) :]
+    return raw.lstrip(b"\r\n").startswith(_SSE_STARTS)
+
+
+def _feed_sse(parser: StreamParser, raw: bytes, now: float) -> None:
+    """Feed a whole SSE body, already read, to ``parser`` (as :func:`read_sse` would)."""
+    if raw.startswith(BOM):
+        raw = raw[len(BOM) :]
+    for line in raw.split(b"\n"):
+        if not line:
+            if parser._held is not None and parser.end_event():
+                return
+        elif line.find(b"\r") >= 0:
+            if _feed_cr(parser, line, now):
+                return
+        elif parser.feed(line, now):
+            return
+    parser.end_event()
+
+
 def _feed_cr(parser: StreamParser, text: bytes, now: float) -> bool:
     """Lines that may end in CRLF or a bare CR, which SSE allows beside LF. True: stop."""
     if text.endswith(b"\r"):
@@ -616,6 +643,8 @@ class HTTPBackend:
                                 )
                     raw = await read_capped(resp, self._cap)
                     latency = (perf_counter() - t0) * 1000.0
+                    if 200 <= status < 300 and raw[:1] != b"{" and _looks_like_sse(raw):
+                        return self._late_stream(raw, t0, status, headers, rate, latency)
                     break
             else:
                 error = ErrorInfo("http_3xx", f"more than {MAX_REDIRECTS} redirects", False)
@@ -635,6 +664,31 @@ class HTTPBackend:
                 rate=rate,
             )
         return self._json_attempt(status, headers, raw, rate, latency, body)
+
+    def _late_stream(
+        self,
+        raw: bytes,
+        t0: float,
+        status: int,
+        headers: Headers,
+        rate: RateInfo | None,
+        latency: float,
+    ) -> Attempt:
+        """An SSE stream sent under another content type (``application/json``,
+        ``text/plain``: a proxy or shim that does not label it), read whole: the SDKs parse a
+        stream whatever its label, and taking it for a broken JSON body threw the billed
+        answer away, retry after retry. Its chunks arrived before this is known, so it has no
+        TTFT or ITL."""
+        parser = self.stream_parser(t0)
+        try:
+            _feed_sse(parser, raw, perf_counter())
+        except _MALFORMED as exc:
+            text = self._guard.text(_short(f"malformed stream event: {exc!r}")) or ""
+            error = ErrorInfo("bad_response", text, retriable=True)
+            return Attempt(status=status, error=error, latency_ms=latency, rate=rate)
+        parser.ttft_ms = None
+        parser.itl_ms = []
+        return self._stream_attempt(parser, status, headers, rate, latency)
 
     def _endpoint_error(self, status: int, message: str) -> ErrorInfo:
         """404/405/501 from the completion endpoint: the URL (or model) is wrong for every job."""

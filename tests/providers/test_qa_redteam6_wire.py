@@ -7,6 +7,7 @@ gateway may send.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import orjson
@@ -322,3 +323,71 @@ async def test_a_json_escaped_key_in_a_text_body_is_redacted(
     message = att.error.message
     assert "[redacted]" in message, message
     assert echo not in message and SLASHED not in message, message
+
+
+# -- an SSE stream under another label ---------------------------------------------------------
+# A proxy or shim that sends the stream as application/json or text/plain: the SDKs parse a
+# stream whatever its label, runner took it for a broken JSON body ("invalid JSON in a 200
+# body"), retried, and threw each billed answer away.
+
+
+def openai_stream() -> bytes:
+    def event(obj: object) -> bytes:
+        return b"data: " + orjson.dumps(obj) + b"\r\n\r\n"
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> dict[str, object]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {"id": "c1", "model": "m", "choices": [choice]}
+
+    return (
+        b": keep-alive\n\n"
+        + event(chunk({"role": "assistant", "content": "he"}))
+        + event(chunk({"content": "llo"}))
+        + event(chunk({}, "stop"))
+        + event({"id": "c1", "choices": [], "usage": ANSWER["usage"]})
+        + b"data: [DONE]"
+    )
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "text/plain", "application/octet-stream"])
+async def test_an_unlabelled_openai_stream_is_read_as_one(fake: Fake, ctype: str) -> None:
+    att = await send(fake, answer(openai_stream(), ctype=ctype), stream=True)
+    assert att.error is None, att.error
+    assert isinstance(att.body, dict)
+    assert att.body["choices"][0]["message"]["content"] == "hello"
+    assert att.usage is not None and att.usage.completion_tokens == 2
+    assert att.ttft_ms is None  # the chunks' arrival times are unknown
+
+
+async def test_an_unlabelled_anthropic_stream_is_read_as_one(fake: Fake) -> None:
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {"id": "m1", "usage": {"input_tokens": 3}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 2},
+        },
+        {"type": "message_stop"},
+    ]
+    payload = b"".join(
+        b"event: " + str(e["type"]).encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n"
+        for e in events
+    )
+    att = await send(fake, answer(b"\xef\xbb\xbf" + payload), provider="anthropic", stream=True)
+    assert att.error is None, att.error
+    assert isinstance(att.body, dict) and att.body["content"][0]["text"] == "hi"
+    assert att.usage is not None and att.usage.completion_tokens == 2
+
+
+async def test_an_unlabelled_stream_cut_short_is_still_an_error(fake: Fake) -> None:
+    cut = openai_stream().split(b"data: [DONE]")[0].rsplit(b"data: ", 2)[0]  # no finish
+    att = await send(fake, answer(cut, ctype="text/plain"), stream=True)
+    assert att.error is not None and att.error.retriable
+
+
+async def test_a_text_body_that_is_no_stream_is_still_invalid_json(fake: Fake) -> None:
+    att = await send(fake, answer(b"Service temporarily unavailable", ctype="text/plain"))
+    assert att.error is not None and att.error.code == "bad_response"
