@@ -172,6 +172,20 @@ def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
     return real, (st.st_dev, st.st_ino)
 
 
+def _standard_stream(inode: tuple[int, int] | None) -> str | None:
+    """Which standard stream (a regular file it is redirected to) is the file ``inode``."""
+    if inode is None:
+        return None
+    for fd, name in ((0, "input"), (1, "output"), (2, "error")):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue  # closed
+        if (st.st_dev, st.st_ino) == inode:
+            return name
+    return None
+
+
 def _same(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, int] | None]) -> bool:
     return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
 
@@ -179,6 +193,14 @@ def _same(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, int] |
 def _check_writable(label: str, path: Path) -> None:
     if path.is_dir():
         raise ConfigError(f"{label} {path} is a directory")
+    if path.exists() and not path.is_file():
+        # A device, FIFO or socket (/dev/null, /dev/stdout): an output is replaced by a rename
+        # (the summary, a rewrite), which put a regular file in place of the device (as root,
+        # --summary /dev/null replaced the system's /dev/null with the summary).
+        raise ConfigError(
+            f"{label} {path} is not a regular file; outputs are files runner replaces and "
+            "resumes from (--summary - prints the summary on standard output)"
+        )
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"{label} {path} is not writable")
     # The nearest existing ancestor must be a writable directory: the run creates the missing
@@ -214,6 +236,15 @@ def check_outputs(
                     f"{label} {path} is {in_label} {in_path}: refusing to overwrite an input; "
                     "choose another output path"
                 )
+        stream = _standard_stream(ident[1])
+        if stream is not None:
+            # --summary /dev/stdout with stdout sent to a file: the rename that writes the
+            # summary replaced that file (the log before it lost, the lines after it written
+            # to a file no name reaches any more).
+            raise ConfigError(
+                f"{label} {path} is standard {stream}: outputs are files runner replaces and "
+                "resumes from; --summary - prints the summary on standard output"
+            )
         for other_label, other_path, other_ident in seen:
             if _same(ident, other_ident):
                 raise ConfigError(

@@ -10,6 +10,10 @@ resume, and a config file named ``L.lock`` was overwritten with a pid and then d
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -268,3 +272,47 @@ def test_a_summary_through_a_symlink_is_written_to_the_file_it_names(
     assert code == 0, err
     assert link.is_symlink()
     assert load(real)["jobs"]["ok"] == 3
+
+
+# -- an output that is not a regular file ------------------------------------------------------
+# The summary (and every rewrite) is written to a temporary file renamed over the output. Over
+# a device or a FIFO that put a regular file in its place: as root (a container), --summary
+# /dev/null replaced the system's /dev/null with the summary. Over /dev/stdout sent to a file
+# (``> run.log``), it replaced run.log, losing the log written before it.
+
+
+@pytest.mark.parametrize("flag", ["--summary", "--latency", "--metrics-textfile", "-o"])
+def test_a_fifo_as_an_output_is_refused_and_left_a_fifo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    jobs = write_jobs(tmp_path, 3)
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(fast_config(tmp_path)), flag, str(fifo))
+    assert code == 2 and "is not a regular file" in err, err
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+STDOUT = ("--summary", "/dev/stdout")
+
+
+def test_summary_to_dev_stdout_redirected_to_a_file_is_refused_and_keeps_the_file(
+    tmp_path: Path,
+) -> None:
+    jobs = write_jobs(tmp_path, 3)
+    config = fast_config(tmp_path)
+    log = tmp_path / "run.log"
+    log.write_text("written before the run\n")
+    with open(log, "ab") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "runner", "run", str(jobs), "-c", str(config), *STDOUT],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            cwd=tmp_path,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert b"is standard output" in proc.stderr
+    assert log.read_text() == "written before the run\n"
+    assert not (tmp_path / "jobs.results.jsonl").exists()
