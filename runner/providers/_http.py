@@ -277,6 +277,10 @@ def body_error(err: Any, status: int) -> ErrorInfo:
     return ErrorInfo("bad_response", _short(text), retriable)
 
 
+#: aiohttp's words for a Content-Encoding it has no decoder for (br, zstd without their package)
+_UNDECODABLE: Final = "Can not decode content-encoding"
+
+
 def error_from_exception(exc: BaseException) -> ErrorInfo:
     """A transport failure (no complete response) as a retriable error."""
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
@@ -285,6 +289,14 @@ def error_from_exception(exc: BaseException) -> ErrorInfo:
         return ErrorInfo("connection", _short(f"response cut off: {exc}"), True)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return ErrorInfo("connection", _short(f"cannot connect: {exc}"), True)
+    if isinstance(exc, aiohttp.ClientResponseError) and _UNDECODABLE in str(exc.message):
+        # br or zstd sent though not asked for (aiohttp asks for them only when it can decode
+        # them): every retry gets, and is billed for, an answer it cannot read either.
+        return ErrorInfo(
+            "bad_response",
+            _short(f"the answer's Content-Encoding was not asked for: {exc.message}"),
+            retriable=False,
+        )
     return ErrorInfo("connection", _short(f"connection failed: {type(exc).__name__}: {exc}"), True)
 
 

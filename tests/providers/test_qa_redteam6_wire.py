@@ -391,3 +391,26 @@ async def test_an_unlabelled_stream_cut_short_is_still_an_error(fake: Fake) -> N
 async def test_a_text_body_that_is_no_stream_is_still_invalid_json(fake: Fake) -> None:
     att = await send(fake, answer(b"Service temporarily unavailable", ctype="text/plain"))
     assert att.error is not None and att.error.code == "bad_response"
+
+
+# -- a Content-Encoding that cannot be decoded -------------------------------------------------
+# aiohttp asks for br and zstd only when their package is installed; a server that sends one
+# anyway gave a retriable "connection" error, so every attempt was answered, billed and thrown
+# away again. It is now a bad_response that is not retried, naming the encoding.
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd"])
+async def test_an_encoding_not_asked_for_is_not_retried(fake: Fake, encoding: str) -> None:
+    asked: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        asked.append(request.headers.get("Accept-Encoding", ""))
+        headers = {"Content-Encoding": encoding}
+        return web.Response(body=b"\x00\x01", headers=headers, content_type="application/json")
+
+    att = await send(fake, handle)
+    if encoding in asked[0]:  # its decoder is installed: aiohttp asks for it and decodes it
+        pytest.skip(f"aiohttp decodes {encoding} here")
+    assert att.error is not None
+    assert (att.error.code, att.error.retriable) == ("bad_response", False), att.error
+    assert "Content-Encoding" in att.error.message
