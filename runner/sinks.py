@@ -893,10 +893,26 @@ def _judge(obj: dict[str, Any] | None, retry_failed: bool) -> tuple[bool, str | 
     return not (retry_failed and rerun_code(obj) is not None), result_key(obj)
 
 
+def _edited(raw: bytes) -> bool:
+    """Whether a whole line that is no result is one no crash leaves: no NUL byte (a power
+    loss leaves unwritten blocks as NULs, in the middle of a line too), not JSON at all.
+    Dropped like those, a results file pretty-printed by ``jq .`` lost every paid answer, and
+    every job was sent again."""
+    if raw.find(b"\0") >= 0 or not raw.strip():
+        return False
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return True
+    return False  # JSON, though not an object: left by no edit that meant to keep the line
+
+
 def _load_results(
     path: Path, *, retry_failed: bool, placed: list[str | int | None] | None = None
 ) -> set[str | int]:
     """The keys already done; lines to run again (or unreadable) are removed from the file.
+
+    :raises ResumeError: a line that is no JSON at all (the file was edited, see _edited).
 
     :param placed: if given, gets the key of every line kept, in file order (None for a line
         that has none).
@@ -909,9 +925,15 @@ def _load_results(
 
     def scan() -> bool:
         dropped = False
-        for raw in _lines(path):
+        for n, raw in enumerate(_lines(path), 1):
             keep, key = judge(raw)
             if not keep:
+                if key is None and _edited(raw):
+                    raise ResumeError(
+                        f"cannot resume {path}: line {n} is not a result line (runner writes "
+                        "one JSON object a line: was the file edited or pretty-printed? "
+                        f"`jq -c .` puts that back); fix it, or {_AFRESH}"
+                    )
                 dropped = True
                 continue
             if key is not None:

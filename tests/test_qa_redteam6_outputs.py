@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 from promise_helpers import cli_run, fast_config, lines, load, write_jobs
 
@@ -316,3 +317,42 @@ def test_summary_to_dev_stdout_redirected_to_a_file_is_refused_and_keeps_the_fil
     assert b"is standard output" in proc.stderr
     assert log.read_text() == "written before the run\n"
     assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+# -- a results file edited into lines that are no JSON -----------------------------------------
+# Resume drops a whole line that is no result (the NUL blocks a power loss leaves), so a results
+# file pretty-printed with ``jq .`` lost every line, silently, and every job was sent (and
+# billed) again. A line that is not JSON at all is no crash's doing: it is refused, untouched.
+
+
+def test_a_pretty_printed_results_file_is_refused_not_dropped_and_re_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = write_jobs(tmp_path, 4)
+    config = fast_config(tmp_path)
+    results = tmp_path / "jobs.results.jsonl"
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 0, err
+    pretty = b"".join(orjson.dumps(r, option=orjson.OPT_INDENT_2) + b"\n" for r in lines(results))
+    results.write_bytes(pretty)
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 2, err
+    assert "line 1 is not a result line" in err and "jq -c" in err
+    assert results.read_bytes() == pretty
+
+
+def test_crash_garbage_and_blank_lines_are_still_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = write_jobs(tmp_path, 4)
+    config = fast_config(tmp_path)
+    results = tmp_path / "jobs.results.jsonl"
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 0, err
+    kept = results.read_bytes().splitlines(keepends=True)
+    # a power loss: blocks of NULs, also from the middle of one line into the next
+    torn = kept[1][:40] + b"\0" * 64 + kept[2][50:]
+    results.write_bytes(kept[0] + b"\0" * 64 + b"\n\n" + torn + b"".join(kept[3:]))
+    code, err = cli_run(capsys, "run", str(jobs), "-c", str(config))
+    assert code == 0, err
+    assert sorted(r["custom_id"] for r in lines(results)) == [f"q{i}" for i in range(4)]
