@@ -366,8 +366,11 @@ def bench_workers(args: argparse.Namespace) -> None:
     jobs = make_jobs(SCALE / "workers" / "jobs.jsonl", args.worker_jobs)
     rows = []
     with mock_server("--latency", "zero") as (url, mock_pid):
+        variants: list[tuple[int, str | None]] = [(1, None), (2, None)]
+        if args.nice0:
+            variants += [(1, "0"), (2, "0")]
         for rnd in range(args.rounds):
-            for w in (1, 2):
+            for w, nice in variants:
                 out = SCALE / "workers" / f"w{w}.results.jsonl"
                 for p in out.parent.glob(f"w{w}.*"):
                     p.unlink()
@@ -379,7 +382,8 @@ def bench_workers(args: argparse.Namespace) -> None:
                                "--base-url", url, "--progress", "off", "--no-resume",
                                "--concurrency", "128", "--workers", str(w), "-o", str(out),
                                "--summary", str(summary_path),
-                               "--latency", str(out.with_name(f"w{w}.latency.jsonl"))])  # fmt: skip
+                               "--latency", str(out.with_name(f"w{w}.latency.jsonl")),
+                               *(["--nice", nice] if nice is not None else [])])  # fmt: skip
                 mock_cpu = cpu_seconds(mock_pid) - c0
                 mock_wait = _run_queue_s(mock_pid) - q0
                 if r.returncode != 0:
@@ -388,6 +392,7 @@ def bench_workers(args: argparse.Namespace) -> None:
                 row: dict[str, Any] = {
                     "round": rnd,
                     "workers": w,
+                    "nice": "auto" if nice is None else nice,
                     "load1": round(load, 2),
                     "wall_s": round(r.wall_s, 3),
                     "req_per_s": round(args.worker_jobs / r.wall_s, 1),
@@ -404,7 +409,7 @@ def bench_workers(args: argparse.Namespace) -> None:
                 print(f"workers: {row}", flush=True)
     ratios = []
     for rnd in range(args.rounds):
-        one, two = (r for r in rows if r["round"] == rnd)
+        one, two = (r for r in rows if r["round"] == rnd and r["nice"] == "auto")
         split = two["split_cpu_s"]
         w1_bound = max(one["runner_cpu_s"], (one["runner_cpu_s"] + one["mock_cpu_s"]) / 2)
         w2_bound = split["parent"] + (sum(split["workers"]) + two["mock_cpu_s"]) / 2
@@ -425,6 +430,25 @@ def bench_workers(args: argparse.Namespace) -> None:
             flush=True,
         )
     print(f"workers: --workers 2 / --workers 1 req/s per round: {[round(x, 3) for x in ratios]}")
+    if args.nice0:
+        # The same rounds at the priority the benchmark started with (runner/cpu.py lowers a
+        # run beside a local server, such as this mock, to nice 5 by default).
+        def rate(rnd: int, w: int, nice: str) -> float:
+            return next(
+                float(r["req_per_s"])
+                for r in rows
+                if r["round"] == rnd and r["workers"] == w and r["nice"] == nice
+            )
+
+        for label, pairs in (
+            ("--workers 2 / --workers 1, both --nice 0",
+             [rate(k, 2, "0") / rate(k, 1, "0") for k in range(args.rounds)]),
+            ("--workers 2, nice auto / --nice 0",
+             [rate(k, 2, "auto") / rate(k, 2, "0") for k in range(args.rounds)]),
+            ("--workers 1, nice auto / --nice 0",
+             [rate(k, 1, "auto") / rate(k, 1, "0") for k in range(args.rounds)]),
+        ):  # fmt: skip
+            print(f"workers: {label} per round: {[round(x, 3) for x in pairs]}", flush=True)
     traces = _sched_traces(args, jobs) if args.sched_trace else None
     (OUT / "scaleout-workers.json").write_text(
         json.dumps({"rows": rows, "ratios": ratios, "sched_traces": traces})
@@ -440,15 +464,19 @@ def _sched_traces(args: argparse.Namespace, jobs: Path) -> list[dict[str, Any]] 
         print("workers sched trace: `perf sched record` does not work here; skipped", flush=True)
         return None
     out_rows = []
+    traced: list[tuple[int, str | None]] = [(1, None), (2, None)]
+    if args.nice0:
+        traced.append((2, "0"))
     with mock_server("--latency", "zero") as (url, mock_pid):
-        for w in (1, 2):
+        for w, nice in traced:
             d = SCALE / "workers" / "trace"
             d.mkdir(parents=True, exist_ok=True)
             for p in d.iterdir():
                 p.unlink()
             cmd = [PY, "-m", "runner", "run", str(jobs), "--provider", "openai", "--base-url", url,
                    "--progress", "off", "--no-resume", "--concurrency", "128", "--workers", str(w),
-                   "-o", str(d / "t.results.jsonl")]  # fmt: skip
+                   "-o", str(d / "t.results.jsonl"),
+                   *(["--nice", nice] if nice is not None else [])]  # fmt: skip
             r = run_child(_sched.record(cmd, d / "perf.data"))
             if r.returncode != 0:
                 raise SystemExit(r.stderr[-2000:])
@@ -460,6 +488,7 @@ def _sched_traces(args: argparse.Namespace, jobs: Path) -> list[dict[str, Any]] 
             us = 1e6 / args.worker_jobs
             row = {
                 "workers": w,
+                "nice": "auto" if nice is None else nice,
                 "wall_s": round(split.wall_s, 3),
                 "idle_s": round(split.idle_s, 3),
                 "idle_while_waiting_s": round(split.idle_while_waiting_s, 3),
@@ -470,8 +499,10 @@ def _sched_traces(args: argparse.Namespace, jobs: Path) -> list[dict[str, Any]] 
             }
             out_rows.append(row)
             cpu = sum(t.cpu_s for t in runner)
+            flag = "" if nice is None else f" --nice {nice}"
             print(
-                f"workers sched trace --workers {w}: wall {split.wall_s:.2f} s over {split.cpus}"
+                f"workers sched trace --workers {w}{flag}: wall {split.wall_s:.2f} s over"
+                f" {split.cpus}"
                 f" CPUs; CPU per request: runner {cpu * us:.0f} us"
                 f" ({' + '.join(f'{t.cpu_s:.2f}' for t in runner)} s), mock"
                 f" {mock.cpu_s * us:.0f} us ({mock.cpu_s:.2f} s); runnable without a core:"
@@ -491,6 +522,11 @@ def main() -> None:
     ap.add_argument("--fault-jobs", type=int, default=150)
     ap.add_argument("--worker-jobs", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--nice0",
+        action="store_true",
+        help="workers: each round also runs both with --nice 0 (the policy's effect)",
+    )
     ap.add_argument(
         "--sched-trace",
         action="store_true",

@@ -232,6 +232,13 @@ def _add_scaling_options(p: argparse.ArgumentParser) -> None:
         "4 per CPU (default: 1)",
     )
     g.add_argument(
+        "--nice",
+        type=int,
+        metavar="N",
+        help="CPU priority of this run's processes, 0 (as started) to 19 (default: 5 when the "
+        "server is on this machine, so that it is never queued behind its client; else 0)",
+    )
+    g.add_argument(
         "--redis-url", help="share the key's rate limits through this Redis (default: none)"
     )
     g.add_argument("--limit-scope", help="a name that separates budgets on one key (default: none)")
@@ -274,6 +281,9 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     _check_utf8_paths(ns.jobs, config)
     if config.dry_run:
         return _validate(ns.jobs, config)
+    from .cpu import yield_to_local_server
+
+    yield_to_local_server(config)  # before --workers fork: they inherit it
     simulated = (
         not needs_base_url(config.provider) and not config.base_url and not _provider_named(ns)
     )

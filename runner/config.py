@@ -139,6 +139,9 @@ class RunConfig(Record):
     shard: str | None = None  # "K/N" (0-based K), or "auto" for the orchestrator's environment
     shard_count: int | None = None  # N for JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs)
     workers: int = 1  # shard processes of this run on this host
+    # CPU priority of `runner run`'s processes (runner/cpu.py): None = 5 beside a server on
+    # this machine (a loopback base URL), else as started; 0 = as started; 1-19 = that nice
+    nice: int | None = None
     redis_url: str | None = None  # share the rate limits of the key through this Redis
     limit_scope: str | None = None  # optional name to separate budgets on one key
     redis_policy: str = "fail_closed"  # fail_closed (pause and retry) | fail_open (local share)
@@ -199,6 +202,8 @@ class RunConfig(Record):
             raise ConfigError(f"shard_count must be >= 1, got {self.shard_count}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.nice is not None and not 0 <= self.nice <= 19:
+            raise ConfigError(f"nice must be 0 (as started) to 19, got {self.nice}")
         exported = [
             flag
             for flag, value in (
