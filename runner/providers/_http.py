@@ -462,15 +462,8 @@ async def read_sse(content: aiohttp.StreamReader, parser: StreamParser, cap: int
         *lines, rest = data.split(b"\n")
         if rest:
             parts.append(rest)
-        for line in lines:
-            if not line:  # an event's end: only held data makes it more than a separator
-                if parser._held is not None and parser.end_event():
-                    return
-            elif line.find(b"\r") >= 0:
-                if _feed_cr(parser, line, now):
-                    return
-            elif parser.feed(line, now):
-                return
+        if _feed_lines(parser, lines, now):
+            return
     if parts and _feed_cr(parser, b"".join(parts), perf_counter()):
         return
     parser.end_event()
@@ -491,16 +484,24 @@ def _feed_sse(parser: StreamParser, raw: bytes, now: float) -> None:
     """Feed a whole SSE body, already read, to ``parser`` (as :func:`read_sse` would)."""
     if raw.startswith(BOM):
         raw = raw[len(BOM) :]
-    for line in raw.split(b"\n"):
-        if not line:
+    if not _feed_lines(parser, raw.split(b"\n"), now):
+        parser.end_event()
+
+
+def _feed_lines(parser: StreamParser, lines: list[bytes], now: float) -> bool:
+    """Feed SSE lines (split at LF; one may end in CR, or hold a bare CR) to ``parser``, one
+    chunk's worth at a time (:func:`read_sse`) or a whole body (:func:`_feed_sse`). True: the
+    parser is done, read no more."""
+    for line in lines:
+        if not line:  # an event's end: only held data makes it more than a separator
             if parser._held is not None and parser.end_event():
-                return
+                return True
         elif line.find(b"\r") >= 0:
             if _feed_cr(parser, line, now):
-                return
+                return True
         elif parser.feed(line, now):
-            return
-    parser.end_event()
+            return True
+    return False
 
 
 def _feed_cr(parser: StreamParser, text: bytes, now: float) -> bool:
