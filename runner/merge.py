@@ -44,7 +44,7 @@ from .errors import ConfigError, InputError, SinkError
 from .idset import IdSet
 from .jobs import id_field
 from .models import Price
-from .outputs import lock_of, sibling
+from .outputs import check_output_file, lock_of, sibling
 from .partstate import read_part, state_path
 from .report import render_summary
 from .results import line_key, parse_result
@@ -813,6 +813,11 @@ def main(ns: argparse.Namespace) -> int:
     config = load_config(ns.config)
     paths = [results_file(p, "a shard's results file") for p in expand_parts(ns.parts)]
     results_file(ns.out, "a results file (OUT)")
+    # A FIFO or a device there was replaced by the merge's rename (as root, /dev/null), or
+    # blocked it (a FIFO as OUT): refused, as a run refuses them.
+    labels = ("OUT", "OUT's latency file", "OUT's summary")
+    for label, path in zip(labels, merged_paths(ns.out), strict=True):
+        check_output_file(label, path)
     model = ns.model or read_manifest(paths[0]).get("model") if paths else None
 
     def price_of(m: str | None) -> Price | None:

@@ -28,6 +28,7 @@ from .errors import ConfigError
 
 __all__ = [
     "OutputPlan",
+    "check_output_file",
     "check_outputs",
     "lock_of",
     "plan_outputs",
@@ -190,7 +191,9 @@ def _same(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, int] |
     return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
 
 
-def _check_writable(label: str, path: Path) -> None:
+def check_output_file(label: str, path: Path) -> None:
+    """ConfigError (exit 2) unless ``path`` can be written as an output: not a directory, no
+    device, FIFO or socket, writable, in a directory that can take it and its temporary."""
     if path.is_dir():
         raise ConfigError(f"{label} {path} is a directory")
     if path.exists() and not path.is_file():
@@ -253,4 +256,4 @@ def check_outputs(
                 )
         seen.append((label, path, ident))
     for label, path in outs:
-        _check_writable(label, path)
+        check_output_file(label, path)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -291,6 +293,24 @@ def test_a_merge_never_writes_over_a_shards_meta_file_or_manifest_even_with_forc
     assert main(["merge", str(target), parts, "--force"]) == 2
     assert "choose another output path" in capsys.readouterr().err
     assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("which", ["results.jsonl", "latency.jsonl", "summary.json"])
+def test_a_merge_refuses_an_out_that_is_not_a_regular_file(
+    tmp_path: Path, which: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FIFO (or, as root, a device such as /dev/null) at OUT or at its latency or summary
+    path was replaced by the merge's rename, or blocked it; a run refuses them
+    (runner/outputs.py), and so does ``runner merge``, before it writes anything."""
+    parts = _two_shards(tmp_path)
+    out = tmp_path / "m.results.jsonl"
+    target = tmp_path / f"m.{which}"
+    os.mkfifo(target)
+    capsys.readouterr()
+    assert main(["merge", str(out), parts]) == 2
+    assert "is not a regular file" in capsys.readouterr().err
+    assert stat.S_ISFIFO(target.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.glob("m.*")) == [target.name]
 
 
 def test_holds_no_jobs_is_said_of_the_file_by_the_run_never_by_a_shard(tmp_path: Path) -> None:
