@@ -156,7 +156,10 @@ def test_an_interrupted_batch_run_keeps_standard_output_to_the_summary(tmp_path:
             )
             meta = tmp_path / "jobs.results.jsonl.meta.json"
             deadline = time.monotonic() + 30
-            while b"batch_" not in (meta.read_bytes() if meta.exists() else b""):
+            # A submitted batch's id, not merely "batch_": the meta file names the jobs file,
+            # whose directory (pytest's tmp_path, "test_an_interrupted_batch_run_0") holds
+            # "batch_" too, and SIGINT then came before the run's handlers were installed.
+            while b'"batch_id": "' not in (meta.read_bytes() if meta.exists() else b""):
                 assert time.monotonic() < deadline and proc.poll() is None
                 time.sleep(0.05)
             proc.send_signal(signal.SIGINT)
