@@ -400,17 +400,22 @@ async def test_a_text_body_that_is_no_stream_is_still_invalid_json(fake: Fake) -
 
 
 @pytest.mark.parametrize("encoding", ["br", "zstd"])
-async def test_an_encoding_not_asked_for_is_not_retried(fake: Fake, encoding: str) -> None:
-    asked: list[str] = []
+async def test_an_encoding_not_asked_for_is_not_retried(
+    fake: Fake, encoding: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where Brotli or zstandard is installed aiohttp asks for (and decodes) that encoding, and
+    # no server sends it unasked; the case is a machine without them, which the parser's flags
+    # make of this one whatever is installed (both the C and the Python parser read them).
+    import aiohttp.http_parser
+
+    monkeypatch.setattr(aiohttp.http_parser, "HAS_BROTLI", False)
+    monkeypatch.setattr(aiohttp.http_parser, "HAS_ZSTD", False)
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        asked.append(request.headers.get("Accept-Encoding", ""))
         headers = {"Content-Encoding": encoding}
         return web.Response(body=b"\x00\x01", headers=headers, content_type="application/json")
 
     att = await send(fake, handle)
-    if encoding in asked[0]:  # its decoder is installed: aiohttp asks for it and decodes it
-        pytest.skip(f"aiohttp decodes {encoding} here")
     assert att.error is not None
     assert (att.error.code, att.error.retriable) == ("bad_response", False), att.error
     assert "Content-Encoding" in att.error.message
