@@ -17,7 +17,9 @@ from typing import Any
 import orjson
 
 from .jobs import count_jobs
-from .outputs import sibling
+from .merge import MERGED_SUFFIX
+from .outputs import lock_of, sibling
+from .shards import MANIFEST_SUFFIX
 from .sinks import lock_holder, meta_path_of
 
 __all__ = ["merged_lines", "run_lines"]
@@ -31,7 +33,7 @@ def run_lines(results: Path, done: int) -> list[str]:
 def merged_lines(results: Path, done: int) -> list[str] | None:
     """The same for the output of ``runner merge`` (no meta file; its marker names the
     shards merged), None when ``results`` is no merge either."""
-    marker = _read_json(results.with_name(results.name + ".merged.json"))
+    marker = _read_json(results.with_name(results.name + MERGED_SUFFIX))
     if not isinstance(marker, dict):
         return None
     merged = marker.get("merged") or []
@@ -55,7 +57,7 @@ def _input_line(results: Path, done: int) -> str:
     jobs = meta.get("jobs_file") if isinstance(meta, dict) else None
     if not isinstance(jobs, str):
         return "input: not recorded"
-    shard = _read_json(results.with_name(results.name + ".shard.json"))
+    shard = _read_json(results.with_name(results.name + MANIFEST_SUFFIX))
     if isinstance(shard, dict):  # which jobs are this shard's only a run's parse tells
         return f"input: {jobs}, shard {shard.get('shard')} of {shard.get('count')}"
     try:
@@ -67,7 +69,7 @@ def _input_line(results: Path, done: int) -> str:
 
 
 def _lock_line(results: Path) -> str:
-    lock = results.with_name(results.name + ".lock")
+    lock = lock_of(results)  # where a run takes it: beside the file a symlink names
     held = lock_holder(lock)
     if held is None:
         return "running: no (no lock)"
