@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -414,16 +414,9 @@ def _this_run(summary: dict[str, Any], parts: Sequence[Path]) -> None:
         runs.append(ps["this_run"])
     tr = this_run_of(summary)  # the same keys, summed over the workers below
     tr["wall_s"] = wall = max(float(r.get("wall_s") or 0.0) for r in runs)
-    by_error: dict[str, int] = {}
-    for key in ("ok", "failed", "skipped_resumed"):
-        tr[key] = sum(int(r.get(key) or 0) for r in runs)
-    for r in runs:
-        for err, k in (r.get("by_error") or {}).items():
-            by_error[err] = by_error.get(err, 0) + k
-    tr["by_error"] = dict(sorted(by_error.items()))
-    tr["tokens"] = {
-        k: sum(int((r.get("tokens") or {}).get(k) or 0) for r in runs) for k in summary["tokens"]
-    }
+    tr.update(_summed(runs, ("ok", "failed", "skipped_resumed")))
+    tr["by_error"] = _summed_errors(runs)
+    tr["tokens"] = _summed([r.get("tokens") or {} for r in runs], summary["tokens"])
     tr["cost"] = summed_cost(r.get("cost") for r in runs)
     summary["this_run"] = tr
     summary["jobs"]["skipped_resumed"] = tr["skipped_resumed"]
@@ -520,31 +513,45 @@ def _log_unmerged_end(config: RunConfig, code: int, summaries: list[Path], since
     invocation (a worker killed before writing its own is left out)."""
     if config.log_format != "json":
         return
-    jobs: dict[str, Any] = {"total": 0, "ok": 0, "failed": 0, "skipped_resumed": 0}
-    by_error: dict[str, int] = {}
-    tokens: dict[str, int] = {}
-    not_sent, stopped = 0, None
+    found: list[dict[str, Any]] = []
     for path in summaries:
         try:
             if path.stat().st_mtime < since:
                 continue  # an earlier invocation's
-            s = orjson.loads(path.read_bytes())
+            found.append(orjson.loads(path.read_bytes()))
         except (OSError, orjson.JSONDecodeError):
             continue
-        for key in jobs:
-            jobs[key] += int(s["jobs"].get(key) or 0)
-        for err, n in s["jobs"].get("by_error", {}).items():
-            by_error[err] = by_error.get(err, 0) + int(n)
-        for kind, n in (s.get("tokens") or {}).items():
-            tokens[kind] = tokens.get(kind, 0) + int(n or 0)
-        not_sent += int(s.get("not_sent") or 0)
-        stopped = stopped or s.get("stopped")
+    jobs = [s["jobs"] for s in found]
+    tokens = [s.get("tokens") or {} for s in found]
+    summary = {
+        "jobs": {
+            **_summed(jobs, ("total", "ok", "failed", "skipped_resumed")),
+            "by_error": _summed_errors(jobs),
+        },
+        "not_sent": sum(int(s.get("not_sent") or 0) for s in found),
+        "tokens": _summed(tokens, dict.fromkeys(k for t in tokens for k in t)),
+    }
+    stopped = next((s["stopped"] for s in found if s.get("stopped")), None)
     from .logs import EventLog
 
     log = EventLog(sys.stderr, quiet=config.quiet)
-    summary = {"jobs": {**jobs, "by_error": by_error}, "not_sent": not_sent, "tokens": tokens}
     log.run_end(code, stopped, summary, workers=config.workers)
     log.close()
+
+
+def _summed(sections: Sequence[Mapping[str, Any]], keys: Iterable[str]) -> dict[str, int]:
+    """``keys`` of the workers' summary sections (``jobs``, ``this_run``, ``tokens``), each
+    summed over them; a key a section lacks counts 0."""
+    return {k: sum(int(s.get(k) or 0) for s in sections) for k in keys}
+
+
+def _summed_errors(sections: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """The sections' ``by_error`` counts added up, by error code."""
+    by_error: dict[str, int] = {}
+    for s in sections:
+        for err, n in (s.get("by_error") or {}).items():
+            by_error[err] = by_error.get(err, 0) + int(n)
+    return dict(sorted(by_error.items()))
 
 
 def _say(config: RunConfig, said: str) -> None:
