@@ -142,7 +142,7 @@ async def test_faults_every_job_exactly_one_result_and_attempts_match(tmp_path: 
     rs = results(tmp_path / "r.jsonl")
     ids = Counter(r["custom_id"] for r in rs)
     assert len(ids) == n and set(ids.values()) == {1}
-    assert out.exit_code == 0, out.summary["jobs"]
+    assert out.exit_code == 0, (out.summary["jobs"], [r for r in rs if r.get("error")])
     recs = [orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines()]
     assert len(recs) == n
     attempts = sum(r["attempts"] for r in recs)
