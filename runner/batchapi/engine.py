@@ -264,6 +264,12 @@ class BatchRun:
             # failed, an earlier invocation's failures included.
             if code == EXIT_OK and summary["jobs"]["failed"]:
                 code = EXIT_FAILED
+        else:
+            # The invocation is the whole output: ``this_run`` is there all the same, as a
+            # direct run's always is (README, Output), so a reader finds it on the first run.
+            from ..totals import this_run_of
+
+            summary["this_run"] = this_run_of(summary)
         return RunOutcome(summary, code, stopped)
 
     def _whole_output(self, run: dict[str, Any]) -> dict[str, Any]:
