@@ -631,21 +631,25 @@ def _install_signals(engine: Engine, say: Callable[..., None] | None = None) -> 
     def on_signal(signum: int) -> None:
         nonlocal seen
         seen += 1
-        if seen == 1 and say is not None and engine.stats.in_flight:
+        if seen == 1 and say is not None:
             # The drain can take as long as the slowest reply: say why nothing seems to happen,
             # before a second Ctrl-C throws the in-flight (paid) answers away. A pod's or
-            # unit's log names the signal that came (a SIGTERM there is no Ctrl-C).
+            # unit's log names the signal that came (a SIGTERM there is no Ctrl-C). With none
+            # in flight (a run waiting on its rate limit) the stop is said all the same: a
+            # user who saw nothing pressed Ctrl-C again.
             name, n, drain_s = (
                 signal.Signals(signum).name,
                 engine.stats.in_flight,
                 engine.config.drain_s,
             )
             again = "Ctrl-C again" if signum == signal.SIGINT else f"a second {name}"
-            say(
+            said = (
                 f"stopping: waiting for {n} requests in flight (at most {drain_s:g} s) after "
-                f"{name}; {again} stops at once, re-sending them on the next run",
-                signal=name, in_flight=n, drain_s=drain_s,
-            )  # fmt: skip
+                f"{name}; {again} stops at once, re-sending them on the next run"
+                if n
+                else f"stopping after {name}: no requests in flight, writing the summary"
+            )
+            say(said, signal=name, in_flight=n, drain_s=drain_s)
         # The second signal stops at once; files stay consistent since writes are whole lines.
         engine.request_stop("signal", 128 + signum, hard=seen > 1)
 

@@ -474,6 +474,8 @@ class Observer:
         showed nothing until ``run_end``. ``fields``: ``signal``, ``in_flight``, ``drain_s``."""
         if self.log is not None:
             self.log.emit("stopping", logging.WARNING, message=message, **fields)
+        elif self.text_display:  # text without a progress display (--progress off): a line
+            print(f"runner: {message}", file=sys.stderr, flush=True)
 
     def _log_end(self, outcome: RunOutcome) -> None:
         assert self.log is not None

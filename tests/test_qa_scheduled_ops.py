@@ -1,0 +1,103 @@
+"""Left over from the "new user running scheduled jobs" pass (cron, Kubernetes, Airflow): what a
+scheduler, its alerts and the operator at the terminal see of a run that is refused, stopped or
+still going."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from helpers import mock_process, run_until_requests
+from promise_helpers import write_jobs
+
+
+def _rate_limited_run(url: str, jobs: Path, *flags: str) -> subprocess.Popen[str]:
+    """A run that sent its first request and waits a minute on its rate limit for the next."""
+    args = [str(jobs), "--provider", "openai", "--base-url", url, "--cache", "none"]
+    args += ["--rpm", "1", "--concurrency", "1", *flags]
+    proc = run_until_requests(url, args, 1, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # the mock answers in 1 ms: that reply is written
+    return proc
+
+
+def test_a_stop_signal_is_said_at_once_without_a_progress_display(tmp_path: Path) -> None:
+    # The "stopping" line was the progress display's note or the JSON log's event: with
+    # --progress off (a scheduler's log wants no progress lines) Ctrl-C said nothing until the
+    # summary, and a user who saw no reaction pressed it again.
+    jobs = write_jobs(tmp_path, 5)
+    with mock_process("--base-ms", "1") as url:
+        proc = _rate_limited_run(url, jobs, "--progress", "off")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    said = [ln for ln in err.splitlines() if ln.startswith("runner: stopping")]
+    assert len(said) == 1, err
+    assert "after SIGINT" in said[0] and "Ctrl-C again stops at once" in said[0]
+    assert err.index(said[0]) < err.index("run summary")  # when it came, not at the end
+
+
+async def test_a_stop_signal_is_said_with_no_request_in_flight() -> None:
+    # The line (or event) came only while requests were in flight: a run between requests
+    # (reading ahead, waiting on a cache probe's deadline) said nothing on Ctrl-C.
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any
+
+    from runner.api import _install_signals, _remove_signals
+
+    stops: list[tuple[str, int, bool]] = []
+    engine: Any = SimpleNamespace(
+        stats=SimpleNamespace(in_flight=0),
+        config=SimpleNamespace(drain_s=30.0),
+        request_stop=lambda why, code, hard: stops.append((why, code, hard)),
+    )
+    said: list[tuple[str, dict[str, Any]]] = []
+    _install_signals(engine, lambda message, **fields: said.append((message, fields)))
+    try:
+        signal.raise_signal(signal.SIGTERM)
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            if stops:
+                break
+    finally:
+        _remove_signals()
+    assert stops == [("signal", 128 + signal.SIGTERM, False)]
+    ((message, fields),) = said
+    assert message == "stopping after SIGTERM: no requests in flight, writing the summary"
+    assert fields == {"signal": "SIGTERM", "in_flight": 0, "drain_s": 30.0}
+
+
+def test_a_stop_is_said_as_a_line_or_an_event_and_not_under_quiet(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from runner.config import RunConfig
+    from runner.observe import Observer
+
+    for fmt, quiet in (("text", False), ("text", True), ("json", False)):
+        obs = Observer(RunConfig(log_format=fmt, quiet=quiet, progress="off"), jobs_path=None)
+        obs.stopping("stopping after SIGINT: no requests", signal="SIGINT", in_flight=0)
+        obs.close()
+        err = capsys.readouterr().err
+        if quiet:
+            assert err == ""  # -q: nothing but errors (the end's "interrupted" is one)
+        elif fmt == "text":
+            assert err == "runner: stopping after SIGINT: no requests\n"
+        else:
+            (event,) = [orjson.loads(line) for line in err.splitlines()]
+            assert event["event"] == "stopping" and event["in_flight"] == 0
+
+
+def test_quiet_still_says_nothing_but_the_interruption(tmp_path: Path) -> None:
+    # -q prints nothing but errors: no "stopping" line, only the end's "interrupted" (an exit
+    # a scheduler alerts on), as before.
+    jobs = write_jobs(tmp_path, 5)
+    with mock_process("--base-ms", "1") as url:
+        proc = _rate_limited_run(url, jobs, "-q")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopping" not in err and "interrupted" in err, err
