@@ -219,9 +219,7 @@ async def _run_direct(
             summary, whole = whole_output(outputs.latency_path, config, summary)
             # Only this invocation's caches are known: earlier ones' storage is not added.
             _add_cache_cost(summary, explicit, config)
-        _count_not_sent(
-            summary, jobs_path, config, whole_file=shard is None and outputs is not None
-        )
+        _count_not_sent(summary, jobs_path, config, shard, own_outputs=outputs is not None)
         outcome = _finish_outcome(
             outcome, summary, config, base_url=config.base_url, started_at=started_at
         )
@@ -245,7 +243,12 @@ async def _run_direct(
 
 
 def _count_not_sent(
-    summary: dict[str, Any], jobs_path: Path | None, config: RunConfig, *, whole_file: bool
+    summary: dict[str, Any],
+    jobs_path: Path | None,
+    config: RunConfig,
+    shard: ShardSpec | None,
+    *,
+    own_outputs: bool,
 ) -> None:
     """Set ``not_sent`` of a stopped run's summary: the jobs of the file left without a result.
 
@@ -253,13 +256,20 @@ def _count_not_sent(
     run of 20,000 jobs stopped after 16 said 16,376 not sent, and so did its summary file,
     ``run_end`` event and ``runner_jobs{state="pending"}``. Every job line gets exactly one
     result line, so the lines left are the file's job lines less the output's results (the
-    summary's ``jobs.total``, every job of the output after a resume). A shard's lines are
-    known only by parsing them all, so a shard keeps the engine's count of the lines it read.
+    summary's ``jobs.total``, every job of the output after a resume). A shard's lines (and
+    a ``--workers`` worker's, a shard) are known only by parsing the whole file as the run
+    does: done here, for a stopped run only, never on the way of one that finishes.
     """
-    if not summary.get("stopped") or jobs_path is None or not whole_file:
+    if not summary.get("stopped") or jobs_path is None or not own_outputs:
         return
     try:
-        lines = count_jobs(jobs_path, config.max_line_bytes)
+        if shard is None:
+            lines = count_jobs(jobs_path, config.max_line_bytes)
+        else:
+            from .shards import count_shard_jobs
+
+            contexts = contexts_for(config)
+            lines = count_shard_jobs(jobs_path, shard, contexts, config.max_line_bytes)
     except (InputError, OSError):
         return  # the file went away since: the lines read are all that is known
     left = lines - int(summary["jobs"]["total"])

@@ -35,6 +35,7 @@ __all__ = [
     "ShardPicker",
     "ShardSpec",
     "apply_shard",
+    "count_shard_jobs",
     "filter_items",
     "manifest_path",
     "parse_shard",
@@ -211,6 +212,23 @@ class ShardPicker:
         for item in items:
             if mine(item):
                 yield item
+
+
+def count_shard_jobs(
+    path: Path, spec: ShardSpec, contexts: Mapping[str, Context], max_line_bytes: int
+) -> int:
+    """The lines of ``path`` that are shard ``spec``'s, each of which gets one result line:
+    the whole file parsed as a run of that shard reads it (:class:`ShardPicker`). For a stopped
+    run's ``not_sent`` only (runner/api.py), never on the way of a run that finishes.
+
+    :raises InputError: the file cannot be opened.
+    :raises OSError: it cannot be read.
+    """
+    from .jobs import read_jobs
+
+    pick = ShardPicker(spec, contexts)
+    items = read_jobs(path, contexts=contexts, max_line_bytes=max_line_bytes, keep=pick.maybe)
+    return sum(1 for _ in pick.filter(items))
 
 
 def filter_items(items: Iterable[Job | BadLine], spec: ShardSpec) -> Iterator[Job | BadLine]:

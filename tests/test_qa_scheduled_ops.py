@@ -12,7 +12,16 @@ from pathlib import Path
 import orjson
 import pytest
 from helpers import mock_process, run_until_requests
-from promise_helpers import write_jobs
+from promise_helpers import cli_run, load, write_jobs
+
+PRICED = """progress = "off"
+[mock]
+latency = "zero"
+[prices."mock-1"]
+input = 1.0
+cached_input = 0.1
+output = 4.0
+"""
 
 
 def _rate_limited_run(url: str, jobs: Path, *flags: str) -> subprocess.Popen[str]:
@@ -101,3 +110,47 @@ def test_quiet_still_says_nothing_but_the_interruption(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "stopping" not in err and "interrupted" in err, err
+
+
+def _shard_jobs(jobs: Path, count: int) -> list[int]:
+    """How many lines of ``jobs`` each of ``count`` shards gets (runner.shards.shard_of)."""
+    from runner.jobs import read_jobs
+    from runner.shards import shard_of
+
+    per = [0] * count
+    for item in read_jobs(jobs, contexts={}):
+        per[shard_of(item, count)] += 1
+    return per
+
+
+@pytest.mark.parametrize("how", ["shard", "workers"])
+def test_a_stopped_shard_counts_every_job_of_its_own_it_did_not_send(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    # A shard's not_sent after an early stop was the engine's count of the lines it had read
+    # (its read-ahead window), not the jobs of that shard left: --shard 1/3 of 120 jobs
+    # stopped before its first request said 4 not sent, where about 40 were; the --workers
+    # run's run_end, the sum of its workers', likewise.
+    config = tmp_path / "c.toml"
+    config.write_text("read_ahead = 4\n" + PRICED)  # a window far smaller than a shard
+    jobs = write_jobs(tmp_path, 120)
+    with jobs.open("ab") as fh:
+        fh.write(b"{not json\n\n")  # a bad line gets a result (an error) in one shard
+    per = _shard_jobs(jobs, 3)
+    assert sum(per) == 121 and min(per) > 4
+    out = tmp_path / "out" / "r.jsonl"
+    flags = ["-c", str(config), "-o", str(out), "--max-cost", "0.000001"]
+    if how == "shard":
+        code, err = cli_run(capsys, "run", str(jobs), *flags, "--shard", "1/3", "-q")
+        assert code == 3, err
+        summary = load(out.with_name("r.shard-1-of-3.summary.json"))
+        assert summary["stopped"] == "max_cost" and summary["jobs"]["total"] == 0
+        assert summary["not_sent"] == per[1]
+        return
+    code, err = cli_run(capsys, "run", str(jobs), *flags, "--workers", "3", "--log-format", "json")
+    assert code == 3, err
+    for k in range(3):
+        summary = load(out.with_name(f"r.shard-{k}-of-3.summary.json"))
+        assert summary["not_sent"] == per[k], k
+    (end,) = [e for e in map(orjson.loads, err.splitlines()) if e.get("event") == "run_end"]
+    assert end["not_sent"] == 121
