@@ -590,7 +590,9 @@ def _cmd_status(ns: argparse.Namespace) -> int:
         )
         live = event_loop_run(fetch_live(ns.output, config))
     print(render_status(ns.output, live), end="")
-    return 0
+    from .runstatus import status_code
+
+    return status_code(ns.output)  # 0 done, 1 not, 3 running (README, "Commands")
 
 
 # Subcommands whose modules load only when that command runs: each brings heavy imports

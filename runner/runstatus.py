@@ -22,7 +22,7 @@ from .outputs import lock_of, sibling
 from .shards import MANIFEST_SUFFIX
 from .sinks import lock_holder, meta_path_of
 
-__all__ = ["merged_lines", "run_lines"]
+__all__ = ["merged_lines", "run_lines", "status_code"]
 
 
 def run_lines(results: Path, done: int) -> list[str]:
@@ -101,3 +101,32 @@ def _summary_line(results: Path) -> str:
         f"last summary: ended {s.get('ended_at', '?')}, exit {s.get('exit_code', '?')}{why}, "
         f"{', '.join(said)} ({path})"
     )
+
+
+#: ``runner status``'s exit codes (README, "Commands"), for a script that asks without parsing
+#: the text: 0 the last run ended with every job done; 1 it did not (failed or unsent jobs, a
+#: stop, no summary saying it ended, or a lock its dead run left); 3 a run holds the output now
+#: (or a run on another host does: it cannot be told from here). 2 is an output that is not a
+#: runner's, or a usage error, as for every command.
+STATUS_DONE, STATUS_NOT_DONE, STATUS_RUNNING = 0, 1, 3
+
+
+def status_code(results: Path) -> int:
+    """The exit code of ``runner status`` for ``results`` (:data:`STATUS_DONE` ...), from what
+    the lines above say: the lock's holder, then the last summary."""
+    held = lock_holder(lock_of(results))
+    if held is not None:
+        _, host, alive = held
+        if alive or (host and host != socket.gethostname()):
+            return STATUS_RUNNING
+        return STATUS_NOT_DONE  # killed while it held the output: it never ended
+    s = _read_json(sibling(results, "summary.json"))
+    if not isinstance(s, dict) or not isinstance(s.get("jobs"), dict):
+        return STATUS_NOT_DONE
+    # A --via batch run's summary has no exit_code: its failed jobs, and the jobs of batches
+    # left uncollected (pending_jobs: a batch lost, 404), say it instead.
+    code = s.get("exit_code", 1 if s["jobs"].get("failed") else 0)
+    batch = s.get("batch")
+    batch = batch if isinstance(batch, dict) else {}
+    done = code == 0 and not s.get("stopped") and not s.get("not_sent")
+    return STATUS_DONE if done and not batch.get("pending_jobs") else STATUS_NOT_DONE

@@ -166,7 +166,7 @@ def test_status_tells_an_operator_whether_a_run_is_going_and_how_the_last_one_en
     args = ["run", str(jobs), "-c", str(config), "-o", str(out), "--max-cost", "0.000001"]
     assert cli_run(capsys, *args, "-q")[0] == 3
     lock = tmp_path / "r.jsonl.lock"
-    text = _status(capsys, out)
+    text = _status(capsys, out, 1)  # exit 1: the last run left jobs unsent
     assert f"input: {jobs}, 15 jobs; 5 without a result" in text
     assert "running: no (no lock)" in text
     assert "exit 3 (stopped: max_cost), 10 ok, 0 failed, 5 not sent" in text
@@ -174,11 +174,12 @@ def test_status_tells_an_operator_whether_a_run_is_going_and_how_the_last_one_en
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock.write_text(f"{other.pid} {socket.gethostname()}\n")
-        assert f"running: yes, pid {other.pid} on {socket.gethostname()}" in _status(capsys, out)
+        said = _status(capsys, out, 3)  # exit 3: a run holds it
+        assert f"running: yes, pid {other.pid} on {socket.gethostname()}" in said
     finally:
         other.kill()
         other.wait()
-    assert f"{lock} was left by pid {other.pid}" in _status(capsys, out)
+    assert f"{lock} was left by pid {other.pid}" in _status(capsys, out, 1)  # it never ended
     lock.unlink()
     # A merged output: two shards, then runner merge.
     for k in (0, 1):
@@ -187,16 +188,17 @@ def test_status_tells_an_operator_whether_a_run_is_going_and_how_the_last_one_en
     merged = tmp_path / "m.jsonl"
     parts = [str(tmp_path / f"r.shard-{k}-of-2.jsonl") for k in (0, 1)]
     assert cli_run(capsys, "merge", str(merged), *parts)[0] == 0
-    text = _status(capsys, merged)
+    text = _status(capsys, merged, 0)
     assert "15 result lines" in text and "merged: shards 0, 1 of 2" in text
     assert "exit 0, 15 ok, 0 failed" in text
 
 
-def _status(capsys: pytest.CaptureFixture[str], results: Path) -> str:
+def _status(capsys: pytest.CaptureFixture[str], results: Path, code: int) -> str:
+    """``runner status``'s standard output; its exit code must be ``code``."""
     from runner import cli
 
     capsys.readouterr()
-    assert cli.main(["status", str(results)]) == 0
+    assert cli.main(["status", str(results)]) == code
     return capsys.readouterr().out
 
 

@@ -154,3 +154,44 @@ def test_a_stopped_shard_counts_every_job_of_its_own_it_did_not_send(
         assert summary["not_sent"] == per[k], k
     (end,) = [e for e in map(orjson.loads, err.splitlines()) if e.get("event") == "run_end"]
     assert end["not_sent"] == 121
+
+
+def test_status_exit_codes_say_done_not_done_running_or_not_an_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `runner status` always exited 0: a script (a cron wrapper, an Airflow sensor) had to
+    # parse its text to know whether the last run finished, failed or is still going.
+    import socket
+
+    from runner import cli
+
+    def status(results: Path) -> int:
+        capsys.readouterr()
+        return cli.main(["status", str(results)])
+
+    config = tmp_path / "c.toml"
+    config.write_text(PRICED)
+    jobs = write_jobs(tmp_path, 6)
+    out = tmp_path / "r.jsonl"
+    assert cli_run(capsys, "run", str(jobs), "-c", str(config), "-o", str(out), "-q")[0] == 0
+    assert status(out) == 0  # every job done
+    # A lock held on another host (cannot be told from here): a run may hold it.
+    lock = tmp_path / "r.jsonl.lock"
+    lock.write_text("1 some-other-host.example\n")
+    assert socket.gethostname() != "some-other-host.example"
+    assert status(out) == 3
+    lock.unlink()
+    # A line that is no job: its result is an error, the run's exit 1, and so is status's.
+    with jobs.open("ab") as fh:
+        fh.write(b"{not json\n")
+    assert cli_run(capsys, "run", str(jobs), "-c", str(config), "-o", str(out), "-q")[0] == 1
+    assert status(out) == 1
+    # No summary beside the output (removed, or a kill -9 before it was written): not known
+    # to have ended.
+    out.with_name("r.summary.json").unlink()
+    assert status(out) == 1
+    # Not a runner output, and a usage error: 2, as every command's.
+    stray = tmp_path / "stray.jsonl"
+    stray.write_text("{}\n")
+    assert status(stray) == 2
+    assert cli_run(capsys, "status")[0] == 2
