@@ -239,7 +239,9 @@ def _add_scaling_options(p: argparse.ArgumentParser) -> None:
         "server is on this machine, so that it is never queued behind its client; else 0)",
     )
     g.add_argument(
-        "--redis-url", help="share the key's rate limits through this Redis (default: none)"
+        "--redis-url",
+        help="share the key's rate limits through this Redis, redis://[user@]host:port/db; "
+        "the password from $RUNNER_REDIS_PASSWORD, out of ps (default: none)",
     )
     g.add_argument("--limit-scope", help="a name that separates budgets on one key (default: none)")
     g.add_argument(

@@ -40,6 +40,10 @@ DEFAULT_MAX_LINE_BYTES = 1 << 20
 #: The longest lease of a shared limit (runner/redis_limits.py): a process waits for the part
 #: of its lease past the 1 s burst before it sends, so ``--lease-s 20`` held a 3-job run 40 s.
 MAX_LEASE_S = 2.0
+#: The Redis password, kept out of ``redis_url`` (a flag shows in ``ps`` and /proc/PID/cmdline,
+#: a config file is read by whoever reads the repository): ``redis://[user@]host:port/db`` plus
+#: this variable, as a Kubernetes Secret sets it (README, "Scaling out").
+REDIS_PASSWORD_ENV = "RUNNER_REDIS_PASSWORD"
 DEFAULT_MAX_RESPONSE_BYTES = 16 << 20  # a response body past this fails its attempt
 DEFAULT_POLL_INTERVAL_S = 10.0
 DEFAULT_BATCH_MAX_ATTEMPTS = 3
@@ -229,6 +233,7 @@ class RunConfig(Record):
             if importlib.util.find_spec("redis") is None:
                 raise ConfigError("redis_url needs the redis package: pip install 'runner[redis]'")
             _check_redis_url(self.redis_url)
+            _check_redis_password(self.redis_url)
         if not 0 < self.lease_s <= MAX_LEASE_S:
             raise ConfigError(
                 f"lease_s must be > 0 and at most {MAX_LEASE_S:g} s, got {self.lease_s}: a "
@@ -405,6 +410,24 @@ def _check_redis_url(url: str) -> None:
             "redis_url is not a Redis URL redis-py can use: check its host, its port and its "
             "query values (db=, socket_timeout=, max_connections=, ...)"
         ) from None
+
+
+def _check_redis_password(url: str) -> None:
+    """A password in ``redis_url`` and in :data:`REDIS_PASSWORD_ENV` both: one would be used
+    without a word (the URL's, by redis-py), so neither is; neither is echoed."""
+    if not os.environ.get(REDIS_PASSWORD_ENV):
+        return
+    from redis.connection import parse_url
+
+    try:
+        in_url = parse_url(url).get("password")  # type: ignore[no-untyped-call]
+    except ValueError:  # checked by _check_redis_url before
+        return
+    if in_url:
+        raise ConfigError(
+            f"redis_url carries a password and {REDIS_PASSWORD_ENV} is set: give it once, "
+            f"in {REDIS_PASSWORD_ENV} (kept out of the command line and the config file)"
+        )
 
 
 def _check_misused_paths(c: RunConfig) -> None:

@@ -71,7 +71,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from .config import MAX_LEASE_S, RunConfig
+from .config import MAX_LEASE_S, REDIS_PASSWORD_ENV, RunConfig
 from .errors import ConfigError
 from .limits import BURST_S, RateController, TokenBucket
 from .models import Attempt, ErrorInfo
@@ -227,11 +227,15 @@ class RedisStore:
         )
         # ``url`` is a RunConfig's redis_url, checked when the config was built (a port or
         # query value redis-py cannot parse is exit 2 there, the URL never echoed). The call's
-        # own deadline (_call) bounds every read and connect.
+        # own deadline (_call) bounds every read and connect. The password may come from the
+        # environment instead (never from argv or a file; the config refused both).
+        self._password = os.environ.get(REDIS_PASSWORD_ENV) or None
+        extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=MAX_STORE_TIMEOUT_S,
             socket_connect_timeout=MAX_STORE_TIMEOUT_S,
+            **extra,
         )
         self._take = self._client.register_script(_TAKE_LUA)
         self._publish = self._client.register_script(_PUBLISH_LUA)
@@ -252,10 +256,16 @@ class RedisStore:
         except self._errors as exc:
             if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
                 self.timeout_s = min(self.timeout_s * 2.0, MAX_STORE_TIMEOUT_S)
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(self._said(exc)) from exc
         took = time.monotonic() - start
         self.timeout_s = min(max(STORE_TIMEOUT_S, 4.0 * took), MAX_STORE_TIMEOUT_S)
         return out
+
+    def _said(self, exc: BaseException) -> str:
+        """An error of the client as a message, never with the password of the environment
+        (redis-py's own say none; one that quoted it would be written to the log)."""
+        text = f"{type(exc).__name__}: {exc}"
+        return text if self._password is None else text.replace(self._password, "***")
 
     async def take(
         self, kind: str, amount: float, rate_per_min: float, *, exact: bool = False
@@ -287,7 +297,8 @@ class RedisStore:
             if isinstance(exc.__cause__, self._refused):
                 raise ConfigError(
                     f"redis_url: Redis refused runner ({exc}); check the user and password "
-                    "in redis_url and that its ACL allows EVAL/EVALSHA on runner:* keys"
+                    f"(in redis_url, or {REDIS_PASSWORD_ENV}) and that its ACL allows "
+                    "EVAL/EVALSHA on runner:* keys"
                 ) from None
 
     async def leave(self) -> None:
@@ -297,7 +308,7 @@ class RedisStore:
             async with asyncio.timeout(self.timeout_s):
                 await self._client.zrem(self._keys[1], self._proc)
         except self._errors as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(self._said(exc)) from exc
 
     async def close(self) -> None:
         with contextlib.suppress(*self._errors):
