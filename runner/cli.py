@@ -274,6 +274,19 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
+    try:
+        return _run_command(ns)
+    except RunnerError as exc:
+        # Ended by an error, not a summary (exit 2 before anything is touched, a pre-flight's
+        # 3 or 75): the metrics textfile still says so, when its path is known and valid.
+        if getattr(ns, "metrics_textfile", None) is not None or ns.config is not None:
+            from .refusal import export_refusal
+
+            export_refusal(ns, exc.exit_code)
+        raise
+
+
+def _run_command(ns: argparse.Namespace) -> int:
     from .api import run
 
     config = config_from_args(ns)

@@ -43,8 +43,10 @@ BUCKETS_S: tuple[float, ...] = (
 _BUCKETS_MS = [b * 1000.0 for b in BUCKETS_S]
 LAST_SUCCESS = "runner_last_success_timestamp_seconds"
 EXIT_CODE = "runner_exit_code"
-#: What a re-run that kept the summary of the run that did the work moves (runner/noop.py).
-END_GAUGES = frozenset({EXIT_CODE, LAST_SUCCESS})
+LAST_RUN = "runner_last_run_timestamp_seconds"
+#: What a re-run that kept the summary of the run that did the work moves (runner/noop.py),
+#: and all that a run refused with an error before its end writes (runner/refusal.py).
+END_GAUGES = frozenset({EXIT_CODE, LAST_SUCCESS, LAST_RUN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,7 @@ class Figures:
     ttft: Hist | None = None
     exit_code: int | None = None  # only at the end
     last_success: float | None = None  # only at the end of a successful run
+    last_run: float | None = None  # only at the end, whatever its exit code
 
 
 class RunMetrics:
@@ -145,9 +148,25 @@ class RunMetrics:
         kept = self._previous_figures(path) if only_end else None
         self.update(f)
         if kept is not None:
-            self._families = [m for m in kept if m.name not in END_GAUGES] + [
-                m for m in self._families if m.name in END_GAUGES
-            ]
+            self._keep(kept)
+        self._replace(path)
+
+    def write_end_gauges(self, path: Path, exit_code: int, ended: float) -> None:
+        """Write only :data:`END_GAUGES` (the exit code, this end's time, the last success
+        time kept) over the other figures of the file for this run identity, if any: a run
+        refused with an error before its end (runner/refusal.py) has no other figures."""
+        last = previous_last_success(path, self._values[0], self.labels)
+        self.update(Figures(exit_code=exit_code, last_success=last, last_run=ended))
+        self._keep(self._previous_figures(path) or [])
+        self._replace(path)
+
+    def _keep(self, kept: list[Metric]) -> None:
+        """``kept``'s families but the end gauges, and this update's end gauges alone."""
+        self._families = [m for m in kept if m.name not in END_GAUGES] + [
+            m for m in self._families if m.name in END_GAUGES
+        ]
+
+    def _replace(self, path: Path) -> None:
         data = self.exposition().encode()
         # Durable like the summary (runner.sinks.replacing), not only atomic: the next run
         # reads this file back (the last success time a failed run keeps), so a power loss
@@ -267,6 +286,10 @@ class RunMetrics:
         if f.last_success is not None:
             out.append(
                 gauge(LAST_SUCCESS, "Unix time the last successful run ended.", f.last_success)
+            )
+        if f.last_run is not None:
+            out.append(
+                gauge(LAST_RUN, "Unix time the last run ended, whatever its exit code.", f.last_run)
             )
         return out
 

@@ -555,6 +555,7 @@ class Observer:
             ttft=ttft,
             exit_code=outcome.exit_code,
             last_success=time.time() if outcome.exit_code == 0 else None,
+            last_run=time.time(),
         )
 
     def _refresh(self) -> None:

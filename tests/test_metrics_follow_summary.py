@@ -13,7 +13,11 @@ import pytest
 from metrics_helpers import Samples, samples
 from promise_helpers import cli_run, fast_config, load, write_jobs
 
-END_GAUGES = {"runner_exit_code", "runner_last_success_timestamp_seconds"}
+END_GAUGES = {
+    "runner_exit_code",
+    "runner_last_success_timestamp_seconds",
+    "runner_last_run_timestamp_seconds",
+}
 PRICES = '[prices."mock-1"]\ninput = 1.0\noutput = 4.0\n'
 
 

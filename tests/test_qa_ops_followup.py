@@ -178,8 +178,9 @@ def test_a_rerun_with_every_job_done_keeps_the_summary_and_moves_only_the_end_ga
     assert summary.read_bytes() == first_summary  # the real run's, byte for byte
     assert "nothing sent: the summary file is left as it was" in err, err
     again = samples(prom.read_text())
-    last = ("runner_last_success_timestamp_seconds", (("job_name", "runner"),))
-    assert again.pop(last) > first_prom.pop(last)  # the cron job ran and succeeded
+    for name in ("runner_last_success_timestamp_seconds", "runner_last_run_timestamp_seconds"):
+        last = (name, (("job_name", "runner"),))
+        assert again.pop(last) > first_prom.pop(last)  # the cron job ran and succeeded
     assert again == first_prom  # every other figure is the real run's (duration, histogram)
 
 
@@ -266,4 +267,5 @@ def test_a_rerun_with_nothing_to_send_pushes_only_the_end_gauges(
     assert {name for name, _ in end} == {
         "runner_exit_code",
         "runner_last_success_timestamp_seconds",
+        "runner_last_run_timestamp_seconds",
     }

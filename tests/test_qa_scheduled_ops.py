@@ -195,3 +195,116 @@ def test_status_exit_codes_say_done_not_done_running_or_not_an_output(
     stray.write_text("{}\n")
     assert status(stray) == 2
     assert cli_run(capsys, "status")[0] == 2
+
+
+def _gauges(prom: Path) -> dict[str, float]:
+    """The textfile's samples by name (one identity in these tests)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = prom.read_text()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("why", ["no_jobs_file", "bad_config", "refused_output", "no_price"])
+def test_a_run_refused_with_exit_2_still_writes_the_metrics_textfile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], why: str
+) -> None:
+    # An exit-2 run wrote no --metrics-textfile: node-exporter kept the last good run's
+    # runner_exit_code 0, and the alert on it never saw that last night's run failed.
+    config = tmp_path / "c.toml"
+    config.write_text('metrics_job = "nightly"\n' + PRICED)
+    jobs = write_jobs(tmp_path, 4)
+    out = tmp_path / "out" / "r.jsonl"
+    prom = tmp_path / "m.prom"
+    args = ["run", str(jobs), "-c", str(config), "-o", str(out), "--metrics-textfile", str(prom)]
+    assert cli_run(capsys, *args, "-q")[0] == 0
+    good = _gauges(prom)
+    assert good["runner_exit_code"] == 0 and good["runner_last_run_timestamp_seconds"] > 0
+    if why == "no_jobs_file":
+        args[1] = str(tmp_path / "missing.jsonl")
+    elif why == "bad_config":  # a key refused, after the lines naming the metrics
+        config.write_text('metrics_job = "nightly"\nconcurrency = -1\n' + PRICED)
+    elif why == "refused_output":
+        args += ["--latency", str(config)]  # an input: refused before anything is opened
+    else:
+        args += ["--max-cost", "1", "--model", "no-price-model"]  # no price: exit 2
+    before = _tree(tmp_path)
+    time.sleep(0.01)
+    code, err = cli_run(capsys, *args, "-q")
+    assert code == 2, err
+    now = _gauges(prom)
+    assert now["runner_exit_code"] == 2
+    assert now["runner_last_run_timestamp_seconds"] > good["runner_last_run_timestamp_seconds"]
+    assert (
+        now["runner_last_success_timestamp_seconds"]
+        == (good["runner_last_success_timestamp_seconds"])
+    )  # moves only on success
+    # the other figures are the last run's, as a re-run that sends nothing keeps them
+    moved = {"runner_exit_code", "runner_last_run_timestamp_seconds"}
+    assert {k: v for k, v in now.items() if k not in moved} == {
+        k: v for k, v in good.items() if k not in moved
+    }
+    # nothing else was touched: the results, latency, summary, the config and jobs
+    after = _tree(tmp_path)
+    assert {k: v for k, v in after.items() if k != "m.prom"} == {
+        k: v for k, v in before.items() if k != "m.prom"
+    }
+    assert 'job_name="nightly"' in prom.read_text()  # the identity of the config file
+
+
+def test_a_first_run_refused_writes_only_the_end_gauges(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prom = tmp_path / "m.prom"
+    code, err = cli_run(
+        capsys, "run", str(tmp_path / "missing.jsonl"), "--metrics-textfile", str(prom),
+        "--metrics-label", "team=eval",
+    )  # fmt: skip
+    assert code == 2 and "no such file" in err
+    assert _gauges(prom) == {
+        "runner_exit_code": 2,
+        "runner_last_run_timestamp_seconds": pytest.approx(time.time(), abs=60),
+    }
+    assert 'runner_exit_code{job_name="runner",team="eval"} 2.0' in prom.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.prom"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    "case", ["is_jobs", "is_results", "no_dir", "not_prometheus", "toml_broken", "workers"]
+)
+def test_a_refused_run_writes_no_textfile_whose_path_is_not_known_and_valid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    # Only a textfile whose path and identity are sure is written: never over an input,
+    # another output, a file that is no Prometheus text, nor in a directory the run would
+    # have created; not when the config naming its identity is unreadable, nor where a run
+    # would refuse it (--workers).
+    config = tmp_path / "c.toml"
+    config.write_text(PRICED)
+    jobs = write_jobs(tmp_path, 2)
+    out = tmp_path / "r.jsonl"
+    out.write_bytes(b"")  # an empty results file: Prometheus text, as far as a parser sees
+    prom = tmp_path / "m.prom"
+    args = ["run", str(jobs), "-c", str(config), "-o", str(out), "--model", "no-price-model"]
+    args += ["--max-cost", "1"]  # refused with exit 2: no price for the model
+    if case == "is_jobs":
+        prom = jobs
+    elif case == "is_results":
+        prom = out
+    elif case == "no_dir":
+        prom = tmp_path / "metrics" / "m.prom"
+    elif case == "not_prometheus":
+        prom.write_text("notes: keep these\n")
+    elif case == "toml_broken":
+        config.write_text("metrics_job = \n" + PRICED)
+    else:
+        args += ["--workers", "2"]
+    before = _tree(tmp_path)
+    code, err = cli_run(capsys, *args, "--metrics-textfile", str(prom))
+    assert code == 2, err
+    assert _tree(tmp_path) == before
+    assert not (tmp_path / "metrics").exists()
