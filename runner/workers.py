@@ -627,9 +627,22 @@ def _supervise(
 ) -> int:
     stop = {"n": 0}
     told: set[int] = set()
+    # As a plain run: no text progress under -q or among JSON events (Observer.text_display).
+    text = config.log_format == "text" and not config.quiet
 
     def forward(signum: int, _frame: object) -> None:
         stop["n"] += 1
+        if stop["n"] == 1 and text:
+            # The workers run with -q in text mode: the stop is said once, here, as a plain
+            # run says it (JSON workers log their own "stopping"). os.write: a print here could
+            # land inside the progress display's own write to stderr.
+            name = signal.Signals(signum).name
+            again = "Ctrl-C again" if signum == signal.SIGINT else f"a second {name}"
+            os.write(2, (
+                f"runner: stopping after {name}: the workers finish their requests in flight "
+                f"(at most {config.drain_s:g} s); {again} stops at once, re-sending them on "
+                "the next run\n"
+            ).encode())  # fmt: skip
         for p in procs:
             if p.poll() is None:
                 os.kill(p.pid, signum)
@@ -637,8 +650,6 @@ def _supervise(
     # a signal ignored at the start (nohup's SIGHUP) stays ignored: runner/stopsignals.py
     stops = not_ignored((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     old = {s: signal.signal(s, forward) for s in stops}
-    # As a plain run: no text progress under -q or among JSON events (Observer.text_display).
-    text = config.log_format == "text" and not config.quiet
     display = make_progress(config.progress, interval_s=config.log_interval_s) if text else None
     stats = LiveStats()
     records: list[_Records] = []

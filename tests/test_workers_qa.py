@@ -284,3 +284,30 @@ def test_the_parents_progress_shows_tokens_and_errors(
     # the parent counts worker processes, not requests: it does not call them "in flight"
     assert any("2 workers running" in x for x in lines) and not any("in flight" in x for x in lines)
     assert "0 workers running" in lines[-1], lines[-1]  # the last line: all have ended
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_stop_signal_to_workers_is_said_once(tmp_path: Path, quiet: bool) -> None:
+    # Found by the scheduled-jobs pass: with --workers, Ctrl-C printed nothing until the end
+    # (the workers run with -q in text mode); a plain run says "stopping" at once.
+    jobs, cfg = _jobs(tmp_path, 8), _config(tmp_path, base_ms=3000.0)
+    cmd = [sys.executable, "-m", "runner", "run", str(jobs), "-c", str(cfg), "--progress", "off"]
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2", *(["-q"] if quiet else [])],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        env=os.environ.copy(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "jobs.shard-1-of-2.results.jsonl").exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    said = err.decode().count("runner: stopping after SIGINT: the workers finish their requests")
+    assert said == (0 if quiet else 1), err.decode()[-2000:]
+    assert proc.returncode == 130
