@@ -200,6 +200,8 @@ class BatchAPI:
         self._password = URL(base_url).password
         self._api_key = api_key
         self._guard = KeyGuard(_secret(api_key))
+        # a gateway's basic auth in the base URL: kept out of the outputs like the key
+        self._password_guard = KeyGuard(_secret(self._password))
         self._retry_base = retry_base_s
 
     # -- requests ------------------------------------------------------------------------------
@@ -290,7 +292,7 @@ class BatchAPI:
                         return None
                     payload = await resp.read()
                     if resp.status < 300:
-                        return orjson.loads(payload)
+                        return self._keyless(payload, orjson.loads(payload))
                     try:
                         parsed: Any = orjson.loads(payload)
                     except orjson.JSONDecodeError:
@@ -325,6 +327,18 @@ class BatchAPI:
                 "the model and the request (re-sending would not help)"
             )
         raise BatchAPIError(last)
+
+    def _keyless(self, raw: bytes, doc: Any) -> Any:
+        """A 2xx control answer (a batch object, a file, a listing) with the key removed from
+        every string, field names included: its id, status, counts and errors are journaled,
+        logged and shown by ``runner status``, so an echo anywhere in it would reach an output.
+        An id that carried the key no longer names the provider's batch: it is then reported
+        missing (exit 3), never followed under the key (docs/BATCH.md)."""
+        for guard in (self._guard, self._password_guard):
+            if guard.leaks(raw, doc):
+                doc, _ = guard.scrub_body(doc)
+                raw = orjson.dumps(doc)
+        return doc
 
     def _doc(self, line: bytes) -> dict[str, Any] | None:
         """A result row's object (:func:`_row_doc`) with the key removed wherever the provider
@@ -454,8 +468,7 @@ class OpenAIBatchAPI(BatchAPI):
         status = str(doc.get("status"))
         total = int(counts.get("total") or 0)
         done = self.settled(counts)
-        errors = (doc.get("errors") or {}).get("data") or []
-        errors, _ = self._guard.scrub_body(errors)  # their messages become rows' errors
+        errors = (doc.get("errors") or {}).get("data") or []  # key-free: see _keyless
         ended_at = next(
             (
                 _num(doc.get(k))

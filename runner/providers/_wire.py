@@ -34,6 +34,7 @@ from ..config import DEFAULT_MAX_RESPONSE_BYTES
 __all__ = [
     "CUT",
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "REDACTED",
     "BodyTooLarge",
     "KeyGuard",
     "key_forms",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 _REDACTED: Final = "[redacted]"
+#: what stands where the key was (a name that carried it no longer names its resource)
+REDACTED: Final = _REDACTED
 
 
 class BodyTooLarge(Exception):

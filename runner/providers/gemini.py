@@ -41,6 +41,7 @@ from ._http import (
     status_error,
     stream_error,
 )
+from ._wire import REDACTED
 from .headers import parse_retry_after
 
 __all__ = [
@@ -379,6 +380,15 @@ class GeminiBackend(HTTPBackend):
         return body
 
     async def _call(self, method: str, url: URL, body: Any = None) -> Any:
+        """A ``cachedContents`` request's parsed 2xx answer, with the key removed from every
+        string (its name, displayName and times are journaled, printed by ``runner caches``
+        and put in errors); a failure as :class:`CacheAPIError` (key-free message)."""
+        raw, doc = await self._call_raw(method, url, body)
+        if self._guard.leaks(raw, doc):
+            doc, _ = self._guard.scrub_body(doc)
+        return doc
+
+    async def _call_raw(self, method: str, url: URL, body: Any = None) -> tuple[bytes, Any]:
         data = None if body is None else orjson.dumps(body)
         try:
             async with self._session.request(method, url, data=data) as resp:
@@ -393,11 +403,11 @@ class GeminiBackend(HTTPBackend):
         except orjson.JSONDecodeError:
             doc = scrub(_text_of(raw), self._api_key)  # cut and marked: see redact()
         if 200 <= status < 300:
-            return doc
+            return raw, doc
         info = self._scrubbed(self.classify(status, doc, headers))
         missing = status == 404 or info.code == "cache_missing"
         raise CacheAPIError(
-            f"{method} {url.path}: {info.message}",
+            scrub(f"{method} {url.path}: {info.message}", self._api_key),
             status=status,
             missing=missing,
             retriable=info.retriable and not missing,
@@ -405,17 +415,46 @@ class GeminiBackend(HTTPBackend):
         )
 
     async def create_cache(self, job: Job, *, ttl_s: float, display_name: str) -> CacheInfo:
-        doc = await self._call(
+        raw, doc = await self._call_raw(
             "POST", self._caches_url, self.cache_body(job, ttl_s=ttl_s, display_name=display_name)
         )
+        name = doc.get("name") if isinstance(doc, dict) else None
+        if isinstance(name, str) and self._guard.text(name) != name:
+            # A name that carries the key could be journaled and printed only redacted, and a
+            # redacted name no longer names the cache: deleted now, under its real name, and
+            # the group goes with full prompts (as after any failed create).
+            try:
+                await self._call_raw("DELETE", URL(f"{self._base}/{name}", encoded=True))
+                fate = "deleted"
+            except CacheAPIError:
+                fate = "its delete failed: it lives until its TTL ends"
+            raise CacheAPIError(
+                "cachedContents: the server named the new cache with the API key in it; "
+                f"not used ({fate})",
+                status=200,
+            )
+        if self._guard.leaks(raw, doc):
+            doc, _ = self._guard.scrub_body(doc)
         return _cache_info(doc, ttl_s, ("createTime", "updateTime"))
 
+    def _named(self, name: str) -> None:
+        """Refuses a name whose key was redacted from a listing: it names no cache (a DELETE
+        would answer 404, read as "already gone", while the cache lives until its TTL)."""
+        if REDACTED in name:
+            raise CacheAPIError(
+                f"{name}: the server's name for this cache carried the API key, redacted here, "
+                "so it cannot be named in a request; it lives until its TTL ends",
+                status=None,
+            )
+
     async def extend_cache(self, name: str, *, ttl_s: float) -> CacheInfo:
+        self._named(name)
         url = URL(f"{self._base}/{name}?updateMask=ttl", encoded=True)
         doc = await self._call("PATCH", url, {"ttl": f"{ttl_s:.3f}s"})
         return _cache_info(doc, ttl_s, ("updateTime",))
 
     async def delete_cache(self, name: str) -> None:
+        self._named(name)
         try:
             await self._call("DELETE", URL(f"{self._base}/{name}", encoded=True))
         except CacheAPIError as exc:
