@@ -65,6 +65,7 @@ import orjson
 from .config import RunConfig
 from .errors import DiskFull, OutputPathError, ResumeError, SinkError
 from .fingerprint import Fingerprint, fingerprint
+from .inodelock import HeldFiles
 from .models import LatencyRecord
 from .outputs import OutputPlan, lock_of, plan_outputs, run_plan, through_link
 from .results import (
@@ -164,10 +165,15 @@ def open_outputs(
     lock_path = plan.lock
     lock_fd = acquire_lock(lock_path, results)
     extra: list[tuple[Path, int]] = []
+    # flock on the files themselves (their inodes): a hard link is a second name that the
+    # name-keyed locks above miss (runner/inodelock.py). Taken before anything is touched.
+    held = HeldFiles()
     try:
         for path in (latency, plan.summary):
             lpath = lock_of(path)
             extra.append((lpath, acquire_lock(lpath, path)))
+        for path in (results, latency, plan.summary):
+            held.take(path)
         meta_path = plan.meta
         jobs_file = str(jobs_path.resolve()) if jobs_path is not None else None
         contexts = config.contexts if jobs_path is not None else None
@@ -215,6 +221,8 @@ def open_outputs(
             raise
         pend_fd = -1
         try:
+            held.take(results)  # created just now, or rewritten: held from here on
+            held.take(latency)
             if order_input:
                 pend_fd = _open_append(pending_path, truncate=False)
             if not resuming:
@@ -231,6 +239,7 @@ def open_outputs(
                 os.close(pend_fd)
             raise
     except BaseException:
+        held.close()
         for lpath, fd in reversed(extra):
             release_lock(lpath, fd)
         release_lock(lock_path, lock_fd)
@@ -244,6 +253,7 @@ def open_outputs(
         flush_every=flush_every,
         fsync=fsync,
         extra_locks=extra,
+        held=held,
     )
     outputs.pending_path = pending_path
     outputs._journal(pend_fd, len(recovered))
@@ -292,6 +302,7 @@ class Outputs:
         "_fds",
         "_flush_every",
         "_fsync",
+        "_held",
         "_holds",
         "_lat_buf",
         "_pend_buf",
@@ -318,8 +329,10 @@ class Outputs:
         flush_every: int,
         fsync: bool,
         extra_locks: list[tuple[Path, int]] | None = None,
+        held: HeldFiles | None = None,
     ) -> None:
         self._extra_locks = extra_locks or []
+        self._held = held or HeldFiles()  # the output files' own flocks (runner/inodelock.py)
         self.results_path = results_path
         self.pending_path: Path | None = None
         self.latency_path = latency_path
@@ -461,6 +474,7 @@ class Outputs:
             res_fd, lat_fd, lock_fd = self._fds
             os.close(res_fd)
             os.close(lat_fd)
+            self._held.close()
             for lpath, fd in reversed(self._extra_locks):
                 release_lock(lpath, fd)
             if self._pend_fd >= 0:

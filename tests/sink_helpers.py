@@ -30,6 +30,7 @@ def crash(out: Outputs) -> None:
         os.close(fd)
     if out._pend_fd >= 0:
         os.close(out._pend_fd)
+    out._held.close()  # the flocks on the output files themselves (runner/inodelock.py)
 
 
 @contextmanager
