@@ -28,6 +28,7 @@ from .errors import ConfigError
 
 __all__ = [
     "OutputPlan",
+    "beside",
     "check_output_file",
     "check_outputs",
     "lock_of",
@@ -71,7 +72,7 @@ class OutputPlan:
 
     @property
     def meta(self) -> Path:
-        return self.results.with_name(self.results.name + ".meta.json")
+        return beside(self.results, ".meta.json")
 
     @property
     def lock(self) -> Path:
@@ -94,16 +95,22 @@ class OutputPlan:
             ("the lock file of the results", self.lock),
             ("the lock file of the latency file", lock_of(latency)),
             ("the lock file of the summary", lock_of(summary)),
-            ("the journal of held results (--order input)", _beside(results, ".pending")),
-            ("the temporary file of the results", _beside(through_link(results), ".tmp")),
-            ("the temporary file of the latency file", _beside(through_link(latency), ".tmp")),
-            ("the temporary file of the summary", _beside(through_link(summary), ".tmp")),
-            ("the temporary file of the meta file", _beside(through_link(meta), ".tmp")),
+            ("the journal of held results (--order input)", beside(results, ".pending")),
+            ("the temporary file of the results", beside(through_link(results), ".tmp")),
+            ("the temporary file of the latency file", beside(through_link(latency), ".tmp")),
+            ("the temporary file of the summary", beside(through_link(summary), ".tmp")),
+            ("the temporary file of the meta file", beside(through_link(meta), ".tmp")),
         ]
 
 
-def _beside(path: Path, suffix: str) -> Path:
-    # not with_name: "." (an empty --latency) has no name, and is refused as a directory later
+def beside(path: Path, suffix: str) -> Path:
+    """``path`` with ``suffix`` appended to its name, in the same directory: an output's
+    sidecar (``R.meta.json``, ``R.pending``, ``X.tmp``, ``X.lock``). The one definition of
+    that naming (``sinks._sidecar`` is this function).
+
+    Not ``with_name``: ``.`` (an empty ``--latency``) has no name, and is refused as a
+    directory later; ``with_name`` raised ValueError on it before that check could run.
+    """
     return path.parent / (path.name + suffix)
 
 
@@ -119,8 +126,7 @@ def lock_of(path: Path) -> Path:
     symlink to ``-o r.jsonl``) take one lock and the second is refused; a lock beside each
     name let both append every answer to the one file, and a ``--no-resume`` truncate it
     under the other."""
-    real = Path(os.path.realpath(path))
-    return real.with_name(real.name + ".lock")
+    return beside(Path(os.path.realpath(path)), ".lock")
 
 
 def plan_outputs(config: RunConfig, jobs_path: Path | None) -> OutputPlan:

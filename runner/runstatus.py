@@ -9,6 +9,7 @@ count of result lines and "no batch journal".
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -18,11 +19,44 @@ import orjson
 
 from .jobs import count_jobs
 from .merge import MERGED_SUFFIX
-from .outputs import lock_of, sibling
+from .outputs import beside, lock_of, sibling
 from .shards import MANIFEST_SUFFIX
 from .sinks import lock_holder, meta_path_of
 
-__all__ = ["merged_lines", "run_lines", "status_code"]
+__all__ = ["merged_lines", "run_lines", "run_output", "status_code"]
+
+#: symlinks followed from the path given to ``runner status`` before giving up (a loop)
+_MAX_HOPS = 40
+
+
+def run_output(path: Path) -> Path:
+    """The results path of the run (or merge) that ``path`` names, as that run named it.
+
+    A run given ``-o LINK`` names its meta file, summary and merge marker beside ``LINK`` (and
+    its lock beside the file ``LINK`` names, :func:`~runner.outputs.lock_of`): ``LINK`` is its
+    own answer. A symlink to another run's results (``latest.jsonl -> runs/r.jsonl``) has no
+    meta file beside it: the link is followed, one hop at a time, to the first name that has
+    one, the name that run was given. ``path`` itself when no name along the way has one.
+    """
+    seen: set[Path] = set()
+    here = path
+    for _ in range(_MAX_HOPS):
+        if _described(here):
+            return here
+        if here in seen or not here.is_symlink():
+            break
+        seen.add(here)
+        try:
+            target = Path(os.readlink(here))
+        except OSError:
+            break
+        here = target if target.is_absolute() else here.parent / target
+    return path
+
+
+def _described(results: Path) -> bool:
+    """Whether a run's meta file or a merge's marker sits beside the name ``results``."""
+    return meta_path_of(results).exists() or beside(results, MERGED_SUFFIX).exists()
 
 
 def run_lines(results: Path, done: int) -> list[str]:
@@ -33,7 +67,7 @@ def run_lines(results: Path, done: int) -> list[str]:
 def merged_lines(results: Path, done: int) -> list[str] | None:
     """The same for the output of ``runner merge`` (no meta file; its marker names the
     shards merged), None when ``results`` is no merge either."""
-    marker = _read_json(results.with_name(results.name + MERGED_SUFFIX))
+    marker = _read_json(beside(results, MERGED_SUFFIX))
     if not isinstance(marker, dict):
         return None
     merged = marker.get("merged") or []
@@ -57,7 +91,7 @@ def _input_line(results: Path, done: int) -> str:
     jobs = meta.get("jobs_file") if isinstance(meta, dict) else None
     if not isinstance(jobs, str):
         return "input: not recorded"
-    shard = _read_json(results.with_name(results.name + MANIFEST_SUFFIX))
+    shard = _read_json(beside(results, MANIFEST_SUFFIX))
     if isinstance(shard, dict):  # which jobs are this shard's only a run's parse tells
         return f"input: {jobs}, shard {shard.get('shard')} of {shard.get('count')}"
     try:
@@ -113,7 +147,9 @@ STATUS_DONE, STATUS_NOT_DONE, STATUS_RUNNING = 0, 1, 3
 
 def status_code(results: Path) -> int:
     """The exit code of ``runner status`` for ``results`` (:data:`STATUS_DONE` ...), from what
-    the lines above say: the lock's holder, then the last summary."""
+    the lines above say: the lock's holder, then the last summary. A symlink to a run's
+    results is followed as the lines above follow it (:func:`run_output`)."""
+    results = run_output(results)
     held = lock_holder(lock_of(results))
     if held is not None:
         _, host, alive = held

@@ -67,7 +67,7 @@ from .errors import DiskFull, OutputPathError, ResumeError, SinkError
 from .fingerprint import Fingerprint, fingerprint
 from .inodelock import HeldFiles
 from .models import LatencyRecord
-from .outputs import OutputPlan, lock_of, plan_outputs, run_plan, through_link
+from .outputs import OutputPlan, beside, lock_of, plan_outputs, run_plan, through_link
 from .results import (
     RETRIABLE_ERROR_CODES,
     ResultLine,
@@ -661,8 +661,7 @@ def sink_error(
     return kind(message)
 
 
-def _sidecar(results: Path, suffix: str) -> Path:
-    return results.with_name(results.name + suffix)
+_sidecar = beside  # one definition of a sidecar's name (runner/outputs.py)
 
 
 def _size(path: Path) -> int:

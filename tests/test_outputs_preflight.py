@@ -263,3 +263,26 @@ async def test_two_runs_with_summary_to_stdout_share_a_directory(
     finally:
         held.close()
     assert '"jobs"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("path", "suffix", "want"),
+    [
+        ("out/r.jsonl", ".meta.json", "out/r.jsonl.meta.json"),
+        ("r.jsonl", ".tmp", "r.jsonl.tmp"),
+        ("/abs/dir/s.json", ".lock", "/abs/dir/s.json.lock"),
+        (".", ".tmp", ".tmp"),  # no name (an empty --latency): no ValueError before the checks
+    ],
+)
+def test_a_sidecar_is_named_by_one_definition(path: str, suffix: str, want: str) -> None:
+    """``outputs`` (what the checks refuse) and ``sinks`` (what a run opens, removes and
+    renames) had each their own copy of the naming, which differed on a path with no name:
+    the checks and the run could look at two different files."""
+    from runner import outputs
+
+    assert sinks._sidecar is outputs.beside
+    assert outputs.beside(Path(path), suffix) == Path(want)
+    results = Path(path)
+    if results.name:
+        plan = outputs.OutputPlan(results, Path("l.jsonl"), Path("s.json"))
+        assert plan.meta == sinks.meta_path_of(results) == Path(path + ".meta.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..jobs import count_lines
 from ..providers._http import make_session
-from ..runstatus import merged_lines, run_lines
+from ..runstatus import merged_lines, run_lines, run_output
 from ..sinks import meta_path_of, read_meta_section
 from .journal import SECTION, Chunk
 from .wire import BatchNotFound, BatchView, control_headers, open_batch_api
@@ -20,8 +21,10 @@ __all__ = ["fetch_live", "journaled_batches", "render_status"]
 def _count_lines(path: Path) -> int:
     try:
         return count_lines(path)
-    except FileNotFoundError:
-        return 0
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):  # no file (or a symlink loop): no lines
+            return 0
+        raise
 
 
 def _when(t: float | None) -> str:
@@ -34,6 +37,7 @@ def render_status(results: Path, live: dict[str, BatchView] | None = None) -> st
     :param live: the provider's current view of batches, by id (``runner status --live``);
         without it the table shows the state last journaled.
     """
+    given, results = results, run_output(results)  # a symlink to a run's results: that run's
     if not meta_path_of(results).exists():
         merged = merged_lines(results, _count_lines(results))
         if merged is not None:  # `runner merge`'s output (or --workers' merged one)
@@ -42,6 +46,8 @@ def render_status(results: Path, live: dict[str, BatchView] | None = None) -> st
     raw = read_meta_section(results, SECTION)
     done = _count_lines(results)
     lines = [f"{results}: {done:,} result lines", *run_lines(results, done)]
+    if given != results:
+        lines.insert(0, f"{given}: a symlink to {results}, the output of the run below")
     if not isinstance(raw, dict):
         lines.append("no batch journal (a direct run, or nothing submitted yet)")
         return "\n".join(lines) + "\n"
@@ -95,7 +101,7 @@ def journaled_batches(results: Path) -> list[str]:
 
 async def fetch_live(results: Path, config: RunConfig) -> dict[str, BatchView]:
     """GET each batch not yet collected (read-only requests; nothing is written)."""
-    ids = journaled_batches(results)
+    ids = journaled_batches(run_output(results))
     if not ids:
         return {}
     if not config.base_url:

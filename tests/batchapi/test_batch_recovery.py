@@ -32,7 +32,7 @@ from helpers import mock_process
 
 from runner import run
 from runner.batchapi import wire
-from runner.batchapi.status import fetch_live
+from runner.batchapi.status import fetch_live, render_status
 from runner.cli import main
 from runner.config import load_config
 from runner.jobs import contexts_for
@@ -179,6 +179,10 @@ async def test_a_journaled_batch_answering_404_is_named_and_resubmitted_only_whe
         assert summary["batch"]["pending_jobs"] == 3
     live = await fetch_live(results, cfg)  # `runner status --live` shows it, not a traceback
     assert live[first["batch_id"]].status == "not found (404)"
+    link = tmp_path / "latest.jsonl"  # a symlink to the results: the same run's journal
+    link.symlink_to(results.name)
+    assert (await fetch_live(link, cfg)).keys() == live.keys()
+    assert first["batch_id"] in render_status(link)
     outcome = await run(jobs, replace(cfg, resubmit_lost_batches=True))
     assert outcome.exit_code == 0
     assert_each_job_once(jobs)
