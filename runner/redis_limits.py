@@ -462,6 +462,17 @@ class SharedLimiter:
         self.pauses_published = 0
         self.pauses_received = 0
         self.max_procs = 1
+        self._pass_through()
+
+    def _pass_through(self) -> None:
+        """While no rate is known (none configured, none learned yet), :meth:`acquire` is the
+        local gate's own: nothing is leased, and a ``--workers`` run (shared through a limit
+        file) or a Redis one without limits pays no wrapper per request. The first limit learned
+        (:meth:`_learn`) puts the shared acquire back."""
+        if not (self._known["r"] > 0 or self._known["t"] > 0):
+            self.acquire = self.local.acquire  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("acquire", None)
 
     def expect_processes(self, n: int) -> None:
         """The number of processes to split the rate over under ``fail_open`` until the store
@@ -654,6 +665,7 @@ class SharedLimiter:
             self._published[kind] = (limit, now)
             configured = self._rate[kind]
             self._known[kind] = min(limit, configured) if configured > 0 else limit
+            self._pass_through()  # a rate is known now: acquire leases it
             # A lease taken at a higher (configured) rate is cut to the new lease size and the
             # rest handed back: the overshoot of a start at the wrong rate ends here.
             excess = self._left[kind] - self._lease_size(kind, 0.0)

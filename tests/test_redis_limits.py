@@ -283,6 +283,26 @@ async def test_a_lease_granted_at_a_lower_learned_rate_is_cut_to_that_rates_size
     await lim.aclose()
 
 
+async def test_a_limiter_with_no_rate_leases_nothing_until_it_learns_one(
+    tmp_path: Path,
+) -> None:
+    # --workers without configured limits: no lease (and no wrapper) per request until the
+    # provider's headers say a limit; from then on every process's requests are leased.
+    path = tmp_path / "l.json"
+    lim = _limiter(FileStore(path, "a"), "fail_closed", rpm=None)
+    for _ in range(3):
+        await lim.acquire(1)
+        lim.release(1, OK)
+    assert lim.report()["leases"] == 0 and lim.local.in_flight == 0
+    await lim.acquire(1)
+    lim.release(1, Attempt(status=200, rate=RateInfo(limit_requests=600)))
+    await lim.acquire(1)
+    assert lim.report()["leases"] == 1 and lim.report()["rpm"] == 600
+    assert lim._left["r"] == pytest.approx(600 / 60 * 0.25 - 1)
+    lim.release(1, OK)
+    await lim.aclose()
+
+
 async def test_token_usage_beyond_the_estimate_is_charged_with_the_next_lease(
     tmp_path: Path,
 ) -> None:
