@@ -182,7 +182,7 @@ class FlakyStore:
         await self.inner.close()
 
 
-def _limiter(store: Any, policy: str, rpm: float = 60000.0, **kw: Any) -> SharedLimiter:
+def _limiter(store: Any, policy: str, rpm: float | None = 60000.0, **kw: Any) -> SharedLimiter:
     local = RateController(concurrency=64, rpm=None, tpm=kw.pop("local_tpm", None))
     logs: list[str] = kw.pop("logs", [])
     return SharedLimiter(
