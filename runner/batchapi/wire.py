@@ -34,7 +34,7 @@ from ..models import ErrorInfo, Job, Usage
 from ..providers import anthropic as anthropic_wire
 from ..providers import openai as openai_wire
 from ..providers._http import HTTPBackend, _secret, _text_of, scrub
-from ..providers._wire import KeyGuard
+from ..providers._wire import BodyTooLarge, KeyGuard, read_capped, too_large
 from ..urls import public_url
 
 __all__ = [
@@ -58,6 +58,10 @@ RETRY_ROW_CODES: Final = frozenset(
     {"batch_expired", "batch_cancelled", "token_limit_exceeded", "batch_failed", "missing_row"}
 )
 _CONTROL_ATTEMPTS = 6
+#: What a result row may hold beyond its answer (ids, status, the envelope's fields): a row is
+#: read into memory up to the answer cap (``max_response_bytes``) plus this.
+ROW_ENVELOPE_BYTES: Final = 64 << 10
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
 #: How far before the local time of a lost create the lookup lists batches (seconds). Only a
 #: bound on the listing: a batch is matched by what the run put into it (OpenAI: its metadata;
 #: Anthropic: its rows' custom ids, which carry the chunk key), never by its time, so a local
@@ -203,6 +207,9 @@ class BatchAPI:
         # a gateway's basic auth in the base URL: kept out of the outputs like the key
         self._password_guard = KeyGuard(_secret(self._password))
         self._retry_base = retry_base_s
+        # Control answers are bounded as chat answers are (README, "Reliability"); a result
+        # row too: a row is one answer (see _download_rows for the file as a whole).
+        self._cap = backend._cap
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -263,14 +270,18 @@ class BatchAPI:
         json: Any = None,
         data: Any = None,
         sink: BinaryIO | None = None,
+        sink_limit: int | None = None,
         submit: bool = False,
         once: bool = False,
         batch: bool = False,
     ) -> Any:
         """One control request with retries for transient failures; the parsed JSON.
 
-        With ``sink`` the body is streamed into it instead (rewound for each attempt), so a
-        results file of any size is never held in memory and a cut download is retried whole.
+        Every answer is read up to ``max_response_bytes`` (an endless or enormous one fails
+        the call, not retried: a create's raises :class:`CreateUncertain`, as its batch may
+        exist). With ``sink`` the body is streamed into it instead (rewound for each attempt),
+        up to ``sink_limit`` bytes, so a results file is never held in memory and a cut
+        download is retried whole.
         With ``submit`` (an upload or create) a permanent 4xx raises :class:`BatchRejected`.
         With ``once`` (a create, which must never run twice) a transient failure is retried
         here only when the request surely made nothing (no connection, a 429); any other
@@ -286,11 +297,15 @@ class BatchAPI:
                     if resp.status < 300 and sink is not None:
                         sink.seek(0)
                         sink.truncate()
+                        size = 0
                         async for chunk in resp.content.iter_chunked(1 << 20):
+                            size += len(chunk)
+                            if sink_limit is not None and size > sink_limit:
+                                raise BodyTooLarge(_file_too_large(sink_limit))
                             sink.write(chunk)
                         sink.flush()
                         return None
-                    payload = await resp.read()
+                    payload = await read_capped(resp, self._cap)
                     if resp.status < 300:
                         return self._keyless(payload, orjson.loads(payload))
                     try:
@@ -300,6 +315,9 @@ class BatchAPI:
                     status = resp.status
                     err = self._backend.classify(status, parsed, resp.headers)
                     unsent = status == 429
+            except BodyTooLarge as exc:
+                err = ErrorInfo("response_too_large", str(exc), retriable=False)
+                unsent = False
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
                 err = ErrorInfo("connection", f"{type(exc).__name__}: {exc}", retriable=True)
                 unsent = isinstance(exc, aiohttp.ClientConnectorError)
@@ -312,6 +330,8 @@ class BatchAPI:
                 raise ResultsGone(last)
             if batch and status == 404:
                 raise BatchNotFound(last)
+            if once and err.code == "response_too_large":
+                raise CreateUncertain(f"{last}: the batch may have been created")
             if not err.retriable:
                 break
             if once and not unsent:
@@ -350,14 +370,56 @@ class BatchAPI:
             doc = cleaned if isinstance(cleaned, dict) else None
         return doc
 
-    async def _download_rows(self, url: str) -> AsyncIterator[bytes]:
-        """The non-empty lines of a JSONL download, spooled through a temporary file."""
+    async def _download_rows(self, url: str, rows: int) -> AsyncIterator[bytes | _TooLarge]:
+        """The non-empty lines of a JSONL download of at most ``rows`` rows, spooled through
+        a temporary file (disk, not memory: a results file is large by nature).
+
+        Bounds (docs/BATCH.md): the file at ``rows`` times a row's bound (when the batch's
+        counts give ``rows``), so an endless body stops (a non-retried
+        :class:`BatchAPIError`); a row in memory at its bound, the answer cap plus
+        :data:`ROW_ENVELOPE_BYTES`: a longer one comes as :class:`_TooLarge`.
+        """
+        row_cap = self._cap + ROW_ENVELOPE_BYTES
         with tempfile.TemporaryFile(dir=self.spool_dir) as fh:
-            await self._call("GET", url, sink=fh)
+            # a view without counts (rows 0) bounds no file: its rows are still bounded
+            await self._call("GET", url, sink=fh, sink_limit=rows * row_cap if rows > 0 else None)
             fh.seek(0)
-            for line in fh:
-                if line.strip():
+            while line := fh.readline(row_cap + 1):
+                if len(line) > row_cap and not line.endswith(b"\n"):
+                    while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                        pass  # the rest of the row, never held whole
+                    yield _TooLarge(line[:4096], row_cap)
+                elif line.strip():
                     yield line
+
+    def _too_large_row(self, over: _TooLarge) -> Row:
+        """A row over its bound: failed (``response_too_large``, not resubmitted: the same
+        request would get the same answer), under its custom_id when its head names one,
+        else unnamed (its job is then reported missing)."""
+        m = _CUSTOM_ID.search(over.head)
+        try:
+            cid = orjson.loads(m.group(1)) if m else ""
+        except orjson.JSONDecodeError:
+            cid = ""
+        message = too_large(over.cap).replace("response body", "result row")
+        info = ErrorInfo("response_too_large", message, retriable=False)
+        return Row(cid if isinstance(cid, str) else "", None, None, None, None, info, None)
+
+
+@dataclass(slots=True, frozen=True)
+class _TooLarge:
+    """A result row longer than its bound: its first bytes and the bound."""
+
+    head: bytes
+    cap: int
+
+
+def _file_too_large(limit: int) -> str:
+    return (
+        f"results file over {limit:,} bytes (its rows times max_response_bytes plus "
+        f"{ROW_ENVELOPE_BYTES:,}); not read further (raise max_response_bytes if such "
+        "answers are expected)"
+    )
 
 
 def _parse_iso(text: Any) -> float | None:
@@ -497,8 +559,9 @@ class OpenAIBatchAPI(BatchAPI):
                 continue
             # A file is downloaded whole before its rows are used: a download cut halfway is
             # retried instead of leaving half the rows unaccounted for.
-            async for line in self._download_rows(f"{self._base}/files/{fid}/content"):
-                yield self._row(line)
+            url = f"{self._base}/files/{fid}/content"
+            async for line in self._download_rows(url, view.total):
+                yield self._row(line) if isinstance(line, bytes) else self._too_large_row(line)
 
     def _row(self, line: bytes) -> Row:
         doc = self._doc(line)
@@ -626,8 +689,8 @@ class AnthropicBatchAPI(BatchAPI):
         if URL(url).origin() != URL(self._base).origin():
             # The key goes with this request: never to another host than the API's own.
             url = f"{self._base}/messages/batches/{view.id}/results"
-        async for line in self._download_rows(url):
-            yield self._row(line)
+        async for line in self._download_rows(url, view.total):
+            yield self._row(line) if isinstance(line, bytes) else self._too_large_row(line)
 
     def _row(self, line: bytes) -> Row:
         doc = self._doc(line)

@@ -41,7 +41,7 @@ from ._http import (
     status_error,
     stream_error,
 )
-from ._wire import REDACTED
+from ._wire import REDACTED, BodyTooLarge, read_capped
 from .headers import parse_retry_after
 
 __all__ = [
@@ -393,8 +393,15 @@ class GeminiBackend(HTTPBackend):
         try:
             async with self._session.request(method, url, data=data) as resp:
                 status = resp.status
-                raw = await resp.read()
+                # Bounded as a chat answer is (max_response_bytes): an endless or enormous
+                # answer fails this call (the group goes with full prompts, as after any
+                # failed create) instead of exhausting memory.
+                raw = await read_capped(resp, self._cap)
                 headers = resp.headers
+        except BodyTooLarge as exc:
+            raise CacheAPIError(
+                scrub(f"{method} {url.path}: {exc}", self._api_key), status=status
+            ) from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             info = self._scrubbed(error_from_exception(exc))
             raise CacheAPIError(info.message, status=None, retriable=True) from exc
