@@ -11,10 +11,18 @@ touches nothing else: not the results, not any other output.
 Only when the textfile's path itself is known and valid: the options that name it and the
 run's metric identity (``metrics_textfile``, ``metrics_job``, ``metrics_labels``) are read from
 the flags and the config file alone, so that a config refused for another key still names
-them, and they must pass the checks a run makes (labels, ``--workers``, ``--via batch``). The
-path must be no input and no other output of the run, a regular file or none in an existing
-directory, and an existing file must read as Prometheus text (a typo naming another file is
-never overwritten). Otherwise nothing is written.
+them, and they must pass the checks a run makes (labels, paths). The path must be no input and
+no other output of the run, a regular file or none in an existing directory, and an existing
+file must read as Prometheus text (a typo naming another file is never overwritten). Otherwise
+nothing is written.
+
+A ``--workers`` or ``--via batch`` run exports no metrics (the config refuses the flags with
+them: each worker would export only its shard, and the batch engine has no observer), so a
+schedule that adds either to a command with ``--metrics-textfile`` is refused, exit 2, on every
+run. That refusal writes the end gauges too (only the exit code and the times, which one
+process says for the whole run: the figures a worker could not tell are not written), under the
+same rules; its outputs include the workers' shard files, limits file and merge marker, and the
+batch journal's meta file. A worker (``--as-worker``) never writes: its parent says the run's end.
 """
 
 from __future__ import annotations
@@ -47,11 +55,23 @@ _KEYS = (
     "via",
     "dry_run",
 )
+#: Keys whose checks against the exporting flags are the refusal itself (see above): checked
+#: on their own, then left out of the config that names the textfile.
+_SCALE = ("workers", "via")
 
 
 def refusal_target(ns: argparse.Namespace) -> RunConfig | None:
     """The config of those keys for ``runner run``'s arguments ``ns``, or None when the
     textfile is not asked for or its path or identity cannot be known for sure."""
+    target = _target(ns)
+    return None if target is None else target[0]
+
+
+def _target(ns: argparse.Namespace) -> tuple[RunConfig, RunConfig] | None:
+    """(the config naming the textfile and its identity, the same keys' ``--workers`` and
+    ``--via`` checked without the exporting flags), or None as :func:`refusal_target`."""
+    if getattr(ns, "as_worker", False):
+        return None  # the parent says the run's end
     data: dict[str, Any] = {}
     if ns.config is not None:
         try:
@@ -65,24 +85,31 @@ def refusal_target(ns: argparse.Namespace) -> RunConfig | None:
 
     given = {k: v for k, v in vars(ns).items() if k in _KEYS}
     given |= {k: v for k, v in observe.overrides(ns).items() if k in _KEYS}
+    exporting = ("metrics_textfile", "metrics_job", "metrics_labels")
     try:
-        config = config_from_mapping(data, str(ns.config)).with_overrides(**given)
+        config = config_from_mapping(
+            {k: v for k, v in data.items() if k not in _SCALE}, str(ns.config)
+        ).with_overrides(**{k: v for k, v in given.items() if k not in _SCALE})
+        scale = config_from_mapping(
+            {k: v for k, v in data.items() if k not in exporting}, str(ns.config)
+        ).with_overrides(**{k: v for k, v in given.items() if k not in exporting})
     except (ConfigError, ValueError, TypeError):
         return None
     if config.metrics_textfile is None or config.dry_run:
         return None  # a dry run exports no metrics
-    return config
+    return config, scale
 
 
 def export_refusal(ns: argparse.Namespace, exit_code: int) -> None:
     """Write the end gauges of a run refused with ``exit_code`` to its metrics textfile, when
     its path is known and valid (see the module's description); otherwise nothing."""
-    config = refusal_target(ns)
-    if config is None:
+    target = _target(ns)
+    if target is None:
         return
+    config, scale = target
     path = config.metrics_textfile
     assert path is not None
-    if not _may_write(path, ns, config):
+    if not _may_write(path, ns, config, scale):
         return
     from .metrics import RunMetrics
 
@@ -99,8 +126,8 @@ def export_refusal(ns: argparse.Namespace, exit_code: int) -> None:
             print(f"runner: warning: {said}", file=sys.stderr)
 
 
-def _may_write(path: Path, ns: argparse.Namespace, config: RunConfig) -> bool:
-    from .outputs import check_outputs
+def _may_write(path: Path, ns: argparse.Namespace, config: RunConfig, scale: RunConfig) -> bool:
+    from .outputs import OutputPlan, beside, check_outputs
     from .sinks import default_paths
 
     try:
@@ -113,6 +140,17 @@ def _may_write(path: Path, ns: argparse.Namespace, config: RunConfig) -> bool:
             if spec is not None:
                 shard = apply_shard(config, ns.jobs, spec)
                 others += [p for p in (shard.output, shard.latency, shard.summary) if p]
+        if scale.via == "batch":
+            others.append(OutputPlan(results, latency, summary).meta)  # the batch journal
+        if scale.workers > 1:
+            from .merge import MERGED_SUFFIX
+            from .shards import ShardSpec, shard_path
+
+            for k in range(scale.workers):
+                spec = ShardSpec(k, scale.workers)
+                part = [shard_path(p, spec) for p in (results, latency, summary)]
+                others += [p for _, p in OutputPlan(*part).labelled()]
+            others += [beside(results, ".limits.json"), beside(results, MERGED_SUFFIX)]
         # The run's inputs and its other outputs alike: the textfile is none of them.
         named = [("the jobs file", ns.jobs), ("the contexts file", config.contexts)]
         named += [("the config file", ns.config)]

@@ -14,6 +14,8 @@ import pytest
 from helpers import mock_process, run_until_requests
 from promise_helpers import cli_run, load, write_jobs
 
+from runner.shards import ShardSpec, shard_path
+
 PRICED = """progress = "off"
 [mock]
 latency = "zero"
@@ -274,15 +276,16 @@ def test_a_first_run_refused_writes_only_the_end_gauges(
 
 
 @pytest.mark.parametrize(
-    "case", ["is_jobs", "is_results", "no_dir", "not_prometheus", "toml_broken", "workers"]
+    "case",
+    ["is_jobs", "is_results", "no_dir", "not_prometheus", "toml_broken", "worker_part", "journal"],
 )
 def test_a_refused_run_writes_no_textfile_whose_path_is_not_known_and_valid(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
 ) -> None:
     # Only a textfile whose path and identity are sure is written: never over an input,
     # another output, a file that is no Prometheus text, nor in a directory the run would
-    # have created; not when the config naming its identity is unreadable, nor where a run
-    # would refuse it (--workers).
+    # have created; not when the config naming its identity is unreadable, nor over a file a
+    # --workers run writes (a shard's results, empty here) or a --via batch run's journal.
     config = tmp_path / "c.toml"
     config.write_text(PRICED)
     jobs = write_jobs(tmp_path, 2)
@@ -301,10 +304,52 @@ def test_a_refused_run_writes_no_textfile_whose_path_is_not_known_and_valid(
         prom.write_text("notes: keep these\n")
     elif case == "toml_broken":
         config.write_text("metrics_job = \n" + PRICED)
-    else:
+    elif case == "worker_part":
         args += ["--workers", "2"]
+        prom = shard_path(out, ShardSpec(1, 2))
+        prom.write_bytes(b"")
+    else:
+        args += ["--via", "batch"]
+        prom = tmp_path / "r.jsonl.meta.json"  # where the batch journal goes
     before = _tree(tmp_path)
     code, err = cli_run(capsys, *args, "--metrics-textfile", str(prom))
     assert code == 2, err
     assert _tree(tmp_path) == before
     assert not (tmp_path / "metrics").exists()
+
+
+@pytest.mark.parametrize("flags", [("--workers", "2"), ("--via", "batch")])
+def test_a_scaled_run_refused_for_its_metrics_flag_still_writes_the_textfile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, str]
+) -> None:
+    # A --workers or --via batch run exports no metrics: the flag added to a scheduled command
+    # with --metrics-textfile is refused (exit 2) on every run, and the textfile kept the last
+    # good run's runner_exit_code 0, so the alert on it never fired.
+    config = tmp_path / "c.toml"
+    config.write_text('metrics_job = "nightly"\n' + PRICED)
+    jobs = write_jobs(tmp_path, 4)
+    prom = tmp_path / "m.prom"
+    args = ["run", str(jobs), "-c", str(config), "-o", str(tmp_path / "r.jsonl")]
+    args += ["--metrics-textfile", str(prom), "--metrics-label", "team=eval"]
+    assert cli_run(capsys, *args, "-q")[0] == 0
+    good = _gauges(prom)
+    before = _tree(tmp_path)
+    time.sleep(0.01)
+    code, err = cli_run(capsys, *args, *flags)
+    assert code == 2 and "metrics" in err, err
+    now = _gauges(prom)
+    assert now["runner_exit_code"] == 2
+    assert now["runner_last_run_timestamp_seconds"] > good["runner_last_run_timestamp_seconds"]
+    moved = {"runner_exit_code", "runner_last_run_timestamp_seconds"}
+    assert {k: v for k, v in now.items() if k not in moved} == {
+        k: v for k, v in good.items() if k not in moved
+    }
+    assert 'runner_exit_code{job_name="nightly",team="eval"} 2.0' in prom.read_text()
+    after = _tree(tmp_path)
+    assert {k: v for k, v in after.items() if k != "m.prom"} == {
+        k: v for k, v in before.items() if k != "m.prom"
+    }
+    # a worker never says the run's end: its parent does
+    prom.unlink()
+    assert cli_run(capsys, *args, "--as-worker", "--max-cost", "1", "--model", "nope")[0] == 2
+    assert not prom.exists()

@@ -401,20 +401,26 @@ def test_merge_without_a_config_keeps_the_parts_cost(tmp_path: Path) -> None:
     assert cost["uncached"] == pytest.approx(sum(c["uncached"] for c in costs))
 
 
-@pytest.mark.parametrize(
-    "flag", [["--metrics-textfile", "m.prom"], ["--pushgateway", "http://127.0.0.1:9"]]
-)
+@pytest.mark.parametrize("textfile", [True, False])
 def test_workers_refuse_metrics_exports_that_would_hold_one_shard(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], textfile: bool
 ) -> None:
     # Found by QA: with --workers 2 --metrics-textfile, the file held one worker's 204 of 306
     # jobs (each worker wrote it, the last one won).
     jobs, ctx = _write_input(tmp_path)
     args = ["run", str(jobs), "--contexts", str(ctx), "--progress", "off", "--workers", "2"]
+    prom = tmp_path / "m.prom"
+    flag = (
+        ["--metrics-textfile", str(prom)] if textfile else ["--pushgateway", "http://127.0.0.1:9"]
+    )
     before = sorted(tmp_path.iterdir())
     assert main([*args, *flag]) == 2
     assert "not with --workers" in capsys.readouterr().err
-    assert sorted(tmp_path.iterdir()) == before
+    # no worker ran; the refusal's end gauges alone (exit 2) are the textfile (runner/refusal.py)
+    assert sorted(p for p in tmp_path.iterdir() if p != prom) == before
+    if textfile:
+        assert 'runner_exit_code{job_name="runner"} 2.0' in prom.read_text()
+        assert "runner_jobs" not in prom.read_text()
 
 
 def test_merge_keeps_the_parts_explicit_cache_cost(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def test_validate_via_batch_estimates_batch_next_to_direct(
         (["--order", "input"], "order 'input' does not apply"),
         (["--max-cost", "1"], "max_cost cannot stop a provider batch"),
         (["--poll-interval", "0"], "poll_interval must be > 0"),
-        (["--metrics-textfile", "m.prom"], "--metrics-textfile: metrics are not exported"),
+        (["--metrics-textfile", "{tmp}/m.prom"], "--metrics-textfile: metrics are not exported"),
         (["--metrics-port", "0"], "--metrics-port: metrics are not exported"),
         (["--pushgateway", "http://127.0.0.1:9"], "--pushgateway: metrics are not exported"),
         (
@@ -64,9 +64,12 @@ def test_misuse_exits_2_before_anything_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
 ) -> None:
     jobs, ctx = make_inputs(tmp_path, 1, 2)
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
     assert main(["run", str(jobs), "--contexts", str(ctx), "--via", "batch", *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "jobs.results.jsonl").exists()
+    if "--metrics-textfile" in flags:  # the refusal's end gauges alone (runner/refusal.py)
+        assert 'runner_exit_code{job_name="runner"} 2.0' in (tmp_path / "m.prom").read_text()
 
 
 def test_a_bad_batch_discount_is_a_config_error(
