@@ -520,7 +520,7 @@ def merge(
     force: bool = False,
     paths: tuple[Path, Path] | None = None,
     order_by: Path | None = None,
-    finish: Callable[[dict[str, Any]], bool | None] | None = None,
+    finish: Callable[[dict[str, Any], Sequence[dict[str, Any] | None]], bool | None] | None = None,
     inputs: Sequence[Path] = (),
     distinct_ids: bool = False,
 ) -> MergeReport:
@@ -538,7 +538,9 @@ def merge(
         written in the order of its lines (each part is in that order; the parts are
         interleaved by reading each line's id), not part after part.
     :param finish: called with the merged summary just before it is written, to add to it
-        (``--workers`` adds its ``workers`` section and exit code: one write, not two); False
+        (``--workers`` adds its ``workers`` section and exit code: one write, not two), and
+        the merged parts' own summaries as this merge read them (None: unreadable), in shard
+        order, so that the caller need not read them again; False
         from it leaves the summary file as it is (a ``--workers`` re-run that sent nothing,
         :mod:`runner.noop`).
     :param inputs: more files no output may name (the config, the contexts), besides the
@@ -656,7 +658,7 @@ def merge(
             )
     except OSError as exc:  # a read's is an InputError already: a write of the merge failed
         raise _write_error(results, exc) from exc
-    if finish is None or finish(summary) is not False:
+    if finish is None or finish(summary, [p.doc() for p in loaded]) is not False:
         _atomic(
             summary_path,
             orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE),
@@ -825,7 +827,7 @@ def main(ns: argparse.Namespace) -> int:
 
     order_by = _input_order(paths)
 
-    def finish(summary: dict[str, Any]) -> None:
+    def finish(summary: dict[str, Any], _shards: Sequence[dict[str, Any] | None]) -> None:
         # The run's exit-code contract (README, exit codes): failed jobs, or shards left out
         # (--partial), exit 1; the summary records the code, as a run's does.
         shards = summary["shards"]

@@ -337,7 +337,7 @@ def _run_locked(
         return code
     cpu_parent = _cpu_self()
 
-    def finish(summary: dict[str, Any]) -> bool:
+    def finish(summary: dict[str, Any], shards: Sequence[dict[str, Any] | None]) -> bool:
         summary["workers"] = {
             "processes": n,
             "forked": all(p.forked for p in procs),
@@ -348,7 +348,7 @@ def _run_locked(
             },
         }
         summary["exit_code"] = 1 if summary["jobs"]["failed"] else code
-        _this_run(summary, parts)
+        _this_run(summary, shards)  # the shards' summaries as the merge read them
         # A re-run that sent nothing keeps the summary of the run that did the work, as a
         # plain run does (runner/noop.py); it is written when it does not describe the output.
         from .noop import keep_summary
@@ -393,25 +393,25 @@ def _run_locked(
     return code
 
 
-def _this_run(summary: dict[str, Any], parts: Sequence[Path]) -> None:
+def _this_run(summary: dict[str, Any], shards: Sequence[dict[str, Any] | None]) -> None:
     """This invocation beside the whole output's totals, as a single-process resume reports
     it (:func:`runner.totals.whole_output_summary`): ``this_run`` sums the workers' own
     ``this_run``; ``jobs.skipped_resumed``, ``wall_s`` and the per-second rates describe this
     invocation (the workers ran side by side: the longest one's wall), not the span from the
-    first run's earliest job to the last answer."""
-    from .shards import read_manifest
+    first run's earliest job to the last answer.
+
+    ``shards``: the workers' summaries as the merge read them (one read per file, not two);
+    if any is unreadable or has no ``this_run``, the summary is left as the merge made it."""
     from .stats import rates, summed_cost
     from .totals import this_run_of
 
     runs = []
-    for part in parts:
-        try:
-            ps = orjson.loads((part.parent / read_manifest(part)["summary"]).read_bytes())
-        except (OSError, ConfigError, orjson.JSONDecodeError, KeyError):
-            return
+    for ps in shards:
         if not isinstance(ps, dict) or not isinstance(ps.get("this_run"), dict):
             return
         runs.append(ps["this_run"])
+    if not runs:
+        return
     tr = this_run_of(summary)  # the same keys, summed over the workers below
     tr["wall_s"] = wall = max(float(r.get("wall_s") or 0.0) for r in runs)
     tr.update(_summed(runs, ("ok", "failed", "skipped_resumed")))
