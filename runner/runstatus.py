@@ -23,7 +23,7 @@ from .outputs import beside, lock_of, sibling
 from .shards import MANIFEST_SUFFIX
 from .sinks import lock_holder, meta_path_of
 
-__all__ = ["merged_lines", "run_lines", "run_output", "status_code"]
+__all__ = ["merged_lines", "pending_lines", "run_lines", "run_output", "status_code"]
 
 #: symlinks followed from the path given to ``runner status`` before giving up (a loop)
 _MAX_HOPS = 40
@@ -86,6 +86,30 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def pending_lines(results: Path, done: int) -> list[str] | None:
+    """The lines of an output whose run has not written its meta file or merge marker yet but
+    holds (or, killed, left) its lock: a ``--workers`` run before its merge, whose shards
+    write beside it. None when there is no lock either: not a runner output."""
+    if lock_holder(lock_of(results)) is None:
+        return None
+    return [
+        f"{results}: {done:,} result lines",
+        "input: not recorded yet (a --workers run writes its shards' outputs, merged at its end)",
+        _lock_line(results),
+        _summary_line(results),
+    ]
+
+
+def _older_than_results(results: Path, summary: Path) -> bool:
+    """Whether the results file was written after the summary beside it was: the summary is
+    of an earlier run, and the last run that wrote results wrote its own elsewhere
+    (``--summary``) or never ended. Every run writes its summary after its last result."""
+    try:
+        return results.stat().st_mtime_ns > summary.stat().st_mtime_ns
+    except OSError:
+        return False
+
+
 def _input_line(results: Path, done: int) -> str:
     meta = _read_json(meta_path_of(results))
     jobs = meta.get("jobs_file") if isinstance(meta, dict) else None
@@ -108,7 +132,7 @@ def _lock_line(results: Path) -> str:
     if held is None:
         return "running: no (no lock)"
     pid, host, alive = held
-    who = f"pid {pid}" + (f" on {host}" if host else "")
+    who = f"pid {pid if pid is not None else 'unknown'}" + (f" on {host}" if host else "")
     try:
         # UTC, as the summary's ended_at beside it
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(lock.stat().st_mtime))
@@ -126,6 +150,11 @@ def _summary_line(results: Path) -> str:
     s = _read_json(path)
     if not isinstance(s, dict) or not isinstance(s.get("jobs"), dict):
         return f"last summary: none at {path}"
+    if _older_than_results(results, path):
+        return (
+            f"last summary: none of the last run at {path}: the results were written after it "
+            "(by a run given --summary elsewhere, or one that never ended)"
+        )
     jobs = s["jobs"]
     why = f" (stopped: {s['stopped']})" if s.get("stopped") else ""
     said = [f"{jobs.get('ok', 0):,} ok", f"{jobs.get('failed', 0):,} failed"]
@@ -156,8 +185,11 @@ def status_code(results: Path) -> int:
         if alive or (host and host != socket.gethostname()):
             return STATUS_RUNNING
         return STATUS_NOT_DONE  # killed while it held the output: it never ended
-    s = _read_json(sibling(results, "summary.json"))
+    summary = sibling(results, "summary.json")
+    s = _read_json(summary)
     if not isinstance(s, dict) or not isinstance(s.get("jobs"), dict):
+        return STATUS_NOT_DONE
+    if _older_than_results(results, summary):  # another run's: the last one said nothing here
         return STATUS_NOT_DONE
     # A --via batch run's summary has no exit_code: its failed jobs, and the jobs of batches
     # left uncollected (pending_jobs: a batch lost, 404), say it instead.

@@ -53,6 +53,7 @@ import fcntl
 import io
 import os
 import socket
+import stat
 from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import pairwise
@@ -1243,7 +1244,10 @@ class _Holder:
             text = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
         except OSError:
             return cls(None, None)
-        pid = int(text[0]) if text and text[0].isdigit() else None
+        # ASCII digits only ('²'.isdigit() is true and int() refuses it) of a pid the kernel
+        # could have (os.kill overflows past a C int): garbage is no holder, never a traceback.
+        word = text[0] if text else ""
+        pid = int(word) if word.isascii() and word.isdigit() and len(word) < 10 else None
         return cls(pid, text[1] if len(text) > 1 else None)
 
     def alive_here(self) -> bool:
@@ -1266,11 +1270,14 @@ def lock_holder(lock_path: Path) -> tuple[int | None, str | None, bool] | None:
     lock file; ``alive``: the pid runs on this host (elsewhere it cannot be told). Read-only:
     the lock is never taken, so a run starting meanwhile is never refused because of it."""
     try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put at the lock's name would hang the open until a writer came
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError:  # there, but unreadable here: a holder nobody can name
+        return None, None, False
     try:
-        holder = _Holder.read(fd)
+        holder = _Holder.read(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else _Holder(None, None)
     finally:
         os.close(fd)
     return holder.pid, holder.host, holder.alive_here()
