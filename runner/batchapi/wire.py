@@ -322,7 +322,9 @@ class BatchAPI:
                 err = ErrorInfo("connection", f"{type(exc).__name__}: {exc}", retriable=True)
                 unsent = isinstance(exc, aiohttp.ClientConnectorError)
             last = scrub(f"{method} {public_url(url.split('?')[0])}: {err.message}", self._api_key)
-            if self._password:  # a gateway's basic auth in the base URL: never in a message
+            if self._password:  # a gateway's basic auth in the base URL: never in a message,
+                # in any spelling (a 401 quoting the "Authorization: Basic" it got is base64)
+                last = self._password_guard.text(last) or last
                 last = last.replace(self._password, "[redacted]")
             if err.fatal:
                 raise (QuotaError if err.code == "insufficient_quota" else AuthError)(last)
@@ -365,9 +367,11 @@ class BatchAPI:
         echoed it (text, request id, error message), as a direct run's bodies are (README,
         "Reliability"); a row without it is returned as parsed."""
         doc = _row_doc(line)
-        if doc is not None and self._guard.leaks(line, doc):
-            cleaned, _ = self._guard.scrub_body(doc)
-            doc = cleaned if isinstance(cleaned, dict) else None
+        for guard in (self._guard, self._password_guard):  # a gateway's password as the key
+            if doc is not None and guard.leaks(line, doc):
+                cleaned, raw = guard.scrub_body(doc)
+                doc = cleaned if isinstance(cleaned, dict) else None
+                line = raw or line
         return doc
 
     async def _download_rows(self, url: str, rows: int) -> AsyncIterator[bytes | _TooLarge]:
