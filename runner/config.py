@@ -412,11 +412,23 @@ def _check_redis_url(url: str) -> None:
         ) from None
 
 
+def redis_password() -> str | None:
+    """:data:`REDIS_PASSWORD_ENV` without surrounding whitespace, as the API key is read (the
+    line break a Secret made from a file ends in: sent, Redis refused it); None when unset."""
+    return os.environ.get(REDIS_PASSWORD_ENV, "").strip() or None
+
+
 def _check_redis_password(url: str) -> None:
     """A password in ``redis_url`` and in :data:`REDIS_PASSWORD_ENV` both: one would be used
     without a word (the URL's, by redis-py), so neither is; neither is echoed."""
-    if not os.environ.get(REDIS_PASSWORD_ENV):
+    password = redis_password()
+    if password is None:
         return
+    if any(c < " " or c == "\x7f" for c in password):
+        raise ConfigError(
+            f"environment variable {REDIS_PASSWORD_ENV} holds a control character (a line "
+            "break?) inside the password"
+        )
     from redis.connection import parse_url
 
     try:

@@ -71,7 +71,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from .config import MAX_LEASE_S, REDIS_PASSWORD_ENV, RunConfig
+from .config import MAX_LEASE_S, REDIS_PASSWORD_ENV, RunConfig, redis_password
 from .errors import ConfigError
 from .limits import BURST_S, RateController, TokenBucket
 from .models import Attempt, ErrorInfo
@@ -229,7 +229,7 @@ class RedisStore:
         # query value redis-py cannot parse is exit 2 there, the URL never echoed). The call's
         # own deadline (_call) bounds every read and connect. The password may come from the
         # environment instead (never from argv or a file; the config refused both).
-        self._password = os.environ.get(REDIS_PASSWORD_ENV) or None
+        self._password = redis_password()
         extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
         self._client = aioredis.Redis.from_url(
             url,
