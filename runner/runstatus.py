@@ -21,7 +21,7 @@ from .jobs import count_jobs
 from .merge import MERGED_SUFFIX
 from .outputs import beside, lock_of, sibling
 from .shards import MANIFEST_SUFFIX
-from .sinks import lock_holder, meta_path_of
+from .sinks import lock_holder, meta_path_of, read_regular
 
 __all__ = ["merged_lines", "pending_lines", "run_lines", "run_output", "status_code"]
 
@@ -81,7 +81,7 @@ def merged_lines(results: Path, done: int) -> list[str] | None:
 
 def _read_json(path: Path) -> Any:
     try:
-        return orjson.loads(path.read_bytes())
+        return orjson.loads(read_regular(path))  # a FIFO there: no JSON, no hang
     except (OSError, orjson.JSONDecodeError):
         return None
 

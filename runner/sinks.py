@@ -94,6 +94,7 @@ __all__ = [
     "meta_path_of",
     "open_outputs",
     "read_meta_section",
+    "read_regular",
     "release_lock",
     "replace_bytes",
     "replacing",
@@ -1199,11 +1200,24 @@ def meta_path_of(results: Path) -> Path:
     return _sidecar(results, ".meta.json")
 
 
+def read_regular(path: Path) -> bytes:
+    """The bytes of the regular file ``path``; OSError (EINVAL) for anything else. The open
+    never blocks: a FIFO put at a sidecar's name hung ``runner status`` until a writer came."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with open(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
 def read_meta_section(results: Path, name: str) -> Any:
     """One section of the results file's meta file (None when absent or unreadable)."""
     path = meta_path_of(results)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except FileNotFoundError:
         return None
     except OSError as exc:

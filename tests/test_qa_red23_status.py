@@ -105,3 +105,28 @@ def test_a_fifo_at_the_lock_name_does_not_hang_status(
     )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "code"), [("r.summary.json", 1), ("r.jsonl.meta.json", 1), ("r.jsonl", 2)]
+)
+def test_a_fifo_at_an_outputs_name_does_not_hang_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, code: int
+) -> None:
+    # Each was read with a blocking open: status waited for a writer, forever (a sensor that
+    # polls it hung with it). A summary or meta file that is no file says nothing (1); a
+    # results path that is none is no runner output (2).
+    jobs = write_jobs(tmp_path, 3)
+    out = tmp_path / "r.jsonl"
+    config = str(fast_config(tmp_path))
+    assert cli_run(capsys, "run", str(jobs), "-c", config, "-o", str(out), "-q")[0] == 0
+    (tmp_path / name).unlink()
+    os.mkfifo(tmp_path / name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "status", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -188,6 +188,7 @@ def test_all_names_every_public_function_and_class() -> None:
         "meta_path_of",
         "open_outputs",
         "read_meta_section",
+        "read_regular",
         "release_lock",
         "replace_bytes",
         "replacing",
