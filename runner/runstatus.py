@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .jobs import count_jobs
+from .jobs import count_jobs, count_lines
 from .merge import MERGED_SUFFIX
 from .outputs import beside, lock_of, sibling
 from .shards import MANIFEST_SUFFIX
@@ -197,4 +197,21 @@ def status_code(results: Path) -> int:
     batch = s.get("batch")
     batch = batch if isinstance(batch, dict) else {}
     done = code == 0 and not s.get("stopped") and not s.get("not_sent")
-    return STATUS_DONE if done and not batch.get("pending_jobs") else STATUS_NOT_DONE
+    if not done or batch.get("pending_jobs"):
+        return STATUS_NOT_DONE
+    # The summary is of the input as that run read it: jobs added to it since (or results
+    # lost from R) are jobs without a result, which the "input:" line counts.
+    return STATUS_NOT_DONE if _jobs_left(results) else STATUS_DONE
+
+
+def _jobs_left(results: Path) -> int:
+    """The input's jobs past the result lines of ``results`` (0 when that cannot be told: no
+    input recorded, a shard's, or one that cannot be read from here)."""
+    meta = _read_json(meta_path_of(results))
+    jobs = meta.get("jobs_file") if isinstance(meta, dict) else None
+    if not isinstance(jobs, str) or beside(results, MANIFEST_SUFFIX).exists():
+        return 0
+    try:
+        return max(0, count_jobs(Path(jobs)) - count_lines(results))
+    except (OSError, ValueError):
+        return 0

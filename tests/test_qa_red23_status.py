@@ -130,3 +130,26 @@ def test_a_fifo_at_an_outputs_name_does_not_hang_status(
     )
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_jobs_without_a_result_are_not_done_whatever_the_last_summary_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The status line said "2 without a result" and the exit code said 0, done: jobs added to
+    # the input after the last run (the next day's), or results cut from R (a `head` by hand).
+    jobs = write_jobs(tmp_path, 4)
+    config = str(fast_config(tmp_path))
+    out = tmp_path / "r.jsonl"
+    assert cli_run(capsys, "run", str(jobs), "-c", config, "-o", str(out), "-q")[0] == 0
+    assert _status(capsys, out)[0] == 0
+    whole = jobs.read_bytes()
+    jobs.write_bytes(whole + b'{"id": "later", "query": "q"}\n')
+    code, said = _status(capsys, out)
+    assert code == 1 and "1 without a result" in said, said
+    jobs.write_bytes(whole)
+    assert _status(capsys, out)[0] == 0
+    results = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(results[:-1]))
+    st = (tmp_path / "r.summary.json").stat()  # as if cut before the summary was written
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+    assert _status(capsys, out)[0] == 1
