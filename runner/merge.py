@@ -663,6 +663,12 @@ def merge(
             summary_path,
             orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE),
         )
+    else:
+        # Kept (a re-run that sent nothing), but OUT was written again above: the summary is
+        # still this output's last word, and a summary older than its results is read as an
+        # earlier run's (runner status, runner/runstatus.py).
+        with contextlib.suppress(OSError):
+            os.utime(summary_path)
     return MergeReport(
         results,
         latency,

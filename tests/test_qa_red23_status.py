@@ -153,3 +153,26 @@ def test_jobs_without_a_result_are_not_done_whatever_the_last_summary_says(
     st = (tmp_path / "r.summary.json").stat()  # as if cut before the summary was written
     os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
     assert _status(capsys, out)[0] == 1
+
+
+def test_a_workers_rerun_that_sent_nothing_is_still_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The merge of a re-run that sent nothing writes R again but keeps the summary (the one of
+    # the run that did the work): a summary older than its results must not then read as an
+    # earlier run's.
+    jobs = write_jobs(tmp_path, 6)
+    config = str(fast_config(tmp_path))
+    out = tmp_path / "r.jsonl"
+    argv = ["run", str(jobs), "-c", config, "-o", str(out), "-q", "--workers", "2"]
+    argv += ["--concurrency", "2"]
+    assert cli_run(capsys, *argv)[0] == 0
+    summary = tmp_path / "r.summary.json"
+    kept = summary.read_bytes()
+    for path in (out, summary):  # the first run ended a while ago
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10**10))
+    assert cli_run(capsys, *argv)[0] == 0
+    assert summary.read_bytes() == kept  # kept, so the check below means it
+    code, said = _status(capsys, out)
+    assert code == 0, said
