@@ -164,6 +164,24 @@ def start_redis(prefix: list[str], host: str, port: int | None = None) -> Server
     raise RuntimeError("redis-server did not answer")
 
 
+@contextmanager
+def redis_with_users(*rules: tuple[str, ...]) -> Iterator[int]:
+    """A throwaway loopback redis-server whose ACL has these ``ACL SETUSER`` rules (users with
+    passwords, commands taken away); yields its port. Skips where no redis-server is."""
+    require_redis()
+    import redis
+
+    server = start_redis([], "127.0.0.1")
+    try:
+        admin = redis.Redis(host="127.0.0.1", port=server.port)
+        for rule in rules:
+            admin.execute_command("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
+        admin.close()
+        yield server.port
+    finally:
+        server.stop()
+
+
 _PING = (
     "import socket,sys;s=socket.create_connection((sys.argv[1],int(sys.argv[2])),1);"
     "s.sendall(b'PING\\r\\n');sys.exit(0 if s.recv(7).startswith(b'+PONG') else 1)"

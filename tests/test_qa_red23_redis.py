@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scaleout import require_redis, start_redis
+from scaleout import redis_with_users
 
 from runner import run
 from runner.config import RunConfig
@@ -21,18 +21,8 @@ ENV = "RUNNER_REDIS_PASSWORD"
 
 @pytest.fixture(scope="module")
 def redis_port() -> Iterator[int]:
-    require_redis()
-    import redis
-
-    server = start_redis([], "127.0.0.1")
-    try:
-        admin = redis.Redis(host="127.0.0.1", port=server.port)
-        rule = ("runner", "on", f">{PASSWORD}", "~*", "+@all")
-        admin.execute_command("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
-        admin.close()
-        yield server.port
-    finally:
-        server.stop()
+    with redis_with_users(("runner", "on", f">{PASSWORD}", "~*", "+@all")) as port:
+        yield port
 
 
 async def test_a_line_break_around_the_password_is_not_part_of_it(

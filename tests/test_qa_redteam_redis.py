@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from scaleout import require_redis, start_redis
+from scaleout import redis_with_users
 
 from runner import run
 from runner.config import RunConfig
@@ -26,23 +26,12 @@ PASSWORD = "s3cret-redis-PW"
 
 @pytest.fixture(scope="module")
 def redis_port() -> Iterator[int]:
-    require_redis()
-    import redis
-
-    server = start_redis([], "127.0.0.1")
-    try:
-        admin = redis.Redis(host="127.0.0.1", port=server.port)
-        acl = admin.execute_command  # redis-py leaves it untyped
-        for rule in (
-            ("noeval", "on", f">{PASSWORD}", "~*", "+@all"),
-            ("noeval", "-eval", "-evalsha"),
-            ("runner", "on", f">{PASSWORD}", "~*", "+@all"),
-        ):
-            acl("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
-        admin.close()
-        yield server.port
-    finally:
-        server.stop()
+    with redis_with_users(
+        ("noeval", "on", f">{PASSWORD}", "~*", "+@all"),
+        ("noeval", "-eval", "-evalsha"),
+        ("runner", "on", f">{PASSWORD}", "~*", "+@all"),
+    ) as port:
+        yield port
 
 
 def _jobs(tmp_path: Path) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from scaleout import require_redis, start_redis
+from scaleout import redis_with_users
 
 from runner import run
 from runner.config import RunConfig
@@ -24,18 +24,8 @@ REDIS_PASSWORD_ENV = "RUNNER_REDIS_PASSWORD"  # the documented name (runner.conf
 
 @pytest.fixture(scope="module")
 def redis_port() -> Iterator[int]:
-    require_redis()
-    import redis
-
-    server = start_redis([], "127.0.0.1")
-    try:
-        admin = redis.Redis(host="127.0.0.1", port=server.port)
-        rule = ("runner", "on", f">{PASSWORD}", "~*", "+@all")
-        admin.execute_command("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
-        admin.close()
-        yield server.port
-    finally:
-        server.stop()
+    with redis_with_users(("runner", "on", f">{PASSWORD}", "~*", "+@all")) as port:
+        yield port
 
 
 def _jobs(tmp_path: Path) -> Path:
