@@ -214,6 +214,20 @@ def retry_delay(headers: Headers, *, kind: str | None, message: str) -> float | 
 WRONG_ENDPOINT: Final = frozenset({404, 405, 501})
 
 
+#: sends again of one request whose kept-alive connection closed unanswered (HTTPBackend.send)
+MAX_RESENDS: Final = 3
+
+
+def _closed_unanswered(exc: BaseException) -> bool:
+    """Whether ``exc`` says the request never left: aiohttp could not write it because the
+    connection was already closing (``Can not write request body``, from a reset or a closed
+    transport). A server that read the request and then closed or reset the connection may have
+    applied it, so that stays a failed attempt, retried (and counted) by the retry policy."""
+    return isinstance(exc, aiohttp.ClientOSError) and isinstance(
+        exc.__cause__, ConnectionResetError | BrokenPipeError
+    )
+
+
 def status_error(status: int, message: str, headers: Headers) -> ErrorInfo:
     """The classification shared by both providers for statuses without a special meaning."""
     text = http_message(status, message)
@@ -603,12 +617,15 @@ class HTTPBackend:
         cache_key: str | None,
         on_first_byte: Callable[[], None] | None = None,
         prewarm: bool = False,
+        resent: int = 0,
     ) -> Attempt:
         """Send one attempt of ``job``. Request failures come back as ``Attempt.error``.
 
         :param cache_key: the routing key for the provider's prompt cache, if any.
         :param on_first_byte: called once when a 2xx status line arrives.
         :param prewarm: write the cache without generating (Anthropic ``max_tokens: 0``).
+        :param resent: how many times this request was sent again because its kept-alive
+            connection was closed before any answer (see :func:`_closed_unanswered`).
         """
         body, stream = self.build_body(job, cache_key, prewarm=prewarm)
         data = orjson.dumps(body)
@@ -668,6 +685,19 @@ class HTTPBackend:
             latency = (perf_counter() - t0) * 1000.0
             return Attempt(status=status, error=error, latency_ms=latency, rate=rate)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if status is None and resent < MAX_RESENDS and _closed_unanswered(exc):
+                # The server closed a kept-alive connection before this request could be
+                # written on it (llama-server closes after every streamed answer, without
+                # Connection: close): never sent, so it is sent at once on another connection,
+                # not an attempt of the job (no backoff, no retry counted; RFC 9112 9.3.1).
+                # Another pooled connection may be closing too: a few times at most.
+                return await self.send(
+                    job,
+                    cache_key=cache_key,
+                    on_first_byte=on_first_byte,
+                    prewarm=prewarm,
+                    resent=resent + 1,
+                )
             return Attempt(
                 status=status,
                 error=self._scrubbed(error_from_exception(exc)),
