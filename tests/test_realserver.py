@@ -144,3 +144,30 @@ async def test_warm_learns_one_group_per_slot(tmp_path: Path, llama_url: str) ->
     assert out.summary["cache_hit_ratio"] >= 0.85, out.summary["cache_control"]
     # One request per group in flight (the tail, with slots to spare, may probe one more).
     assert out.summary["cache_control"]["group_concurrency"] <= 2
+
+
+@pytest.mark.timeout(120)
+def test_a_streamed_closed_loop_against_llama_server_loses_no_request_to_its_closes(
+    tmp_path: Path, llama_url: str
+) -> None:
+    """llama-server closes the connection after each streamed answer, unannounced: a request
+    put on that pooled connection failed at once (10-11 of these 24 before the client sent a
+    request it could not write again at once, tests/providers/test_wire_closed_keepalive.py).
+    One the server read and then dropped stays a failure here (it may have been applied), so
+    a few are allowed; 0 / 0 / 1 / 0 in four runs here."""
+    import sys
+
+    failed = []
+    for _ in range(2):
+        out = tmp_path / "b.jsonl"
+        r = subprocess.run(
+            [sys.executable, "-m", "runner", "bench", "--provider", "openai", "--base-url",
+             llama_url, "--model", "tiny", "--requests", "24", "--concurrency", "4",
+             "--stream", "--prompt-tokens", "64", "--output-tokens", "8", "--latency", str(out)],
+            capture_output=True, text=True, timeout=100,
+        )  # fmt: skip
+        assert r.returncode in (0, 1), r.stderr[-2000:]
+        recs = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+        assert len(recs) == 24
+        failed.append(sum(1 for x in recs if x["error_code"] is not None))
+    assert sum(failed) <= 4, failed
