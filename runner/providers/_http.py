@@ -228,6 +228,15 @@ def _closed_unanswered(exc: BaseException) -> bool:
     )
 
 
+def _model_ids(body: Any) -> tuple[str, ...] | None:
+    """The ids of an OpenAI-shaped ``/models`` list (``{"data": [{"id": ...}]}``), or None."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return None
+    ids = tuple(m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str))
+    return ids or None
+
+
 def status_error(status: int, message: str, headers: Headers) -> ErrorInfo:
     """The classification shared by both providers for statuses without a special meaning."""
     text = http_message(status, message)
@@ -540,6 +549,7 @@ class HTTPBackend:
         "_cap",
         "_config",
         "_guard",
+        "_listed",
         "_model",
         "_models_url",
         "_params",
@@ -572,6 +582,9 @@ class HTTPBackend:
         self._model = config.model
         self._params = config.params
         self._stream = config.stream
+        # The model ids the pre-flight's GET /models listed (None: not read), so that a 404
+        # naming an unknown model can say which ones the server has.
+        self._listed: tuple[str, ...] | None = None
         self.capabilities: Capabilities = capabilities_for(config)
         self.configure(config)
 
@@ -743,6 +756,23 @@ class HTTPBackend:
             fatal=True,
         )
 
+    def _unlisted_model(self, error: ErrorInfo, model: Any) -> ErrorInfo:
+        """A 404 for a model the server's ``/models`` did not list (vLLM's and OpenAI's answer
+        to a wrong ``--model``): say so and name the listed ones, instead of leaving the reader
+        to suspect the base URL, which the pre-flight already found answering."""
+        listed = self._listed
+        if not listed or not isinstance(model, str) or model in listed:
+            return error
+        names = ", ".join(listed[:10]) + (
+            f" (and {len(listed) - 10} more)" if len(listed) > 10 else ""
+        )
+        message = error.message.split(": this is not a chat endpoint", 1)[0]
+        text = (
+            f"{message}: the model {model!r} is not one this server lists at "
+            f"{public_url(self._models_url)} ({names}); check --model (or the jobs' model)"
+        )
+        return replace(error, message=self._guard.text(_short(text)) or "")
+
     def _redirect(self, url: URL, status: int, headers: Headers) -> tuple[URL, ErrorInfo | None]:
         """Where a redirect may be followed to, or why it is not (an error for the attempt).
 
@@ -861,6 +891,8 @@ class HTTPBackend:
         error = self._scrubbed(self.classify(status, detail, headers))
         if status in WRONG_ENDPOINT:
             error = self._endpoint_error(status, error.message)
+            if status == 404:
+                error = self._unlisted_model(error, sent.get("model"))
         elif status == 400 or status == 422:
             error = self.refused(error, raw, sent)
         return Attempt(
@@ -971,9 +1003,12 @@ class HTTPBackend:
             what = "an HTML page" if ctype == "text/html" else None
             if what is None:
                 try:
-                    orjson.loads(raw)
+                    listing = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     what = "a body that is not JSON"
+                else:
+                    if status == 200 and self.path:  # Gemini names models/..., in the URL
+                        self._listed = _model_ids(listing)
             if what is None:
                 return None
             if status == 404 and await self._chat_endpoint_answers(timeout):
