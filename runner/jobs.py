@@ -25,6 +25,7 @@ import orjson
 
 from .config import DEFAULT_MAX_LINE_BYTES, RunConfig
 from .errors import InputError
+from .fieldtypos import COMPACT_KEYS, compact_field_problem, token_param_problem
 from .idset import IdSet
 from .models import BadLine, Context, Job, Message
 
@@ -309,6 +310,10 @@ def _metadata(obj: dict[str, Any]) -> Mapping[str, Any] | None:
 def _compact_job(
     obj: dict[str, Any], custom_id: str, lineno: int, contexts: Mapping[str, Context]
 ) -> Job:
+    if not obj.keys() <= COMPACT_KEYS:  # a typo would be ignored, and the job sent without it
+        for key in obj.keys() - COMPACT_KEYS:
+            if (problem := compact_field_problem(key)) is not None:
+                raise _Bad(key, problem)
     model = _model(obj.get("model"), "model")
     params = obj.get("params")
     if params is None:
@@ -459,11 +464,17 @@ def _parts_chars(parts: list[Any], field: str) -> int:
 
 
 def _check_params(params: dict[str, Any], prefix: str) -> None:
+    budget = False
     for key in _TOKEN_PARAMS:
         v = params.get(key)
         # bool is an int subclass: `true` is not a token budget
         if v is not None and (type(v) is not int or v < 1):
             raise _Bad(f"{prefix}{key}", f"must be a positive integer, got {_show(v)}")
+        budget = budget or v is not None
+    if not budget:  # a misspelt budget (max_token) would be sent as is, the reply unbounded
+        for key in params:
+            if (problem := token_param_problem(key)) is not None:
+                raise _Bad(f"{prefix}{key}", problem)
 
 
 def _model(value: Any, field: str) -> str | None:

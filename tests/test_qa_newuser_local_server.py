@@ -7,6 +7,7 @@ point at the model the server's own ``/models`` list does not hold, not at the b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from aiohttp import web
@@ -15,6 +16,8 @@ from promise_helpers import write_jobs
 
 from runner.api import run
 from runner.config import RunConfig
+from runner.jobs import load_contexts, read_jobs
+from runner.models import BadLine, Job
 
 
 def _vllm_like(posts: list[str]) -> web.Application:
@@ -63,3 +66,46 @@ async def test_a_404_for_a_listed_model_still_points_at_the_base_url(tmp_path: P
     message, _, posts = await _guard_message(tmp_path, "served")
     assert posts == ["served"]
     assert "does it end in /v1?" in message and "not one this server lists" not in message
+
+
+def _write(path: Path, *objs: dict[str, object]) -> Path:
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+    return path
+
+
+def test_a_misspelt_field_is_a_bad_line_naming_the_field_it_resembles(tmp_path: Path) -> None:
+    """``parms`` ran the job with no max_tokens, ``cache-id`` without its context, a ``system``
+    on the job without that prompt: each a billed request other than the one meant."""
+    contexts = _write(tmp_path / "contexts.jsonl", {"cache_id": "faq", "system": "Be brief."})
+    jobs = _write(
+        tmp_path / "jobs.jsonl",
+        {"id": "a", "cache_id": "faq", "querry": "hi"},
+        {"id": "b", "cache_id": "faq", "query": "hi", "parms": {"max_tokens": 4}},
+        {"id": "c", "cache-id": "faq", "query": "hi"},
+        {"id": "d", "system": "Be brief.", "query": "hi"},
+        {"id": "e", "query": "hi", "params": {"max_token": 4}},
+        {
+            "custom_id": "f",
+            "body": {"messages": [{"role": "user", "content": "hi"}], "max_token": 4},
+        },
+        # extra fields that resemble nothing still pass, as before (an eval set's answer key)
+        {"id": "g", "cache_id": "faq", "query": "hi", "expected": "yes", "label": 1},
+        {"id": "h", "query": "hi", "params": {"temperature": 0, "max_new_tokens": 4}},
+    )
+    items = list(read_jobs(jobs, contexts=load_contexts(contexts)))
+    problems = {i: str(item.message) for i, item in enumerate(items) if isinstance(item, BadLine)}
+    assert "jobs.jsonl:1: querry: unknown field, did you mean query?" in problems[0]
+    assert "jobs.jsonl:2: parms: unknown field, did you mean params?" in problems[1]
+    assert "jobs.jsonl:3: cache-id: unknown field, did you mean cache_id?" in problems[2]
+    assert "jobs.jsonl:4: system: not a field of the compact shape" in problems[3]
+    assert "contexts file" in problems[3]
+    assert (
+        "jobs.jsonl:5: params.max_token: unknown parameter, did you mean max_tokens?"
+        in (problems[4])
+    )
+    assert (
+        "jobs.jsonl:6: body.max_token: unknown parameter, did you mean max_tokens?" in (problems[5])
+    )
+    assert sorted(problems) == [0, 1, 2, 3, 4, 5]
+    good = [item for item in items if isinstance(item, Job)]
+    assert [job.custom_id for job in good] == ["g", "h"]
