@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import loading
 from ._records import Record
 from .config import RunConfig
 from .errors import (
@@ -169,7 +170,7 @@ async def _run_direct(
             open_backend(config, base_url=base_url, api_key=api_key)
         )
         if config.base_url:
-            await _preflight(backend, base_url)
+            await _preflight(backend, base_url, config)
         outputs = None
         fresh_state = False  # write S.state for the merge (runner/partstate.py)
         if sink is None:
@@ -423,11 +424,28 @@ def _add_cache_cost(
 PROBE_RETRY_DELAYS_S = (0.5, 1.5)  # an unreachable provider gets two more tries, then exit 75
 
 
-async def _preflight(backend: HTTPBackend, base_url: str) -> None:
+async def _preflight(backend: HTTPBackend, base_url: str, config: RunConfig) -> None:
     """Probe the provider: a bad key stops the run (exit 3), a wrong URL is a config error
-    (exit 2), and a provider still unreachable after retries is transient (exit 75)."""
+    (exit 2), and a provider still unreachable after retries is transient (exit 75); one that
+    answers 503 (loading its model) is waited for (runner/loading.py)."""
     tries = 0
+    loading_since: float | None = None
     while (problem := await backend.probe()) is not None:
+        if problem.code == loading.LOADING_CODE:
+            now = time.monotonic()
+            if loading_since is None:
+                loading_since = now
+                loading.say_waiting(
+                    config, public_url(base_url), problem.message, loading.LOADING_WAIT_S
+                )
+            elif now - loading_since >= loading.LOADING_WAIT_S:
+                raise Unavailable(
+                    f"pre-flight check of {public_url(base_url)} failed: still not ready after "
+                    f"{now - loading_since:.0f} s ({problem.message}); run again later"
+                )
+            await asyncio.sleep(loading.poll_delay(tries))
+            tries += 1
+            continue
         if problem.code not in TRANSIENT_ERROR_CODES or tries == len(PROBE_RETRY_DELAYS_S):
             break
         await asyncio.sleep(PROBE_RETRY_DELAYS_S[tries])

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from helpers import serve_app
 from promise_helpers import write_jobs
 
+from runner import loading
 from runner.api import run
 from runner.config import RunConfig
+from runner.errors import Unavailable
 from runner.jobs import load_contexts, read_jobs
 from runner.models import BadLine, Job
 
@@ -109,3 +112,72 @@ def test_a_misspelt_field_is_a_bad_line_naming_the_field_it_resembles(tmp_path: 
     assert sorted(problems) == [0, 1, 2, 3, 4, 5]
     good = [item for item in items if isinstance(item, Job)]
     assert [job.custom_id for job in good] == ["g", "h"]
+
+
+def _loading_server(ready_after: int, gets: list[int], posts: list[int]) -> web.Application:
+    """llama-server while it loads its model: 503 "Loading model" on every path for the first
+    ``ready_after`` GETs of /models, then a working chat endpoint."""
+
+    def loading() -> web.Response:
+        error = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+        return web.json_response(error, status=503)
+
+    async def models(_: web.Request) -> web.Response:
+        gets.append(1)
+        if len(gets) <= ready_after:
+            return loading()
+        return web.json_response({"object": "list", "data": [{"id": "tiny"}]})
+
+    async def chat(_: web.Request) -> web.Response:
+        posts.append(1)
+        if len(gets) <= ready_after:
+            return loading()
+        answer = {"role": "assistant", "content": "ok"}
+        return web.json_response(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "model": "tiny",
+                "choices": [{"index": 0, "message": answer, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+async def test_a_server_still_loading_its_model_is_waited_for_before_any_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every job used to go into the 503s, be retried to the end and fail: exit 1, 40 failed."""
+    monkeypatch.setattr(loading, "LOADING_POLL_S", (0.05,))
+    gets: list[int] = []
+    posts: list[int] = []
+    async with serve_app(_loading_server(4, gets, posts)) as url:
+        jobs = write_jobs(tmp_path, 20)
+        config = RunConfig(provider="openai", base_url=url, model="tiny", progress="off")
+        outcome = await run(jobs, config)
+    assert outcome.exit_code == 0 and outcome.summary["jobs"]["ok"] == 20
+    assert len(gets) == 5 and len(posts) == 20  # no job sent while it loaded
+    err = capsys.readouterr().err
+    assert err.count("is not ready (HTTP 503: Loading model") == 1, err
+    assert "waiting for it up to 300 s" in err
+
+
+async def test_a_server_that_never_finishes_loading_is_the_transient_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loading, "LOADING_POLL_S", (0.05,))
+    monkeypatch.setattr(loading, "LOADING_WAIT_S", 0.3)
+    gets: list[int] = []
+    posts: list[int] = []
+    async with serve_app(_loading_server(10**6, gets, posts)) as url:
+        jobs = write_jobs(tmp_path, 20)
+        config = RunConfig(provider="openai", base_url=url, model="tiny", progress="off")
+        with pytest.raises(Unavailable, match=r"still not ready after 0 s \(HTTP 503: Loading"):
+            await run(jobs, config)
+    assert posts == [] and len(gets) >= 3
+    assert not (tmp_path / "jobs.results.jsonl").exists()

@@ -28,6 +28,7 @@ from yarl import URL
 
 from .._aiohttp import aiohttp
 from ..config import RunConfig
+from ..loading import LOADING_CODE
 from ..models import Attempt, ErrorInfo, Job, RateInfo, Usage
 from ..urls import public_url
 from ._wire import CUT, BodyTooLarge, KeyGuard, key_forms, read_capped, redact, too_large
@@ -226,6 +227,13 @@ def _closed_unanswered(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientOSError) and isinstance(
         exc.__cause__, ConnectionResetError | BrokenPipeError
     )
+
+
+def _probe_body(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _text_of(raw)
 
 
 def _model_ids(body: Any) -> tuple[str, ...] | None:
@@ -998,6 +1006,9 @@ class HTTPBackend:
             if moved is not None:
                 return moved
         if status not in (401, 403):
+            if status == 503:  # a server loading its model (llama-server): wait for it
+                said = self._scrubbed(self.classify(status, _probe_body(raw), headers)).message
+                return ErrorInfo(LOADING_CODE, said, retriable=True)
             if status == 429 or (status >= 500 and status != 501):
                 return None  # transient: says nothing about the URL
             what = "an HTML page" if ctype == "text/html" else None

@@ -1,0 +1,40 @@
+"""A server still loading its model at the pre-flight check: wait for it, saying so.
+
+llama.cpp's ``llama-server`` (and other self-hosted servers) listen at once and answer every
+request with ``503 Loading model`` until the weights are in memory, which for a large model
+takes minutes. A run started beside such a server sent every job into those 503s: each was
+retried to the end of its budget and failed (``http_5xx``), exit 1, and ``--retry-failed`` was
+needed to send them again. The pre-flight probe now treats a 503 from ``GET /models`` as "not
+ready yet": the run says once on stderr that it waits, probes again every few seconds, and
+starts when the server answers; a server still answering 503 after :data:`LOADING_WAIT_S` is
+the transient stop (exit 75, nothing sent, nothing written), as an unreachable one is.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Final
+
+from .config import RunConfig
+
+LOADING_CODE: Final = "server_loading"  # the probe's ErrorInfo.code for a 503
+LOADING_WAIT_S: Final = 300.0  # README, "Exit codes" (75)
+LOADING_POLL_S: Final = (0.5, 1.0, 2.0, 5.0)  # then every 5 s
+
+
+def poll_delay(tries: int) -> float:
+    return LOADING_POLL_S[min(tries, len(LOADING_POLL_S) - 1)]
+
+
+def say_waiting(config: RunConfig, url: str, message: str, wait_s: float) -> None:
+    """One line on stderr (a warning event under ``--log-format json``; nothing under -q)."""
+    said = (
+        f"{url} is not ready ({message}; a server still loading its model says so): waiting "
+        f"for it up to {wait_s:.0f} s before sending anything (Ctrl-C stops)"
+    )
+    if config.log_format == "json":
+        from .logs import note_line
+
+        note_line(said, quiet=config.quiet)
+    elif not config.quiet:
+        print(f"runner: {said}", file=sys.stderr, flush=True)
