@@ -428,7 +428,7 @@ async def _preflight(backend: HTTPBackend, base_url: str, config: RunConfig) -> 
     """Probe the provider: a bad key stops the run (exit 3), a wrong URL is a config error
     (exit 2), and a provider still unreachable after retries is transient (exit 75); one that
     answers 503 (loading its model) is waited for (runner/loading.py)."""
-    tries = 0
+    tries = polls = 0
     loading_since: float | None = None
     while (problem := await backend.probe()) is not None:
         if problem.code == loading.LOADING_CODE:
@@ -443,8 +443,8 @@ async def _preflight(backend: HTTPBackend, base_url: str, config: RunConfig) -> 
                     f"pre-flight check of {public_url(base_url)} failed: still not ready after "
                     f"{now - loading_since:.0f} s ({problem.message}); run again later"
                 )
-            await asyncio.sleep(loading.poll_delay(tries))
-            tries += 1
+            await asyncio.sleep(loading.poll_delay(polls))
+            polls += 1
             continue
         if problem.code not in TRANSIENT_ERROR_CODES or tries == len(PROBE_RETRY_DELAYS_S):
             break
@@ -456,7 +456,8 @@ async def _preflight(backend: HTTPBackend, base_url: str, config: RunConfig) -> 
     if problem.code in TRANSIENT_ERROR_CODES:
         raise Unavailable(
             f"pre-flight check of {base_url} failed: the provider is unreachable after "
-            f"{tries + 1} attempts ({problem.message}); run again later"
+            f"{tries + 1} attempts ({problem.message}){loading.local_hint(base_url)}; run again "
+            "later"
         )
     if problem.fatal:
         raise AuthError(f"pre-flight check of {base_url} failed: {problem.message}")

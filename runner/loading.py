@@ -15,6 +15,8 @@ from __future__ import annotations
 import sys
 from typing import Final
 
+from yarl import URL
+
 from .config import RunConfig
 
 LOADING_CODE: Final = "server_loading"  # the probe's ErrorInfo.code for a 503
@@ -38,3 +40,21 @@ def say_waiting(config: RunConfig, url: str, message: str, wait_s: float) -> Non
         note_line(said, quiet=config.quiet)
     elif not config.quiet:
         print(f"runner: {said}", file=sys.stderr, flush=True)
+
+
+def local_hint(base_url: str) -> str:
+    """For an unreachable server on this machine, the likelier cause than an outage: it is
+    not started (yet), or the port is not its port (vLLM listens only once its model is
+    loaded). Empty for a remote server."""
+    try:
+        url = URL(base_url)
+    except ValueError:
+        return ""
+    host = (url.host or "").strip("[]")
+    if host != "localhost" and host != "::1" and not host.startswith("127."):
+        return ""
+    return (
+        f"; nothing answers at {host}:{url.port} on this machine: is the server started, and "
+        "is that its port? (a server that listens only once its model is loaded, as vLLM, "
+        "needs the time to load it)"
+    )

@@ -8,6 +8,7 @@ point at the model the server's own ``/models`` list does not hold, not at the b
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,20 @@ async def test_a_server_that_never_finishes_loading_is_the_transient_stop(
             await run(jobs, config)
     assert posts == [] and len(gets) >= 3
     assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+async def test_nothing_listening_on_a_local_port_asks_whether_the_server_is_started(
+    tmp_path: Path,
+) -> None:
+    """A wrong port read "the provider is unreachable ...; run again later", as for an outage."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    jobs = write_jobs(tmp_path, 3)
+    config = RunConfig(provider="openai", base_url=f"http://127.0.0.1:{port}/v1", model="tiny")
+    with pytest.raises(Unavailable) as caught:
+        await run(jobs, config)
+    said = str(caught.value)
+    assert f"nothing answers at 127.0.0.1:{port} on this machine" in said, said
+    assert "is the server started, and is that its port?" in said
+    assert loading.local_hint("https://api.openai.com/v1") == ""
