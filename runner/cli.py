@@ -311,6 +311,12 @@ def _run_command(ns: argparse.Namespace) -> int:
         def on_start() -> None:
             _note(config, _no_provider_note(config))
 
+    elif config.provider == "mock" and config.base_url and not _provider_named(ns):
+        # --base-url alone talked to llama-server as to a `runner mock` process, sending
+        # model "mock-1" and recording provider "mock" in the summary, without a word.
+        def on_start() -> None:
+            _note(config, _unnamed_provider_note(config))
+
     try:
         outcome: RunOutcome = event_loop_run(
             run(ns.jobs, config, handle_signals=True, config_path=ns.config, on_start=on_start)
@@ -484,6 +490,15 @@ def _validate(jobs: Path, config: RunConfig) -> int:
 
         print(render_batch_estimate(report, config), end="")
     return 0 if not report.bad_lines else 1
+
+
+def _unnamed_provider_note(config: RunConfig) -> str:
+    """Said when a base URL is given but no provider: it is taken for a `runner mock`."""
+    said = (
+        f"--base-url without --provider: the server is taken for a `runner mock` process "
+        f'(provider "mock" in the summary), sent model {config.model!r}'
+    )
+    return f"{said}; for a real server (llama-server, vLLM, OpenAI) say --provider openai"
 
 
 def _provider_named(ns: argparse.Namespace) -> bool:

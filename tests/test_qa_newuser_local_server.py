@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from helpers import serve_app
-from promise_helpers import write_jobs
+from helpers import mock_process, serve_app
+from promise_helpers import cli_run, write_jobs
 
 from runner import loading
 from runner.api import run
@@ -199,3 +199,19 @@ async def test_nothing_listening_on_a_local_port_asks_whether_the_server_is_star
     assert f"nothing answers at 127.0.0.1:{port} on this machine" in said, said
     assert "is the server started, and is that its port?" in said
     assert loading.local_hint("https://api.openai.com/v1") == ""
+
+
+def test_a_base_url_without_a_provider_says_it_is_taken_for_the_mock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--base-url`` pointed at llama-server, without ``--provider``, sent model "mock-1" and
+    recorded provider "mock" in the summary, and said nothing."""
+    jobs = write_jobs(tmp_path, 3)
+    with mock_process("--latency", "zero") as url:
+        code, err = cli_run(capsys, "run", str(jobs), "--base-url", url, "--progress", "off")
+        assert code == 0, err
+        assert "--base-url without --provider: the server is taken for a `runner mock`" in err
+        assert "sent model 'mock-1'" in err and "say --provider openai" in err
+        named = ("--provider", "mock", "--no-resume")
+        code, err = cli_run(capsys, "run", str(jobs), "--base-url", url, *named)
+        assert code == 0 and "without --provider" not in err, err
