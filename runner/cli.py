@@ -311,7 +311,7 @@ def _run_command(ns: argparse.Namespace) -> int:
         def on_start() -> None:
             _note(config, _no_provider_note(config))
 
-    elif config.provider == "mock" and config.base_url and not _provider_named(ns):
+    elif not needs_base_url(config.provider) and config.base_url and not _provider_named(ns):
         # --base-url alone talked to llama-server as to a `runner mock` process, sending
         # model "mock-1" and recording provider "mock" in the summary, without a word.
         def on_start() -> None:
