@@ -170,7 +170,7 @@ async def _run_direct(
             open_backend(config, base_url=base_url, api_key=api_key)
         )
         if config.base_url:
-            await _preflight(backend, base_url, config)
+            await _preflight(backend, base_url, config if wants else replace(config, quiet=True))
         outputs = None
         fresh_state = False  # write S.state for the merge (runner/partstate.py)
         if sink is None:
@@ -451,6 +451,7 @@ async def _preflight(backend: HTTPBackend, base_url: str, config: RunConfig) -> 
         await asyncio.sleep(PROBE_RETRY_DELAYS_S[tries])
         tries += 1
     if problem is None:
+        loading.say_unlisted(config, backend.listed_models)
         return
     base_url = public_url(base_url)
     if problem.code in TRANSIENT_ERROR_CODES:

@@ -28,6 +28,30 @@ def poll_delay(tries: int) -> float:
     return LOADING_POLL_S[min(tries, len(LOADING_POLL_S) - 1)]
 
 
+def _say(config: RunConfig, said: str) -> None:
+    if config.log_format == "json":
+        from .logs import note_line
+
+        note_line(said, quiet=config.quiet)
+    elif not config.quiet:
+        print(f"runner: warning: {said}", file=sys.stderr, flush=True)
+
+
+def say_unlisted(config: RunConfig, listed: tuple[str, ...] | None) -> None:
+    """The configured model is not among those the server's ``/models`` listed: llama-server
+    answers with its one model whatever the name, so the run went on while its summary
+    recorded a model that never answered. Said once, before the first request."""
+    if not listed or config.model in listed:
+        return
+    names = ", ".join(listed[:10]) + (" ..." if len(listed) > 10 else "")
+    _say(
+        config,
+        f"the server lists the models {names}; {config.model!r} (--model, for jobs without "
+        "a model of their own) is not among them: a server with one model (llama-server) "
+        "answers with it whatever the name, others refuse it",
+    )
+
+
 def say_waiting(config: RunConfig, url: str, message: str, wait_s: float) -> None:
     """One line on stderr (a warning event under ``--log-format json``; nothing under -q)."""
     said = (

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from helpers import mock_process, serve_app
-from promise_helpers import cli_run, write_jobs
+from promise_helpers import cli_run, run_fast, write_jobs
 
 from runner import loading
 from runner.api import run
@@ -215,3 +215,47 @@ def test_a_base_url_without_a_provider_says_it_is_taken_for_the_mock(
         named = ("--provider", "mock", "--no-resume")
         code, err = cli_run(capsys, "run", str(jobs), "--base-url", url, *named)
         assert code == 0 and "without --provider" not in err, err
+
+
+def test_status_given_the_latency_file_summary_or_jobs_names_the_results_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``runner report`` takes the latency file, ``runner status`` the results: given the
+    wrong one of the three files side by side, it said only "not a runner output"."""
+    jobs = write_jobs(tmp_path, 3)
+    code, err = run_fast(capsys, jobs)
+    assert code == 0, err
+    results = tmp_path / "jobs.results.jsonl"
+    for given in ("jobs.latency.jsonl", "jobs.summary.json", "jobs.jsonl"):
+        code, err = cli_run(capsys, "status", str(tmp_path / given))
+        assert code == 2, err
+        assert "not a runner output" in err
+        assert f"(runner status reads the results file: {results})" in err, err
+    stray = tmp_path / "other.latency.jsonl"
+    stray.write_text("")
+    code, err = cli_run(capsys, "status", str(stray))
+    assert code == 2 and "reads the results file" not in err, err
+
+
+async def test_a_model_the_server_does_not_list_is_said_before_the_first_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """llama-server answers with its one model whatever the name: a run with --model gpt-4o
+    went through and its summary recorded gpt-4o, a model that never answered."""
+    gets: list[int] = []
+    posts: list[int] = []
+    async with serve_app(_loading_server(0, gets, posts)) as url:  # lists "tiny", answers all
+        jobs = write_jobs(tmp_path, 3)
+        for model, said in (("gpt-4o", True), ("tiny", False)):
+            config = RunConfig(
+                provider="openai", base_url=url, model=model, progress="off", resume=False
+            )
+            outcome = await run(jobs, config)
+            assert outcome.exit_code == 0
+            err = capsys.readouterr().err
+            warned = "the server lists the models tiny; 'gpt-4o' (--model" in err
+            assert warned is said, err
+        # a library call that asked for no display prints nothing
+        quiet = RunConfig(provider="openai", base_url=url, model="gpt-4o", resume=False)
+        assert (await run(jobs, quiet)).exit_code == 0
+        assert capsys.readouterr().err == ""

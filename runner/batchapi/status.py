@@ -45,7 +45,10 @@ def render_status(results: Path, live: dict[str, BatchView] | None = None) -> st
         pending = pending_lines(results, _count_lines(results))
         if pending is not None:  # a --workers run before its merge: its lock says who
             return "\n".join(pending) + "\n"
-        raise ConfigError(f"{results}: no meta file {meta_path_of(results)}: not a runner output")
+        raise ConfigError(
+            f"{results}: no meta file {meta_path_of(results)}: not a runner output"
+            + _results_hint(results)
+        )
     raw = read_meta_section(results, SECTION)
     done = _count_lines(results)
     lines = [f"{results}: {done:,} result lines", *run_lines(results, done)]
@@ -122,3 +125,15 @@ async def fetch_live(results: Path, config: RunConfig) -> dict[str, BatchView]:
         return live
     finally:
         await session.close()
+
+
+def _results_hint(path: Path) -> str:
+    """A run's latency file or summary named instead of its results (the files sit side by
+    side and ``runner report`` takes the latency file), or the jobs file (whose results are
+    ``JOBS.results.jsonl`` by default): name the results file to give."""
+    for suffix in (".latency.jsonl", ".summary.json", ".jsonl"):
+        if path.name.endswith(suffix):
+            sibling = path.with_name(path.name[: -len(suffix)] + ".results.jsonl")
+            if meta_path_of(sibling).exists():
+                return f" (runner status reads the results file: {sibling})"
+    return ""

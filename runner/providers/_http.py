@@ -966,6 +966,11 @@ class HTTPBackend:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
+    @property
+    def listed_models(self) -> tuple[str, ...] | None:
+        """The model ids the probe's ``GET /models`` listed (None: none read)."""
+        return self._listed
+
     async def probe(self) -> ErrorInfo | None:
         """A cheap pre-flight: ``GET /models`` catches a wrong key or an unreachable URL.
 
