@@ -259,3 +259,32 @@ async def test_a_model_the_server_does_not_list_is_said_before_the_first_request
         quiet = RunConfig(provider="openai", base_url=url, model="gpt-4o", resume=False)
         assert (await run(jobs, quiet)).exit_code == 0
         assert capsys.readouterr().err == ""
+
+
+async def test_model_ids_the_server_lists_are_key_guarded_in_the_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose /models echoes the caller's key as a model id: the warning that names
+    the listed models (and a 404's error that does) must never print it."""
+    key = "sk-listed-0123456789abcdef0123"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": f"echo-{key}"}, {"id": "tiny"}]})
+
+    async def chat(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"choices": [{"message": {"role": "assistant", "content": "ok"}}], "usage": {}}
+        )
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    async with serve_app(app) as url:
+        jobs = write_jobs(tmp_path, 2)
+        config = RunConfig(provider="openai", base_url=url, model="gpt-4o", progress="off")
+        outcome = await run(jobs, config)
+    err = capsys.readouterr().err
+    assert outcome.exit_code == 0
+    assert "the server lists the models echo-" in err and "tiny" in err, err
+    assert key not in err and key not in str(outcome.summary)

@@ -1024,7 +1024,10 @@ class HTTPBackend:
                     what = "a body that is not JSON"
                 else:
                     if status == 200 and self.path:  # Gemini names models/..., in the URL
-                        self._listed = _model_ids(listing)
+                        # server text, printed in a warning and an error: key-guarded
+                        ids = _model_ids(listing)
+                        guard = self._guard.text
+                        self._listed = None if ids is None else tuple(guard(i) or "" for i in ids)
             if what is None:
                 return None
             if status == 404 and await self._chat_endpoint_answers(timeout):
