@@ -363,6 +363,8 @@ def main(ns: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        # on stderr: standard output keeps only the tables (or --json's document)
+        print(f"runner report: wrote the HTML report to {ns.html}", file=sys.stderr)
     if ns.json:
         if len(runs) == 1:
             doc: Any = runs[0].summary

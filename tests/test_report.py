@@ -191,7 +191,11 @@ def test_slo_flags_add_goodput(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_html_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.html"
+    capsys.readouterr()
     assert run(FIXTURE, "--compare", FIXTURE, "--html", out, *PRICES) == 0
+    said = capsys.readouterr()
+    assert f"runner report: wrote the HTML report to {out}" in said.err  # a new user asked where
+    assert str(out) not in said.out
     page = out.read_text()
     assert "http://" not in page and "https://" not in page and "<script" not in page
     for chart in ("latency", "ttft", "cdf", "throughput", "inflight", "groups", "cache", "cost"):
