@@ -10,6 +10,7 @@ count of result lines and "no batch journal".
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -20,10 +21,17 @@ import orjson
 from .jobs import count_jobs, count_lines
 from .merge import MERGED_SUFFIX
 from .outputs import beside, lock_of, sibling
-from .shards import MANIFEST_SUFFIX
+from .shards import MANIFEST_SUFFIX, ShardSpec, shard_path
 from .sinks import lock_holder, meta_path_of, read_regular
 
-__all__ = ["merged_lines", "pending_lines", "run_lines", "run_output", "status_code"]
+__all__ = [
+    "merged_lines",
+    "pending_lines",
+    "run_lines",
+    "run_output",
+    "status_code",
+    "unmerged_lines",
+]
 
 #: symlinks followed from the path given to ``runner status`` before giving up (a loop)
 _MAX_HOPS = 40
@@ -98,6 +106,59 @@ def pending_lines(results: Path, done: int) -> list[str] | None:
         _lock_line(results),
         _summary_line(results),
     ]
+
+
+def _shards_beside(results: Path) -> list[tuple[int, int, Path]]:
+    """``(K, N, path)`` of every shard's results file that a ``-o results`` run with
+    ``--shard K/N`` (``--shard-count``, ``--shard auto``) writes beside ``results``."""
+    probe = ".shard-0-of-1"
+    head, _, tail = shard_path(results, ShardSpec(0, 1)).name.rpartition(probe)
+    name = re.compile(rf"{re.escape(head)}\.shard-(\d+)-of-(\d+){re.escape(tail)}")
+    try:
+        names = os.listdir(results.parent)
+    except OSError:
+        return []
+    found = []
+    for entry in names:
+        m = name.fullmatch(entry)
+        if m is not None and int(m.group(1)) < int(m.group(2)):
+            found.append((int(m.group(1)), int(m.group(2)), results.parent / entry))
+    return sorted(found)
+
+
+def unmerged_lines(results: Path) -> list[str] | None:
+    """The lines for the name that shards were given (``-o R`` of a Kubernetes Indexed Job or
+    a Slurm array) before ``runner merge`` wrote it: each shard count's shards beside it, how
+    each ended, the ones missing and the merge command. None when no shard is there."""
+    found = _shards_beside(results)
+    if not found:
+        return None
+    lines = [f"{results}: not written yet: the shards' outputs beside it are not merged"]
+    said = {STATUS_DONE: "done", STATUS_NOT_DONE: "not done", STATUS_RUNNING: "running"}
+    for count in sorted({n for _, n, _ in found}):
+        mine = {k: status_code(p) for k, n, p in found if n == count}
+        by = {word: [k for k, code in mine.items() if said[code] == word] for word in said.values()}
+        by["missing"] = sorted(set(range(count)) - set(mine))
+        states = "; ".join(f"{word} {_ranges(ks)}" for word, ks in by.items() if ks)
+        lines.append(f"shards of {count}: {states}")
+        glob = shard_path(results, ShardSpec(0, count)).name.replace(".shard-0-", ".shard-*-")
+        lines.append(
+            f"once every shard is done: runner merge {results} '{results.parent / glob}' "
+            f"(`runner status` of one shard's results file tells how it ended)"
+        )
+    return lines
+
+
+def _ranges(indices: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``: a missing shard list of a large array stays short."""
+    runs: list[list[int]] = []
+    for k in indices:
+        if runs and runs[-1][1] == k - 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    out = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
+    return ", ".join(out)
 
 
 def _older_than_results(results: Path, summary: Path) -> bool:
@@ -185,6 +246,10 @@ def status_code(results: Path) -> int:
         if alive or (host and host != socket.gethostname()):
             return STATUS_RUNNING
         return STATUS_NOT_DONE  # killed while it held the output: it never ended
+    if not _described(results):
+        shards = _shards_beside(results)  # the shards' -o name, not merged yet: never done
+        if any(status_code(path) == STATUS_RUNNING for _, _, path in shards):
+            return STATUS_RUNNING
     summary = sibling(results, "summary.json")
     s = _read_json(summary)
     if not isinstance(s, dict) or not isinstance(s.get("jobs"), dict):

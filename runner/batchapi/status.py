@@ -10,7 +10,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..jobs import count_lines
 from ..providers._http import make_session
-from ..runstatus import merged_lines, pending_lines, run_lines, run_output
+from ..runstatus import merged_lines, pending_lines, run_lines, run_output, unmerged_lines
 from ..sinks import meta_path_of, read_meta_section
 from .journal import SECTION, Chunk
 from .wire import BatchNotFound, BatchView, control_headers, open_batch_api
@@ -45,6 +45,9 @@ def render_status(results: Path, live: dict[str, BatchView] | None = None) -> st
         pending = pending_lines(results, _count_lines(results))
         if pending is not None:  # a --workers run before its merge: its lock says who
             return "\n".join(pending) + "\n"
+        unmerged = unmerged_lines(results)
+        if unmerged is not None:  # the name shards were given (-o R), before runner merge
+            return "\n".join(unmerged) + "\n"
         raise ConfigError(
             f"{results}: no meta file {meta_path_of(results)}: not a runner output"
             + _results_hint(results)
