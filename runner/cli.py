@@ -334,7 +334,7 @@ def _run_command(ns: argparse.Namespace) -> int:
         ) from exc
     summary_error = outcome.summary.get("summary_error")
     if config.log_format == "json":  # the run_end event carried the summary
-        for note in _input_notes(ns.jobs, outcome, config):
+        for note in _input_notes(ns.jobs, outcome, config, ns.as_worker):
             _note(config, note)
         if summary_error:
             _note(config, f"the summary could not be written: {summary_error}", error=True)
@@ -343,7 +343,7 @@ def _run_command(ns: argparse.Namespace) -> int:
         from .report import render_summary  # after the run: not on the way to its first request
 
         print(render_summary(outcome.summary), file=sys.stderr)
-        for note in _input_notes(ns.jobs, outcome, config):
+        for note in _input_notes(ns.jobs, outcome, config, ns.as_worker):
             print(f"runner: warning: {note}", file=sys.stderr)
     if summary_error:
         print(f"runner: error: the summary could not be written: {summary_error}", file=sys.stderr)
@@ -423,13 +423,15 @@ def _merge_holds_no_jobs(jobs: Path, config: RunConfig) -> bool:
     return isinstance(counts, dict) and counts.get("total") == 0 and not s.get("not_sent")
 
 
-def _input_notes(path: Path, outcome: RunOutcome, config: RunConfig) -> list[str]:
+def _input_notes(
+    path: Path, outcome: RunOutcome, config: RunConfig, worker: bool = False
+) -> list[str]:
     """Warnings about the jobs file after the table: it held nothing, or no line of it was a
     job (a JSON array, CSV, UTF-16...), where the table says only "N failed (invalid_input N)"
     and the reasons are inside the results file. Not said by a shard: its share of a file with
     jobs may well be empty (``--workers 4`` over 3 jobs told of the file "holds no jobs")."""
     if config.shard is not None or config.shard_count is not None:
-        return []
+        return _empty_shard_notes(path, outcome, worker)
     jobs = outcome.summary["jobs"]
     if _holds_no_jobs(outcome):
         return [f"{path} holds no jobs"]
@@ -439,6 +441,20 @@ def _input_notes(path: Path, outcome: RunOutcome, config: RunConfig) -> list[str
             f"runner validate {path} names the problem of each line (docs/FORMATS.md)"
         ]
     return []
+
+
+def _empty_shard_notes(path: Path, outcome: RunOutcome, worker: bool) -> list[str]:
+    """A shard of an Indexed Job or Slurm array (not a ``--workers`` worker, whose parent
+    speaks for the run) that got no job: its table of zeros said nothing of why. Jobs go to
+    shards by cache group, so a file of fewer groups than shards leaves some shards empty."""
+    shard = outcome.summary.get("shard")
+    if worker or not _holds_no_jobs(outcome) or not isinstance(shard, dict):
+        return []
+    return [
+        f"shard {shard.get('index')} of {shard.get('count')} holds none of the jobs of {path}: "
+        "jobs go to shards by cache group (a group is never split), so fewer groups than "
+        "shards leave some empty; its empty output is still a part for runner merge"
+    ]
 
 
 def _no_provider_note(config: RunConfig) -> str:
