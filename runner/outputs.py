@@ -197,6 +197,18 @@ def _same(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, int] |
     return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
 
 
+def _read_only(path: Path) -> str:
+    """`` (on a read-only file system)`` when that is why ``path`` cannot be written: as root,
+    or with the mode bits allowing it, "not writable" sent the reader to the permissions when
+    the volume was mounted read-only (a Kubernetes ``readOnly: true`` mount)."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return " (on a read-only file system)"
+    except OSError:
+        pass
+    return ""
+
+
 def check_output_file(label: str, path: Path) -> None:
     """ConfigError (exit 2) unless ``path`` can be written as an output: not a directory, no
     device, FIFO or socket, writable, in a directory that can take it and its temporary."""
@@ -211,7 +223,7 @@ def check_output_file(label: str, path: Path) -> None:
             "resumes from (--summary - prints the summary on standard output)"
         )
     if path.exists() and not os.access(path, os.W_OK):
-        raise ConfigError(f"{label} {path} is not writable")
+        raise ConfigError(f"{label} {path} is not writable{_read_only(path)}")
     # The nearest existing ancestor must be a writable directory: the run creates the missing
     # directories, the file itself and (for replaced files) a temporary file beside it.
     parent = path.parent
@@ -222,7 +234,8 @@ def check_output_file(label: str, path: Path) -> None:
     if not parent.is_dir():
         raise ConfigError(f"{label} {path}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{label} {path}: cannot create files in {parent} (not writable)")
+        why = _read_only(parent).strip(" ()") or "not writable"
+        raise ConfigError(f"{label} {path}: cannot create files in {parent} ({why})")
 
 
 def check_outputs(
