@@ -171,6 +171,7 @@ async def _run_direct(
         )
         if config.base_url:
             await _preflight(backend, base_url, config if wants else replace(config, quiet=True))
+        await _check_redis(config, base_url=base_url, api_key=api_key)  # before any output
         outputs = None
         fresh_state = False  # write S.state for the merge (runner/partstate.py)
         if sink is None:
@@ -352,6 +353,15 @@ def _fresh_state(shard: ShardSpec | None, outputs: Outputs, summary_path: Path |
         return outputs.latency_path.stat().st_size == 0
     except OSError:
         return False
+
+
+async def _check_redis(config: RunConfig, *, base_url: str, api_key: str | None) -> None:
+    """Redis accepting runner's credentials is a pre-flight check: refused, exit 2 before any
+    output is opened (``--no-resume`` truncated the last results first)."""
+    if config.redis_url:
+        from .redis_limits import check_redis
+
+        await check_redis(config, base_url=base_url, api_key=api_key)
 
 
 async def _limiter(

@@ -744,6 +744,21 @@ def _proc_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
+async def check_redis(config: RunConfig, *, base_url: str, api_key: str | None) -> None:
+    """Pre-flight of ``redis_url`` before any output is opened: Redis refusing runner (a wrong
+    user or password, an ACL without EVAL) is exit 2 with every output untouched. The check in
+    :func:`open_shared_limiter` came after the outputs were opened, so ``--no-resume`` with a
+    wrong ``RUNNER_REDIS_PASSWORD`` truncated the last run's results, then stopped. An
+    unreachable Redis is left to the policy, as there."""
+    assert config.redis_url is not None
+    key = limit_key(config.provider, base_url, api_key, config.limit_scope)
+    store = RedisStore(config.redis_url, key, _proc_id())
+    try:
+        await store.check()
+    finally:
+        await store.close()
+
+
 @contextlib.asynccontextmanager
 async def open_shared_limiter(
     config: RunConfig, *, base_url: str, api_key: str | None, local: RateController
