@@ -221,11 +221,14 @@ MAX_RESENDS: Final = 3
 
 def _closed_unanswered(exc: BaseException) -> bool:
     """Whether ``exc`` says the request never left: aiohttp could not write it because the
-    connection was already closing (``Can not write request body``, from a reset or a closed
-    transport). A server that read the request and then closed or reset the connection may have
-    applied it, so that stays a failed attempt, retried (and counted) by the retry policy."""
+    connection was already closing (``Can not write request body``, caused by aiohttp's own
+    ``ClientConnectionResetError`` from its writer's check of a closing transport). A server
+    that read the request and then closed or reset the connection may have applied it, so that
+    stays a failed attempt, retried (and counted) by the retry policy: aiohttp reports a reset
+    while it awaits the answer as a ClientOSError too, but caused by the socket's own
+    ConnectionResetError, which must not be sent again silently."""
     return isinstance(exc, aiohttp.ClientOSError) and isinstance(
-        exc.__cause__, ConnectionResetError | BrokenPipeError
+        exc.__cause__, aiohttp.ClientConnectionResetError
     )
 
 

@@ -15,6 +15,8 @@ the real ``runner mock``, so that which failure happens is exact.
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from helpers import mock_config
 
 from runner.api import run
@@ -106,3 +109,48 @@ async def test_the_resends_of_one_attempt_are_bounded(
     assert not plan
     assert outcome.summary["jobs"]["failed"] == 1 and attempts[0] == 2
     assert outcome.summary["jobs"]["by_error"] == {"connection": 1}
+
+
+async def test_a_reset_after_the_server_read_the_request_is_no_hidden_resend(
+    tmp_path: Path,
+) -> None:
+    # A real server (no injection) that reads each request whole, then resets the connection
+    # (SO_LINGER 0: a crashing worker, a proxy's reset). aiohttp reports that reset while it
+    # awaits the answer as a ClientOSError caused by ConnectionResetError, like the unwritten
+    # request; the server may have applied it, so each send is a counted attempt: it saw 8
+    # requests for 2 recorded attempts when this was taken for a request that never left.
+    seen = 0
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "mock-1"}]})
+
+    async def chat(request: web.Request) -> web.Response:
+        nonlocal seen
+        await request.read()
+        seen += 1
+        transport = request.transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    server = web.AppRunner(app)
+    await server.setup()
+    site = web.TCPSite(server, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = server.addresses[0][1]
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text('{"id": "j0", "query": "q"}\n')
+        config = mock_config(tmp_path, f"http://127.0.0.1:{port}/v1", max_attempts=2)
+        outcome = await run(jobs, config)
+    finally:
+        await server.cleanup()
+    records = [orjson.loads(x) for x in (tmp_path / "l.jsonl").read_bytes().splitlines()]
+    assert outcome.summary["jobs"]["by_error"] == {"connection": 1}
+    assert [r["attempts"] for r in records] == [2]
+    assert seen == 2  # the server saw exactly the attempts the record claims
