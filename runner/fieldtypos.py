@@ -20,6 +20,9 @@ COMPACT_KEYS: Final = frozenset(
 )
 TOKEN_PARAMS: Final = ("max_tokens", "max_completion_tokens")
 _CUTOFF: Final = 0.85  # parms, querry, cache-id, models; not ids, max_new_tokens
+#: words near a field name that an evaluation set's lines carry as fields of their own
+#: ("mode": "few-shot", "cached": true): not typos
+_OWN_WORDS: Final = frozenset({"mode", "cached"})
 
 
 @lru_cache(maxsize=256)
@@ -30,7 +33,13 @@ def compact_field_problem(key: str) -> str | None:
             "not a field of the compact shape (it would be dropped): put the system prompt in "
             "the contexts file and name it with cache_id, or give messages with a system turn"
         )
-    near = get_close_matches(key.lower().replace("-", "_"), sorted(COMPACT_KEYS), 1, _CUTOFF)
+    name = key.lower().replace("-", "_")
+    stem = name.rstrip("0123456789")
+    if name in _OWN_WORDS or (stem != name and stem in COMPACT_KEYS):
+        # a numbered sibling (a pairwise set's model1/model2, query1/query2) is data, as
+        # model_1 is: a typo does not append a number
+        return None
+    near = get_close_matches(name, sorted(COMPACT_KEYS), 1, _CUTOFF)
     if near:
         return f"unknown field, did you mean {near[0]}? (it would be ignored)"
     return None

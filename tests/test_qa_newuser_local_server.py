@@ -95,6 +95,10 @@ def test_a_misspelt_field_is_a_bad_line_naming_the_field_it_resembles(tmp_path: 
         # extra fields that resemble nothing still pass, as before (an eval set's answer key)
         {"id": "g", "cache_id": "faq", "query": "hi", "expected": "yes", "label": 1},
         {"id": "h", "query": "hi", "params": {"temperature": 0, "max_new_tokens": 4}},
+        # fields of a user's own that only look near one: a pairwise set's numbered siblings,
+        # an eval's mode, a cached flag (were refused as model/query/cache_id typos)
+        {"id": "i", "query": "hi", "model1": "a", "model2": "b", "query2": "x", "mode": "cot"},
+        {"id": "j", "query": "hi", "Mode": "few-shot", "cached": True, "messages2": []},
     )
     items = list(read_jobs(jobs, contexts=load_contexts(contexts)))
     problems = {i: str(item.message) for i, item in enumerate(items) if isinstance(item, BadLine)}
@@ -112,7 +116,7 @@ def test_a_misspelt_field_is_a_bad_line_naming_the_field_it_resembles(tmp_path: 
     )
     assert sorted(problems) == [0, 1, 2, 3, 4, 5]
     good = [item for item in items if isinstance(item, Job)]
-    assert [job.custom_id for job in good] == ["g", "h"]
+    assert [job.custom_id for job in good] == ["g", "h", "i", "j"]
 
 
 def _loading_server(ready_after: int, gets: list[int], posts: list[int]) -> web.Application:
