@@ -4,8 +4,10 @@ llama.cpp's ``llama-server`` (and other self-hosted servers) listen at once and 
 request with ``503 Loading model`` until the weights are in memory, which for a large model
 takes minutes. A run started beside such a server sent every job into those 503s: each was
 retried to the end of its budget and failed (``http_5xx``), exit 1, and ``--retry-failed`` was
-needed to send them again. The pre-flight probe now treats a 503 from ``GET /models`` as "not
-ready yet": the run says once on stderr that it waits, probes again every few seconds, and
+needed to send them again. The pre-flight probe now treats a 503 from ``GET /models`` whose
+body says ``loading`` as "not ready yet" (another 503, a provider overloaded or a proxy without
+a healthy backend, still lets the run go on and retry its jobs): the run says once on stderr
+that it waits, probes again every few seconds, and
 starts when the server answers; a server still answering 503 after :data:`LOADING_WAIT_S` is
 the transient stop (exit 75, nothing sent, nothing written), as an unreachable one is.
 """

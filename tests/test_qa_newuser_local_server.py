@@ -7,6 +7,7 @@ point at the model the server's own ``/models`` list does not hold, not at the b
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from pathlib import Path
@@ -186,6 +187,35 @@ async def test_a_server_that_never_finishes_loading_is_the_transient_stop(
             await run(jobs, config)
     assert posts == [] and len(gets) >= 3
     assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+async def test_a_503_that_is_not_a_loading_model_is_not_waited_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A provider's or a proxy's 503 on GET /models (OpenAI's 'overloaded or not ready yet', a
+    load balancer with no healthy backend for that path) said nothing about the setup before
+    the loading wait: the run went on and retried its jobs. It made the run wait 300 s and
+    stop (exit 75) with nothing sent, though the chat endpoint answered."""
+    gets: list[int] = []
+    posts: list[int] = []
+    ready = _loading_server(-1, [], posts)  # its chat endpoint answers at once
+
+    async def overloaded(_: web.Request) -> web.Response:
+        gets.append(1)
+        error = {"error": {"message": "The server is overloaded or not ready yet.", "type": ""}}
+        return web.json_response(error, status=503)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", overloaded)
+    for route in ready.router.routes():
+        if route.method == "POST":
+            app.router.add_post(route.resource.canonical, route.handler)  # type: ignore[union-attr]
+    async with serve_app(app) as url:
+        jobs = write_jobs(tmp_path, 3)
+        config = RunConfig(provider="openai", base_url=url, model="tiny", progress="off")
+        outcome = await asyncio.wait_for(run(jobs, config), 20)
+    assert outcome.exit_code == 0 and len(posts) == 3 and len(gets) == 1
+    assert "is not ready" not in capsys.readouterr().err
 
 
 async def test_nothing_listening_on_a_local_port_asks_whether_the_server_is_started(

@@ -232,6 +232,10 @@ def _closed_unanswered(exc: BaseException) -> bool:
     )
 
 
+_LOADING: Final = re.compile(rb"\bloading\b", re.IGNORECASE)
+_LOADING_SCAN: Final = 4096  # bytes of a 503's body searched for it
+
+
 def _probe_body(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
@@ -1014,7 +1018,10 @@ class HTTPBackend:
             if moved is not None:
                 return moved
         if status not in (401, 403):
-            if status == 503:  # a server loading its model (llama-server): wait for it
+            if status == 503 and _LOADING.search(raw[:_LOADING_SCAN]):
+                # a server loading its model (llama-server's "Loading model", a Hugging Face
+                # endpoint's "is currently loading"): wait for it. Another 503 (a provider
+                # overloaded, a proxy without a healthy backend) is transient as before.
                 said = self._scrubbed(self.classify(status, _probe_body(raw), headers)).message
                 return ErrorInfo(LOADING_CODE, said, retriable=True)
             if status == 429 or (status >= 500 and status != 501):
