@@ -42,8 +42,15 @@ def _say(config: RunConfig, said: str) -> None:
 def say_unlisted(config: RunConfig, listed: tuple[str, ...] | None) -> None:
     """The configured model is not among those the server's ``/models`` listed: llama-server
     answers with its one model whatever the name, so the run went on while its summary
-    recorded a model that never answered. Said once, before the first request."""
-    if not listed or config.model in listed:
+    recorded a model that never answered. Said once, before the first request.
+
+    Only for a server that lists one model: a hosted provider that lists many answers models
+    it does not list (Anthropic's aliases and pages of 20, Azure's deployment names,
+    OpenRouter's ``:nitro``/``:free`` variants, a LiteLLM wildcard), and one that does not
+    know the name refuses it (404, whose error names the listed models), so there a warning
+    would be noise on every run. Ollama's ``llama3`` is its listed ``llama3:latest``."""
+    model = config.model
+    if not listed or len(listed) != 1 or model in listed or f"{model}:latest" in listed:
         return
     names = ", ".join(listed[:10]) + (" ..." if len(listed) > 10 else "")
     _say(
