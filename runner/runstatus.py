@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import orjson
 from .jobs import count_jobs, count_lines
 from .merge import MERGED_SUFFIX
 from .outputs import beside, lock_of, sibling
-from .shards import MANIFEST_SUFFIX, ShardSpec, shard_path
+from .shards import MANIFEST_SUFFIX, MAX_SHARDS, ShardSpec, shard_path
 from .sinks import lock_holder, meta_path_of, read_regular
 
 __all__ = [
@@ -121,7 +122,8 @@ def _shards_beside(results: Path) -> list[tuple[int, int, Path]]:
     found = []
     for entry in names:
         m = name.fullmatch(entry)
-        if m is not None and int(m.group(1)) < int(m.group(2)):
+        # a count runner would refuse (a stray name) is no shard of it
+        if m is not None and int(m.group(1)) < int(m.group(2)) <= MAX_SHARDS:
             found.append((int(m.group(1)), int(m.group(2)), results.parent / entry))
     return sorted(found)
 
@@ -138,15 +140,28 @@ def unmerged_lines(results: Path) -> list[str] | None:
     for count in sorted({n for _, n, _ in found}):
         mine = {k: status_code(p) for k, n, p in found if n == count}
         by = {word: [k for k, code in mine.items() if said[code] == word] for word in said.values()}
-        by["missing"] = sorted(set(range(count)) - set(mine))
         states = "; ".join(f"{word} {_ranges(ks)}" for word, ks in by.items() if ks)
+        if missing := _gaps(sorted(mine), count):  # not range(count): N may be millions
+            states += f"{'; ' if states else ''}missing {missing}"
         lines.append(f"shards of {count}: {states}")
         glob = shard_path(results, ShardSpec(0, count)).name.replace(".shard-0-", ".shard-*-")
         lines.append(
-            f"once every shard is done: runner merge {results} '{results.parent / glob}' "
+            f"once every shard is done: runner merge {shlex.quote(str(results))} "
+            f"{shlex.quote(str(results.parent / glob))} "
             f"(`runner status` of one shard's results file tells how it ended)"
         )
     return lines
+
+
+def _gaps(present: list[int], count: int) -> str:
+    """The indices below ``count`` not in the sorted ``present``, as :func:`_ranges` writes
+    them, in time and memory of ``len(present)``."""
+    out, start = [], 0
+    for k in [*present, count]:
+        if k > start:
+            out.append(str(start) if k == start + 1 else f"{start}-{k - 1}")
+        start = k + 1
+    return ", ".join(out)
 
 
 def _ranges(indices: list[int]) -> str:

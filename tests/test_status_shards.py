@@ -8,6 +8,7 @@ same answer as a typo in the path, and nothing about the shards or the merge sti
 
 from __future__ import annotations
 
+import shlex
 import socket
 import subprocess
 import sys
@@ -89,3 +90,28 @@ def test_a_name_with_no_shards_beside_it_is_still_not_an_output(
     # eval.shard-0-of-1.results.jsonl is not a shard of val.results.jsonl
     code, said = _status(capsys, tmp_path / "val.results.jsonl")
     assert code == 2 and "not a runner output" in said, said
+
+
+def test_a_stray_shard_count_is_not_listed_and_the_merge_command_is_shell_quoted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A name with a shard count runner refuses (``-of-3000000000``: a hand copy, a typo)
+    built ``set(range(N))`` for its missing shards: status hung, eating memory, for any N
+    beyond memory. And an output directory with a space gave a merge command that the shell
+    split in two."""
+    jobs = write_jobs(tmp_path, 12)
+    config = str(fast_config(tmp_path))
+    out = tmp_path / "my runs" / "eval.results.jsonl"
+    code, _ = cli_run(
+        capsys, "run", str(jobs), "-c", config, "--shard", "0/2", "-o", str(out), "-q"
+    )
+    assert code == 0
+    shard = out.parent / "eval.shard-0-of-2.results.jsonl"
+    (out.parent / "eval.shard-0-of-10000001.results.jsonl").write_bytes(shard.read_bytes())
+    code, said = _status(capsys, out)
+    assert code == 1 and "shards of 2: done 0; missing 1" in said, said
+    assert "10000001" not in said
+    merge = next(line for line in said.splitlines() if "runner merge" in line)
+    argv = shlex.split(merge.split(": ", 1)[1].split(" (`", 1)[0])
+    glob = out.parent / "eval.shard-*-of-2.results.jsonl"
+    assert argv == ["runner", "merge", str(out), str(glob)], merge
