@@ -759,6 +759,19 @@ async def check_redis(config: RunConfig, *, base_url: str, api_key: str | None) 
         await store.close()
 
 
+def _store_log(config: RunConfig, shard: str | None) -> Callable[[str], None]:
+    """How the limiter says the store went away and came back: a warning event under
+    ``--log-format json`` (every stderr line one JSON object), else a ``runner:`` line; a
+    shard's (each ``--workers`` worker's) names its shard, so N workers' lines can be told
+    apart."""
+    who = "" if shard is None else f"shard {shard}: "
+    if config.log_format == "json":
+        from .logs import note_line
+
+        return lambda msg: note_line(who + msg, quiet=config.quiet)
+    return lambda msg: print(f"runner: {who}{msg}", file=sys.stderr, flush=True)
+
+
 @contextlib.asynccontextmanager
 async def open_shared_limiter(
     config: RunConfig, *, base_url: str, api_key: str | None, local: RateController
@@ -778,6 +791,9 @@ async def open_shared_limiter(
         store = FileStore(config.limit_file, proc)
     else:  # pragma: no cover - the caller checks
         raise ConfigError("a shared limit needs redis_url or limit_file")
+    from .shards import resolve_shard
+
+    spec = resolve_shard(config, os.environ)
     limiter = SharedLimiter(
         local,
         store,
@@ -785,12 +801,10 @@ async def open_shared_limiter(
         tpm=config.tpm,
         lease_s=config.lease_s,
         policy=config.redis_policy,
+        log=_store_log(config, None if spec is None else str(spec)),
     )
-    from .shards import resolve_shard
-
     # A shard knows the run has N processes before the store has counted any: under fail_open
     # with the store down from the start, each of --workers N took the whole rate (N times it).
-    spec = resolve_shard(config, os.environ)
     if spec is not None:
         limiter.expect_processes(spec.count)
     try:

@@ -303,6 +303,34 @@ async def test_a_limiter_with_no_rate_leases_nothing_until_it_learns_one(
     await lim.aclose()
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_store_outage_is_said_in_the_runs_log_format_naming_the_shard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], log_format: str
+) -> None:
+    # Found in the final review: under --log-format json the outage lines were plain text (every
+    # stderr line must be one JSON object), and --workers' N workers said them alike.
+    from runner.config import RunConfig
+    from runner.redis_limits import open_shared_limiter
+
+    config = RunConfig(limit_file=tmp_path / "l.json", shard="1/2", log_format=log_format)
+    local = RateController(concurrency=4, rpm=None, tpm=None)
+    async with open_shared_limiter(config, base_url="http://x", api_key=None, local=local) as lim:
+        capsys.readouterr()
+        lim._store_down(StoreUnavailable("gone"))
+        lim._store_up()
+        err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2, err
+    if log_format == "json":
+        events = [orjson.loads(line) for line in err]
+        assert [e["event"] for e in events] == ["warning", "warning"]
+        said = [e["message"] for e in events]
+    else:
+        assert all(line.startswith("runner: ") for line in err)
+        said = [line.removeprefix("runner: ") for line in err]
+    assert said[0].startswith("shard 1/2: shared limit store (file) unreachable (gone)")
+    assert said[1].startswith("shard 1/2: shared limit store (file) is back after")
+
+
 async def test_token_usage_beyond_the_estimate_is_charged_with_the_next_lease(
     tmp_path: Path,
 ) -> None:
