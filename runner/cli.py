@@ -480,12 +480,9 @@ def _no_provider_note(config: RunConfig) -> str:
 
 def _note(config: RunConfig, message: str, *, error: bool = False) -> None:
     """A warning (or error) outside the run's own events, in the configured format."""
-    if config.log_format == "json":
-        from .logs import note_line
+    from .logs import note
 
-        note_line(message, error=error, quiet=config.quiet)
-    elif error or not config.quiet:
-        print(f"runner: {'error' if error else 'warning'}: {message}", file=sys.stderr)
+    note(message, log_format=config.log_format, quiet=config.quiet, error=error)
 
 
 def _results_path(jobs: Path, config: RunConfig) -> Path:

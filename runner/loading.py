@@ -14,7 +14,6 @@ the transient stop (exit 75, nothing sent, nothing written), as an unreachable o
 
 from __future__ import annotations
 
-import sys
 from typing import Final
 
 from yarl import URL
@@ -31,12 +30,9 @@ def poll_delay(tries: int) -> float:
 
 
 def _say(config: RunConfig, said: str) -> None:
-    if config.log_format == "json":
-        from .logs import note_line
+    from .logs import note
 
-        note_line(said, quiet=config.quiet)
-    elif not config.quiet:
-        print(f"runner: warning: {said}", file=sys.stderr, flush=True)
+    note(said, log_format=config.log_format, quiet=config.quiet)
 
 
 def say_unlisted(config: RunConfig, listed: tuple[str, ...] | None) -> None:
@@ -67,12 +63,7 @@ def say_waiting(config: RunConfig, url: str, message: str, wait_s: float) -> Non
         f"{url} is not ready ({message}; a server still loading its model says so): waiting "
         f"for it up to {wait_s:.0f} s before sending anything (Ctrl-C stops)"
     )
-    if config.log_format == "json":
-        from .logs import note_line
-
-        note_line(said, quiet=config.quiet)
-    elif not config.quiet:
-        print(f"runner: {said}", file=sys.stderr, flush=True)
+    _say(config, said)
 
 
 def local_hint(base_url: str) -> str:

@@ -151,3 +151,13 @@ def note_line(message: str, *, error: bool = False, quiet: bool = False) -> None
                  message=message)  # fmt: skip
     finally:
         log.close()
+
+
+def note(message: str, *, log_format: str, quiet: bool, error: bool = False) -> None:
+    """A warning (or error) outside a run's own events, in the run's log format: a
+    :func:`note_line` event under ``json``, else a ``runner: warning:`` line (not under -q,
+    which still says errors)."""
+    if log_format == "json":
+        note_line(message, error=error, quiet=quiet)
+    elif error or not quiet:
+        print(f"runner: {'error' if error else 'warning'}: {message}", file=sys.stderr, flush=True)
