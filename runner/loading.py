@@ -48,10 +48,9 @@ def say_unlisted(config: RunConfig, listed: tuple[str, ...] | None) -> None:
     model = config.model
     if not listed or len(listed) != 1 or model in listed or f"{model}:latest" in listed:
         return
-    names = ", ".join(listed[:10]) + (" ..." if len(listed) > 10 else "")
     _say(
         config,
-        f"the server lists the models {names}; {config.model!r} (--model, for jobs without "
+        f"the server lists the models {listed[0]}; {config.model!r} (--model, for jobs without "
         "a model of their own) is not among them: a server with one model (llama-server) "
         "answers with it whatever the name, others refuse it",
     )
