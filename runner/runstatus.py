@@ -9,6 +9,7 @@ count of result lines and "no batch journal".
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -26,6 +27,7 @@ from .shards import MANIFEST_SUFFIX, MAX_SHARDS, ShardSpec, shard_path
 from .sinks import lock_holder, meta_path_of, read_regular
 
 __all__ = [
+    "counted",
     "merged_lines",
     "pending_lines",
     "run_lines",
@@ -186,6 +188,21 @@ def _older_than_results(results: Path, summary: Path) -> bool:
         return False
 
 
+def counted(path: Path, *, jobs: bool = False) -> int:
+    """``count_jobs`` (``jobs``) or ``count_lines`` of ``path``, read once per ``runner status``
+    while the file stays as it was: the text's lines and its exit code ask the same files.
+
+    :raises OSError: the file cannot be read (ValueError for an input that is no jobs file).
+    """
+    st = os.stat(path)
+    return _counted(str(path), jobs, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=32)
+def _counted(path: str, jobs: bool, _size: int, _mtime_ns: int, _ino: int) -> int:
+    return count_jobs(Path(path)) if jobs else count_lines(Path(path))
+
+
 def _input_line(results: Path, done: int) -> str:
     meta = _read_json(meta_path_of(results))
     jobs = meta.get("jobs_file") if isinstance(meta, dict) else None
@@ -195,7 +212,7 @@ def _input_line(results: Path, done: int) -> str:
     if isinstance(shard, dict):  # which jobs are this shard's only a run's parse tells
         return f"input: {jobs}, shard {shard.get('shard')} of {shard.get('count')}"
     try:
-        total = count_jobs(Path(jobs))
+        total = counted(Path(jobs), jobs=True)
     except (OSError, ValueError):  # InputError is a ValueError: gone or unreadable
         return f"input: {jobs} (cannot be read from here)"
     left = max(0, total - done)
@@ -292,6 +309,6 @@ def _jobs_left(results: Path) -> int:
     if not isinstance(jobs, str) or beside(results, MANIFEST_SUFFIX).exists():
         return 0
     try:
-        return max(0, count_jobs(Path(jobs)) - count_lines(results))
+        return max(0, counted(Path(jobs), jobs=True) - counted(results))
     except (OSError, ValueError):
         return 0

@@ -8,9 +8,8 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..jobs import count_lines
 from ..providers._http import make_session
-from ..runstatus import merged_lines, pending_lines, run_lines, run_output, unmerged_lines
+from ..runstatus import counted, merged_lines, pending_lines, run_lines, run_output, unmerged_lines
 from ..sinks import meta_path_of, read_meta_section
 from .journal import SECTION, Chunk
 from .wire import BatchNotFound, BatchView, control_headers, open_batch_api
@@ -20,7 +19,7 @@ __all__ = ["fetch_live", "journaled_batches", "render_status"]
 
 def _count_lines(path: Path) -> int:
     try:
-        return count_lines(path)
+        return counted(path)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ELOOP):  # no file (or a symlink loop): no lines
             return 0
